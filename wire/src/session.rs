@@ -1,0 +1,192 @@
+//! The relay ↔ session hop: JSON text messages over WebSocket. Requests carry an `op`, events
+//! an `event`. Data arrives as binary messages holding [`crate::batch`] bytes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::control::{ErrorCode, SeqPos};
+use crate::labels::Labels;
+use crate::selector::Selector;
+
+/// Longest subscription id a client may choose.
+pub const MAX_SUB_ID_BYTES: usize = 64;
+
+/// Session → relay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Watch every stream the selector matches, now and as they appear.
+    Subscribe {
+        /// Client-chosen subscription id, unique within the session.
+        id: String,
+        /// Which streams.
+        #[serde(default)]
+        selector: Selector,
+        /// Backlog: the last N lines first (default [`crate::DEFAULT_TAIL_LINES`]; 0 for none).
+        #[serde(default)]
+        tail: Option<u32>,
+        /// Only lines at or after this Unix time (nanoseconds).
+        #[serde(default)]
+        since_ns: Option<i64>,
+        /// Resume after a reconnect from this position.
+        #[serde(default)]
+        since_seq: Option<SeqPos>,
+        /// Keep following (default true).
+        #[serde(default = "yes")]
+        follow: bool,
+    },
+    /// Stop a subscription.
+    Unsubscribe {
+        /// The subscription id.
+        id: String,
+    },
+    /// List the streams visible to this session that the selector matches.
+    List {
+        /// Which streams.
+        #[serde(default)]
+        selector: Selector,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One stream as listed to a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamEntry {
+    /// Relay stream id, as stamped in batch headers.
+    pub stream: u64,
+    /// Its labels.
+    pub labels: Labels,
+}
+
+/// Relay → session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// First message of every session.
+    Welcome {
+        /// Session protocol version.
+        protocol: u32,
+        /// Org the session was authenticated for.
+        org: String,
+    },
+    /// A subscription was accepted.
+    Subscribed {
+        /// Its id.
+        id: String,
+    },
+    /// A stream now matches a subscription; binary batches with this `stream` id follow.
+    Stream {
+        /// Subscription id.
+        id: String,
+        /// Relay stream id.
+        stream: u64,
+        /// The stream's labels.
+        labels: Labels,
+    },
+    /// Lines of a stream that this session will not receive.
+    Gap {
+        /// Relay stream id.
+        stream: u64,
+        /// Where the gap starts.
+        from: SeqPos,
+        /// Lines missing (0 when unknown).
+        lines: u64,
+        /// Bytes missing (0 when unknown).
+        bytes: u64,
+        /// Why (`slow_consumer`, `agent_buffer_full`, `not_retained`, …).
+        reason: String,
+    },
+    /// The backfill of a stream is complete; what follows is live.
+    Live {
+        /// Relay stream id.
+        stream: u64,
+    },
+    /// A stream ended.
+    End {
+        /// Relay stream id.
+        stream: u64,
+        /// Why (`container_removed`, `agent_disconnected`, …).
+        reason: String,
+    },
+    /// A subscription was removed.
+    Unsubscribed {
+        /// Its id.
+        id: String,
+    },
+    /// Answer to `list`.
+    Streams {
+        /// Matching streams.
+        streams: Vec<StreamEntry>,
+    },
+    /// A request failed; the session stays open unless a close follows.
+    Error {
+        /// Machine-readable code.
+        code: ErrorCode,
+        /// What was wrong.
+        message: String,
+        /// The subscription concerned, if any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+    },
+}
+
+/// WebSocket close codes the relay uses (4000–4999 is the application range).
+pub mod close {
+    /// The relay is shutting down (standard "going away").
+    pub const SHUTDOWN: u16 = 1001;
+    /// The session violated the protocol.
+    pub const PROTOCOL: u16 = 1002;
+    /// No valid credentials.
+    pub const UNAUTHENTICATED: u16 = 4001;
+    /// Credentials valid but not for this.
+    pub const FORBIDDEN: u16 = 4003;
+    /// The session's token expired.
+    pub const TOKEN_EXPIRED: u16 = 4004;
+    /// A configured limit was crossed.
+    pub const LIMIT: u16 = 4008;
+    /// The session could not keep up and the policy is `disconnect`.
+    pub const SLOW_CONSUMER: u16 = 4009;
+    /// No pong within the timeout.
+    pub const PING_TIMEOUT: u16 = 4010;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscribe_defaults() {
+        let r: Request =
+            serde_json::from_str(r#"{"op":"subscribe","id":"a","selector":{"pod":"p"},"x":1}"#)
+                .unwrap();
+        match r {
+            Request::Subscribe {
+                id,
+                selector,
+                tail,
+                follow,
+                ..
+            } => {
+                assert_eq!(id, "a");
+                assert_eq!(selector.pod.as_deref(), Some("p"));
+                assert_eq!(tail, None);
+                assert!(follow);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn events_are_tagged() {
+        let e = Event::End {
+            stream: 4,
+            reason: "pod_removed".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"event":"end","stream":4,"reason":"pod_removed"}"#
+        );
+    }
+}
