@@ -1,1 +1,47 @@
-fn main() {}
+//! `logrelay-agent`: tails pod logs on a node and pushes them to the relay on demand.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use logrelay_agent::{AgentConfig, AgentTls};
+
+/// logrelay agent: tails pod logs on this node and pushes them to the relay on demand.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    #[command(flatten)]
+    config: AgentConfig,
+    /// PEM bundle of the CA(s) that sign the relay's certificate.
+    #[arg(long, env = "LOGRELAY_AGENT_CA_FILE")]
+    ca_file: PathBuf,
+    /// PEM client certificate (its URI SAN `spiffe://<org>/cluster/<cluster>` names the tenant).
+    #[arg(long, env = "LOGRELAY_AGENT_CERT_FILE")]
+    cert_file: PathBuf,
+    /// PEM private key of the client certificate.
+    #[arg(long, env = "LOGRELAY_AGENT_KEY_FILE")]
+    key_file: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    logrelay_tls::install_provider();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LOGRELAY_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let tls = AgentTls {
+        identity: logrelay_tls::Identity::from_pem_files(&cli.cert_file, &cli.key_file)?,
+        relay_roots: logrelay_tls::roots_from_pem_file(&cli.ca_file)?,
+    };
+    let agent = logrelay_agent::start(cli.config, tls)
+        .await
+        .context("starting agent")?;
+    tracing::info!(admin = %agent.admin_addr, "agent running");
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    agent.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,182 @@
+//! The agent's catalog: the streams that exist on this node, with stable ids.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use logrelay_wire::control::{StreamGone, StreamInfo};
+use logrelay_wire::labels::Labels;
+use tokio::sync::watch;
+
+use crate::metrics::AgentMetrics;
+
+/// One stream the agent can serve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Its labels (org and cluster are filled in by the relay).
+    pub labels: Labels,
+    /// The log file.
+    pub path: PathBuf,
+}
+
+/// What changed between two scans.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Diff {
+    /// New streams.
+    pub added: Vec<StreamInfo>,
+    /// Streams that went away.
+    pub removed: Vec<StreamGone>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    next_id: u64,
+    by_path: HashMap<PathBuf, u64>,
+    streams: BTreeMap<u64, Entry>,
+}
+
+/// The catalog, shared by discovery (writer) and the uplink (reader).
+#[derive(Debug)]
+pub struct Catalog {
+    inner: Mutex<Inner>,
+    version: watch::Sender<u64>,
+    metrics: Arc<AgentMetrics>,
+}
+
+impl Catalog {
+    /// An empty catalog.
+    pub fn new(metrics: Arc<AgentMetrics>) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                next_id: 1,
+                ..Inner::default()
+            }),
+            version: watch::channel(0).0,
+            metrics,
+        }
+    }
+
+    /// Replaces the set of streams with what a scan found; returns what changed.
+    pub fn replace(&self, found: Vec<Entry>) -> Diff {
+        let mut inner = self.inner.lock().expect("catalog lock");
+        let mut diff = Diff::default();
+        let mut seen = HashMap::with_capacity(found.len());
+        for entry in found {
+            let id = match inner.by_path.get(&entry.path) {
+                Some(id) => *id,
+                None => {
+                    let id = inner.next_id;
+                    inner.next_id += 1;
+                    inner.by_path.insert(entry.path.clone(), id);
+                    diff.added.push(StreamInfo {
+                        id,
+                        labels: entry.labels.clone(),
+                    });
+                    inner.streams.insert(id, entry.clone());
+                    id
+                }
+            };
+            seen.insert(id, ());
+        }
+        let gone: Vec<u64> = inner
+            .streams
+            .keys()
+            .filter(|id| !seen.contains_key(id))
+            .copied()
+            .collect();
+        for id in gone {
+            if let Some(e) = inner.streams.remove(&id) {
+                inner.by_path.remove(&e.path);
+                diff.removed.push(StreamGone {
+                    id,
+                    reason: "container_removed".into(),
+                });
+            }
+        }
+        self.metrics.streams.set(inner.streams.len() as i64);
+        if !diff.added.is_empty() || !diff.removed.is_empty() {
+            self.version.send_modify(|v| *v += 1);
+        }
+        diff
+    }
+
+    /// Every stream, by id.
+    pub fn snapshot(&self) -> BTreeMap<u64, Entry> {
+        self.inner.lock().expect("catalog lock").streams.clone()
+    }
+
+    /// One stream.
+    pub fn get(&self, id: u64) -> Option<Entry> {
+        self.inner
+            .lock()
+            .expect("catalog lock")
+            .streams
+            .get(&id)
+            .cloned()
+    }
+
+    /// Notified whenever the catalog changes.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+}
+
+/// What to announce to a peer that has seen `sent`, given the current catalog.
+pub fn reconcile(sent: &BTreeMap<u64, Labels>, now: &BTreeMap<u64, Entry>) -> Diff {
+    Diff {
+        added: now
+            .iter()
+            .filter(|(id, _)| !sent.contains_key(id))
+            .map(|(id, e)| StreamInfo {
+                id: *id,
+                labels: e.labels.clone(),
+            })
+            .collect(),
+        removed: sent
+            .keys()
+            .filter(|id| !now.contains_key(id))
+            .map(|id| StreamGone {
+                id: *id,
+                reason: "container_removed".into(),
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(p: &str) -> Entry {
+        Entry {
+            labels: Labels {
+                pod: p.into(),
+                ..Labels::default()
+            },
+            path: PathBuf::from(p),
+        }
+    }
+
+    #[test]
+    fn ids_are_stable_and_removals_reported() {
+        let c = Catalog::new(Arc::new(AgentMetrics::new()));
+        let d = c.replace(vec![entry("a"), entry("b")]);
+        assert_eq!(d.added.len(), 2);
+        let d = c.replace(vec![entry("b"), entry("c")]);
+        assert_eq!(d.added.iter().map(|s| s.id).collect::<Vec<_>>(), vec![3]);
+        assert_eq!(d.removed.iter().map(|s| s.id).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(c.replace(vec![entry("b"), entry("c")]), Diff::default());
+    }
+
+    #[test]
+    fn reconcile_sends_only_the_difference() {
+        let c = Catalog::new(Arc::new(AgentMetrics::new()));
+        c.replace(vec![entry("a"), entry("b")]);
+        let mut sent = BTreeMap::new();
+        sent.insert(1, Labels::default());
+        sent.insert(9, Labels::default());
+        let d = reconcile(&sent, &c.snapshot());
+        assert_eq!(d.added.iter().map(|s| s.id).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(d.removed.iter().map(|s| s.id).collect::<Vec<_>>(), vec![9]);
+    }
+}

@@ -1,0 +1,81 @@
+//! Every metric the agent exports. Names are a contract (see `docs/operations.md`).
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// The agent's metrics and their registry.
+#[derive(Debug)]
+pub struct AgentMetrics {
+    /// Registry rendered at `/metrics`.
+    pub registry: Registry,
+    /// Streams in the catalog.
+    pub streams: Gauge,
+    /// Lines read from log files (only while some demand is served).
+    pub lines_read: Counter,
+    /// Lines sent to the relay.
+    pub lines_sent: Counter,
+    /// Batch bytes sent to the relay.
+    pub bytes_sent: Counter,
+    /// Records that could not be parsed (delivered as raw lines).
+    pub parse_errors: Counter,
+    /// 1 while connected to the relay.
+    pub relay_connected: Gauge,
+    /// Connection attempts that failed or connections that ended.
+    pub reconnects: Counter,
+    /// Demands being served.
+    pub demands_active: Gauge,
+}
+
+impl AgentMetrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("logrelay_agent");
+        let m = Self {
+            streams: Gauge::default(),
+            lines_read: Counter::default(),
+            lines_sent: Counter::default(),
+            bytes_sent: Counter::default(),
+            parse_errors: Counter::default(),
+            relay_connected: Gauge::default(),
+            reconnects: Counter::default(),
+            demands_active: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("streams", "Streams in the catalog", m.streams.clone());
+        registry.register("lines_read", "Lines read from log files", m.lines_read.clone());
+        registry.register("lines_sent", "Lines sent to the relay", m.lines_sent.clone());
+        registry.register("bytes_sent", "Batch bytes sent to the relay", m.bytes_sent.clone());
+        registry.register(
+            "parse_errors",
+            "Log records that did not parse as their format",
+            m.parse_errors.clone(),
+        );
+        registry.register(
+            "relay_connected",
+            "1 while connected to the relay",
+            m.relay_connected.clone(),
+        );
+        registry.register(
+            "reconnects",
+            "Relay connections that failed or ended",
+            m.reconnects.clone(),
+        );
+        registry.register("demands_active", "Demands being served", m.demands_active.clone());
+        Self { registry, ..m }
+    }
+
+    /// Renders the OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,384 @@
+//! The uplink: the agent's only connection, dialled out to the relay over QUIC.
+//!
+//! Per connection: open the control stream, `hello` → `welcome`, announce the whole catalog,
+//! then serve `open` (one task and one unidirectional data stream per demand) and `cancel`
+//! (reset that stream), announce catalog changes and send heartbeats. When the connection ends
+//! every demand is dropped; the relay re-sends the demands it still has after a reconnect.
+//! Reconnects back off exponentially with full jitter.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use logrelay_wire::control::{self, AgentMsg, ErrorCode, RelayMsg};
+use logrelay_wire::frame::{self, DataPreamble, FrameDecoder};
+use logrelay_wire::labels::Labels;
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+
+use crate::catalog::{self, Catalog};
+use crate::config::AgentConfig;
+use crate::metrics::AgentMetrics;
+use crate::tail::{self, BatchSink, SinkClosed, TailParams};
+
+/// Application error code used when the agent resets a data stream on `cancel`.
+pub const CANCELLED: u32 = 1;
+
+/// Why a connection to the relay ended.
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    /// Dialling failed (address, TLS handshake, ALPN, certificate).
+    #[error("cannot connect to relay: {0}")]
+    Connect(String),
+    /// The connection was lost or closed by the relay.
+    #[error("connection lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// The control stream failed.
+    #[error("control stream: {0}")]
+    Stream(String),
+    /// The relay sent something this agent does not understand.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The relay reported an error and closed.
+    #[error("relay error {code:?}: {message}")]
+    Relay {
+        /// Code.
+        code: ErrorCode,
+        /// Reason.
+        message: String,
+    },
+}
+
+/// The uplink task's state.
+#[derive(Debug)]
+pub struct Uplink {
+    config: AgentConfig,
+    endpoint: quinn::Endpoint,
+    catalog: Arc<Catalog>,
+    metrics: Arc<AgentMetrics>,
+}
+
+impl Uplink {
+    /// Creates the client endpoint.
+    pub fn new(
+        config: AgentConfig,
+        client: quinn::ClientConfig,
+        catalog: Arc<Catalog>,
+        metrics: Arc<AgentMetrics>,
+    ) -> std::io::Result<Self> {
+        let bind: SocketAddr = if config.relay_addr.is_ipv6() {
+            "[::]:0".parse().expect("literal")
+        } else {
+            "0.0.0.0:0".parse().expect("literal")
+        };
+        let mut endpoint = quinn::Endpoint::client(bind)?;
+        let mut client = client;
+        let mut transport = quinn::TransportConfig::default();
+        transport.keep_alive_interval(Some(Duration::from_secs(5)));
+        transport.max_idle_timeout(Some(
+            Duration::from_secs(15).try_into().expect("15 s fits a VarInt"),
+        ));
+        client.transport_config(Arc::new(transport));
+        endpoint.set_default_client_config(client);
+        Ok(Self {
+            config,
+            endpoint,
+            catalog,
+            metrics,
+        })
+    }
+
+    /// Connects, serves, reconnects, until shutdown.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut attempt = 0u32;
+        loop {
+            let started = tokio::time::Instant::now();
+            let result = tokio::select! {
+                r = self.connect_and_serve() => r,
+                _ = shutdown.wait_for(|s| *s) => break,
+            };
+            self.metrics.relay_connected.set(0);
+            self.metrics.reconnects.inc();
+            if let Err(e) = result {
+                tracing::warn!(error = %e, relay = %self.config.relay_addr, "relay connection ended");
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                attempt = 0;
+            }
+            let delay = backoff(
+                attempt,
+                self.config.reconnect_min_ms,
+                self.config.reconnect_max_ms,
+                fastrand::f64(),
+            );
+            attempt = attempt.saturating_add(1);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.wait_for(|s| *s) => break,
+            }
+        }
+        self.endpoint.close(0u32.into(), b"agent shutting down");
+    }
+
+    async fn connect_and_serve(&self) -> Result<(), UplinkError> {
+        let conn = self
+            .endpoint
+            .connect(self.config.relay_addr, &self.config.relay_name)
+            .map_err(|e| UplinkError::Connect(e.to_string()))?
+            .await
+            .map_err(|e| UplinkError::Connect(e.to_string()))?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        let mut control = Control {
+            send: &mut send,
+            out: BytesMut::new(),
+        };
+        control
+            .send(&AgentMsg::Hello {
+                protocol: logrelay_wire::PROTOCOL_VERSION,
+                node: self.config.node_name.clone(),
+                agent_version: env!("CARGO_PKG_VERSION").into(),
+            })
+            .await?;
+        let mut decoder = FrameDecoder::new(frame::DEFAULT_MAX_FRAME_BYTES);
+        let welcome = tokio::time::timeout(
+            Duration::from_secs(10),
+            next_msg(&mut recv, &mut decoder),
+        )
+        .await
+        .map_err(|_| UplinkError::Protocol("no welcome within 10 s".into()))??;
+        let heartbeat_secs = match welcome {
+            Some(RelayMsg::Welcome {
+                protocol,
+                org,
+                cluster,
+                heartbeat_secs,
+                ..
+            }) => {
+                if protocol != logrelay_wire::PROTOCOL_VERSION {
+                    return Err(UplinkError::Protocol(format!(
+                        "relay speaks protocol {protocol}"
+                    )));
+                }
+                tracing::info!(relay = %self.config.relay_addr, %org, %cluster, "connected to relay");
+                heartbeat_secs.max(1)
+            }
+            Some(RelayMsg::Error { code, message }) => {
+                return Err(UplinkError::Relay { code, message });
+            }
+            other => {
+                return Err(UplinkError::Protocol(format!(
+                    "expected welcome, got {other:?}"
+                )));
+            }
+        };
+        self.metrics.relay_connected.set(1);
+
+        let mut sent: BTreeMap<u64, Labels> = BTreeMap::new();
+        let mut catalog_rx = self.catalog.watch();
+        catalog_rx.mark_changed();
+        let mut heartbeat = tokio::time::interval(Duration::from_secs(u64::from(heartbeat_secs)));
+        let mut demands: HashMap<u64, AbortHandle> = HashMap::new();
+        let result = loop {
+            tokio::select! {
+                msg = next_msg(&mut recv, &mut decoder) => {
+                    match msg {
+                        Ok(Some(RelayMsg::Open { demand, stream, stream_ref, demand_spec })) => {
+                            demands.retain(|_, h| !h.is_finished());
+                            let Some(entry) = self.catalog.get(stream) else {
+                                control.send(&AgentMsg::OpenFailed {
+                                    demand,
+                                    code: ErrorCode::UnknownStream,
+                                    message: format!("no stream {stream} on this agent"),
+                                }).await?;
+                                continue;
+                            };
+                            let task = DemandTask {
+                                conn: conn.clone(),
+                                demand,
+                                stream_ref,
+                                spec: demand_spec,
+                                path: entry.path,
+                                params: self.params(),
+                                metrics: self.metrics.clone(),
+                            };
+                            if let Some(old) = demands.insert(demand, tokio::spawn(task.run()).abort_handle()) {
+                                old.abort();
+                            }
+                        }
+                        Ok(Some(RelayMsg::Cancel { demand })) => {
+                            if let Some(h) = demands.remove(&demand) {
+                                h.abort();
+                            }
+                        }
+                        Ok(Some(RelayMsg::Heartbeat | RelayMsg::Welcome { .. })) => {}
+                        Ok(Some(RelayMsg::Error { code, message })) => break Err(UplinkError::Relay { code, message }),
+                        Ok(None) => break Err(UplinkError::Stream("relay closed the control stream".into())),
+                        Err(e) => break Err(e),
+                    }
+                }
+                changed = catalog_rx.changed() => {
+                    if changed.is_err() { break Ok(()); }
+                    let now = self.catalog.snapshot();
+                    let diff = catalog::reconcile(&sent, &now);
+                    for s in &diff.removed { sent.remove(&s.id); }
+                    for s in &diff.added { sent.insert(s.id, s.labels.clone()); }
+                    if !diff.added.is_empty() {
+                        control.send(&AgentMsg::CatalogAdd { streams: diff.added }).await?;
+                    }
+                    if !diff.removed.is_empty() {
+                        control.send(&AgentMsg::CatalogRemove { streams: diff.removed }).await?;
+                    }
+                }
+                _ = heartbeat.tick() => control.send(&AgentMsg::Heartbeat).await?,
+                e = conn.closed() => break Err(e.into()),
+            }
+        };
+        for (_, h) in demands {
+            h.abort();
+        }
+        result
+    }
+
+    fn params(&self) -> TailParams {
+        TailParams {
+            max_batch_bytes: self.config.max_batch_bytes,
+            max_line_bytes: self.config.max_line_bytes,
+            follow_poll: Duration::from_millis(self.config.follow_poll_ms.max(1)),
+        }
+    }
+}
+
+/// `min · 2^attempt`, capped at `max`, scaled by `jitter ∈ [0, 1)` ("full jitter"), never 0.
+pub fn backoff(attempt: u32, min_ms: u64, max_ms: u64, jitter: f64) -> Duration {
+    let cap = min_ms
+        .saturating_mul(1u64 << attempt.min(32))
+        .min(max_ms)
+        .max(1);
+    Duration::from_millis(((cap as f64 * jitter) as u64).clamp(min_ms.min(cap), cap))
+}
+
+struct Control<'a> {
+    send: &'a mut quinn::SendStream,
+    out: BytesMut,
+}
+
+impl Control<'_> {
+    async fn send(&mut self, msg: &AgentMsg) -> Result<(), UplinkError> {
+        self.out.clear();
+        frame::encode(&control::encode(msg), &mut self.out);
+        self.send
+            .write_all(&self.out)
+            .await
+            .map_err(|e| UplinkError::Stream(e.to_string()))
+    }
+}
+
+async fn next_msg(
+    recv: &mut quinn::RecvStream,
+    decoder: &mut FrameDecoder,
+) -> Result<Option<RelayMsg>, UplinkError> {
+    loop {
+        if let Some(body) = decoder
+            .next_frame()
+            .map_err(|e| UplinkError::Protocol(e.to_string()))?
+        {
+            return control::decode(&body)
+                .map(Some)
+                .map_err(|e| UplinkError::Protocol(e.to_string()));
+        }
+        match recv
+            .read_chunk(64 * 1024, true)
+            .await
+            .map_err(|e| UplinkError::Stream(e.to_string()))?
+        {
+            Some(chunk) => decoder.extend(&chunk.bytes),
+            None => return Ok(None),
+        }
+    }
+}
+
+struct DemandTask {
+    conn: quinn::Connection,
+    demand: u64,
+    stream_ref: u64,
+    spec: control::Demand,
+    path: std::path::PathBuf,
+    params: TailParams,
+    metrics: Arc<AgentMetrics>,
+}
+
+impl DemandTask {
+    async fn run(self) {
+        self.metrics.demands_active.inc();
+        let _active = ActiveGuard(self.metrics.clone());
+        let mut send = match self.conn.open_uni().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(demand = self.demand, error = %e, "cannot open data stream");
+                return;
+            }
+        };
+        if send
+            .write_all(&DataPreamble { demand: self.demand }.encode())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let mut sink = QuicSink(&mut send);
+        match tail::serve(
+            &self.path,
+            &self.spec,
+            self.stream_ref,
+            self.params,
+            &mut sink,
+            &self.metrics,
+        )
+        .await
+        {
+            Ok(()) => {
+                let _ = send.finish();
+            }
+            Err(e) => {
+                tracing::debug!(demand = self.demand, error = %e, "demand ended");
+                let _ = send.reset(CANCELLED.into());
+            }
+        }
+    }
+}
+
+struct ActiveGuard(Arc<AgentMetrics>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.demands_active.dec();
+    }
+}
+
+struct QuicSink<'a>(&'a mut quinn::SendStream);
+
+impl BatchSink for QuicSink<'_> {
+    async fn send(&mut self, batch: Bytes) -> Result<(), SinkClosed> {
+        let prefix = Bytes::copy_from_slice(&frame::prefix(batch.len()));
+        self.0
+            .write_all_chunks(&mut [prefix, batch])
+            .await
+            .map_err(|_| SinkClosed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_caps_and_jitters() {
+        assert_eq!(backoff(0, 100, 10_000, 0.999), Duration::from_millis(100));
+        assert_eq!(backoff(3, 100, 10_000, 0.999), Duration::from_millis(799));
+        assert_eq!(backoff(30, 100, 10_000, 0.999), Duration::from_millis(9990));
+        assert_eq!(backoff(30, 100, 10_000, 0.0), Duration::from_millis(100));
+        assert!(backoff(5, 100, 10_000, 0.5) <= Duration::from_millis(3200));
+    }
+}
