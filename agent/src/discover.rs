@@ -66,7 +66,7 @@ pub async fn run(config: AgentConfig, catalog: Arc<Catalog>, mut shutdown: watch
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = shutdown.wait_for(|s| *s) => return,
+            () = crate::stopped(&mut shutdown) => return,
         }
         let dir = config.pods_dir.clone();
         let node = config.node_name.clone();

@@ -110,3 +110,8 @@ pub async fn start(config: AgentConfig, tls: AgentTls) -> Result<AgentHandle, St
         tasks,
     })
 }
+
+/// Resolves once `shutdown` turns true (or its sender is gone).
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}

@@ -97,7 +97,7 @@ impl Uplink {
             let started = tokio::time::Instant::now();
             let result = tokio::select! {
                 r = self.connect_and_serve() => r,
-                _ = shutdown.wait_for(|s| *s) => break,
+                () = crate::stopped(&mut shutdown) => break,
             };
             self.metrics.relay_connected.set(0);
             self.metrics.reconnects.inc();
@@ -116,7 +116,7 @@ impl Uplink {
             attempt = attempt.saturating_add(1);
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.wait_for(|s| *s) => break,
+                () = crate::stopped(&mut shutdown) => break,
             }
         }
         self.endpoint.close(0u32.into(), b"agent shutting down");

@@ -1,1 +1,202 @@
+//! The logrelay relay: stateless, in memory only.
+//!
+//! Pipeline stages, one module each:
+//! * [`ingest`] accepts agents over QUIC (mTLS; org and cluster from the certificate);
+//! * [`hub`] holds streams, demands and sessions, with one bounded [`ring`] per stream;
+//! * [`session`] serves WebSocket sessions, one writer per session draining all it watches;
+//! * [`http`] is the session listener (WS/WSS), [`admin`] serves `/metrics`, `/healthz`,
+//!   `/readyz`, and [`metrics`] owns every metric name.
+//!
+//! The relay writes no file: log content lives only in rings and socket buffers.
+#![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod ingest;
+pub mod metrics;
+pub mod ring;
+pub mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub use config::RelayConfig;
+
+/// TLS material of a relay.
+#[derive(Debug)]
+pub struct RelayTls {
+    /// The relay's certificate for agents (QUIC).
+    pub quic_identity: logrelay_tls::Identity,
+    /// CAs that sign agent certificates.
+    pub agent_roots: rustls::RootCertStore,
+    /// The certificate for WSS, if sessions use TLS.
+    pub wss: Option<logrelay_tls::Identity>,
+}
+
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not bind.
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// Address asked for.
+        addr: SocketAddr,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// TLS configuration was refused.
+    #[error(transparent)]
+    Tls(#[from] logrelay_tls::TlsError),
+}
+
+/// A running relay.
+#[derive(Debug)]
+pub struct RelayHandle {
+    /// QUIC address agents dial.
+    pub quic_addr: SocketAddr,
+    /// Session listener address.
+    pub http_addr: SocketAddr,
+    /// Admin listener address.
+    pub admin_addr: SocketAddr,
+    /// The relay's metrics.
+    pub metrics: Arc<metrics::RelayMetrics>,
+    /// True when sessions use WSS.
+    pub wss: bool,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    endpoint: quinn::Endpoint,
+}
+
+impl RelayHandle {
+    /// Closes every connection and waits until the listeners are released.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+        self.endpoint
+            .close(ingest::codes::SHUTDOWN.into(), b"relay shutting down");
+        self.endpoint.wait_idle().await;
+    }
+
+    /// The WebSocket URL of `/v1/subscribe`.
+    pub fn subscribe_url(&self) -> String {
+        let scheme = if self.wss { "wss" } else { "ws" };
+        format!("{scheme}://{}/v1/subscribe", self.http_addr)
+    }
+}
+
+/// Binds every listener and starts serving.
+pub async fn start(config: RelayConfig, tls: RelayTls) -> Result<RelayHandle, StartError> {
+    logrelay_tls::install_provider();
+    let metrics = Arc::new(metrics::RelayMetrics::new());
+    let hub = hub::Hub::new(config.hub(), metrics.clone());
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+
+    let mut server = logrelay_tls::quic_server(tls.quic_identity, tls.agent_roots)?;
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    transport.max_idle_timeout(Some(
+        Duration::from_secs(15).try_into().expect("15 s fits a VarInt"),
+    ));
+    transport.max_concurrent_uni_streams(4096u32.into());
+    transport.max_concurrent_bidi_streams(1u32.into());
+    transport.stream_receive_window((4u32 * 1024 * 1024).into());
+    transport.receive_window((16u32 * 1024 * 1024).into());
+    server.transport_config(Arc::new(transport));
+    let endpoint = quinn::Endpoint::server(server, config.quic_addr).map_err(|source| {
+        StartError::Bind {
+            what: "QUIC listener",
+            addr: config.quic_addr,
+            source,
+        }
+    })?;
+    let quic_addr = endpoint.local_addr().map_err(|source| StartError::Bind {
+        what: "QUIC listener",
+        addr: config.quic_addr,
+        source,
+    })?;
+
+    let bind = |what: &'static str, addr: SocketAddr| async move {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { what, addr, source })?;
+        let local = l
+            .local_addr()
+            .map_err(|source| StartError::Bind { what, addr, source })?;
+        Ok::<_, StartError>((l, local))
+    };
+    let (http, http_addr) = bind("session listener", config.http_addr).await?;
+    let (admin, admin_addr) = bind("admin listener", config.admin_addr).await?;
+
+    let wss = match tls.wss {
+        Some(id) => Some(logrelay_tls::https_server(id)?),
+        None => None,
+    };
+    let is_wss = wss.is_some();
+    let session_cfg = session::SessionConfig {
+        flush_bytes: config.session_flush_bytes,
+        ping: Duration::from_secs(config.ping_secs.max(1)),
+        max_event_bytes: config.hub().max_session_event_bytes,
+    };
+    let app = http::SessionApp {
+        hub: hub.clone(),
+        metrics: metrics.clone(),
+        anonymous_org: config.anonymous_org.clone(),
+        session: session_cfg,
+        max_message_bytes: config.max_session_message_bytes,
+        shutdown: shutdown_rx.clone(),
+    };
+    tasks.spawn(http::serve(http, http::router(app), wss, shutdown_rx.clone()));
+    let admin_router = admin::router(metrics.clone(), ready_rx);
+    let mut admin_shutdown = shutdown_rx.clone();
+    tasks.spawn(async move {
+        let r = axum::serve(admin, admin_router)
+            .with_graceful_shutdown(async move {
+                let _ = admin_shutdown.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "admin listener failed");
+        }
+    });
+    tasks.spawn(ingest::run(
+        endpoint.clone(),
+        hub,
+        metrics.clone(),
+        ingest::IngestConfig {
+            max_frame_bytes: config.max_frame_bytes,
+            heartbeat_secs: config.agent_heartbeat_secs,
+        },
+        shutdown_rx,
+    ));
+    let _ = ready_tx.send(true);
+    // Keep readiness alive for the life of the relay.
+    tasks.spawn(async move {
+        ready_tx.closed().await;
+    });
+    tracing::info!(%quic_addr, %http_addr, %admin_addr, wss = is_wss, "relay listening");
+    Ok(RelayHandle {
+        quic_addr,
+        http_addr,
+        admin_addr,
+        metrics,
+        wss: is_wss,
+        shutdown,
+        tasks,
+        endpoint,
+    })
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone).
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}

@@ -1,0 +1,248 @@
+//! A WebSocket client of the relay's `/v1/subscribe` (WS or WSS), used by `tail` and tests.
+
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use logrelay_wire::batch::{self, BatchHeader, Kind};
+use logrelay_wire::session::{Event, Request};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
+
+/// Why the client failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The URL is not `ws://` or `wss://` with a host and port.
+    #[error("bad relay URL `{0}`: expected ws://host:port/v1/subscribe or wss://…")]
+    Url(String),
+    /// TCP connect failed.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// Address.
+        addr: String,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// TLS failed (untrusted certificate, wrong name, …).
+    #[error("TLS handshake with {addr} failed: {source}")]
+    Tls {
+        /// Address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The relay refused the WebSocket upgrade (e.g. 401 without valid credentials).
+    #[error("relay refused the session: HTTP {status}: {body}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// Response body.
+        body: String,
+    },
+    /// The relay closed the session.
+    #[error("relay closed the session: {code} {reason}")]
+    Closed {
+        /// Close code.
+        code: u16,
+        /// Reason.
+        reason: String,
+    },
+    /// The WebSocket failed.
+    #[error("websocket: {0}")]
+    Ws(#[from] tungstenite::Error),
+    /// The relay sent something this client cannot read.
+    #[error("unreadable message from relay: {0}")]
+    Protocol(String),
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// One line as received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedLine {
+    /// Relay stream id.
+    pub stream: u64,
+    /// Epoch.
+    pub epoch: u64,
+    /// Sequence number.
+    pub seq: u64,
+    /// Unix nanoseconds.
+    pub timestamp_ns: i64,
+    /// Line flags.
+    pub flags: batch::LineFlags,
+    /// Message with terminator.
+    pub message: Vec<u8>,
+    /// Part of a backfill rather than the live tail.
+    pub backfill: bool,
+}
+
+/// What the relay sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Incoming {
+    /// A JSON event.
+    Event(Event),
+    /// The lines of one data message.
+    Lines(Vec<ReceivedLine>),
+    /// An in-band gap notice from the agent.
+    AgentGap {
+        /// Relay stream id.
+        stream: u64,
+        /// First missing sequence number.
+        first_seq: u64,
+        /// Lines missing.
+        lines: u32,
+    },
+}
+
+/// A connected session.
+pub struct Client {
+    ws: WebSocketStream<Box<dyn Io>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects to `url`; `roots` are trusted for `wss://`, `token` is sent as a bearer token.
+    pub async fn connect(
+        url: &str,
+        roots: Option<rustls::RootCertStore>,
+        token: Option<&str>,
+    ) -> Result<Self, ClientError> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("wss://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("ws://") {
+            (false, r)
+        } else {
+            return Err(ClientError::Url(url.into()));
+        };
+        let authority = rest.split('/').next().unwrap_or_default();
+        let host = authority
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| ClientError::Url(url.into()))?;
+        let tcp = tokio::net::TcpStream::connect(authority)
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr: authority.into(),
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let io: Box<dyn Io> = if tls {
+            logrelay_tls::install_provider();
+            let roots = roots.unwrap_or_else(rustls::RootCertStore::empty);
+            let config = logrelay_tls::https_client(roots)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let name = rustls::pki_types::ServerName::try_from(
+                host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            )
+            .map_err(|_| ClientError::Url(url.into()))?;
+            let stream = tokio_rustls::TlsConnector::from(Arc::clone(&config))
+                .connect(name, tcp)
+                .await
+                .map_err(|source| ClientError::Tls {
+                    addr: authority.into(),
+                    source,
+                })?;
+            Box::new(stream)
+        } else {
+            Box::new(tcp)
+        };
+        let mut request = url
+            .into_client_request()
+            .map_err(|_| ClientError::Url(url.into()))?;
+        if let Some(t) = token {
+            request.headers_mut().insert(
+                "authorization",
+                format!("Bearer {t}")
+                    .parse()
+                    .map_err(|_| ClientError::Protocol("token is not a valid header".into()))?,
+            );
+        }
+        match tokio_tungstenite::client_async(request, io).await {
+            Ok((ws, _)) => Ok(Self { ws }),
+            Err(tungstenite::Error::Http(resp)) => Err(ClientError::Refused {
+                status: resp.status().as_u16(),
+                body: resp
+                    .body()
+                    .as_deref()
+                    .map(|b| String::from_utf8_lossy(b).trim().to_owned())
+                    .unwrap_or_default(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Sends a request.
+    pub async fn send(&mut self, req: &Request) -> Result<(), ClientError> {
+        let text = serde_json::to_string(req).expect("requests serialize");
+        self.send_text(&text).await
+    }
+
+    /// Sends raw text (tests use it to send malformed requests).
+    pub async fn send_text(&mut self, text: &str) -> Result<(), ClientError> {
+        self.ws.send(Message::text(text)).await?;
+        Ok(())
+    }
+
+    /// The next event or data message; `None` when the relay closed normally.
+    pub async fn next(&mut self) -> Result<Option<Incoming>, ClientError> {
+        loop {
+            let Some(msg) = self.ws.next().await else {
+                return Ok(None);
+            };
+            match msg? {
+                Message::Text(t) => {
+                    let e: Event = serde_json::from_str(t.as_str())
+                        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                    return Ok(Some(Incoming::Event(e)));
+                }
+                Message::Binary(b) => return decode(&b).map(Some),
+                Message::Close(Some(f)) => {
+                    return Err(ClientError::Closed {
+                        code: f.code.into(),
+                        reason: f.reason.to_string(),
+                    });
+                }
+                Message::Close(None) => return Ok(None),
+                _ => {}
+            }
+        }
+    }
+
+    /// Closes the session.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+fn decode(b: &[u8]) -> Result<Incoming, ClientError> {
+    let h = BatchHeader::parse(b).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    if h.kind == Kind::Gap {
+        return Ok(Incoming::AgentGap {
+            stream: h.stream,
+            first_seq: h.first_seq,
+            lines: h.count,
+        });
+    }
+    let (h, lines) = batch::lines(b).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    Ok(Incoming::Lines(
+        lines
+            .into_iter()
+            .map(|l| ReceivedLine {
+                stream: h.stream,
+                epoch: h.epoch,
+                seq: l.seq,
+                timestamp_ns: l.timestamp_ns,
+                flags: l.flags,
+                message: l.message.to_vec(),
+                backfill: h.flags & batch::FLAG_BACKFILL != 0,
+            })
+            .collect(),
+    ))
+}

@@ -1,0 +1,128 @@
+//! `logrelay tail`: print a stream's lines like `kubectl logs -f`.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+
+use logrelay_wire::selector::Selector;
+use logrelay_wire::session::{Event, Request};
+
+use crate::client::{Client, ClientError, Incoming};
+use crate::timefmt::rfc3339_nanos;
+
+/// Arguments of `logrelay tail`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TailArgs {
+    /// Relay WebSocket URL.
+    #[arg(long, env = "LOGRELAY_URL", default_value = "ws://127.0.0.1:8080/v1/subscribe")]
+    pub url: String,
+    /// Namespace.
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// Pod name.
+    #[arg(long, short = 'p')]
+    pub pod: Option<String>,
+    /// Container name.
+    #[arg(long, short = 'c')]
+    pub container: Option<String>,
+    /// Lines of backlog to print first.
+    #[arg(long, default_value_t = logrelay_wire::DEFAULT_TAIL_LINES)]
+    pub tail: u32,
+    /// Prefix each line with its RFC 3339 timestamp.
+    #[arg(long)]
+    pub timestamps: bool,
+    /// Prefix each line with `[pod/container]`.
+    #[arg(long)]
+    pub prefix: bool,
+    /// PEM CA bundle to trust for `wss://`.
+    #[arg(long, env = "LOGRELAY_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Bearer token.
+    #[arg(long, env = "LOGRELAY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// Runs `tail` until the relay closes the session or the output is closed.
+pub async fn run(args: TailArgs) -> Result<(), ClientError> {
+    let roots = match &args.ca_file {
+        Some(p) => Some(
+            logrelay_tls::roots_from_pem_file(p).map_err(|e| ClientError::Protocol(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let mut client = Client::connect(&args.url, roots, args.token.as_deref()).await?;
+    client
+        .send(&Request::Subscribe {
+            id: "tail".into(),
+            selector: Selector {
+                namespace: args.namespace.clone(),
+                pod: args.pod.clone(),
+                container: args.container.clone(),
+                ..Selector::default()
+            },
+            tail: Some(args.tail),
+            since_ns: None,
+            since_seq: None,
+            follow: true,
+        })
+        .await?;
+    let mut names: HashMap<u64, String> = HashMap::new();
+    let mut last: HashMap<u64, (u64, u64)> = HashMap::new();
+    let stdout = std::io::stdout();
+    while let Some(item) = client.next().await? {
+        match item {
+            Incoming::Event(Event::Stream { stream, labels, .. }) => {
+                names.insert(stream, format!("[{}/{}]", labels.pod, labels.container));
+            }
+            Incoming::Event(Event::Error { code, message, .. }) => {
+                return Err(ClientError::Protocol(format!("{}: {message}", code.as_str())));
+            }
+            Incoming::Event(Event::Gap { lines, bytes, reason, .. }) => {
+                eprintln!("logrelay tail: {lines} lines ({bytes} bytes) missed: {reason}");
+            }
+            Incoming::Event(Event::End { stream, reason }) => {
+                eprintln!(
+                    "logrelay tail: stream {} ended: {reason}",
+                    names.get(&stream).map_or("", String::as_str)
+                );
+            }
+            Incoming::Event(_) => {}
+            Incoming::AgentGap { lines, .. } => {
+                eprintln!("logrelay tail: {lines} lines missed at the agent");
+            }
+            Incoming::Lines(lines) => {
+                let mut out = stdout.lock();
+                for l in lines {
+                    // Never print a line twice (backfill and live overlap after a reconnect).
+                    if let Some(&(epoch, seq)) = last.get(&l.stream)
+                        && epoch == l.epoch
+                        && l.seq <= seq
+                    {
+                        continue;
+                    }
+                    last.insert(l.stream, (l.epoch, l.seq));
+                    let mut line = Vec::with_capacity(l.message.len() + 48);
+                    if args.prefix {
+                        line.extend_from_slice(names.get(&l.stream).map_or("", String::as_str).as_bytes());
+                        line.push(b' ');
+                    }
+                    if args.timestamps {
+                        line.extend_from_slice(rfc3339_nanos(l.timestamp_ns).as_bytes());
+                        line.push(b' ');
+                    }
+                    line.extend_from_slice(&l.message);
+                    if !l.message.ends_with(b"\n") {
+                        line.push(b'\n');
+                    }
+                    if out.write_all(&line).is_err() {
+                        return Ok(());
+                    }
+                }
+                if out.flush().is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! Relay configuration: one typed struct, filled from flags or environment (`LOGRELAY_RELAY_*`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::hub::HubConfig;
+
+/// Relay configuration. Units are in the field names.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RelayConfig {
+    /// UDP address of the QUIC listener for agents.
+    #[arg(long, env = "LOGRELAY_RELAY_QUIC_ADDR", default_value = "127.0.0.1:4433")]
+    pub quic_addr: SocketAddr,
+    /// TCP address of the WebSocket listener for sessions (`/v1/subscribe`).
+    #[arg(long, env = "LOGRELAY_RELAY_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+    /// TCP address of the admin listener (`/metrics`, `/healthz`, `/readyz`).
+    #[arg(long, env = "LOGRELAY_RELAY_ADMIN_ADDR", default_value = "127.0.0.1:9600")]
+    pub admin_addr: SocketAddr,
+    /// PEM certificate chain for WSS; without it the session listener is plain WS.
+    #[arg(long, env = "LOGRELAY_RELAY_WSS_CERT_FILE", requires = "wss_key_file")]
+    pub wss_cert_file: Option<PathBuf>,
+    /// PEM private key for WSS.
+    #[arg(long, env = "LOGRELAY_RELAY_WSS_KEY_FILE", requires = "wss_cert_file")]
+    pub wss_key_file: Option<PathBuf>,
+    /// Org given to sessions that present no credentials. Unset (the default): such sessions
+    /// are refused. `--dev` sets it to `dev`.
+    #[arg(long, env = "LOGRELAY_RELAY_ANONYMOUS_ORG")]
+    pub anonymous_org: Option<String>,
+    /// Bytes each stream's ring holds; a session further behind skips ahead with a gap event.
+    #[arg(long, env = "LOGRELAY_RELAY_RING_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub ring_bytes: usize,
+    /// Seconds a stream stays open at its agent after its last watcher left.
+    #[arg(long, env = "LOGRELAY_RELAY_LINGER_SECS", default_value_t = 5)]
+    pub linger_secs: u64,
+    /// Subscriptions one session may hold.
+    #[arg(long, env = "LOGRELAY_RELAY_MAX_SUBSCRIPTIONS_PER_SESSION", default_value_t = 64)]
+    pub max_subscriptions_per_session: usize,
+    /// Largest frame accepted from an agent.
+    #[arg(long, env = "LOGRELAY_RELAY_MAX_FRAME_BYTES", default_value_t = logrelay_wire::frame::DEFAULT_MAX_FRAME_BYTES)]
+    pub max_frame_bytes: u32,
+    /// Largest message accepted from a session.
+    #[arg(long, env = "LOGRELAY_RELAY_MAX_SESSION_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub max_session_message_bytes: usize,
+    /// Bytes a session writer takes from the rings per flush.
+    #[arg(long, env = "LOGRELAY_RELAY_SESSION_FLUSH_BYTES", default_value_t = 256 * 1024)]
+    pub session_flush_bytes: usize,
+    /// Seconds between WebSocket pings; a session silent for three intervals is closed.
+    #[arg(long, env = "LOGRELAY_RELAY_PING_SECS", default_value_t = 15)]
+    pub ping_secs: u64,
+    /// Seconds between heartbeats the agents are asked to send.
+    #[arg(long, env = "LOGRELAY_RELAY_AGENT_HEARTBEAT_SECS", default_value_t = 5)]
+    pub agent_heartbeat_secs: u32,
+}
+
+impl RelayConfig {
+    /// Loopback defaults on ephemeral ports (tests, the demo).
+    pub fn loopback() -> Self {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            quic_addr: any,
+            http_addr: any,
+            admin_addr: any,
+            wss_cert_file: None,
+            wss_key_file: None,
+            anonymous_org: None,
+            ring_bytes: 4 * 1024 * 1024,
+            linger_secs: 5,
+            max_subscriptions_per_session: 64,
+            max_frame_bytes: logrelay_wire::frame::DEFAULT_MAX_FRAME_BYTES,
+            max_session_message_bytes: 64 * 1024,
+            session_flush_bytes: 256 * 1024,
+            ping_secs: 15,
+            agent_heartbeat_secs: 5,
+        }
+    }
+
+    /// The hub's share of the configuration.
+    pub fn hub(&self) -> HubConfig {
+        HubConfig {
+            ring_bytes: self.ring_bytes,
+            linger: Duration::from_secs(self.linger_secs),
+            max_subscriptions_per_session: self.max_subscriptions_per_session,
+            backfill_batches: 16,
+            max_session_event_bytes: 1024 * 1024,
+        }
+    }
+}

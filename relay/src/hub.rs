@@ -1,0 +1,939 @@
+//! The hub: the relay's in-memory state of streams, demands and sessions.
+//!
+//! * A stream exists while an agent announces it (or briefly after its agent went away, while
+//!   someone watches it). Its identity is its labels, so an agent that reconnects — or a relay
+//!   that restarts — finds the same stream again and the relay re-sends its demands.
+//! * The first watcher of a stream makes the relay `open` it at its agent; the last one leaving
+//!   makes it `cancel` after a linger. Content flows into one [`Ring`] per stream.
+//! * A watcher joining a live stream gets its own backfill (`tail`, `since`) up to the ring's
+//!   current end from the agent, then reads the ring from that point: no duplicate, no hole.
+//!
+//! Lock order: hub state → session state → live stream (ring, watchers). Ingest pushes take
+//! only the live stream's locks.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use logrelay_wire::control::{Demand, ErrorCode, RelayMsg, SeqPos, StreamGone, StreamInfo};
+use logrelay_wire::labels::Labels;
+use logrelay_wire::selector::Selector;
+use logrelay_wire::session::{Event, StreamEntry};
+use tokio::sync::{Notify, mpsc};
+
+use crate::metrics::RelayMetrics;
+use crate::ring::{self, Ring};
+
+/// Tuning of the hub.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Bytes each stream's ring holds.
+    pub ring_bytes: usize,
+    /// How long a stream stays open at its agent after its last watcher left.
+    pub linger: Duration,
+    /// Subscriptions one session may hold.
+    pub max_subscriptions_per_session: usize,
+    /// Batches of backfill buffered per watcher before the agent is slowed down.
+    pub backfill_batches: usize,
+    /// Bytes of pending events (JSON) a session may have queued before it is closed.
+    pub max_session_event_bytes: usize,
+}
+
+/// What a demand's data stream feeds.
+#[derive(Debug, Clone)]
+pub enum DemandSink {
+    /// The live ring of a stream.
+    Live(Arc<LiveStream>),
+    /// One watcher's backfill.
+    Backfill {
+        /// Relay stream id.
+        stream: u64,
+        /// Where batches go (bounded: a full queue slows the agent, nothing is dropped).
+        tx: mpsc::Sender<Bytes>,
+        /// The watcher.
+        session: Arc<SessionShared>,
+    },
+}
+
+/// The part of a stream that ingest writes to without the hub lock.
+#[derive(Debug)]
+pub struct LiveStream {
+    /// Relay stream id.
+    pub id: u64,
+    ring: Mutex<Ring>,
+    watchers: Mutex<Vec<Arc<SessionShared>>>,
+    metrics: Arc<RelayMetrics>,
+}
+
+impl LiveStream {
+    /// Appends a batch and wakes every watcher. Returns lines dropped from the ring.
+    pub fn push(&self, batch: Bytes, lines: u32, end: SeqPos) -> u64 {
+        let len = batch.len() as i64;
+        let (dropped_lines, dropped_bytes) = {
+            let mut ring = self.ring.lock().expect("ring lock");
+            ring.push(batch, lines, end)
+        };
+        self.metrics
+            .buffered_bytes
+            .inc_by(len - dropped_bytes as i64);
+        if dropped_lines > 0 {
+            self.metrics.ring_evicted_lines.inc_by(dropped_lines);
+        }
+        for w in self.watchers.lock().expect("watchers lock").iter() {
+            w.notify.notify_one();
+        }
+        dropped_lines
+    }
+
+    /// Reads for one watcher.
+    pub fn read(&self, cursor: &mut ring::Cursor, max_bytes: usize) -> ring::Read {
+        self.ring.lock().expect("ring lock").read(cursor, max_bytes)
+    }
+
+    fn reset_ring(&self, capacity: usize) {
+        let mut ring = self.ring.lock().expect("ring lock");
+        self.metrics.buffered_bytes.dec_by(ring.held_bytes() as i64);
+        *ring = Ring::new(capacity);
+    }
+}
+
+impl Drop for LiveStream {
+    fn drop(&mut self) {
+        if let Ok(ring) = self.ring.lock() {
+            self.metrics.buffered_bytes.dec_by(ring.held_bytes() as i64);
+        }
+    }
+}
+
+/// One session's state shared between the hub, its reader and its writer.
+#[derive(Debug)]
+pub struct SessionShared {
+    /// Session id.
+    pub id: u64,
+    /// Org the session is authorised for.
+    pub org: String,
+    /// Woken whenever the writer has something to do.
+    pub notify: Notify,
+    /// Watches and pending events.
+    pub state: Mutex<SessionState>,
+}
+
+/// What a session's writer drains.
+#[derive(Debug, Default)]
+pub struct SessionState {
+    /// JSON events not yet written.
+    pub events: std::collections::VecDeque<String>,
+    /// Bytes in `events`.
+    pub event_bytes: usize,
+    /// Streams watched, by relay stream id.
+    pub watches: HashMap<u64, Watch>,
+    /// Set when the session must be closed (code, reason).
+    pub close: Option<(u16, String)>,
+    subs: HashMap<String, SubSpec>,
+}
+
+/// A stream a session watches.
+#[derive(Debug)]
+pub struct Watch {
+    /// The stream's live part.
+    pub stream: Arc<LiveStream>,
+    /// Position in the ring.
+    pub cursor: ring::Cursor,
+    /// Backfill still arriving: drained before the ring.
+    pub backfill: Option<mpsc::Receiver<Bytes>>,
+    subs: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone)]
+struct SubSpec {
+    selector: Selector,
+    demand: Demand,
+}
+
+impl SessionShared {
+    /// Queues an event for the writer.
+    pub fn push_event(&self, event: &Event, max_bytes: usize) {
+        let mut st = self.state.lock().expect("session lock");
+        push_event_locked(&mut st, event, max_bytes);
+        drop(st);
+        self.notify.notify_one();
+    }
+}
+
+fn push_event_locked(st: &mut SessionState, event: &Event, max_bytes: usize) {
+    let json = serde_json::to_string(event).expect("events always serialize");
+    if st.event_bytes + json.len() > max_bytes {
+        st.close.get_or_insert((
+            logrelay_wire::session::close::SLOW_CONSUMER,
+            "session is not reading its events".into(),
+        ));
+        return;
+    }
+    st.event_bytes += json.len();
+    st.events.push_back(json);
+}
+
+#[derive(Debug)]
+struct StreamState {
+    labels: Labels,
+    agent: Option<(u64, u64)>,
+    live: Arc<LiveStream>,
+    live_demand: Option<u64>,
+    watchers: HashMap<u64, Weak<SessionShared>>,
+    generation: u64,
+}
+
+#[derive(Debug)]
+struct AgentLink {
+    org: String,
+    cluster: String,
+    tx: mpsc::Sender<RelayMsg>,
+    streams: HashMap<u64, u64>,
+}
+
+#[derive(Debug)]
+enum DemandTarget {
+    Live(u64),
+    Backfill {
+        stream: u64,
+        session: Weak<SessionShared>,
+        tx: mpsc::Sender<Bytes>,
+    },
+}
+
+#[derive(Debug, Default)]
+struct State {
+    next_id: u64,
+    streams: HashMap<u64, StreamState>,
+    by_labels: HashMap<Labels, u64>,
+    agents: HashMap<u64, AgentLink>,
+    sessions: HashMap<u64, Weak<SessionShared>>,
+    demands: HashMap<u64, DemandTarget>,
+}
+
+impl State {
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+}
+
+/// A refused session request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    /// Code sent to the session.
+    pub code: ErrorCode,
+    /// Reason sent to the session.
+    pub message: String,
+}
+
+/// The hub.
+#[derive(Debug)]
+pub struct Hub {
+    state: Mutex<State>,
+    config: HubConfig,
+    metrics: Arc<RelayMetrics>,
+}
+
+impl Hub {
+    /// An empty hub.
+    pub fn new(config: HubConfig, metrics: Arc<RelayMetrics>) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State::default()),
+            config,
+            metrics,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("hub lock")
+    }
+
+    // ---- agents ----------------------------------------------------------------------------
+
+    /// Registers a connected agent; returns its id.
+    pub fn add_agent(&self, org: &str, cluster: &str, tx: mpsc::Sender<RelayMsg>) -> u64 {
+        let mut st = self.lock();
+        let id = st.id();
+        st.agents.insert(
+            id,
+            AgentLink {
+                org: org.into(),
+                cluster: cluster.into(),
+                tx,
+                streams: HashMap::new(),
+            },
+        );
+        self.metrics.agents_connected.inc();
+        id
+    }
+
+    /// Forgets a disconnected agent. Its watched streams stay (orphaned) so that watchers
+    /// resume when it comes back; unwatched ones go.
+    pub fn remove_agent(&self, agent: u64) {
+        let mut st = self.lock();
+        let Some(link) = st.agents.remove(&agent) else {
+            return;
+        };
+        self.metrics.agents_connected.dec();
+        for (_, sid) in link.streams {
+            let Some(s) = st.streams.get_mut(&sid) else {
+                continue;
+            };
+            s.agent = None;
+            if let Some(d) = s.live_demand.take() {
+                st.demands.remove(&d);
+            }
+            let s = st.streams.get(&sid).expect("present");
+            if s.watchers.is_empty() {
+                self.drop_stream(&mut st, sid);
+            }
+        }
+        let State {
+            demands, streams, ..
+        } = &mut *st;
+        demands.retain(|_, t| match t {
+            DemandTarget::Live(s) => streams.contains_key(s),
+            DemandTarget::Backfill { .. } => true,
+        });
+    }
+
+    /// Streams an agent announced. Org and cluster come from the agent's certificate.
+    pub fn catalog_add(&self, agent: u64, streams: Vec<StreamInfo>) {
+        let mut st = self.lock();
+        let Some(link) = st.agents.get(&agent) else {
+            return;
+        };
+        let (org, cluster) = (link.org.clone(), link.cluster.clone());
+        for info in streams {
+            let mut labels = info.labels;
+            labels.org.clone_from(&org);
+            labels.cluster.clone_from(&cluster);
+            let sid = match st.by_labels.get(&labels) {
+                Some(&sid) => sid,
+                None => {
+                    let sid = st.id();
+                    st.by_labels.insert(labels.clone(), sid);
+                    st.streams.insert(
+                        sid,
+                        StreamState {
+                            labels: labels.clone(),
+                            agent: None,
+                            live: Arc::new(LiveStream {
+                                id: sid,
+                                ring: Mutex::new(Ring::new(self.config.ring_bytes)),
+                                watchers: Mutex::new(Vec::new()),
+                                metrics: self.metrics.clone(),
+                            }),
+                            live_demand: None,
+                            watchers: HashMap::new(),
+                            generation: 0,
+                        },
+                    );
+                    self.metrics.streams.inc();
+                    sid
+                }
+            };
+            if let Some(link) = st.agents.get_mut(&agent) {
+                link.streams.insert(info.id, sid);
+            }
+            let s = st.streams.get_mut(&sid).expect("inserted");
+            s.agent = Some((agent, info.id));
+            // Reconnect: resume what watchers had, from where the ring ended.
+            if !s.watchers.is_empty() && s.live_demand.is_none() {
+                let resume = s.live.ring.lock().expect("ring lock").last_end();
+                self.open_live(
+                    &mut st,
+                    sid,
+                    Demand {
+                        since_seq: resume,
+                        follow: true,
+                        ..Demand::default()
+                    },
+                );
+            }
+            // New stream: attach every matching standing subscription.
+            let sessions: Vec<Arc<SessionShared>> =
+                st.sessions.values().filter_map(Weak::upgrade).collect();
+            for session in sessions {
+                if session.org != labels.org {
+                    continue;
+                }
+                let subs: Vec<(String, SubSpec)> = {
+                    let ss = session.state.lock().expect("session lock");
+                    ss.subs
+                        .iter()
+                        .filter(|(_, spec)| spec.selector.matches(&labels))
+                        .map(|(id, spec)| (id.clone(), spec.clone()))
+                        .collect()
+                };
+                for (id, spec) in subs {
+                    self.add_watch(&mut st, &session, sid, &id, &spec.demand);
+                }
+            }
+        }
+    }
+
+    /// Streams an agent no longer has: their watchers get an `end` event.
+    pub fn catalog_remove(&self, agent: u64, gone: Vec<StreamGone>) {
+        let mut st = self.lock();
+        for g in gone {
+            let Some(sid) = st
+                .agents
+                .get_mut(&agent)
+                .and_then(|l| l.streams.remove(&g.id))
+            else {
+                continue;
+            };
+            self.end_stream(&mut st, sid, &g.reason);
+        }
+    }
+
+    fn end_stream(&self, st: &mut State, sid: u64, reason: &str) {
+        let Some(s) = st.streams.get(&sid) else {
+            return;
+        };
+        let watchers: Vec<Arc<SessionShared>> =
+            s.watchers.values().filter_map(Weak::upgrade).collect();
+        for w in watchers {
+            let mut ws = w.state.lock().expect("session lock");
+            ws.watches.remove(&sid);
+            push_event_locked(
+                &mut ws,
+                &Event::End {
+                    stream: sid,
+                    reason: reason.into(),
+                },
+                self.config.max_session_event_bytes,
+            );
+            drop(ws);
+            w.notify.notify_one();
+        }
+        if let Some(d) = st.streams.get_mut(&sid).and_then(|s| s.live_demand.take()) {
+            st.demands.remove(&d);
+        }
+        self.drop_stream(st, sid);
+    }
+
+    fn drop_stream(&self, st: &mut State, sid: u64) {
+        if let Some(s) = st.streams.remove(&sid) {
+            st.by_labels.remove(&s.labels);
+            self.metrics.streams.dec();
+        }
+    }
+
+    /// The agent could not serve a demand.
+    pub fn open_failed(&self, demand: u64, code: ErrorCode, message: &str) {
+        tracing::debug!(demand, ?code, message, "agent refused demand");
+        self.demand_finished(demand);
+    }
+
+    /// Where a demand's data goes, or `None` if it is unknown (cancelled meanwhile).
+    pub fn resolve(&self, demand: u64) -> Option<DemandSink> {
+        let st = self.lock();
+        match st.demands.get(&demand)? {
+            DemandTarget::Live(sid) => Some(DemandSink::Live(st.streams.get(sid)?.live.clone())),
+            DemandTarget::Backfill {
+                stream,
+                session,
+                tx,
+            } => Some(DemandSink::Backfill {
+                stream: *stream,
+                tx: tx.clone(),
+                session: session.upgrade()?,
+            }),
+        }
+    }
+
+    /// A demand's data stream ended (finished, reset or failed).
+    pub fn demand_finished(&self, demand: u64) {
+        let mut st = self.lock();
+        match st.demands.remove(&demand) {
+            Some(DemandTarget::Live(sid)) => {
+                if let Some(s) = st.streams.get_mut(&sid)
+                    && s.live_demand == Some(demand)
+                {
+                    s.live_demand = None;
+                }
+            }
+            Some(DemandTarget::Backfill { session, .. }) => {
+                // Dropping the sender ends the watcher's backfill once it is drained.
+                if let Some(s) = session.upgrade() {
+                    s.notify.notify_one();
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn send_agent(&self, st: &State, agent: u64, msg: RelayMsg) {
+        if let Some(link) = st.agents.get(&agent)
+            && link.tx.try_send(msg).is_err()
+        {
+            self.metrics.agent_messages_dropped.inc();
+            tracing::warn!(agent, "agent control queue full; the connection will be reset");
+        }
+    }
+
+    fn open_live(&self, st: &mut State, sid: u64, demand_spec: Demand) {
+        let Some((agent, local)) = st.streams.get(&sid).and_then(|s| s.agent) else {
+            return;
+        };
+        let demand = st.id();
+        st.demands.insert(demand, DemandTarget::Live(sid));
+        st.streams.get_mut(&sid).expect("present").live_demand = Some(demand);
+        self.metrics.demands_opened.inc();
+        self.send_agent(
+            st,
+            agent,
+            RelayMsg::Open {
+                demand,
+                stream: local,
+                stream_ref: sid,
+                demand_spec,
+            },
+        );
+    }
+
+    // ---- sessions --------------------------------------------------------------------------
+
+    /// Registers a session.
+    pub fn add_session(&self, org: &str) -> Arc<SessionShared> {
+        let mut st = self.lock();
+        let id = st.id();
+        let s = Arc::new(SessionShared {
+            id,
+            org: org.into(),
+            notify: Notify::new(),
+            state: Mutex::new(SessionState::default()),
+        });
+        st.sessions.insert(id, Arc::downgrade(&s));
+        self.metrics.sessions_connected.inc();
+        s
+    }
+
+    /// Forgets a session and everything it watched.
+    pub fn remove_session(self: &Arc<Self>, session: &Arc<SessionShared>) {
+        let mut st = self.lock();
+        st.sessions.remove(&session.id);
+        self.metrics.sessions_connected.dec();
+        let watched: Vec<u64> = {
+            let mut ss = session.state.lock().expect("session lock");
+            ss.subs.clear();
+            ss.watches.drain().map(|(sid, _)| sid).collect()
+        };
+        for sid in watched {
+            self.remove_watcher(&mut st, sid, session.id);
+        }
+    }
+
+    /// Lists the streams of the session's org matching `selector`.
+    pub fn list(&self, session: &SessionShared, selector: &Selector) -> Vec<StreamEntry> {
+        let st = self.lock();
+        let mut out: Vec<StreamEntry> = st
+            .streams
+            .iter()
+            .filter(|(_, s)| s.labels.org == session.org && selector.matches(&s.labels))
+            .map(|(id, s)| StreamEntry {
+                stream: *id,
+                labels: s.labels.clone(),
+            })
+            .collect();
+        out.sort_by_key(|e| e.stream);
+        out
+    }
+
+    /// Adds a standing subscription and attaches every matching stream.
+    pub fn subscribe(
+        self: &Arc<Self>,
+        session: &Arc<SessionShared>,
+        id: &str,
+        selector: Selector,
+        demand: Demand,
+    ) -> Result<(), Refusal> {
+        let mut st = self.lock();
+        {
+            let mut ss = session.state.lock().expect("session lock");
+            if ss.subs.contains_key(id) {
+                return Err(Refusal {
+                    code: ErrorCode::BadRequest,
+                    message: format!("subscription id `{id}` is already in use"),
+                });
+            }
+            if ss.subs.len() >= self.config.max_subscriptions_per_session {
+                self.metrics.limit_hits.inc();
+                return Err(Refusal {
+                    code: ErrorCode::LimitExceeded,
+                    message: format!(
+                        "at most {} subscriptions per session",
+                        self.config.max_subscriptions_per_session
+                    ),
+                });
+            }
+            ss.subs.insert(
+                id.to_owned(),
+                SubSpec {
+                    selector: selector.clone(),
+                    demand: demand.clone(),
+                },
+            );
+            push_event_locked(
+                &mut ss,
+                &Event::Subscribed { id: id.to_owned() },
+                self.config.max_session_event_bytes,
+            );
+        }
+        let mut matching: Vec<u64> = st
+            .streams
+            .iter()
+            .filter(|(_, s)| s.labels.org == session.org && selector.matches(&s.labels))
+            .map(|(sid, _)| *sid)
+            .collect();
+        matching.sort_unstable();
+        for sid in matching {
+            self.add_watch(&mut st, session, sid, id, &demand);
+        }
+        session.notify.notify_one();
+        Ok(())
+    }
+
+    fn add_watch(&self, st: &mut State, session: &Arc<SessionShared>, sid: u64, sub: &str, demand: &Demand) {
+        let Some(s) = st.streams.get(&sid) else {
+            return;
+        };
+        let labels = s.labels.clone();
+        let live = s.live.clone();
+        let has_agent = s.agent.is_some();
+        let live_demand = s.live_demand;
+        let mut ss = session.state.lock().expect("session lock");
+        push_event_locked(
+            &mut ss,
+            &Event::Stream {
+                id: sub.to_owned(),
+                stream: sid,
+                labels,
+            },
+            self.config.max_session_event_bytes,
+        );
+        if let Some(w) = ss.watches.get_mut(&sid) {
+            w.subs.insert(sub.to_owned());
+            return;
+        }
+        let wants_backlog =
+            demand.tail.unwrap_or(0) > 0 || demand.since_ns.is_some() || demand.since_seq.is_some();
+        let (cursor, backfill) = match live_demand {
+            None => {
+                // First watcher: the live demand itself carries the backlog.
+                let cursor = live.ring.lock().expect("ring lock").cursor_at_end();
+                (cursor, None)
+            }
+            Some(_) if !wants_backlog => {
+                (live.ring.lock().expect("ring lock").cursor_at_end(), None)
+            }
+            Some(_) => {
+                let ring = live.ring.lock().expect("ring lock");
+                match ring.last_end() {
+                    // Nothing received yet: share what the live demand is about to send.
+                    None => (ring.cursor_at_start(), None),
+                    Some(join) => (ring.cursor_at_end(), Some(join)),
+                }
+            }
+        };
+        let mut backfill_rx = None;
+        if let Some(join) = backfill
+            && let Some((agent, local)) = st.streams.get(&sid).and_then(|s| s.agent)
+        {
+            let (tx, rx) = mpsc::channel(self.config.backfill_batches.max(1));
+            let id = st.id();
+            st.demands.insert(
+                id,
+                DemandTarget::Backfill {
+                    stream: sid,
+                    session: Arc::downgrade(session),
+                    tx,
+                },
+            );
+            backfill_rx = Some(rx);
+            self.metrics.demands_opened.inc();
+            self.send_agent(
+                st,
+                agent,
+                RelayMsg::Open {
+                    demand: id,
+                    stream: local,
+                    stream_ref: sid,
+                    demand_spec: Demand {
+                        until: Some(join),
+                        follow: false,
+                        ..demand.clone()
+                    },
+                },
+            );
+        }
+        ss.watches.insert(
+            sid,
+            Watch {
+                stream: live.clone(),
+                cursor,
+                backfill: backfill_rx,
+                subs: BTreeSet::from([sub.to_owned()]),
+            },
+        );
+        drop(ss);
+        live.watchers
+            .lock()
+            .expect("watchers lock")
+            .push(session.clone());
+        let s = st.streams.get_mut(&sid).expect("present");
+        s.watchers.insert(session.id, Arc::downgrade(session));
+        s.generation += 1;
+        if live_demand.is_none() && has_agent {
+            self.open_live(
+                st,
+                sid,
+                Demand {
+                    follow: true,
+                    ..demand.clone()
+                },
+            );
+        }
+    }
+
+    /// Removes a subscription; streams no longer watched linger, then are cancelled.
+    pub fn unsubscribe(self: &Arc<Self>, session: &Arc<SessionShared>, id: &str) -> bool {
+        let mut st = self.lock();
+        let emptied: Vec<u64> = {
+            let mut ss = session.state.lock().expect("session lock");
+            if ss.subs.remove(id).is_none() {
+                return false;
+            }
+            let mut emptied = Vec::new();
+            for (sid, w) in ss.watches.iter_mut() {
+                if w.subs.remove(id) && w.subs.is_empty() {
+                    emptied.push(*sid);
+                }
+            }
+            for sid in &emptied {
+                ss.watches.remove(sid);
+            }
+            push_event_locked(
+                &mut ss,
+                &Event::Unsubscribed { id: id.to_owned() },
+                self.config.max_session_event_bytes,
+            );
+            emptied
+        };
+        for sid in emptied {
+            self.remove_watcher(&mut st, sid, session.id);
+        }
+        session.notify.notify_one();
+        true
+    }
+
+    fn remove_watcher(self: &Arc<Self>, st: &mut State, sid: u64, session: u64) {
+        let Some(s) = st.streams.get_mut(&sid) else {
+            return;
+        };
+        s.watchers.remove(&session);
+        s.live
+            .watchers
+            .lock()
+            .expect("watchers lock")
+            .retain(|w| w.id != session);
+        s.generation += 1;
+        if !s.watchers.is_empty() {
+            return;
+        }
+        if s.agent.is_none() {
+            self.drop_stream(st, sid);
+            return;
+        }
+        let generation = s.generation;
+        let hub = Arc::downgrade(self);
+        let linger = self.config.linger;
+        tokio::spawn(async move {
+            tokio::time::sleep(linger).await;
+            if let Some(hub) = hub.upgrade() {
+                hub.linger_expired(sid, generation);
+            }
+        });
+    }
+
+    fn linger_expired(&self, sid: u64, generation: u64) {
+        let mut st = self.lock();
+        let Some(s) = st.streams.get_mut(&sid) else {
+            return;
+        };
+        if s.generation != generation || !s.watchers.is_empty() {
+            return;
+        }
+        let demand = s.live_demand.take();
+        let agent = s.agent;
+        s.live.reset_ring(self.config.ring_bytes);
+        if let Some(d) = demand {
+            st.demands.remove(&d);
+            if let Some((agent, _)) = agent {
+                self.send_agent(&st, agent, RelayMsg::Cancel { demand: d });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use logrelay_wire::control::StreamInfo;
+
+    fn hub() -> Arc<Hub> {
+        Hub::new(
+            HubConfig {
+                ring_bytes: 1 << 20,
+                linger: Duration::from_secs(5),
+                max_subscriptions_per_session: 2,
+                backfill_batches: 4,
+                max_session_event_bytes: 1 << 20,
+            },
+            Arc::new(RelayMetrics::new()),
+        )
+    }
+
+    fn info(id: u64, pod: &str, org: &str) -> StreamInfo {
+        StreamInfo {
+            id,
+            labels: Labels {
+                org: org.into(),
+                namespace: "ns".into(),
+                pod: pod.into(),
+                container: "c".into(),
+                ..Labels::default()
+            },
+        }
+    }
+
+    fn sel(pod: &str) -> Selector {
+        Selector {
+            pod: Some(pod.into()),
+            ..Selector::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn first_watcher_opens_and_last_one_cancels_after_the_linger() {
+        let hub = hub();
+        let (tx, mut rx) = mpsc::channel(16);
+        let agent = hub.add_agent("acme", "c1", tx);
+        hub.catalog_add(agent, vec![info(5, "p", "spoofed-org")]);
+        assert!(rx.try_recv().is_err(), "nothing is opened while nobody watches");
+
+        let s = hub.add_session("acme");
+        hub.subscribe(&s, "a", sel("p"), Demand { tail: Some(10), ..Demand::default() })
+            .unwrap();
+        let Ok(RelayMsg::Open { demand, stream: 5, demand_spec, .. }) = rx.try_recv() else {
+            panic!("expected open");
+        };
+        assert_eq!(demand_spec.tail, Some(10));
+        assert!(demand_spec.follow);
+        assert!(matches!(hub.resolve(demand), Some(DemandSink::Live(_))));
+
+        assert!(hub.unsubscribe(&s, "a"));
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(rx.try_recv().is_err(), "still lingering");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(rx.try_recv().unwrap(), RelayMsg::Cancel { demand });
+    }
+
+    #[tokio::test]
+    async fn org_comes_from_the_agent_and_sessions_see_only_their_org() {
+        let hub = hub();
+        let (tx, _rx) = mpsc::channel(16);
+        let agent = hub.add_agent("acme", "c1", tx);
+        hub.catalog_add(agent, vec![info(1, "p", "other")]);
+        let mine = hub.add_session("acme");
+        let theirs = hub.add_session("other");
+        assert_eq!(hub.list(&mine, &Selector::default())[0].labels.org, "acme");
+        assert!(hub.list(&theirs, &Selector::default()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_joining_watcher_gets_a_backfill_up_to_the_ring_end() {
+        let hub = hub();
+        let (tx, mut rx) = mpsc::channel(16);
+        let agent = hub.add_agent("acme", "c1", tx);
+        hub.catalog_add(agent, vec![info(1, "p", "")]);
+        let first = hub.add_session("acme");
+        hub.subscribe(&first, "a", sel("p"), Demand::default()).unwrap();
+        let Ok(RelayMsg::Open { demand, stream_ref, .. }) = rx.try_recv() else {
+            panic!()
+        };
+        let Some(DemandSink::Live(live)) = hub.resolve(demand) else {
+            panic!()
+        };
+        let join = SeqPos { epoch: 3, seq: 40 };
+        live.push(Bytes::from_static(b"batch"), 40, join);
+
+        let second = hub.add_session("acme");
+        hub.subscribe(&second, "b", sel("p"), Demand { tail: Some(100), ..Demand::default() })
+            .unwrap();
+        let Ok(RelayMsg::Open { demand: d2, stream_ref: r2, demand_spec, .. }) = rx.try_recv()
+        else {
+            panic!()
+        };
+        assert_eq!(r2, stream_ref);
+        assert_eq!(demand_spec.until, Some(join));
+        assert!(!demand_spec.follow);
+        assert!(matches!(hub.resolve(d2), Some(DemandSink::Backfill { .. })));
+        let st = second.state.lock().unwrap();
+        assert!(st.watches[&stream_ref].backfill.is_some());
+    }
+
+    #[tokio::test]
+    async fn subscription_limit_is_enforced() {
+        let hub = hub();
+        let s = hub.add_session("acme");
+        hub.subscribe(&s, "a", sel("p"), Demand::default()).unwrap();
+        assert_eq!(
+            hub.subscribe(&s, "a", sel("p"), Demand::default()).unwrap_err().code,
+            ErrorCode::BadRequest
+        );
+        hub.subscribe(&s, "b", sel("p"), Demand::default()).unwrap();
+        assert_eq!(
+            hub.subscribe(&s, "c", sel("p"), Demand::default()).unwrap_err().code,
+            ErrorCode::LimitExceeded
+        );
+    }
+
+    #[tokio::test]
+    async fn removed_streams_end_for_their_watchers_and_reconnects_resume() {
+        let hub = hub();
+        let (tx, mut rx) = mpsc::channel(16);
+        let agent = hub.add_agent("acme", "c1", tx);
+        hub.catalog_add(agent, vec![info(1, "p", ""), info(2, "q", "")]);
+        let s = hub.add_session("acme");
+        hub.subscribe(&s, "a", Selector::default(), Demand::default()).unwrap();
+        let mut live = Vec::new();
+        while let Ok(RelayMsg::Open { demand, .. }) = rx.try_recv() {
+            live.push(demand);
+        }
+        assert_eq!(live.len(), 2);
+        let Some(DemandSink::Live(q)) = hub.resolve(live[1]) else {
+            panic!()
+        };
+        q.push(Bytes::from_static(b"x"), 7, SeqPos { epoch: 1, seq: 7 });
+        hub.catalog_remove(agent, vec![StreamGone { id: 1, reason: "pod_removed".into() }]);
+        assert!(
+            s.state.lock().unwrap().events.iter().any(|e| e.contains(r#""event":"end""#)
+                && e.contains("pod_removed"))
+        );
+
+        hub.remove_agent(agent);
+        let (tx, mut rx) = mpsc::channel(16);
+        let agent = hub.add_agent("acme", "c1", tx);
+        hub.catalog_add(agent, vec![info(9, "q", "")]);
+        let Ok(RelayMsg::Open { stream: 9, demand_spec, .. }) = rx.try_recv() else {
+            panic!("watched stream is re-opened after a reconnect")
+        };
+        assert_eq!(demand_spec.since_seq, Some(SeqPos { epoch: 1, seq: 7 }));
+    }
+}

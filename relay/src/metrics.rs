@@ -1,0 +1,123 @@
+//! Every metric the relay exports. Names are a contract (see `docs/operations.md`). No label
+//! carries stream content, and none is high-cardinality.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Label of `dropped_lines_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropReason {
+    /// `slow_consumer` (a session fell behind the ring).
+    pub reason: &'static str,
+}
+
+/// The relay's metrics and their registry.
+#[derive(Debug)]
+pub struct RelayMetrics {
+    /// Registry rendered at `/metrics`.
+    pub registry: Registry,
+    /// Agents connected.
+    pub agents_connected: Gauge,
+    /// Sessions connected.
+    pub sessions_connected: Gauge,
+    /// Streams known (announced by connected agents, or orphaned but watched).
+    pub streams: Gauge,
+    /// Lines received from agents.
+    pub lines_received: Counter,
+    /// Batch bytes received from agents.
+    pub bytes_received: Counter,
+    /// Lines written to sessions (one per line per session).
+    pub lines_delivered: Counter,
+    /// Bytes written to sessions as data messages.
+    pub bytes_delivered: Counter,
+    /// Bytes held in stream rings.
+    pub buffered_bytes: Gauge,
+    /// Lines evicted from rings to make room (some watcher may have missed them).
+    pub ring_evicted_lines: Counter,
+    /// Lines a session missed, by reason.
+    pub dropped_lines: Family<DropReason, Counter>,
+    /// Demands sent to agents.
+    pub demands_opened: Counter,
+    /// Control messages to agents lost because the agent's queue was full.
+    pub agent_messages_dropped: Counter,
+    /// Requests refused because a limit was hit.
+    pub limit_hits: Counter,
+    /// Malformed input (frames, batches, session messages), by offender.
+    pub protocol_errors: Family<Offender, Counter>,
+}
+
+/// Who sent malformed input.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Offender {
+    /// `agent` or `session`.
+    pub peer: &'static str,
+}
+
+impl RelayMetrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("logrelay_relay");
+        let m = Self {
+            registry: Registry::default(),
+            agents_connected: Gauge::default(),
+            sessions_connected: Gauge::default(),
+            streams: Gauge::default(),
+            lines_received: Counter::default(),
+            bytes_received: Counter::default(),
+            lines_delivered: Counter::default(),
+            bytes_delivered: Counter::default(),
+            buffered_bytes: Gauge::default(),
+            ring_evicted_lines: Counter::default(),
+            dropped_lines: Family::default(),
+            demands_opened: Counter::default(),
+            agent_messages_dropped: Counter::default(),
+            limit_hits: Counter::default(),
+            protocol_errors: Family::default(),
+        };
+        r.register("agents_connected", "Agents connected", m.agents_connected.clone());
+        r.register("sessions_connected", "Sessions connected", m.sessions_connected.clone());
+        r.register("streams", "Streams known to the relay", m.streams.clone());
+        r.register("lines_received", "Lines received from agents", m.lines_received.clone());
+        r.register("bytes_received", "Batch bytes received from agents", m.bytes_received.clone());
+        r.register("lines_delivered", "Lines written to sessions", m.lines_delivered.clone());
+        r.register("bytes_delivered", "Data bytes written to sessions", m.bytes_delivered.clone());
+        r.register("buffered_bytes", "Bytes held in stream rings", m.buffered_bytes.clone());
+        r.register(
+            "ring_evicted_lines",
+            "Lines evicted from full rings",
+            m.ring_evicted_lines.clone(),
+        );
+        r.register("dropped_lines", "Lines a session missed", m.dropped_lines.clone());
+        r.register("demands_opened", "Demands sent to agents", m.demands_opened.clone());
+        r.register(
+            "agent_messages_dropped",
+            "Control messages lost to a full agent queue",
+            m.agent_messages_dropped.clone(),
+        );
+        r.register("limit_hits", "Requests refused by a limit", m.limit_hits.clone());
+        r.register("protocol_errors", "Malformed input by peer kind", m.protocol_errors.clone());
+        Self { registry: r, ..m }
+    }
+
+    /// Renders the OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Counts one malformed input.
+    pub fn protocol_error(&self, peer: &'static str) {
+        self.protocol_errors.get_or_create(&Offender { peer }).inc();
+    }
+}
+
+impl Default for RelayMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,322 @@
+//! Sessions: browsers and `tail` clients over WebSocket (`/v1/subscribe`).
+//!
+//! Two tasks per session. The reader parses JSON requests (`subscribe`, `unsubscribe`, `list`)
+//! and answers bad ones with an `error` event naming the problem; the session stays usable.
+//! The writer sleeps until woken, then drains *everything* ready — queued events, each watched
+//! stream's backfill, then its ring — and writes it with one flush. Data messages are the
+//! agent's batch bytes, untouched. A writer that fell behind a ring gets a `gap` event and
+//! resumes at the oldest batch still held. The WebSocket write buffer is small and capped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use logrelay_wire::control::{Demand, ErrorCode, SeqPos};
+use logrelay_wire::session::{Event, MAX_SUB_ID_BYTES, Request, close};
+use tokio::sync::watch;
+
+use crate::hub::{Hub, SessionShared};
+use crate::metrics::{DropReason, RelayMetrics};
+
+/// Settings of a session.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionConfig {
+    /// Bytes taken from rings per flush.
+    pub flush_bytes: usize,
+    /// Ping interval; three missed intervals close the session.
+    pub ping: Duration,
+    /// Cap on queued events before the session is closed.
+    pub max_event_bytes: usize,
+}
+
+/// Serves one upgraded WebSocket until it closes.
+pub async fn serve(
+    socket: WebSocket,
+    org: String,
+    hub: Arc<Hub>,
+    metrics: Arc<RelayMetrics>,
+    config: SessionConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let session = hub.add_session(&org);
+    tracing::info!(session = session.id, %org, "session connected");
+    session.push_event(
+        &Event::Welcome {
+            protocol: logrelay_wire::PROTOCOL_VERSION,
+            org: org.clone(),
+        },
+        config.max_event_bytes,
+    );
+    let (mut sink, mut stream) = socket.split();
+    let last_seen = Arc::new(std::sync::Mutex::new(tokio::time::Instant::now()));
+
+    let reader = {
+        let session = session.clone();
+        let hub = hub.clone();
+        let metrics = metrics.clone();
+        let last_seen = last_seen.clone();
+        async move {
+            while let Some(msg) = stream.next().await {
+                let Ok(msg) = msg else { break };
+                *last_seen.lock().expect("last_seen lock") = tokio::time::Instant::now();
+                match msg {
+                    Message::Text(text) => {
+                        handle_request(&hub, &session, &metrics, text.as_str(), config)
+                    }
+                    Message::Binary(_) => {
+                        metrics.protocol_error("session");
+                        session.push_event(
+                            &error(ErrorCode::BadRequest, "binary messages are not requests; send JSON text", None),
+                            config.max_event_bytes,
+                        );
+                    }
+                    Message::Close(_) => break,
+                    Message::Ping(_) | Message::Pong(_) => {}
+                }
+            }
+        }
+    };
+
+    let writer = write_loop(&mut sink, &session, &metrics, config, &last_seen);
+    let close_reason = tokio::select! {
+        () = reader => None,
+        c = writer => c,
+        () = crate::stopped(&mut shutdown) => Some((close::SHUTDOWN, "relay shutting down".to_owned())),
+    };
+    if let Some((code, reason)) = close_reason {
+        tracing::info!(session = session.id, code, %reason, "closing session");
+        let _ = sink
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from(reason),
+            })))
+            .await;
+    }
+    let _ = sink.close().await;
+    hub.remove_session(&session);
+    tracing::info!(session = session.id, "session disconnected");
+}
+
+fn error(code: ErrorCode, message: impl Into<String>, id: Option<String>) -> Event {
+    Event::Error {
+        code,
+        message: message.into(),
+        id,
+    }
+}
+
+fn handle_request(
+    hub: &Arc<Hub>,
+    session: &Arc<SessionShared>,
+    metrics: &RelayMetrics,
+    text: &str,
+    config: SessionConfig,
+) {
+    let req: Request = match serde_json::from_str(text) {
+        Ok(r) => r,
+        Err(e) => {
+            metrics.protocol_error("session");
+            session.push_event(
+                &error(ErrorCode::BadRequest, format!("invalid request: {e}"), None),
+                config.max_event_bytes,
+            );
+            return;
+        }
+    };
+    match req {
+        Request::Subscribe {
+            id,
+            selector,
+            tail,
+            since_ns,
+            since_seq,
+            follow,
+        } => {
+            if id.is_empty() || id.len() > MAX_SUB_ID_BYTES {
+                session.push_event(
+                    &error(
+                        ErrorCode::BadRequest,
+                        format!("subscription id must be 1 to {MAX_SUB_ID_BYTES} bytes"),
+                        None,
+                    ),
+                    config.max_event_bytes,
+                );
+                return;
+            }
+            if let Err(e) = selector.validate() {
+                session.push_event(
+                    &error(ErrorCode::BadRequest, e.to_string(), Some(id)),
+                    config.max_event_bytes,
+                );
+                return;
+            }
+            let demand = Demand {
+                tail: Some(tail.unwrap_or(logrelay_wire::DEFAULT_TAIL_LINES)),
+                since_ns,
+                since_seq,
+                until: None,
+                follow,
+                contains: None,
+            };
+            if let Err(r) = hub.subscribe(session, &id, selector, demand) {
+                session.push_event(&error(r.code, r.message, Some(id)), config.max_event_bytes);
+            }
+        }
+        Request::Unsubscribe { id } => {
+            if !hub.unsubscribe(session, &id) {
+                session.push_event(
+                    &error(ErrorCode::BadRequest, format!("no subscription `{id}`"), Some(id)),
+                    config.max_event_bytes,
+                );
+            }
+        }
+        Request::List { selector } => {
+            let streams = hub.list(session, &selector);
+            session.push_event(&Event::Streams { streams }, config.max_event_bytes);
+        }
+    }
+}
+
+/// What one drain produced.
+struct Drained {
+    messages: Vec<Message>,
+    lines: u64,
+    bytes: u64,
+    close: Option<(u16, String)>,
+}
+
+/// Takes everything ready for the session. Never blocks.
+fn drain(session: &SessionShared, metrics: &RelayMetrics, config: SessionConfig) -> Drained {
+    let mut out = Drained {
+        messages: Vec::new(),
+        lines: 0,
+        bytes: 0,
+        close: None,
+    };
+    let mut st = session.state.lock().expect("session lock");
+    out.close = st.close.clone();
+    let mut events = std::mem::take(&mut st.events);
+    st.event_bytes = 0;
+    let mut budget = config.flush_bytes;
+    let mut live_now = Vec::new();
+    let mut gaps = Vec::new();
+    for (sid, watch) in st.watches.iter_mut() {
+        if let Some(rx) = &mut watch.backfill {
+            loop {
+                match rx.try_recv() {
+                    Ok(batch) => {
+                        count(&batch, &mut out);
+                        out.messages.push(Message::Binary(batch));
+                    }
+                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
+                        watch.backfill = None;
+                        live_now.push(*sid);
+                        break;
+                    }
+                }
+            }
+            if watch.backfill.is_some() {
+                continue;
+            }
+        }
+        let read = watch.stream.read(&mut watch.cursor, budget);
+        if let Some(lag) = read.lag {
+            gaps.push((*sid, lag));
+        }
+        for (batch, lines) in read.batches {
+            budget = budget.saturating_sub(batch.len());
+            out.lines += u64::from(lines);
+            out.bytes += batch.len() as u64;
+            out.messages.push(Message::Binary(batch));
+        }
+    }
+    drop(st);
+    for sid in live_now {
+        events.push_back(serde_json::to_string(&Event::Live { stream: sid }).expect("serializes"));
+    }
+    for (sid, lag) in gaps {
+        metrics
+            .dropped_lines
+            .get_or_create(&DropReason {
+                reason: "slow_consumer",
+            })
+            .inc_by(lag.lines);
+        events.push_back(
+            serde_json::to_string(&Event::Gap {
+                stream: sid,
+                from: lag.from.unwrap_or(SeqPos { epoch: 0, seq: 0 }),
+                lines: lag.lines,
+                bytes: lag.bytes,
+                reason: "slow_consumer".into(),
+            })
+            .expect("serializes"),
+        );
+    }
+    // Events first: a `stream` event must precede its first batch, a `gap` the data after it.
+    let mut messages: Vec<Message> = events
+        .into_iter()
+        .map(|e| Message::Text(Utf8Bytes::from(e)))
+        .collect();
+    messages.append(&mut out.messages);
+    out.messages = messages;
+    out
+}
+
+fn count(batch: &bytes::Bytes, out: &mut Drained) {
+    if let Ok(h) = logrelay_wire::batch::BatchHeader::parse(batch) {
+        out.lines += u64::from(h.count);
+    }
+    out.bytes += batch.len() as u64;
+}
+
+/// Writes until the socket fails or the session must close; returns the close to send.
+async fn write_loop<S>(
+    sink: &mut S,
+    session: &Arc<SessionShared>,
+    metrics: &RelayMetrics,
+    config: SessionConfig,
+    last_seen: &std::sync::Mutex<tokio::time::Instant>,
+) -> Option<(u16, String)>
+where
+    S: futures_util::Sink<Message> + Unpin,
+{
+    let mut ping = tokio::time::interval(config.ping);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            () = session.notify.notified() => {}
+            _ = ping.tick() => {
+                let idle = last_seen.lock().expect("last_seen lock").elapsed();
+                if idle > config.ping * 3 {
+                    return Some((close::PING_TIMEOUT, format!("no pong for {} s", idle.as_secs())));
+                }
+                if sink.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
+                    return None;
+                }
+                continue;
+            }
+        }
+        loop {
+            let d = drain(session, metrics, config);
+            let done = d.messages.is_empty();
+            for m in d.messages {
+                if sink.feed(m).await.is_err() {
+                    return None;
+                }
+            }
+            if sink.flush().await.is_err() {
+                return None;
+            }
+            metrics.lines_delivered.inc_by(d.lines);
+            metrics.bytes_delivered.inc_by(d.bytes);
+            if d.close.is_some() {
+                return d.close;
+            }
+            if done {
+                break;
+            }
+        }
+    }
+}
