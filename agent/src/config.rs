@@ -10,7 +10,11 @@ pub struct AgentConfig {
     #[arg(long, env = "LOGRELAY_AGENT_PODS_DIR", default_value = "/var/log/pods")]
     pub pods_dir: PathBuf,
     /// Relay QUIC address.
-    #[arg(long, env = "LOGRELAY_AGENT_RELAY_ADDR", default_value = "127.0.0.1:4433")]
+    #[arg(
+        long,
+        env = "LOGRELAY_AGENT_RELAY_ADDR",
+        default_value = "127.0.0.1:4433"
+    )]
     pub relay_addr: SocketAddr,
     /// Name the relay's certificate must carry.
     #[arg(long, env = "LOGRELAY_AGENT_RELAY_NAME", default_value = "localhost")]
@@ -19,7 +23,11 @@ pub struct AgentConfig {
     #[arg(long, env = "LOGRELAY_AGENT_NODE_NAME", default_value = "local")]
     pub node_name: String,
     /// Address of the admin listener (`/metrics`, `/healthz`).
-    #[arg(long, env = "LOGRELAY_AGENT_ADMIN_ADDR", default_value = "127.0.0.1:9601")]
+    #[arg(
+        long,
+        env = "LOGRELAY_AGENT_ADMIN_ADDR",
+        default_value = "127.0.0.1:9601"
+    )]
     pub admin_addr: SocketAddr,
     /// How often the pods directory is rescanned.
     #[arg(long, env = "LOGRELAY_AGENT_RESCAN_MS", default_value_t = 250)]
@@ -37,7 +45,11 @@ pub struct AgentConfig {
     #[arg(long, env = "LOGRELAY_AGENT_RECONNECT_MIN_MS", default_value_t = 100)]
     pub reconnect_min_ms: u64,
     /// Longest reconnect delay.
-    #[arg(long, env = "LOGRELAY_AGENT_RECONNECT_MAX_MS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "LOGRELAY_AGENT_RECONNECT_MAX_MS",
+        default_value_t = 10_000
+    )]
     pub reconnect_max_ms: u64,
 }
 

@@ -41,7 +41,9 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("starting agent")?;
     tracing::info!(admin = %agent.admin_addr, "agent running");
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
     agent.shutdown().await;
     Ok(())
 }

@@ -43,9 +43,21 @@ impl AgentMetrics {
             registry: Registry::default(),
         };
         registry.register("streams", "Streams in the catalog", m.streams.clone());
-        registry.register("lines_read", "Lines read from log files", m.lines_read.clone());
-        registry.register("lines_sent", "Lines sent to the relay", m.lines_sent.clone());
-        registry.register("bytes_sent", "Batch bytes sent to the relay", m.bytes_sent.clone());
+        registry.register(
+            "lines_read",
+            "Lines read from log files",
+            m.lines_read.clone(),
+        );
+        registry.register(
+            "lines_sent",
+            "Lines sent to the relay",
+            m.lines_sent.clone(),
+        );
+        registry.register(
+            "bytes_sent",
+            "Batch bytes sent to the relay",
+            m.bytes_sent.clone(),
+        );
         registry.register(
             "parse_errors",
             "Log records that did not parse as their format",
@@ -61,7 +73,11 @@ impl AgentMetrics {
             "Relay connections that failed or ended",
             m.reconnects.clone(),
         );
-        registry.register("demands_active", "Demands being served", m.demands_active.clone());
+        registry.register(
+            "demands_active",
+            "Demands being served",
+            m.demands_active.clone(),
+        );
         Self { registry, ..m }
     }
 

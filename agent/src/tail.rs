@@ -203,7 +203,11 @@ pub async fn serve<S: BatchSink>(
         .await
         .map_err(io_err)?;
 
-    let flags = if spec.follow { 0 } else { logrelay_wire::batch::FLAG_BACKFILL };
+    let flags = if spec.follow {
+        0
+    } else {
+        logrelay_wire::batch::FLAG_BACKFILL
+    };
     let mut reader = Reader {
         epoch,
         stream_ref,
@@ -283,7 +287,10 @@ impl Reader<'_> {
                         self.partial_ts = r.timestamp_ns;
                         self.partial_stderr = r.stderr;
                     }
-                    let room = self.params.max_line_bytes.saturating_sub(self.partial.len());
+                    let room = self
+                        .params
+                        .max_line_bytes
+                        .saturating_sub(self.partial.len());
                     self.partial
                         .extend_from_slice(&r.message[..r.message.len().min(room)]);
                     None
@@ -389,7 +396,13 @@ mod tests {
             let (begin, end) = s.finish();
             assert_eq!(begin.seq, 2, "chunk {chunk}");
             assert_eq!(&data[begin.offset as usize..][..30], &cri(&["F c"])[..30]);
-            assert_eq!(end, Cursor { offset: data.len() as u64, seq: 4 });
+            assert_eq!(
+                end,
+                Cursor {
+                    offset: data.len() as u64,
+                    seq: 4
+                }
+            );
         }
     }
 
@@ -438,17 +451,23 @@ mod tests {
             ..Demand::default()
         };
         let mut sink = VecSink(Vec::new());
-        serve(&path, &spec, 7, params, &mut sink, &metrics).await.unwrap();
+        serve(&path, &spec, 7, params, &mut sink, &metrics)
+            .await
+            .unwrap();
         let got: Vec<(u64, Vec<u8>)> = sink
             .0
             .iter()
             .flat_map(|b| {
                 let (_, lines) = logrelay_wire::batch::lines(b).unwrap();
-                lines.into_iter().map(|l| (l.seq, l.message.to_vec())).collect::<Vec<_>>()
+                lines
+                    .into_iter()
+                    .map(|l| (l.seq, l.message.to_vec()))
+                    .collect::<Vec<_>>()
             })
             .collect();
-        let want: Vec<(u64, Vec<u8>)> =
-            (85..95).map(|i| (i, format!("line {i}\n").into_bytes())).collect();
+        let want: Vec<(u64, Vec<u8>)> = (85..95)
+            .map(|i| (i, format!("line {i}\n").into_bytes()))
+            .collect();
         assert_eq!(got, want);
 
         let spec = Demand {
@@ -457,11 +476,20 @@ mod tests {
             ..Demand::default()
         };
         let mut sink = VecSink(Vec::new());
-        serve(&path, &spec, 7, params, &mut sink, &metrics).await.unwrap();
+        serve(&path, &spec, 7, params, &mut sink, &metrics)
+            .await
+            .unwrap();
         let seqs: Vec<u64> = sink
             .0
             .iter()
-            .flat_map(|b| logrelay_wire::batch::lines(b).unwrap().1.into_iter().map(|l| l.seq).collect::<Vec<_>>())
+            .flat_map(|b| {
+                logrelay_wire::batch::lines(b)
+                    .unwrap()
+                    .1
+                    .into_iter()
+                    .map(|l| l.seq)
+                    .collect::<Vec<_>>()
+            })
             .collect();
         assert_eq!(seqs, vec![5, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59]);
     }

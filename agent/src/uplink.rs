@@ -78,7 +78,9 @@ impl Uplink {
         let mut transport = quinn::TransportConfig::default();
         transport.keep_alive_interval(Some(Duration::from_secs(5)));
         transport.max_idle_timeout(Some(
-            Duration::from_secs(15).try_into().expect("15 s fits a VarInt"),
+            Duration::from_secs(15)
+                .try_into()
+                .expect("15 s fits a VarInt"),
         ));
         client.transport_config(Arc::new(transport));
         endpoint.set_default_client_config(client);
@@ -142,12 +144,10 @@ impl Uplink {
             })
             .await?;
         let mut decoder = FrameDecoder::new(frame::DEFAULT_MAX_FRAME_BYTES);
-        let welcome = tokio::time::timeout(
-            Duration::from_secs(10),
-            next_msg(&mut recv, &mut decoder),
-        )
-        .await
-        .map_err(|_| UplinkError::Protocol("no welcome within 10 s".into()))??;
+        let welcome =
+            tokio::time::timeout(Duration::from_secs(10), next_msg(&mut recv, &mut decoder))
+                .await
+                .map_err(|_| UplinkError::Protocol("no welcome within 10 s".into()))??;
         let heartbeat_secs = match welcome {
             Some(RelayMsg::Welcome {
                 protocol,
@@ -321,7 +321,12 @@ impl DemandTask {
             }
         };
         if send
-            .write_all(&DataPreamble { demand: self.demand }.encode())
+            .write_all(
+                &DataPreamble {
+                    demand: self.demand,
+                }
+                .encode(),
+            )
             .await
             .is_err()
         {

@@ -78,6 +78,10 @@ pub struct ReceivedLine {
 }
 
 /// What the relay sent.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one value at a time is handled, as it arrives"
+)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Incoming {
     /// A JSON event.
@@ -139,7 +143,9 @@ impl Client {
             let config = logrelay_tls::https_client(roots)
                 .map_err(|e| ClientError::Protocol(e.to_string()))?;
             let name = rustls::pki_types::ServerName::try_from(
-                host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
             )
             .map_err(|_| ClientError::Url(url.into()))?;
             let stream = tokio_rustls::TlsConnector::from(Arc::clone(&config))

@@ -16,9 +16,21 @@ use logrelay_tls::{AgentId, DevPki};
 
 /// Sample log text (LogHub, see data/loghub/README.md).
 pub const SAMPLES: [(&str, &str, &str); 3] = [
-    ("web", "apache", include_str!("../../data/loghub/Apache_2k.log")),
-    ("storage", "hdfs", include_str!("../../data/loghub/HDFS_2k.log")),
-    ("analytics", "spark", include_str!("../../data/loghub/Spark_2k.log")),
+    (
+        "web",
+        "apache",
+        include_str!("../../data/loghub/Apache_2k.log"),
+    ),
+    (
+        "storage",
+        "hdfs",
+        include_str!("../../data/loghub/HDFS_2k.log"),
+    ),
+    (
+        "analytics",
+        "spark",
+        include_str!("../../data/loghub/Spark_2k.log"),
+    ),
 ];
 
 /// Arguments of `logrelay demo`.
@@ -62,7 +74,10 @@ impl CriWriter {
     }
 
     /// Appends one full stdout record per message (each must end with `\n`).
-    pub fn write_lines<'a>(&mut self, messages: impl IntoIterator<Item = &'a [u8]>) -> std::io::Result<()> {
+    pub fn write_lines<'a>(
+        &mut self,
+        messages: impl IntoIterator<Item = &'a [u8]>,
+    ) -> std::io::Result<()> {
         let ts = now_rfc3339();
         let mut buf = Vec::new();
         for m in messages {
@@ -78,7 +93,9 @@ fn uid(ns: &str, pod: &str) -> String {
     let h = ns
         .bytes()
         .chain(pod.bytes())
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
     format!(
         "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
         h >> 32,
@@ -102,7 +119,9 @@ pub fn now_rfc3339() -> String {
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     logrelay_tls::install_provider();
     let pki = DevPki::new()?;
-    let pods = tempfile::Builder::new().prefix("logrelay-demo-pods-").tempdir()?;
+    let pods = tempfile::Builder::new()
+        .prefix("logrelay-demo-pods-")
+        .tempdir()?;
     let relay = logrelay_relay::start(
         RelayConfig {
             quic_addr: args.quic_addr,
@@ -136,10 +155,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     .await
     .context("starting agent")?;
 
-    let workload = tokio::spawn(write_workload(pods.path().to_path_buf(), args.lines_per_sec));
+    let workload = tokio::spawn(write_workload(
+        pods.path().to_path_buf(),
+        args.lines_per_sec,
+    ));
     println!("logrelay demo is running (Ctrl-C to stop)");
     println!("  pods directory : {}", pods.path().display());
-    println!("  sample pods    : {}", SAMPLES.iter().map(|(ns, p, _)| format!("{ns}/{p}")).collect::<Vec<_>>().join(", "));
+    println!(
+        "  sample pods    : {}",
+        SAMPLES
+            .iter()
+            .map(|(ns, p, _)| format!("{ns}/{p}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!("  WebSocket URL  : {}", relay.subscribe_url());
     println!("  relay metrics  : http://{}/metrics", relay.admin_addr);
     println!("  agent metrics  : http://{}/metrics", agent.admin_addr);
@@ -167,7 +196,9 @@ async fn write_workload(pods: PathBuf, lines_per_sec: u32) -> std::io::Result<()
     loop {
         tick.tick().await;
         for (w, lines, next) in &mut writers {
-            let batch: Vec<&[u8]> = (0..per_tick).map(|i| lines[(*next + i) % lines.len()]).collect();
+            let batch: Vec<&[u8]> = (0..per_tick)
+                .map(|i| lines[(*next + i) % lines.len()])
+                .collect();
             *next += per_tick;
             w.write_lines(batch)?;
         }

@@ -14,7 +14,11 @@ use crate::timefmt::rfc3339_nanos;
 #[derive(Debug, Clone, clap::Args)]
 pub struct TailArgs {
     /// Relay WebSocket URL.
-    #[arg(long, env = "LOGRELAY_URL", default_value = "ws://127.0.0.1:8080/v1/subscribe")]
+    #[arg(
+        long,
+        env = "LOGRELAY_URL",
+        default_value = "ws://127.0.0.1:8080/v1/subscribe"
+    )]
     pub url: String,
     /// Namespace.
     #[arg(long, short = 'n')]
@@ -46,7 +50,8 @@ pub struct TailArgs {
 pub async fn run(args: TailArgs) -> Result<(), ClientError> {
     let roots = match &args.ca_file {
         Some(p) => Some(
-            logrelay_tls::roots_from_pem_file(p).map_err(|e| ClientError::Protocol(e.to_string()))?,
+            logrelay_tls::roots_from_pem_file(p)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?,
         ),
         None => None,
     };
@@ -75,9 +80,17 @@ pub async fn run(args: TailArgs) -> Result<(), ClientError> {
                 names.insert(stream, format!("[{}/{}]", labels.pod, labels.container));
             }
             Incoming::Event(Event::Error { code, message, .. }) => {
-                return Err(ClientError::Protocol(format!("{}: {message}", code.as_str())));
+                return Err(ClientError::Protocol(format!(
+                    "{}: {message}",
+                    code.as_str()
+                )));
             }
-            Incoming::Event(Event::Gap { lines, bytes, reason, .. }) => {
+            Incoming::Event(Event::Gap {
+                lines,
+                bytes,
+                reason,
+                ..
+            }) => {
                 eprintln!("logrelay tail: {lines} lines ({bytes} bytes) missed: {reason}");
             }
             Incoming::Event(Event::End { stream, reason }) => {
@@ -103,7 +116,9 @@ pub async fn run(args: TailArgs) -> Result<(), ClientError> {
                     last.insert(l.stream, (l.epoch, l.seq));
                     let mut line = Vec::with_capacity(l.message.len() + 48);
                     if args.prefix {
-                        line.extend_from_slice(names.get(&l.stream).map_or("", String::as_str).as_bytes());
+                        line.extend_from_slice(
+                            names.get(&l.stream).map_or("", String::as_str).as_bytes(),
+                        );
                         line.push(b' ');
                     }
                     if args.timestamps {

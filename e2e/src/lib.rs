@@ -1,1 +1,376 @@
+//! Test harness: real relay, real agent, real files, real sockets on 127.0.0.1.
+//!
+//! ```ignore
+//! let pki = TestPki::new();
+//! let relay = TestRelay::start(&pki).await;
+//! let pods = PodsDir::new();
+//! let mut app = pods.container("ns", "app", "main");
+//! let agent = TestAgent::start(&pki, &pods, relay.quic_addr()).await;
+//! let mut sub = relay.subscriber().await;
+//! sub.subscribe("s", &selector("ns", "app", "main"), Some(0)).await;
+//! ```
+//! Every wait has a deadline; nothing sleeps to synchronise.
+#![forbid(unsafe_code)]
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use logrelay::client::{Client, Incoming, ReceivedLine};
+use logrelay::demo::CriWriter;
+use logrelay_agent::{AgentConfig, AgentHandle, AgentTls};
+use logrelay_relay::{RelayConfig, RelayHandle, RelayTls};
+use logrelay_tls::{AgentId, DevPki};
+use logrelay_wire::selector::Selector;
+use logrelay_wire::session::{Event, Request};
+
+/// Default deadline of every wait.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Waits for `fut` or panics naming `what` after [`DEADLINE`].
+pub async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(DEADLINE, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {DEADLINE:?} waiting for {what}"),
+    }
+}
+
+/// Polls `check` until it returns `Some`, yielding between attempts, up to [`DEADLINE`].
+/// For state with no event to wait on (a metric over HTTP).
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    within(what, async {
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(100));
+        }
+    })
+    .await
+}
+
+/// An in-memory PKI for one test.
+#[derive(Debug)]
+pub struct TestPki {
+    /// The CA.
+    pub ca: DevPki,
+}
+
+impl Default for TestPki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestPki {
+    /// Mints a CA.
+    pub fn new() -> Self {
+        logrelay_tls::install_provider();
+        if let Ok(filter) = std::env::var("LOGRELAY_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
+        Self {
+            ca: DevPki::new().expect("mint CA"),
+        }
+    }
+
+    /// TLS material of a relay signed by this CA (no WSS).
+    pub fn relay_tls(&self) -> RelayTls {
+        RelayTls {
+            quic_identity: self.ca.server(&["localhost", "127.0.0.1"]).expect("mint"),
+            agent_roots: self.ca.roots(),
+            wss: None,
+        }
+    }
+
+    /// TLS material of an agent of `org`/`cluster`.
+    pub fn agent_tls(&self, org: &str, cluster: &str) -> AgentTls {
+        AgentTls {
+            identity: self
+                .ca
+                .agent(&AgentId {
+                    org: org.into(),
+                    cluster: cluster.into(),
+                })
+                .expect("mint"),
+            relay_roots: self.ca.roots(),
+        }
+    }
+}
+
+/// A temporary `/var/log/pods`.
+#[derive(Debug)]
+pub struct PodsDir {
+    dir: tempfile::TempDir,
+}
+
+impl Default for PodsDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PodsDir {
+    /// An empty pods directory.
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Creates a container's `0.log` and returns a writer appending CRI records to it.
+    pub fn container(&self, ns: &str, pod: &str, container: &str) -> CriWriter {
+        CriWriter::create(self.path(), ns, pod, container).expect("create container log")
+    }
+
+    /// Path of the first log file under `ns_pod_*/container/`.
+    pub fn log_path(&self, ns: &str, pod: &str, container: &str) -> PathBuf {
+        let prefix = format!("{ns}_{pod}_");
+        std::fs::read_dir(self.path())
+            .expect("read pods dir")
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .expect("pod dir exists")
+            .path()
+            .join(container)
+            .join("0.log")
+    }
+}
+
+/// A relay on ephemeral loopback ports accepting anonymous sessions as org `dev`.
+#[derive(Debug)]
+pub struct TestRelay {
+    /// The running relay.
+    pub handle: RelayHandle,
+}
+
+impl TestRelay {
+    /// Starts a relay with default configuration.
+    pub async fn start(pki: &TestPki) -> Self {
+        Self::start_with(pki, RelayConfig::loopback()).await
+    }
+
+    /// Starts a relay with `config` (anonymous org `dev` unless set).
+    pub async fn start_with(pki: &TestPki, mut config: RelayConfig) -> Self {
+        config.anonymous_org.get_or_insert_with(|| "dev".into());
+        let handle = logrelay_relay::start(config, pki.relay_tls())
+            .await
+            .expect("start relay");
+        Self { handle }
+    }
+
+    /// QUIC address.
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.handle.quic_addr
+    }
+
+    /// Connects a WebSocket subscriber.
+    pub async fn subscriber(&self) -> Subscriber {
+        Subscriber::connect(&self.handle.subscribe_url()).await
+    }
+
+    /// Reads one metric from `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        metric(self.handle.admin_addr, name).await
+    }
+}
+
+/// An agent over a pods directory, dialling a relay.
+#[derive(Debug)]
+pub struct TestAgent {
+    /// The running agent.
+    pub handle: AgentHandle,
+}
+
+impl TestAgent {
+    /// Starts an agent of org `dev`, cluster `test`.
+    pub async fn start(pki: &TestPki, pods: &PodsDir, relay: SocketAddr) -> Self {
+        Self::start_as(pki, pods, relay, "dev", "test").await
+    }
+
+    /// Starts an agent whose certificate names `org`/`cluster`.
+    pub async fn start_as(
+        pki: &TestPki,
+        pods: &PodsDir,
+        relay: SocketAddr,
+        org: &str,
+        cluster: &str,
+    ) -> Self {
+        let config = AgentConfig {
+            rescan_ms: 50,
+            reconnect_min_ms: 20,
+            reconnect_max_ms: 500,
+            ..AgentConfig::new(pods.path().to_path_buf(), relay)
+        };
+        let handle = logrelay_agent::start(config, pki.agent_tls(org, cluster))
+            .await
+            .expect("start agent");
+        Self { handle }
+    }
+
+    /// Reads one metric from `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        metric(self.handle.admin_addr, name).await
+    }
+}
+
+/// GETs `http://addr/path` over a real socket; returns (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Reads the value of an unlabelled metric (summing label sets) from an admin listener.
+pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let (_, body) = http_get(addr, "/metrics").await;
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let metric_name = series.split('{').next()?;
+            (metric_name == name).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// A selector of one container.
+pub fn selector(ns: &str, pod: &str, container: &str) -> Selector {
+    Selector {
+        namespace: Some(ns.into()),
+        pod: Some(pod.into()),
+        container: Some(container.into()),
+        ..Selector::default()
+    }
+}
+
+/// A WebSocket session with bookkeeping of what arrived.
+#[derive(Debug)]
+pub struct Subscriber {
+    /// The client.
+    pub client: Client,
+    /// Lines received, per relay stream id, in arrival order.
+    pub lines: HashMap<u64, Vec<ReceivedLine>>,
+    /// Events received, in order.
+    pub events: Vec<Event>,
+}
+
+impl Subscriber {
+    /// Connects to `url`.
+    pub async fn connect(url: &str) -> Self {
+        let client = within("websocket connect", Client::connect(url, None, None))
+            .await
+            .expect("connect subscriber");
+        Self {
+            client,
+            lines: HashMap::new(),
+            events: Vec::new(),
+        }
+    }
+
+    /// Subscribes (`tail: None` asks for the default backlog).
+    pub async fn subscribe(&mut self, id: &str, selector: &Selector, tail: Option<u32>) {
+        self.client
+            .send(&Request::Subscribe {
+                id: id.into(),
+                selector: selector.clone(),
+                tail,
+                since_ns: None,
+                since_seq: None,
+                follow: true,
+            })
+            .await
+            .expect("send subscribe");
+    }
+
+    /// Receives one message and records it.
+    pub async fn recv(&mut self) -> Option<Incoming> {
+        let item = self.client.next().await.expect("receive");
+        match &item {
+            Some(Incoming::Event(e)) => self.events.push(e.clone()),
+            Some(Incoming::Lines(ls)) => {
+                for l in ls {
+                    self.lines.entry(l.stream).or_default().push(l.clone());
+                }
+            }
+            _ => {}
+        }
+        item
+    }
+
+    /// Receives until `done` holds, within the deadline.
+    pub async fn until(&mut self, what: &str, mut done: impl FnMut(&Self) -> bool) {
+        let waited = tokio::time::timeout(DEADLINE, async {
+            while !done(self) {
+                if self.recv().await.is_none() {
+                    panic!("session closed while waiting for {what}");
+                }
+            }
+        })
+        .await;
+        if waited.is_err() {
+            panic!(
+                "timed out after {DEADLINE:?} waiting for {what}; events so far: {:?}; lines: {}",
+                self.events,
+                self.total_lines()
+            );
+        }
+    }
+
+    /// The relay stream id announced for subscription `id`.
+    pub fn stream_of(&self, id: &str) -> Option<u64> {
+        self.events.iter().find_map(|e| match e {
+            Event::Stream {
+                id: sub, stream, ..
+            } if sub == id => Some(*stream),
+            _ => None,
+        })
+    }
+
+    /// Lines received across all streams.
+    pub fn total_lines(&self) -> usize {
+        self.lines.values().map(Vec::len).sum()
+    }
+
+    /// Messages of a stream as strings.
+    pub fn messages(&self, stream: u64) -> Vec<String> {
+        self.lines
+            .get(&stream)
+            .map(|ls| {
+                ls.iter()
+                    .map(|l| String::from_utf8_lossy(&l.message).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}

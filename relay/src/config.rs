@@ -10,13 +10,25 @@ use crate::hub::HubConfig;
 #[derive(Debug, Clone, clap::Args)]
 pub struct RelayConfig {
     /// UDP address of the QUIC listener for agents.
-    #[arg(long, env = "LOGRELAY_RELAY_QUIC_ADDR", default_value = "127.0.0.1:4433")]
+    #[arg(
+        long,
+        env = "LOGRELAY_RELAY_QUIC_ADDR",
+        default_value = "127.0.0.1:4433"
+    )]
     pub quic_addr: SocketAddr,
     /// TCP address of the WebSocket listener for sessions (`/v1/subscribe`).
-    #[arg(long, env = "LOGRELAY_RELAY_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "LOGRELAY_RELAY_HTTP_ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
     pub http_addr: SocketAddr,
     /// TCP address of the admin listener (`/metrics`, `/healthz`, `/readyz`).
-    #[arg(long, env = "LOGRELAY_RELAY_ADMIN_ADDR", default_value = "127.0.0.1:9600")]
+    #[arg(
+        long,
+        env = "LOGRELAY_RELAY_ADMIN_ADDR",
+        default_value = "127.0.0.1:9600"
+    )]
     pub admin_addr: SocketAddr,
     /// PEM certificate chain for WSS; without it the session listener is plain WS.
     #[arg(long, env = "LOGRELAY_RELAY_WSS_CERT_FILE", requires = "wss_key_file")]
@@ -35,7 +47,11 @@ pub struct RelayConfig {
     #[arg(long, env = "LOGRELAY_RELAY_LINGER_SECS", default_value_t = 5)]
     pub linger_secs: u64,
     /// Subscriptions one session may hold.
-    #[arg(long, env = "LOGRELAY_RELAY_MAX_SUBSCRIPTIONS_PER_SESSION", default_value_t = 64)]
+    #[arg(
+        long,
+        env = "LOGRELAY_RELAY_MAX_SUBSCRIPTIONS_PER_SESSION",
+        default_value_t = 64
+    )]
     pub max_subscriptions_per_session: usize,
     /// Largest frame accepted from an agent.
     #[arg(long, env = "LOGRELAY_RELAY_MAX_FRAME_BYTES", default_value_t = logrelay_wire::frame::DEFAULT_MAX_FRAME_BYTES)]

@@ -51,14 +51,7 @@ async fn subscribe(State(app): State<SessionApp>, ws: WebSocketUpgrade) -> Respo
         .write_buffer_size(64 * 1024)
         .max_write_buffer_size(8 * 1024 * 1024)
         .on_upgrade(move |socket| {
-            session::serve(
-                socket,
-                org,
-                app.hub,
-                app.metrics,
-                app.session,
-                app.shutdown,
-            )
+            session::serve(socket, org, app.hub, app.metrics, app.session, app.shutdown)
         })
 }
 

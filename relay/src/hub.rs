@@ -370,6 +370,7 @@ impl Hub {
                         .collect()
                 };
                 for (id, spec) in subs {
+                    tracing::debug!(session = session.id, sub = %id, stream = sid, "new stream matches subscription");
                     self.add_watch(&mut st, &session, sid, &id, &spec.demand);
                 }
             }
@@ -473,7 +474,10 @@ impl Hub {
             && link.tx.try_send(msg).is_err()
         {
             self.metrics.agent_messages_dropped.inc();
-            tracing::warn!(agent, "agent control queue full; the connection will be reset");
+            tracing::warn!(
+                agent,
+                "agent control queue full; the connection will be reset"
+            );
         }
     }
 
@@ -599,7 +603,14 @@ impl Hub {
         Ok(())
     }
 
-    fn add_watch(&self, st: &mut State, session: &Arc<SessionShared>, sid: u64, sub: &str, demand: &Demand) {
+    fn add_watch(
+        &self,
+        st: &mut State,
+        session: &Arc<SessionShared>,
+        sid: u64,
+        sub: &str,
+        demand: &Demand,
+    ) {
         let Some(s) = st.streams.get(&sid) else {
             return;
         };
@@ -617,6 +628,7 @@ impl Hub {
             },
             self.config.max_session_event_bytes,
         );
+        session.notify.notify_one();
         if let Some(w) = ss.watches.get_mut(&sid) {
             w.subs.insert(sub.to_owned());
             return;
@@ -825,12 +837,29 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(16);
         let agent = hub.add_agent("acme", "c1", tx);
         hub.catalog_add(agent, vec![info(5, "p", "spoofed-org")]);
-        assert!(rx.try_recv().is_err(), "nothing is opened while nobody watches");
+        assert!(
+            rx.try_recv().is_err(),
+            "nothing is opened while nobody watches"
+        );
 
         let s = hub.add_session("acme");
-        hub.subscribe(&s, "a", sel("p"), Demand { tail: Some(10), ..Demand::default() })
-            .unwrap();
-        let Ok(RelayMsg::Open { demand, stream: 5, demand_spec, .. }) = rx.try_recv() else {
+        hub.subscribe(
+            &s,
+            "a",
+            sel("p"),
+            Demand {
+                tail: Some(10),
+                ..Demand::default()
+            },
+        )
+        .unwrap();
+        let Ok(RelayMsg::Open {
+            demand,
+            stream: 5,
+            demand_spec,
+            ..
+        }) = rx.try_recv()
+        else {
             panic!("expected open");
         };
         assert_eq!(demand_spec.tail, Some(10));
@@ -863,8 +892,12 @@ mod tests {
         let agent = hub.add_agent("acme", "c1", tx);
         hub.catalog_add(agent, vec![info(1, "p", "")]);
         let first = hub.add_session("acme");
-        hub.subscribe(&first, "a", sel("p"), Demand::default()).unwrap();
-        let Ok(RelayMsg::Open { demand, stream_ref, .. }) = rx.try_recv() else {
+        hub.subscribe(&first, "a", sel("p"), Demand::default())
+            .unwrap();
+        let Ok(RelayMsg::Open {
+            demand, stream_ref, ..
+        }) = rx.try_recv()
+        else {
             panic!()
         };
         let Some(DemandSink::Live(live)) = hub.resolve(demand) else {
@@ -874,9 +907,22 @@ mod tests {
         live.push(Bytes::from_static(b"batch"), 40, join);
 
         let second = hub.add_session("acme");
-        hub.subscribe(&second, "b", sel("p"), Demand { tail: Some(100), ..Demand::default() })
-            .unwrap();
-        let Ok(RelayMsg::Open { demand: d2, stream_ref: r2, demand_spec, .. }) = rx.try_recv()
+        hub.subscribe(
+            &second,
+            "b",
+            sel("p"),
+            Demand {
+                tail: Some(100),
+                ..Demand::default()
+            },
+        )
+        .unwrap();
+        let Ok(RelayMsg::Open {
+            demand: d2,
+            stream_ref: r2,
+            demand_spec,
+            ..
+        }) = rx.try_recv()
         else {
             panic!()
         };
@@ -894,12 +940,16 @@ mod tests {
         let s = hub.add_session("acme");
         hub.subscribe(&s, "a", sel("p"), Demand::default()).unwrap();
         assert_eq!(
-            hub.subscribe(&s, "a", sel("p"), Demand::default()).unwrap_err().code,
+            hub.subscribe(&s, "a", sel("p"), Demand::default())
+                .unwrap_err()
+                .code,
             ErrorCode::BadRequest
         );
         hub.subscribe(&s, "b", sel("p"), Demand::default()).unwrap();
         assert_eq!(
-            hub.subscribe(&s, "c", sel("p"), Demand::default()).unwrap_err().code,
+            hub.subscribe(&s, "c", sel("p"), Demand::default())
+                .unwrap_err()
+                .code,
             ErrorCode::LimitExceeded
         );
     }
@@ -911,7 +961,8 @@ mod tests {
         let agent = hub.add_agent("acme", "c1", tx);
         hub.catalog_add(agent, vec![info(1, "p", ""), info(2, "q", "")]);
         let s = hub.add_session("acme");
-        hub.subscribe(&s, "a", Selector::default(), Demand::default()).unwrap();
+        hub.subscribe(&s, "a", Selector::default(), Demand::default())
+            .unwrap();
         let mut live = Vec::new();
         while let Ok(RelayMsg::Open { demand, .. }) = rx.try_recv() {
             live.push(demand);
@@ -921,17 +972,32 @@ mod tests {
             panic!()
         };
         q.push(Bytes::from_static(b"x"), 7, SeqPos { epoch: 1, seq: 7 });
-        hub.catalog_remove(agent, vec![StreamGone { id: 1, reason: "pod_removed".into() }]);
+        hub.catalog_remove(
+            agent,
+            vec![StreamGone {
+                id: 1,
+                reason: "pod_removed".into(),
+            }],
+        );
         assert!(
-            s.state.lock().unwrap().events.iter().any(|e| e.contains(r#""event":"end""#)
-                && e.contains("pod_removed"))
+            s.state
+                .lock()
+                .unwrap()
+                .events
+                .iter()
+                .any(|e| e.contains(r#""event":"end""#) && e.contains("pod_removed"))
         );
 
         hub.remove_agent(agent);
         let (tx, mut rx) = mpsc::channel(16);
         let agent = hub.add_agent("acme", "c1", tx);
         hub.catalog_add(agent, vec![info(9, "q", "")]);
-        let Ok(RelayMsg::Open { stream: 9, demand_spec, .. }) = rx.try_recv() else {
+        let Ok(RelayMsg::Open {
+            stream: 9,
+            demand_spec,
+            ..
+        }) = rx.try_recv()
+        else {
             panic!("watched stream is re-opened after a reconnect")
         };
         assert_eq!(demand_spec.since_seq, Some(SeqPos { epoch: 1, seq: 7 }));

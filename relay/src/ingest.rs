@@ -115,7 +115,10 @@ async fn serve_agent(
 ) -> Result<(), IngestError> {
     let id = conn
         .peer_identity()
-        .and_then(|i| i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+        .and_then(|i| {
+            i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
         .and_then(|chain| chain.first().and_then(AgentId::from_cert));
     let Some(id) = id else {
         conn.close(codes::FORBIDDEN.into(), b"certificate names no org/cluster");
@@ -132,18 +135,26 @@ async fn serve_agent(
         .await
         .map_err(|_| protocol(ErrorCode::OutOfOrder, "no hello within 10 s"));
     let node = match hello {
-        Ok(Ok(Some(AgentMsg::Hello { protocol: v, node, .. }))) => {
+        Ok(Ok(Some(AgentMsg::Hello {
+            protocol: v, node, ..
+        }))) => {
             if v != logrelay_wire::PROTOCOL_VERSION {
                 let e = protocol(
                     ErrorCode::UnsupportedVersion,
-                    format!("relay speaks protocol {}, agent {v}", logrelay_wire::PROTOCOL_VERSION),
+                    format!(
+                        "relay speaks protocol {}, agent {v}",
+                        logrelay_wire::PROTOCOL_VERSION
+                    ),
                 );
                 return Err(refuse(&conn, &mut send, &mut out, e, &metrics).await);
             }
             node
         }
         Ok(Ok(Some(other))) => {
-            let e = protocol(ErrorCode::OutOfOrder, format!("expected hello, got {other:?}"));
+            let e = protocol(
+                ErrorCode::OutOfOrder,
+                format!("expected hello, got {other:?}"),
+            );
             return Err(refuse(&conn, &mut send, &mut out, e, &metrics).await);
         }
         Ok(Ok(None)) => return Ok(()),
@@ -166,11 +177,19 @@ async fn serve_agent(
     let agent = hub.add_agent(&id.org, &id.cluster, tx);
     tracing::info!(agent, org = %id.org, cluster = %id.cluster, %node, remote = %conn.remote_address(), "agent connected");
 
-    let data = tokio::spawn(accept_data(conn.clone(), hub.clone(), metrics.clone(), config));
+    let data = tokio::spawn(accept_data(
+        conn.clone(),
+        hub.clone(),
+        metrics.clone(),
+        config,
+    ));
     let result = loop {
         tokio::select! {
             msg = next_msg(&mut recv, &mut decoder) => match msg {
-                Ok(Some(AgentMsg::CatalogAdd { streams })) => hub.catalog_add(agent, streams),
+                Ok(Some(AgentMsg::CatalogAdd { streams })) => {
+                    tracing::debug!(agent, added = streams.len(), "catalog add");
+                    hub.catalog_add(agent, streams)
+                }
                 Ok(Some(AgentMsg::CatalogRemove { streams })) => hub.catalog_remove(agent, streams),
                 Ok(Some(AgentMsg::OpenFailed { demand, code, message })) => hub.open_failed(demand, code, &message),
                 Ok(Some(AgentMsg::Heartbeat)) => {}
@@ -195,7 +214,9 @@ async fn serve_agent(
     data.abort();
     tracing::info!(agent, org = %id.org, cluster = %id.cluster, "agent disconnected");
     match result {
-        Err(e @ IngestError::Protocol { .. }) => Err(refuse(&conn, &mut send, &mut out, e, &metrics).await),
+        Err(e @ IngestError::Protocol { .. }) => {
+            Err(refuse(&conn, &mut send, &mut out, e, &metrics).await)
+        }
         other => other,
     }
 }
@@ -328,7 +349,10 @@ async fn serve_data(
             if h.stream != expected_stream {
                 return Err(fail(protocol(
                     ErrorCode::BadRequest,
-                    format!("batch for stream {} on a data stream of stream {expected_stream}", h.stream),
+                    format!(
+                        "batch for stream {} on a data stream of stream {expected_stream}",
+                        h.stream
+                    ),
                 )));
             }
             if h.kind == Kind::Log {

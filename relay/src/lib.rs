@@ -105,20 +105,21 @@ pub async fn start(config: RelayConfig, tls: RelayTls) -> Result<RelayHandle, St
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(Duration::from_secs(5)));
     transport.max_idle_timeout(Some(
-        Duration::from_secs(15).try_into().expect("15 s fits a VarInt"),
+        Duration::from_secs(15)
+            .try_into()
+            .expect("15 s fits a VarInt"),
     ));
     transport.max_concurrent_uni_streams(4096u32.into());
     transport.max_concurrent_bidi_streams(1u32.into());
     transport.stream_receive_window((4u32 * 1024 * 1024).into());
     transport.receive_window((16u32 * 1024 * 1024).into());
     server.transport_config(Arc::new(transport));
-    let endpoint = quinn::Endpoint::server(server, config.quic_addr).map_err(|source| {
-        StartError::Bind {
+    let endpoint =
+        quinn::Endpoint::server(server, config.quic_addr).map_err(|source| StartError::Bind {
             what: "QUIC listener",
             addr: config.quic_addr,
             source,
-        }
-    })?;
+        })?;
     let quic_addr = endpoint.local_addr().map_err(|source| StartError::Bind {
         what: "QUIC listener",
         addr: config.quic_addr,
@@ -155,7 +156,12 @@ pub async fn start(config: RelayConfig, tls: RelayTls) -> Result<RelayHandle, St
         max_message_bytes: config.max_session_message_bytes,
         shutdown: shutdown_rx.clone(),
     };
-    tasks.spawn(http::serve(http, http::router(app), wss, shutdown_rx.clone()));
+    tasks.spawn(http::serve(
+        http,
+        http::router(app),
+        wss,
+        shutdown_rx.clone(),
+    ));
     let admin_router = admin::router(metrics.clone(), ready_rx);
     let mut admin_shutdown = shutdown_rx.clone();
     tasks.spawn(async move {

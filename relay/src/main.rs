@@ -18,13 +18,21 @@ struct Cli {
     #[arg(long, conflicts_with_all = ["cert_file", "key_file", "agent_ca_file"])]
     dev: bool,
     /// PEM certificate chain presented to agents (QUIC).
-    #[arg(long, env = "LOGRELAY_RELAY_CERT_FILE", required_unless_present = "dev")]
+    #[arg(
+        long,
+        env = "LOGRELAY_RELAY_CERT_FILE",
+        required_unless_present = "dev"
+    )]
     cert_file: Option<PathBuf>,
     /// PEM private key of `--cert-file`.
     #[arg(long, env = "LOGRELAY_RELAY_KEY_FILE", required_unless_present = "dev")]
     key_file: Option<PathBuf>,
     /// PEM bundle of the CAs that sign agent certificates.
-    #[arg(long, env = "LOGRELAY_RELAY_AGENT_CA_FILE", required_unless_present = "dev")]
+    #[arg(
+        long,
+        env = "LOGRELAY_RELAY_AGENT_CA_FILE",
+        required_unless_present = "dev"
+    )]
     agent_ca_file: Option<PathBuf>,
 }
 
@@ -66,7 +74,9 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("starting relay")?;
     tracing::info!(url = %relay.subscribe_url(), "relay running");
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
     relay.shutdown().await;
     Ok(())
 }

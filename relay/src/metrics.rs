@@ -77,28 +77,72 @@ impl RelayMetrics {
             limit_hits: Counter::default(),
             protocol_errors: Family::default(),
         };
-        r.register("agents_connected", "Agents connected", m.agents_connected.clone());
-        r.register("sessions_connected", "Sessions connected", m.sessions_connected.clone());
+        r.register(
+            "agents_connected",
+            "Agents connected",
+            m.agents_connected.clone(),
+        );
+        r.register(
+            "sessions_connected",
+            "Sessions connected",
+            m.sessions_connected.clone(),
+        );
         r.register("streams", "Streams known to the relay", m.streams.clone());
-        r.register("lines_received", "Lines received from agents", m.lines_received.clone());
-        r.register("bytes_received", "Batch bytes received from agents", m.bytes_received.clone());
-        r.register("lines_delivered", "Lines written to sessions", m.lines_delivered.clone());
-        r.register("bytes_delivered", "Data bytes written to sessions", m.bytes_delivered.clone());
-        r.register("buffered_bytes", "Bytes held in stream rings", m.buffered_bytes.clone());
+        r.register(
+            "lines_received",
+            "Lines received from agents",
+            m.lines_received.clone(),
+        );
+        r.register(
+            "bytes_received",
+            "Batch bytes received from agents",
+            m.bytes_received.clone(),
+        );
+        r.register(
+            "lines_delivered",
+            "Lines written to sessions",
+            m.lines_delivered.clone(),
+        );
+        r.register(
+            "bytes_delivered",
+            "Data bytes written to sessions",
+            m.bytes_delivered.clone(),
+        );
+        r.register(
+            "buffered_bytes",
+            "Bytes held in stream rings",
+            m.buffered_bytes.clone(),
+        );
         r.register(
             "ring_evicted_lines",
             "Lines evicted from full rings",
             m.ring_evicted_lines.clone(),
         );
-        r.register("dropped_lines", "Lines a session missed", m.dropped_lines.clone());
-        r.register("demands_opened", "Demands sent to agents", m.demands_opened.clone());
+        r.register(
+            "dropped_lines",
+            "Lines a session missed",
+            m.dropped_lines.clone(),
+        );
+        r.register(
+            "demands_opened",
+            "Demands sent to agents",
+            m.demands_opened.clone(),
+        );
         r.register(
             "agent_messages_dropped",
             "Control messages lost to a full agent queue",
             m.agent_messages_dropped.clone(),
         );
-        r.register("limit_hits", "Requests refused by a limit", m.limit_hits.clone());
-        r.register("protocol_errors", "Malformed input by peer kind", m.protocol_errors.clone());
+        r.register(
+            "limit_hits",
+            "Requests refused by a limit",
+            m.limit_hits.clone(),
+        );
+        r.register(
+            "protocol_errors",
+            "Malformed input by peer kind",
+            m.protocol_errors.clone(),
+        );
         Self { registry: r, ..m }
     }
 

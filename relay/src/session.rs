@@ -67,7 +67,11 @@ pub async fn serve(
                     Message::Binary(_) => {
                         metrics.protocol_error("session");
                         session.push_event(
-                            &error(ErrorCode::BadRequest, "binary messages are not requests; send JSON text", None),
+                            &error(
+                                ErrorCode::BadRequest,
+                                "binary messages are not requests; send JSON text",
+                                None,
+                            ),
                             config.max_event_bytes,
                         );
                     }
@@ -166,7 +170,11 @@ fn handle_request(
         Request::Unsubscribe { id } => {
             if !hub.unsubscribe(session, &id) {
                 session.push_event(
-                    &error(ErrorCode::BadRequest, format!("no subscription `{id}`"), Some(id)),
+                    &error(
+                        ErrorCode::BadRequest,
+                        format!("no subscription `{id}`"),
+                        Some(id),
+                    ),
                     config.max_event_bytes,
                 );
             }

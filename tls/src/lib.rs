@@ -223,9 +223,10 @@ impl DevPki {
     pub fn server(&self, names: &[&str]) -> Result<Identity, TlsError> {
         let mut params =
             CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, names.first().copied().unwrap_or("relay"));
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().copied().unwrap_or("relay"),
+        );
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         self.leaf(params)
     }
@@ -234,9 +235,10 @@ impl DevPki {
     pub fn agent(&self, id: &AgentId) -> Result<Identity, TlsError> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.subject_alt_names = vec![SanType::URI(id.uri().try_into()?)];
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("agent {}/{}", id.org, id.cluster));
+        params.distinguished_name.push(
+            DnType::CommonName,
+            format!("agent {}/{}", id.org, id.cluster),
+        );
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.leaf(params)
     }
@@ -287,9 +289,11 @@ pub fn quic_server(
     agent_roots: RootCertStore,
 ) -> Result<quinn::ServerConfig, TlsError> {
     let provider = provider();
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(agent_roots), provider.clone())
-            .build()?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(agent_roots),
+        provider.clone(),
+    )
+    .build()?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)

@@ -365,7 +365,10 @@ mod tests {
     fn gap_round_trips() {
         let g = encode_gap(3, 4, 100, 25, 4096);
         let h = BatchHeader::parse(&g).unwrap();
-        assert_eq!((h.kind, h.stream, h.first_seq, h.count), (Kind::Gap, 3, 100, 25));
+        assert_eq!(
+            (h.kind, h.stream, h.first_seq, h.count),
+            (Kind::Gap, 3, 100, 25)
+        );
         assert_eq!(gap_bytes(&g), Ok(4096));
     }
 

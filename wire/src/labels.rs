@@ -101,7 +101,9 @@ mod tests {
     #[test]
     fn pod_dirs_parse_as_kubelet_names_them() {
         assert_eq!(
-            PodDir::parse("kube-system_coredns-5d78c9869d-abcde_0b1c2d3e-aaaa-bbbb-cccc-1234567890ab"),
+            PodDir::parse(
+                "kube-system_coredns-5d78c9869d-abcde_0b1c2d3e-aaaa-bbbb-cccc-1234567890ab"
+            ),
             Some(PodDir {
                 namespace: "kube-system".into(),
                 pod: "coredns-5d78c9869d-abcde".into(),

@@ -61,6 +61,10 @@ pub struct StreamEntry {
 }
 
 /// Relay → session.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "events are serialized as soon as they are built, never stored in bulk"
+)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
