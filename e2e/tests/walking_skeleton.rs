@@ -206,7 +206,7 @@ async fn bad_session_input_gets_a_named_error_and_other_sessions_keep_flowing() 
     let _agent = TestAgent::start(&pki, &pods, relay.quic_addr()).await;
 
     let mut good = relay.subscriber().await;
-    good.subscribe("g", &selector("ns", "app", "main"), Some(0))
+    good.subscribe("g", &selector("ns", "app", "main"), Some(10))
         .await;
     good.until("stream", |s| s.stream_of("g").is_some()).await;
 
@@ -237,7 +237,7 @@ async fn bad_session_input_gets_a_named_error_and_other_sessions_keep_flowing() 
     expect_error(&mut bad, r#"{"op":"subscribe","id":""}"#, "subscription id").await;
     expect_error(&mut bad, r#"{"op":"unsubscribe","id":"nope"}"#, "nope").await;
     // Still usable after all that.
-    bad.subscribe("b", &selector("ns", "app", "main"), Some(0))
+    bad.subscribe("b", &selector("ns", "app", "main"), Some(10))
         .await;
     bad.until("stream after errors", |s| s.stream_of("b").is_some())
         .await;
