@@ -68,12 +68,10 @@ impl Uplink {
         catalog: Arc<Catalog>,
         metrics: Arc<AgentMetrics>,
     ) -> std::io::Result<Self> {
-        let bind: SocketAddr = if config.relay_addr.is_ipv6() {
-            "[::]:0".parse().expect("literal")
-        } else {
-            "0.0.0.0:0".parse().expect("literal")
-        };
-        let mut endpoint = quinn::Endpoint::client(bind)?;
+        // Dual-stack where the host has IPv6, IPv4 only where it does not.
+        let v6: SocketAddr = "[::]:0".parse().expect("literal");
+        let v4: SocketAddr = "0.0.0.0:0".parse().expect("literal");
+        let mut endpoint = quinn::Endpoint::client(v6).or_else(|_| quinn::Endpoint::client(v4))?;
         let mut client = client;
         let mut transport = quinn::TransportConfig::default();
         transport.keep_alive_interval(Some(Duration::from_secs(5)));
@@ -125,9 +123,20 @@ impl Uplink {
     }
 
     async fn connect_and_serve(&self) -> Result<(), UplinkError> {
+        let addr = tokio::net::lookup_host(&self.config.relay_addr)
+            .await
+            .map_err(|e| UplinkError::Connect(format!("resolving {}: {e}", self.config.relay_addr)))?
+            .next()
+            .ok_or_else(|| UplinkError::Connect(format!("{} resolves to nothing", self.config.relay_addr)))?;
+        let addr = match (addr, self.endpoint.local_addr()) {
+            (SocketAddr::V4(v4), Ok(SocketAddr::V6(_))) => {
+                SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
+            }
+            (a, _) => a,
+        };
         let conn = self
             .endpoint
-            .connect(self.config.relay_addr, &self.config.relay_name)
+            .connect(addr, &self.config.relay_name)
             .map_err(|e| UplinkError::Connect(e.to_string()))?
             .await
             .map_err(|e| UplinkError::Connect(e.to_string()))?;

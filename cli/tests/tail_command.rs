@@ -1,0 +1,74 @@
+//! `logrelay tail` as a user runs it: a real binary against a real relay and agent.
+
+use std::process::Stdio;
+
+use logrelay_e2e::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+fn tail_cmd(args: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_logrelay"));
+    cmd.arg("tail")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+async fn fails_with(args: &[&str], needle: &str) {
+    let out = within("tail exits", tail_cmd(args).output()).await.unwrap();
+    assert!(!out.status.success(), "tail must fail");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains(needle), "`{stderr}` should mention `{needle}`");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_and_auth_failures_exit_non_zero_with_one_line() {
+    // Nothing listens on port 1.
+    fails_with(&["--url", "ws://127.0.0.1:1/v1/subscribe"], "cannot connect").await;
+    fails_with(&["--url", "http://127.0.0.1:1/"], "bad relay URL").await;
+
+    // A relay that accepts no anonymous sessions.
+    let pki = TestPki::new();
+    let relay = logrelay_relay::start(logrelay_relay::RelayConfig::loopback(), pki.relay_tls())
+        .await
+        .unwrap();
+    let url = relay.subscribe_url();
+    fails_with(&["--url", &url], "HTTP 401").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_prints_the_backlog_then_follows_like_kubectl_logs() {
+    let pki = TestPki::new();
+    let relay = TestRelay::start(&pki).await;
+    let pods = PodsDir::new();
+    let mut w = pods.container("shop", "cart", "main");
+    let mut other = pods.container("shop", "cart", "sidecar");
+    for i in 0..20 {
+        w.write_lines([format!("old {i}\n").as_bytes()]).unwrap();
+        other.write_lines([b"sidecar noise\n".as_slice()]).unwrap();
+    }
+    let _agent = TestAgent::start(&pki, &pods, relay.quic_addr()).await;
+    let url = relay.handle.subscribe_url();
+    let mut child = tail_cmd(&[
+        "--url", &url, "-n", "shop", "-p", "cart", "-c", "main", "--tail", "3", "--timestamps",
+    ])
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(within("backlog line", lines.next_line()).await.unwrap().unwrap());
+    }
+    w.write_lines([b"new line\n".as_slice()]).unwrap();
+    got.push(within("live line", lines.next_line()).await.unwrap().unwrap());
+    let messages: Vec<&str> = got.iter().map(|l| l.split_once(' ').unwrap().1).collect();
+    assert_eq!(messages, ["old 17", "old 18", "old 19", "new line"]);
+    for l in &got {
+        let ts = l.split_once(' ').unwrap().0;
+        assert!(ts.len() == 30 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T', "{ts}");
+    }
+    child.kill().await.unwrap();
+}
