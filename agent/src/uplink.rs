@@ -125,9 +125,13 @@ impl Uplink {
     async fn connect_and_serve(&self) -> Result<(), UplinkError> {
         let addr = tokio::net::lookup_host(&self.config.relay_addr)
             .await
-            .map_err(|e| UplinkError::Connect(format!("resolving {}: {e}", self.config.relay_addr)))?
+            .map_err(|e| {
+                UplinkError::Connect(format!("resolving {}: {e}", self.config.relay_addr))
+            })?
             .next()
-            .ok_or_else(|| UplinkError::Connect(format!("{} resolves to nothing", self.config.relay_addr)))?;
+            .ok_or_else(|| {
+                UplinkError::Connect(format!("{} resolves to nothing", self.config.relay_addr))
+            })?;
         let addr = match (addr, self.endpoint.local_addr()) {
             (SocketAddr::V4(v4), Ok(SocketAddr::V6(_))) => {
                 SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())

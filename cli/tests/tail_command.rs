@@ -21,13 +21,20 @@ async fn fails_with(args: &[&str], needle: &str) {
     assert!(!out.status.success(), "tail must fail");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
-    assert!(stderr.contains(needle), "`{stderr}` should mention `{needle}`");
+    assert!(
+        stderr.contains(needle),
+        "`{stderr}` should mention `{needle}`"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_and_auth_failures_exit_non_zero_with_one_line() {
     // Nothing listens on port 1.
-    fails_with(&["--url", "ws://127.0.0.1:1/v1/subscribe"], "cannot connect").await;
+    fails_with(
+        &["--url", "ws://127.0.0.1:1/v1/subscribe"],
+        "cannot connect",
+    )
+    .await;
     fails_with(&["--url", "http://127.0.0.1:1/"], "bad relay URL").await;
 
     // A relay that accepts no anonymous sessions.
@@ -53,22 +60,45 @@ async fn tail_prints_the_backlog_then_follows_like_kubectl_logs() {
     let _agent = TestAgent::start(&pki, &pods, relay.quic_addr()).await;
     let url = relay.handle.subscribe_url();
     let mut child = tail_cmd(&[
-        "--url", &url, "-n", "shop", "-p", "cart", "-c", "main", "--tail", "3", "--timestamps",
+        "--url",
+        &url,
+        "-n",
+        "shop",
+        "-p",
+        "cart",
+        "-c",
+        "main",
+        "--tail",
+        "3",
+        "--timestamps",
     ])
     .spawn()
     .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut got = Vec::new();
     for _ in 0..3 {
-        got.push(within("backlog line", lines.next_line()).await.unwrap().unwrap());
+        got.push(
+            within("backlog line", lines.next_line())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
     }
     w.write_lines([b"new line\n".as_slice()]).unwrap();
-    got.push(within("live line", lines.next_line()).await.unwrap().unwrap());
+    got.push(
+        within("live line", lines.next_line())
+            .await
+            .unwrap()
+            .unwrap(),
+    );
     let messages: Vec<&str> = got.iter().map(|l| l.split_once(' ').unwrap().1).collect();
     assert_eq!(messages, ["old 17", "old 18", "old 19", "new line"]);
     for l in &got {
         let ts = l.split_once(' ').unwrap().0;
-        assert!(ts.len() == 30 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T', "{ts}");
+        assert!(
+            ts.len() == 30 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+            "{ts}"
+        );
     }
     child.kill().await.unwrap();
 }

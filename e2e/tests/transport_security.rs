@@ -39,7 +39,8 @@ async fn wrong_alpn_and_untrusted_certificates_are_refused_while_others_flow() {
     let mut w = pods.container("ns", "app", "main");
     let _agent = TestAgent::start(&pki, &pods, relay.quic_addr()).await;
     let mut sub = relay.subscriber().await;
-    sub.subscribe("a", &selector("ns", "app", "main"), Some(10)).await;
+    sub.subscribe("a", &selector("ns", "app", "main"), Some(10))
+        .await;
     w.write_lines([b"one\n".as_slice()]).unwrap();
     sub.until("first line", |s| s.total_lines() >= 1).await;
 
@@ -57,23 +58,37 @@ async fn wrong_alpn_and_untrusted_certificates_are_refused_while_others_flow() {
     let err = within("wrong ALPN refused", dial(relay.quic_addr(), wrong_alpn))
         .await
         .expect_err("wrong ALPN must be refused");
-    assert!(err.contains("no_application_protocol") || err.contains("120"), "{err}");
+    assert!(
+        err.contains("no_application_protocol") || err.contains("120"),
+        "{err}"
+    );
 
     // A client certificate from a CA the relay does not trust.
     let rogue = logrelay_tls::DevPki::new().unwrap();
-    let untrusted =
-        logrelay_tls::quic_client(rogue.agent(&id).unwrap(), pki.ca.roots()).unwrap();
-    let err = within("untrusted client refused", dial(relay.quic_addr(), untrusted))
-        .await
-        .expect_err("untrusted client certificate must be refused");
-    assert!(err.to_lowercase().contains("certificate") || err.contains("48"), "{err}");
+    let untrusted = logrelay_tls::quic_client(rogue.agent(&id).unwrap(), pki.ca.roots()).unwrap();
+    let err = within(
+        "untrusted client refused",
+        dial(relay.quic_addr(), untrusted),
+    )
+    .await
+    .expect_err("untrusted client certificate must be refused");
+    assert!(
+        err.to_lowercase().contains("certificate") || err.contains("48"),
+        "{err}"
+    );
 
     // A relay certificate the agent does not trust.
     let wrong_roots = logrelay_tls::quic_client(pki.ca.agent(&id).unwrap(), rogue.roots()).unwrap();
-    let err = within("untrusted relay refused", dial(relay.quic_addr(), wrong_roots))
-        .await
-        .expect_err("the agent must not trust an unknown relay");
-    assert!(err.to_lowercase().contains("certificate") || err.contains("UnknownIssuer"), "{err}");
+    let err = within(
+        "untrusted relay refused",
+        dial(relay.quic_addr(), wrong_roots),
+    )
+    .await
+    .expect_err("the agent must not trust an unknown relay");
+    assert!(
+        err.to_lowercase().contains("certificate") || err.contains("UnknownIssuer"),
+        "{err}"
+    );
 
     // The real agent and its subscriber never noticed.
     w.write_lines([b"two\n".as_slice()]).unwrap();
@@ -92,11 +107,17 @@ async fn an_agent_speaking_out_of_order_is_closed_with_a_reason() {
     let client = logrelay_tls::quic_client(pki.ca.agent(&id).unwrap(), pki.ca.roots()).unwrap();
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     ep.set_default_client_config(client);
-    let conn = ep.connect(relay.quic_addr(), "localhost").unwrap().await.unwrap();
+    let conn = ep
+        .connect(relay.quic_addr(), "localhost")
+        .unwrap()
+        .await
+        .unwrap();
     let (mut send, _recv) = conn.open_bi().await.unwrap();
     // A heartbeat before hello.
     let body = br#"{"type":"heartbeat"}"#;
-    send.write_all(&(body.len() as u32).to_le_bytes()).await.unwrap();
+    send.write_all(&(body.len() as u32).to_le_bytes())
+        .await
+        .unwrap();
     send.write_all(body).await.unwrap();
     let reason = within("connection closed", conn.closed()).await;
     let text = reason.to_string();
@@ -132,7 +153,11 @@ async fn sessions_can_use_wss() {
     assert!(err.to_string().contains("TLS"), "{err}");
     // Plain WebSocket against the TLS port: refused.
     let plain = url.replacen("wss://", "ws://", 1);
-    assert!(logrelay::client::Client::connect(&plain, None, None).await.is_err());
+    assert!(
+        logrelay::client::Client::connect(&plain, None, None)
+            .await
+            .is_err()
+    );
     let _ = Arc::new(());
     relay.shutdown().await;
 }
