@@ -1,8 +1,6 @@
 //! The agent hop refuses what it must (wrong ALPN, untrusted certificates) without disturbing
 //! other traffic, and sessions can use WSS.
 
-use std::sync::Arc;
-
 use logrelay_e2e::*;
 use logrelay_tls::AgentId;
 
@@ -158,6 +156,5 @@ async fn sessions_can_use_wss() {
             .await
             .is_err()
     );
-    let _ = Arc::new(());
     relay.shutdown().await;
 }
