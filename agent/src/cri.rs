@@ -61,11 +61,10 @@ pub fn parse(line: &[u8]) -> Result<Record<'_>, CriError> {
     })
 }
 
-/// True when a raw record completes a logical line (anything but a well-formed `P` record).
+/// True when a raw record completes a logical line: anything but a well-formed `P` record
+/// (a malformed record is delivered as a line of its own, so it counts as one).
 pub fn completes_line(line: &[u8]) -> bool {
-    let mut fields = line.splitn(4, |b| *b == b' ');
-    let tags = fields.nth(2);
-    !matches!(tags, Some(t) if t.split(|b| *b == b':').next() == Some(b"P"))
+    !matches!(parse(line), Ok(r) if r.partial)
 }
 
 /// Parses an RFC 3339 timestamp (fraction up to 9 digits, `Z` or `±hh:mm`) to Unix nanoseconds.

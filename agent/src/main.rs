@@ -41,9 +41,21 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("starting agent")?;
     tracing::info!(admin = %agent.admin_addr, "agent running");
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    terminated().await;
+    tracing::info!("shutting down");
     agent.shutdown().await;
     Ok(())
+}
+
+/// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }

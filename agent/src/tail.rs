@@ -153,7 +153,8 @@ pub enum TailError {
     Closed(#[from] SinkClosed),
 }
 
-/// The epoch of a file: its identity on this node.
+/// The epoch of a file: its identity on this node, kept below 2^53 so that JavaScript clients
+/// read it exactly from JSON.
 pub fn epoch_of(meta: &std::fs::Metadata) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
     for v in [meta.dev(), meta.ino()] {
@@ -161,7 +162,7 @@ pub fn epoch_of(meta: &std::fs::Metadata) -> u64 {
             h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
         }
     }
-    h
+    h & ((1 << 53) - 1)
 }
 
 /// Serves `spec` for the file at `path`, stamping `stream_ref` into every batch.

@@ -15,6 +15,7 @@ use bytes::{Bytes, BytesMut};
 use logrelay_wire::control::{self, AgentMsg, ErrorCode, RelayMsg};
 use logrelay_wire::frame::{self, DataPreamble, FrameDecoder};
 use logrelay_wire::labels::Labels;
+use tokio::sync::oneshot;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
@@ -192,13 +193,14 @@ impl Uplink {
         let mut catalog_rx = self.catalog.watch();
         catalog_rx.mark_changed();
         let mut heartbeat = tokio::time::interval(Duration::from_secs(u64::from(heartbeat_secs)));
-        let mut demands: HashMap<u64, AbortHandle> = HashMap::new();
+        // Per demand: its task, and the switch that makes it reset its stream on `cancel`.
+        let mut demands: HashMap<u64, (AbortHandle, oneshot::Sender<()>)> = HashMap::new();
         let result = loop {
             tokio::select! {
                 msg = next_msg(&mut recv, &mut decoder) => {
                     match msg {
                         Ok(Some(RelayMsg::Open { demand, stream, stream_ref, demand_spec })) => {
-                            demands.retain(|_, h| !h.is_finished());
+                            demands.retain(|_, (h, _)| !h.is_finished());
                             let Some(entry) = self.catalog.get(stream) else {
                                 control.send(&AgentMsg::OpenFailed {
                                     demand,
@@ -207,7 +209,9 @@ impl Uplink {
                                 }).await?;
                                 continue;
                             };
+                            let (cancel_tx, cancel) = oneshot::channel();
                             let task = DemandTask {
+                                cancel,
                                 conn: conn.clone(),
                                 demand,
                                 stream_ref,
@@ -216,13 +220,14 @@ impl Uplink {
                                 params: self.params(),
                                 metrics: self.metrics.clone(),
                             };
-                            if let Some(old) = demands.insert(demand, tokio::spawn(task.run()).abort_handle()) {
+                            let handle = tokio::spawn(task.run()).abort_handle();
+                            if let Some((old, _)) = demands.insert(demand, (handle, cancel_tx)) {
                                 old.abort();
                             }
                         }
                         Ok(Some(RelayMsg::Cancel { demand })) => {
-                            if let Some(h) = demands.remove(&demand) {
-                                h.abort();
+                            if let Some((_, cancel)) = demands.remove(&demand) {
+                                let _ = cancel.send(());
                             }
                         }
                         Ok(Some(RelayMsg::Heartbeat | RelayMsg::Welcome { .. })) => {}
@@ -248,7 +253,7 @@ impl Uplink {
                 e = conn.closed() => break Err(e.into()),
             }
         };
-        for (_, h) in demands {
+        for (_, (h, _)) in demands {
             h.abort();
         }
         result
@@ -313,6 +318,7 @@ async fn next_msg(
 }
 
 struct DemandTask {
+    cancel: oneshot::Receiver<()>,
     conn: quinn::Connection,
     demand: u64,
     stream_ref: u64,
@@ -346,21 +352,26 @@ impl DemandTask {
             return;
         }
         let mut sink = QuicSink(&mut send);
-        match tail::serve(
-            &self.path,
-            &self.spec,
-            self.stream_ref,
-            self.params,
-            &mut sink,
-            &self.metrics,
-        )
-        .await
-        {
-            Ok(()) => {
+        let served = tokio::select! {
+            r = tail::serve(
+                &self.path,
+                &self.spec,
+                self.stream_ref,
+                self.params,
+                &mut sink,
+                &self.metrics,
+            ) => Some(r),
+            _ = self.cancel => None,
+        };
+        match served {
+            Some(Ok(())) => {
                 let _ = send.finish();
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 tracing::debug!(demand = self.demand, error = %e, "demand ended");
+                let _ = send.reset(CANCELLED.into());
+            }
+            None => {
                 let _ = send.reset(CANCELLED.into());
             }
         }

@@ -68,6 +68,46 @@ pub struct RelayConfig {
     /// Seconds between heartbeats the agents are asked to send.
     #[arg(long, env = "LOGRELAY_RELAY_AGENT_HEARTBEAT_SECS", default_value_t = 5)]
     pub agent_heartbeat_secs: u32,
+    /// Relay-wide budget for buffered content (all rings plus data taken by session writers).
+    /// When a push would exceed it, the pushing stream's oldest batches are dropped.
+    #[arg(long, env = "LOGRELAY_RELAY_MEMORY_BUDGET_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub memory_budget_bytes: usize,
+    /// What happens to a session that falls behind a stream's ring.
+    #[arg(long, env = "LOGRELAY_RELAY_SLOW_CONSUMER", value_enum, default_value_t = SlowConsumerPolicy::DropOldest)]
+    pub slow_consumer: SlowConsumerPolicy,
+    /// Sessions one org may hold at once.
+    #[arg(
+        long,
+        env = "LOGRELAY_RELAY_MAX_SESSIONS_PER_ORG",
+        default_value_t = 1000
+    )]
+    pub max_sessions_per_org: usize,
+    /// Control messages per second a session may send (burst: twice as many).
+    #[arg(
+        long,
+        env = "LOGRELAY_RELAY_SESSION_REQUESTS_PER_SEC",
+        default_value_t = 20
+    )]
+    pub session_requests_per_sec: u32,
+    /// Kernel send buffer of each session socket (0: the OS default, autotuned).
+    #[arg(
+        long,
+        env = "LOGRELAY_RELAY_SESSION_SEND_BUFFER_BYTES",
+        default_value_t = 0
+    )]
+    pub session_send_buffer_bytes: usize,
+    /// WebSocket write buffer of a session: written to the socket once this full.
+    #[arg(long, env = "LOGRELAY_RELAY_SESSION_WRITE_BUFFER_BYTES", default_value_t = 64 * 1024)]
+    pub session_write_buffer_bytes: usize,
+}
+
+/// What happens to a session that falls behind a stream's ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SlowConsumerPolicy {
+    /// Skip to the oldest batch still held and send a `gap` event (lines, bytes, range).
+    DropOldest,
+    /// Close the session with code 4009 and a reason.
+    Disconnect,
 }
 
 impl RelayConfig {
@@ -89,6 +129,12 @@ impl RelayConfig {
             session_flush_bytes: 256 * 1024,
             ping_secs: 15,
             agent_heartbeat_secs: 5,
+            memory_budget_bytes: 256 * 1024 * 1024,
+            slow_consumer: SlowConsumerPolicy::DropOldest,
+            max_sessions_per_org: 1000,
+            session_requests_per_sec: 20,
+            session_send_buffer_bytes: 0,
+            session_write_buffer_bytes: 64 * 1024,
         }
     }
 
@@ -100,6 +146,8 @@ impl RelayConfig {
             max_subscriptions_per_session: self.max_subscriptions_per_session,
             backfill_batches: 16,
             max_session_event_bytes: 1024 * 1024,
+            memory_budget_bytes: self.memory_budget_bytes,
+            max_sessions_per_org: self.max_sessions_per_org,
         }
     }
 }

@@ -27,6 +27,8 @@ pub struct SessionApp {
     pub session: SessionConfig,
     /// Largest message accepted from a session.
     pub max_message_bytes: usize,
+    /// WebSocket write buffer of a session.
+    pub write_buffer_bytes: usize,
     /// Shutdown signal.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -48,11 +50,30 @@ async fn subscribe(State(app): State<SessionApp>, ws: WebSocketUpgrade) -> Respo
     };
     ws.max_message_size(app.max_message_bytes)
         .max_frame_size(app.max_message_bytes)
-        .write_buffer_size(64 * 1024)
-        .max_write_buffer_size(8 * 1024 * 1024)
+        // Written out once this full; a stalled socket holds at most this plus one message.
+        .write_buffer_size(app.write_buffer_bytes)
+        .max_write_buffer_size(app.write_buffer_bytes + 2 * 1024 * 1024)
         .on_upgrade(move |socket| {
             session::serve(socket, org, app.hub, app.metrics, app.session, app.shutdown)
         })
+}
+
+/// Socket options of accepted session connections.
+#[derive(Debug, Clone, Copy)]
+pub struct SocketOptions {
+    /// `SO_SNDBUF` (0: leave the OS default).
+    pub send_buffer_bytes: usize,
+}
+
+impl SocketOptions {
+    fn apply(self, tcp: &tokio::net::TcpStream) {
+        let _ = tcp.set_nodelay(true);
+        if self.send_buffer_bytes > 0
+            && let Err(e) = socket2::SockRef::from(tcp).set_send_buffer_size(self.send_buffer_bytes)
+        {
+            tracing::warn!(error = %e, "cannot set session send buffer size");
+        }
+    }
 }
 
 /// Serves `router` on `listener`, over TLS when `tls` is set, until shutdown.
@@ -60,9 +81,12 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     tls: Option<Arc<rustls::ServerConfig>>,
+    options: SocketOptions,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let Some(tls) = tls else {
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(move |tcp| options.apply(tcp));
         let result = axum::serve(listener, router)
             .with_graceful_shutdown(async move {
                 let _ = shutdown.wait_for(|s| *s).await;
@@ -85,6 +109,7 @@ pub async fn serve(
             },
             () = crate::stopped(&mut shutdown) => return,
         };
+        options.apply(&tcp);
         let acceptor = acceptor.clone();
         let router = router.clone();
         tokio::spawn(async move {

@@ -12,6 +12,7 @@
 //! only the live stream's locks.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -38,6 +39,10 @@ pub struct HubConfig {
     pub backfill_batches: usize,
     /// Bytes of pending events (JSON) a session may have queued before it is closed.
     pub max_session_event_bytes: usize,
+    /// Relay-wide budget of buffered content, in bytes.
+    pub memory_budget_bytes: usize,
+    /// Sessions one org may hold.
+    pub max_sessions_per_org: usize,
 }
 
 /// What a demand's data stream feeds.
@@ -64,19 +69,29 @@ pub struct LiveStream {
     ring: Mutex<Ring>,
     watchers: Mutex<Vec<Arc<SessionShared>>>,
     metrics: Arc<RelayMetrics>,
+    budget_bytes: usize,
 }
 
 impl LiveStream {
-    /// Appends a batch and wakes every watcher. Returns lines dropped from the ring.
+    /// Appends a batch and wakes every watcher. Returns lines dropped from the ring: its own
+    /// oldest batches, to stay within the ring's size and the relay-wide memory budget.
     pub fn push(&self, batch: Bytes, lines: u32, end: SeqPos) -> u64 {
         let len = batch.len() as i64;
-        let (dropped_lines, dropped_bytes) = {
+        let dropped_lines = {
             let mut ring = self.ring.lock().expect("ring lock");
-            ring.push(batch, lines, end)
+            let (mut dropped, dropped_bytes) = ring.push(batch, lines, end);
+            self.metrics
+                .buffered_bytes
+                .inc_by(len - dropped_bytes as i64);
+            while self.metrics.buffered_bytes.get() > self.budget_bytes as i64 {
+                let Some((l, b)) = ring.evict_oldest() else {
+                    break;
+                };
+                self.metrics.buffered_bytes.dec_by(b as i64);
+                dropped += l;
+            }
+            dropped
         };
-        self.metrics
-            .buffered_bytes
-            .inc_by(len - dropped_bytes as i64);
         if dropped_lines > 0 {
             self.metrics.ring_evicted_lines.inc_by(dropped_lines);
         }
@@ -189,7 +204,17 @@ struct AgentLink {
     org: String,
     cluster: String,
     tx: mpsc::Sender<RelayMsg>,
+    /// Closes the agent's connection (it reconnects and the relay re-sends its demands).
+    reset: Arc<Notify>,
     streams: HashMap<u64, u64>,
+}
+
+#[derive(Debug)]
+struct DemandEntry {
+    agent: u64,
+    /// Set when the relay no longer wants this demand: its data stream stops reading.
+    cancelled: Arc<AtomicBool>,
+    target: DemandTarget,
 }
 
 #[derive(Debug)]
@@ -209,13 +234,34 @@ struct State {
     by_labels: HashMap<Labels, u64>,
     agents: HashMap<u64, AgentLink>,
     sessions: HashMap<u64, Weak<SessionShared>>,
-    demands: HashMap<u64, DemandTarget>,
+    sessions_per_org: HashMap<String, usize>,
+    demands: HashMap<u64, DemandEntry>,
 }
 
 impl State {
     fn id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
+    }
+
+    fn add_demand(&mut self, agent: u64, target: DemandTarget) -> u64 {
+        let id = self.id();
+        self.demands.insert(
+            id,
+            DemandEntry {
+                agent,
+                cancelled: Arc::new(AtomicBool::new(false)),
+                target,
+            },
+        );
+        id
+    }
+
+    /// Removes a demand and tells its data stream to stop.
+    fn forget_demand(&mut self, demand: u64) -> Option<DemandTarget> {
+        let entry = self.demands.remove(&demand)?;
+        entry.cancelled.store(true, Ordering::Relaxed);
+        Some(entry.target)
     }
 }
 
@@ -254,7 +300,15 @@ impl Hub {
     // ---- agents ----------------------------------------------------------------------------
 
     /// Registers a connected agent; returns its id.
-    pub fn add_agent(&self, org: &str, cluster: &str, tx: mpsc::Sender<RelayMsg>) -> u64 {
+    /// `reset` is notified when the agent's control queue overflowed and its connection must
+    /// be closed.
+    pub fn add_agent(
+        &self,
+        org: &str,
+        cluster: &str,
+        tx: mpsc::Sender<RelayMsg>,
+        reset: Arc<Notify>,
+    ) -> u64 {
         let mut st = self.lock();
         let id = st.id();
         st.agents.insert(
@@ -263,6 +317,7 @@ impl Hub {
                 org: org.into(),
                 cluster: cluster.into(),
                 tx,
+                reset,
                 streams: HashMap::new(),
             },
         );
@@ -271,7 +326,8 @@ impl Hub {
     }
 
     /// Forgets a disconnected agent. Its watched streams stay (orphaned) so that watchers
-    /// resume when it comes back; unwatched ones go.
+    /// resume when it comes back; unwatched ones go. Streams another connection of the same
+    /// agent has announced meanwhile are left alone.
     pub fn remove_agent(&self, agent: u64) {
         let mut st = self.lock();
         let Some(link) = st.agents.remove(&agent) else {
@@ -282,22 +338,32 @@ impl Hub {
             let Some(s) = st.streams.get_mut(&sid) else {
                 continue;
             };
-            s.agent = None;
-            if let Some(d) = s.live_demand.take() {
-                st.demands.remove(&d);
+            if s.agent.map(|(a, _)| a) != Some(agent) {
+                continue;
             }
-            let s = st.streams.get(&sid).expect("present");
-            if s.watchers.is_empty() {
+            s.agent = None;
+            let unwatched = s.watchers.is_empty();
+            if let Some(d) = s.live_demand.take() {
+                st.forget_demand(d);
+            }
+            if unwatched {
                 self.drop_stream(&mut st, sid);
             }
         }
-        let State {
-            demands, streams, ..
-        } = &mut *st;
-        demands.retain(|_, t| match t {
-            DemandTarget::Live(s) => streams.contains_key(s),
-            DemandTarget::Backfill { .. } => true,
-        });
+        // Backfills it was serving end now (their watchers go live), not never.
+        let orphaned: Vec<u64> = st
+            .demands
+            .iter()
+            .filter(|(_, d)| d.agent == agent)
+            .map(|(id, _)| *id)
+            .collect();
+        for d in orphaned {
+            if let Some(DemandTarget::Backfill { session, .. }) = st.forget_demand(d)
+                && let Some(s) = session.upgrade()
+            {
+                s.notify.notify_one();
+            }
+        }
     }
 
     /// Streams an agent announced. Org and cluster come from the agent's certificate.
@@ -311,8 +377,8 @@ impl Hub {
             let mut labels = info.labels;
             labels.org.clone_from(&org);
             labels.cluster.clone_from(&cluster);
-            let sid = match st.by_labels.get(&labels) {
-                Some(&sid) => sid,
+            let (sid, is_new) = match st.by_labels.get(&labels) {
+                Some(&sid) => (sid, false),
                 None => {
                     let sid = st.id();
                     st.by_labels.insert(labels.clone(), sid);
@@ -326,6 +392,7 @@ impl Hub {
                                 ring: Mutex::new(Ring::new(self.config.ring_bytes)),
                                 watchers: Mutex::new(Vec::new()),
                                 metrics: self.metrics.clone(),
+                                budget_bytes: self.config.memory_budget_bytes,
                             }),
                             live_demand: None,
                             watchers: HashMap::new(),
@@ -333,14 +400,21 @@ impl Hub {
                         },
                     );
                     self.metrics.streams.inc();
-                    sid
+                    (sid, true)
                 }
             };
             if let Some(link) = st.agents.get_mut(&agent) {
                 link.streams.insert(info.id, sid);
             }
             let s = st.streams.get_mut(&sid).expect("inserted");
-            s.agent = Some((agent, info.id));
+            let previous = s.agent.replace((agent, info.id));
+            if previous.is_some_and(|(a, _)| a != agent) {
+                // A newer connection of the same agent took the stream over.
+                if let Some(d) = s.live_demand.take() {
+                    st.forget_demand(d);
+                }
+            }
+            let s = st.streams.get(&sid).expect("inserted");
             // Reconnect: resume what watchers had, from where the ring ended.
             if !s.watchers.is_empty() && s.live_demand.is_none() {
                 let resume = s.live.ring.lock().expect("ring lock").last_end();
@@ -353,6 +427,9 @@ impl Hub {
                         ..Demand::default()
                     },
                 );
+            }
+            if !is_new {
+                continue;
             }
             // New stream: attach every matching standing subscription.
             let sessions: Vec<Arc<SessionShared>> =
@@ -413,7 +490,7 @@ impl Hub {
             w.notify.notify_one();
         }
         if let Some(d) = st.streams.get_mut(&sid).and_then(|s| s.live_demand.take()) {
-            st.demands.remove(&d);
+            st.forget_demand(d);
         }
         self.drop_stream(st, sid);
     }
@@ -426,38 +503,55 @@ impl Hub {
     }
 
     /// The agent could not serve a demand.
-    pub fn open_failed(&self, demand: u64, code: ErrorCode, message: &str) {
+    pub fn open_failed(self: &Arc<Self>, demand: u64, code: ErrorCode, message: &str) {
         tracing::debug!(demand, ?code, message, "agent refused demand");
         self.demand_finished(demand);
     }
 
-    /// Where a demand's data goes, or `None` if it is unknown (cancelled meanwhile).
-    pub fn resolve(&self, demand: u64) -> Option<DemandSink> {
+    /// Where a demand's data goes, and the flag that says when to stop; `None` if the demand
+    /// is unknown (cancelled meanwhile).
+    pub fn resolve(&self, demand: u64) -> Option<(DemandSink, Arc<AtomicBool>)> {
         let st = self.lock();
-        match st.demands.get(&demand)? {
-            DemandTarget::Live(sid) => Some(DemandSink::Live(st.streams.get(sid)?.live.clone())),
+        let entry = st.demands.get(&demand)?;
+        let sink = match &entry.target {
+            DemandTarget::Live(sid) => DemandSink::Live(st.streams.get(sid)?.live.clone()),
             DemandTarget::Backfill {
                 stream,
                 session,
                 tx,
-            } => Some(DemandSink::Backfill {
+            } => DemandSink::Backfill {
                 stream: *stream,
                 tx: tx.clone(),
                 session: session.upgrade()?,
-            }),
-        }
+            },
+        };
+        Some((sink, entry.cancelled.clone()))
     }
 
-    /// A demand's data stream ended (finished, reset or failed).
-    pub fn demand_finished(&self, demand: u64) {
+    /// A demand's data stream ended (finished, reset or failed). A live demand that ends while
+    /// its stream is still watched is opened again after a second, resuming where the ring
+    /// ended.
+    pub fn demand_finished(self: &Arc<Self>, demand: u64) {
         let mut st = self.lock();
-        match st.demands.remove(&demand) {
+        match st.forget_demand(demand) {
             Some(DemandTarget::Live(sid)) => {
-                if let Some(s) = st.streams.get_mut(&sid)
-                    && s.live_demand == Some(demand)
-                {
-                    s.live_demand = None;
+                let Some(s) = st.streams.get_mut(&sid) else {
+                    return;
+                };
+                if s.live_demand != Some(demand) {
+                    return;
                 }
+                s.live_demand = None;
+                if s.watchers.is_empty() || s.agent.is_none() {
+                    return;
+                }
+                let hub = Arc::downgrade(self);
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if let Some(hub) = hub.upgrade() {
+                        hub.reopen(sid);
+                    }
+                });
             }
             Some(DemandTarget::Backfill { session, .. }) => {
                 // Dropping the sender ends the watcher's backfill once it is drained.
@@ -469,15 +563,35 @@ impl Hub {
         }
     }
 
+    fn reopen(&self, sid: u64) {
+        let mut st = self.lock();
+        let Some(s) = st.streams.get(&sid) else {
+            return;
+        };
+        if s.live_demand.is_some() || s.watchers.is_empty() || s.agent.is_none() {
+            return;
+        }
+        let resume = s.live.ring.lock().expect("ring lock").last_end();
+        self.open_live(
+            &mut st,
+            sid,
+            Demand {
+                since_seq: resume,
+                follow: true,
+                ..Demand::default()
+            },
+        );
+    }
+
     fn send_agent(&self, st: &State, agent: u64, msg: RelayMsg) {
         if let Some(link) = st.agents.get(&agent)
             && link.tx.try_send(msg).is_err()
         {
+            // Policy when full: reset the connection; the agent reconnects and the relay
+            // re-sends every demand it still has.
             self.metrics.agent_messages_dropped.inc();
-            tracing::warn!(
-                agent,
-                "agent control queue full; the connection will be reset"
-            );
+            tracing::warn!(agent, "agent control queue full; resetting the connection");
+            link.reset.notify_one();
         }
     }
 
@@ -485,8 +599,7 @@ impl Hub {
         let Some((agent, local)) = st.streams.get(&sid).and_then(|s| s.agent) else {
             return;
         };
-        let demand = st.id();
-        st.demands.insert(demand, DemandTarget::Live(sid));
+        let demand = st.add_demand(agent, DemandTarget::Live(sid));
         st.streams.get_mut(&sid).expect("present").live_demand = Some(demand);
         self.metrics.demands_opened.inc();
         self.send_agent(
@@ -503,9 +616,21 @@ impl Hub {
 
     // ---- sessions --------------------------------------------------------------------------
 
-    /// Registers a session.
-    pub fn add_session(&self, org: &str) -> Arc<SessionShared> {
+    /// Registers a session, unless its org already holds the most sessions allowed.
+    pub fn add_session(&self, org: &str) -> Result<Arc<SessionShared>, Refusal> {
         let mut st = self.lock();
+        let count = st.sessions_per_org.entry(org.to_owned()).or_default();
+        if *count >= self.config.max_sessions_per_org {
+            self.metrics.limit_hit("sessions_per_org");
+            return Err(Refusal {
+                code: ErrorCode::LimitExceeded,
+                message: format!(
+                    "org `{org}` already holds {} sessions, the most allowed",
+                    self.config.max_sessions_per_org
+                ),
+            });
+        }
+        *count += 1;
         let id = st.id();
         let s = Arc::new(SessionShared {
             id,
@@ -515,13 +640,21 @@ impl Hub {
         });
         st.sessions.insert(id, Arc::downgrade(&s));
         self.metrics.sessions_connected.inc();
-        s
+        Ok(s)
     }
 
     /// Forgets a session and everything it watched.
     pub fn remove_session(self: &Arc<Self>, session: &Arc<SessionShared>) {
         let mut st = self.lock();
-        st.sessions.remove(&session.id);
+        if st.sessions.remove(&session.id).is_none() {
+            return;
+        }
+        if let Some(n) = st.sessions_per_org.get_mut(&session.org) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                st.sessions_per_org.remove(&session.org);
+            }
+        }
         self.metrics.sessions_connected.dec();
         let watched: Vec<u64> = {
             let mut ss = session.state.lock().expect("session lock");
@@ -567,7 +700,7 @@ impl Hub {
                 });
             }
             if ss.subs.len() >= self.config.max_subscriptions_per_session {
-                self.metrics.limit_hits.inc();
+                self.metrics.limit_hit("subscriptions_per_session");
                 return Err(Refusal {
                     code: ErrorCode::LimitExceeded,
                     message: format!(
@@ -658,9 +791,8 @@ impl Hub {
             && let Some((agent, local)) = st.streams.get(&sid).and_then(|s| s.agent)
         {
             let (tx, rx) = mpsc::channel(self.config.backfill_batches.max(1));
-            let id = st.id();
-            st.demands.insert(
-                id,
+            let id = st.add_demand(
+                agent,
                 DemandTarget::Backfill {
                     stream: sid,
                     session: Arc::downgrade(session),
@@ -785,7 +917,7 @@ impl Hub {
         let agent = s.agent;
         s.live.reset_ring(self.config.ring_bytes);
         if let Some(d) = demand {
-            st.demands.remove(&d);
+            st.forget_demand(d);
             if let Some((agent, _)) = agent {
                 self.send_agent(&st, agent, RelayMsg::Cancel { demand: d });
             }
@@ -806,6 +938,8 @@ mod tests {
                 max_subscriptions_per_session: 2,
                 backfill_batches: 4,
                 max_session_event_bytes: 1 << 20,
+                memory_budget_bytes: 1 << 30,
+                max_sessions_per_org: 3,
             },
             Arc::new(RelayMetrics::new()),
         )
@@ -835,14 +969,14 @@ mod tests {
     async fn first_watcher_opens_and_last_one_cancels_after_the_linger() {
         let hub = hub();
         let (tx, mut rx) = mpsc::channel(16);
-        let agent = hub.add_agent("acme", "c1", tx);
+        let agent = hub.add_agent("acme", "c1", tx, Arc::new(Notify::new()));
         hub.catalog_add(agent, vec![info(5, "p", "spoofed-org")]);
         assert!(
             rx.try_recv().is_err(),
             "nothing is opened while nobody watches"
         );
 
-        let s = hub.add_session("acme");
+        let s = hub.add_session("acme").unwrap();
         hub.subscribe(
             &s,
             "a",
@@ -864,7 +998,10 @@ mod tests {
         };
         assert_eq!(demand_spec.tail, Some(10));
         assert!(demand_spec.follow);
-        assert!(matches!(hub.resolve(demand), Some(DemandSink::Live(_))));
+        assert!(matches!(
+            hub.resolve(demand),
+            Some((DemandSink::Live(_), _))
+        ));
 
         assert!(hub.unsubscribe(&s, "a"));
         tokio::time::sleep(Duration::from_secs(4)).await;
@@ -877,10 +1014,10 @@ mod tests {
     async fn org_comes_from_the_agent_and_sessions_see_only_their_org() {
         let hub = hub();
         let (tx, _rx) = mpsc::channel(16);
-        let agent = hub.add_agent("acme", "c1", tx);
+        let agent = hub.add_agent("acme", "c1", tx, Arc::new(Notify::new()));
         hub.catalog_add(agent, vec![info(1, "p", "other")]);
-        let mine = hub.add_session("acme");
-        let theirs = hub.add_session("other");
+        let mine = hub.add_session("acme").unwrap();
+        let theirs = hub.add_session("other").unwrap();
         assert_eq!(hub.list(&mine, &Selector::default())[0].labels.org, "acme");
         assert!(hub.list(&theirs, &Selector::default()).is_empty());
     }
@@ -889,9 +1026,9 @@ mod tests {
     async fn a_joining_watcher_gets_a_backfill_up_to_the_ring_end() {
         let hub = hub();
         let (tx, mut rx) = mpsc::channel(16);
-        let agent = hub.add_agent("acme", "c1", tx);
+        let agent = hub.add_agent("acme", "c1", tx, Arc::new(Notify::new()));
         hub.catalog_add(agent, vec![info(1, "p", "")]);
-        let first = hub.add_session("acme");
+        let first = hub.add_session("acme").unwrap();
         hub.subscribe(&first, "a", sel("p"), Demand::default())
             .unwrap();
         let Ok(RelayMsg::Open {
@@ -900,13 +1037,13 @@ mod tests {
         else {
             panic!()
         };
-        let Some(DemandSink::Live(live)) = hub.resolve(demand) else {
+        let Some((DemandSink::Live(live), _)) = hub.resolve(demand) else {
             panic!()
         };
         let join = SeqPos { epoch: 3, seq: 40 };
         live.push(Bytes::from_static(b"batch"), 40, join);
 
-        let second = hub.add_session("acme");
+        let second = hub.add_session("acme").unwrap();
         hub.subscribe(
             &second,
             "b",
@@ -929,7 +1066,10 @@ mod tests {
         assert_eq!(r2, stream_ref);
         assert_eq!(demand_spec.until, Some(join));
         assert!(!demand_spec.follow);
-        assert!(matches!(hub.resolve(d2), Some(DemandSink::Backfill { .. })));
+        assert!(matches!(
+            hub.resolve(d2),
+            Some((DemandSink::Backfill { .. }, _))
+        ));
         let st = second.state.lock().unwrap();
         assert!(st.watches[&stream_ref].backfill.is_some());
     }
@@ -937,7 +1077,7 @@ mod tests {
     #[tokio::test]
     async fn subscription_limit_is_enforced() {
         let hub = hub();
-        let s = hub.add_session("acme");
+        let s = hub.add_session("acme").unwrap();
         hub.subscribe(&s, "a", sel("p"), Demand::default()).unwrap();
         assert_eq!(
             hub.subscribe(&s, "a", sel("p"), Demand::default())
@@ -958,9 +1098,9 @@ mod tests {
     async fn removed_streams_end_for_their_watchers_and_reconnects_resume() {
         let hub = hub();
         let (tx, mut rx) = mpsc::channel(16);
-        let agent = hub.add_agent("acme", "c1", tx);
+        let agent = hub.add_agent("acme", "c1", tx, Arc::new(Notify::new()));
         hub.catalog_add(agent, vec![info(1, "p", ""), info(2, "q", "")]);
-        let s = hub.add_session("acme");
+        let s = hub.add_session("acme").unwrap();
         hub.subscribe(&s, "a", Selector::default(), Demand::default())
             .unwrap();
         let mut live = Vec::new();
@@ -968,7 +1108,7 @@ mod tests {
             live.push(demand);
         }
         assert_eq!(live.len(), 2);
-        let Some(DemandSink::Live(q)) = hub.resolve(live[1]) else {
+        let Some((DemandSink::Live(q), _)) = hub.resolve(live[1]) else {
             panic!()
         };
         q.push(Bytes::from_static(b"x"), 7, SeqPos { epoch: 1, seq: 7 });
@@ -990,7 +1130,7 @@ mod tests {
 
         hub.remove_agent(agent);
         let (tx, mut rx) = mpsc::channel(16);
-        let agent = hub.add_agent("acme", "c1", tx);
+        let agent = hub.add_agent("acme", "c1", tx, Arc::new(Notify::new()));
         hub.catalog_add(agent, vec![info(9, "q", "")]);
         let Ok(RelayMsg::Open {
             stream: 9,

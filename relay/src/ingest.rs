@@ -34,6 +34,10 @@ pub mod codes {
     pub const SHUTDOWN: u32 = 4;
     /// A data stream for a demand that no longer exists.
     pub const UNKNOWN_DEMAND: u32 = 5;
+    /// The relay cancelled the demand this data stream serves.
+    pub const CANCELLED: u32 = 6;
+    /// The agent's control queue overflowed; reconnect and resynchronise.
+    pub const OVERLOADED: u32 = 7;
 }
 
 /// Why an agent connection or data stream was closed.
@@ -174,7 +178,10 @@ async fn serve_agent(
     .await?;
 
     let (tx, mut rx) = mpsc::channel::<RelayMsg>(4096);
-    let agent = hub.add_agent(&id.org, &id.cluster, tx);
+    let reset = Arc::new(tokio::sync::Notify::new());
+    let agent = hub.add_agent(&id.org, &id.cluster, tx, reset.clone());
+    let mut heartbeat =
+        tokio::time::interval(Duration::from_secs(u64::from(config.heartbeat_secs.max(1))));
     tracing::info!(agent, org = %id.org, cluster = %id.cluster, %node, remote = %conn.remote_address(), "agent connected");
 
     let data = tokio::spawn(accept_data(
@@ -202,6 +209,15 @@ async fn serve_agent(
                 if let Err(e) = write_msg(&mut send, &mut out, &msg).await {
                     break Err(e);
                 }
+            }
+            _ = heartbeat.tick() => {
+                if let Err(e) = write_msg(&mut send, &mut out, &RelayMsg::Heartbeat).await {
+                    break Err(e);
+                }
+            }
+            () = reset.notified() => {
+                conn.close(codes::OVERLOADED.into(), b"control queue overflow; reconnect");
+                break Ok(());
             }
             () = crate::stopped(&mut shutdown) => {
                 conn.close(codes::SHUTDOWN.into(), b"relay shutting down");
@@ -318,7 +334,7 @@ async fn accept_data(
 /// Reads one data stream into its sink. Returns the demand id it served.
 async fn serve_data(
     recv: &mut quinn::RecvStream,
-    hub: &Hub,
+    hub: &Arc<Hub>,
     metrics: &RelayMetrics,
     config: IngestConfig,
 ) -> Result<Option<u64>, (Option<u64>, IngestError)> {
@@ -330,7 +346,7 @@ async fn serve_data(
         .map_err(|e| (None, protocol(ErrorCode::BadRequest, e.to_string())))?
         .demand;
     let fail = |e: IngestError| (Some(demand), e);
-    let Some(sink) = hub.resolve(demand) else {
+    let Some((sink, cancelled)) = hub.resolve(demand) else {
         let _ = recv.stop(codes::UNKNOWN_DEMAND.into());
         return Ok(None);
     };
@@ -344,6 +360,10 @@ async fn serve_data(
             .next_frame()
             .map_err(|e| fail(protocol(ErrorCode::FrameTooLarge, e.to_string())))?
         {
+            if cancelled.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = recv.stop(codes::CANCELLED.into());
+                return Ok(None);
+            }
             let h = BatchHeader::parse(&batch)
                 .map_err(|e| fail(protocol(ErrorCode::BadRequest, e.to_string())))?;
             if h.stream != expected_stream {

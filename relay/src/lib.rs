@@ -17,6 +17,7 @@ pub mod hub;
 pub mod ingest;
 pub mod metrics;
 pub mod ring;
+pub mod sandbox;
 pub mod session;
 
 use std::net::SocketAddr;
@@ -147,19 +148,43 @@ pub async fn start(config: RelayConfig, tls: RelayTls) -> Result<RelayHandle, St
         flush_bytes: config.session_flush_bytes,
         ping: Duration::from_secs(config.ping_secs.max(1)),
         max_event_bytes: config.hub().max_session_event_bytes,
+        slow_consumer: config.slow_consumer,
+        requests_per_sec: config.session_requests_per_sec,
     };
+    for (name, value) in [
+        (
+            "subscriptions_per_session",
+            config.max_subscriptions_per_session,
+        ),
+        ("sessions_per_org", config.max_sessions_per_org),
+        ("frame_bytes", config.max_frame_bytes as usize),
+        ("session_message_bytes", config.max_session_message_bytes),
+        (
+            "session_requests_per_sec",
+            config.session_requests_per_sec as usize,
+        ),
+        ("memory_budget_bytes", config.memory_budget_bytes),
+        ("ring_bytes", config.ring_bytes),
+    ] {
+        metrics.set_limit(name, value);
+    }
     let app = http::SessionApp {
         hub: hub.clone(),
         metrics: metrics.clone(),
         anonymous_org: config.anonymous_org.clone(),
         session: session_cfg,
         max_message_bytes: config.max_session_message_bytes,
+        write_buffer_bytes: config.session_write_buffer_bytes,
         shutdown: shutdown_rx.clone(),
+    };
+    let socket_options = http::SocketOptions {
+        send_buffer_bytes: config.session_send_buffer_bytes,
     };
     tasks.spawn(http::serve(
         http,
         http::router(app),
         wss,
+        socket_options,
         shutdown_rx.clone(),
     ));
     let admin_router = admin::router(metrics.clone(), ready_rx);

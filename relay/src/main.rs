@@ -34,10 +34,18 @@ struct Cli {
         required_unless_present = "dev"
     )]
     agent_ca_file: Option<PathBuf>,
+    /// Refuse to start where the kernel cannot deny file writes (Landlock).
+    #[arg(long, env = "LOGRELAY_RELAY_REQUIRE_SANDBOX")]
+    require_sandbox: bool,
+    /// After start-up, try to create a file in this directory and report that the sandbox
+    /// refused it (exits non-zero if the write succeeds). For verifying a deployment.
+    #[arg(long, env = "LOGRELAY_RELAY_SANDBOX_SELF_CHECK_DIR")]
+    sandbox_self_check_dir: Option<PathBuf>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Loads everything from disk, forbids the process to write files, then starts the runtime:
+/// every runtime thread is created after the restriction and inherits it.
+fn main() -> anyhow::Result<()> {
     logrelay_tls::install_provider();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -70,13 +78,48 @@ async fn main() -> anyhow::Result<()> {
             wss,
         }
     };
-    let relay = logrelay_relay::start(cli.config, tls)
-        .await
-        .context("starting relay")?;
-    tracing::info!(url = %relay.subscribe_url(), "relay running");
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
-    relay.shutdown().await;
-    Ok(())
+    match logrelay_relay::sandbox::deny_writes() {
+        Ok(status @ logrelay_relay::sandbox::Status::Enforced { .. }) => {
+            tracing::info!(%status, "sandbox: file writes denied");
+        }
+        Ok(status) if cli.require_sandbox => bail!("sandbox required but {status}"),
+        Ok(status) => tracing::warn!(%status, "sandbox: file writes NOT fully denied"),
+        Err(e) => bail!("sandbox: {e}"),
+    }
+    let self_check = cli.sandbox_self_check_dir.clone();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("building the runtime")?;
+    runtime.block_on(async move {
+        let relay = logrelay_relay::start(cli.config, tls)
+            .await
+            .context("starting relay")?;
+        tracing::info!(url = %relay.subscribe_url(), "relay running");
+        if let Some(dir) = self_check {
+            let path = dir.join("logrelay-sandbox-self-check");
+            let attempt = tokio::task::spawn_blocking(move || std::fs::File::create(path)).await?;
+            match attempt {
+                Ok(_) => bail!("sandbox self-check: a file write succeeded after start-up"),
+                Err(e) => tracing::info!(error = %e, "sandbox self-check: file write refused"),
+            }
+        }
+        terminated().await;
+        tracing::info!("shutting down");
+        relay.shutdown().await;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }

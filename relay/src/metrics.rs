@@ -43,10 +43,20 @@ pub struct RelayMetrics {
     pub demands_opened: Counter,
     /// Control messages to agents lost because the agent's queue was full.
     pub agent_messages_dropped: Counter,
-    /// Requests refused because a limit was hit.
-    pub limit_hits: Counter,
+    /// Requests refused because a limit was hit, by limit.
+    pub limit_hits: Family<Limit, Counter>,
+    /// Configured limits, by name (so dashboards can show headroom).
+    pub limits: Family<Limit, Gauge>,
     /// Malformed input (frames, batches, session messages), by offender.
     pub protocol_errors: Family<Offender, Counter>,
+}
+
+/// Label naming a limit.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Limit {
+    /// `subscriptions_per_session`, `sessions_per_org`, `frame_bytes`, `session_message_bytes`,
+    /// `session_requests_per_sec`, `memory_budget_bytes`, `ring_bytes`.
+    pub limit: &'static str,
 }
 
 /// Who sent malformed input.
@@ -74,7 +84,8 @@ impl RelayMetrics {
             dropped_lines: Family::default(),
             demands_opened: Counter::default(),
             agent_messages_dropped: Counter::default(),
-            limit_hits: Counter::default(),
+            limit_hits: Family::default(),
+            limits: Family::default(),
             protocol_errors: Family::default(),
         };
         r.register(
@@ -152,6 +163,18 @@ impl RelayMetrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+
+    /// Counts one refusal by `limit`.
+    pub fn limit_hit(&self, limit: &'static str) {
+        self.limit_hits.get_or_create(&Limit { limit }).inc();
+    }
+
+    /// Publishes the configured value of `limit`.
+    pub fn set_limit(&self, limit: &'static str, value: usize) {
+        self.limits
+            .get_or_create(&Limit { limit })
+            .set(i64::try_from(value).unwrap_or(i64::MAX));
     }
 
     /// Counts one malformed input.

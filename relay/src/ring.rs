@@ -106,6 +106,18 @@ impl Ring {
         (dl, db)
     }
 
+    /// Drops the oldest batch if more than one is held; returns its `(lines, bytes)`.
+    pub fn evict_oldest(&mut self) -> Option<(u64, u64)> {
+        if self.slots.len() < 2 {
+            return None;
+        }
+        let old = self.slots.pop_front().expect("len >= 2");
+        self.held_bytes -= old.batch.len();
+        self.first_index += 1;
+        self.dropped_lines += u64::from(old.lines);
+        Some((u64::from(old.lines), old.batch.len() as u64))
+    }
+
     /// A cursor that will read only batches pushed from now on.
     pub fn cursor_at_end(&self) -> Cursor {
         Cursor {

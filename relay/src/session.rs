@@ -16,6 +16,7 @@ use logrelay_wire::control::{Demand, ErrorCode, SeqPos};
 use logrelay_wire::session::{Event, MAX_SUB_ID_BYTES, Request, close};
 use tokio::sync::watch;
 
+use crate::config::SlowConsumerPolicy;
 use crate::hub::{Hub, SessionShared};
 use crate::metrics::{DropReason, RelayMetrics};
 
@@ -28,6 +29,10 @@ pub struct SessionConfig {
     pub ping: Duration,
     /// Cap on queued events before the session is closed.
     pub max_event_bytes: usize,
+    /// What to do when the session falls behind a ring.
+    pub slow_consumer: SlowConsumerPolicy,
+    /// Requests per second allowed (burst: twice as many).
+    pub requests_per_sec: u32,
 }
 
 /// Serves one upgraded WebSocket until it closes.
@@ -39,7 +44,19 @@ pub async fn serve(
     config: SessionConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let session = hub.add_session(&org);
+    let session = match hub.add_session(&org) {
+        Ok(s) => s,
+        Err(refusal) => {
+            let (mut sink, _) = socket.split();
+            let _ = sink
+                .send(Message::Close(Some(CloseFrame {
+                    code: close::LIMIT,
+                    reason: Utf8Bytes::from(refusal.message),
+                })))
+                .await;
+            return;
+        }
+    };
     tracing::info!(session = session.id, %org, "session connected");
     session.push_event(
         &Event::Welcome {
@@ -57,10 +74,26 @@ pub async fn serve(
         let metrics = metrics.clone();
         let last_seen = last_seen.clone();
         async move {
+            let mut bucket = TokenBucket::new(config.requests_per_sec);
             while let Some(msg) = stream.next().await {
                 let Ok(msg) = msg else { break };
-                *last_seen.lock().expect("last_seen lock") = tokio::time::Instant::now();
+                let now = tokio::time::Instant::now();
+                *last_seen.lock().expect("last_seen lock") = now;
                 match msg {
+                    Message::Text(_) if !bucket.take(now) => {
+                        metrics.limit_hit("session_requests_per_sec");
+                        session.push_event(
+                            &error(
+                                ErrorCode::LimitExceeded,
+                                format!(
+                                    "more than {} requests per second; request dropped",
+                                    config.requests_per_sec
+                                ),
+                                None,
+                            ),
+                            config.max_event_bytes,
+                        );
+                    }
                     Message::Text(text) => {
                         handle_request(&hub, &session, &metrics, text.as_str(), config)
                     }
@@ -100,6 +133,41 @@ pub async fn serve(
     let _ = sink.close().await;
     hub.remove_session(&session);
     tracing::info!(session = session.id, "session disconnected");
+}
+
+/// Token bucket: `rate` tokens per second, holding at most `2 × rate`.
+#[derive(Debug)]
+pub struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    at: Option<tokio::time::Instant>,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(rate: u32) -> Self {
+        let rate = f64::from(rate.max(1));
+        Self {
+            rate,
+            tokens: 2.0 * rate,
+            at: None,
+        }
+    }
+
+    /// Takes a token at `now`; false when none is left.
+    pub fn take(&mut self, now: tokio::time::Instant) -> bool {
+        if let Some(at) = self.at {
+            let refill = now.saturating_duration_since(at).as_secs_f64() * self.rate;
+            self.tokens = (self.tokens + refill).min(2.0 * self.rate);
+        }
+        self.at = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 fn error(code: ErrorCode, message: impl Into<String>, id: Option<String>) -> Event {
@@ -241,10 +309,13 @@ fn drain(session: &SessionShared, metrics: &RelayMetrics, config: SessionConfig)
         }
     }
     drop(st);
-    for sid in live_now {
-        events.push_back(serde_json::to_string(&Event::Live { stream: sid }).expect("serializes"));
-    }
     for (sid, lag) in gaps {
+        if config.slow_consumer == SlowConsumerPolicy::Disconnect && out.close.is_none() {
+            out.close = Some((
+                close::SLOW_CONSUMER,
+                format!("fell behind stream {sid} by {} lines", lag.lines),
+            ));
+        }
         metrics
             .dropped_lines
             .get_or_create(&DropReason {
@@ -268,8 +339,34 @@ fn drain(session: &SessionShared, metrics: &RelayMetrics, config: SessionConfig)
         .map(|e| Message::Text(Utf8Bytes::from(e)))
         .collect();
     messages.append(&mut out.messages);
+    // `live` follows the last backfill batch it closes.
+    messages.extend(live_now.into_iter().map(|sid| {
+        Message::Text(Utf8Bytes::from(
+            serde_json::to_string(&Event::Live { stream: sid }).expect("serializes"),
+        ))
+    }));
     out.messages = messages;
     out
+}
+
+/// Bytes a writer holds between taking them from rings and handing them to the socket.
+struct InFlight<'a> {
+    metrics: &'a RelayMetrics,
+    bytes: i64,
+}
+
+impl<'a> InFlight<'a> {
+    fn new(metrics: &'a RelayMetrics, bytes: u64) -> Self {
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        metrics.buffered_bytes.inc_by(bytes);
+        Self { metrics, bytes }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.metrics.buffered_bytes.dec_by(self.bytes);
+    }
 }
 
 fn count(batch: &bytes::Bytes, out: &mut Drained) {
@@ -308,7 +405,12 @@ where
         }
         loop {
             let d = drain(session, metrics, config);
+            if d.close.is_some() {
+                return d.close;
+            }
             let done = d.messages.is_empty();
+            // Batches taken from rings count against the relay-wide budget until written.
+            let in_flight = InFlight::new(metrics, d.bytes);
             for m in d.messages {
                 if sink.feed(m).await.is_err() {
                     return None;
@@ -317,11 +419,9 @@ where
             if sink.flush().await.is_err() {
                 return None;
             }
+            drop(in_flight);
             metrics.lines_delivered.inc_by(d.lines);
             metrics.bytes_delivered.inc_by(d.bytes);
-            if d.close.is_some() {
-                return d.close;
-            }
             if done {
                 break;
             }

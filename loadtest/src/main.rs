@@ -1,0 +1,2 @@
+//! loadtest (work in progress).
+fn main() {}
