@@ -101,6 +101,11 @@ impl LiveStream {
         dropped_lines
     }
 
+    /// Moves a lagging watcher's cursor to the oldest batch still held; what it missed.
+    pub fn skip_lagged(&self, cursor: &mut ring::Cursor) -> Option<ring::Lag> {
+        self.ring.lock().expect("ring lock").skip_lagged(cursor)
+    }
+
     /// Reads for one watcher.
     pub fn read(&self, cursor: &mut ring::Cursor, max_bytes: usize) -> ring::Read {
         self.ring.lock().expect("ring lock").read(cursor, max_bytes)
@@ -145,6 +150,8 @@ pub struct SessionState {
     pub watches: HashMap<u64, Watch>,
     /// Set when the session must be closed (code, reason).
     pub close: Option<(u16, String)>,
+    /// Losses found while the writer was blocked, per stream, merged until written.
+    pub pending_gaps: HashMap<u64, ring::Lag>,
     subs: HashMap<String, SubSpec>,
 }
 

@@ -156,24 +156,33 @@ impl Ring {
         cursor.index < self.first_index + self.slots.len() as u64
     }
 
+    /// Moves a cursor that fell behind the oldest retained batch up to it, returning what it
+    /// missed; `None` if it had not fallen behind.
+    pub fn skip_lagged(&self, cursor: &mut Cursor) -> Option<Lag> {
+        if cursor.index >= self.first_index {
+            return None;
+        }
+        let (lines, bytes) = match self.slots.front() {
+            Some(s) => (s.lines_before, s.bytes_before),
+            None => (self.lines_total, self.bytes_total),
+        };
+        let lag = Lag {
+            from: cursor.last_end,
+            lines: lines - cursor.lines,
+            bytes: bytes - cursor.bytes,
+        };
+        cursor.index = self.first_index;
+        cursor.lines = lines;
+        cursor.bytes = bytes;
+        Some(lag)
+    }
+
     /// Reads from `cursor` up to about `max_bytes` (at least one batch) and advances it.
     pub fn read(&self, cursor: &mut Cursor, max_bytes: usize) -> Read {
-        let mut out = Read::default();
-        if cursor.index < self.first_index {
-            let first = self.slots.front();
-            let (lines, bytes) = match first {
-                Some(s) => (s.lines_before, s.bytes_before),
-                None => (self.lines_total, self.bytes_total),
-            };
-            out.lag = Some(Lag {
-                from: cursor.last_end,
-                lines: lines - cursor.lines,
-                bytes: bytes - cursor.bytes,
-            });
-            cursor.index = self.first_index;
-            cursor.lines = lines;
-            cursor.bytes = bytes;
-        }
+        let mut out = Read {
+            lag: self.skip_lagged(cursor),
+            ..Read::default()
+        };
         let mut taken = 0usize;
         let start = (cursor.index - self.first_index) as usize;
         for slot in self.slots.iter().skip(start) {

@@ -123,14 +123,14 @@ pub async fn serve(
     };
     if let Some((code, reason)) = close_reason {
         tracing::info!(session = session.id, code, %reason, "closing session");
-        let _ = sink
-            .send(Message::Close(Some(CloseFrame {
-                code,
-                reason: Utf8Bytes::from(reason),
-            })))
-            .await;
+        // A stalled client may never take the close frame: give it a second.
+        let frame = Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from(reason),
+        }));
+        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(frame)).await;
     }
-    let _ = sink.close().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
     hub.remove_session(&session);
     tracing::info!(session = session.id, "session disconnected");
 }
@@ -271,7 +271,6 @@ fn drain(session: &SessionShared, metrics: &RelayMetrics, config: SessionConfig)
         close: None,
     };
     let mut st = session.state.lock().expect("session lock");
-    out.close = st.close.clone();
     let mut events = std::mem::take(&mut st.events);
     st.event_bytes = 0;
     let mut budget = config.flush_bytes;
@@ -308,20 +307,14 @@ fn drain(session: &SessionShared, metrics: &RelayMetrics, config: SessionConfig)
             out.messages.push(Message::Binary(batch));
         }
     }
-    drop(st);
     for (sid, lag) in gaps {
-        if config.slow_consumer == SlowConsumerPolicy::Disconnect && out.close.is_none() {
-            out.close = Some((
-                close::SLOW_CONSUMER,
-                format!("fell behind stream {sid} by {} lines", lag.lines),
-            ));
-        }
-        metrics
-            .dropped_lines
-            .get_or_create(&DropReason {
-                reason: "slow_consumer",
-            })
-            .inc_by(lag.lines);
+        record_lag(&mut st, sid, lag, metrics, config);
+    }
+    out.close = st.close.clone();
+    let mut pending_gaps: Vec<(u64, crate::ring::Lag)> = st.pending_gaps.drain().collect();
+    drop(st);
+    pending_gaps.sort_by_key(|(sid, _)| *sid);
+    for (sid, lag) in pending_gaps {
         events.push_back(
             serde_json::to_string(&Event::Gap {
                 stream: sid,
@@ -376,7 +369,59 @@ fn count(batch: &bytes::Bytes, out: &mut Drained) {
     out.bytes += batch.len() as u64;
 }
 
+/// Records a loss: counted now, reported in-band by the next drain (or a close, per policy).
+fn record_lag(
+    st: &mut crate::hub::SessionState,
+    stream: u64,
+    lag: crate::ring::Lag,
+    metrics: &RelayMetrics,
+    config: SessionConfig,
+) {
+    metrics
+        .dropped_lines
+        .get_or_create(&DropReason {
+            reason: "slow_consumer",
+        })
+        .inc_by(lag.lines);
+    if config.slow_consumer == SlowConsumerPolicy::Disconnect {
+        st.close.get_or_insert((
+            close::SLOW_CONSUMER,
+            format!("fell behind stream {stream} by {} lines", lag.lines),
+        ));
+    }
+    st.pending_gaps
+        .entry(stream)
+        .and_modify(|g| {
+            g.lines += lag.lines;
+            g.bytes += lag.bytes;
+        })
+        .or_insert(lag);
+}
+
+/// While the writer is blocked on the socket: account for what the rings dropped meanwhile.
+fn catch_up(
+    session: &SessionShared,
+    metrics: &RelayMetrics,
+    config: SessionConfig,
+) -> Option<(u16, String)> {
+    let mut st = session.state.lock().expect("session lock");
+    let lagged: Vec<(u64, crate::ring::Lag)> = st
+        .watches
+        .iter_mut()
+        .filter(|(_, w)| w.backfill.is_none())
+        .filter_map(|(sid, w)| w.stream.skip_lagged(&mut w.cursor).map(|l| (*sid, l)))
+        .collect();
+    for (sid, lag) in lagged {
+        record_lag(&mut st, sid, lag, metrics, config);
+    }
+    st.close.clone()
+}
+
 /// Writes until the socket fails or the session must close; returns the close to send.
+///
+/// Messages are handed to the socket as it accepts them; while it does not (a slow or stalled
+/// client), the writer still wakes on new data to account for what it misses, sends pings and
+/// closes a session that answers none.
 async fn write_loop<S>(
     sink: &mut S,
     session: &Arc<SessionShared>,
@@ -387,44 +432,227 @@ async fn write_loop<S>(
 where
     S: futures_util::Sink<Message> + Unpin,
 {
+    use futures_util::future::poll_fn;
+    use std::collections::VecDeque;
+    use std::task::Poll;
+
     let mut ping = tokio::time::interval(config.ping);
     ping.tick().await;
+    let mut pending: VecDeque<Message> = VecDeque::new();
+    let mut in_flight: Option<(InFlight<'_>, u64, u64)> = None;
     loop {
-        tokio::select! {
-            () = session.notify.notified() => {}
-            _ = ping.tick() => {
-                let idle = last_seen.lock().expect("last_seen lock").elapsed();
-                if idle > config.ping * 3 {
-                    return Some((close::PING_TIMEOUT, format!("no pong for {} s", idle.as_secs())));
-                }
-                if sink.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
-                    return None;
-                }
-                continue;
-            }
-        }
-        loop {
+        if pending.is_empty() {
             let d = drain(session, metrics, config);
             if d.close.is_some() {
                 return d.close;
             }
-            let done = d.messages.is_empty();
-            // Batches taken from rings count against the relay-wide budget until written.
-            let in_flight = InFlight::new(metrics, d.bytes);
-            for m in d.messages {
-                if sink.feed(m).await.is_err() {
-                    return None;
-                }
-            }
-            if sink.flush().await.is_err() {
-                return None;
-            }
-            drop(in_flight);
-            metrics.lines_delivered.inc_by(d.lines);
-            metrics.bytes_delivered.inc_by(d.bytes);
-            if done {
-                break;
+            if !d.messages.is_empty() {
+                // Batches taken from rings count against the relay-wide budget until written.
+                in_flight = Some((InFlight::new(metrics, d.bytes), d.lines, d.bytes));
+                pending.extend(d.messages);
             }
         }
+        let idle = pending.is_empty();
+        tokio::select! {
+            written = poll_fn(|cx| {
+                if idle {
+                    return Poll::Pending;
+                }
+                while !pending.is_empty() {
+                    match sink.poll_ready_unpin(cx) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(_)) => return Poll::Ready(false),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                    let m = pending.pop_front().expect("not empty");
+                    if sink.start_send_unpin(m).is_err() {
+                        return Poll::Ready(false);
+                    }
+                }
+                sink.poll_flush_unpin(cx).map(|r| r.is_ok())
+            }) => {
+                if !written {
+                    return None;
+                }
+                if let Some((guard, lines, bytes)) = in_flight.take() {
+                    drop(guard);
+                    metrics.lines_delivered.inc_by(lines);
+                    metrics.bytes_delivered.inc_by(bytes);
+                }
+            }
+            () = session.notify.notified() => {
+                // Idle: the next turn drains what is new. Blocked: account for what the rings
+                // dropped meanwhile (the next drain reports it).
+                if !idle && let Some(c) = catch_up(session, metrics, config) {
+                    return Some(c);
+                }
+            }
+            _ = ping.tick() => {
+                let quiet = last_seen.lock().expect("last_seen lock").elapsed();
+                if quiet > config.ping * 3 {
+                    return Some((close::PING_TIMEOUT, format!("no message or pong for {} s", quiet.as_secs())));
+                }
+                pending.push_back(Message::Ping(bytes::Bytes::new()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use logrelay_wire::control::{Demand, RelayMsg, StreamInfo};
+    use logrelay_wire::labels::Labels;
+    use logrelay_wire::selector::Selector;
+    use tokio::sync::{Notify, mpsc};
+
+    use super::*;
+    use crate::hub::{DemandSink, HubConfig};
+
+    fn config(policy: SlowConsumerPolicy) -> SessionConfig {
+        SessionConfig {
+            flush_bytes: 1 << 20,
+            ping: Duration::from_secs(15),
+            max_event_bytes: 1 << 20,
+            slow_consumer: policy,
+            requests_per_sec: 20,
+        }
+    }
+
+    /// A hub with one announced stream, `n` sessions watching it, and its live ring.
+    fn watched(
+        n: usize,
+        ring_bytes: usize,
+    ) -> (
+        Vec<Arc<SessionShared>>,
+        Arc<crate::hub::LiveStream>,
+        Arc<RelayMetrics>,
+    ) {
+        let metrics = Arc::new(RelayMetrics::new());
+        let hub = Hub::new(
+            HubConfig {
+                ring_bytes,
+                linger: Duration::from_secs(5),
+                max_subscriptions_per_session: 4,
+                backfill_batches: 4,
+                max_session_event_bytes: 1 << 20,
+                memory_budget_bytes: 1 << 30,
+                max_sessions_per_org: 10_000,
+            },
+            metrics.clone(),
+        );
+        let (tx, mut rx) = mpsc::channel(16);
+        let agent = hub.add_agent("acme", "c", tx, Arc::new(Notify::new()));
+        hub.catalog_add(
+            agent,
+            vec![StreamInfo {
+                id: 1,
+                labels: Labels {
+                    pod: "p".into(),
+                    ..Labels::default()
+                },
+            }],
+        );
+        let sessions: Vec<_> = (0..n)
+            .map(|i| {
+                let s = hub.add_session("acme").unwrap();
+                hub.subscribe(&s, &format!("s{i}"), Selector::default(), Demand::default())
+                    .unwrap();
+                s
+            })
+            .collect();
+        let Ok(RelayMsg::Open { demand, .. }) = rx.try_recv() else {
+            panic!("the first watcher opens the stream")
+        };
+        let Some((DemandSink::Live(live), _)) = hub.resolve(demand) else {
+            panic!("live demand")
+        };
+        (sessions, live, metrics)
+    }
+
+    fn binaries(d: &Drained) -> Vec<&Bytes> {
+        d.messages
+            .iter()
+            .filter_map(|m| match m {
+                Message::Binary(b) => Some(b),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn every_session_gets_the_very_bytes_the_agent_sent() {
+        let (sessions, live, metrics) = watched(3, 1 << 20);
+        let batch = Bytes::from(vec![b'x'; 4096]);
+        live.push(
+            batch.clone(),
+            10,
+            logrelay_wire::control::SeqPos { epoch: 1, seq: 10 },
+        );
+        for s in &sessions {
+            let d = drain(s, &metrics, config(SlowConsumerPolicy::DropOldest));
+            let got = binaries(&d);
+            assert_eq!(got.len(), 1);
+            // Pointer identity: no copy, no re-encode, whatever the number of sessions.
+            assert_eq!(got[0].as_ptr(), batch.as_ptr());
+            assert_eq!(got[0].len(), batch.len());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lagging_session_gets_a_gap_or_is_closed_per_policy() {
+        let (sessions, live, metrics) = watched(2, 1000);
+        for i in 1..=10u64 {
+            live.push(
+                Bytes::from(vec![0u8; 400]),
+                5,
+                logrelay_wire::control::SeqPos {
+                    epoch: 1,
+                    seq: 5 * i,
+                },
+            );
+        }
+        let d = drain(
+            &sessions[0],
+            &metrics,
+            config(SlowConsumerPolicy::DropOldest),
+        );
+        assert!(d.close.is_none());
+        let gap = d
+            .messages
+            .iter()
+            .find_map(|m| match m {
+                Message::Text(t) if t.as_str().contains(r#""event":"gap""#) => Some(t.to_string()),
+                _ => None,
+            })
+            .expect("a gap event");
+        // 10 batches pushed, 2 still held (1000 bytes): 8 × 5 lines and 8 × 400 bytes missed.
+        assert!(
+            gap.contains(r#""lines":40"#) && gap.contains(r#""bytes":3200"#),
+            "{gap}"
+        );
+        assert_eq!(binaries(&d).len(), 2);
+
+        let d = drain(
+            &sessions[1],
+            &metrics,
+            config(SlowConsumerPolicy::Disconnect),
+        );
+        let (code, reason) = d.close.expect("closed");
+        assert_eq!(code, close::SLOW_CONSUMER);
+        assert!(reason.contains("40 lines"), "{reason}");
+    }
+
+    #[test]
+    fn the_token_bucket_allows_a_burst_then_the_rate() {
+        let start = tokio::time::Instant::now();
+        let mut b = TokenBucket::new(10);
+        assert!((0..20).all(|_| b.take(start)));
+        assert!(!b.take(start));
+        assert!(b.take(start + Duration::from_millis(150)));
+        assert!(!b.take(start + Duration::from_millis(150)));
     }
 }

@@ -74,6 +74,9 @@ pub enum BatchError {
         /// Present.
         actual: usize,
     },
+    /// `first_seq + count` does not fit in 64 bits.
+    #[error("sequence numbers of the batch overflow")]
+    SeqOverflow,
     /// A line record runs past the end of the body, or the count is wrong.
     #[error("line record {index} is malformed")]
     Line {
@@ -129,6 +132,9 @@ impl BatchHeader {
             count: u32_at(28),
             body_len: u32_at(32),
         };
+        if h.first_seq.checked_add(u64::from(h.count)).is_none() {
+            return Err(BatchError::SeqOverflow);
+        }
         if h.body_len as usize != bytes.len() - HEADER_LEN {
             return Err(BatchError::BodyLen {
                 declared: h.body_len,
@@ -359,6 +365,12 @@ mod tests {
         let mut bad = bytes.to_vec();
         bad[28] = 2; // claims two lines, holds one
         assert_eq!(lines(&bad), Err(BatchError::Line { index: 1 }));
+    }
+
+    #[test]
+    fn sequence_overflow_is_refused() {
+        let g = encode_gap(1, 1, u64::MAX - 10, 100, 0);
+        assert_eq!(BatchHeader::parse(&g), Err(BatchError::SeqOverflow));
     }
 
     #[test]
