@@ -1,2 +1,221 @@
-//! loadtest (work in progress).
-fn main() {}
+//! `loadtest`: drives a real logrelay pipeline on loopback and measures it, side by side with
+//! `nats-server` as the baseline.
+//!
+//! ```text
+//! loadtest run --preset fanout-100 --baseline nats --json target/loadtest/fanout-100.json
+//! loadtest run --quick --json target/loadtest-quick.json     # CI smoke run, < 60 s
+//! loadtest run --scenario my.toml --json out.json
+//! loadtest presets [NAME]                                      # list, or print one as TOML
+//! ```
+//!
+//! The relay and the agents run as child processes (this binary's hidden `serve-relay` and
+//! `serve-agent` subcommands) so that their CPU and memory are measured apart; producers and
+//! subscribers run in this process. See `docs/benchmarks.md`.
+#![forbid(unsafe_code)]
+
+mod chart;
+mod children;
+mod corpus;
+mod nats;
+mod procstat;
+mod producer;
+mod progress;
+mod report;
+mod run;
+mod scenario;
+mod scrape;
+mod stats;
+mod subscriber;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::scenario::{PRESETS, Scenario};
+
+/// logrelay load-test harness.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a preset, a scenario file, or the quick CI smoke run.
+    Run(RunArgs),
+    /// List the presets, or print one as a TOML scenario.
+    Presets {
+        /// Preset to print.
+        name: Option<String>,
+    },
+    /// (internal) Serve a relay for the harness; spec on stdin.
+    #[command(hide = true)]
+    ServeRelay,
+    /// (internal) Serve an agent for the harness; spec on stdin.
+    #[command(hide = true)]
+    ServeAgent,
+}
+
+/// A baseline system run under the same scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Baseline {
+    /// nats-server (Debian package), publishers over TCP, subscribers over WebSocket.
+    Nats,
+}
+
+#[derive(Debug, clap::Args)]
+#[group(id = "what", required = true, multiple = false)]
+struct Which {
+    /// A preset (`loadtest presets` lists them).
+    #[arg(long)]
+    preset: Option<String>,
+    /// A TOML scenario file.
+    #[arg(long)]
+    scenario: Option<PathBuf>,
+    /// The CI smoke run: the whole pipeline for a few seconds; fails if nothing is delivered.
+    #[arg(long)]
+    quick: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    which: Which,
+    /// Also run the scenario through this baseline and report the ratio.
+    #[arg(long, value_enum)]
+    baseline: Option<Baseline>,
+    /// JSON report.
+    #[arg(long, default_value = "target/loadtest/report.json")]
+    json: PathBuf,
+    /// Markdown summary (default: beside the JSON, `.md`).
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+    /// SVG chart (default: beside the JSON, `.svg`).
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// Override the scenario's measured duration.
+    #[arg(long)]
+    duration_secs: Option<f64>,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("loadtest: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Run(args) => run(args).await,
+            Command::Presets { name } => presets(name.as_deref()),
+            Command::ServeRelay => children::serve_relay().await,
+            Command::ServeAgent => children::serve_agent().await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadtest: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn presets(name: Option<&str>) -> anyhow::Result<()> {
+    match name {
+        Some(n) => print!("{}", Scenario::preset(n)?.to_toml()),
+        None => {
+            for n in PRESETS {
+                let s = Scenario::preset(n)?;
+                println!(
+                    "{n:15} {} mode, {} streams, {} sessions ({} per stream), {}",
+                    s.mode.as_str(),
+                    s.streams(),
+                    s.subscribers.sessions,
+                    s.subscribers.per_stream,
+                    s.rate_lines_per_sec
+                        .map_or("unpaced".into(), |r| format!("{r} lines/s"))
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn beside(json: &Path, ext: &str) -> PathBuf {
+    json.with_extension(ext)
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    logrelay_tls::install_provider();
+    let (mut scenario, preset) = match (&args.which.preset, &args.which.scenario) {
+        (Some(p), _) => (Scenario::preset(p)?, Some(p.clone())),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            (Scenario::from_toml(&text)?, None)
+        }
+        (None, None) => (Scenario::quick(), None),
+    };
+    if let Some(d) = args.duration_secs {
+        scenario.duration_secs = d;
+        scenario.validate()?;
+    }
+    let command = std::env::args()
+        .enumerate()
+        .map(|(i, a)| if i == 0 { "loadtest".to_owned() } else { a })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let opts = run::RunOptions {
+        baseline_nats: args.baseline == Some(Baseline::Nats),
+        progress: !args.no_progress,
+        command,
+        preset,
+    };
+    let report = run::run(&scenario, &opts).await?;
+    let json = serde_json::to_value(&report)?;
+    report::check_fields(&json).map_err(anyhow::Error::msg)?;
+    let md_path = args.markdown.unwrap_or_else(|| beside(&args.json, "md"));
+    let svg_path = args.svg.unwrap_or_else(|| beside(&args.json, "svg"));
+    for p in [&args.json, &md_path, &svg_path] {
+        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+    }
+    std::fs::write(&args.json, serde_json::to_string_pretty(&json)? + "\n")
+        .with_context(|| format!("writing {}", args.json.display()))?;
+    let md = report.markdown();
+    std::fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
+    std::fs::write(&svg_path, chart::svg(&report))
+        .with_context(|| format!("writing {}", svg_path.display()))?;
+    println!("{md}");
+    println!(
+        "report: {}  summary: {}  chart: {}",
+        args.json.display(),
+        md_path.display(),
+        svg_path.display()
+    );
+    if scenario.subscribers.sessions > 0 && report.relay.deliveries_per_sec <= 0.0 {
+        anyhow::bail!("the pipeline delivered nothing to its subscribers");
+    }
+    if let Some(b) = &report.baseline
+        && b.deliveries_per_sec <= 0.0
+    {
+        anyhow::bail!("the nats-server baseline delivered nothing to its subscribers");
+    }
+    Ok(())
+}
