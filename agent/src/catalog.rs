@@ -10,13 +10,41 @@ use tokio::sync::watch;
 
 use crate::metrics::AgentMetrics;
 
+/// Where a stream's content comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// A container's log file (`<restart>.log`).
+    Log {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// Which discovery loop owns a source: each replaces only its own part of the catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Group {
+    /// Container logs, found under the pods directory.
+    Logs,
+    /// Metrics sources (scrape targets, pod resource usage).
+    Metrics,
+}
+
+impl Source {
+    /// The discovery loop that owns this source.
+    pub fn group(&self) -> Group {
+        match self {
+            Self::Log { .. } => Group::Logs,
+        }
+    }
+}
+
 /// One stream the agent can serve.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// Its labels (org and cluster are filled in by the relay).
     pub labels: Labels,
-    /// The log file.
-    pub path: PathBuf,
+    /// Where its content comes from.
+    pub source: Source,
 }
 
 /// What changed between two scans.
@@ -31,7 +59,7 @@ pub struct Diff {
 #[derive(Debug, Default)]
 struct Inner {
     next_id: u64,
-    by_path: HashMap<PathBuf, u64>,
+    by_source: HashMap<Source, u64>,
     streams: BTreeMap<u64, Entry>,
 }
 
@@ -56,18 +84,19 @@ impl Catalog {
         }
     }
 
-    /// Replaces the set of streams with what a scan found; returns what changed.
-    pub fn replace(&self, found: Vec<Entry>) -> Diff {
+    /// Replaces the streams of `group` with what its scan found; returns what changed.
+    pub fn replace(&self, group: Group, found: Vec<Entry>) -> Diff {
         let mut inner = self.inner.lock().expect("catalog lock");
         let mut diff = Diff::default();
         let mut seen = HashMap::with_capacity(found.len());
         for entry in found {
-            let id = match inner.by_path.get(&entry.path) {
+            debug_assert_eq!(entry.source.group(), group);
+            let id = match inner.by_source.get(&entry.source) {
                 Some(id) => *id,
                 None => {
                     let id = inner.next_id;
                     inner.next_id += 1;
-                    inner.by_path.insert(entry.path.clone(), id);
+                    inner.by_source.insert(entry.source.clone(), id);
                     diff.added.push(StreamInfo {
                         id,
                         labels: entry.labels.clone(),
@@ -80,13 +109,13 @@ impl Catalog {
         }
         let gone: Vec<u64> = inner
             .streams
-            .keys()
-            .filter(|id| !seen.contains_key(id))
-            .copied()
+            .iter()
+            .filter(|(id, e)| e.source.group() == group && !seen.contains_key(id))
+            .map(|(id, _)| *id)
             .collect();
         for id in gone {
             if let Some(e) = inner.streams.remove(&id) {
-                inner.by_path.remove(&e.path);
+                inner.by_source.remove(&e.source);
                 diff.removed.push(StreamGone {
                     id,
                     reason: "container_removed".into(),
@@ -153,25 +182,30 @@ mod tests {
                 pod: p.into(),
                 ..Labels::default()
             },
-            path: PathBuf::from(p),
+            source: Source::Log {
+                path: PathBuf::from(p),
+            },
         }
     }
 
     #[test]
     fn ids_are_stable_and_removals_reported() {
         let c = Catalog::new(Arc::new(AgentMetrics::new()));
-        let d = c.replace(vec![entry("a"), entry("b")]);
+        let d = c.replace(Group::Logs, vec![entry("a"), entry("b")]);
         assert_eq!(d.added.len(), 2);
-        let d = c.replace(vec![entry("b"), entry("c")]);
+        let d = c.replace(Group::Logs, vec![entry("b"), entry("c")]);
         assert_eq!(d.added.iter().map(|s| s.id).collect::<Vec<_>>(), vec![3]);
         assert_eq!(d.removed.iter().map(|s| s.id).collect::<Vec<_>>(), vec![1]);
-        assert_eq!(c.replace(vec![entry("b"), entry("c")]), Diff::default());
+        assert_eq!(
+            c.replace(Group::Logs, vec![entry("b"), entry("c")]),
+            Diff::default()
+        );
     }
 
     #[test]
     fn reconcile_sends_only_the_difference() {
         let c = Catalog::new(Arc::new(AgentMetrics::new()));
-        c.replace(vec![entry("a"), entry("b")]);
+        c.replace(Group::Logs, vec![entry("a"), entry("b")]);
         let mut sent = BTreeMap::new();
         sent.insert(1, Labels::default());
         sent.insert(9, Labels::default());

@@ -10,7 +10,7 @@ use std::time::Duration;
 use logrelay_wire::labels::{Labels, PodDir, StreamKind, parse_restart};
 use tokio::sync::watch;
 
-use crate::catalog::{Catalog, Entry};
+use crate::catalog::{Catalog, Entry, Group, Source};
 use crate::config::AgentConfig;
 
 /// Lists every container log under `pods_dir`. Unreadable entries are skipped.
@@ -51,7 +51,7 @@ pub fn scan(pods_dir: &Path, node: &str) -> Vec<Entry> {
                         kind: StreamKind::Log,
                         ..Labels::default()
                     },
-                    path: file.path(),
+                    source: Source::Log { path: file.path() },
                 });
             }
         }
@@ -73,7 +73,7 @@ pub async fn run(config: AgentConfig, catalog: Arc<Catalog>, mut shutdown: watch
         let Ok(found) = tokio::task::spawn_blocking(move || scan(&dir, &node)).await else {
             continue;
         };
-        let diff = catalog.replace(found);
+        let diff = catalog.replace(Group::Logs, found);
         for s in &diff.added {
             tracing::info!(stream = s.id, namespace = %s.labels.namespace, pod = %s.labels.pod,
                 container = %s.labels.container, restart = s.labels.restart, "stream discovered");

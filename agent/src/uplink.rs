@@ -216,7 +216,7 @@ impl Uplink {
                                 demand,
                                 stream_ref,
                                 spec: demand_spec,
-                                path: entry.path,
+                                source: entry.source,
                                 params: self.params(),
                                 metrics: self.metrics.clone(),
                             };
@@ -323,7 +323,7 @@ struct DemandTask {
     demand: u64,
     stream_ref: u64,
     spec: control::Demand,
-    path: std::path::PathBuf,
+    source: catalog::Source,
     params: TailParams,
     metrics: Arc<AgentMetrics>,
 }
@@ -353,8 +353,8 @@ impl DemandTask {
         }
         let mut sink = QuicSink(&mut send);
         let served = tokio::select! {
-            r = tail::serve(
-                &self.path,
+            r = serve_source(
+                &self.source,
                 &self.spec,
                 self.stream_ref,
                 self.params,
@@ -374,6 +374,22 @@ impl DemandTask {
             None => {
                 let _ = send.reset(CANCELLED.into());
             }
+        }
+    }
+}
+
+/// Serves one demand from its source.
+async fn serve_source<S: BatchSink>(
+    source: &catalog::Source,
+    spec: &control::Demand,
+    stream_ref: u64,
+    params: TailParams,
+    sink: &mut S,
+    metrics: &AgentMetrics,
+) -> Result<(), tail::TailError> {
+    match source {
+        catalog::Source::Log { path } => {
+            tail::serve(path, spec, stream_ref, params, sink, metrics).await
         }
     }
 }
