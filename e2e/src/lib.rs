@@ -21,10 +21,12 @@ use std::time::Duration;
 use logrelay::client::{Client, Incoming, ReceivedLine};
 use logrelay::demo::CriWriter;
 use logrelay_agent::{AgentConfig, AgentHandle, AgentTls};
+use logrelay_relay::audit::{Auditor, WriterSink};
 use logrelay_relay::{RelayConfig, RelayHandle, RelayTls};
 use logrelay_tls::{AgentId, DevPki};
 use logrelay_wire::selector::Selector;
 use logrelay_wire::session::{Event, Request};
+use std::sync::Arc;
 
 /// Default deadline of every wait.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -158,6 +160,8 @@ impl PodsDir {
 pub struct TestRelay {
     /// The running relay.
     pub handle: RelayHandle,
+    /// Everything the relay wrote to its audit trail.
+    pub audit: Arc<WriterSink<Vec<u8>>>,
 }
 
 impl TestRelay {
@@ -169,10 +173,33 @@ impl TestRelay {
     /// Starts a relay with `config` (anonymous org `dev` unless set).
     pub async fn start_with(pki: &TestPki, mut config: RelayConfig) -> Self {
         config.anonymous_org.get_or_insert_with(|| "dev".into());
-        let handle = logrelay_relay::start(config, pki.relay_tls())
+        Self::start_exactly(pki, config).await
+    }
+
+    /// Starts a relay with exactly `config` (no anonymous org unless it sets one).
+    pub async fn start_exactly(pki: &TestPki, config: RelayConfig) -> Self {
+        let audit = Arc::new(WriterSink::new(Vec::new()));
+        let auditor = Arc::new(Auditor::new(audit.clone()));
+        let handle = logrelay_relay::start_with_auditor(config, pki.relay_tls(), auditor)
             .await
             .expect("start relay");
-        Self { handle }
+        Self { handle, audit }
+    }
+
+    /// The audit events so far, parsed.
+    pub fn audit_events(&self) -> Vec<serde_json::Value> {
+        self.audit.with(|buf| {
+            buf.split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(|l| serde_json::from_slice(l).expect("audit lines are JSON"))
+                .collect()
+        })
+    }
+
+    /// Everything the audit trail holds, as text.
+    pub fn audit_text(&self) -> String {
+        self.audit
+            .with(|buf| String::from_utf8_lossy(buf).into_owned())
     }
 
     /// QUIC address.
@@ -288,7 +315,12 @@ pub struct Subscriber {
 impl Subscriber {
     /// Connects to `url`.
     pub async fn connect(url: &str) -> Self {
-        let client = within("websocket connect", Client::connect(url, None, None))
+        Self::connect_with_token(url, None).await
+    }
+
+    /// Connects to `url` presenting a bearer token.
+    pub async fn connect_with_token(url: &str, token: Option<&str>) -> Self {
+        let client = within("websocket connect", Client::connect(url, None, token))
             .await
             .expect("connect subscriber");
         Self {

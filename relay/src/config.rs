@@ -99,6 +99,41 @@ pub struct RelayConfig {
     /// WebSocket write buffer of a session: written to the socket once this full.
     #[arg(long, env = "LOGRELAY_RELAY_SESSION_WRITE_BUFFER_BYTES", default_value_t = 64 * 1024)]
     pub session_write_buffer_bytes: usize,
+    /// JWKS file holding the public keys that sign session tokens (EdDSA, ES256).
+    #[arg(long, env = "LOGRELAY_RELAY_TOKEN_JWKS_FILE")]
+    pub token_jwks_file: Option<PathBuf>,
+    /// Issuer session tokens must name (`iss`); unset: not checked.
+    #[arg(long, env = "LOGRELAY_RELAY_TOKEN_ISSUER")]
+    pub token_issuer: Option<String>,
+    /// Audience session tokens must name (`aud`); unset: not checked.
+    #[arg(long, env = "LOGRELAY_RELAY_TOKEN_AUDIENCE")]
+    pub token_audience: Option<String>,
+    /// Clock difference tolerated on token times, in seconds.
+    #[arg(
+        long,
+        env = "LOGRELAY_RELAY_TOKEN_CLOCK_SKEW_SECS",
+        default_value_t = 60
+    )]
+    pub token_clock_skew_secs: u32,
+    /// Development only: HS256 shared secret for session tokens (at least 32 bytes). Refused
+    /// without `--dev`.
+    #[arg(long, env = "LOGRELAY_RELAY_DEV_TOKEN_SECRET", hide_env_values = true)]
+    pub dev_token_secret: Option<String>,
+    /// Session connections allowed in their TLS handshake or request head at once; more are
+    /// dropped on accept.
+    #[arg(
+        long,
+        env = "LOGRELAY_RELAY_MAX_PENDING_HANDSHAKES",
+        default_value_t = 1024
+    )]
+    pub max_pending_handshakes: usize,
+    /// Deadline for a session's TLS handshake and request head, in seconds.
+    #[arg(
+        long,
+        env = "LOGRELAY_RELAY_HANDSHAKE_TIMEOUT_SECS",
+        default_value_t = 10
+    )]
+    pub handshake_timeout_secs: u64,
 }
 
 /// What happens to a session that falls behind a stream's ring.
@@ -135,6 +170,13 @@ impl RelayConfig {
             session_requests_per_sec: 20,
             session_send_buffer_bytes: 0,
             session_write_buffer_bytes: 64 * 1024,
+            token_jwks_file: None,
+            token_issuer: None,
+            token_audience: None,
+            token_clock_skew_secs: 60,
+            dev_token_secret: None,
+            max_pending_handshakes: 1024,
+            handshake_timeout_secs: 10,
         }
     }
 

@@ -1,18 +1,28 @@
 //! The session listener: `/v1/subscribe` over WS, or WSS when a certificate is configured.
+//!
+//! Every connection goes through one accept loop: optional TLS handshake and HTTP request head,
+//! both under a deadline and a cap on connections still in that phase (floods of idle or
+//! slow connections cannot pile up), then the upgrade. The bearer token is checked before the
+//! upgrade: a session without valid credentials is refused with HTTP 401 and a one-line reason
+//! (default deny), unless the relay has an anonymous org (development).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{State, WebSocketUpgrade};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
+use crate::audit::{Actor, Auditor};
+use crate::auth::{self, Verifier};
 use crate::hub::Hub;
 use crate::metrics::RelayMetrics;
-use crate::session::{self, SessionConfig};
+use crate::session::{self, SessionConfig, SessionIdentity};
 
 /// Shared state of the session listener.
 #[derive(Debug, Clone)]
@@ -21,6 +31,10 @@ pub struct SessionApp {
     pub hub: Arc<Hub>,
     /// Metrics.
     pub metrics: Arc<RelayMetrics>,
+    /// The audit trail.
+    pub auditor: Arc<Auditor>,
+    /// Token verifier (`None`: no token is accepted).
+    pub verifier: Option<Arc<Verifier>>,
     /// Org of sessions without credentials (`None`: refuse them).
     pub anonymous_org: Option<String>,
     /// Session settings.
@@ -40,13 +54,96 @@ pub fn router(app: SessionApp) -> Router {
         .with_state(app)
 }
 
-async fn subscribe(State(app): State<SessionApp>, ws: WebSocketUpgrade) -> Response {
-    let Some(org) = app.anonymous_org.clone() else {
-        return (
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated: this relay accepts no anonymous sessions\n",
-        )
-            .into_response();
+fn now_unix_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn refuse(status: StatusCode, reason: &str) -> Response {
+    (status, format!("{reason}\n")).into_response()
+}
+
+async fn subscribe(
+    State(app): State<SessionApp>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let protocols = headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok());
+    let bearer = auth::token_from_headers(authorization, protocols);
+    let anonymous = Actor::session(0, None);
+    let identity = match (&bearer, &app.verifier, &app.anonymous_org) {
+        (Some(b), Some(verifier), _) => match verifier.verify(b.token, now_unix_secs()) {
+            Ok(claims) => SessionIdentity {
+                org: claims.org.clone(),
+                expires_at_unix: Some(verifier.expires_at(&claims)),
+                claims: Some(Arc::new(claims)),
+                remote,
+            },
+            Err(e) => {
+                app.metrics.session_refused(e.reason());
+                app.auditor.deny(
+                    &anonymous,
+                    None,
+                    "session_connect",
+                    None,
+                    Some(remote),
+                    e.reason(),
+                );
+                let status =
+                    StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
+                return refuse(status, &format!("unauthenticated: {e}"));
+            }
+        },
+        (Some(_), None, _) => {
+            app.metrics.session_refused("tokens_not_accepted");
+            app.auditor.deny(
+                &anonymous,
+                None,
+                "session_connect",
+                None,
+                Some(remote),
+                "tokens_not_accepted",
+            );
+            return refuse(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated: this relay has no token key set configured",
+            );
+        }
+        (None, _, Some(org)) => SessionIdentity {
+            org: org.clone(),
+            claims: None,
+            expires_at_unix: None,
+            remote,
+        },
+        (None, _, None) => {
+            app.metrics.session_refused("missing_token");
+            app.auditor.deny(
+                &anonymous,
+                None,
+                "session_connect",
+                None,
+                Some(remote),
+                "missing_token",
+            );
+            return refuse(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated: a bearer token is required (Authorization header or \
+                 Sec-WebSocket-Protocol `logrelay.v1, bearer.<token>`)",
+            );
+        }
+    };
+    let ws = if bearer.as_ref().is_some_and(|b| b.subprotocol.is_some()) {
+        ws.protocols([auth::SUBPROTOCOL])
+    } else {
+        ws
     };
     ws.max_message_size(app.max_message_bytes)
         .max_frame_size(app.max_message_bytes)
@@ -54,15 +151,29 @@ async fn subscribe(State(app): State<SessionApp>, ws: WebSocketUpgrade) -> Respo
         .write_buffer_size(app.write_buffer_bytes)
         .max_write_buffer_size(app.write_buffer_bytes + 2 * 1024 * 1024)
         .on_upgrade(move |socket| {
-            session::serve(socket, org, app.hub, app.metrics, app.session, app.shutdown)
+            session::serve(
+                socket,
+                identity,
+                session::SessionCtx {
+                    hub: app.hub,
+                    metrics: app.metrics,
+                    auditor: app.auditor,
+                    config: app.session,
+                    shutdown: app.shutdown,
+                },
+            )
         })
 }
 
-/// Socket options of accepted session connections.
+/// Options of accepted session connections.
 #[derive(Debug, Clone, Copy)]
 pub struct SocketOptions {
     /// `SO_SNDBUF` (0: leave the OS default).
     pub send_buffer_bytes: usize,
+    /// Connections allowed in their TLS handshake or request head at once.
+    pub max_pending_handshakes: usize,
+    /// Deadline for the TLS handshake and the request head.
+    pub handshake_timeout: Duration,
 }
 
 impl SocketOptions {
@@ -82,22 +193,11 @@ pub async fn serve(
     router: Router,
     tls: Option<Arc<rustls::ServerConfig>>,
     options: SocketOptions,
+    metrics: Arc<RelayMetrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let Some(tls) = tls else {
-        use axum::serve::ListenerExt;
-        let listener = listener.tap_io(move |tcp| options.apply(tcp));
-        let result = axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                let _ = shutdown.wait_for(|s| *s).await;
-            })
-            .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "session listener failed");
-        }
-        return;
-    };
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let pending = Arc::new(Semaphore::new(options.max_pending_handshakes.max(1)));
     loop {
         let (tcp, remote) = tokio::select! {
             r = listener.accept() => match r {
@@ -109,30 +209,51 @@ pub async fn serve(
             },
             () = crate::stopped(&mut shutdown) => return,
         };
+        let Ok(permit) = pending.clone().try_acquire_owned() else {
+            metrics.limit_hit("pending_handshakes");
+            drop(tcp);
+            continue;
+        };
         options.apply(&tcp);
         let acceptor = acceptor.clone();
-        let router = router.clone();
+        let service = hyper_util::service::TowerToHyperService::new(
+            router.clone().layer(axum::Extension(ConnectInfo(remote))),
+        );
         tokio::spawn(async move {
-            let handshake =
-                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp));
-            let tls = match handshake.await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                    return;
+            let http = hyper::server::conn::http1::Builder::new()
+                .header_read_timeout(options.handshake_timeout)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .to_owned();
+            let result = match acceptor {
+                Some(acceptor) => {
+                    let tls =
+                        match tokio::time::timeout(options.handshake_timeout, acceptor.accept(tcp))
+                            .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%remote, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    http.serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .with_upgrades()
+                        .await
                 }
-                Err(_) => {
-                    tracing::debug!(%remote, "TLS handshake timed out");
-                    return;
+                None => {
+                    http.serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .with_upgrades()
+                        .await
                 }
             };
-            let service = hyper_util::service::TowerToHyperService::new(router);
-            let conn = hyper::server::conn::http1::Builder::new()
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .timer(hyper_util::rt::TokioTimer::new())
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                .with_upgrades();
-            if let Err(e) = conn.await {
+            // The connection future ends at the upgrade: the permit covered the handshake and
+            // the request head only.
+            drop(permit);
+            if let Err(e) = result {
                 tracing::debug!(%remote, error = %e, "session connection ended");
             }
         });

@@ -23,6 +23,7 @@ use logrelay_wire::selector::Selector;
 use logrelay_wire::session::{Event, StreamEntry};
 use tokio::sync::{Notify, mpsc};
 
+use crate::auth::{Claims, authorize};
 use crate::metrics::RelayMetrics;
 use crate::ring::{self, Ring};
 
@@ -133,6 +134,8 @@ pub struct SessionShared {
     pub id: u64,
     /// Org the session is authorised for.
     pub org: String,
+    /// The verified token's claims (`None`: an anonymous development session, org-wide).
+    pub claims: Option<Arc<Claims>>,
     /// Woken whenever the writer has something to do.
     pub notify: Notify,
     /// Watches and pending events.
@@ -174,6 +177,11 @@ struct SubSpec {
 }
 
 impl SessionShared {
+    /// Default deny: same org, and (with a token) a role binding covering the stream.
+    pub fn may_read(&self, labels: &Labels) -> bool {
+        labels.org == self.org && self.claims.as_deref().is_none_or(|c| authorize(c, labels))
+    }
+
     /// Queues an event for the writer.
     pub fn push_event(&self, event: &Event, max_bytes: usize) {
         let mut st = self.state.lock().expect("session lock");
@@ -442,7 +450,7 @@ impl Hub {
             let sessions: Vec<Arc<SessionShared>> =
                 st.sessions.values().filter_map(Weak::upgrade).collect();
             for session in sessions {
-                if session.org != labels.org {
+                if !session.may_read(&labels) {
                     continue;
                 }
                 let subs: Vec<(String, SubSpec)> = {
@@ -624,7 +632,11 @@ impl Hub {
     // ---- sessions --------------------------------------------------------------------------
 
     /// Registers a session, unless its org already holds the most sessions allowed.
-    pub fn add_session(&self, org: &str) -> Result<Arc<SessionShared>, Refusal> {
+    pub fn add_session(
+        &self,
+        org: &str,
+        claims: Option<Arc<Claims>>,
+    ) -> Result<Arc<SessionShared>, Refusal> {
         let mut st = self.lock();
         let count = st.sessions_per_org.entry(org.to_owned()).or_default();
         if *count >= self.config.max_sessions_per_org {
@@ -642,6 +654,7 @@ impl Hub {
         let s = Arc::new(SessionShared {
             id,
             org: org.into(),
+            claims,
             notify: Notify::new(),
             state: Mutex::new(SessionState::default()),
         });
@@ -679,7 +692,7 @@ impl Hub {
         let mut out: Vec<StreamEntry> = st
             .streams
             .iter()
-            .filter(|(_, s)| s.labels.org == session.org && selector.matches(&s.labels))
+            .filter(|(_, s)| session.may_read(&s.labels) && selector.matches(&s.labels))
             .map(|(id, s)| StreamEntry {
                 stream: *id,
                 labels: s.labels.clone(),
@@ -732,7 +745,7 @@ impl Hub {
         let mut matching: Vec<u64> = st
             .streams
             .iter()
-            .filter(|(_, s)| s.labels.org == session.org && selector.matches(&s.labels))
+            .filter(|(_, s)| session.may_read(&s.labels) && selector.matches(&s.labels))
             .map(|(sid, _)| *sid)
             .collect();
         matching.sort_unstable();
@@ -983,7 +996,7 @@ mod tests {
             "nothing is opened while nobody watches"
         );
 
-        let s = hub.add_session("acme").unwrap();
+        let s = hub.add_session("acme", None).unwrap();
         hub.subscribe(
             &s,
             "a",
@@ -1023,8 +1036,8 @@ mod tests {
         let (tx, _rx) = mpsc::channel(16);
         let agent = hub.add_agent("acme", "c1", tx, Arc::new(Notify::new()));
         hub.catalog_add(agent, vec![info(1, "p", "other")]);
-        let mine = hub.add_session("acme").unwrap();
-        let theirs = hub.add_session("other").unwrap();
+        let mine = hub.add_session("acme", None).unwrap();
+        let theirs = hub.add_session("other", None).unwrap();
         assert_eq!(hub.list(&mine, &Selector::default())[0].labels.org, "acme");
         assert!(hub.list(&theirs, &Selector::default()).is_empty());
     }
@@ -1035,7 +1048,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(16);
         let agent = hub.add_agent("acme", "c1", tx, Arc::new(Notify::new()));
         hub.catalog_add(agent, vec![info(1, "p", "")]);
-        let first = hub.add_session("acme").unwrap();
+        let first = hub.add_session("acme", None).unwrap();
         hub.subscribe(&first, "a", sel("p"), Demand::default())
             .unwrap();
         let Ok(RelayMsg::Open {
@@ -1050,7 +1063,7 @@ mod tests {
         let join = SeqPos { epoch: 3, seq: 40 };
         live.push(Bytes::from_static(b"batch"), 40, join);
 
-        let second = hub.add_session("acme").unwrap();
+        let second = hub.add_session("acme", None).unwrap();
         hub.subscribe(
             &second,
             "b",
@@ -1084,7 +1097,7 @@ mod tests {
     #[tokio::test]
     async fn subscription_limit_is_enforced() {
         let hub = hub();
-        let s = hub.add_session("acme").unwrap();
+        let s = hub.add_session("acme", None).unwrap();
         hub.subscribe(&s, "a", sel("p"), Demand::default()).unwrap();
         assert_eq!(
             hub.subscribe(&s, "a", sel("p"), Demand::default())
@@ -1107,7 +1120,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(16);
         let agent = hub.add_agent("acme", "c1", tx, Arc::new(Notify::new()));
         hub.catalog_add(agent, vec![info(1, "p", ""), info(2, "q", "")]);
-        let s = hub.add_session("acme").unwrap();
+        let s = hub.add_session("acme", None).unwrap();
         hub.subscribe(&s, "a", Selector::default(), Demand::default())
             .unwrap();
         let mut live = Vec::new();

@@ -19,6 +19,7 @@ use logrelay_wire::control::{self, AgentMsg, ErrorCode, RelayMsg, SeqPos};
 use logrelay_wire::frame::{self, DataPreamble, FrameDecoder};
 use tokio::sync::{mpsc, watch};
 
+use crate::audit::{Actor, Auditor};
 use crate::hub::{DemandSink, Hub};
 use crate::metrics::RelayMetrics;
 
@@ -83,6 +84,7 @@ pub async fn run(
     endpoint: quinn::Endpoint,
     hub: Arc<Hub>,
     metrics: Arc<RelayMetrics>,
+    auditor: Arc<Auditor>,
     config: IngestConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -94,12 +96,14 @@ pub async fn run(
         let Some(incoming) = incoming else { break };
         let hub = hub.clone();
         let metrics = metrics.clone();
+        let auditor = auditor.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             match incoming.await {
                 Ok(conn) => {
-                    if let Err(e) = serve_agent(conn, hub, metrics, config, shutdown).await {
+                    if let Err(e) = serve_agent(conn, hub, metrics, auditor, config, shutdown).await
+                    {
                         tracing::info!(%remote, error = %e, "agent connection closed");
                     }
                 }
@@ -114,6 +118,7 @@ async fn serve_agent(
     conn: quinn::Connection,
     hub: Arc<Hub>,
     metrics: Arc<RelayMetrics>,
+    auditor: Arc<Auditor>,
     config: IngestConfig,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), IngestError> {
@@ -125,6 +130,14 @@ async fn serve_agent(
         })
         .and_then(|chain| chain.first().and_then(AgentId::from_cert));
     let Some(id) = id else {
+        auditor.deny(
+            &Actor::agent(0, None),
+            None,
+            "agent_connect",
+            None,
+            Some(conn.remote_address()),
+            "no_identity",
+        );
         conn.close(codes::FORBIDDEN.into(), b"certificate names no org/cluster");
         return Err(IngestError::NoIdentity);
     };
@@ -182,6 +195,8 @@ async fn serve_agent(
     let agent = hub.add_agent(&id.org, &id.cluster, tx, reset.clone());
     let mut heartbeat =
         tokio::time::interval(Duration::from_secs(u64::from(config.heartbeat_secs.max(1))));
+    let actor = Actor::agent(agent, Some(&id.uri()));
+    auditor.agent_connect(&actor, &id.org, &id.cluster, &node, conn.remote_address());
     tracing::info!(agent, org = %id.org, cluster = %id.cluster, %node, remote = %conn.remote_address(), "agent connected");
 
     let data = tokio::spawn(accept_data(
@@ -228,6 +243,13 @@ async fn serve_agent(
     };
     hub.remove_agent(agent);
     data.abort();
+    let reason = match &result {
+        Ok(()) => "closed",
+        Err(IngestError::Protocol { .. }) => "protocol_error",
+        Err(IngestError::Handshake(quinn::ConnectionError::TimedOut)) => "timeout",
+        Err(_) => "connection_lost",
+    };
+    auditor.agent_disconnect(&actor, &id.org, &id.cluster, reason);
     tracing::info!(agent, org = %id.org, cluster = %id.cluster, "agent disconnected");
     match result {
         Err(e @ IngestError::Protocol { .. }) => {

@@ -11,6 +11,8 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod audit;
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod hub;
@@ -56,6 +58,17 @@ pub enum StartError {
     /// TLS configuration was refused.
     #[error(transparent)]
     Tls(#[from] logrelay_tls::TlsError),
+    /// The session token key set could not be loaded.
+    #[error("cannot load session token keys from {path}: {reason}")]
+    TokenKeys {
+        /// The JWKS file (or `dev secret`).
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The audit trail could not be started.
+    #[error("cannot start the audit trail: {0}")]
+    Audit(std::io::Error),
 }
 
 /// A running relay.
@@ -93,9 +106,54 @@ impl RelayHandle {
     }
 }
 
-/// Binds every listener and starts serving.
+/// Binds every listener and starts serving, with the audit trail on stdout.
 pub async fn start(config: RelayConfig, tls: RelayTls) -> Result<RelayHandle, StartError> {
+    let auditor = audit::Auditor::stdout().map_err(StartError::Audit)?;
+    start_with_auditor(config, tls, Arc::new(auditor)).await
+}
+
+/// The session token verifier the configuration asks for, if any.
+pub fn token_verifier(config: &RelayConfig) -> Result<Option<auth::Verifier>, StartError> {
+    let auth_config = auth::AuthConfig {
+        issuer: config.token_issuer.clone(),
+        audience: config.token_audience.clone(),
+        clock_skew_secs: config.token_clock_skew_secs,
+        ..auth::AuthConfig::default()
+    };
+    let err = |path: &str, reason: String| StartError::TokenKeys {
+        path: path.to_owned(),
+        reason,
+    };
+    let keys = match &config.token_jwks_file {
+        Some(path) => {
+            let shown = path.display().to_string();
+            let json = std::fs::read(path).map_err(|e| err(&shown, e.to_string()))?;
+            Some(auth::KeySet::from_jwks(&json).map_err(|e| err(&shown, e.to_string()))?)
+        }
+        None => None,
+    };
+    let keys = match (&config.dev_token_secret, keys) {
+        (Some(secret), Some(keys)) => Some(
+            keys.with_dev_hs256_secret(secret.as_bytes())
+                .map_err(|e| err("dev secret", e.to_string()))?,
+        ),
+        (Some(secret), None) => Some(
+            auth::KeySet::dev_hs256_only(secret.as_bytes())
+                .map_err(|e| err("dev secret", e.to_string()))?,
+        ),
+        (None, keys) => keys,
+    };
+    Ok(keys.map(|k| auth::Verifier::new(auth_config, k)))
+}
+
+/// [`start`] with a given audit trail (tests capture it).
+pub async fn start_with_auditor(
+    config: RelayConfig,
+    tls: RelayTls,
+    auditor: Arc<audit::Auditor>,
+) -> Result<RelayHandle, StartError> {
     logrelay_tls::install_provider();
+    let verifier = token_verifier(&config)?.map(Arc::new);
     let metrics = Arc::new(metrics::RelayMetrics::new());
     let hub = hub::Hub::new(config.hub(), metrics.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -171,6 +229,8 @@ pub async fn start(config: RelayConfig, tls: RelayTls) -> Result<RelayHandle, St
     let app = http::SessionApp {
         hub: hub.clone(),
         metrics: metrics.clone(),
+        auditor: auditor.clone(),
+        verifier,
         anonymous_org: config.anonymous_org.clone(),
         session: session_cfg,
         max_message_bytes: config.max_session_message_bytes,
@@ -179,12 +239,15 @@ pub async fn start(config: RelayConfig, tls: RelayTls) -> Result<RelayHandle, St
     };
     let socket_options = http::SocketOptions {
         send_buffer_bytes: config.session_send_buffer_bytes,
+        max_pending_handshakes: config.max_pending_handshakes,
+        handshake_timeout: Duration::from_secs(config.handshake_timeout_secs.max(1)),
     };
     tasks.spawn(http::serve(
         http,
         http::router(app),
         wss,
         socket_options,
+        metrics.clone(),
         shutdown_rx.clone(),
     ));
     let admin_router = admin::router(metrics.clone(), ready_rx);
@@ -203,6 +266,7 @@ pub async fn start(config: RelayConfig, tls: RelayTls) -> Result<RelayHandle, St
         endpoint.clone(),
         hub,
         metrics.clone(),
+        auditor,
         ingest::IngestConfig {
             max_frame_bytes: config.max_frame_bytes,
             heartbeat_secs: config.agent_heartbeat_secs,

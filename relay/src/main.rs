@@ -58,6 +58,9 @@ fn main() -> anyhow::Result<()> {
         (Some(c), Some(k)) => Some(logrelay_tls::Identity::from_pem_files(c, k)?),
         _ => None,
     };
+    if cli.config.dev_token_secret.is_some() && !cli.dev {
+        bail!("--dev-token-secret is for development only and needs --dev");
+    }
     let tls = if cli.dev {
         let pki = logrelay_tls::DevPki::new()?;
         cli.config.anonymous_org.get_or_insert_with(|| "dev".into());

@@ -47,6 +47,8 @@ pub struct RelayMetrics {
     pub limit_hits: Family<Limit, Counter>,
     /// Configured limits, by name (so dashboards can show headroom).
     pub limits: Family<Limit, Gauge>,
+    /// Sessions refused at connect, by reason.
+    pub sessions_refused: Family<RefusalReason, Counter>,
     /// Malformed input (frames, batches, session messages), by offender.
     pub protocol_errors: Family<Offender, Counter>,
 }
@@ -57,6 +59,13 @@ pub struct Limit {
     /// `subscriptions_per_session`, `sessions_per_org`, `frame_bytes`, `session_message_bytes`,
     /// `session_requests_per_sec`, `memory_budget_bytes`, `ring_bytes`.
     pub limit: &'static str,
+}
+
+/// Why a session was refused.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalReason {
+    /// `missing_token`, `expired`, `bad_signature`, … (a fixed set).
+    pub reason: &'static str,
 }
 
 /// Who sent malformed input.
@@ -87,6 +96,7 @@ impl RelayMetrics {
             limit_hits: Family::default(),
             limits: Family::default(),
             protocol_errors: Family::default(),
+            sessions_refused: Family::default(),
         };
         r.register(
             "agents_connected",
@@ -154,6 +164,12 @@ impl RelayMetrics {
             "Malformed input by peer kind",
             m.protocol_errors.clone(),
         );
+        r.register("limit", "Configured limits", m.limits.clone());
+        r.register(
+            "sessions_refused",
+            "Sessions refused at connect, by reason",
+            m.sessions_refused.clone(),
+        );
         Self { registry: r, ..m }
     }
 
@@ -163,6 +179,13 @@ impl RelayMetrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+
+    /// Counts one refused session.
+    pub fn session_refused(&self, reason: &'static str) {
+        self.sessions_refused
+            .get_or_create(&RefusalReason { reason })
+            .inc();
     }
 
     /// Counts one refusal by `limit`.

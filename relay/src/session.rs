@@ -16,6 +16,12 @@ use logrelay_wire::control::{Demand, ErrorCode, SeqPos};
 use logrelay_wire::session::{Event, MAX_SUB_ID_BYTES, Request, close};
 use tokio::sync::watch;
 
+use std::net::SocketAddr;
+
+use logrelay_wire::selector::Selector;
+
+use crate::audit::{Actor, Auditor};
+use crate::auth::{self, Claims};
 use crate::config::SlowConsumerPolicy;
 use crate::hub::{Hub, SessionShared};
 use crate::metrics::{DropReason, RelayMetrics};
@@ -35,28 +41,64 @@ pub struct SessionConfig {
     pub requests_per_sec: u32,
 }
 
+/// Who a session is, as its credentials say.
+#[derive(Debug, Clone)]
+pub struct SessionIdentity {
+    /// The org it reads.
+    pub org: String,
+    /// Its verified token (`None`: anonymous development session).
+    pub claims: Option<Arc<Claims>>,
+    /// When the token expires (clock skew included), Unix seconds.
+    pub expires_at_unix: Option<i64>,
+    /// Peer address.
+    pub remote: SocketAddr,
+}
+
+/// What every session shares.
+#[derive(Debug)]
+pub struct SessionCtx {
+    /// The hub.
+    pub hub: Arc<Hub>,
+    /// Metrics.
+    pub metrics: Arc<RelayMetrics>,
+    /// The audit trail.
+    pub auditor: Arc<Auditor>,
+    /// Settings.
+    pub config: SessionConfig,
+    /// Shutdown signal.
+    pub shutdown: watch::Receiver<bool>,
+}
+
 /// Serves one upgraded WebSocket until it closes.
-pub async fn serve(
-    socket: WebSocket,
-    org: String,
-    hub: Arc<Hub>,
-    metrics: Arc<RelayMetrics>,
-    config: SessionConfig,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let session = match hub.add_session(&org) {
+pub async fn serve(socket: WebSocket, identity: SessionIdentity, ctx: SessionCtx) {
+    let SessionCtx {
+        hub,
+        metrics,
+        auditor,
+        config,
+        mut shutdown,
+    } = ctx;
+    let org = identity.org.clone();
+    let session = match hub.add_session(&org, identity.claims.clone()) {
         Ok(s) => s,
         Err(refusal) => {
+            auditor.limit(
+                &Actor::session(0, identity.claims.as_deref()),
+                Some(&org),
+                "sessions_per_org",
+                None,
+            );
             let (mut sink, _) = socket.split();
-            let _ = sink
-                .send(Message::Close(Some(CloseFrame {
-                    code: close::LIMIT,
-                    reason: Utf8Bytes::from(refusal.message),
-                })))
-                .await;
+            let frame = Message::Close(Some(CloseFrame {
+                code: close::LIMIT,
+                reason: Utf8Bytes::from(refusal.message),
+            }));
+            let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(frame)).await;
             return;
         }
     };
+    let actor = Actor::session(session.id, identity.claims.as_deref());
+    auditor.session_connect(&actor, &org, identity.remote);
     tracing::info!(session = session.id, %org, "session connected");
     session.push_event(
         &Event::Welcome {
@@ -65,6 +107,13 @@ pub async fn serve(
         },
         config.max_event_bytes,
     );
+    let expiry = identity.expires_at_unix.map(|at| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        tokio::time::Instant::now() + Duration::from_secs(at.saturating_sub(now).max(0) as u64)
+    });
     let (mut sink, mut stream) = socket.split();
     let last_seen = Arc::new(std::sync::Mutex::new(tokio::time::Instant::now()));
 
@@ -72,6 +121,8 @@ pub async fn serve(
         let session = session.clone();
         let hub = hub.clone();
         let metrics = metrics.clone();
+        let auditor = auditor.clone();
+        let actor = actor.clone();
         let last_seen = last_seen.clone();
         async move {
             let mut bucket = TokenBucket::new(config.requests_per_sec);
@@ -94,9 +145,15 @@ pub async fn serve(
                             config.max_event_bytes,
                         );
                     }
-                    Message::Text(text) => {
-                        handle_request(&hub, &session, &metrics, text.as_str(), config)
-                    }
+                    Message::Text(text) => handle_request(
+                        &hub,
+                        &session,
+                        &metrics,
+                        &auditor,
+                        &actor,
+                        text.as_str(),
+                        config,
+                    ),
                     Message::Binary(_) => {
                         metrics.protocol_error("session");
                         session.push_event(
@@ -119,6 +176,12 @@ pub async fn serve(
     let close_reason = tokio::select! {
         () = reader => None,
         c = writer => c,
+        () = async {
+            match expiry {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        } => Some((close::TOKEN_EXPIRED, "token expired".to_owned())),
         () = crate::stopped(&mut shutdown) => Some((close::SHUTDOWN, "relay shutting down".to_owned())),
     };
     if let Some((code, reason)) = close_reason {
@@ -178,10 +241,16 @@ fn error(code: ErrorCode, message: impl Into<String>, id: Option<String>) -> Eve
     }
 }
 
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would only rename them"
+)]
 fn handle_request(
     hub: &Arc<Hub>,
     session: &Arc<SessionShared>,
     metrics: &RelayMetrics,
+    auditor: &Auditor,
+    actor: &Actor,
     text: &str,
     config: SessionConfig,
 ) {
@@ -223,6 +292,21 @@ fn handle_request(
                 );
                 return;
             }
+            if let Err((reason, message)) = selector_permitted(session, &selector) {
+                auditor.deny(
+                    actor,
+                    Some(&session.org),
+                    "subscribe",
+                    Some(&selector),
+                    None,
+                    reason,
+                );
+                session.push_event(
+                    &error(ErrorCode::Forbidden, message, Some(id)),
+                    config.max_event_bytes,
+                );
+                return;
+            }
             let demand = Demand {
                 tail: Some(tail.unwrap_or(logrelay_wire::DEFAULT_TAIL_LINES)),
                 since_ns,
@@ -231,8 +315,19 @@ fn handle_request(
                 follow,
                 contains: None,
             };
-            if let Err(r) = hub.subscribe(session, &id, selector, demand) {
-                session.push_event(&error(r.code, r.message, Some(id)), config.max_event_bytes);
+            match hub.subscribe(session, &id, selector.clone(), demand) {
+                Ok(()) => auditor.subscribe(actor, &session.org, &id, &selector),
+                Err(r) => {
+                    if r.code == ErrorCode::LimitExceeded {
+                        auditor.limit(
+                            actor,
+                            Some(&session.org),
+                            "subscriptions_per_session",
+                            Some(&selector),
+                        );
+                    }
+                    session.push_event(&error(r.code, r.message, Some(id)), config.max_event_bytes);
+                }
             }
         }
         Request::Unsubscribe { id } => {
@@ -248,10 +343,49 @@ fn handle_request(
             }
         }
         Request::List { selector } => {
+            if let Err((reason, message)) = selector_permitted(session, &selector) {
+                auditor.deny(
+                    actor,
+                    Some(&session.org),
+                    "list",
+                    Some(&selector),
+                    None,
+                    reason,
+                );
+                session.push_event(
+                    &error(ErrorCode::Forbidden, message, None),
+                    config.max_event_bytes,
+                );
+                return;
+            }
             let streams = hub.list(session, &selector);
             session.push_event(&Event::Streams { streams }, config.max_event_bytes);
         }
     }
+}
+
+/// Up-front check of a selector against the session's credentials: never another org, and
+/// (with a token) only domains and projects some role binding covers. Streams are filtered
+/// again one by one.
+fn selector_permitted(
+    session: &SessionShared,
+    selector: &Selector,
+) -> Result<(), (&'static str, String)> {
+    if let Some(org) = &selector.org
+        && *org != session.org
+    {
+        return Err((
+            "cross_org_selector",
+            format!(
+                "selector names org `{org}`; this session may read org `{}` only",
+                session.org
+            ),
+        ));
+    }
+    if let Some(claims) = &session.claims {
+        auth::selector_allowed(claims, selector).map_err(|d| (d.reason(), d.to_string()))?;
+    }
+    Ok(())
 }
 
 /// What one drain produced.
@@ -558,7 +692,7 @@ mod tests {
         );
         let sessions: Vec<_> = (0..n)
             .map(|i| {
-                let s = hub.add_session("acme").unwrap();
+                let s = hub.add_session("acme", None).unwrap();
                 hub.subscribe(&s, &format!("s{i}"), Selector::default(), Demand::default())
                     .unwrap();
                 s

@@ -7,11 +7,15 @@ use crate::labels::{Labels, StreamKind};
 /// Longest label value a selector may name.
 pub const MAX_VALUE_BYTES: usize = 253;
 
-/// Exact-match selector over stream labels. An absent field matches anything; `org` is never
-/// taken from a selector but from the session's credentials.
+/// Exact-match selector over stream labels. An absent field matches anything. The org a
+/// session reads is never taken from a selector but from its credentials: a selector naming
+/// another org is refused by the relay, not widened.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Selector {
+    /// Org (must be the session's own, if given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
     /// Cluster.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
@@ -59,6 +63,7 @@ impl Selector {
     /// Checks the selector's size limits.
     pub fn validate(&self) -> Result<(), SelectorError> {
         let fields = [
+            ("org", &self.org),
             ("cluster", &self.cluster),
             ("node", &self.node),
             ("namespace", &self.namespace),
@@ -85,7 +90,8 @@ impl Selector {
         fn eq_opt(want: &Option<String>, have: &Option<String>) -> bool {
             want.as_deref().is_none_or(|w| have.as_deref() == Some(w))
         }
-        eq(&self.cluster, &labels.cluster)
+        eq(&self.org, &labels.org)
+            && eq(&self.cluster, &labels.cluster)
             && eq(&self.node, &labels.node)
             && eq(&self.namespace, &labels.namespace)
             && eq(&self.pod, &labels.pod)
