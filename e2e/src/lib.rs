@@ -406,3 +406,113 @@ impl Subscriber {
             .unwrap_or_default()
     }
 }
+
+/// An agent speaking the protocol directly over real QUIC + mTLS, announcing streams with
+/// whatever labels a test chooses (including lies about its org) and answering every `open`
+/// with the stream's fixed lines. For security and isolation tests.
+#[derive(Debug)]
+pub struct FakeAgent {
+    /// The connection (dropping it disconnects the agent).
+    pub conn: quinn::Connection,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeAgent {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.conn.close(0u32.into(), b"test over");
+    }
+}
+
+impl FakeAgent {
+    /// Connects with a certificate for `org`/`cluster` and announces `streams`: labels, and the
+    /// lines each serves on `open`.
+    pub async fn start(
+        pki: &TestPki,
+        relay: SocketAddr,
+        org: &str,
+        cluster: &str,
+        streams: Vec<(logrelay_wire::labels::Labels, Vec<String>)>,
+    ) -> Self {
+        use logrelay_wire::control::{self, AgentMsg, RelayMsg, StreamInfo};
+        use logrelay_wire::frame::{self, DataPreamble, FrameDecoder};
+
+        let tls = pki.agent_tls(org, cluster);
+        let client = logrelay_tls::quic_client(tls.identity, tls.relay_roots).expect("client");
+        let mut endpoint =
+            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+        endpoint.set_default_client_config(client);
+        let conn = within("fake agent connects", async {
+            endpoint
+                .connect(relay, "localhost")
+                .expect("connect")
+                .await
+                .expect("handshake")
+        })
+        .await;
+        let (mut send, mut recv) = conn.open_bi().await.expect("control stream");
+        let mut out = bytes::BytesMut::new();
+        let hello = AgentMsg::Hello {
+            protocol: logrelay_wire::PROTOCOL_VERSION,
+            node: "fake".into(),
+            agent_version: "test".into(),
+        };
+        let infos: Vec<StreamInfo> = streams
+            .iter()
+            .enumerate()
+            .map(|(i, (labels, _))| StreamInfo {
+                id: i as u64 + 1,
+                labels: labels.clone(),
+            })
+            .collect();
+        for msg in [hello, AgentMsg::CatalogAdd { streams: infos }] {
+            frame::encode(&control::encode(&msg), &mut out);
+        }
+        send.write_all(&out).await.expect("send hello");
+        let conn2 = conn.clone();
+        let task = tokio::spawn(async move {
+            let _endpoint = endpoint;
+            let _send = send;
+            let mut decoder = FrameDecoder::new(frame::DEFAULT_MAX_FRAME_BYTES);
+            loop {
+                while let Ok(Some(body)) = decoder.next_frame() {
+                    let Ok(RelayMsg::Open {
+                        demand,
+                        stream,
+                        stream_ref,
+                        ..
+                    }) = control::decode::<RelayMsg>(&body)
+                    else {
+                        continue;
+                    };
+                    let Some((_, lines)) = streams.get(stream as usize - 1) else {
+                        continue;
+                    };
+                    let mut b = logrelay_wire::batch::BatchBuilder::new(stream_ref, 1, 0, 0, 0);
+                    for l in lines {
+                        b.push(0, logrelay_wire::batch::LineFlags(0), l.as_bytes());
+                    }
+                    let batch = b.finish();
+                    let Ok(mut data) = conn2.open_uni().await else {
+                        return;
+                    };
+                    let mut buf = DataPreamble { demand }.encode().to_vec();
+                    buf.extend_from_slice(&frame::prefix(batch.len()));
+                    buf.extend_from_slice(&batch);
+                    if data.write_all(&buf).await.is_err() {
+                        return;
+                    }
+                    // Keep the stream open (a live demand follows).
+                    tokio::spawn(async move {
+                        let _ = data.stopped().await;
+                    });
+                }
+                match recv.read_chunk(64 * 1024, true).await {
+                    Ok(Some(c)) => decoder.extend(&c.bytes),
+                    _ => return,
+                }
+            }
+        });
+        Self { conn, task }
+    }
+}
