@@ -18,6 +18,17 @@ pub enum Source {
         /// The file.
         path: PathBuf,
     },
+    /// A Prometheus endpoint, scraped only while watched ([`crate::scrape`]).
+    Scrape {
+        /// What to fetch, and its state across demands.
+        target: Arc<crate::scrape::Target>,
+    },
+    /// A pod's CPU and memory usage from cgroup v2, sampled only while watched
+    /// ([`crate::cgroup`]).
+    Resources {
+        /// Where to read, and its state across demands.
+        pod: Arc<crate::cgroup::PodResources>,
+    },
 }
 
 /// Which discovery loop owns a source: each replaces only its own part of the catalog.
@@ -34,6 +45,7 @@ impl Source {
     pub fn group(&self) -> Group {
         match self {
             Self::Log { .. } => Group::Logs,
+            Self::Scrape { .. } | Self::Resources { .. } => Group::Metrics,
         }
     }
 }

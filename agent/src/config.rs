@@ -51,6 +51,87 @@ pub struct AgentConfig {
         default_value_t = 10_000
     )]
     pub reconnect_max_ms: u64,
+    /// A static scrape target, `URL[,key=value…]` with keys `name`, `interval_ms`,
+    /// `timeout_ms`, `sample_limit`, `max_body_bytes` (repeat the flag; space-separated in the
+    /// environment). Scraped only while someone watches its stream.
+    #[arg(
+        long = "scrape-target",
+        env = "LOGRELAY_AGENT_SCRAPE_TARGETS",
+        value_delimiter = ' '
+    )]
+    pub scrape_targets: Vec<crate::scrape::StaticTarget>,
+    /// Time between scrapes of a watched target that sets no `interval_ms`.
+    #[arg(
+        long,
+        env = "LOGRELAY_AGENT_SCRAPE_INTERVAL_MS",
+        default_value_t = 15_000
+    )]
+    pub scrape_interval_ms: u64,
+    /// Time allowed for one scrape (capped at the target's interval).
+    #[arg(
+        long,
+        env = "LOGRELAY_AGENT_SCRAPE_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub scrape_timeout_ms: u64,
+    /// A scrape exposing more samples than this fails with `up` 0 (Prometheus `sample_limit`);
+    /// 0 = no limit.
+    #[arg(long, env = "LOGRELAY_AGENT_SCRAPE_SAMPLE_LIMIT", default_value_t = 0)]
+    pub scrape_sample_limit: usize,
+    /// Largest scrape response body read; a larger one fails the scrape.
+    #[arg(long, env = "LOGRELAY_AGENT_SCRAPE_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub scrape_max_body_bytes: usize,
+    /// Offer each pod's CPU and memory usage (cgroup v2) as a metrics stream.
+    #[arg(long, env = "LOGRELAY_AGENT_RESOURCES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub resources: bool,
+    /// Mount point of the cgroup v2 hierarchy.
+    #[arg(
+        long,
+        env = "LOGRELAY_AGENT_CGROUP_ROOT",
+        default_value = "/sys/fs/cgroup"
+    )]
+    pub cgroup_root: PathBuf,
+    /// kubelet's container log symlinks (`<pod>_<ns>_<container>-<id>.log`), read for
+    /// container names.
+    #[arg(
+        long,
+        env = "LOGRELAY_AGENT_CONTAINERS_DIR",
+        default_value = "/var/log/containers"
+    )]
+    pub containers_dir: PathBuf,
+    /// Time between resource samples of a watched pod.
+    #[arg(
+        long,
+        env = "LOGRELAY_AGENT_RESOURCES_INTERVAL_MS",
+        default_value_t = 5_000
+    )]
+    pub resources_interval_ms: u64,
+    /// How often metrics sources (static targets, pod cgroups) are rediscovered.
+    #[arg(
+        long,
+        env = "LOGRELAY_AGENT_METRICS_RESCAN_MS",
+        default_value_t = 2_000
+    )]
+    pub metrics_rescan_ms: u64,
+    /// Bytes of encoded batches queued toward the relay, over all followed streams; when full
+    /// the oldest are dropped and reported to subscribers as gaps.
+    #[arg(long, env = "LOGRELAY_AGENT_QUEUE_BUDGET_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub queue_budget_bytes: usize,
+    /// A followed log file that grew but was not read for this long is re-opened.
+    #[arg(long, env = "LOGRELAY_AGENT_STALL_AFTER_MS", default_value_t = 5_000)]
+    pub stall_after_ms: u64,
+    /// A follower no demand drains (the relay dropped it) stops after this long while the relay
+    /// is connected; while it is not, following goes on into the queue budget.
+    #[arg(
+        long,
+        env = "LOGRELAY_AGENT_DETACH_LINGER_MS",
+        default_value_t = 10_000
+    )]
+    pub detach_linger_ms: u64,
+    /// A followed container whose log is removed stays listed until it is read to its end and
+    /// sent, plus this long.
+    #[arg(long, env = "LOGRELAY_AGENT_DRAIN_LINGER_MS", default_value_t = 1_000)]
+    pub drain_linger_ms: u64,
 }
 
 impl AgentConfig {
@@ -68,6 +149,20 @@ impl AgentConfig {
             max_line_bytes: 1024 * 1024,
             reconnect_min_ms: 100,
             reconnect_max_ms: 10_000,
+            scrape_targets: Vec::new(),
+            scrape_interval_ms: 15_000,
+            scrape_timeout_ms: 10_000,
+            scrape_sample_limit: 0,
+            scrape_max_body_bytes: 16 * 1024 * 1024,
+            resources: true,
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            containers_dir: PathBuf::from("/var/log/containers"),
+            resources_interval_ms: 5_000,
+            metrics_rescan_ms: 2_000,
+            queue_budget_bytes: 64 * 1024 * 1024,
+            stall_after_ms: 5_000,
+            detach_linger_ms: 10_000,
+            drain_linger_ms: 1_000,
         }
     }
 }

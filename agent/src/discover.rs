@@ -1,79 +1,250 @@
 //! Discovery: finds container logs under the pods directory.
 //!
 //! Layout (kubelet): `<pods_dir>/<namespace>_<pod>_<uid>/<container>/<restart>.log`. Each
-//! `<restart>.log` is one stream. Rotated files (`0.log.<timestamp>`) are not streams.
+//! `<restart>.log` is one stream (a restart is a new stream with its own `restart` label);
+//! rotated files (`0.log.<timestamp>`, `.gz`) are not streams. A log may be a symlink (Docker
+//! json-file logs are linked there), followed to a regular file.
+//!
+//! New pods and containers are seen at once: inotify (through `notify`) watches the pods
+//! directory and every pod directory (never the container directories, whose files are written
+//! all the time) and wakes a rescan. A periodic rescan is the safety net, and finds restarts.
+//! Rescans are cheap: a directory whose modification time did not change is not read again.
+//!
+//! A stream whose file disappears while it is being followed stays in the catalog until the
+//! follower has read it to its end and sent it ([`Tailer::is_draining`]); then it is removed
+//! and forgotten.
 
-use std::path::Path;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use logrelay_wire::labels::{Labels, PodDir, StreamKind, parse_restart};
-use tokio::sync::watch;
+use notify::Watcher;
+use tokio::sync::{Notify, watch};
 
 use crate::catalog::{Catalog, Entry, Group, Source};
 use crate::config::AgentConfig;
+use crate::tail::Tailer;
+
+/// A vanished stream is kept at most this long while its follower drains it.
+const MAX_DRAIN: Duration = Duration::from_secs(60);
 
 /// Lists every container log under `pods_dir`. Unreadable entries are skipped.
 pub fn scan(pods_dir: &Path, node: &str) -> Vec<Entry> {
-    let mut out = Vec::new();
-    let Ok(pods) = std::fs::read_dir(pods_dir) else {
-        return out;
-    };
-    for pod in pods.flatten() {
-        let Some(pod_dir) = pod.file_name().to_str().and_then(PodDir::parse) else {
-            continue;
-        };
-        let Ok(containers) = std::fs::read_dir(pod.path()) else {
-            continue;
-        };
-        for container in containers.flatten() {
-            let Ok(name) = container.file_name().into_string() else {
+    Scanner::default().scan(pods_dir, node)
+}
+
+/// A directory's entries, remembered with its modification time.
+#[derive(Debug, Clone)]
+struct Cached {
+    mtime: Option<SystemTime>,
+    /// The entries were read after the directory had been unchanged for a while: file times
+    /// come from a coarse clock, so a change within the same tick would not move `mtime`.
+    settled: bool,
+    names: Vec<String>,
+}
+
+/// How long a directory must have been unchanged before its listing is trusted by mtime.
+const SETTLED: Duration = Duration::from_secs(1);
+
+/// Scans the pods directory, re-reading only directories that changed.
+#[derive(Debug, Default)]
+pub struct Scanner {
+    dirs: HashMap<PathBuf, Cached>,
+}
+
+impl Scanner {
+    /// The names in `dir`, from the cache when its modification time is unchanged.
+    fn names(&mut self, dir: &Path, seen: &mut HashSet<PathBuf>) -> Option<Vec<String>> {
+        let mtime = std::fs::metadata(dir).ok()?.modified().ok();
+        seen.insert(dir.to_path_buf());
+        if let Some(c) = self.dirs.get(dir)
+            && c.settled
+            && c.mtime.is_some()
+            && c.mtime == mtime
+        {
+            return Some(c.names.clone());
+        }
+        let names: Vec<String> = std::fs::read_dir(dir)
+            .ok()?
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        let settled = mtime
+            .and_then(|m| SystemTime::now().duration_since(m).ok())
+            .is_some_and(|age| age > SETTLED);
+        self.dirs.insert(
+            dir.to_path_buf(),
+            Cached {
+                mtime,
+                settled,
+                names: names.clone(),
+            },
+        );
+        Some(names)
+    }
+
+    /// Lists every container log under `pods_dir`, with the pod directories seen.
+    pub fn scan(&mut self, pods_dir: &Path, node: &str) -> Vec<Entry> {
+        self.scan_with_dirs(pods_dir, node).0
+    }
+
+    fn scan_with_dirs(&mut self, pods_dir: &Path, node: &str) -> (Vec<Entry>, Vec<PathBuf>) {
+        let mut out = Vec::new();
+        let mut pod_dirs = Vec::new();
+        let mut seen = HashSet::new();
+        let pods = self.names(pods_dir, &mut seen).unwrap_or_default();
+        for pod in pods {
+            let Some(pod_id) = PodDir::parse(&pod) else {
                 continue;
             };
-            let Ok(files) = std::fs::read_dir(container.path()) else {
+            let pod_path = pods_dir.join(&pod);
+            let Some(containers) = self.names(&pod_path, &mut seen) else {
                 continue;
             };
-            for file in files.flatten() {
-                let Some(restart) = file.file_name().to_str().and_then(parse_restart) else {
+            pod_dirs.push(pod_path.clone());
+            for container in containers {
+                let dir = pod_path.join(&container);
+                let Some(files) = self.names(&dir, &mut seen) else {
                     continue;
                 };
-                if !file.file_type().is_ok_and(|t| t.is_file()) {
-                    continue;
+                for file in files {
+                    let Some(restart) = parse_restart(&file) else {
+                        continue;
+                    };
+                    let path = dir.join(&file);
+                    // Follows a symlink: the stream is the file it points to.
+                    if !std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+                        continue;
+                    }
+                    out.push(Entry {
+                        labels: Labels {
+                            node: node.to_owned(),
+                            namespace: pod_id.namespace.clone(),
+                            pod: pod_id.pod.clone(),
+                            pod_uid: pod_id.pod_uid.clone(),
+                            container: container.clone(),
+                            restart,
+                            kind: StreamKind::Log,
+                            ..Labels::default()
+                        },
+                        source: Source::Log { path },
+                    });
                 }
-                out.push(Entry {
-                    labels: Labels {
-                        node: node.to_owned(),
-                        namespace: pod_dir.namespace.clone(),
-                        pod: pod_dir.pod.clone(),
-                        pod_uid: pod_dir.pod_uid.clone(),
-                        container: name.clone(),
-                        restart,
-                        kind: StreamKind::Log,
-                        ..Labels::default()
-                    },
-                    source: Source::Log { path: file.path() },
-                });
+            }
+        }
+        self.dirs.retain(|d, _| seen.contains(d));
+        (out, pod_dirs)
+    }
+}
+
+/// inotify watches on the pods directory and each pod directory; wakes `wake` on any change.
+struct Hint {
+    watcher: notify::RecommendedWatcher,
+    watched: HashSet<PathBuf>,
+}
+
+impl Hint {
+    fn new(wake: Arc<Notify>) -> Option<Self> {
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok_and(|e| {
+                matches!(
+                    e.kind,
+                    notify::EventKind::Create(_)
+                        | notify::EventKind::Remove(_)
+                        | notify::EventKind::Modify(notify::event::ModifyKind::Name(_))
+                )
+            }) {
+                wake.notify_one();
+            }
+        })
+        .map_err(|e| tracing::warn!(error = %e, "no inotify; discovery relies on rescans"))
+        .ok()?;
+        Some(Self {
+            watcher,
+            watched: HashSet::new(),
+        })
+    }
+
+    /// Watches exactly `dirs` (adding new ones, dropping gone ones).
+    fn watch(&mut self, dirs: impl IntoIterator<Item = PathBuf>) {
+        let want: HashSet<PathBuf> = dirs.into_iter().collect();
+        for gone in self.watched.difference(&want).cloned().collect::<Vec<_>>() {
+            let _ = self.watcher.unwatch(&gone);
+            self.watched.remove(&gone);
+        }
+        for dir in want {
+            if !self.watched.contains(&dir)
+                && self
+                    .watcher
+                    .watch(&dir, notify::RecursiveMode::NonRecursive)
+                    .is_ok()
+            {
+                self.watched.insert(dir);
             }
         }
     }
-    out
 }
 
-/// Rescans periodically and updates the catalog, until shutdown.
-pub async fn run(config: AgentConfig, catalog: Arc<Catalog>, mut shutdown: watch::Receiver<bool>) {
+/// Rescans on inotify hints and periodically, and updates the catalog, until shutdown.
+pub async fn run(
+    config: AgentConfig,
+    catalog: Arc<Catalog>,
+    tailer: Arc<Tailer>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let wake = Arc::new(Notify::new());
+    let mut hint = Hint::new(wake.clone());
     let mut tick = tokio::time::interval(Duration::from_millis(config.rescan_ms.max(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let scanner = Arc::new(std::sync::Mutex::new(Scanner::default()));
+    // Streams whose file vanished while followed: kept until drained.
+    let mut draining: HashMap<PathBuf, (Entry, tokio::time::Instant)> = HashMap::new();
+    let mut known: HashMap<PathBuf, Entry> = HashMap::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            () = wake.notified() => {}
             () = crate::stopped(&mut shutdown) => return,
         }
         let dir = config.pods_dir.clone();
         let node = config.node_name.clone();
-        let Ok(found) = tokio::task::spawn_blocking(move || scan(&dir, &node)).await else {
+        let sc = scanner.clone();
+        let Ok((found, pod_dirs)) = tokio::task::spawn_blocking(move || {
+            sc.lock().expect("scanner lock").scan_with_dirs(&dir, &node)
+        })
+        .await
+        else {
             continue;
         };
-        let diff = catalog.replace(Group::Logs, found);
+        if let Some(h) = hint.as_mut() {
+            h.watch(std::iter::once(config.pods_dir.clone()).chain(pod_dirs));
+        }
+        let found_paths: HashSet<PathBuf> =
+            found.iter().map(|e| log_path(e).to_path_buf()).collect();
+        for (path, entry) in known.drain() {
+            if !found_paths.contains(&path) && !draining.contains_key(&path) {
+                draining.insert(path, (entry, tokio::time::Instant::now()));
+            }
+        }
+        let mut listed = found;
+        draining.retain(|path, (entry, since)| {
+            if found_paths.contains(path) {
+                return false;
+            }
+            if since.elapsed() < MAX_DRAIN && tailer.is_draining(path) {
+                listed.push(entry.clone());
+                return true;
+            }
+            tailer.forget(path);
+            false
+        });
+        known = listed
+            .iter()
+            .map(|e| (log_path(e).to_path_buf(), e.clone()))
+            .collect();
+        let diff = catalog.replace(Group::Logs, listed);
         for s in &diff.added {
             tracing::info!(stream = s.id, namespace = %s.labels.namespace, pod = %s.labels.pod,
                 container = %s.labels.container, restart = s.labels.restart, "stream discovered");
@@ -81,5 +252,54 @@ pub async fn run(config: AgentConfig, catalog: Arc<Catalog>, mut shutdown: watch
         for s in &diff.removed {
             tracing::info!(stream = s.id, reason = %s.reason, "stream removed");
         }
+    }
+}
+
+fn log_path(e: &Entry) -> &Path {
+    match &e.source {
+        Source::Log { path } => path,
+        #[allow(unreachable_patterns)]
+        _ => Path::new(""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scans_containers_restarts_and_symlinks_but_not_rotated_files() {
+        let pods = tempfile::tempdir().unwrap();
+        let c = pods.path().join("ns_pod_uid-1").join("app");
+        std::fs::create_dir_all(&c).unwrap();
+        for f in [
+            "0.log",
+            "1.log",
+            "0.log.20240101-000000",
+            "0.log.20240101-000000.gz",
+        ] {
+            std::fs::write(c.join(f), b"").unwrap();
+        }
+        let target = pods.path().join("elsewhere-json.log");
+        std::fs::write(&target, b"").unwrap();
+        let d = pods.path().join("ns_pod_uid-1").join("docker");
+        std::fs::create_dir_all(&d).unwrap();
+        std::os::unix::fs::symlink(&target, d.join("0.log")).unwrap();
+        std::fs::create_dir_all(pods.path().join("not-a-pod-dir").join("x")).unwrap();
+
+        let mut scanner = Scanner::default();
+        let mut found: Vec<(String, u32)> = scanner
+            .scan(pods.path(), "n")
+            .into_iter()
+            .map(|e| (e.labels.container, e.labels.restart))
+            .collect();
+        found.sort();
+        assert_eq!(
+            found,
+            [("app".into(), 0), ("app".into(), 1), ("docker".into(), 0)]
+        );
+        // A new restart appears in a known directory: its changed mtime makes it re-read.
+        std::fs::write(c.join("2.log"), b"").unwrap();
+        assert_eq!(scanner.scan(pods.path(), "n").len(), 4);
     }
 }

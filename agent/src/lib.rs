@@ -6,18 +6,27 @@
 //! * [`tail`] serves one demand: backlog, then follow, encoding batches once
 //!   ([`logrelay_wire::batch`]) in the format subscribers read;
 //! * [`cri`] parses container runtime records (pure);
+//! * [`scrape`] scrapes Prometheus endpoints and [`cgroup`] samples pod resource usage, as
+//!   `metrics` streams discovered by [`scrape::sources`], read only while watched;
 //! * [`admin`] serves `/metrics` and `/healthz`; [`metrics`] owns every metric name.
 //!
 //! Nothing is read from a log file unless the relay asked for it.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod budget;
 pub mod catalog;
+pub mod cgroup;
 pub mod config;
 pub mod cri;
 pub mod discover;
+pub mod fingerprint;
+pub mod format;
 pub mod metrics;
+pub mod rotate;
+pub mod scrape;
 pub mod tail;
+pub mod tls_reload;
 pub mod uplink;
 
 use std::net::SocketAddr;
@@ -35,6 +44,8 @@ pub struct AgentTls {
     pub identity: logrelay_tls::Identity,
     /// Roots the relay's certificate must chain to.
     pub relay_roots: rustls::RootCertStore,
+    /// The files this material came from, watched and reloaded when they change.
+    pub reload: Option<tls_reload::AgentTlsFiles>,
 }
 
 /// Why the agent could not start.
@@ -92,15 +103,33 @@ pub async fn start(config: AgentConfig, tls: AgentTls) -> Result<AgentHandle, St
     let admin_addr = admin.local_addr().map_err(StartError::Endpoint)?;
     tasks.spawn(admin::serve(admin, metrics.clone(), shutdown_rx.clone()));
 
+    let tailer = tail::Tailer::new(tail::TailerConfig::from(&config), metrics.clone());
+    tasks.spawn(tailer.clone().run(shutdown_rx.clone()));
     tasks.spawn(discover::run(
+        config.clone(),
+        catalog.clone(),
+        tailer.clone(),
+        shutdown_rx.clone(),
+    ));
+    tasks.spawn(scrape::sources::run(
         config.clone(),
         catalog.clone(),
         shutdown_rx.clone(),
     ));
 
-    let client = logrelay_tls::quic_client(tls.identity, tls.relay_roots)?;
+    let reload = tls.reload.clone();
+    let client = tls_reload::client_config(tls)?;
     let uplink = uplink::Uplink::new(config, client, catalog, metrics.clone())
-        .map_err(StartError::Endpoint)?;
+        .map_err(StartError::Endpoint)?
+        .with_tailer(tailer);
+    if let Some(files) = reload {
+        tasks.spawn(tls_reload::watch_files(
+            files,
+            uplink.client_config(),
+            metrics.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
     tasks.spawn(uplink.run(shutdown_rx));
 
     Ok(AgentHandle {

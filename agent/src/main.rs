@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use logrelay_agent::{AgentConfig, AgentTls};
+use logrelay_agent::AgentConfig;
+use logrelay_agent::tls_reload::AgentTlsFiles;
 
 /// logrelay agent: tails pod logs on this node and pushes them to the relay on demand.
 #[derive(Debug, Parser)]
@@ -21,6 +22,10 @@ struct Cli {
     /// PEM private key of the client certificate.
     #[arg(long, env = "LOGRELAY_AGENT_KEY_FILE")]
     key_file: PathBuf,
+    /// Seconds between checks of the TLS files; changed files are used from the next
+    /// connection on, with no restart.
+    #[arg(long, env = "LOGRELAY_AGENT_TLS_RELOAD_SECS", default_value_t = 10)]
+    tls_reload_secs: u64,
 }
 
 #[tokio::main]
@@ -33,10 +38,14 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
-    let tls = AgentTls {
-        identity: logrelay_tls::Identity::from_pem_files(&cli.cert_file, &cli.key_file)?,
-        relay_roots: logrelay_tls::roots_from_pem_file(&cli.ca_file)?,
+    let files = AgentTlsFiles {
+        ca_file: cli.ca_file.clone(),
+        cert_file: cli.cert_file.clone(),
+        key_file: cli.key_file.clone(),
+        interval: std::time::Duration::from_secs(cli.tls_reload_secs.max(1)),
     };
+    let mut tls = files.load()?;
+    tls.reload = Some(files);
     let agent = logrelay_agent::start(cli.config, tls)
         .await
         .context("starting agent")?;

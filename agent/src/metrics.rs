@@ -25,6 +25,24 @@ pub struct AgentMetrics {
     pub reconnects: Counter,
     /// Demands being served.
     pub demands_active: Gauge,
+    /// Log bytes rotated away (compressed, deleted, truncated) before they were read.
+    pub rotated_unread_bytes: Counter,
+    /// Followed files that grew but were not read in time, and were re-opened.
+    pub stalls: Counter,
+    /// TLS files reloaded after a change.
+    pub tls_reloads: Counter,
+    /// TLS files that changed but could not be used.
+    pub tls_reload_errors: Counter,
+    /// Scrapes made (only while some demand is served).
+    pub scrapes: Counter,
+    /// Scrapes that failed (`up` 0).
+    pub scrape_failures: Counter,
+    /// Samples read by successful scrapes.
+    pub scrape_samples: Counter,
+    /// Response body bytes read by scrapes.
+    pub scrape_bytes: Counter,
+    /// Pod resource samples taken (only while some demand is served).
+    pub resource_samples: Counter,
 }
 
 impl AgentMetrics {
@@ -40,6 +58,15 @@ impl AgentMetrics {
             relay_connected: Gauge::default(),
             reconnects: Counter::default(),
             demands_active: Gauge::default(),
+            rotated_unread_bytes: Counter::default(),
+            stalls: Counter::default(),
+            tls_reloads: Counter::default(),
+            tls_reload_errors: Counter::default(),
+            scrapes: Counter::default(),
+            scrape_failures: Counter::default(),
+            scrape_samples: Counter::default(),
+            scrape_bytes: Counter::default(),
+            resource_samples: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("streams", "Streams in the catalog", m.streams.clone());
@@ -77,6 +104,51 @@ impl AgentMetrics {
             "demands_active",
             "Demands being served",
             m.demands_active.clone(),
+        );
+        registry.register(
+            "tls_reloads",
+            "TLS files reloaded after a change",
+            m.tls_reloads.clone(),
+        );
+        registry.register(
+            "tls_reload_errors",
+            "TLS files that changed but could not be used",
+            m.tls_reload_errors.clone(),
+        );
+        registry.register(
+            "scrapes",
+            "Scrapes of metrics targets (made only while watched)",
+            m.scrapes.clone(),
+        );
+        registry.register(
+            "scrape_failures",
+            "Scrapes that failed (up 0)",
+            m.scrape_failures.clone(),
+        );
+        registry.register(
+            "scrape_samples",
+            "Samples read by successful scrapes",
+            m.scrape_samples.clone(),
+        );
+        registry.register(
+            "scrape_bytes",
+            "Response body bytes read by scrapes",
+            m.scrape_bytes.clone(),
+        );
+        registry.register(
+            "resource_samples",
+            "Pod resource samples read from cgroups (only while watched)",
+            m.resource_samples.clone(),
+        );
+        registry.register(
+            "rotated_unread_bytes",
+            "Log bytes rotated away (compressed, deleted, truncated) before they were read",
+            m.rotated_unread_bytes.clone(),
+        );
+        registry.register(
+            "stalls",
+            "Followed log files that grew but were not read in time, and were re-opened",
+            m.stalls.clone(),
         );
         Self { registry, ..m }
     }

@@ -1,121 +1,80 @@
-//! Serving one demand: find where to start, send the backlog, then follow the file.
+//! Serving demands on container logs: backlog, follow, resume, across rotations, in a budget.
 //!
-//! Sequence numbers count *logical* lines from the start of the file (a CRI `P…P F` run is one
-//! line); the epoch identifies the file (device and inode), so the same line keeps the same
-//! `(epoch, seq)` across agent and relay restarts. [`locate`] is the pure part: it scans the file
-//! once, holding only the offsets of the last `tail` lines.
+//! # Epochs and sequence numbers
+//!
+//! Every line of a stream carries `(epoch, seq)`. Sequence numbers count *logical* lines (a CRI
+//! `P…P F` run is one line), in the order the forward reader ([`reader::RecordReader`]) emits
+//! them, and go up by one per line **across rotations**: while a stream is followed, reading
+//! moves from `0.log` to the file that replaced it and numbering simply continues. An epoch is
+//! one such unbroken numbering:
+//!
+//! * A demand that cannot continue a known numbering (the first `follow` of a stream, or one
+//!   whose `since_seq` names an epoch this agent no longer has) starts a **new epoch**, a random
+//!   53-bit number (exact in JavaScript). Its *anchor* is the newest clean point of the newest
+//!   file, numbered [`SEQ_BASE`]; the backlog is found by walking *back* from there
+//!   ([`seek::back`]) so `tail: N` never reads a whole file, and lines before the anchor get
+//!   `SEQ_BASE - 1`, `SEQ_BASE - 2`, … (into the rotated file when the newest holds too few).
+//!   When the walk reaches the start of the oldest file it has counted every line, and the
+//!   numbering is shifted so that the first line there is 0 (small logs read naturally).
+//! * While the epoch lives, the agent keeps the stream's files open (including rotated and
+//!   deleted ones it has read) and a list of checkpoints (clean points with their sequence
+//!   numbers, one per batch). A backfill ending at `until` or a resume at `since_seq` in that
+//!   epoch starts from the nearest checkpoint and reads the same bytes with the same reader, so
+//!   it numbers every line exactly as the follower did: backfill and live tail join without a
+//!   hole or a duplicate.
+//! * Continuity is lost, and the next demand starts a new epoch, when the agent restarts, when
+//!   the stream has not been followed for a while (the follower and its files are released), or
+//!   when a relay asks afresh. Bytes rotated away before they could be read do not end the
+//!   epoch: they are counted (`logrelay_agent_rotated_unread_bytes_total`) and reported in band as
+//!   a gap with the bytes lost at the sequence number where they were.
+//!
+//! # Following
+//!
+//! A `follow` demand is served by a follower task per stream that reads ([`follow::Follower`]),
+//! numbers, filters and encodes batches into the stream's [`Queue`], drawing on the agent-wide
+//! [`Budget`]; the demand's data stream drains the queue. The follower outlives its data stream:
+//! when the relay goes away it keeps following into the budget (dropping the oldest batches,
+//! reported as gaps, if it fills) and the relay's re-sent demand (`since_seq`) picks up where the
+//! relay's ring ended. A follower nobody re-attaches within `detach_linger` while the relay is
+//! connected is stopped. A watchdog ([`Tailer::run`]) re-opens a follower whose file grew but
+//! which read nothing for `stall_after` (`logrelay_agent_stalls_total`).
 
-use std::collections::VecDeque;
-use std::io::SeekFrom;
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+pub mod follow;
+pub mod reader;
+pub mod seek;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use logrelay_wire::batch::{BatchBuilder, LineFlags};
+use logrelay_wire::batch::{BatchBuilder, FLAG_BACKFILL, HEADER_LEN, LineFlags, encode_gap};
 use logrelay_wire::control::{Demand, SeqPos};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::{Notify, watch};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
 
-use crate::cri;
+use crate::budget::{Budget, Gap, Item, Queue};
+use crate::fingerprint::FileId;
 use crate::metrics::AgentMetrics;
+use crate::rotate::{self, Sibling};
 
-/// Bytes of a record's beginning kept to tell whether it completes a line.
-const RECORD_HEAD_BYTES: usize = 80;
-/// Read size.
-const READ_BYTES: usize = 64 * 1024;
+pub use follow::{Follower, HeldFile, Progress};
+pub use reader::{RecordReader, TailLine};
+pub use seek::{ChainFile, Position, Want};
 
-/// Where a read starts or stopped: a byte offset and the sequence number of the line there.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cursor {
-    /// Byte offset in the file (start of a logical line).
-    pub offset: u64,
-    /// Sequence number of the line starting at `offset`.
-    pub seq: u64,
-}
+/// Sequence number of the first line after a new epoch's anchor; the backlog counts down from it.
+pub const SEQ_BASE: u64 = 1 << 32;
+/// Checkpoints kept per followed stream (one per batch).
+const MAX_CHECKPOINTS: usize = 4096;
+/// Finished files kept open per followed stream, for backfills reaching back into them.
+const MAX_HISTORY_FILES: usize = 4;
+/// Bytes a follower reads before yielding.
+const POLL_BYTES: u64 = 256 * 1024;
 
-/// Incremental scanner over a file's bytes that counts logical lines.
-#[derive(Debug)]
-pub struct LineScanner {
-    tail: usize,
-    stop_seq: Option<u64>,
-    starts: VecDeque<u64>,
-    count: u64,
-    line_start: u64,
-    record_head: Vec<u8>,
-    pos: u64,
-    done: bool,
-}
-
-impl LineScanner {
-    /// Keeps the starts of the last `tail` lines; stops after line `stop_seq - 1` when set.
-    pub fn new(tail: u32, stop_seq: Option<u64>) -> Self {
-        Self {
-            tail: tail as usize,
-            stop_seq,
-            starts: VecDeque::with_capacity((tail as usize).min(65_536)),
-            count: 0,
-            line_start: 0,
-            record_head: Vec::with_capacity(RECORD_HEAD_BYTES),
-            pos: 0,
-            done: stop_seq == Some(0),
-        }
-    }
-
-    /// Feeds the next bytes of the file. Returns false once the stop sequence is reached.
-    pub fn feed(&mut self, mut chunk: &[u8]) -> bool {
-        while !self.done && !chunk.is_empty() {
-            match memchr::memchr(b'\n', chunk) {
-                None => {
-                    self.take_head(chunk);
-                    self.pos += chunk.len() as u64;
-                    return true;
-                }
-                Some(i) => {
-                    self.take_head(&chunk[..=i]);
-                    self.pos += i as u64 + 1;
-                    chunk = &chunk[i + 1..];
-                    if cri::completes_line(&self.record_head) {
-                        if self.tail > 0 {
-                            if self.starts.len() == self.tail {
-                                self.starts.pop_front();
-                            }
-                            self.starts.push_back(self.line_start);
-                        }
-                        self.count += 1;
-                        self.line_start = self.pos;
-                        self.done = self.stop_seq == Some(self.count);
-                    }
-                    self.record_head.clear();
-                }
-            }
-        }
-        !self.done
-    }
-
-    fn take_head(&mut self, bytes: &[u8]) {
-        let room = RECORD_HEAD_BYTES - self.record_head.len();
-        self.record_head
-            .extend_from_slice(&bytes[..bytes.len().min(room)]);
-    }
-
-    /// `(first line to send, end of the scanned complete lines)`.
-    pub fn finish(&self) -> (Cursor, Cursor) {
-        let end = Cursor {
-            offset: self.line_start,
-            seq: self.count,
-        };
-        let begin = match self.starts.front() {
-            Some(&offset) => Cursor {
-                offset,
-                seq: self.count - self.starts.len() as u64,
-            },
-            None => end,
-        };
-        (begin, end)
-    }
-}
-
-/// Tuning of a tail task.
+/// Tuning of one demand.
 #[derive(Debug, Clone, Copy)]
 pub struct TailParams {
     /// Send a batch once it reaches this size.
@@ -153,345 +112,1130 @@ pub enum TailError {
     Closed(#[from] SinkClosed),
 }
 
-/// The epoch of a file: its identity on this node, kept below 2^53 so that JavaScript clients
-/// read it exactly from JSON.
-pub fn epoch_of(meta: &std::fs::Metadata) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    for v in [meta.dev(), meta.ino()] {
-        for b in v.to_le_bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-    h & ((1 << 53) - 1)
+/// Tuning of the [`Tailer`].
+#[derive(Debug, Clone, Copy)]
+pub struct TailerConfig {
+    /// Bytes of encoded batches queued toward the relay, over all followed streams.
+    pub queue_budget_bytes: usize,
+    /// A followed file that grew but was not read for this long is re-opened.
+    pub stall_after: Duration,
+    /// A follower no demand drains is stopped after this long while the relay is connected.
+    pub detach_linger: Duration,
+    /// A drained stream whose file is gone stays in the catalog this long after its last batch.
+    pub drain_linger: Duration,
 }
 
-/// Serves `spec` for the file at `path`, stamping `stream_ref` into every batch.
-pub async fn serve<S: BatchSink>(
-    path: &Path,
-    spec: &Demand,
-    stream_ref: u64,
-    params: TailParams,
-    sink: &mut S,
-    metrics: &AgentMetrics,
-) -> Result<(), TailError> {
-    let io_err = |source| TailError::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let mut file = tokio::fs::File::open(path).await.map_err(io_err)?;
-    let epoch = epoch_of(&file.metadata().await.map_err(io_err)?);
-    let same_epoch = |p: &Option<SeqPos>| p.filter(|p| p.epoch == epoch);
-    let until = same_epoch(&spec.until).map(|p| p.seq);
-    let resume = same_epoch(&spec.since_seq).map(|p| p.seq);
-
-    // Locate the first line to send with one forward scan.
-    let tail = spec.tail.unwrap_or(0);
-    let stop = match (resume, until) {
-        (Some(r), _) => Some(r),
-        (None, u) => u,
-    };
-    let mut scanner = LineScanner::new(if resume.is_some() { 0 } else { tail }, stop);
-    let mut buf = vec![0u8; READ_BYTES];
-    loop {
-        let n = file.read(&mut buf).await.map_err(io_err)?;
-        if n == 0 || !scanner.feed(&buf[..n]) {
-            break;
-        }
-    }
-    let (begin, end) = scanner.finish();
-    let start = if resume.is_some() { end } else { begin };
-    file.seek(SeekFrom::Start(start.offset))
-        .await
-        .map_err(io_err)?;
-
-    let flags = if spec.follow {
-        0
-    } else {
-        logrelay_wire::batch::FLAG_BACKFILL
-    };
-    let mut reader = Reader {
-        epoch,
-        stream_ref,
-        flags,
-        params,
-        seq: start.seq,
-        until,
-        since_ns: spec.since_ns,
-        contains: spec.contains.as_deref().map(str::as_bytes),
-        pending: Vec::new(),
-        partial: Vec::new(),
-        partial_ts: 0,
-        partial_stderr: false,
-        batch: None,
-    };
-    loop {
-        let n = file.read(&mut buf).await.map_err(io_err)?;
-        if n == 0 {
-            reader.flush(sink, metrics).await?;
-            if !spec.follow || reader.finished() {
-                return Ok(());
-            }
-            tokio::time::sleep(params.follow_poll).await;
-            continue;
-        }
-        reader.feed(&buf[..n], sink, metrics).await?;
-        if reader.finished() {
-            reader.flush(sink, metrics).await?;
-            return Ok(());
+impl Default for TailerConfig {
+    fn default() -> Self {
+        Self {
+            queue_budget_bytes: 64 << 20,
+            stall_after: Duration::from_secs(5),
+            detach_linger: Duration::from_secs(10),
+            drain_linger: Duration::from_secs(1),
         }
     }
 }
 
-/// Turns file bytes into batches.
-struct Reader<'a> {
+impl From<&crate::config::AgentConfig> for TailerConfig {
+    fn from(c: &crate::config::AgentConfig) -> Self {
+        Self {
+            queue_budget_bytes: c.queue_budget_bytes,
+            stall_after: Duration::from_millis(c.stall_after_ms.max(1)),
+            detach_linger: Duration::from_millis(c.detach_linger_ms),
+            drain_linger: Duration::from_millis(c.drain_linger_ms),
+        }
+    }
+}
+
+/// Every followed stream of the agent; see the module doc.
+#[derive(Debug)]
+pub struct Tailer {
+    config: TailerConfig,
+    budget: Arc<Budget>,
+    metrics: Arc<AgentMetrics>,
+    /// Followed streams by log path and line filter: a demand with a pushed-down filter is a
+    /// numbering of its own (the relay keeps one ring per stream and filter).
+    streams: Mutex<HashMap<StreamKey, Arc<Stream>>>,
+}
+
+/// A log path and the substring filter of the demands it serves.
+type StreamKey = (PathBuf, Option<Vec<u8>>);
+
+#[derive(Debug)]
+struct Stream {
+    path: PathBuf,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
     epoch: u64,
-    stream_ref: u64,
-    flags: u8,
+    /// Open files, oldest first: finished ones kept for backfills, then the follower's chain.
+    files: Vec<ChainFile>,
+    /// Clean points `(seq, file, offset)`, by increasing sequence number.
+    checkpoints: VecDeque<(u64, FileId, u64)>,
+    follower: Option<Slot>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    task: AbortHandle,
+    queue: Arc<Queue>,
+    shared: Arc<Shared>,
+    spec: Filter,
     params: TailParams,
-    seq: u64,
-    until: Option<u64>,
+    stream_ref: u64,
+    /// Generation of the data stream draining the queue (a newer one takes over).
+    consumer: u64,
+    attached: bool,
+    detached_at: Instant,
+    /// When the watchdog first saw the file ahead of the follower (cleared by progress).
+    lag_seen: Option<Instant>,
+}
+
+/// What the follower task and the watchdog share.
+#[derive(Debug)]
+struct Shared {
+    /// Head file and offset read, and when reading last made progress.
+    progress: Mutex<(Option<(FileId, u64)>, Instant)>,
+    /// One past the last line queued.
+    queued_end: AtomicU64,
+    /// The file was deleted and read to its end, and everything is queued.
+    drained: Mutex<Option<Instant>>,
+    /// Test hook: the follower stops reading (simulates a hung read).
+    frozen: AtomicBool,
+    /// Woken when the consumer generation changes.
+    takeover: Notify,
+}
+
+/// The line filter of a demand, applied before encoding.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Filter {
+    contains: Option<Vec<u8>>,
     since_ns: Option<i64>,
-    contains: Option<&'a [u8]>,
-    /// Bytes of an incomplete record.
-    pending: Vec<u8>,
-    /// Message of a logical line whose `P` records have been read.
-    partial: Vec<u8>,
-    partial_ts: i64,
-    partial_stderr: bool,
+}
+
+impl Filter {
+    fn of(spec: &Demand) -> Self {
+        Self {
+            contains: spec
+                .contains
+                .as_deref()
+                .filter(|c| !c.is_empty())
+                .map(|c| c.as_bytes().to_vec()),
+            since_ns: spec.since_ns,
+        }
+    }
+
+    fn wants(&self, line: &TailLine) -> bool {
+        self.since_ns.is_none_or(|s| line.timestamp_ns >= s)
+            && self
+                .contains
+                .as_deref()
+                .is_none_or(|c| memchr::memmem::find(&line.message, c).is_some())
+    }
+}
+
+/// A batch ready to queue or send.
+#[derive(Debug)]
+struct Encoded {
+    bytes: Bytes,
+    first_seq: u64,
+    end_seq: u64,
+    lines: u32,
+}
+
+/// Packs consecutive wanted lines into batches.
+#[derive(Debug)]
+struct Encoder {
+    stream_ref: u64,
+    epoch: u64,
+    flags: u8,
+    max_batch_bytes: usize,
+    filter: Filter,
+    /// Lines below this sequence number are not sent (already sent, or before the backlog).
+    from_seq: u64,
+    /// Lines from this sequence number on are not sent (`until`).
+    until_seq: Option<u64>,
     batch: Option<BatchBuilder>,
 }
 
-impl Reader<'_> {
-    fn finished(&self) -> bool {
-        self.until.is_some_and(|u| self.seq >= u)
+impl Encoder {
+    fn push(&mut self, line: &TailLine, out: &mut Vec<Encoded>) {
+        let wanted = line.seq >= self.from_seq
+            && self.until_seq.is_none_or(|u| line.seq < u)
+            && self.filter.wants(line);
+        if !wanted {
+            // Batches hold consecutive lines only.
+            self.flush(out);
+            return;
+        }
+        let batch = self.batch.get_or_insert_with(|| {
+            BatchBuilder::new(
+                self.stream_ref,
+                self.epoch,
+                line.seq,
+                self.flags,
+                self.max_batch_bytes.min(64 * 1024),
+            )
+        });
+        batch.push(line.timestamp_ns, LineFlags(line.flags), &line.message);
+        if batch.encoded_len() >= self.max_batch_bytes {
+            self.flush(out);
+        }
     }
 
-    async fn feed<S: BatchSink>(
-        &mut self,
-        mut chunk: &[u8],
+    fn flush(&mut self, out: &mut Vec<Encoded>) {
+        if let Some(b) = self.batch.take() {
+            let first_seq = b.next_seq() - u64::from(b.len());
+            let (end_seq, lines) = (b.next_seq(), b.len());
+            out.push(Encoded {
+                bytes: b.finish(),
+                first_seq,
+                end_seq,
+                lines,
+            });
+        }
+    }
+}
+
+/// Where to read from, and what to send.
+#[derive(Debug)]
+struct Plan {
+    epoch: u64,
+    files: Vec<ChainFile>,
+    start: Position,
+    from_seq: u64,
+    until_seq: Option<u64>,
+    /// Nothing to send (an `until` in an epoch this agent does not have).
+    empty: bool,
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TailError + '_ {
+    move |source| TailError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn new_epoch() -> u64 {
+    fastrand::u64(1..1 << 53)
+}
+
+/// The files of the stream at `path` (resolved through a symlink), oldest first: rotated plain
+/// copies in rotation order, then the file at the path.
+pub fn chain_files(path: &Path) -> std::io::Result<Vec<ChainFile>> {
+    let real = std::fs::canonicalize(path)?;
+    let dir = real.parent().unwrap_or(Path::new("."));
+    let base = real
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| std::io::Error::other("log path has no file name"))?;
+    let current = HeldFile::open(&real)?;
+    let mut rotated = Vec::new();
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let Ok(name) = e.file_name().into_string() else {
+            continue;
+        };
+        if let Some(Sibling::Rotated(key)) = rotate::classify(base, &name)
+            && let Ok(held) = HeldFile::open(&e.path())
+            && held.id != current.id
+        {
+            rotated.push((key, held));
+        }
+    }
+    rotated.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut files: Vec<ChainFile> = rotated
+        .into_iter()
+        .map(|(_, held)| ChainFile {
+            held,
+            complete: true,
+        })
+        .collect();
+    files.push(ChainFile {
+        held: current,
+        complete: false,
+    });
+    Ok(files)
+}
+
+impl Tailer {
+    /// A tailer with nothing followed yet.
+    pub fn new(config: TailerConfig, metrics: Arc<AgentMetrics>) -> Arc<Self> {
+        Arc::new(Self {
+            budget: Budget::new(config.queue_budget_bytes),
+            config,
+            metrics,
+            streams: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The shared budget.
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
+    }
+
+    fn stream(&self, path: &Path, spec: &Demand) -> Arc<Stream> {
+        self.streams
+            .lock()
+            .expect("tailer lock")
+            .entry((path.to_path_buf(), Filter::of(spec).contains))
+            .or_insert_with(|| {
+                Arc::new(Stream {
+                    path: path.to_path_buf(),
+                    state: Mutex::new(State {
+                        epoch: 0,
+                        files: Vec::new(),
+                        checkpoints: VecDeque::new(),
+                        follower: None,
+                    }),
+                })
+            })
+            .clone()
+    }
+
+    /// True while `path` is followed and not yet drained to its end (plus `drain_linger`):
+    /// discovery keeps a vanished stream in the catalog until then.
+    pub fn is_draining(&self, path: &Path) -> bool {
+        self.of_path(path).iter().any(|s| {
+            let st = s.state.lock().expect("stream lock");
+            let Some(slot) = &st.follower else {
+                return false;
+            };
+            let drained = *slot.shared.drained.lock().expect("shared lock");
+            match drained {
+                None => !slot.task.is_finished(),
+                Some(at) => slot.queue.bytes() > 0 || at.elapsed() < self.config.drain_linger,
+            }
+        })
+    }
+
+    /// Every followed stream of `path` (one per line filter).
+    fn of_path(&self, path: &Path) -> Vec<Arc<Stream>> {
+        self.streams
+            .lock()
+            .expect("tailer lock")
+            .iter()
+            .filter(|((p, _), _)| p == path)
+            .map(|(_, s)| s.clone())
+            .collect()
+    }
+
+    /// Discovery no longer lists `path`: stop following it and release its files.
+    pub fn forget(&self, path: &Path) {
+        let gone = self.of_path(path);
+        self.streams
+            .lock()
+            .expect("tailer lock")
+            .retain(|(p, _), _| p != path);
+        for s in gone {
+            let mut st = s.state.lock().expect("stream lock");
+            if let Some(slot) = st.follower.take() {
+                slot.task.abort();
+                slot.shared.takeover.notify_waiters();
+            }
+            st.files.clear();
+        }
+    }
+
+    /// Test hook: the follower of `path` stops reading, as if its read hung.
+    #[doc(hidden)]
+    pub fn freeze(&self, path: &Path) {
+        for s in self.of_path(path) {
+            if let Some(slot) = &s.state.lock().expect("stream lock").follower {
+                slot.shared.frozen.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Serves one demand on the log at `path`, stamping `stream_ref` into every batch.
+    pub async fn serve<S: BatchSink>(
+        self: &Arc<Self>,
+        path: &Path,
+        spec: &Demand,
+        stream_ref: u64,
+        params: TailParams,
         sink: &mut S,
-        metrics: &AgentMetrics,
-    ) -> Result<(), SinkClosed> {
-        while let Some(i) = memchr::memchr(b'\n', chunk) {
-            if self.finished() {
+    ) -> Result<(), TailError> {
+        if spec.follow {
+            self.serve_follow(path, spec, stream_ref, params, sink)
+                .await
+        } else {
+            self.serve_once(path, spec, stream_ref, params, sink).await
+        }
+    }
+
+    /// A backfill: read from the planned start to `until` (or to the current end) and finish.
+    async fn serve_once<S: BatchSink>(
+        self: &Arc<Self>,
+        path: &Path,
+        spec: &Demand,
+        stream_ref: u64,
+        params: TailParams,
+        sink: &mut S,
+    ) -> Result<(), TailError> {
+        // The numbering a join or resume names, if this agent has it; else a one-off read.
+        let epoch = spec.until.or(spec.since_seq).map(|p| p.epoch);
+        let stream = epoch
+            .and_then(|e| {
+                self.of_path(path)
+                    .into_iter()
+                    .find(|s| s.state.lock().expect("stream lock").epoch == e)
+            })
+            .unwrap_or_else(|| {
+                Arc::new(Stream {
+                    path: path.to_path_buf(),
+                    state: Mutex::new(State {
+                        epoch: 0,
+                        files: Vec::new(),
+                        checkpoints: VecDeque::new(),
+                        follower: None,
+                    }),
+                })
+            });
+        let plan = {
+            let stream = stream.clone();
+            let spec = spec.clone();
+            let max_line = params.max_line_bytes;
+            tokio::task::spawn_blocking(move || plan_once(&stream, &spec, max_line))
+                .await
+                .map_err(|e| io_err(path)(std::io::Error::other(e)))?
+                .map_err(io_err(path))?
+        };
+        if plan.empty {
+            return Ok(());
+        }
+        let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        let chain: Vec<HeldFile> = plan.files[plan.start.index..]
+            .iter()
+            .map(|f| f.held.clone())
+            .collect();
+        let mut follower = Follower::new(
+            &real,
+            chain,
+            plan.start.offset,
+            plan.start.seq,
+            params.max_line_bytes,
+        )
+        .map_err(io_err(path))?;
+        let mut enc = Encoder {
+            stream_ref,
+            epoch: plan.epoch,
+            flags: FLAG_BACKFILL,
+            max_batch_bytes: params.max_batch_bytes,
+            filter: Filter::of(spec),
+            from_seq: plan.from_seq,
+            until_seq: plan.until_seq,
+            batch: None,
+        };
+        let mut lines = Vec::new();
+        let mut out = Vec::new();
+        loop {
+            let progress = follower
+                .poll(&mut lines, POLL_BYTES)
+                .map_err(io_err(path))?;
+            self.metrics.lines_read.inc_by(lines.len() as u64);
+            let done_at_until = plan
+                .until_seq
+                .is_some_and(|u| lines.last().is_some_and(|l| l.seq + 1 >= u));
+            for l in lines.drain(..) {
+                enc.push(&l, &mut out);
+            }
+            let finished = done_at_until
+                || plan.until_seq.is_some_and(|u| follower.next_seq() >= u)
+                || !matches!(progress, Progress::More(_));
+            if finished {
+                enc.flush(&mut out);
+            }
+            for e in out.drain(..) {
+                self.metrics.lines_sent.inc_by(u64::from(e.lines));
+                self.metrics.bytes_sent.inc_by(e.bytes.len() as u64);
+                sink.send(e.bytes).await?;
+            }
+            if finished {
                 return Ok(());
             }
-            let record = if self.pending.is_empty() {
-                &chunk[..=i]
-            } else {
-                self.pending.extend_from_slice(&chunk[..=i]);
-                &self.pending[..]
-            };
-            let line = match cri::parse(record) {
-                Ok(r) if r.partial => {
-                    if self.partial.is_empty() {
-                        self.partial_ts = r.timestamp_ns;
-                        self.partial_stderr = r.stderr;
-                    }
-                    let room = self
-                        .params
-                        .max_line_bytes
-                        .saturating_sub(self.partial.len());
-                    self.partial
-                        .extend_from_slice(&r.message[..r.message.len().min(room)]);
-                    None
+        }
+    }
+
+    /// A live demand: attach to (or start) the stream's follower and drain its queue.
+    async fn serve_follow<S: BatchSink>(
+        self: &Arc<Self>,
+        path: &Path,
+        spec: &Demand,
+        stream_ref: u64,
+        params: TailParams,
+        sink: &mut S,
+    ) -> Result<(), TailError> {
+        let stream = self.stream(path, spec);
+        let (queue, shared, generation, epoch) = match self.attach(&stream, spec, stream_ref) {
+            Some(a) => a,
+            None => {
+                self.start_follower(&stream, spec, stream_ref, params)
+                    .await?
+            }
+        };
+        let _guard = Detach {
+            stream: stream.clone(),
+            generation,
+        };
+        loop {
+            let item = {
+                let superseded = shared.takeover.notified();
+                if !self.is_consumer(&stream, generation) {
+                    return Ok(());
                 }
-                Ok(r) => Some((r.timestamp_ns, r.stderr, r.message.to_vec())),
-                Err(_) => {
-                    metrics.parse_errors.inc();
-                    Some((0, false, record.to_vec()))
+                if let Some(at) = *shared.drained.lock().expect("shared lock")
+                    && queue.bytes() == 0
+                    && queue.first_seq().is_none()
+                    && at.elapsed() >= self.config.drain_linger
+                    && self.of_path(path).is_empty()
+                {
+                    return Ok(());
+                }
+                tokio::select! {
+                    item = queue.next() => item,
+                    () = superseded => continue,
+                    () = tokio::time::sleep(self.config.drain_linger) => continue,
                 }
             };
-            chunk = &chunk[i + 1..];
-            self.pending.clear();
-            if let Some((ts, stderr, message)) = line {
-                let (ts, stderr, message) = if self.partial.is_empty() {
-                    (ts, stderr, message)
-                } else {
-                    let mut whole = std::mem::take(&mut self.partial);
-                    whole.extend_from_slice(&message);
-                    (self.partial_ts, self.partial_stderr, whole)
-                };
-                self.push(ts, stderr, &message, sink, metrics).await?;
+            match item {
+                Item::Gap(g) => {
+                    let lines = u32::try_from(g.end_seq - g.first_seq).unwrap_or(u32::MAX);
+                    sink.send(encode_gap(stream_ref, epoch, g.first_seq, lines, g.bytes))
+                        .await?;
+                }
+                Item::Batch(q) => {
+                    let batch = restamp(q.batch, stream_ref);
+                    self.metrics.lines_sent.inc_by(u64::from(q.lines));
+                    self.metrics.bytes_sent.inc_by(batch.len() as u64);
+                    sink.send(batch).await?;
+                }
             }
         }
-        if self.pending.len() + chunk.len() <= self.params.max_line_bytes + RECORD_HEAD_BYTES {
-            self.pending.extend_from_slice(chunk);
-        }
-        Ok(())
     }
 
-    async fn push<S: BatchSink>(
-        &mut self,
-        ts: i64,
-        stderr: bool,
-        message: &[u8],
-        sink: &mut S,
-        metrics: &AgentMetrics,
-    ) -> Result<(), SinkClosed> {
-        metrics.lines_read.inc();
-        let seq = self.seq;
-        self.seq += 1;
-        let wanted = self.since_ns.is_none_or(|s| ts >= s)
-            && self
-                .contains
-                .is_none_or(|c| memchr::memmem::find(message, c).is_some());
-        if !wanted {
-            // Batches hold consecutive lines only: a skipped line ends the batch.
-            return self.flush(sink, metrics).await;
+    fn is_consumer(&self, stream: &Stream, generation: u64) -> bool {
+        stream
+            .state
+            .lock()
+            .expect("stream lock")
+            .follower
+            .as_ref()
+            .is_some_and(|s| s.consumer == generation)
+    }
+
+    /// Takes over a running follower when the demand continues its numbering (`since_seq` in
+    /// its epoch, still queued or just sent) with the same filter.
+    fn attach(
+        &self,
+        stream: &Stream,
+        spec: &Demand,
+        stream_ref: u64,
+    ) -> Option<(Arc<Queue>, Arc<Shared>, u64, u64)> {
+        let resume = spec.since_seq?;
+        let mut st = stream.state.lock().expect("stream lock");
+        let epoch = st.epoch;
+        let slot = st.follower.as_mut()?;
+        if resume.epoch != epoch || slot.task.is_finished() {
+            return None;
         }
-        let mut flags = if stderr { LineFlags::STDERR } else { 0 };
-        let message = if message.len() > self.params.max_line_bytes {
-            flags |= LineFlags::TRUNCATED;
-            &message[..self.params.max_line_bytes]
-        } else {
-            message
+        let queued_end = slot.shared.queued_end.load(Ordering::Relaxed);
+        let first = slot.queue.first_seq().unwrap_or(queued_end);
+        if resume.seq < first || resume.seq > queued_end {
+            return None;
+        }
+        slot.queue.skip_to(resume.seq);
+        slot.consumer += 1;
+        slot.attached = true;
+        slot.stream_ref = stream_ref;
+        slot.shared.takeover.notify_waiters();
+        Some((
+            slot.queue.clone(),
+            slot.shared.clone(),
+            slot.consumer,
+            epoch,
+        ))
+    }
+
+    /// Starts (or restarts) the follower of a stream for `spec`.
+    async fn start_follower(
+        self: &Arc<Self>,
+        stream: &Arc<Stream>,
+        spec: &Demand,
+        stream_ref: u64,
+        params: TailParams,
+    ) -> Result<(Arc<Queue>, Arc<Shared>, u64, u64), TailError> {
+        let path = stream.path.clone();
+        let plan = {
+            let stream = stream.clone();
+            let spec = spec.clone();
+            tokio::task::spawn_blocking(move || plan_follow(&stream, &spec, params.max_line_bytes))
+                .await
+                .map_err(|e| io_err(&path)(std::io::Error::other(e)))?
+                .map_err(io_err(&path))?
         };
-        let batch = self.batch.get_or_insert_with(|| {
-            BatchBuilder::new(self.stream_ref, self.epoch, seq, self.flags, READ_BYTES)
+        let real = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+        let follower = Follower::new(
+            &real,
+            plan.files[plan.start.index..]
+                .iter()
+                .map(|f| f.held.clone())
+                .collect(),
+            plan.start.offset,
+            plan.start.seq,
+            params.max_line_bytes,
+        )
+        .map_err(io_err(&path))?;
+        let enc = Encoder {
+            stream_ref,
+            epoch: plan.epoch,
+            flags: 0,
+            max_batch_bytes: params.max_batch_bytes,
+            filter: Filter::of(spec),
+            from_seq: plan.from_seq,
+            until_seq: None,
+            batch: None,
+        };
+        let queue = self.budget.queue();
+        let shared = Arc::new(Shared {
+            progress: Mutex::new((follower.head(), Instant::now())),
+            queued_end: AtomicU64::new(plan.from_seq),
+            drained: Mutex::new(None),
+            frozen: AtomicBool::new(false),
+            takeover: Notify::new(),
         });
-        batch.push(ts, LineFlags(flags), message);
-        if batch.encoded_len() >= self.params.max_batch_bytes {
-            self.flush(sink, metrics).await?;
+        let mut st = stream.state.lock().expect("stream lock");
+        if let Some(old) = st.follower.take() {
+            old.task.abort();
+            old.shared.takeover.notify_waiters();
         }
-        Ok(())
+        let generation = 1;
+        let task = tokio::spawn(follow_task(
+            Arc::downgrade(self),
+            stream.clone(),
+            follower,
+            enc,
+            queue.clone(),
+            shared.clone(),
+            params,
+        ))
+        .abort_handle();
+        st.follower = Some(Slot {
+            task,
+            queue: queue.clone(),
+            shared: shared.clone(),
+            spec: Filter::of(spec),
+            params,
+            stream_ref,
+            consumer: generation,
+            attached: true,
+            detached_at: Instant::now(),
+            lag_seen: None,
+        });
+        Ok((queue, shared, generation, plan.epoch))
     }
 
-    async fn flush<S: BatchSink>(
-        &mut self,
-        sink: &mut S,
-        metrics: &AgentMetrics,
-    ) -> Result<(), SinkClosed> {
-        if let Some(batch) = self.batch.take() {
-            let lines = batch.len();
-            let bytes = batch.finish();
-            let len = bytes.len();
-            sink.send(bytes).await?;
-            metrics.lines_sent.inc_by(u64::from(lines));
-            metrics.bytes_sent.inc_by(len as u64);
+    /// The watchdog and janitor: re-opens stalled followers, stops unclaimed ones, until
+    /// shutdown.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let period =
+            (self.config.stall_after / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = crate::stopped(&mut shutdown) => break,
+            }
+            self.sweep();
         }
+        let streams: Vec<Arc<Stream>> = self
+            .streams
+            .lock()
+            .expect("tailer lock")
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
+        for s in streams {
+            if let Some(slot) = s.state.lock().expect("stream lock").follower.take() {
+                slot.task.abort();
+                slot.shared.takeover.notify_waiters();
+            }
+        }
+    }
+
+    /// One round of the watchdog.
+    pub fn sweep(self: &Arc<Self>) {
+        let streams: Vec<Arc<Stream>> = self
+            .streams
+            .lock()
+            .expect("tailer lock")
+            .values()
+            .cloned()
+            .collect();
+        let connected = self.metrics.relay_connected.get() == 1;
+        for stream in streams {
+            let mut st = stream.state.lock().expect("stream lock");
+            let Some(slot) = &st.follower else {
+                continue;
+            };
+            if !slot.attached
+                && connected
+                && slot.detached_at.elapsed() >= self.config.detach_linger
+            {
+                let slot = st.follower.take().expect("checked");
+                slot.task.abort();
+                slot.shared.takeover.notify_waiters();
+                st.files.clear();
+                st.checkpoints.clear();
+                drop(st);
+                self.streams
+                    .lock()
+                    .expect("tailer lock")
+                    .retain(|_, s| !Arc::ptr_eq(s, &stream));
+                continue;
+            }
+            if slot.shared.drained.lock().expect("shared lock").is_some() {
+                continue;
+            }
+            let (head, progress_at) = *slot.shared.progress.lock().expect("shared lock");
+            let finished = slot.task.is_finished();
+            // Is the file ahead of what was read?
+            let lagging = head.is_some_and(|(id, offset)| {
+                std::fs::metadata(&stream.path)
+                    .ok()
+                    .filter(|m| FileId::of(m) == id)
+                    .is_some_and(|m| m.len() > offset)
+            });
+            let slot = st.follower.as_mut().expect("checked");
+            if !finished {
+                if !lagging {
+                    slot.lag_seen = None;
+                    continue;
+                }
+                match slot.lag_seen {
+                    Some(t) if progress_at <= t && t.elapsed() >= self.config.stall_after => {}
+                    Some(t) if progress_at <= t => continue,
+                    _ => {
+                        slot.lag_seen = Some(Instant::now());
+                        continue;
+                    }
+                }
+            }
+            slot.lag_seen = None;
+            self.metrics.stalls.inc();
+            tracing::warn!(path = %stream.path.display(), "follower stalled; re-opening");
+            if let Err(e) = self.respawn(&stream, &mut st) {
+                tracing::warn!(path = %stream.path.display(), error = %e, "cannot re-open");
+            }
+        }
+    }
+
+    /// Replaces a follower task by a new one reading from its last checkpoint, keeping its
+    /// queue, epoch and numbering.
+    fn respawn(self: &Arc<Self>, stream: &Arc<Stream>, st: &mut State) -> std::io::Result<()> {
+        let Some(slot) = st.follower.as_mut() else {
+            return Ok(());
+        };
+        slot.task.abort();
+        let from_seq = slot.shared.queued_end.load(Ordering::Relaxed);
+        let (index, offset, seq) = checkpoint_before(&st.checkpoints, &st.files, from_seq)
+            .ok_or_else(|| std::io::Error::other("no checkpoint to re-open from"))?;
+        let real = std::fs::canonicalize(&stream.path).unwrap_or_else(|_| stream.path.clone());
+        let slot = st.follower.as_mut().expect("checked");
+        let follower = Follower::new(
+            &real,
+            st.files[index..].iter().map(|f| f.held.clone()).collect(),
+            offset,
+            seq,
+            slot.params.max_line_bytes,
+        )?;
+        let enc = Encoder {
+            stream_ref: slot.stream_ref,
+            epoch: st.epoch,
+            flags: 0,
+            max_batch_bytes: slot.params.max_batch_bytes,
+            filter: slot.spec.clone(),
+            from_seq,
+            until_seq: None,
+            batch: None,
+        };
+        slot.shared.frozen.store(false, Ordering::Relaxed);
+        *slot.shared.progress.lock().expect("shared lock") = (follower.head(), Instant::now());
+        slot.task = tokio::spawn(follow_task(
+            Arc::downgrade(self),
+            stream.clone(),
+            follower,
+            enc,
+            slot.queue.clone(),
+            slot.shared.clone(),
+            slot.params,
+        ))
+        .abort_handle();
         Ok(())
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Marks the follower detached when its data stream goes away.
+struct Detach {
+    stream: Arc<Stream>,
+    generation: u64,
+}
 
-    fn cri(lines: &[&str]) -> Vec<u8> {
-        lines
-            .iter()
-            .map(|l| format!("2024-01-01T00:00:00Z stdout {l}\n"))
-            .collect::<String>()
-            .into_bytes()
+impl Drop for Detach {
+    fn drop(&mut self) {
+        if let Ok(mut st) = self.stream.state.lock()
+            && let Some(slot) = st.follower.as_mut()
+            && slot.consumer == self.generation
+        {
+            slot.attached = false;
+            slot.detached_at = Instant::now();
+        }
     }
+}
 
-    #[test]
-    fn scanner_finds_the_last_lines_across_any_chunking() {
-        let data = cri(&["F a", "P b1", "F b2", "F c", "F d"]);
-        for chunk in 1..data.len() {
-            let mut s = LineScanner::new(2, None);
-            for c in data.chunks(chunk) {
-                s.feed(c);
+/// Writes `stream_ref` into a batch's header if it differs (a follower's batches outlive the
+/// data stream, and a restarted relay may number the stream differently).
+fn restamp(batch: Bytes, stream_ref: u64) -> Bytes {
+    if batch.len() < HEADER_LEN || batch[4..12] == stream_ref.to_le_bytes() {
+        return batch;
+    }
+    let mut m = batch
+        .try_into_mut()
+        .unwrap_or_else(|b| bytes::BytesMut::from(&b[..]));
+    m[4..12].copy_from_slice(&stream_ref.to_le_bytes());
+    m.freeze()
+}
+
+/// The newest checkpoint at or before `seq` whose file is still held: `(index, offset, seq)`.
+fn checkpoint_before(
+    checkpoints: &VecDeque<(u64, FileId, u64)>,
+    files: &[ChainFile],
+    seq: u64,
+) -> Option<(usize, u64, u64)> {
+    checkpoints
+        .iter()
+        .rev()
+        .filter(|(s, _, _)| *s <= seq)
+        .find_map(|&(s, id, off)| {
+            files
+                .iter()
+                .position(|f| f.held.id == id)
+                .map(|i| (i, off, s))
+        })
+}
+
+/// The position of the newest file's anchor, and how far back the demand reaches from it.
+fn fresh(
+    files: &[ChainFile],
+    spec: &Demand,
+    max_line: usize,
+) -> std::io::Result<(Position, Position, u64)> {
+    let (index, offset) = seek::end_point(files, max_line)?;
+    let anchor = Position {
+        index,
+        offset,
+        seq: SEQ_BASE,
+    };
+    let (start, from_seq) = match (spec.tail.filter(|t| *t > 0), spec.since_ns) {
+        (Some(n), _) => (
+            seek::back(files, anchor, Want::Lines(u64::from(n)), max_line)?,
+            SEQ_BASE - u64::from(n),
+        ),
+        (None, Some(t)) => (seek::back(files, anchor, Want::Since(t), max_line)?, 0),
+        (None, None) => (anchor, SEQ_BASE),
+    };
+    // Reaching back to the start of the oldest file counted every line there is: number from
+    // 0 there, as a reader starting at the beginning would.
+    if start.index == 0 && start.offset == 0 {
+        let shift = start.seq;
+        return Ok((
+            Position {
+                seq: anchor.seq - shift,
+                ..anchor
+            },
+            Position { seq: 0, ..start },
+            from_seq.saturating_sub(shift),
+        ));
+    }
+    Ok((anchor, start, from_seq))
+}
+
+/// Plans a backfill (`follow: false`).
+fn plan_once(stream: &Stream, spec: &Demand, max_line: usize) -> std::io::Result<Plan> {
+    let (epoch, files, checkpoints) = {
+        let st = stream.state.lock().expect("stream lock");
+        (st.epoch, st.files.clone(), st.checkpoints.clone())
+    };
+    let known = |p: &Option<SeqPos>| p.filter(|p| p.epoch == epoch && epoch != 0);
+    if let Some(until) = spec.until {
+        let Some(until) = known(&Some(until)) else {
+            // A join point in an epoch this agent does not have: nothing can be placed.
+            return Ok(Plan {
+                epoch,
+                files: Vec::new(),
+                start: Position {
+                    index: 0,
+                    offset: 0,
+                    seq: 0,
+                },
+                from_seq: 0,
+                until_seq: None,
+                empty: true,
+            });
+        };
+        let Some((index, offset, seq)) = checkpoint_before(&checkpoints, &files, until.seq) else {
+            return Ok(Plan {
+                epoch,
+                files,
+                start: Position {
+                    index: 0,
+                    offset: 0,
+                    seq: 0,
+                },
+                from_seq: 0,
+                until_seq: None,
+                empty: true,
+            });
+        };
+        let cp = Position { index, offset, seq };
+        let resume = known(&spec.since_seq)
+            .filter(|r| r.seq <= until.seq)
+            .and_then(|r| {
+                checkpoint_before(&checkpoints, &files, r.seq)
+                    .map(|(index, offset, seq)| (Position { index, offset, seq }, r.seq))
+            });
+        let (start, from_seq) = match (resume, spec.tail.filter(|t| *t > 0), spec.since_ns) {
+            (Some(r), _, _) => r,
+            (None, Some(n), _) => {
+                let n = u64::from(n);
+                let more = n.saturating_sub(until.seq - seq);
+                (
+                    seek::back(&files, cp, Want::Lines(more), max_line)?,
+                    until.seq.saturating_sub(n),
+                )
             }
-            let (begin, end) = s.finish();
-            assert_eq!(begin.seq, 2, "chunk {chunk}");
-            assert_eq!(&data[begin.offset as usize..][..30], &cri(&["F c"])[..30]);
-            assert_eq!(
-                end,
-                Cursor {
-                    offset: data.len() as u64,
-                    seq: 4
-                }
-            );
+            (None, None, Some(t)) => (seek::back(&files, cp, Want::Since(t), max_line)?, 0),
+            (None, None, None) => (cp, until.seq),
+        };
+        return Ok(Plan {
+            epoch,
+            files,
+            start,
+            from_seq,
+            until_seq: Some(until.seq),
+            empty: false,
+        });
+    }
+    if let Some(resume) = known(&spec.since_seq)
+        && let Some((index, offset, seq)) = checkpoint_before(&checkpoints, &files, resume.seq)
+    {
+        return Ok(Plan {
+            epoch,
+            files,
+            start: Position { index, offset, seq },
+            from_seq: resume.seq,
+            until_seq: None,
+            empty: false,
+        });
+    }
+    // A one-off read: its own epoch, not kept.
+    let files = chain_files(&stream.path)?;
+    let (_, start, from_seq) = fresh(&files, spec, max_line)?;
+    Ok(Plan {
+        epoch: new_epoch(),
+        files,
+        start,
+        from_seq,
+        until_seq: None,
+        empty: false,
+    })
+}
+
+/// Plans a live demand that could not attach: a resume in the stream's epoch from its files
+/// and checkpoints, else a new epoch.
+fn plan_follow(stream: &Stream, spec: &Demand, max_line: usize) -> std::io::Result<Plan> {
+    {
+        let st = stream.state.lock().expect("stream lock");
+        if let Some(resume) = spec
+            .since_seq
+            .filter(|p| p.epoch == st.epoch && st.epoch != 0)
+            && let Some((index, offset, seq)) =
+                checkpoint_before(&st.checkpoints, &st.files, resume.seq)
+        {
+            return Ok(Plan {
+                epoch: st.epoch,
+                files: st.files.clone(),
+                start: Position { index, offset, seq },
+                from_seq: resume.seq,
+                until_seq: None,
+                empty: false,
+            });
         }
     }
-
-    #[test]
-    fn scanner_stops_at_the_join_point() {
-        let data = cri(&["F a", "F b", "F c", "F d"]);
-        let mut s = LineScanner::new(10, Some(2));
-        assert!(!s.feed(&data));
-        let (begin, end) = s.finish();
-        assert_eq!((begin.seq, begin.offset), (0, 0));
-        assert_eq!(end.seq, 2);
+    let files = chain_files(&stream.path)?;
+    let (anchor, start, from_seq) = fresh(&files, spec, max_line)?;
+    let epoch = new_epoch();
+    let mut st = stream.state.lock().expect("stream lock");
+    st.epoch = epoch;
+    st.files = files.clone();
+    st.checkpoints.clear();
+    st.checkpoints
+        .push_back((start.seq, files[start.index].held.id, start.offset));
+    if anchor != start {
+        st.checkpoints
+            .push_back((anchor.seq, files[anchor.index].held.id, anchor.offset));
     }
+    Ok(Plan {
+        epoch,
+        files,
+        start,
+        from_seq,
+        until_seq: None,
+        empty: false,
+    })
+}
 
-    #[test]
-    fn an_unfinished_record_is_not_a_line() {
-        let mut s = LineScanner::new(5, None);
-        s.feed(b"2024-01-01T00:00:00Z stdout F whole\n2024-01-01T00:00:00Z stdout F half");
-        assert_eq!(s.finish().1.seq, 1);
-    }
-
-    struct VecSink(Vec<Bytes>);
-    impl BatchSink for VecSink {
-        async fn send(&mut self, batch: Bytes) -> Result<(), SinkClosed> {
-            self.0.push(batch);
-            Ok(())
+/// Reads, numbers, filters and queues one followed stream until aborted.
+async fn follow_task(
+    tailer: std::sync::Weak<Tailer>,
+    stream: Arc<Stream>,
+    mut follower: Follower,
+    mut enc: Encoder,
+    queue: Arc<Queue>,
+    shared: Arc<Shared>,
+    params: TailParams,
+) {
+    let mut lines = Vec::new();
+    let mut out = Vec::new();
+    let mut parse_errors = follower.parse_errors();
+    loop {
+        let Some(tailer) = tailer.upgrade() else {
+            return;
+        };
+        let metrics = tailer.metrics.clone();
+        drop(tailer);
+        if shared.frozen.load(Ordering::Relaxed) {
+            tokio::time::sleep(params.follow_poll).await;
+            continue;
+        }
+        let progress = match follower.poll(&mut lines, POLL_BYTES) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(path = %stream.path.display(), error = %e, "follower read failed");
+                tokio::time::sleep(params.follow_poll.max(Duration::from_millis(100))).await;
+                continue;
+            }
+        };
+        metrics.lines_read.inc_by(lines.len() as u64);
+        let errors = follower.parse_errors();
+        metrics.parse_errors.inc_by(errors - parse_errors);
+        parse_errors = errors;
+        let events = follower.take_events();
+        // Gaps go in order with the lines around them.
+        let mut lost: Vec<(u64, u64)> = Vec::new();
+        for e in &events {
+            if let follow::Event::Lost { at_seq, bytes } = e {
+                metrics.rotated_unread_bytes.inc_by(*bytes);
+                lost.push((*at_seq, *bytes));
+            }
+        }
+        for l in lines.drain(..) {
+            while let Some(&(at, bytes)) = lost.first()
+                && at <= l.seq
+            {
+                enc.flush(&mut out);
+                push_all(&queue, &shared, &mut out);
+                queue.push_gap(Gap {
+                    first_seq: at,
+                    end_seq: at,
+                    lines: 0,
+                    bytes,
+                });
+                lost.remove(0);
+            }
+            enc.push(&l, &mut out);
+        }
+        let idle = !matches!(progress, Progress::More(_));
+        if idle || !lost.is_empty() {
+            enc.flush(&mut out);
+        }
+        push_all(&queue, &shared, &mut out);
+        for (at, bytes) in lost {
+            queue.push_gap(Gap {
+                first_seq: at,
+                end_seq: at,
+                lines: 0,
+                bytes,
+            });
+        }
+        record(&stream, &follower, &events);
+        let bytes_read = match progress {
+            Progress::More(n) | Progress::Idle(n) => n,
+            Progress::Drained => 0,
+        };
+        {
+            let mut p = shared.progress.lock().expect("shared lock");
+            if bytes_read > 0 || p.0 != follower.head() {
+                *p = (follower.head(), Instant::now());
+            }
+        }
+        match progress {
+            Progress::More(_) => tokio::task::yield_now().await,
+            Progress::Idle(_) => tokio::time::sleep(params.follow_poll).await,
+            Progress::Drained => {
+                enc.flush(&mut out);
+                push_all(&queue, &shared, &mut out);
+                *shared.drained.lock().expect("shared lock") = Some(Instant::now());
+                queue.ready.notify_one();
+                return;
+            }
         }
     }
+}
 
-    #[tokio::test]
-    async fn backfill_of_a_real_file_respects_tail_until_and_filter() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("0.log");
-        let lines: Vec<String> = (0..100).map(|i| format!("F line {i}")).collect();
-        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
-        std::fs::write(&path, cri(&refs)).unwrap();
-        let epoch = epoch_of(&std::fs::metadata(&path).unwrap());
-        let params = TailParams {
-            max_batch_bytes: 200,
-            max_line_bytes: 1024,
-            follow_poll: Duration::from_millis(10),
-        };
-        let metrics = AgentMetrics::new();
-        let spec = Demand {
-            tail: Some(10),
-            until: Some(SeqPos { epoch, seq: 95 }),
-            ..Demand::default()
-        };
-        let mut sink = VecSink(Vec::new());
-        serve(&path, &spec, 7, params, &mut sink, &metrics)
-            .await
-            .unwrap();
-        let got: Vec<(u64, Vec<u8>)> = sink
-            .0
-            .iter()
-            .flat_map(|b| {
-                let (_, lines) = logrelay_wire::batch::lines(b).unwrap();
-                lines
-                    .into_iter()
-                    .map(|l| (l.seq, l.message.to_vec()))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        let want: Vec<(u64, Vec<u8>)> = (85..95)
-            .map(|i| (i, format!("line {i}\n").into_bytes()))
-            .collect();
-        assert_eq!(got, want);
+fn push_all(queue: &Queue, shared: &Shared, out: &mut Vec<Encoded>) {
+    for e in out.drain(..) {
+        shared.queued_end.store(e.end_seq, Ordering::Relaxed);
+        queue.push(e.bytes, e.first_seq, e.end_seq, e.lines);
+    }
+}
 
-        let spec = Demand {
-            tail: Some(100),
-            contains: Some("line 5".into()),
-            ..Demand::default()
-        };
-        let mut sink = VecSink(Vec::new());
-        serve(&path, &spec, 7, params, &mut sink, &metrics)
-            .await
-            .unwrap();
-        let seqs: Vec<u64> = sink
-            .0
+/// Keeps the stream's files and checkpoints in step with the follower.
+fn record(stream: &Stream, follower: &Follower, events: &[follow::Event]) {
+    let mut st = stream.state.lock().expect("stream lock");
+    if events
+        .iter()
+        .any(|e| matches!(e, follow::Event::Opened(_) | follow::Event::Finished(_)))
+    {
+        // Files older than where the follower started, then the follower's own, in order.
+        let own = follower.files();
+        let mut files: Vec<ChainFile> = st
+            .files
             .iter()
-            .flat_map(|b| {
-                logrelay_wire::batch::lines(b)
-                    .unwrap()
-                    .1
-                    .into_iter()
-                    .map(|l| l.seq)
-                    .collect::<Vec<_>>()
-            })
+            .take_while(|f| !own.iter().any(|o| o.held.id == f.held.id))
+            .cloned()
             .collect();
-        assert_eq!(seqs, vec![5, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59]);
+        files.extend(own);
+        let excess = files.len().saturating_sub(MAX_HISTORY_FILES + 2);
+        files.drain(..excess);
+        st.files = files;
+        let State {
+            files, checkpoints, ..
+        } = &mut *st;
+        checkpoints.retain(|(_, id, _)| files.iter().any(|f| f.held.id == *id));
+    }
+    if let Some((id, offset, seq)) = follower.clean_point()
+        && st
+            .checkpoints
+            .back()
+            .is_none_or(|(s, i, o)| (*s, *i, *o) != (seq, id, offset))
+        && st.checkpoints.back().is_none_or(|(s, _, _)| *s <= seq)
+    {
+        st.checkpoints.push_back((seq, id, offset));
+        if st.checkpoints.len() > MAX_CHECKPOINTS {
+            st.checkpoints.pop_front();
+        }
     }
 }

@@ -52,13 +52,18 @@ pub enum UplinkError {
     },
 }
 
+/// The QUIC client configuration in force, swapped by certificate reload.
+pub type SharedClientConfig = Arc<std::sync::RwLock<quinn::ClientConfig>>;
+
 /// The uplink task's state.
 #[derive(Debug)]
 pub struct Uplink {
+    client: SharedClientConfig,
     config: AgentConfig,
     endpoint: quinn::Endpoint,
     catalog: Arc<Catalog>,
     metrics: Arc<AgentMetrics>,
+    tailer: Arc<tail::Tailer>,
 }
 
 impl Uplink {
@@ -72,23 +77,27 @@ impl Uplink {
         // Dual-stack where the host has IPv6, IPv4 only where it does not.
         let v6: SocketAddr = "[::]:0".parse().expect("literal");
         let v4: SocketAddr = "0.0.0.0:0".parse().expect("literal");
-        let mut endpoint = quinn::Endpoint::client(v6).or_else(|_| quinn::Endpoint::client(v4))?;
-        let mut client = client;
-        let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(Duration::from_secs(5)));
-        transport.max_idle_timeout(Some(
-            Duration::from_secs(15)
-                .try_into()
-                .expect("15 s fits a VarInt"),
-        ));
-        client.transport_config(Arc::new(transport));
-        endpoint.set_default_client_config(client);
+        let endpoint = quinn::Endpoint::client(v6).or_else(|_| quinn::Endpoint::client(v4))?;
+        let tailer = tail::Tailer::new(tail::TailerConfig::from(&config), metrics.clone());
         Ok(Self {
+            client: Arc::new(std::sync::RwLock::new(client)),
             config,
             endpoint,
             catalog,
             metrics,
+            tailer,
         })
+    }
+
+    /// Serves log demands through `tailer` (shared with discovery and its watchdog).
+    pub fn with_tailer(mut self, tailer: Arc<tail::Tailer>) -> Self {
+        self.tailer = tailer;
+        self
+    }
+
+    /// The client configuration used for the next connection (certificate reload swaps it).
+    pub fn client_config(&self) -> SharedClientConfig {
+        self.client.clone()
     }
 
     /// Connects, serves, reconnects, until shutdown.
@@ -139,9 +148,10 @@ impl Uplink {
             }
             (a, _) => a,
         };
+        let client = self.client.read().expect("client config lock").clone();
         let conn = self
             .endpoint
-            .connect(addr, &self.config.relay_name)
+            .connect_with(client, addr, &self.config.relay_name)
             .map_err(|e| UplinkError::Connect(e.to_string()))?
             .await
             .map_err(|e| UplinkError::Connect(e.to_string()))?;
@@ -219,6 +229,7 @@ impl Uplink {
                                 source: entry.source,
                                 params: self.params(),
                                 metrics: self.metrics.clone(),
+                                tailer: self.tailer.clone(),
                             };
                             let handle = tokio::spawn(task.run()).abort_handle();
                             if let Some((old, _)) = demands.insert(demand, (handle, cancel_tx)) {
@@ -326,6 +337,7 @@ struct DemandTask {
     source: catalog::Source,
     params: TailParams,
     metrics: Arc<AgentMetrics>,
+    tailer: Arc<tail::Tailer>,
 }
 
 impl DemandTask {
@@ -354,6 +366,7 @@ impl DemandTask {
         let mut sink = QuicSink(&mut send);
         let served = tokio::select! {
             r = serve_source(
+                &self.tailer,
                 &self.source,
                 &self.spec,
                 self.stream_ref,
@@ -380,6 +393,7 @@ impl DemandTask {
 
 /// Serves one demand from its source.
 async fn serve_source<S: BatchSink>(
+    tailer: &Arc<tail::Tailer>,
     source: &catalog::Source,
     spec: &control::Demand,
     stream_ref: u64,
@@ -388,8 +402,21 @@ async fn serve_source<S: BatchSink>(
     metrics: &AgentMetrics,
 ) -> Result<(), tail::TailError> {
     match source {
-        catalog::Source::Log { path } => {
-            tail::serve(path, spec, stream_ref, params, sink, metrics).await
+        catalog::Source::Log { path } => tailer.serve(path, spec, stream_ref, params, sink).await,
+        catalog::Source::Scrape { target } => Ok(crate::scrape::serve(
+            target,
+            spec,
+            stream_ref,
+            params.max_batch_bytes,
+            sink,
+            metrics,
+        )
+        .await?),
+        catalog::Source::Resources { pod } => {
+            Ok(
+                crate::cgroup::serve(pod, spec, stream_ref, params.max_batch_bytes, sink, metrics)
+                    .await?,
+            )
         }
     }
 }

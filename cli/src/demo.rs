@@ -134,6 +134,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             quic_identity: pki.server(&["localhost", "127.0.0.1"])?,
             agent_roots: pki.roots(),
             wss: None,
+            reload: None,
         },
     )
     .await
@@ -150,6 +151,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         AgentTls {
             identity: pki.agent(&agent_id)?,
             relay_roots: pki.roots(),
+            reload: None,
         },
     )
     .await

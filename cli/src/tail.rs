@@ -35,6 +35,13 @@ pub struct TailArgs {
     /// Prefix each line with its RFC 3339 timestamp.
     #[arg(long)]
     pub timestamps: bool,
+    /// Only lines containing this text (filtered in the agent: other lines never leave the
+    /// node). For metrics streams: a comma-separated list of metric names, `prefix_*` allowed.
+    #[arg(long)]
+    pub contains: Option<String>,
+    /// Print the backlog and exit instead of following.
+    #[arg(long)]
+    pub no_follow: bool,
     /// Prefix each line with `[pod/container]`.
     #[arg(long)]
     pub prefix: bool,
@@ -68,7 +75,8 @@ pub async fn run(args: TailArgs) -> Result<(), ClientError> {
             tail: Some(args.tail),
             since_ns: None,
             since_seq: None,
-            follow: true,
+            follow: !args.no_follow,
+            contains: args.contains.clone(),
         })
         .await?;
     let mut names: HashMap<u64, String> = HashMap::new();
@@ -92,6 +100,13 @@ pub async fn run(args: TailArgs) -> Result<(), ClientError> {
                 ..
             }) => {
                 eprintln!("logrelay tail: {lines} lines ({bytes} bytes) missed: {reason}");
+            }
+            Incoming::Event(Event::End { stream, reason }) if reason == "complete" => {
+                // A one-off read of this stream is done; exit once all of them are.
+                names.remove(&stream);
+                if names.is_empty() {
+                    return Ok(());
+                }
             }
             Incoming::Event(Event::End { stream, reason }) => {
                 eprintln!(

@@ -93,6 +93,7 @@ impl TestPki {
             quic_identity: self.ca.server(&["localhost", "127.0.0.1"]).expect("mint"),
             agent_roots: self.ca.roots(),
             wss: None,
+            reload: None,
         }
     }
 
@@ -107,6 +108,7 @@ impl TestPki {
                 })
                 .expect("mint"),
             relay_roots: self.ca.roots(),
+            reload: None,
         }
     }
 }
@@ -340,6 +342,7 @@ impl Subscriber {
                 since_ns: None,
                 since_seq: None,
                 follow: true,
+                contains: None,
             })
             .await
             .expect("send subscribe");

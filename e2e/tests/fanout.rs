@@ -46,6 +46,7 @@ async fn stalled_session(
         since_ns: None,
         since_seq: None,
         follow: true,
+        contains: None,
     };
     ws.send(Message::text(serde_json::to_string(&req).unwrap()))
         .await
@@ -114,6 +115,7 @@ async fn fan_out(policy: SlowConsumerPolicy, subscribers: usize, line_count: usi
             since_ns: None,
             since_seq: None,
             follow: true,
+            contains: None,
         })
         .await
         .unwrap();

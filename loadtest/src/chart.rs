@@ -9,7 +9,7 @@ const W: f64 = 960.0;
 const PANEL_H: f64 = 230.0;
 const LEFT: f64 = 80.0;
 const RIGHT: f64 = 20.0;
-const TOP: f64 = 50.0;
+const TOP: f64 = 66.0;
 const GAP: f64 = 60.0;
 
 struct Series<'a> {
@@ -94,11 +94,12 @@ pub fn svg(report: &Report) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{height}" viewBox="0 0 {W} {height}" font-family="sans-serif" font-size="12">"#
     );
     let _ = writeln!(o, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let command: String = report.command.chars().take(140).collect();
     let _ = writeln!(
         o,
-        r#"<text x="{LEFT}" y="24" font-size="16" font-weight="bold">loadtest {} — {}</text>"#,
+        r##"<text x="{LEFT}" y="20" font-size="16" font-weight="bold">loadtest {}</text><text x="{LEFT}" y="36" font-size="11" fill="#555555">{}</text>"##,
         esc(&report.scenario.name),
-        esc(&report.command)
+        esc(&command)
     );
     panel(&mut o, TOP, "lines per second", &thr, t_max, warm, false);
     panel(
@@ -136,14 +137,25 @@ fn panel(
         .flat_map(|s| s.points.iter().map(|p| finite(p.1)))
         .fold(0.0f64, f64::max);
     let (lo, hi) = if log {
-        (0.0, (v_max.max(10.0)).log10().ceil())
+        let hi = (v_max.max(10.0)).log10().ceil();
+        let v_min = series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| finite(p.1)))
+            .filter(|v| *v >= 1.0)
+            .fold(f64::INFINITY, f64::min);
+        let lo = if v_min.is_finite() {
+            v_min.log10().floor().min(hi - 1.0)
+        } else {
+            0.0
+        };
+        (lo, hi)
     } else {
         (0.0, nice(v_max.max(1.0)))
     };
     let y = |v: f64| {
         let v = finite(v);
         let f = if log {
-            (v.max(1.0).log10() - lo) / (hi - lo).max(1e-9)
+            (v.max(10f64.powf(lo)).log10() - lo) / (hi - lo).max(1e-9)
         } else {
             (v - lo) / (hi - lo).max(1e-9)
         };
@@ -200,6 +212,7 @@ fn panel(
         );
         t += step;
     }
+    let mut legend = String::new();
     for (i, s) in series.iter().enumerate() {
         if !s.points.is_empty() {
             let pts: Vec<String> = s
@@ -222,7 +235,7 @@ fn panel(
         let lx = LEFT + 10.0 + (i as f64 % 2.0) * 260.0;
         let ly = top + 16.0 + (i / 2) as f64 * 16.0;
         let _ = writeln!(
-            o,
+            legend,
             r#"<line x1="{lx}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="{}" stroke-width="2"{}/><text x="{:.1}" y="{ly:.1}">{}</text>"#,
             ly - 4.0,
             lx + 24.0,
@@ -237,6 +250,15 @@ fn panel(
             esc(&s.label)
         );
     }
+    let rows = series.len().div_ceil(2) as f64;
+    let _ = writeln!(
+        o,
+        r##"<rect x="{:.1}" y="{:.1}" width="540" height="{:.1}" fill="white" fill-opacity="0.85" stroke="#cccccc"/>"##,
+        LEFT + 4.0,
+        top + 4.0,
+        rows * 16.0 + 4.0
+    );
+    o.push_str(&legend);
 }
 
 /// The smallest "nice" number (1, 2 or 5 × 10^k) at least `v`.

@@ -158,6 +158,7 @@ pub async fn serve_relay() -> anyhow::Result<()> {
             quic_identity: spec.identity.identity(),
             agent_roots: roots(&spec.ca)?,
             wss: None,
+            reload: None,
         },
     )
     .await?;
@@ -187,6 +188,7 @@ pub async fn serve_agent() -> anyhow::Result<()> {
         logrelay_agent::AgentTls {
             identity: spec.identity.identity(),
             relay_roots: roots(&spec.ca)?,
+            reload: None,
         },
     )
     .await?;

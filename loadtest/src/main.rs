@@ -26,6 +26,7 @@ mod scenario;
 mod scrape;
 mod stats;
 mod subscriber;
+mod summary;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -48,6 +49,12 @@ struct Cli {
 enum Command {
     /// Run a preset, a scenario file, or the quick CI smoke run.
     Run(RunArgs),
+    /// Medians of several JSON reports, one Markdown table per scenario.
+    Median {
+        /// JSON reports written by `loadtest run`.
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+    },
     /// List the presets, or print one as a TOML scenario.
     Presets {
         /// Preset to print.
@@ -122,6 +129,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run(args).await,
             Command::Presets { name } => presets(name.as_deref()),
+            Command::Median { reports } => median(&reports),
             Command::ServeRelay => children::serve_relay().await,
             Command::ServeAgent => children::serve_agent().await,
         }
@@ -153,6 +161,20 @@ fn presets(name: Option<&str>) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+fn median(paths: &[PathBuf]) -> anyhow::Result<()> {
+    let mut reports = Vec::new();
+    for p in paths {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        reports.push(
+            serde_json::from_str::<report::Report>(&text)
+                .with_context(|| format!("{} is not a loadtest report", p.display()))?,
+        );
+    }
+    print!("{}", summary::markdown(&reports));
     Ok(())
 }
 

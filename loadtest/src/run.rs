@@ -285,8 +285,15 @@ async fn measure(
         prev = r;
     }
     progress.finish();
-    let end = prev;
-    let secs = (end.secs - window_start.secs).max(1e-6);
+    let mut f = window(&window_start, &prev, &window_latency);
+    f.relay_rss_bytes_max = rss_max;
+    f.samples = samples;
+    f
+}
+
+/// The figures of the window between two readings (the warm-up's last, and the end).
+fn window(start: &Reading, end: &Reading, latency: &Histogram<u64>) -> Figures {
+    let secs = (end.secs - start.secs).max(1e-6);
     let per_sec = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
     let drops_by_reason: BTreeMap<String, u64> = end
         .drops
@@ -294,29 +301,24 @@ async fn measure(
         .map(|(k, v)| {
             (
                 k.clone(),
-                v.saturating_sub(*window_start.drops.get(k).unwrap_or(&0)),
+                v.saturating_sub(*start.drops.get(k).unwrap_or(&0)),
             )
         })
         .filter(|(_, v)| *v > 0)
         .collect();
     Figures {
-        ingest_lines_per_sec: per_sec(end.ingest_lines, window_start.ingest_lines),
-        ingest_bytes_per_sec: per_sec(end.ingest_bytes, window_start.ingest_bytes),
-        deliveries_per_sec: per_sec(end.subs.lines, window_start.subs.lines),
-        delivered_bytes_per_sec: per_sec(end.subs.bytes, window_start.subs.bytes),
-        latency_us: Latency::of(&window_latency),
+        ingest_lines_per_sec: per_sec(end.ingest_lines, start.ingest_lines),
+        ingest_bytes_per_sec: per_sec(end.ingest_bytes, start.ingest_bytes),
+        deliveries_per_sec: per_sec(end.subs.lines, start.subs.lines),
+        delivered_bytes_per_sec: per_sec(end.subs.bytes, start.subs.bytes),
+        latency_us: Latency::of(latency),
         dropped_lines: drops_by_reason.values().sum(),
         drops_by_reason,
-        gap_lines_seen: end
-            .subs
-            .gap_lines
-            .saturating_sub(window_start.subs.gap_lines),
-        relay_rss_bytes_max: rss_max,
-        relay_cpu_percent: procstat::cpu_percent(window_start.server, end.server, secs),
-        agent_cpu_percent: agents_cpu(&window_start, &end, secs),
-        harness_cpu_percent: procstat::cpu_percent(window_start.harness, end.harness, secs),
+        gap_lines_seen: end.subs.gap_lines.saturating_sub(start.subs.gap_lines),
+        relay_cpu_percent: procstat::cpu_percent(start.server, end.server, secs),
+        agent_cpu_percent: agents_cpu(start, end, secs),
+        harness_cpu_percent: procstat::cpu_percent(start.harness, end.harness, secs),
         measured_secs: secs,
-        samples,
         ..Figures::default()
     }
 }
@@ -630,4 +632,58 @@ async fn run_nats(
             .insert("slow_consumer_events_in_server_log".into(), slow);
     }
     Ok(figures)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reading(secs: f64, lines: u64, delivered: u64, dropped: u64, ticks: u64) -> Reading {
+        Reading {
+            secs,
+            ingest_lines: lines,
+            ingest_bytes: lines * 200,
+            drops: BTreeMap::from([("slow_consumer".to_owned(), dropped)]),
+            subs: SubTotals {
+                lines: delivered,
+                bytes: delivered * 200,
+                gap_lines: dropped,
+            },
+            server: ProcReading {
+                cpu_ticks: ticks,
+                rss_bytes: 1 << 20,
+            },
+            agents: vec![ProcReading::default(); 2],
+            harness: ProcReading::default(),
+        }
+    }
+
+    #[test]
+    fn the_window_counts_only_what_happened_in_it() {
+        let start = reading(2.0, 1_000, 5_000, 7, 100);
+        let end = reading(12.0, 2_001_000, 20_005_000, 1_007, 800);
+        let mut h = stats::latency_histogram();
+        stats::record_ns(&mut h, 2_000_000);
+        let f = window(&start, &end, &h);
+        assert_eq!(f.measured_secs, 10.0);
+        assert_eq!(f.ingest_lines_per_sec, 200_000.0);
+        assert_eq!(f.ingest_bytes_per_sec, 40_000_000.0);
+        assert_eq!(f.deliveries_per_sec, 2_000_000.0);
+        assert_eq!(f.dropped_lines, 1_000);
+        assert_eq!(f.drops_by_reason["slow_consumer"], 1_000);
+        assert_eq!(f.gap_lines_seen, 1_000);
+        assert_eq!(f.relay_cpu_percent, 70.0);
+        assert_eq!(f.agent_cpu_percent, Some(0.0));
+        assert_eq!(f.latency_us.p50, 2_000);
+    }
+
+    #[test]
+    fn sessions_are_given_streams_and_behaviours_by_index() {
+        let s = Scenario::preset("slow-consumers").unwrap();
+        assert_eq!(behaviour(&s, 0), Behaviour::Stalled);
+        assert_eq!(behaviour(&s, 9), Behaviour::Stalled);
+        assert_eq!(behaviour(&s, 10), Behaviour::Normal);
+        let l = Scenario::preset("latency").unwrap();
+        assert_eq!(pod_of(&l, 3), "a0-s3");
+    }
 }

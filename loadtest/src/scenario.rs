@@ -83,7 +83,7 @@ pub struct Scenario {
     /// Streams (containers) per agent.
     pub streams_per_agent: u32,
     /// Every line's size, terminator included (LogHub text cut or repeated to fit); absent:
-    /// LogHub lines as they are (about 140 bytes on average).
+    /// LogHub lines as they are (129 bytes on average, stamp included).
     pub line_bytes: Option<u32>,
     /// Lines per second over all streams; absent: as fast as the producers can send.
     pub rate_lines_per_sec: Option<u64>,
@@ -390,6 +390,15 @@ mod tests {
         let err = Scenario::from_toml("[subscribers]\nper_stream = 5\nsessions = 2\n").unwrap_err();
         assert!(matches!(err, ScenarioError::Invalid(_)), "{err}");
         assert!(Scenario::from_toml("mode = \"agent\"").is_err());
+    }
+
+    #[test]
+    fn shipped_scenario_files_parse() {
+        let example = Scenario::from_toml(include_str!("../scenarios/example.toml")).unwrap();
+        assert_eq!(example.stalled_and_slow(), (0, 1));
+        assert_eq!(example, Scenario::from_toml(&example.to_toml()).unwrap());
+        let stalled = Scenario::from_toml(include_str!("../scenarios/stalled-1000.toml")).unwrap();
+        assert_eq!(stalled.stalled_and_slow(), (990, 0));
     }
 
     #[test]

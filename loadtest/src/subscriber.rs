@@ -68,6 +68,7 @@ pub async fn run_relay(sub: Subscriber, ready: mpsc::Sender<()>, mut stop: watch
             since_ns: None,
             since_seq: None,
             follow: true,
+            contains: None,
         };
         let text = serde_json::to_string(&req).expect("requests serialize");
         if let Err(e) = ws.send(Message::text(text)).await {

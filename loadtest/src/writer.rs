@@ -114,19 +114,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn records_parse_as_cri_with_the_write_time() {
+    fn records_are_cri_with_the_write_time() {
         let c = Corpus::loghub(None);
         let mut out = Vec::new();
         cri_records(&c, 5, 3, 1_700_000_000_123_456_789, &mut out);
         let recs: Vec<&[u8]> = out.split_inclusive(|b| *b == b'\n').collect();
         assert_eq!(recs.len(), 3);
-        for r in recs {
-            let rec = logrelay_agent::cri::parse(r).unwrap();
-            assert_eq!(rec.timestamp_ns, 1_700_000_000_123_456_789);
+        for (i, r) in recs.into_iter().enumerate() {
+            let head = b"2023-11-14T22:13:20.123456789Z stdout F ";
+            assert_eq!(&r[..head.len()], head);
+            let message = &r[head.len()..];
             assert_eq!(
-                crate::corpus::parse_stamp(rec.message),
+                crate::corpus::parse_stamp(message),
                 Some(1_700_000_000_123_456_789)
             );
+            assert_eq!(&message[crate::corpus::STAMP_BYTES..], c.body(5 + i as u64));
         }
     }
 

@@ -41,6 +41,8 @@ use serde::{Serialize, Serializer};
 
 use super::auth::Claims;
 
+pub mod otlp;
+
 /// Events the stdout queue holds by default before dropping.
 pub const DEFAULT_QUEUE_EVENTS: usize = 4096;
 
@@ -87,6 +89,41 @@ impl Actor {
             id,
             sub: identity.map(Into::into),
         }
+    }
+}
+
+impl Op {
+    /// The name used in the JSON event.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AgentConnect => "agent_connect",
+            Self::AgentDisconnect => "agent_disconnect",
+            Self::SessionConnect => "session_connect",
+            Self::Subscribe => "subscribe",
+            Self::Deny => "deny",
+            Self::Limit => "limit",
+        }
+    }
+}
+
+impl Outcome {
+    /// The name used in the JSON event.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Denied => "denied",
+            Self::Limit => "limit",
+        }
+    }
+}
+
+impl AuditSink for otlp::OtlpAuditExporter {
+    fn record(&self, event: &AuditEvent<'_>, line: &[u8]) -> io::Result<()> {
+        self.try_emit(event.op.as_str(), event.outcome.as_str(), event.org, line)
+    }
+
+    fn failures(&self) -> u64 {
+        otlp::OtlpAuditExporter::failures(self)
     }
 }
 

@@ -134,6 +134,10 @@ pub struct RelayConfig {
         default_value_t = 10
     )]
     pub handshake_timeout_secs: u64,
+    /// Also export every audit event as an OpenTelemetry log record to this OTLP/HTTP
+    /// collector (`http://host:4318`; plain HTTP: run a collector beside the relay).
+    #[arg(long, env = "LOGRELAY_RELAY_AUDIT_OTLP_ENDPOINT")]
+    pub audit_otlp_endpoint: Option<String>,
 }
 
 /// What happens to a session that falls behind a stream's ring.
@@ -177,6 +181,7 @@ impl RelayConfig {
             dev_token_secret: None,
             max_pending_handshakes: 1024,
             handshake_timeout_secs: 10,
+            audit_otlp_endpoint: None,
         }
     }
 

@@ -47,6 +47,9 @@ pub struct SessionApp {
     pub shutdown: watch::Receiver<bool>,
 }
 
+/// Read buffer of a session's WebSocket.
+const SESSION_READ_BUFFER_BYTES: usize = 4 * 1024;
+
 /// The session router.
 pub fn router(app: SessionApp) -> Router {
     Router::new()
@@ -145,7 +148,10 @@ async fn subscribe(
     } else {
         ws
     };
-    ws.max_message_size(app.max_message_bytes)
+    // Sessions send only small JSON requests: a small read buffer (tungstenite's default is
+    // 128 KiB per connection, which 1000 idle sessions would pay for nothing).
+    ws.read_buffer_size(SESSION_READ_BUFFER_BYTES)
+        .max_message_size(app.max_message_bytes)
         .max_frame_size(app.max_message_bytes)
         // Written out once this full; a stalled socket holds at most this plus one message.
         .write_buffer_size(app.write_buffer_bytes)
@@ -191,12 +197,11 @@ impl SocketOptions {
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<crate::reload::SharedServerConfig>,
     options: SocketOptions,
     metrics: Arc<RelayMetrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let pending = Arc::new(Semaphore::new(options.max_pending_handshakes.max(1)));
     loop {
         let (tcp, remote) = tokio::select! {
@@ -215,7 +220,10 @@ pub async fn serve(
             continue;
         };
         options.apply(&tcp);
-        let acceptor = acceptor.clone();
+        // The configuration in force now: a reload applies to the next handshakes.
+        let acceptor = tls.as_ref().map(|shared| {
+            tokio_rustls::TlsAcceptor::from(shared.read().expect("wss config lock").clone())
+        });
         let service = hyper_util::service::TowerToHyperService::new(
             router.clone().layer(axum::Extension(ConnectInfo(remote))),
         );

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use logrelay_wire::control::{Demand, ErrorCode, RelayMsg, SeqPos, StreamGone, StreamInfo};
-use logrelay_wire::labels::Labels;
+use logrelay_wire::labels::{Labels, StreamKind};
 use logrelay_wire::selector::Selector;
 use logrelay_wire::session::{Event, StreamEntry};
 use tokio::sync::{Notify, mpsc};
@@ -167,6 +167,10 @@ pub struct Watch {
     pub cursor: ring::Cursor,
     /// Backfill still arriving: drained before the ring.
     pub backfill: Option<mpsc::Receiver<Bytes>>,
+    /// A watch served by its own demand rather than the shared ring — a one-off read
+    /// (`follow: false`) or a filtered subscription (`contains`) — and that demand's id. The
+    /// watch ends when that demand does; removing the watch cancels it.
+    pub private_demand: Option<u64>,
     subs: BTreeSet<String>,
 }
 
@@ -676,13 +680,16 @@ impl Hub {
             }
         }
         self.metrics.sessions_connected.dec();
-        let watched: Vec<u64> = {
+        let watched: Vec<(u64, Option<u64>)> = {
             let mut ss = session.state.lock().expect("session lock");
             ss.subs.clear();
-            ss.watches.drain().map(|(sid, _)| sid).collect()
+            ss.watches
+                .drain()
+                .map(|(sid, w)| (sid, w.private_demand))
+                .collect()
         };
-        for sid in watched {
-            self.remove_watcher(&mut st, sid, session.id);
+        for (sid, private) in watched {
+            self.remove_watcher(&mut st, sid, session.id, private);
         }
     }
 
@@ -768,6 +775,7 @@ impl Hub {
             return;
         };
         let labels = s.labels.clone();
+        let labels_kind = labels.kind;
         let live = s.live.clone();
         let has_agent = s.agent.is_some();
         let live_demand = s.live_demand;
@@ -784,6 +792,75 @@ impl Hub {
         session.notify.notify_one();
         if let Some(w) = ss.watches.get_mut(&sid) {
             w.subs.insert(sub.to_owned());
+            return;
+        }
+        if demand.contains.is_some() && demand.follow && labels_kind == StreamKind::Log {
+            // The agent follows a log file once for all its watchers; a filtered live tail
+            // needs a second follower there, which agents do not run yet.
+            push_event_locked(
+                &mut ss,
+                &Event::Error {
+                    code: ErrorCode::BadRequest,
+                    message: "`contains` on a log stream needs `follow: false` (a one-off \
+                              filtered read); filtered live tails are not supported yet"
+                        .into(),
+                    id: Some(sub.to_owned()),
+                },
+                self.config.max_session_event_bytes,
+            );
+            return;
+        }
+        if !demand.follow || demand.contains.is_some() {
+            // A one-off read (the backlog as the agent has it now, then `end`), or a filtered
+            // subscription (only its lines leave the node): its own demand, delivered through a
+            // bounded per-watch queue that slows the agent rather than drop. It does not keep
+            // the shared stream open.
+            let Some((agent, local)) = st.streams.get(&sid).and_then(|s| s.agent) else {
+                push_event_locked(
+                    &mut ss,
+                    &Event::End {
+                        stream: sid,
+                        reason: "agent_unavailable".into(),
+                    },
+                    self.config.max_session_event_bytes,
+                );
+                return;
+            };
+            let (tx, rx) = mpsc::channel(self.config.backfill_batches.max(1));
+            let id = st.add_demand(
+                agent,
+                DemandTarget::Backfill {
+                    stream: sid,
+                    session: Arc::downgrade(session),
+                    tx,
+                },
+            );
+            let cursor = live.ring.lock().expect("ring lock").cursor_at_end();
+            ss.watches.insert(
+                sid,
+                Watch {
+                    stream: live,
+                    cursor,
+                    backfill: Some(rx),
+                    private_demand: Some(id),
+                    subs: BTreeSet::from([sub.to_owned()]),
+                },
+            );
+            drop(ss);
+            self.metrics.demands_opened.inc();
+            self.send_agent(
+                st,
+                agent,
+                RelayMsg::Open {
+                    demand: id,
+                    stream: local,
+                    stream_ref: sid,
+                    demand_spec: Demand {
+                        until: None,
+                        ..demand.clone()
+                    },
+                },
+            );
             return;
         }
         let wants_backlog =
@@ -842,6 +919,7 @@ impl Hub {
                 stream: live.clone(),
                 cursor,
                 backfill: backfill_rx,
+                private_demand: None,
                 subs: BTreeSet::from([sub.to_owned()]),
             },
         );
@@ -868,7 +946,7 @@ impl Hub {
     /// Removes a subscription; streams no longer watched linger, then are cancelled.
     pub fn unsubscribe(self: &Arc<Self>, session: &Arc<SessionShared>, id: &str) -> bool {
         let mut st = self.lock();
-        let emptied: Vec<u64> = {
+        let emptied: Vec<(u64, Option<u64>)> = {
             let mut ss = session.state.lock().expect("session lock");
             if ss.subs.remove(id).is_none() {
                 return false;
@@ -876,10 +954,10 @@ impl Hub {
             let mut emptied = Vec::new();
             for (sid, w) in ss.watches.iter_mut() {
                 if w.subs.remove(id) && w.subs.is_empty() {
-                    emptied.push(*sid);
+                    emptied.push((*sid, w.private_demand));
                 }
             }
-            for sid in &emptied {
+            for (sid, _) in &emptied {
                 ss.watches.remove(sid);
             }
             push_event_locked(
@@ -889,18 +967,34 @@ impl Hub {
             );
             emptied
         };
-        for sid in emptied {
-            self.remove_watcher(&mut st, sid, session.id);
+        for (sid, private) in emptied {
+            self.remove_watcher(&mut st, sid, session.id, private);
         }
         session.notify.notify_one();
         true
     }
 
-    fn remove_watcher(self: &Arc<Self>, st: &mut State, sid: u64, session: u64) {
+    fn remove_watcher(
+        self: &Arc<Self>,
+        st: &mut State,
+        sid: u64,
+        session: u64,
+        private: Option<u64>,
+    ) {
+        if let Some(demand) = private
+            && let Some(agent) = st.demands.get(&demand).map(|d| d.agent)
+        {
+            // Its own demand goes with it (a finished one is already forgotten).
+            st.forget_demand(demand);
+            self.send_agent(st, agent, RelayMsg::Cancel { demand });
+        }
         let Some(s) = st.streams.get_mut(&sid) else {
             return;
         };
-        s.watchers.remove(&session);
+        if s.watchers.remove(&session).is_none() {
+            // A one-off read, or already gone: it never held the stream open.
+            return;
+        }
         s.live
             .watchers
             .lock()
@@ -1003,6 +1097,7 @@ mod tests {
             sel("p"),
             Demand {
                 tail: Some(10),
+                follow: true,
                 ..Demand::default()
             },
         )
@@ -1049,8 +1144,16 @@ mod tests {
         let agent = hub.add_agent("acme", "c1", tx, Arc::new(Notify::new()));
         hub.catalog_add(agent, vec![info(1, "p", "")]);
         let first = hub.add_session("acme", None).unwrap();
-        hub.subscribe(&first, "a", sel("p"), Demand::default())
-            .unwrap();
+        hub.subscribe(
+            &first,
+            "a",
+            sel("p"),
+            Demand {
+                follow: true,
+                ..Demand::default()
+            },
+        )
+        .unwrap();
         let Ok(RelayMsg::Open {
             demand, stream_ref, ..
         }) = rx.try_recv()
@@ -1070,6 +1173,7 @@ mod tests {
             sel("p"),
             Demand {
                 tail: Some(100),
+                follow: true,
                 ..Demand::default()
             },
         )
@@ -1098,18 +1202,52 @@ mod tests {
     async fn subscription_limit_is_enforced() {
         let hub = hub();
         let s = hub.add_session("acme", None).unwrap();
-        hub.subscribe(&s, "a", sel("p"), Demand::default()).unwrap();
+        hub.subscribe(
+            &s,
+            "a",
+            sel("p"),
+            Demand {
+                follow: true,
+                ..Demand::default()
+            },
+        )
+        .unwrap();
         assert_eq!(
-            hub.subscribe(&s, "a", sel("p"), Demand::default())
-                .unwrap_err()
-                .code,
+            hub.subscribe(
+                &s,
+                "a",
+                sel("p"),
+                Demand {
+                    follow: true,
+                    ..Demand::default()
+                }
+            )
+            .unwrap_err()
+            .code,
             ErrorCode::BadRequest
         );
-        hub.subscribe(&s, "b", sel("p"), Demand::default()).unwrap();
+        hub.subscribe(
+            &s,
+            "b",
+            sel("p"),
+            Demand {
+                follow: true,
+                ..Demand::default()
+            },
+        )
+        .unwrap();
         assert_eq!(
-            hub.subscribe(&s, "c", sel("p"), Demand::default())
-                .unwrap_err()
-                .code,
+            hub.subscribe(
+                &s,
+                "c",
+                sel("p"),
+                Demand {
+                    follow: true,
+                    ..Demand::default()
+                }
+            )
+            .unwrap_err()
+            .code,
             ErrorCode::LimitExceeded
         );
     }
@@ -1121,8 +1259,16 @@ mod tests {
         let agent = hub.add_agent("acme", "c1", tx, Arc::new(Notify::new()));
         hub.catalog_add(agent, vec![info(1, "p", ""), info(2, "q", "")]);
         let s = hub.add_session("acme", None).unwrap();
-        hub.subscribe(&s, "a", Selector::default(), Demand::default())
-            .unwrap();
+        hub.subscribe(
+            &s,
+            "a",
+            Selector::default(),
+            Demand {
+                follow: true,
+                ..Demand::default()
+            },
+        )
+        .unwrap();
         let mut live = Vec::new();
         while let Ok(RelayMsg::Open { demand, .. }) = rx.try_recv() {
             live.push(demand);

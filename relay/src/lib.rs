@@ -18,6 +18,7 @@ pub mod http;
 pub mod hub;
 pub mod ingest;
 pub mod metrics;
+pub mod reload;
 pub mod ring;
 pub mod sandbox;
 pub mod session;
@@ -40,6 +41,29 @@ pub struct RelayTls {
     pub agent_roots: rustls::RootCertStore,
     /// The certificate for WSS, if sessions use TLS.
     pub wss: Option<logrelay_tls::Identity>,
+    /// The files this material came from, watched and reloaded when they change.
+    pub reload: Option<reload::TlsFiles>,
+}
+
+/// The QUIC server configuration for agents: mTLS against `agent_roots`, transport limits.
+pub fn quic_server_config(
+    identity: logrelay_tls::Identity,
+    agent_roots: rustls::RootCertStore,
+) -> Result<quinn::ServerConfig, logrelay_tls::TlsError> {
+    let mut server = logrelay_tls::quic_server(identity, agent_roots)?;
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    transport.max_idle_timeout(Some(
+        Duration::from_secs(15)
+            .try_into()
+            .expect("15 s fits a VarInt"),
+    ));
+    transport.max_concurrent_uni_streams(4096u32.into());
+    transport.max_concurrent_bidi_streams(1u32.into());
+    transport.stream_receive_window((4u32 * 1024 * 1024).into());
+    transport.receive_window((16u32 * 1024 * 1024).into());
+    server.transport_config(Arc::new(transport));
+    Ok(server)
 }
 
 /// Why the relay could not start.
@@ -87,6 +111,7 @@ pub struct RelayHandle {
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     endpoint: quinn::Endpoint,
+    otlp: Option<Arc<audit::otlp::OtlpAuditExporter>>,
 }
 
 impl RelayHandle {
@@ -97,6 +122,12 @@ impl RelayHandle {
         self.endpoint
             .close(ingest::codes::SHUTDOWN.into(), b"relay shutting down");
         self.endpoint.wait_idle().await;
+        if let Some(otlp) = self.otlp.take() {
+            let flushed = tokio::task::spawn_blocking(move || otlp.shutdown()).await;
+            if let Ok(Err(e)) = flushed {
+                tracing::warn!(error = %e, "audit: OTLP flush incomplete");
+            }
+        }
     }
 
     /// The WebSocket URL of `/v1/subscribe`.
@@ -106,10 +137,26 @@ impl RelayHandle {
     }
 }
 
-/// Binds every listener and starts serving, with the audit trail on stdout.
+/// Binds every listener and starts serving, with the audit trail on stdout (and exported over
+/// OTLP when `audit_otlp_endpoint` is set).
 pub async fn start(config: RelayConfig, tls: RelayTls) -> Result<RelayHandle, StartError> {
-    let auditor = audit::Auditor::stdout().map_err(StartError::Audit)?;
-    start_with_auditor(config, tls, Arc::new(auditor)).await
+    let mut auditor = audit::Auditor::stdout().map_err(StartError::Audit)?;
+    let mut otlp = None;
+    if let Some(endpoint) = &config.audit_otlp_endpoint {
+        let exporter = Arc::new(
+            audit::otlp::OtlpAuditExporter::new(
+                endpoint,
+                "logrelay-relay",
+                audit::DEFAULT_QUEUE_EVENTS,
+            )
+            .map_err(|e| StartError::Audit(std::io::Error::other(e.to_string())))?,
+        );
+        auditor = auditor.with_sink(exporter.clone());
+        otlp = Some(exporter);
+    }
+    let mut handle = start_with_auditor(config, tls, Arc::new(auditor)).await?;
+    handle.otlp = otlp;
+    Ok(handle)
 }
 
 /// The session token verifier the configuration asks for, if any.
@@ -160,19 +207,7 @@ pub async fn start_with_auditor(
     let (ready_tx, ready_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
 
-    let mut server = logrelay_tls::quic_server(tls.quic_identity, tls.agent_roots)?;
-    let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(5)));
-    transport.max_idle_timeout(Some(
-        Duration::from_secs(15)
-            .try_into()
-            .expect("15 s fits a VarInt"),
-    ));
-    transport.max_concurrent_uni_streams(4096u32.into());
-    transport.max_concurrent_bidi_streams(1u32.into());
-    transport.stream_receive_window((4u32 * 1024 * 1024).into());
-    transport.receive_window((16u32 * 1024 * 1024).into());
-    server.transport_config(Arc::new(transport));
+    let server = quic_server_config(tls.quic_identity, tls.agent_roots)?;
     let endpoint =
         quinn::Endpoint::server(server, config.quic_addr).map_err(|source| StartError::Bind {
             what: "QUIC listener",
@@ -197,10 +232,21 @@ pub async fn start_with_auditor(
     let (http, http_addr) = bind("session listener", config.http_addr).await?;
     let (admin, admin_addr) = bind("admin listener", config.admin_addr).await?;
 
-    let wss = match tls.wss {
-        Some(id) => Some(logrelay_tls::https_server(id)?),
+    let wss: Option<reload::SharedServerConfig> = match tls.wss {
+        Some(id) => Some(Arc::new(std::sync::RwLock::new(
+            logrelay_tls::https_server(id)?,
+        ))),
         None => None,
     };
+    if let Some(files) = tls.reload {
+        tasks.spawn(reload::watch_files(
+            files,
+            endpoint.clone(),
+            wss.clone(),
+            metrics.clone(),
+            shutdown_rx.clone(),
+        ));
+    }
     let is_wss = wss.is_some();
     let session_cfg = session::SessionConfig {
         flush_bytes: config.session_flush_bytes,
@@ -288,6 +334,7 @@ pub async fn start_with_auditor(
         shutdown,
         tasks,
         endpoint,
+        otlp: None,
     })
 }
 

@@ -34,6 +34,9 @@ struct Cli {
         required_unless_present = "dev"
     )]
     agent_ca_file: Option<PathBuf>,
+    /// Seconds between checks of the TLS files; changed files are loaded with no restart.
+    #[arg(long, env = "LOGRELAY_RELAY_TLS_RELOAD_SECS", default_value_t = 10)]
+    tls_reload_secs: u64,
     /// Refuse to start where the kernel cannot deny file writes (Landlock).
     #[arg(long, env = "LOGRELAY_RELAY_REQUIRE_SANDBOX")]
     require_sandbox: bool,
@@ -69,17 +72,27 @@ fn main() -> anyhow::Result<()> {
             quic_identity: pki.server(&["localhost", "127.0.0.1"])?,
             agent_roots: pki.roots(),
             wss,
+            reload: None,
         }
     } else {
         let (Some(cert), Some(key), Some(ca)) = (&cli.cert_file, &cli.key_file, &cli.agent_ca_file)
         else {
             bail!("--cert-file, --key-file and --agent-ca-file are required without --dev");
         };
-        RelayTls {
-            quic_identity: logrelay_tls::Identity::from_pem_files(cert, key)?,
-            agent_roots: logrelay_tls::roots_from_pem_file(ca)?,
-            wss,
-        }
+        let files = logrelay_relay::reload::TlsFiles {
+            cert_file: cert.clone(),
+            key_file: key.clone(),
+            agent_ca_file: ca.clone(),
+            wss: cli
+                .config
+                .wss_cert_file
+                .clone()
+                .zip(cli.config.wss_key_file.clone()),
+            interval: std::time::Duration::from_secs(cli.tls_reload_secs.max(1)),
+        };
+        let mut tls = files.load()?;
+        tls.reload = Some(files);
+        tls
     };
     match logrelay_relay::sandbox::deny_writes() {
         Ok(status @ logrelay_relay::sandbox::Status::Enforced { .. }) => {

@@ -47,6 +47,8 @@ pub struct RelayMetrics {
     pub limit_hits: Family<Limit, Counter>,
     /// Configured limits, by name (so dashboards can show headroom).
     pub limits: Family<Limit, Gauge>,
+    /// TLS file reloads, by result (`ok`, `error`).
+    pub tls_reloads: Family<ReloadResult, Counter>,
     /// Sessions refused at connect, by reason.
     pub sessions_refused: Family<RefusalReason, Counter>,
     /// Malformed input (frames, batches, session messages), by offender.
@@ -59,6 +61,13 @@ pub struct Limit {
     /// `subscriptions_per_session`, `sessions_per_org`, `frame_bytes`, `session_message_bytes`,
     /// `session_requests_per_sec`, `memory_budget_bytes`, `ring_bytes`.
     pub limit: &'static str,
+}
+
+/// Outcome of a TLS reload.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadResult {
+    /// `ok` or `error`.
+    pub result: &'static str,
 }
 
 /// Why a session was refused.
@@ -97,6 +106,7 @@ impl RelayMetrics {
             limits: Family::default(),
             protocol_errors: Family::default(),
             sessions_refused: Family::default(),
+            tls_reloads: Family::default(),
         };
         r.register(
             "agents_connected",
@@ -166,6 +176,11 @@ impl RelayMetrics {
         );
         r.register("limit", "Configured limits", m.limits.clone());
         r.register(
+            "tls_reloads",
+            "TLS file reloads by result",
+            m.tls_reloads.clone(),
+        );
+        r.register(
             "sessions_refused",
             "Sessions refused at connect, by reason",
             m.sessions_refused.clone(),
@@ -179,6 +194,13 @@ impl RelayMetrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+
+    /// Counts one TLS reload.
+    pub fn tls_reload(&self, result: &'static str) {
+        self.tls_reloads
+            .get_or_create(&ReloadResult { result })
+            .inc();
     }
 
     /// Counts one refused session.

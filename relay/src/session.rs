@@ -26,6 +26,9 @@ use crate::config::SlowConsumerPolicy;
 use crate::hub::{Hub, SessionShared};
 use crate::metrics::{DropReason, RelayMetrics};
 
+/// Longest line filter a subscription may push down to the agent.
+pub const MAX_FILTER_BYTES: usize = 1024;
+
 /// Settings of a session.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionConfig {
@@ -273,7 +276,22 @@ fn handle_request(
             since_ns,
             since_seq,
             follow,
+            contains,
         } => {
+            if contains
+                .as_ref()
+                .is_some_and(|c| c.len() > MAX_FILTER_BYTES)
+            {
+                session.push_event(
+                    &error(
+                        ErrorCode::BadRequest,
+                        format!("`contains` is longer than {MAX_FILTER_BYTES} bytes"),
+                        Some(id),
+                    ),
+                    config.max_event_bytes,
+                );
+                return;
+            }
             if id.is_empty() || id.len() > MAX_SUB_ID_BYTES {
                 session.push_event(
                     &error(
@@ -313,7 +331,7 @@ fn handle_request(
                 since_seq,
                 until: None,
                 follow,
-                contains: None,
+                contains: contains.filter(|c| !c.is_empty()),
             };
             match hub.subscribe(session, &id, selector.clone(), demand) {
                 Ok(()) => auditor.subscribe(actor, &session.org, &id, &selector),
@@ -409,6 +427,7 @@ fn drain(session: &SessionShared, metrics: &RelayMetrics, config: SessionConfig)
     st.event_bytes = 0;
     let mut budget = config.flush_bytes;
     let mut live_now = Vec::new();
+    let mut complete = Vec::new();
     let mut gaps = Vec::new();
     for (sid, watch) in st.watches.iter_mut() {
         if let Some(rx) = &mut watch.backfill {
@@ -421,12 +440,16 @@ fn drain(session: &SessionShared, metrics: &RelayMetrics, config: SessionConfig)
                     Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
                     Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
                         watch.backfill = None;
-                        live_now.push(*sid);
+                        if watch.private_demand.is_some() {
+                            complete.push(*sid);
+                        } else {
+                            live_now.push(*sid);
+                        }
                         break;
                     }
                 }
             }
-            if watch.backfill.is_some() {
+            if watch.backfill.is_some() || watch.private_demand.is_some() {
                 continue;
             }
         }
@@ -443,6 +466,9 @@ fn drain(session: &SessionShared, metrics: &RelayMetrics, config: SessionConfig)
     }
     for (sid, lag) in gaps {
         record_lag(&mut st, sid, lag, metrics, config);
+    }
+    for sid in &complete {
+        st.watches.remove(sid);
     }
     out.close = st.close.clone();
     let mut pending_gaps: Vec<(u64, crate::ring::Lag)> = st.pending_gaps.drain().collect();
@@ -466,10 +492,19 @@ fn drain(session: &SessionShared, metrics: &RelayMetrics, config: SessionConfig)
         .map(|e| Message::Text(Utf8Bytes::from(e)))
         .collect();
     messages.append(&mut out.messages);
-    // `live` follows the last backfill batch it closes.
+    // `live` (or, for a one-off read, `end`) follows the last backfill batch it closes.
     messages.extend(live_now.into_iter().map(|sid| {
         Message::Text(Utf8Bytes::from(
             serde_json::to_string(&Event::Live { stream: sid }).expect("serializes"),
+        ))
+    }));
+    messages.extend(complete.into_iter().map(|sid| {
+        Message::Text(Utf8Bytes::from(
+            serde_json::to_string(&Event::End {
+                stream: sid,
+                reason: "complete".into(),
+            })
+            .expect("serializes"),
         ))
     }));
     out.messages = messages;
@@ -487,6 +522,13 @@ impl<'a> InFlight<'a> {
         let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
         metrics.buffered_bytes.inc_by(bytes);
         Self { metrics, bytes }
+    }
+
+    /// Some of the data was released before being written.
+    fn release(&mut self, bytes: u64) {
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX).min(self.bytes);
+        self.metrics.buffered_bytes.dec_by(bytes);
+        self.bytes -= bytes;
     }
 }
 
@@ -532,12 +574,27 @@ fn record_lag(
         .or_insert(lag);
 }
 
+/// Data a writer took from the rings and has not yet handed to the socket.
+struct InFlightData<'a> {
+    guard: InFlight<'a>,
+    lines: u64,
+    bytes: u64,
+}
+
 /// While the writer is blocked on the socket: account for what the rings dropped meanwhile.
+///
+/// When a ring has moved past this session, the data it still holds for that stream is older
+/// than anything the ring keeps: it is released and reported with the rest of the gap, so a
+/// stalled session never pins memory the rings gave back.
 fn catch_up(
     session: &SessionShared,
     metrics: &RelayMetrics,
     config: SessionConfig,
+    pending: &mut std::collections::VecDeque<Message>,
+    in_flight: &mut Option<InFlightData<'_>>,
 ) -> Option<(u16, String)> {
+    use logrelay_wire::batch::{BatchHeader, FLAG_BACKFILL, Kind};
+
     let mut st = session.state.lock().expect("session lock");
     let lagged: Vec<(u64, crate::ring::Lag)> = st
         .watches
@@ -545,7 +602,39 @@ fn catch_up(
         .filter(|(_, w)| w.backfill.is_none())
         .filter_map(|(sid, w)| w.stream.skip_lagged(&mut w.cursor).map(|l| (*sid, l)))
         .collect();
-    for (sid, lag) in lagged {
+    for (sid, mut lag) in lagged {
+        let mut released: Option<crate::ring::Lag> = None;
+        pending.retain(|m| {
+            let Message::Binary(b) = m else { return true };
+            match BatchHeader::parse(b) {
+                Ok(h) if h.stream == sid && h.kind == Kind::Log && h.flags & FLAG_BACKFILL == 0 => {
+                    let r = released.get_or_insert(crate::ring::Lag {
+                        from: Some(SeqPos {
+                            epoch: h.epoch,
+                            seq: h.first_seq,
+                        }),
+                        lines: 0,
+                        bytes: 0,
+                    });
+                    r.lines += u64::from(h.count);
+                    r.bytes += b.len() as u64;
+                    false
+                }
+                _ => true,
+            }
+        });
+        if let Some(r) = released {
+            if let Some(f) = in_flight.as_mut() {
+                f.guard.release(r.bytes);
+                f.lines = f.lines.saturating_sub(r.lines);
+                f.bytes = f.bytes.saturating_sub(r.bytes);
+            }
+            lag = crate::ring::Lag {
+                from: r.from,
+                lines: r.lines + lag.lines,
+                bytes: r.bytes + lag.bytes,
+            };
+        }
         record_lag(&mut st, sid, lag, metrics, config);
     }
     st.close.clone()
@@ -573,7 +662,7 @@ where
     let mut ping = tokio::time::interval(config.ping);
     ping.tick().await;
     let mut pending: VecDeque<Message> = VecDeque::new();
-    let mut in_flight: Option<(InFlight<'_>, u64, u64)> = None;
+    let mut in_flight: Option<InFlightData<'_>> = None;
     loop {
         if pending.is_empty() {
             let d = drain(session, metrics, config);
@@ -582,7 +671,11 @@ where
             }
             if !d.messages.is_empty() {
                 // Batches taken from rings count against the relay-wide budget until written.
-                in_flight = Some((InFlight::new(metrics, d.bytes), d.lines, d.bytes));
+                in_flight = Some(InFlightData {
+                    guard: InFlight::new(metrics, d.bytes),
+                    lines: d.lines,
+                    bytes: d.bytes,
+                });
                 pending.extend(d.messages);
             }
         }
@@ -608,16 +701,15 @@ where
                 if !written {
                     return None;
                 }
-                if let Some((guard, lines, bytes)) = in_flight.take() {
-                    drop(guard);
-                    metrics.lines_delivered.inc_by(lines);
-                    metrics.bytes_delivered.inc_by(bytes);
+                if let Some(done) = in_flight.take() {
+                    metrics.lines_delivered.inc_by(done.lines);
+                    metrics.bytes_delivered.inc_by(done.bytes);
                 }
             }
             () = session.notify.notified() => {
                 // Idle: the next turn drains what is new. Blocked: account for what the rings
                 // dropped meanwhile (the next drain reports it).
-                if !idle && let Some(c) = catch_up(session, metrics, config) {
+                if !idle && let Some(c) = catch_up(session, metrics, config, &mut pending, &mut in_flight) {
                     return Some(c);
                 }
             }
@@ -693,8 +785,16 @@ mod tests {
         let sessions: Vec<_> = (0..n)
             .map(|i| {
                 let s = hub.add_session("acme", None).unwrap();
-                hub.subscribe(&s, &format!("s{i}"), Selector::default(), Demand::default())
-                    .unwrap();
+                hub.subscribe(
+                    &s,
+                    &format!("s{i}"),
+                    Selector::default(),
+                    Demand {
+                        follow: true,
+                        ..Demand::default()
+                    },
+                )
+                .unwrap();
                 s
             })
             .collect();

@@ -33,6 +33,11 @@ pub enum Request {
         /// Keep following (default true).
         #[serde(default = "yes")]
         follow: bool,
+        /// Only lines containing this substring (for metrics streams: a comma-separated list of
+        /// metric names, `prefix_*` allowed). Filtered in the agent: other lines never leave
+        /// the node. A filtered subscription gets its own demand instead of the shared ring.
+        #[serde(default)]
+        contains: Option<String>,
     },
     /// Stop a subscription.
     Unsubscribe {

@@ -1,0 +1,459 @@
+//! Finding where to start reading, backwards from a known point (blocking file I/O).
+//!
+//! `tail: N` and `since` are served by walking back from the end (or from a known clean point)
+//! over record boundaries, never reading a whole file forward: only the last lines asked for,
+//! and, when the newest file holds fewer, the end of the file before it.
+//!
+//! Sequence numbers are fixed by the forward reader ([`RecordReader`]); this module only finds a
+//! *clean point* early enough and counts, with that same reader, how many lines lie between it and
+//! where it started. A clean point is a record boundary where, for stdout and stderr alike, the
+//! previous record of that stream is not a partial one (so no line is open across it). Walking
+//! back, each record is classified by the file's own parser; the start of a file is clean, and so
+//! is the end of a complete (rotated) file, where open lines are emitted flagged partial.
+
+use std::os::unix::fs::FileExt;
+
+use crate::format::Parser;
+
+use super::follow::{HeldFile, READ_CHUNK};
+use super::reader::{PARTIAL_WINDOW, RECORD_SLACK, RecordReader};
+
+/// A file of a stream, oldest first in a chain.
+#[derive(Debug, Clone)]
+pub struct ChainFile {
+    /// The open file.
+    pub held: HeldFile,
+    /// Rotated away: nothing more will be written to it.
+    pub complete: bool,
+}
+
+/// A clean point: file (index in the chain), offset, and the sequence number of the line there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// Index in the chain.
+    pub index: usize,
+    /// Byte offset in that file.
+    pub offset: u64,
+    /// Sequence number of the next line.
+    pub seq: u64,
+}
+
+/// How far back to go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// At least this many lines.
+    Lines(u64),
+    /// Back past a line older than this Unix time (ns), so every later one is included.
+    Since(i64),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Rec {
+    start: u64,
+    /// 0 = stdout, 1 = stderr; `None` for a record that did not parse (belongs to no stream).
+    stream: Option<usize>,
+    partial: bool,
+    ts: i64,
+}
+
+/// Walks back over one file's record boundaries.
+struct Back<'a> {
+    held: &'a HeldFile,
+    parser: Parser,
+    max_record: usize,
+    /// Cached chunk `[chunk_start, chunk_start + chunk.len())`.
+    chunk: Vec<u8>,
+    chunk_start: u64,
+    scratch: Vec<u8>,
+    /// Start of the earliest record found so far.
+    low: u64,
+    recs: Vec<Rec>,
+}
+
+impl<'a> Back<'a> {
+    fn new(held: &'a HeldFile, end: u64, max_line_bytes: usize) -> std::io::Result<Self> {
+        let format = held.format()?;
+        Ok(Self {
+            held,
+            parser: match format {
+                Some(f) => Parser::with_format(f, max_line_bytes),
+                None => Parser::new(max_line_bytes),
+            },
+            max_record: max_line_bytes.saturating_add(RECORD_SLACK),
+            chunk: Vec::new(),
+            chunk_start: end,
+            scratch: Vec::new(),
+            low: end,
+            recs: Vec::new(),
+        })
+    }
+
+    fn at_start(&self) -> bool {
+        self.low == 0
+    }
+
+    /// The largest `p < before` holding `\n`.
+    fn prev_newline(&mut self, before: u64) -> std::io::Result<Option<u64>> {
+        let mut hi = before;
+        loop {
+            if hi > self.chunk_start && hi <= self.chunk_start + self.chunk.len() as u64 {
+                let upto = (hi - self.chunk_start) as usize;
+                if let Some(i) = memchr::memrchr(b'\n', &self.chunk[..upto]) {
+                    return Ok(Some(self.chunk_start + i as u64));
+                }
+                hi = self.chunk_start;
+            }
+            if hi == 0 {
+                return Ok(None);
+            }
+            let start = hi.saturating_sub(READ_CHUNK as u64);
+            self.chunk.resize((hi - start) as usize, 0);
+            let n = super::follow::read_full_at(&self.held.file, &mut self.chunk, start)?;
+            self.chunk.truncate(n);
+            self.chunk_start = start;
+            if n == 0 {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Adds the record before `low`; false at the start of the file.
+    fn step(&mut self) -> std::io::Result<bool> {
+        if self.low == 0 {
+            return Ok(false);
+        }
+        let end = self.low;
+        let start = match self.prev_newline(end - 1)? {
+            Some(p) => p + 1,
+            None => 0,
+        };
+        let len = ((end - start) as usize).min(self.max_record);
+        self.scratch.resize(len, 0);
+        let n = self.held.file.read_at(&mut self.scratch, start)?;
+        self.scratch.truncate(n);
+        let rec = match self.parser.classify(&self.scratch) {
+            Ok((ts, stderr, partial)) => Rec {
+                start,
+                stream: Some(usize::from(stderr)),
+                partial,
+                ts,
+            },
+            Err(_) => Rec {
+                start,
+                stream: None,
+                partial: false,
+                ts: i64::MIN,
+            },
+        };
+        self.recs.push(rec);
+        self.low = start;
+        Ok(true)
+    }
+
+    /// Index `k` into the boundaries `P_0 = end, P_k = recs[k-1].start` of the newest clean one
+    /// with at least `k_min` records after it, if it can be decided from what was collected.
+    ///
+    /// At a boundary `b`, a stream is closed when its last record before `b` is not partial, or
+    /// ended more than [`PARTIAL_WINDOW`] bytes before `b` (the reader then ended the line), or
+    /// when it has no record at all before `b` (the start of the file, or nothing within the
+    /// window).
+    fn clean_boundary(&self, k_min: usize, end: u64) -> Option<usize> {
+        // Per stream, the newest record older than the boundary: (where it ended, partial).
+        let mut last: [Option<(u64, bool)>; 2] = [None; 2];
+        let mut best = None;
+        for k in (0..=self.recs.len()).rev() {
+            let b = self.boundary(k, end);
+            let closed = |s: usize| match last[s] {
+                Some((q, partial)) => !partial || b - q > PARTIAL_WINDOW,
+                None => self.at_start() || b - self.low > PARTIAL_WINDOW,
+            };
+            if k >= k_min && closed(0) && closed(1) {
+                best = Some(k);
+            }
+            if k > 0
+                && let Rec {
+                    stream: Some(s),
+                    partial,
+                    ..
+                } = self.recs[k - 1]
+            {
+                last[s] = Some((self.boundary(k - 1, end), partial));
+            }
+        }
+        best
+    }
+
+    fn boundary(&self, k: usize, end: u64) -> u64 {
+        if k == 0 { end } else { self.recs[k - 1].start }
+    }
+}
+
+/// Lines the reader emits between two points of one file (`flush`: `end` is the end of a
+/// complete file).
+fn count_lines(
+    held: &HeldFile,
+    start: u64,
+    end: u64,
+    flush: bool,
+    max_line_bytes: usize,
+) -> std::io::Result<u64> {
+    let mut reader = RecordReader::new(max_line_bytes, held.format()?, start, 0);
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut out = Vec::new();
+    let mut pos = start;
+    let mut n = 0;
+    while pos < end {
+        let want = ((end - pos) as usize).min(buf.len());
+        let got = super::follow::read_full_at(&held.file, &mut buf[..want], pos)?;
+        if got == 0 {
+            break;
+        }
+        reader.feed(&buf[..got], &mut out);
+        n += out.len() as u64;
+        out.clear();
+        pos += got as u64;
+    }
+    if flush {
+        reader.end_of_file(&mut out, None);
+        n += out.len() as u64;
+    }
+    Ok(n)
+}
+
+/// Walks back in one file from `end` (a clean point, or the end of a complete file when
+/// `flush`). Returns the clean point found, the lines between it and `end`, and whether the
+/// want was met (else the start of the file was reached first).
+fn back_in_file(
+    held: &HeldFile,
+    end: u64,
+    flush: bool,
+    want: Want,
+    max_line_bytes: usize,
+) -> std::io::Result<(u64, u64, bool)> {
+    let mut back = Back::new(held, end, max_line_bytes)?;
+    let mut goal = match want {
+        Want::Lines(n) => n,
+        Want::Since(_) => 0,
+    };
+    loop {
+        // Collect until the goal can be met, then look for a clean boundary.
+        let k_min = loop {
+            let k = match want {
+                Want::Lines(_) => {
+                    let mut done = 0u64;
+                    let mut k = None;
+                    if goal == 0 {
+                        k = Some(0);
+                    }
+                    for (i, r) in back.recs.iter().enumerate() {
+                        if k.is_some() {
+                            break;
+                        }
+                        if r.stream.is_none() || !r.partial {
+                            done += 1;
+                        }
+                        if done >= goal {
+                            k = Some(i + 1);
+                        }
+                    }
+                    k
+                }
+                Want::Since(t) => back
+                    .recs
+                    .iter()
+                    .position(|r| (r.stream.is_none() || !r.partial) && r.ts < t)
+                    .map(|i| i + 1),
+            };
+            match k {
+                Some(k) => break Some(k),
+                None if back.at_start() => break None,
+                None => {
+                    back.step()?;
+                }
+            }
+        };
+        let k = loop {
+            let k_min = k_min.unwrap_or(back.recs.len());
+            if let Some(k) = back.clean_boundary(k_min, end) {
+                break k;
+            }
+            if !back.step()? {
+                break back.recs.len();
+            }
+        };
+        let start = back.boundary(k, end);
+        let lines = count_lines(held, start, end, flush, max_line_bytes)?;
+        let met = match want {
+            Want::Lines(n) => lines >= n,
+            Want::Since(_) => k_min.is_some(),
+        };
+        if met || start == 0 {
+            return Ok((start, lines, met));
+        }
+        // Fewer lines than records suggested (the tails of truncated lines are dropped): more.
+        goal += match want {
+            Want::Lines(n) => n - lines,
+            Want::Since(_) => 0,
+        };
+        if !back.step()? {
+            return Ok((start, lines, false));
+        }
+    }
+}
+
+/// The newest clean point of the newest file of `files` (the chain's current end).
+pub fn end_point(files: &[ChainFile], max_line_bytes: usize) -> std::io::Result<(usize, u64)> {
+    let Some(index) = files.len().checked_sub(1) else {
+        return Ok((0, 0));
+    };
+    let f = &files[index];
+    let size = f.held.size()?;
+    if f.complete {
+        return Ok((index, size));
+    }
+    // The last record boundary, then back to a clean one.
+    let mut back = Back::new(&f.held, size, max_line_bytes)?;
+    let end = match back.prev_newline(size)? {
+        Some(p) => p + 1,
+        None => 0,
+    };
+    let (start, _, _) = back_in_file(&f.held, end, false, Want::Lines(0), max_line_bytes)?;
+    Ok((index, start))
+}
+
+/// From the clean point `from`, walks back to a clean point at least `want` lines earlier, into
+/// older files of the chain when needed (or to the start of the oldest one).
+pub fn back(
+    files: &[ChainFile],
+    from: Position,
+    want: Want,
+    max_line_bytes: usize,
+) -> std::io::Result<Position> {
+    let mut index = from.index;
+    let mut end = from.offset;
+    let mut flush = false;
+    let mut seq = from.seq;
+    let mut want = want;
+    loop {
+        let (start, lines, met) =
+            back_in_file(&files[index].held, end, flush, want, max_line_bytes)?;
+        seq = seq.saturating_sub(lines);
+        if met || index == 0 {
+            return Ok(Position {
+                index,
+                offset: start,
+                seq,
+            });
+        }
+        if let Want::Lines(n) = want {
+            want = Want::Lines(n - lines);
+        }
+        index -= 1;
+        end = files[index].held.size()?;
+        flush = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::tail::reader::TailLine;
+
+    fn held(path: &Path) -> ChainFile {
+        ChainFile {
+            held: HeldFile::open(path).unwrap(),
+            complete: false,
+        }
+    }
+
+    fn all_lines(files: &[ChainFile], from: Position) -> Vec<TailLine> {
+        let mut out = Vec::new();
+        for (i, f) in files.iter().enumerate().skip(from.index) {
+            let fmt = f.held.format().unwrap();
+            let off = if i == from.index { from.offset } else { 0 };
+            let seq = out.last().map_or(from.seq, |l: &TailLine| l.seq + 1);
+            let mut r = RecordReader::new(1 << 20, fmt, off, seq);
+            let mut buf = vec![0; f.held.size().unwrap() as usize];
+            super::super::follow::read_full_at(&f.held.file, &mut buf, 0).unwrap();
+            r.feed(&buf[off as usize..], &mut out);
+            if f.complete {
+                r.end_of_file(&mut out, None);
+            }
+        }
+        out
+    }
+
+    fn cri(lines: &[&str]) -> String {
+        lines
+            .iter()
+            .map(|l| format!("2024-01-01T00:00:0{}Z {l}\n", l.len() % 10))
+            .collect()
+    }
+
+    #[test]
+    fn tail_reads_back_into_the_rotated_file_and_over_open_partials() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("0.log.20240101-000000");
+        let cur = dir.path().join("0.log");
+        std::fs::write(
+            &old,
+            cri(&["stdout F o1", "stdout F o2", "stdout P dangling"]),
+        )
+        .unwrap();
+        std::fs::write(
+            &cur,
+            cri(&[
+                "stdout P a1",
+                "stderr F e",
+                "stdout F a2",
+                "stdout F b",
+                "stderr P open",
+            ]),
+        )
+        .unwrap();
+        let mut files = vec![held(&old), held(&cur)];
+        files[0].complete = true;
+        let (index, offset) = end_point(&files, 1 << 20).unwrap();
+        assert_eq!(index, 1);
+        // The open stderr partial at the end is excluded from the end point.
+        let whole = std::fs::read(&cur).unwrap();
+        assert_eq!(offset as usize, whole.len() - cri(&["stderr P open"]).len());
+        let end = Position {
+            index,
+            offset,
+            seq: 1000,
+        };
+        for n in 0..=7 {
+            let p = back(&files, end, Want::Lines(n), 1 << 20).unwrap();
+            let got = all_lines(&files, p);
+            let before_end: Vec<_> = got.iter().filter(|l| l.seq < 1000).collect();
+            assert!(before_end.len() as u64 >= n.min(6), "n={n}: {before_end:?}");
+            // Lines counted back land exactly on 1000 at the end point.
+            assert_eq!(
+                before_end.last().map(|l| l.seq),
+                (!before_end.is_empty()).then_some(999)
+            );
+            assert!(before_end.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+        }
+        let p = back(&files, end, Want::Lines(100), 1 << 20).unwrap();
+        assert_eq!((p.index, p.offset, p.seq), (0, 0, 1000 - 6));
+        let msgs: Vec<Vec<u8>> = all_lines(&files, p)
+            .into_iter()
+            .take(6)
+            .map(|l| l.message.to_vec())
+            .collect();
+        assert_eq!(
+            msgs,
+            [
+                &b"o1\n"[..],
+                b"o2\n",
+                b"dangling",
+                b"e\n",
+                b"a1a2\n",
+                b"b\n"
+            ]
+        );
+    }
+}

@@ -1,0 +1,432 @@
+//! Serving demands with the tailer against real files: backlog, follow across rotation, joins
+//! with `until`, resumes with `since_seq`, the byte budget and the watchdog.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use logrelay_agent::metrics::AgentMetrics;
+use logrelay_agent::tail::{BatchSink, SEQ_BASE, SinkClosed, TailParams, Tailer, TailerConfig};
+use logrelay_wire::batch::{self, BatchHeader, Kind};
+use logrelay_wire::control::{Demand, SeqPos};
+use tokio::sync::mpsc;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+struct ChanSink(mpsc::Sender<Bytes>);
+
+impl BatchSink for ChanSink {
+    async fn send(&mut self, batch: Bytes) -> Result<(), SinkClosed> {
+        self.0.send(batch).await.map_err(|_| SinkClosed)
+    }
+}
+
+fn params() -> TailParams {
+    TailParams {
+        max_batch_bytes: 4096,
+        max_line_bytes: 1 << 20,
+        follow_poll: Duration::from_millis(5),
+    }
+}
+
+/// A container log directory with a CRI writer.
+struct Log {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    file: std::fs::File,
+    n: usize,
+    rotations: usize,
+}
+
+impl Log {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let file = std::fs::File::create(&path).unwrap();
+        Self {
+            _dir: dir,
+            path,
+            file,
+            n: 0,
+            rotations: 0,
+        }
+    }
+
+    fn write(&mut self, lines: usize) {
+        let mut buf = String::new();
+        for _ in 0..lines {
+            buf.push_str(&format!(
+                "2024-01-01T00:00:{:02}.{:09}Z stdout F line {}\n",
+                self.n / 1_000_000_000 % 60,
+                self.n % 1_000_000_000,
+                self.n
+            ));
+            self.n += 1;
+        }
+        self.file.write_all(buf.as_bytes()).unwrap();
+    }
+
+    /// kubelet: rename, then the runtime reopens `0.log`.
+    fn rotate(&mut self) {
+        self.rotations += 1;
+        let rotated = self
+            .path
+            .with_file_name(format!("0.log.20240101-0000{:02}", self.rotations));
+        std::fs::rename(&self.path, rotated).unwrap();
+        self.file = std::fs::File::create(&self.path).unwrap();
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Got {
+    Line(u64, u64, String),
+    Gap(u64, u64, u32, u64),
+}
+
+/// Receives until `done` holds or the deadline passes.
+async fn recv_until(
+    rx: &mut mpsc::Receiver<Bytes>,
+    got: &mut Vec<Got>,
+    done: impl Fn(&[Got]) -> bool,
+) {
+    tokio::time::timeout(DEADLINE, async {
+        while !done(got) {
+            let Some(b) = rx.recv().await else { return };
+            got.extend(decode(&b));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out; got {} items: {:?}", got.len(), got.last()));
+}
+
+fn decode(b: &[u8]) -> Vec<Got> {
+    let h = BatchHeader::parse(b).unwrap();
+    match h.kind {
+        Kind::Gap => vec![Got::Gap(
+            h.epoch,
+            h.first_seq,
+            h.count,
+            batch::gap_bytes(b).unwrap(),
+        )],
+        Kind::Log => batch::lines(b)
+            .unwrap()
+            .1
+            .into_iter()
+            .map(|l| {
+                Got::Line(
+                    h.epoch,
+                    l.seq,
+                    String::from_utf8_lossy(l.message).into_owned(),
+                )
+            })
+            .collect(),
+    }
+}
+
+fn lines(got: &[Got]) -> Vec<(u64, String)> {
+    got.iter()
+        .filter_map(|g| match g {
+            Got::Line(_, s, m) => Some((*s, m.clone())),
+            Got::Gap(..) => None,
+        })
+        .collect()
+}
+
+fn line_text(i: usize) -> String {
+    format!("line {i}\n")
+}
+
+fn tailer(config: TailerConfig) -> (Arc<Tailer>, Arc<AgentMetrics>) {
+    let metrics = Arc::new(AgentMetrics::new());
+    (Tailer::new(config, metrics.clone()), metrics)
+}
+
+/// Starts a demand in the background; returns its receiver.
+fn serve(tailer: &Arc<Tailer>, path: &Path, spec: Demand, cap: usize) -> mpsc::Receiver<Bytes> {
+    let (tx, rx) = mpsc::channel(cap);
+    let tailer = tailer.clone();
+    let path = path.to_path_buf();
+    tokio::spawn(async move {
+        let _ = tailer
+            .serve(&path, &spec, 7, params(), &mut ChanSink(tx))
+            .await;
+    });
+    rx
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_numbers_on_across_rotations_and_a_backfill_joins_exactly() {
+    let mut log = Log::new();
+    log.write(50);
+    let (tailer, _) = tailer(TailerConfig::default());
+    let mut live = serve(
+        &tailer,
+        log.path(),
+        Demand {
+            tail: Some(10),
+            follow: true,
+            ..Demand::default()
+        },
+        1024,
+    );
+    let mut got = Vec::new();
+    recv_until(&mut live, &mut got, |g| lines(g).len() >= 10).await;
+    let backlog = lines(&got);
+    assert_eq!(
+        backlog,
+        (40..50)
+            .map(|i| (SEQ_BASE - 50 + i as u64, line_text(i)))
+            .collect::<Vec<_>>(),
+        "the last 10 lines, numbered down from the anchor"
+    );
+    let Got::Line(epoch, ..) = got[0] else {
+        unreachable!()
+    };
+    // Three rotations while following: numbering goes on.
+    for _ in 0..3 {
+        log.write(20);
+        log.rotate();
+    }
+    log.write(5);
+    recv_until(&mut live, &mut got, |g| lines(g).len() >= 75).await;
+    let all = lines(&got);
+    assert_eq!(
+        all,
+        (40..115)
+            .map(|i| (SEQ_BASE - 50 + i as u64, line_text(i)))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        got.iter()
+            .all(|g| matches!(g, Got::Line(e, ..) if *e == epoch))
+    );
+
+    // A subscriber joining now asks for 40 lines before the live end: they reach back through
+    // two rotated files, numbered exactly as the live lines were.
+    let end = SEQ_BASE - 50 + 115;
+    let mut back = serve(
+        &tailer,
+        log.path(),
+        Demand {
+            tail: Some(40),
+            until: Some(SeqPos { epoch, seq: end }),
+            ..Demand::default()
+        },
+        1024,
+    );
+    let mut joined = Vec::new();
+    recv_until(&mut back, &mut joined, |g| lines(g).len() >= 40).await;
+    assert_eq!(lines(&joined), all[all.len() - 40..]);
+    assert!(
+        tokio::time::timeout(DEADLINE, back.recv())
+            .await
+            .unwrap()
+            .is_none(),
+        "the backfill ends at `until`"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_reaches_into_the_rotated_file_without_a_follower() {
+    let mut log = Log::new();
+    log.write(30);
+    log.rotate();
+    log.write(5);
+    let (tailer, _) = tailer(TailerConfig::default());
+    let mut rx = serve(
+        &tailer,
+        log.path(),
+        Demand {
+            tail: Some(12),
+            ..Demand::default()
+        },
+        1024,
+    );
+    let mut got = Vec::new();
+    recv_until(&mut rx, &mut got, |g| lines(g).len() >= 12).await;
+    let texts: Vec<String> = lines(&got).into_iter().map(|(_, m)| m).collect();
+    assert_eq!(texts, (23..35).map(line_text).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn since_and_contains_filter_lines_in_the_agent() {
+    let mut log = Log::new();
+    log.write(40);
+    let (tailer, _) = tailer(TailerConfig::default());
+    // Lines are stamped 1 ns apart from 2024-01-01T00:00:00Z.
+    let t0 = 1_704_067_200_000_000_000i64;
+    let mut rx = serve(
+        &tailer,
+        log.path(),
+        Demand {
+            since_ns: Some(t0 + 25),
+            contains: Some("line 3".into()),
+            ..Demand::default()
+        },
+        1024,
+    );
+    let mut got = Vec::new();
+    recv_until(&mut rx, &mut got, |g| lines(g).len() >= 10).await;
+    let texts: Vec<String> = lines(&got).into_iter().map(|(_, m)| m).collect();
+    assert_eq!(texts, (30..40).map(line_text).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_picks_up_exactly_where_the_last_batch_ended() {
+    let mut log = Log::new();
+    log.write(5);
+    let (tailer, _) = tailer(TailerConfig::default());
+    let mut rx = serve(
+        &tailer,
+        log.path(),
+        Demand {
+            tail: Some(5),
+            follow: true,
+            ..Demand::default()
+        },
+        1024,
+    );
+    let mut got = Vec::new();
+    recv_until(&mut rx, &mut got, |g| lines(g).len() >= 5).await;
+    let Got::Line(epoch, ..) = got[0] else {
+        unreachable!()
+    };
+    // The data stream goes away (relay unreachable); following goes on into the budget,
+    // across a rotation.
+    drop(rx);
+    log.write(100);
+    log.rotate();
+    log.write(100);
+    let end = lines(&got).last().unwrap().0 + 1;
+    let mut rx = serve(
+        &tailer,
+        log.path(),
+        Demand {
+            since_seq: Some(SeqPos { epoch, seq: end }),
+            follow: true,
+            ..Demand::default()
+        },
+        1024,
+    );
+    recv_until(&mut rx, &mut got, |g| lines(g).len() >= 205).await;
+    let all = lines(&got);
+    assert_eq!(
+        all[0].0, 0,
+        "a backlog reaching the start of the file numbers from 0"
+    );
+    assert_eq!(
+        all,
+        (0..205)
+            .map(|i| (i as u64, line_text(i)))
+            .collect::<Vec<_>>(),
+        "no hole, no duplicate"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_budget_drops_the_oldest_batches_and_says_so_in_band() {
+    let mut log = Log::new();
+    let (tailer, _) = tailer(TailerConfig {
+        queue_budget_bytes: 16 * 1024,
+        ..TailerConfig::default()
+    });
+    log.write(1);
+    // A receiver that reads the backlog, then stops reading: one batch in flight, the rest
+    // queues.
+    let mut rx = serve(
+        &tailer,
+        log.path(),
+        Demand {
+            tail: Some(1),
+            follow: true,
+            ..Demand::default()
+        },
+        1,
+    );
+    let mut got = Vec::new();
+    recv_until(&mut rx, &mut got, |g| !g.is_empty()).await;
+    for _ in 0..50 {
+        log.write(100);
+    }
+    // Wait until the budget had to drop something.
+    tokio::time::timeout(DEADLINE, async {
+        while tailer.budget().dropped().0 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the budget fills");
+    assert!(tailer.budget().used() <= 16 * 1024);
+    let (dropped_lines, _) = tailer.budget().dropped();
+    recv_until(&mut rx, &mut got, |g| {
+        let n: u64 = g
+            .iter()
+            .map(|x| match x {
+                Got::Line(..) => 1,
+                Got::Gap(_, _, c, _) => u64::from(*c),
+            })
+            .sum();
+        n >= 5001
+    })
+    .await;
+    // Lines and gaps cover every sequence number once, in order.
+    let mut next = 0;
+    let mut gap_lines = 0;
+    for g in &got {
+        match g {
+            Got::Line(_, s, m) => {
+                assert_eq!(*s, next);
+                assert_eq!(*m, line_text(*s as usize));
+                next += 1;
+            }
+            Got::Gap(_, first, count, bytes) => {
+                assert_eq!(*first, next);
+                assert!(*bytes > 0);
+                next += u64::from(*count);
+                gap_lines += u64::from(*count);
+            }
+        }
+    }
+    assert_eq!(next, 5001);
+    assert!(gap_lines >= dropped_lines && gap_lines > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_follower_is_reopened_and_counted() {
+    let mut log = Log::new();
+    log.write(3);
+    let (tailer, metrics) = tailer(TailerConfig {
+        stall_after: Duration::from_millis(200),
+        ..TailerConfig::default()
+    });
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(tailer.clone().run(stop_rx));
+    let mut rx = serve(
+        &tailer,
+        log.path(),
+        Demand {
+            tail: Some(3),
+            follow: true,
+            ..Demand::default()
+        },
+        1024,
+    );
+    let mut got = Vec::new();
+    recv_until(&mut rx, &mut got, |g| lines(g).len() >= 3).await;
+    tailer.freeze(log.path());
+    log.write(7);
+    recv_until(&mut rx, &mut got, |g| lines(g).len() >= 10).await;
+    assert_eq!(
+        lines(&got),
+        (0..10)
+            .map(|i| (i as u64, line_text(i)))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(metrics.stalls.get(), 1);
+}

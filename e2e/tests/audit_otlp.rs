@@ -1,0 +1,85 @@
+//! Audit events are also exported as OpenTelemetry log records when OTLP is configured.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use logrelay_e2e::*;
+
+/// A minimal OTLP/HTTP collector: hands every request body it receives to the channel.
+fn collector() -> (String, mpsc::Receiver<(String, String, Vec<u8>)>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::sync_channel(64);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut request_line = String::new();
+            if reader.read_line(&mut request_line).is_err() {
+                continue;
+            }
+            let (mut length, mut content_type) = (0usize, String::new());
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+                let lower = h.to_ascii_lowercase();
+                if let Some(v) = lower.strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                if let Some(v) = lower.strip_prefix("content-type:") {
+                    content_type = v.trim().to_owned();
+                }
+            }
+            let mut body = vec![0; length];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+            let _ = tx.send((request_line, content_type, body));
+        }
+    });
+    (url, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_events_reach_an_otlp_collector() {
+    let (url, received) = collector();
+    let pki = TestPki::new();
+    let relay = logrelay_relay::start(
+        logrelay_relay::RelayConfig {
+            anonymous_org: Some("dev".into()),
+            audit_otlp_endpoint: Some(url),
+            ..logrelay_relay::RelayConfig::loopback()
+        },
+        pki.relay_tls(),
+    )
+    .await
+    .unwrap();
+    let mut s = Subscriber::connect(&relay.subscribe_url()).await;
+    s.subscribe("a", &selector("ns", "p", "c"), Some(0)).await;
+    s.until("subscribed", |s| !s.events.is_empty()).await;
+    let (request_line, content_type, body) = tokio::task::spawn_blocking(move || {
+        received
+            .recv_timeout(Duration::from_secs(20))
+            .expect("an OTLP export")
+    })
+    .await
+    .unwrap();
+    assert!(request_line.starts_with("POST /v1/logs "), "{request_line}");
+    assert_eq!(content_type, "application/x-protobuf");
+    let has = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    assert!(has(b"logrelay.audit.op"), "attributes are present");
+    assert!(
+        has(b"session_connect"),
+        "the session's connect was exported"
+    );
+    assert!(
+        has(br#""kind":"audit""#),
+        "the record's body is the JSON event"
+    );
+    relay.shutdown().await;
+}

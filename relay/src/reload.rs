@@ -1,0 +1,118 @@
+//! Certificate reload: the relay re-reads its TLS files when they change, with no restart.
+//!
+//! A task polls the files' identity (size, modification time, inode) every interval; on a
+//! change it loads the whole set again and, only if all of it is valid, swaps it in: the QUIC
+//! endpoint's server configuration (agent certificate, agent CA bundle) and the WSS
+//! configuration used by the next session handshakes. Connections already established keep
+//! the configuration they were made with. A broken file set is reported and ignored: the relay
+//! keeps serving with the last good one.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::metrics::RelayMetrics;
+
+/// The files behind a relay's TLS configuration.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain presented to agents.
+    pub cert_file: PathBuf,
+    /// Its private key.
+    pub key_file: PathBuf,
+    /// CAs that sign agent certificates.
+    pub agent_ca_file: PathBuf,
+    /// WSS certificate and key, if sessions use TLS.
+    pub wss: Option<(PathBuf, PathBuf)>,
+    /// How often the files are checked.
+    pub interval: Duration,
+}
+
+impl TlsFiles {
+    /// Loads the files into TLS material.
+    pub fn load(&self) -> Result<crate::RelayTls, logrelay_tls::TlsError> {
+        Ok(crate::RelayTls {
+            quic_identity: logrelay_tls::Identity::from_pem_files(&self.cert_file, &self.key_file)?,
+            agent_roots: logrelay_tls::roots_from_pem_file(&self.agent_ca_file)?,
+            wss: match &self.wss {
+                Some((c, k)) => Some(logrelay_tls::Identity::from_pem_files(c, k)?),
+                None => None,
+            },
+            reload: None,
+        })
+    }
+
+    fn fingerprint(&self) -> Vec<Option<(u64, i64, i64, u64)>> {
+        let mut paths = vec![&self.cert_file, &self.key_file, &self.agent_ca_file];
+        if let Some((c, k)) = &self.wss {
+            paths.push(c);
+            paths.push(k);
+        }
+        paths
+            .into_iter()
+            .map(|p| {
+                std::fs::metadata(p)
+                    .ok()
+                    .map(|m| (m.len(), m.mtime(), m.mtime_nsec(), m.ino()))
+            })
+            .collect()
+    }
+}
+
+/// The WSS configuration in force, swapped on reload.
+pub type SharedServerConfig = Arc<RwLock<Arc<rustls::ServerConfig>>>;
+
+/// Watches `files` until shutdown, swapping new configurations into `endpoint` and `wss`.
+pub async fn watch_files(
+    files: TlsFiles,
+    endpoint: quinn::Endpoint,
+    wss: Option<SharedServerConfig>,
+    metrics: Arc<RelayMetrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut seen = files.fingerprint();
+    let mut tick = tokio::time::interval(files.interval.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = crate::stopped(&mut shutdown) => return,
+        }
+        let now = files.fingerprint();
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match apply(&files, &endpoint, wss.as_ref()) {
+            Ok(()) => {
+                metrics.tls_reload("ok");
+                tracing::info!("TLS files changed: new certificates in use");
+            }
+            Err(e) => {
+                metrics.tls_reload("error");
+                tracing::warn!(error = %e, "TLS files changed but cannot be used; keeping the previous ones");
+            }
+        }
+    }
+}
+
+fn apply(
+    files: &TlsFiles,
+    endpoint: &quinn::Endpoint,
+    wss: Option<&SharedServerConfig>,
+) -> Result<(), logrelay_tls::TlsError> {
+    let tls = files.load()?;
+    let server = crate::quic_server_config(tls.quic_identity, tls.agent_roots)?;
+    let wss_config = match tls.wss {
+        Some(id) => Some(logrelay_tls::https_server(id)?),
+        None => None,
+    };
+    endpoint.set_server_config(Some(server));
+    if let (Some(shared), Some(config)) = (wss, wss_config) {
+        *shared.write().expect("wss config lock") = config;
+    }
+    Ok(())
+}
