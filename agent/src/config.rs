@@ -29,9 +29,15 @@ pub struct AgentConfig {
         default_value = "127.0.0.1:9601"
     )]
     pub admin_addr: SocketAddr,
-    /// How often the pods directory is rescanned.
+    /// How often the pods directory is rescanned when inotify is not available (with it, new
+    /// pods and containers are seen at once, and this paces rescans of directories still
+    /// settling).
     #[arg(long, env = "LOGRELAY_AGENT_RESCAN_MS", default_value_t = 250)]
     pub rescan_ms: u64,
+    /// With inotify: how often every container directory is rescanned anyway (the safety net,
+    /// and how container restarts, `1.log`, `2.log`…, are found).
+    #[arg(long, env = "LOGRELAY_AGENT_RESYNC_MS", default_value_t = 2_000)]
+    pub resync_ms: u64,
     /// How often a followed file is checked for growth once it is idle.
     #[arg(long, env = "LOGRELAY_AGENT_FOLLOW_POLL_MS", default_value_t = 10)]
     pub follow_poll_ms: u64,
@@ -144,6 +150,7 @@ impl AgentConfig {
             node_name: "local".into(),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             rescan_ms: 250,
+            resync_ms: 2_000,
             follow_poll_ms: 10,
             max_batch_bytes: 64 * 1024,
             max_line_bytes: 1024 * 1024,

@@ -32,7 +32,9 @@ const MAX_DRAIN: Duration = Duration::from_secs(60);
 
 /// Lists every container log under `pods_dir`. Unreadable entries are skipped.
 pub fn scan(pods_dir: &Path, node: &str) -> Vec<Entry> {
-    Scanner::default().scan(pods_dir, node)
+    let mut scanner = Scanner::default();
+    scanner.scan(pods_dir, node, true);
+    scanner.entries()
 }
 
 /// A directory's entries, remembered with its modification time.
@@ -52,13 +54,23 @@ const SETTLED: Duration = Duration::from_secs(1);
 #[derive(Debug, Default)]
 pub struct Scanner {
     dirs: HashMap<PathBuf, Cached>,
+    /// Streams found, by container directory.
+    found: HashMap<PathBuf, Vec<Entry>>,
+    /// Pod directories found.
+    pod_dirs: Vec<PathBuf>,
 }
 
 impl Scanner {
-    /// The names in `dir`, from the cache when its modification time is unchanged.
-    fn names(&mut self, dir: &Path, seen: &mut HashSet<PathBuf>) -> Option<Vec<String>> {
-        let mtime = std::fs::metadata(dir).ok()?.modified().ok();
+    /// The names in `dir`, from the cache when its modification time is unchanged; `changed`
+    /// is set when they differ from the cached ones.
+    fn names(
+        &mut self,
+        dir: &Path,
+        seen: &mut HashSet<PathBuf>,
+        changed: &mut bool,
+    ) -> Option<Vec<String>> {
         seen.insert(dir.to_path_buf());
+        let mtime = std::fs::metadata(dir).ok()?.modified().ok();
         if let Some(c) = self.dirs.get(dir)
             && c.settled
             && c.mtime.is_some()
@@ -66,14 +78,18 @@ impl Scanner {
         {
             return Some(c.names.clone());
         }
-        let names: Vec<String> = std::fs::read_dir(dir)
+        let mut names: Vec<String> = std::fs::read_dir(dir)
             .ok()?
             .flatten()
             .filter_map(|e| e.file_name().into_string().ok())
             .collect();
+        names.sort_unstable();
         let settled = mtime
             .and_then(|m| SystemTime::now().duration_since(m).ok())
             .is_some_and(|age| age > SETTLED);
+        if self.dirs.get(dir).is_none_or(|c| c.names != names) {
+            *changed = true;
+        }
         self.dirs.insert(
             dir.to_path_buf(),
             Cached {
@@ -85,57 +101,84 @@ impl Scanner {
         Some(names)
     }
 
-    /// Lists every container log under `pods_dir`, with the pod directories seen.
-    pub fn scan(&mut self, pods_dir: &Path, node: &str) -> Vec<Entry> {
-        self.scan_with_dirs(pods_dir, node).0
-    }
-
-    fn scan_with_dirs(&mut self, pods_dir: &Path, node: &str) -> (Vec<Entry>, Vec<PathBuf>) {
-        let mut out = Vec::new();
-        let mut pod_dirs = Vec::new();
+    /// Rescans `pods_dir`. With `deep`, every container directory is looked at (to find
+    /// restarts); without, only pods whose directory changed are. Returns whether the streams
+    /// found changed.
+    pub fn scan(&mut self, pods_dir: &Path, node: &str, deep: bool) -> bool {
         let mut seen = HashSet::new();
-        let pods = self.names(pods_dir, &mut seen).unwrap_or_default();
+        let mut changed = false;
+        let pods = self
+            .names(pods_dir, &mut seen, &mut changed)
+            .unwrap_or_default();
+        let mut pod_dirs = Vec::with_capacity(pods.len());
         for pod in pods {
             let Some(pod_id) = PodDir::parse(&pod) else {
                 continue;
             };
             let pod_path = pods_dir.join(&pod);
-            let Some(containers) = self.names(&pod_path, &mut seen) else {
+            let mut pod_changed = false;
+            let Some(containers) = self.names(&pod_path, &mut seen, &mut pod_changed) else {
                 continue;
             };
+            changed |= pod_changed;
             pod_dirs.push(pod_path.clone());
             for container in containers {
                 let dir = pod_path.join(&container);
-                let Some(files) = self.names(&dir, &mut seen) else {
+                if !deep && !pod_changed && self.found.contains_key(&dir) {
+                    // Nothing new in this pod: its containers are as they were.
+                    seen.insert(dir);
+                    continue;
+                }
+                let mut dir_changed = false;
+                let Some(files) = self.names(&dir, &mut seen, &mut dir_changed) else {
                     continue;
                 };
-                for file in files {
-                    let Some(restart) = parse_restart(&file) else {
-                        continue;
-                    };
-                    let path = dir.join(&file);
-                    // Follows a symlink: the stream is the file it points to.
-                    if !std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
-                        continue;
-                    }
-                    out.push(Entry {
-                        labels: Labels {
-                            node: node.to_owned(),
-                            namespace: pod_id.namespace.clone(),
-                            pod: pod_id.pod.clone(),
-                            pod_uid: pod_id.pod_uid.clone(),
-                            container: container.clone(),
-                            restart,
-                            kind: StreamKind::Log,
-                            ..Labels::default()
-                        },
-                        source: Source::Log { path },
-                    });
+                if !dir_changed && self.found.contains_key(&dir) {
+                    continue;
                 }
+                changed = true;
+                let entries = files
+                    .iter()
+                    .filter_map(|file| {
+                        let restart = parse_restart(file)?;
+                        let path = dir.join(file);
+                        // Follows a symlink: the stream is the file it points to.
+                        std::fs::metadata(&path)
+                            .is_ok_and(|m| m.is_file())
+                            .then(|| Entry {
+                                labels: Labels {
+                                    node: node.to_owned(),
+                                    namespace: pod_id.namespace.clone(),
+                                    pod: pod_id.pod.clone(),
+                                    pod_uid: pod_id.pod_uid.clone(),
+                                    container: container.clone(),
+                                    restart,
+                                    kind: StreamKind::Log,
+                                    ..Labels::default()
+                                },
+                                source: Source::Log { path },
+                            })
+                    })
+                    .collect();
+                self.found.insert(dir, entries);
             }
         }
+        let before = self.found.len();
         self.dirs.retain(|d, _| seen.contains(d));
-        (out, pod_dirs)
+        self.found.retain(|d, _| seen.contains(d));
+        changed |= self.found.len() != before;
+        self.pod_dirs = pod_dirs;
+        changed
+    }
+
+    /// True when some directory changed too recently for its listing to be trusted by mtime.
+    pub fn unsettled(&self) -> bool {
+        self.dirs.values().any(|c| !c.settled)
+    }
+
+    /// Every stream found by the last scan.
+    pub fn entries(&self) -> Vec<Entry> {
+        self.found.values().flatten().cloned().collect()
     }
 }
 
@@ -167,8 +210,10 @@ impl Hint {
         })
     }
 
-    /// Watches exactly `dirs` (adding new ones, dropping gone ones).
-    fn watch(&mut self, dirs: impl IntoIterator<Item = PathBuf>) {
+    /// Watches exactly `dirs` (adding new ones, dropping gone ones); true when one was added
+    /// (what was created in it before the watch needs another look).
+    fn watch(&mut self, dirs: impl IntoIterator<Item = PathBuf>) -> bool {
+        let mut added = false;
         let want: HashSet<PathBuf> = dirs.into_iter().collect();
         for gone in self.watched.difference(&want).cloned().collect::<Vec<_>>() {
             let _ = self.watcher.unwatch(&gone);
@@ -182,12 +227,18 @@ impl Hint {
                     .is_ok()
             {
                 self.watched.insert(dir);
+                added = true;
             }
         }
+        added
     }
 }
 
 /// Rescans on inotify hints and periodically, and updates the catalog, until shutdown.
+///
+/// With inotify, a hint rescans the pods directory and the pods that changed, and a deep rescan
+/// (every container directory, for restarts) runs every `resync_ms`; without it, every
+/// `rescan_ms` rescan is deep.
 pub async fn run(
     config: AgentConfig,
     catalog: Arc<Catalog>,
@@ -196,31 +247,66 @@ pub async fn run(
 ) {
     let wake = Arc::new(Notify::new());
     let mut hint = Hint::new(wake.clone());
-    let mut tick = tokio::time::interval(Duration::from_millis(config.rescan_ms.max(10)));
+    let period = if hint.is_some() {
+        config.resync_ms.max(config.rescan_ms)
+    } else {
+        config.rescan_ms
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(period.max(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // While a directory may still be settling, a shallow rescan runs every `rescan_ms`.
+    let mut settle = tokio::time::interval(Duration::from_millis(config.rescan_ms.max(10)));
+    settle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut unsettled = false;
+    let mut again = false;
     let scanner = Arc::new(std::sync::Mutex::new(Scanner::default()));
     // Streams whose file vanished while followed: kept until drained.
     let mut draining: HashMap<PathBuf, (Entry, tokio::time::Instant)> = HashMap::new();
     let mut known: HashMap<PathBuf, Entry> = HashMap::new();
+    let mut first = true;
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = wake.notified() => {}
-            () = crate::stopped(&mut shutdown) => return,
-        }
+        let deep = if std::mem::take(&mut again) {
+            false
+        } else {
+            tokio::select! {
+                _ = tick.tick() => true,
+                () = wake.notified() => false,
+                _ = settle.tick(), if unsettled => false,
+                () = crate::stopped(&mut shutdown) => return,
+            }
+        };
         let dir = config.pods_dir.clone();
         let node = config.node_name.clone();
         let sc = scanner.clone();
-        let Ok((found, pod_dirs)) = tokio::task::spawn_blocking(move || {
-            sc.lock().expect("scanner lock").scan_with_dirs(&dir, &node)
+        let Ok((changed, found, pod_dirs, still)) = tokio::task::spawn_blocking(move || {
+            let mut sc = sc.lock().expect("scanner lock");
+            let changed = sc.scan(&dir, &node, deep);
+            let found = changed.then(|| sc.entries());
+            let pod_dirs = changed.then(|| sc.pod_dirs.clone());
+            (changed, found, pod_dirs, sc.unsettled())
         })
         .await
         else {
             continue;
         };
-        if let Some(h) = hint.as_mut() {
-            h.watch(std::iter::once(config.pods_dir.clone()).chain(pod_dirs));
+        unsettled = still;
+        if let (Some(h), Some(pod_dirs)) = (hint.as_mut(), pod_dirs) {
+            again = h.watch(std::iter::once(config.pods_dir.clone()).chain(pod_dirs));
+        } else if first && let Some(h) = hint.as_mut() {
+            again = h.watch([config.pods_dir.clone()]);
         }
+        first = false;
+        if !changed && draining.is_empty() {
+            continue;
+        }
+        let found = match found {
+            Some(f) => f,
+            None => known
+                .iter()
+                .filter(|(p, _)| !draining.contains_key(*p))
+                .map(|(_, e)| e.clone())
+                .collect(),
+        };
         let found_paths: HashSet<PathBuf> =
             found.iter().map(|e| log_path(e).to_path_buf()).collect();
         for (path, entry) in known.drain() {
@@ -288,8 +374,9 @@ mod tests {
         std::fs::create_dir_all(pods.path().join("not-a-pod-dir").join("x")).unwrap();
 
         let mut scanner = Scanner::default();
+        assert!(scanner.scan(pods.path(), "n", true));
         let mut found: Vec<(String, u32)> = scanner
-            .scan(pods.path(), "n")
+            .entries()
             .into_iter()
             .map(|e| (e.labels.container, e.labels.restart))
             .collect();
@@ -298,8 +385,13 @@ mod tests {
             found,
             [("app".into(), 0), ("app".into(), 1), ("docker".into(), 0)]
         );
-        // A new restart appears in a known directory: its changed mtime makes it re-read.
+        // A new restart appears in a known directory: a deep scan finds it.
         std::fs::write(c.join("2.log"), b"").unwrap();
-        assert_eq!(scanner.scan(pods.path(), "n").len(), 4);
+        assert!(scanner.scan(pods.path(), "n", true));
+        assert_eq!(scanner.entries().len(), 4);
+        assert!(
+            !scanner.scan(pods.path(), "n", true),
+            "nothing changed since"
+        );
     }
 }

@@ -6,6 +6,7 @@
 use divan::counter::BytesCount;
 use divan::{Bencher, black_box};
 use logrelay_agent::format::{Format, MergedLine, Parser};
+use logrelay_agent::tail::reader::RecordReader;
 
 fn main() {
     divan::main();
@@ -161,4 +162,21 @@ fn docker_json(bencher: Bencher) {
     bencher
         .counter(BytesCount::of_slice(&buf))
         .bench(|| run(black_box(&buf), Format::DockerJson));
+}
+
+/// What the tail really runs per 64 KiB read: cut records, parse, merge, number lines.
+#[divan::bench]
+fn cri_record_reader(bencher: Bencher) {
+    let buf = cri_buffer();
+    bencher.counter(BytesCount::of_slice(&buf)).bench(|| {
+        let mut reader = RecordReader::new(MAX_LINE, Some(Format::Cri), 0, 0);
+        let mut out = Vec::with_capacity(1024);
+        let mut emitted = 0;
+        for chunk in black_box(&buf).chunks(64 * 1024) {
+            reader.feed(chunk, &mut out);
+            emitted += out.len();
+            out.clear();
+        }
+        emitted
+    });
 }

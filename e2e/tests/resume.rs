@@ -192,11 +192,37 @@ async fn a_filtered_read_gets_only_matching_lines_while_others_get_all() {
     let sent = agent.metric("logrelay_agent_lines_sent_total").await - sent_before;
     assert_eq!(sent, 10.0);
 
-    // A filtered live tail of a log stream is refused with a clear error (not yet supported).
+    // A filtered live tail: the matching backlog, then matching new lines only, while the
+    // unfiltered watcher keeps getting everything.
     let mut live = relay.subscriber().await;
     live.client.send(&filtered(true)).await.unwrap();
-    live.until("an error", |s| {
-        s.events.iter().any(|e| matches!(e, Event::Error { .. }))
+    live.until("the backlog's errors", |s| s.total_lines() >= 10)
+        .await;
+    let more: Vec<String> = (50..60)
+        .map(|i| {
+            format!(
+                "{} line {i:03}\n",
+                if i % 5 == 0 { "ERROR" } else { "INFO" }
+            )
+        })
+        .collect();
+    w.write_lines(more.iter().map(|l| l.as_bytes())).unwrap();
+    live.until("the new errors", |s| s.total_lines() >= 12)
+        .await;
+    all.until("the new lines", |s| s.total_lines() >= 60).await;
+    let stream = live.stream_of("errors").unwrap();
+    let mut want_live = want.clone();
+    want_live.extend(more.iter().filter(|l| l.starts_with("ERROR")).cloned());
+    assert_eq!(live.messages(stream), want_live);
+    // Unsubscribing cancels the filtered demand at the agent; the shared one stays.
+    live.client
+        .send(&Request::Unsubscribe {
+            id: "errors".into(),
+        })
+        .await
+        .unwrap();
+    eventually("the filtered demand is cancelled", || async {
+        (agent.metric("logrelay_agent_demands_active").await == 1.0).then_some(())
     })
     .await;
 }

@@ -339,3 +339,74 @@ proptest! {
         });
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_can_carry_the_token_in_the_websocket_subprotocol() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let pki = TestPki::new();
+    let (relay, signer, _dir) = token_relay(&pki, 60).await;
+    let t = token(&signer, "acme", json!([{ "role": "viewer" }]), now() + 600);
+    let mut request = relay.handle.subscribe_url().into_client_request().unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        format!("logrelay.v1, bearer.{t}").parse().unwrap(),
+    );
+    let tcp = tokio::net::TcpStream::connect(relay.handle.http_addr)
+        .await
+        .unwrap();
+    let (_ws, response) = tokio_tungstenite::client_async(request, tcp).await.unwrap();
+    assert_eq!(
+        response.headers()["sec-websocket-protocol"],
+        "logrelay.v1",
+        "the relay answers with the protocol, never the token"
+    );
+    assert!(
+        relay
+            .audit_events()
+            .iter()
+            .any(|e| e["op"] == "session_connect" && e["org"] == "acme")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_flooding_connections_are_cut_off_and_others_still_get_in() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = TestPki::new();
+    let relay = TestRelay::start_with(
+        &pki,
+        RelayConfig {
+            max_pending_handshakes: 4,
+            handshake_timeout_secs: 1,
+            ..RelayConfig::loopback()
+        },
+    )
+    .await;
+    let addr = relay.handle.http_addr;
+    // Slowloris: a request head that never completes is closed at the deadline.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /v1/subscribe HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = within("the slow connection is closed", slow.read(&mut buf)).await;
+    assert!(matches!(n, Ok(_)), "{n:?}");
+    // A flood of idle connections: beyond the cap they are dropped at once, and counted.
+    let mut idle = Vec::new();
+    for _ in 0..12 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    eventually("excess connections are refused and counted", || async {
+        (metric(relay.handle.admin_addr, "logrelay_relay_limit_hits_total").await >= 8.0)
+            .then_some(())
+    })
+    .await;
+    // Once the idle ones hit their deadline, a real session gets in.
+    eventually("a real session connects after the flood", || async {
+        logrelay::client::Client::connect(&relay.handle.subscribe_url(), None, None)
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    drop(idle);
+}

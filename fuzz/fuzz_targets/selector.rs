@@ -21,6 +21,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = selector.validate();
     let _ = selector.matches(&labels);
     let exact = Selector {
+        org: Some(labels.org.clone()),
         cluster: Some(labels.cluster.clone()),
         node: Some(labels.node.clone()),
         namespace: Some(labels.namespace.clone()),

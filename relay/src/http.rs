@@ -82,6 +82,25 @@ async fn subscribe(
         .and_then(|v| v.to_str().ok());
     let bearer = auth::token_from_headers(authorization, protocols);
     let anonymous = Actor::session(0, None);
+    // Credentials that are present but unusable are refused, never taken as "no token".
+    let offered = authorization.is_some()
+        || protocols.is_some_and(|p| p.contains(auth::BEARER_PROTOCOL_PREFIX));
+    if offered && bearer.is_none() {
+        app.metrics.session_refused("malformed");
+        app.auditor.deny(
+            &anonymous,
+            None,
+            "session_connect",
+            None,
+            Some(remote),
+            "malformed",
+        );
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated: malformed credentials (expected `Authorization: Bearer <jwt>` or \
+             `Sec-WebSocket-Protocol: logrelay.v1, bearer.<jwt>`)",
+        );
+    }
     let identity = match (&bearer, &app.verifier, &app.anonymous_org) {
         (Some(b), Some(verifier), _) => match verifier.verify(b.token, now_unix_secs()) {
             Ok(claims) => SessionIdentity {
@@ -127,14 +146,14 @@ async fn subscribe(
             remote,
         },
         (None, _, None) => {
-            app.metrics.session_refused("missing_token");
+            app.metrics.session_refused("token_missing");
             app.auditor.deny(
                 &anonymous,
                 None,
                 "session_connect",
                 None,
                 Some(remote),
-                "missing_token",
+                "token_missing",
             );
             return refuse(
                 StatusCode::UNAUTHORIZED,

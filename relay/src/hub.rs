@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use logrelay_wire::control::{Demand, ErrorCode, RelayMsg, SeqPos, StreamGone, StreamInfo};
-use logrelay_wire::labels::{Labels, StreamKind};
+use logrelay_wire::labels::Labels;
 use logrelay_wire::selector::Selector;
 use logrelay_wire::session::{Event, StreamEntry};
 use tokio::sync::{Notify, mpsc};
@@ -775,7 +775,6 @@ impl Hub {
             return;
         };
         let labels = s.labels.clone();
-        let labels_kind = labels.kind;
         let live = s.live.clone();
         let has_agent = s.agent.is_some();
         let live_demand = s.live_demand;
@@ -792,22 +791,6 @@ impl Hub {
         session.notify.notify_one();
         if let Some(w) = ss.watches.get_mut(&sid) {
             w.subs.insert(sub.to_owned());
-            return;
-        }
-        if demand.contains.is_some() && demand.follow && labels_kind == StreamKind::Log {
-            // The agent follows a log file once for all its watchers; a filtered live tail
-            // needs a second follower there, which agents do not run yet.
-            push_event_locked(
-                &mut ss,
-                &Event::Error {
-                    code: ErrorCode::BadRequest,
-                    message: "`contains` on a log stream needs `follow: false` (a one-off \
-                              filtered read); filtered live tails are not supported yet"
-                        .into(),
-                    id: Some(sub.to_owned()),
-                },
-                self.config.max_session_event_bytes,
-            );
             return;
         }
         if !demand.follow || demand.contains.is_some() {

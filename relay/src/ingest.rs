@@ -407,7 +407,9 @@ async fn serve_data(
             };
             match &sink {
                 DemandSink::Live(live) => {
-                    live.push(batch, h.count, end);
+                    // A gap notice's count is of missing lines: it holds none.
+                    let lines = if h.kind == Kind::Log { h.count } else { 0 };
+                    live.push(batch, lines, end);
                 }
                 DemandSink::Backfill { tx, session, .. } => {
                     if tx.send(batch).await.is_err() {

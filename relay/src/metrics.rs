@@ -73,7 +73,7 @@ pub struct ReloadResult {
 /// Why a session was refused.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusalReason {
-    /// `missing_token`, `expired`, `bad_signature`, … (a fixed set).
+    /// `token_missing`, `malformed`, `expired`, `bad_signature`, … (a fixed set).
     pub reason: &'static str,
 }
 

@@ -539,7 +539,9 @@ impl Drop for InFlight<'_> {
 }
 
 fn count(batch: &bytes::Bytes, out: &mut Drained) {
-    if let Ok(h) = logrelay_wire::batch::BatchHeader::parse(batch) {
+    if let Ok(h) = logrelay_wire::batch::BatchHeader::parse(batch)
+        && h.kind == logrelay_wire::batch::Kind::Log
+    {
         out.lines += u64::from(h.count);
     }
     out.bytes += batch.len() as u64;
