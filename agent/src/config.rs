@@ -138,6 +138,21 @@ pub struct AgentConfig {
     /// sent, plus this long.
     #[arg(long, env = "LOGRELAY_AGENT_DRAIN_LINGER_MS", default_value_t = 1_000)]
     pub drain_linger_ms: u64,
+    /// Watch this node's pods in the Kubernetes API and map pod labels onto task identity
+    /// (needs an agent built with the `k8s` feature).
+    #[arg(long, env = "LOGRELAY_AGENT_KUBE_PODS")]
+    pub kube_pods: bool,
+    /// Kubernetes API URL (default: the in-cluster service account, else kubeconfig).
+    #[arg(long, env = "LOGRELAY_AGENT_KUBE_API_URL")]
+    pub kube_api_url: Option<String>,
+    /// Task identity from pod labels: `project=<label>,domain=<label>,run=<label>,
+    /// action=<label>,attempt=<label>` (`annotation:<key>` reads an annotation instead).
+    #[arg(
+        long,
+        env = "LOGRELAY_AGENT_TASK_LABELS",
+        default_value = crate::kube::DEFAULT_TASK_LABELS
+    )]
+    pub task_labels: crate::kube::TaskLabels,
 }
 
 impl AgentConfig {
@@ -170,6 +185,11 @@ impl AgentConfig {
             stall_after_ms: 5_000,
             detach_linger_ms: 10_000,
             drain_linger_ms: 1_000,
+            kube_pods: false,
+            kube_api_url: None,
+            task_labels: crate::kube::DEFAULT_TASK_LABELS
+                .parse()
+                .expect("the default mapping parses"),
         }
     }
 }

@@ -25,10 +25,14 @@ use tokio::sync::{Notify, watch};
 
 use crate::catalog::{Catalog, Entry, Group, Source};
 use crate::config::AgentConfig;
+use crate::kube::{PodIndex, TaskLabels};
 use crate::tail::Tailer;
 
 /// A vanished stream is kept at most this long while its follower drains it.
 const MAX_DRAIN: Duration = Duration::from_secs(60);
+/// A vanished stream is kept at least this long (kubelet renames `0.log` before the runtime
+/// reopens it).
+const VANISH_GRACE: Duration = Duration::from_secs(1);
 
 /// Lists every container log under `pods_dir`. Unreadable entries are skipped.
 pub fn scan(pods_dir: &Path, node: &str) -> Vec<Entry> {
@@ -243,6 +247,19 @@ pub async fn run(
     config: AgentConfig,
     catalog: Arc<Catalog>,
     tailer: Arc<Tailer>,
+    shutdown: watch::Receiver<bool>,
+) {
+    run_with(config, catalog, tailer, None, shutdown).await;
+}
+
+/// [`run`], with pod metadata from the Kubernetes API mapped onto task identity
+/// ([`crate::kube`]): a new pod's streams wait for its metadata, at most
+/// [`crate::kube::METADATA_WAIT`].
+pub async fn run_with(
+    config: AgentConfig,
+    catalog: Arc<Catalog>,
+    tailer: Arc<Tailer>,
+    pods: Option<Arc<PodIndex>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let wake = Arc::new(Notify::new());
@@ -264,14 +281,25 @@ pub async fn run(
     let mut draining: HashMap<PathBuf, (Entry, tokio::time::Instant)> = HashMap::new();
     let mut known: HashMap<PathBuf, Entry> = HashMap::new();
     let mut first = true;
+    // Everything the last scan found, before task identity is added.
+    let mut scanned: Vec<Entry> = Vec::new();
+    // When each pod was first seen without metadata.
+    let mut waiting: HashMap<String, tokio::time::Instant> = HashMap::new();
+    let no_pods = Notify::new();
     loop {
+        let mut refresh = false;
         let deep = if std::mem::take(&mut again) {
             false
         } else {
+            let pods_changed = pods.as_ref().map_or(&no_pods, |p| &p.changed).notified();
             tokio::select! {
                 _ = tick.tick() => true,
                 () = wake.notified() => false,
-                _ = settle.tick(), if unsettled => false,
+                _ = settle.tick(), if unsettled || !waiting.is_empty() || !draining.is_empty() => false,
+                () = pods_changed => {
+                    refresh = true;
+                    false
+                }
                 () = crate::stopped(&mut shutdown) => return,
             }
         };
@@ -296,16 +324,15 @@ pub async fn run(
             again = h.watch([config.pods_dir.clone()]);
         }
         first = false;
-        if !changed && draining.is_empty() {
+        if !changed && !refresh && draining.is_empty() && waiting.is_empty() {
             continue;
         }
-        let found = match found {
-            Some(f) => f,
-            None => known
-                .iter()
-                .filter(|(p, _)| !draining.contains_key(*p))
-                .map(|(_, e)| e.clone())
-                .collect(),
+        if let Some(f) = found {
+            scanned = f;
+        }
+        let found = match &pods {
+            None => scanned.clone(),
+            Some(index) => with_identity(&scanned, index, &config.task_labels, &mut waiting),
         };
         let found_paths: HashSet<PathBuf> =
             found.iter().map(|e| log_path(e).to_path_buf()).collect();
@@ -319,7 +346,11 @@ pub async fn run(
             if found_paths.contains(path) {
                 return false;
             }
-            if since.elapsed() < MAX_DRAIN && tailer.is_draining(path) {
+            // A rename rotation leaves the path empty for a moment: a stream is only gone once
+            // it stayed away a while, and was drained if followed.
+            if since.elapsed() < VANISH_GRACE
+                || (since.elapsed() < MAX_DRAIN && tailer.is_draining(path))
+            {
                 listed.push(entry.clone());
                 return true;
             }
@@ -339,6 +370,38 @@ pub async fn run(
             tracing::info!(stream = s.id, reason = %s.reason, "stream removed");
         }
     }
+}
+
+/// Adds task identity from pod metadata; holds back the streams of pods whose metadata has not
+/// arrived yet, for at most [`crate::kube::METADATA_WAIT`].
+fn with_identity(
+    scanned: &[Entry],
+    index: &PodIndex,
+    mapping: &TaskLabels,
+    waiting: &mut HashMap<String, tokio::time::Instant>,
+) -> Vec<Entry> {
+    let mut out = Vec::with_capacity(scanned.len());
+    let mut still = HashMap::new();
+    for e in scanned {
+        let uid = &e.labels.pod_uid;
+        match index.get(uid) {
+            Some(meta) => {
+                let mut e = e.clone();
+                mapping.apply(&meta, &mut e.labels);
+                out.push(e);
+            }
+            None => {
+                let since = *waiting.get(uid).unwrap_or(&tokio::time::Instant::now());
+                if since.elapsed() < crate::kube::METADATA_WAIT {
+                    still.insert(uid.clone(), since);
+                } else {
+                    out.push(e.clone());
+                }
+            }
+        }
+    }
+    *waiting = still;
+    out
 }
 
 fn log_path(e: &Entry) -> &Path {

@@ -3,9 +3,11 @@
 //! Pipeline stages, one module each:
 //! * [`discover`] finds container logs under the pods directory and keeps the [`catalog`];
 //! * [`uplink`] dials the relay over QUIC, announces the catalog and serves `open`/`cancel`;
-//! * [`tail`] serves one demand: backlog, then follow, encoding batches once
+//! * [`tail`] serves one demand: backlog (read backwards), then follow across rotations
+//!   ([`rotate`], [`fingerprint`]) into one byte [`budget`], encoding batches once
 //!   ([`logrelay_wire::batch`]) in the format subscribers read;
-//! * [`cri`] parses container runtime records (pure);
+//! * [`format`] parses CRI, Docker json-file and plain logs and reassembles partial lines
+//!   (pure; [`cri`] is its borrow-only CRI face);
 //! * [`scrape`] scrapes Prometheus endpoints and [`cgroup`] samples pod resource usage, as
 //!   `metrics` streams discovered by [`scrape::sources`], read only while watched;
 //! * [`admin`] serves `/metrics` and `/healthz`; [`metrics`] owns every metric name.
@@ -22,6 +24,7 @@ pub mod cri;
 pub mod discover;
 pub mod fingerprint;
 pub mod format;
+pub mod kube;
 pub mod metrics;
 pub mod rotate;
 pub mod scrape;
@@ -105,10 +108,12 @@ pub async fn start(config: AgentConfig, tls: AgentTls) -> Result<AgentHandle, St
 
     let tailer = tail::Tailer::new(tail::TailerConfig::from(&config), metrics.clone());
     tasks.spawn(tailer.clone().run(shutdown_rx.clone()));
-    tasks.spawn(discover::run(
+    let pods = kube::start(&config, &mut tasks, &shutdown_rx).await;
+    tasks.spawn(discover::run_with(
         config.clone(),
         catalog.clone(),
         tailer.clone(),
+        pods,
         shutdown_rx.clone(),
     ));
     tasks.spawn(scrape::sources::run(

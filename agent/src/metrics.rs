@@ -29,6 +29,12 @@ pub struct AgentMetrics {
     pub rotated_unread_bytes: Counter,
     /// Followed files that grew but were not read in time, and were re-opened.
     pub stalls: Counter,
+    /// Bytes of batches queued toward the relay (the queue budget in use).
+    pub queue_bytes: Gauge,
+    /// Lines dropped from full queues (oldest first), reported to subscribers as gaps.
+    pub queue_dropped_lines: Counter,
+    /// Batch bytes dropped from full queues.
+    pub queue_dropped_bytes: Counter,
     /// TLS files reloaded after a change.
     pub tls_reloads: Counter,
     /// TLS files that changed but could not be used.
@@ -60,6 +66,9 @@ impl AgentMetrics {
             demands_active: Gauge::default(),
             rotated_unread_bytes: Counter::default(),
             stalls: Counter::default(),
+            queue_bytes: Gauge::default(),
+            queue_dropped_lines: Counter::default(),
+            queue_dropped_bytes: Counter::default(),
             tls_reloads: Counter::default(),
             tls_reload_errors: Counter::default(),
             scrapes: Counter::default(),
@@ -149,6 +158,21 @@ impl AgentMetrics {
             "stalls",
             "Followed log files that grew but were not read in time, and were re-opened",
             m.stalls.clone(),
+        );
+        registry.register(
+            "queue_bytes",
+            "Bytes of batches queued toward the relay (the queue budget in use)",
+            m.queue_bytes.clone(),
+        );
+        registry.register(
+            "queue_dropped_lines",
+            "Lines dropped from full queues toward the relay, reported as gaps",
+            m.queue_dropped_lines.clone(),
+        );
+        registry.register(
+            "queue_dropped_bytes",
+            "Batch bytes dropped from full queues toward the relay",
+            m.queue_dropped_bytes.clone(),
         );
         Self { registry, ..m }
     }

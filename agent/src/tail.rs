@@ -156,6 +156,8 @@ pub struct Tailer {
     /// Followed streams by log path and line filter: a demand with a pushed-down filter is a
     /// numbering of its own (the relay keeps one ring per stream and filter).
     streams: Mutex<HashMap<StreamKey, Arc<Stream>>>,
+    /// Generations of the data streams draining queues, unique across followers.
+    consumers: AtomicU64,
 }
 
 /// A log path and the substring filter of the demands it serves.
@@ -367,6 +369,7 @@ impl Tailer {
             config,
             metrics,
             streams: Mutex::new(HashMap::new()),
+            consumers: AtomicU64::new(1),
         })
     }
 
@@ -646,7 +649,7 @@ impl Tailer {
             return None;
         }
         slot.queue.skip_to(resume.seq);
-        slot.consumer += 1;
+        slot.consumer = self.consumers.fetch_add(1, Ordering::Relaxed);
         slot.attached = true;
         slot.stream_ref = stream_ref;
         slot.shared.takeover.notify_waiters();
@@ -710,7 +713,7 @@ impl Tailer {
             old.task.abort();
             old.shared.takeover.notify_waiters();
         }
-        let generation = 1;
+        let generation = self.consumers.fetch_add(1, Ordering::Relaxed);
         let task = tokio::spawn(follow_task(
             Arc::downgrade(self),
             stream.clone(),
@@ -767,6 +770,13 @@ impl Tailer {
 
     /// One round of the watchdog.
     pub fn sweep(self: &Arc<Self>) {
+        self.metrics.queue_bytes.set(self.budget.used() as i64);
+        let (lines, bytes) = self.budget.dropped();
+        let m = &self.metrics;
+        m.queue_dropped_lines
+            .inc_by(lines.saturating_sub(m.queue_dropped_lines.get()));
+        m.queue_dropped_bytes
+            .inc_by(bytes.saturating_sub(m.queue_dropped_bytes.get()));
         let streams: Vec<Arc<Stream>> = self
             .streams
             .lock()

@@ -430,3 +430,101 @@ async fn a_stalled_follower_is_reopened_and_counted() {
     );
     assert_eq!(metrics.stalls.get(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_json_behind_a_symlink_and_plain_text_are_read_per_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // Docker's json-file log, linked where kubelet expects the container log.
+    let target = dir.path().join("abc-json.log");
+    std::fs::write(
+        &target,
+        concat!(
+            r#"{"log":"hello \u00e9\n","stream":"stdout","time":"2024-01-01T00:00:00.000000001Z"}"#,
+            "\n",
+            r#"{"log":"a long line, part one / ","stream":"stderr","time":"2024-01-01T00:00:00.000000002Z"}"#,
+            "\n",
+            r#"{"log":"crlf\r\n","stream":"stdout","time":"2024-01-01T00:00:00.000000003Z"}"#,
+            "\n",
+            r#"{"log":"part two\n","stream":"stderr","time":"2024-01-01T00:00:00.000000004Z"}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let link = dir.path().join("0.log");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let (tailer, _) = tailer(TailerConfig::default());
+    let mut rx = serve(
+        &tailer,
+        &link,
+        Demand {
+            tail: Some(10),
+            ..Demand::default()
+        },
+        16,
+    );
+    let mut got = Vec::new();
+    recv_until(&mut rx, &mut got, |g| lines(g).len() >= 3).await;
+    let texts: Vec<String> = lines(&got).into_iter().map(|(_, m)| m).collect();
+    assert_eq!(
+        texts,
+        [
+            "hello é\n",
+            "crlf\r\n",
+            "a long line, part one / part two\n"
+        ]
+    );
+
+    // Plain text (not a container runtime's format): lines as they are, bytes not UTF-8 kept.
+    let plain = dir.path().join("1.log");
+    std::fs::write(&plain, b"first\nsecond \xff\xfe\nthird\r\n").unwrap();
+    let mut rx = serve(
+        &tailer,
+        &plain,
+        Demand {
+            tail: Some(2),
+            ..Demand::default()
+        },
+        16,
+    );
+    let mut got = Vec::new();
+    recv_until(&mut rx, &mut got, |g| lines(g).len() >= 2).await;
+    let texts: Vec<String> = lines(&got).into_iter().map(|(_, m)| m).collect();
+    assert_eq!(texts, ["second \u{fffd}\u{fffd}\n", "third\r\n"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overlong_line_is_truncated_and_flagged() {
+    let mut log = Log::new();
+    let long = "x".repeat(5000);
+    writeln!(log.file, "2024-01-01T00:00:00Z stdout F {long}").unwrap();
+    log.write(1);
+    let (tailer, _) = tailer(TailerConfig::default());
+    let (tx, mut rx) = mpsc::channel(16);
+    let path = log.path().to_path_buf();
+    tokio::spawn(async move {
+        let _ = tailer
+            .serve(
+                &path,
+                &Demand {
+                    tail: Some(2),
+                    ..Demand::default()
+                },
+                7,
+                TailParams {
+                    max_line_bytes: 1000,
+                    ..params()
+                },
+                &mut ChanSink(tx),
+            )
+            .await;
+    });
+    let b = tokio::time::timeout(DEADLINE, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let (_, ls) = batch::lines(&b).unwrap();
+    assert_eq!(ls[0].message.len(), 1000);
+    assert!(ls[0].flags.has(logrelay_wire::batch::LineFlags::TRUNCATED));
+    assert_eq!(ls[1].message, b"line 0\n");
+    assert!(!ls[1].flags.has(logrelay_wire::batch::LineFlags::TRUNCATED));
+}

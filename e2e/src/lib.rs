@@ -178,6 +178,18 @@ impl TestRelay {
         Self::start_exactly(pki, config).await
     }
 
+    /// Like [`Self::start_with`], but `None` when the relay cannot start (e.g. its port is
+    /// still taken).
+    pub async fn try_start_with(pki: &TestPki, mut config: RelayConfig) -> Option<Self> {
+        config.anonymous_org.get_or_insert_with(|| "dev".into());
+        let audit = Arc::new(WriterSink::new(Vec::new()));
+        let auditor = Arc::new(Auditor::new(audit.clone()));
+        let handle = logrelay_relay::start_with_auditor(config, pki.relay_tls(), auditor)
+            .await
+            .ok()?;
+        Some(Self { handle, audit })
+    }
+
     /// Starts a relay with exactly `config` (no anonymous org unless it sets one).
     pub async fn start_exactly(pki: &TestPki, config: RelayConfig) -> Self {
         let audit = Arc::new(WriterSink::new(Vec::new()));

@@ -360,12 +360,15 @@ async fn browsers_can_carry_the_token_in_the_websocket_subprotocol() {
         "logrelay.v1",
         "the relay answers with the protocol, never the token"
     );
-    assert!(
+    // The session is registered (and audited) right after the upgrade the client just saw.
+    eventually("the session's connect is audited", || async {
         relay
             .audit_events()
             .iter()
             .any(|e| e["op"] == "session_connect" && e["org"] == "acme")
-    );
+            .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

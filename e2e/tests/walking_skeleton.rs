@@ -172,13 +172,18 @@ async fn the_agent_reconnects_to_a_restarted_relay() {
     })
     .await;
 
-    let relay = TestRelay::start_with(
-        &pki,
-        logrelay_relay::RelayConfig {
-            quic_addr: quic,
-            ..logrelay_relay::RelayConfig::loopback()
-        },
-    )
+    // The old relay's UDP socket is released by its endpoint driver shortly after shutdown:
+    // bind the same port as soon as it is free again.
+    let relay = eventually("the relay's port is free again", || async {
+        TestRelay::try_start_with(
+            &pki,
+            logrelay_relay::RelayConfig {
+                quic_addr: quic,
+                ..logrelay_relay::RelayConfig::loopback()
+            },
+        )
+        .await
+    })
     .await;
     eventually("agent reconnected by itself", || async {
         (relay.metric("logrelay_relay_agents_connected").await == 1.0).then_some(())

@@ -347,6 +347,21 @@ impl Follower {
             }
             let head_file = head.held.file.clone();
             let head_id = head.held.id;
+            if self.chain.len() > 1 && current == Some(head_id) {
+                // The file at the path is never complete. Files queued behind it (older content
+                // found late) are read once the reader stands at a clean point; reading comes
+                // back to it where it stopped.
+                if !self.reader.is_clean() {
+                    return Ok(Progress::Idle(total));
+                }
+                let head = self.chain.pop_front().expect("non-empty");
+                self.chain.push_back(head);
+                let next = self.chain.front().expect("len > 1");
+                let (format, offset) = (next.held.format()?, next.offset);
+                self.reader.end_of_file(out, format);
+                self.reader.set_position(offset);
+                continue;
+            }
             if self.chain.len() > 1 {
                 // A newer file exists, so this one is complete.
                 let done = self.chain.pop_front().expect("non-empty");
@@ -355,8 +370,9 @@ impl Follower {
                 }
                 self.finished.push_back(done.held.clone());
                 let next = self.chain.front().expect("len > 1");
-                let format = next.held.format()?;
+                let (format, offset) = (next.held.format()?, next.offset);
                 self.reader.end_of_file(out, format);
+                self.reader.set_position(offset);
                 self.events.push(Event::Finished(done.held.id));
                 continue;
             }
@@ -581,11 +597,21 @@ impl Follower {
                 Some(copy) if copy_lost.is_none() && copy.size()? >= t.at => {
                     self.read_copy(copy, t.at)?;
                 }
-                _ => {
+                other => {
                     // Truncated in place and the rest of what was being read is not to be
                     // found (or was compressed away): it is lost.
                     let lost = copy_lost.unwrap_or(t.prev_size.saturating_sub(t.at));
                     self.truncated_in_place(out, lost);
+                    // A file that only looked like a copy is one more file to read.
+                    if let Some(file) = other {
+                        let key = listing
+                            .iter()
+                            .find(
+                                |l| matches!(l.kind, ListedKind::Plain { id, .. } if id == file.id),
+                            )
+                            .map(|l| l.key.clone());
+                        strangers.push((file, key));
+                    }
                 }
             }
         }

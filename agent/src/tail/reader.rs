@@ -200,6 +200,15 @@ impl RecordReader {
         self.clean = Some((0, self.seq));
     }
 
+    /// Moves a reader standing at a clean point to offset `pos` of its (new) file, where a
+    /// clean point is known to be.
+    pub fn set_position(&mut self, pos: u64) {
+        debug_assert!(self.is_clean());
+        self.pos = pos;
+        self.last_end = [pos; 2];
+        self.clean = Some((pos, self.seq));
+    }
+
     fn note_boundary(&mut self, out: &mut Vec<TailLine>) {
         if let Some(s) = self.last_stream.take() {
             self.last_end[s] = self.pos;

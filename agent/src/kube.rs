@@ -1,0 +1,330 @@
+//! Task identity from pod metadata.
+//!
+//! Labels from the log path are always there (namespace, pod, pod UID, container, restart).
+//! With the `k8s` cargo feature and `--kube-pods`, the agent also watches the pods of its own
+//! node in the Kubernetes API (`fieldSelector=spec.nodeName=<node>`: list, then watch from the
+//! list's `resourceVersion`, list again when the watch expires or fails) and keeps each pod's
+//! labels and annotations by UID in a [`PodIndex`]. Discovery then maps configured pod labels
+//! (or annotations) onto the task identity of every stream of that pod ([`TaskLabels`]):
+//! `project`, `domain`, `run`, `action`, `attempt`. A pod's streams are announced once its
+//! metadata is known, or after [`METADATA_WAIT`] without it, so short-lived pods are not missed.
+//!
+//! The mapping and the index are pure; only [`client`] (feature `k8s`) does I/O.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::RwLock;
+use std::time::Duration;
+
+use logrelay_wire::labels::Labels;
+use tokio::sync::Notify;
+
+/// The default task identity mapping: the labels Flyte puts on task pods.
+pub const DEFAULT_TASK_LABELS: &str =
+    "project=project,domain=domain,run=execution-id,action=node-id,attempt=attempt";
+
+/// How long discovery holds a new pod's streams back waiting for its metadata.
+pub const METADATA_WAIT: Duration = Duration::from_secs(2);
+
+/// A pod's metadata, as read from the API.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodMeta {
+    /// Pod labels.
+    pub labels: BTreeMap<String, String>,
+    /// Pod annotations.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Where each task identity label comes from: a pod label key, or `annotation:<key>`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskLabels {
+    /// Source of `project`.
+    pub project: Option<String>,
+    /// Source of `domain`.
+    pub domain: Option<String>,
+    /// Source of `run`.
+    pub run: Option<String>,
+    /// Source of `action`.
+    pub action: Option<String>,
+    /// Source of `attempt`.
+    pub attempt: Option<String>,
+}
+
+/// A task label mapping that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "bad task label mapping `{0}`: expected `<project|domain|run|action|attempt>=<pod label key>` (or `=annotation:<key>`), comma-separated"
+)]
+pub struct BadMapping(pub String);
+
+impl std::str::FromStr for TaskLabels {
+    type Err = BadMapping;
+
+    /// Parses `project=<key>,domain=<key>,…`; empty means no mapping.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut m = Self::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, key) = part
+                .split_once('=')
+                .filter(|(_, k)| !k.is_empty())
+                .ok_or_else(|| BadMapping(part.into()))?;
+            let slot = match name.trim() {
+                "project" => &mut m.project,
+                "domain" => &mut m.domain,
+                "run" => &mut m.run,
+                "action" => &mut m.action,
+                "attempt" => &mut m.attempt,
+                _ => return Err(BadMapping(part.into())),
+            };
+            *slot = Some(key.trim().to_owned());
+        }
+        Ok(m)
+    }
+}
+
+impl TaskLabels {
+    /// Fills the task identity of `labels` from `meta`; sources the pod lacks stay unset.
+    pub fn apply(&self, meta: &PodMeta, labels: &mut Labels) {
+        let read = |source: &Option<String>| {
+            let source = source.as_deref()?;
+            match source.strip_prefix("annotation:") {
+                Some(key) => meta.annotations.get(key).cloned(),
+                None => meta.labels.get(source).cloned(),
+            }
+        };
+        labels.project = read(&self.project);
+        labels.domain = read(&self.domain);
+        labels.run = read(&self.run);
+        labels.action = read(&self.action);
+        labels.attempt = read(&self.attempt);
+    }
+}
+
+/// The pods of this node, by UID.
+#[derive(Debug, Default)]
+pub struct PodIndex {
+    pods: RwLock<HashMap<String, PodMeta>>,
+    /// Woken whenever the index changes.
+    pub changed: Notify,
+}
+
+impl PodIndex {
+    /// The metadata of the pod with `uid`, if known.
+    pub fn get(&self, uid: &str) -> Option<PodMeta> {
+        self.pods.read().expect("pod index lock").get(uid).cloned()
+    }
+
+    /// Pods known.
+    pub fn len(&self) -> usize {
+        self.pods.read().expect("pod index lock").len()
+    }
+
+    /// True when no pod is known.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Replaces everything (after a list).
+    pub fn replace(&self, pods: HashMap<String, PodMeta>) {
+        *self.pods.write().expect("pod index lock") = pods;
+        self.changed.notify_waiters();
+    }
+
+    /// A pod was added or changed.
+    pub fn upsert(&self, uid: String, meta: PodMeta) {
+        self.pods.write().expect("pod index lock").insert(uid, meta);
+        self.changed.notify_waiters();
+    }
+
+    /// A pod was deleted. (Its streams live on until their logs are gone and drained.)
+    pub fn remove(&self, uid: &str) {
+        self.pods.write().expect("pod index lock").remove(uid);
+        self.changed.notify_waiters();
+    }
+}
+
+/// The Kubernetes API client side (feature `k8s`).
+#[cfg(feature = "k8s")]
+pub mod client {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use futures_util::StreamExt;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, ListParams, WatchEvent, WatchParams};
+    use tokio::sync::watch;
+
+    use super::{PodIndex, PodMeta};
+
+    /// Why the API could not be reached.
+    #[derive(Debug, thiserror::Error)]
+    pub enum KubeError {
+        /// The API server URL does not parse.
+        #[error("bad Kubernetes API URL `{0}`")]
+        Url(String),
+        /// No configuration (in-cluster service account or kubeconfig) was found, or the
+        /// client could not be built.
+        #[error("Kubernetes client: {0}")]
+        Client(#[from] kube::Error),
+    }
+
+    /// A client for `url` (plain or TLS), or from the environment (in-cluster service account,
+    /// else kubeconfig) when `None`.
+    pub async fn connect(url: Option<&str>) -> Result<kube::Client, KubeError> {
+        match url {
+            Some(u) => {
+                let uri: axum::http::Uri = u.parse().map_err(|_| KubeError::Url(u.into()))?;
+                Ok(kube::Client::try_from(kube::Config::new(uri))?)
+            }
+            None => Ok(kube::Client::try_default().await?),
+        }
+    }
+
+    fn meta(pod: &Pod) -> Option<(String, PodMeta)> {
+        let m = &pod.metadata;
+        Some((
+            m.uid.clone()?,
+            PodMeta {
+                labels: m.labels.clone().unwrap_or_default(),
+                annotations: m.annotations.clone().unwrap_or_default(),
+            },
+        ))
+    }
+
+    /// Lists then watches the pods of `node` into `index`, until shutdown. Failures back off
+    /// and list again; the index keeps what it had meanwhile.
+    pub async fn run(
+        client: kube::Client,
+        node: String,
+        index: Arc<PodIndex>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let api: Api<Pod> = Api::all(client);
+        let selector = format!("spec.nodeName={node}");
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let round = async {
+                let list = api.list(&ListParams::default().fields(&selector)).await?;
+                let rv = list.metadata.resource_version.clone().unwrap_or_default();
+                index.replace(
+                    list.items
+                        .iter()
+                        .filter_map(meta)
+                        .collect::<HashMap<_, _>>(),
+                );
+                let mut rv = rv;
+                loop {
+                    let params = WatchParams::default().fields(&selector).timeout(290);
+                    let mut events = api.watch(&params, &rv).await?.boxed();
+                    while let Some(event) = events.next().await {
+                        match event? {
+                            WatchEvent::Added(p) | WatchEvent::Modified(p) => {
+                                if let Some(v) = p.metadata.resource_version.clone() {
+                                    rv = v;
+                                }
+                                if let Some((uid, m)) = meta(&p) {
+                                    index.upsert(uid, m);
+                                }
+                            }
+                            WatchEvent::Deleted(p) => {
+                                if let Some(v) = p.metadata.resource_version.clone() {
+                                    rv = v;
+                                }
+                                if let Some(uid) = p.metadata.uid.as_deref() {
+                                    index.remove(uid);
+                                }
+                            }
+                            WatchEvent::Bookmark(b) => rv = b.metadata.resource_version,
+                            // Expired (410) and other errors: list again.
+                            WatchEvent::Error(e) => {
+                                return Err::<(), kube::Error>(kube::Error::Api(e));
+                            }
+                        }
+                    }
+                }
+            };
+            let result = tokio::select! {
+                r = round => r,
+                () = crate::stopped(&mut shutdown) => return,
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, %node, "pod watch failed; listing again");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = crate::stopped(&mut shutdown) => return,
+            }
+            delay = (delay * 2).min(Duration::from_secs(30));
+        }
+    }
+}
+
+/// Starts the pod watch when `--kube-pods` is set; the index discovery reads, if any.
+pub async fn start(
+    config: &crate::config::AgentConfig,
+    tasks: &mut tokio::task::JoinSet<()>,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) -> Option<std::sync::Arc<PodIndex>> {
+    if !config.kube_pods {
+        return None;
+    }
+    #[cfg(feature = "k8s")]
+    {
+        match client::connect(config.kube_api_url.as_deref()).await {
+            Ok(c) => {
+                let index = std::sync::Arc::new(PodIndex::default());
+                tasks.spawn(client::run(
+                    c,
+                    config.node_name.clone(),
+                    index.clone(),
+                    shutdown.clone(),
+                ));
+                Some(index)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "no pod metadata: cannot reach the Kubernetes API");
+                None
+            }
+        }
+    }
+    #[cfg(not(feature = "k8s"))]
+    {
+        let _ = (tasks, shutdown);
+        tracing::error!("--kube-pods needs an agent built with the `k8s` feature; ignored");
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapping_reads_labels_and_annotations() {
+        let map: TaskLabels = "project=flyte.org/project, domain=domain,run=execution-id,action=node-id,attempt=annotation:attempt"
+            .parse()
+            .unwrap();
+        let meta = PodMeta {
+            labels: [
+                ("flyte.org/project", "flytesnacks"),
+                ("domain", "development"),
+                ("execution-id", "f3a"),
+                ("node-id", "n0"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+            annotations: [("attempt".to_owned(), "2".to_owned())].into(),
+        };
+        let mut labels = Labels::default();
+        map.apply(&meta, &mut labels);
+        assert_eq!(labels.project.as_deref(), Some("flytesnacks"));
+        assert_eq!(labels.domain.as_deref(), Some("development"));
+        assert_eq!(labels.run.as_deref(), Some("f3a"));
+        assert_eq!(labels.action.as_deref(), Some("n0"));
+        assert_eq!(labels.attempt.as_deref(), Some("2"));
+        assert_eq!("".parse::<TaskLabels>(), Ok(TaskLabels::default()));
+        assert!("owner=x".parse::<TaskLabels>().is_err());
+        assert!("project".parse::<TaskLabels>().is_err());
+    }
+}
