@@ -12,11 +12,14 @@
 FROM rust:1.95-bookworm AS builder
 WORKDIR /src
 COPY . .
+# The agent is built with the `k8s` feature (pod metadata and annotated scrape targets from the
+# Kubernetes API, enabled at run time by --kube-pods).
 # Only the cargo registry/git caches are cache mounts; target/ stays in the layer so the
 # final stage can COPY the binaries out of it.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
-    cargo build --release --locked -p logrelay-agent -p logrelay-relay -p logrelay
+    cargo build --release --locked --features logrelay-agent/k8s \
+        -p logrelay-agent -p logrelay-relay -p logrelay
 
 # distroless/cc: glibc + libgcc + CA certificates, no shell; the :nonroot tag defaults to uid 65532.
 FROM gcr.io/distroless/cc-debian12:nonroot

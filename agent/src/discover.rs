@@ -25,7 +25,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::catalog::{Catalog, Entry, Group, Source};
 use crate::config::AgentConfig;
-use crate::kube::{PodIndex, TaskLabels};
+use crate::kube::{MetadataWait, PodIndex};
 use crate::tail::Tailer;
 
 /// A vanished stream is kept at most this long while its follower drains it.
@@ -284,7 +284,7 @@ pub async fn run_with(
     // Everything the last scan found, before task identity is added.
     let mut scanned: Vec<Entry> = Vec::new();
     // When each pod was first seen without metadata.
-    let mut waiting: HashMap<String, tokio::time::Instant> = HashMap::new();
+    let mut waiting = MetadataWait::default();
     let no_pods = Notify::new();
     loop {
         let mut refresh = false;
@@ -295,7 +295,7 @@ pub async fn run_with(
             tokio::select! {
                 _ = tick.tick() => true,
                 () = wake.notified() => false,
-                _ = settle.tick(), if unsettled || !waiting.is_empty() || !draining.is_empty() => false,
+                _ = settle.tick(), if unsettled || waiting.holding() || !draining.is_empty() => false,
                 () = pods_changed => {
                     refresh = true;
                     false
@@ -324,7 +324,7 @@ pub async fn run_with(
             again = h.watch([config.pods_dir.clone()]);
         }
         first = false;
-        if !changed && !refresh && draining.is_empty() && waiting.is_empty() {
+        if !changed && !refresh && draining.is_empty() && !waiting.holding() {
             continue;
         }
         if let Some(f) = found {
@@ -332,7 +332,9 @@ pub async fn run_with(
         }
         let found = match &pods {
             None => scanned.clone(),
-            Some(index) => with_identity(&scanned, index, &config.task_labels, &mut waiting),
+            Some(index) => {
+                crate::kube::with_identity(&scanned, index, &config.task_labels, &mut waiting)
+            }
         };
         let found_paths: HashSet<PathBuf> =
             found.iter().map(|e| log_path(e).to_path_buf()).collect();
@@ -370,38 +372,6 @@ pub async fn run_with(
             tracing::info!(stream = s.id, reason = %s.reason, "stream removed");
         }
     }
-}
-
-/// Adds task identity from pod metadata; holds back the streams of pods whose metadata has not
-/// arrived yet, for at most [`crate::kube::METADATA_WAIT`].
-fn with_identity(
-    scanned: &[Entry],
-    index: &PodIndex,
-    mapping: &TaskLabels,
-    waiting: &mut HashMap<String, tokio::time::Instant>,
-) -> Vec<Entry> {
-    let mut out = Vec::with_capacity(scanned.len());
-    let mut still = HashMap::new();
-    for e in scanned {
-        let uid = &e.labels.pod_uid;
-        match index.get(uid) {
-            Some(meta) => {
-                let mut e = e.clone();
-                mapping.apply(&meta, &mut e.labels);
-                out.push(e);
-            }
-            None => {
-                let since = *waiting.get(uid).unwrap_or(&tokio::time::Instant::now());
-                if since.elapsed() < crate::kube::METADATA_WAIT {
-                    still.insert(uid.clone(), since);
-                } else {
-                    out.push(e.clone());
-                }
-            }
-        }
-    }
-    *waiting = still;
-    out
 }
 
 fn log_path(e: &Entry) -> &Path {

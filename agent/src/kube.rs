@@ -4,19 +4,24 @@
 //! With the `k8s` cargo feature and `--kube-pods`, the agent also watches the pods of its own
 //! node in the Kubernetes API (`fieldSelector=spec.nodeName=<node>`: list, then watch from the
 //! list's `resourceVersion`, list again when the watch expires or fails) and keeps each pod's
-//! labels and annotations by UID in a [`PodIndex`]. Discovery then maps configured pod labels
-//! (or annotations) onto the task identity of every stream of that pod ([`TaskLabels`]):
-//! `project`, `domain`, `run`, `action`, `attempt`. A pod's streams are announced once its
-//! metadata is known, or after [`METADATA_WAIT`] without it, so short-lived pods are not missed.
+//! labels, annotations, IP and declared ports by UID in a [`PodIndex`]. Discovery then maps
+//! configured pod labels (or annotations) onto the task identity of every stream of that pod
+//! ([`TaskLabels`]): `project`, `domain`, `run`, `action`, `attempt`. A pod's streams are
+//! announced once its metadata is known, or after [`METADATA_WAIT`] without it, so short-lived
+//! pods are not missed ([`with_identity`]). The same index feeds the scrape targets of pods
+//! annotated for Prometheus ([`crate::scrape::target::pod_targets`]).
 //!
 //! The mapping and the index are pure; only [`client`] (feature `k8s`) does I/O.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::RwLock;
 use std::time::Duration;
 
 use logrelay_wire::labels::Labels;
 use tokio::sync::Notify;
+
+use crate::catalog::Entry;
 
 /// The default task identity mapping: the labels Flyte puts on task pods.
 pub const DEFAULT_TASK_LABELS: &str =
@@ -28,10 +33,29 @@ pub const METADATA_WAIT: Duration = Duration::from_secs(2);
 /// A pod's metadata, as read from the API.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodMeta {
+    /// `metadata.namespace`.
+    pub namespace: String,
+    /// `metadata.name`.
+    pub name: String,
     /// Pod labels.
     pub labels: BTreeMap<String, String>,
     /// Pod annotations.
     pub annotations: BTreeMap<String, String>,
+    /// `status.podIP`; none while the pod is being scheduled.
+    pub ip: Option<IpAddr>,
+    /// Ports its containers declare (`spec.containers[].ports[]`).
+    pub ports: Vec<DeclaredPort>,
+}
+
+/// One `containerPort` of a pod spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeclaredPort {
+    /// The container declaring it.
+    pub container: String,
+    /// The port number.
+    pub port: u16,
+    /// `TCP`, `UDP` or `SCTP`; empty means TCP (the API default).
+    pub protocol: String,
 }
 
 /// Where each task identity label comes from: a pod label key, or `annotation:<key>`.
@@ -123,6 +147,19 @@ impl PodIndex {
         self.len() == 0
     }
 
+    /// Every pod known, by UID, in UID order.
+    pub fn snapshot(&self) -> Vec<(String, PodMeta)> {
+        let mut pods: Vec<(String, PodMeta)> = self
+            .pods
+            .read()
+            .expect("pod index lock")
+            .iter()
+            .map(|(uid, meta)| (uid.clone(), meta.clone()))
+            .collect();
+        pods.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        pods
+    }
+
     /// Replaces everything (after a list).
     pub fn replace(&self, pods: HashMap<String, PodMeta>) {
         *self.pods.write().expect("pod index lock") = pods;
@@ -142,6 +179,62 @@ impl PodIndex {
     }
 }
 
+/// Pods seen without metadata, for [`with_identity`].
+#[derive(Debug, Default)]
+pub struct MetadataWait {
+    first_seen: HashMap<String, tokio::time::Instant>,
+    holding: bool,
+}
+
+impl MetadataWait {
+    /// True while some pod's entries are held back (so its scan should run again soon).
+    pub fn holding(&self) -> bool {
+        self.holding
+    }
+}
+
+/// Adds task identity from pod metadata to `scanned` entries (any group). The entries of a pod
+/// whose metadata has not arrived are held back until it does, for at most [`METADATA_WAIT`]
+/// after `wait` first saw that pod; after that they are passed on without task identity, and
+/// stay passed on.
+pub fn with_identity(
+    scanned: &[Entry],
+    index: &PodIndex,
+    mapping: &TaskLabels,
+    wait: &mut MetadataWait,
+) -> Vec<Entry> {
+    let mut out = Vec::with_capacity(scanned.len());
+    let mut first_seen = HashMap::new();
+    let mut holding = false;
+    for e in scanned {
+        let uid = &e.labels.pod_uid;
+        match index.get(uid) {
+            Some(meta) => {
+                let mut e = e.clone();
+                mapping.apply(&meta, &mut e.labels);
+                out.push(e);
+            }
+            None => {
+                let since = *wait
+                    .first_seen
+                    .get(uid)
+                    .unwrap_or(&tokio::time::Instant::now());
+                first_seen.insert(uid.clone(), since);
+                if since.elapsed() < METADATA_WAIT {
+                    holding = true;
+                } else {
+                    out.push(e.clone());
+                }
+            }
+        }
+    }
+    *wait = MetadataWait {
+        first_seen,
+        holding,
+    };
+    out
+}
+
 /// The Kubernetes API client side (feature `k8s`).
 #[cfg(feature = "k8s")]
 pub mod client {
@@ -154,7 +247,7 @@ pub mod client {
     use kube::api::{Api, ListParams, WatchEvent, WatchParams};
     use tokio::sync::watch;
 
-    use super::{PodIndex, PodMeta};
+    use super::{DeclaredPort, PodIndex, PodMeta};
 
     /// Why the API could not be reached.
     #[derive(Debug, thiserror::Error)]
@@ -182,11 +275,33 @@ pub mod client {
 
     fn meta(pod: &Pod) -> Option<(String, PodMeta)> {
         let m = &pod.metadata;
+        let ports = pod
+            .spec
+            .iter()
+            .flat_map(|s| &s.containers)
+            .flat_map(|c| {
+                c.ports.iter().flatten().filter_map(|p| {
+                    Some(DeclaredPort {
+                        container: c.name.clone(),
+                        port: u16::try_from(p.container_port).ok()?,
+                        protocol: p.protocol.clone().unwrap_or_default(),
+                    })
+                })
+            })
+            .collect();
         Some((
             m.uid.clone()?,
             PodMeta {
+                namespace: m.namespace.clone().unwrap_or_default(),
+                name: m.name.clone().unwrap_or_default(),
                 labels: m.labels.clone().unwrap_or_default(),
                 annotations: m.annotations.clone().unwrap_or_default(),
+                ip: pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.pod_ip.as_deref())
+                    .and_then(|ip| ip.parse().ok()),
+                ports,
             },
         ))
     }
@@ -298,6 +413,63 @@ pub async fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::Source;
+
+    fn log_entry(uid: &str) -> Entry {
+        Entry {
+            labels: Labels {
+                pod_uid: uid.into(),
+                ..Labels::default()
+            },
+            source: Source::Log {
+                path: format!("/pods/{uid}/c/0.log").into(),
+            },
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn entries_wait_for_metadata_at_most_a_while_then_stay() {
+        let index = PodIndex::default();
+        index.upsert(
+            "known".into(),
+            PodMeta {
+                labels: [("project".to_owned(), "p".to_owned())].into(),
+                ..PodMeta::default()
+            },
+        );
+        let mapping: TaskLabels = "project=project".parse().unwrap();
+        let scanned = [log_entry("known"), log_entry("unknown")];
+        let mut wait = MetadataWait::default();
+        let uids = |out: &[Entry]| -> Vec<String> {
+            out.iter().map(|e| e.labels.pod_uid.clone()).collect()
+        };
+
+        let out = with_identity(&scanned, &index, &mapping, &mut wait);
+        assert_eq!(uids(&out), ["known"]);
+        assert_eq!(out[0].labels.project.as_deref(), Some("p"));
+        assert!(wait.holding());
+
+        tokio::time::advance(METADATA_WAIT).await;
+        let out = with_identity(&scanned, &index, &mapping, &mut wait);
+        assert_eq!(uids(&out), ["known", "unknown"], "released after the wait");
+        assert!(!wait.holding());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let out = with_identity(&scanned, &index, &mapping, &mut wait);
+        assert_eq!(
+            uids(&out),
+            ["known", "unknown"],
+            "a released pod is not held back again (its stream would flap)"
+        );
+
+        index.upsert("unknown".into(), PodMeta::default());
+        let out = with_identity(&scanned, &index, &mapping, &mut wait);
+        assert_eq!(uids(&out), ["known", "unknown"]);
+        let mut next = vec![log_entry("new")];
+        next.extend(scanned);
+        let out = with_identity(&next, &index, &mapping, &mut wait);
+        assert_eq!(uids(&out), ["known", "unknown"], "a new pod waits");
+        assert!(wait.holding());
+    }
 
     #[test]
     fn mapping_reads_labels_and_annotations() {
@@ -315,6 +487,7 @@ mod tests {
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect(),
             annotations: [("attempt".to_owned(), "2".to_owned())].into(),
+            ..PodMeta::default()
         };
         let mut labels = Labels::default();
         map.apply(&meta, &mut labels);

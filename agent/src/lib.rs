@@ -113,12 +113,14 @@ pub async fn start(config: AgentConfig, tls: AgentTls) -> Result<AgentHandle, St
         config.clone(),
         catalog.clone(),
         tailer.clone(),
-        pods,
+        pods.clone(),
         shutdown_rx.clone(),
     ));
     tasks.spawn(scrape::sources::run(
         config.clone(),
         catalog.clone(),
+        metrics.clone(),
+        pods,
         shutdown_rx.clone(),
     ));
 

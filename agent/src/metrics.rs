@@ -1,8 +1,17 @@
 //! Every metric the agent exports. Names are a contract (see `docs/operations.md`).
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+/// Label of `logrelay_agent_scrape_pods_skipped`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct SkipReason {
+    /// Why an annotated pod gives no target (`no_ip`, `bad_port`, `scheme`, `bad_path`, `no_port`).
+    pub reason: &'static str,
+}
 
 /// The agent's metrics and their registry.
 #[derive(Debug)]
@@ -49,6 +58,10 @@ pub struct AgentMetrics {
     pub scrape_bytes: Counter,
     /// Pod resource samples taken (only while some demand is served).
     pub resource_samples: Counter,
+    /// Scrape targets of pods annotated `prometheus.io/scrape` in the catalog.
+    pub scrape_pod_targets: Gauge,
+    /// Pods annotated `prometheus.io/scrape: "true"` that give no target, by reason.
+    pub scrape_pods_skipped: Family<SkipReason, Gauge>,
 }
 
 impl AgentMetrics {
@@ -76,6 +89,8 @@ impl AgentMetrics {
             scrape_samples: Counter::default(),
             scrape_bytes: Counter::default(),
             resource_samples: Counter::default(),
+            scrape_pod_targets: Gauge::default(),
+            scrape_pods_skipped: Family::default(),
             registry: Registry::default(),
         };
         registry.register("streams", "Streams in the catalog", m.streams.clone());
@@ -148,6 +163,16 @@ impl AgentMetrics {
             "resource_samples",
             "Pod resource samples read from cgroups (only while watched)",
             m.resource_samples.clone(),
+        );
+        registry.register(
+            "scrape_pod_targets",
+            "Scrape targets of pods annotated prometheus.io/scrape",
+            m.scrape_pod_targets.clone(),
+        );
+        registry.register(
+            "scrape_pods_skipped",
+            "Pods annotated prometheus.io/scrape=true that give no target, by reason",
+            m.scrape_pods_skipped.clone(),
         );
         registry.register(
             "rotated_unread_bytes",

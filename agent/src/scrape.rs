@@ -63,19 +63,28 @@ const PARSE_INLINE_BYTES: usize = 256 * 1024;
 
 /// A scrape target in the catalog: what to fetch, and its state across demands.
 ///
-/// Two targets are the same stream when their [`TargetSpec`]s are equal.
+/// Two targets are the same stream when their [`TargetSpec`]s and owning pods are equal: a
+/// new pod that reuses a deleted pod's IP is a new stream, with its own labels.
 #[derive(Debug)]
 pub struct Target {
     /// What to fetch and how.
     pub spec: TargetSpec,
+    /// UID of the annotated pod it belongs to; empty for a static target.
+    pub pod_uid: String,
     state: SourceState,
 }
 
 impl Target {
-    /// A newly discovered target.
+    /// A static target.
     pub fn new(spec: TargetSpec) -> Self {
+        Self::of_pod(spec, String::new())
+    }
+
+    /// A target of the annotated pod `pod_uid`.
+    pub fn of_pod(spec: TargetSpec, pod_uid: String) -> Self {
         Self {
             spec,
+            pod_uid,
             state: SourceState::new(),
         }
     }
@@ -83,7 +92,7 @@ impl Target {
 
 impl PartialEq for Target {
     fn eq(&self, other: &Self) -> bool {
-        self.spec == other.spec
+        self.spec == other.spec && self.pod_uid == other.pod_uid
     }
 }
 
@@ -92,6 +101,7 @@ impl Eq for Target {}
 impl Hash for Target {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.spec.hash(state);
+        self.pod_uid.hash(state);
     }
 }
 

@@ -12,6 +12,9 @@
 //! Every wait has a deadline; nothing sleeps to synchronise.
 #![forbid(unsafe_code)]
 
+mod exporter;
+pub use exporter::NodeExporter;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;

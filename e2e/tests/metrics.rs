@@ -3,9 +3,7 @@
 //! WebSocket subscriber watches, delivered through the relay.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use logrelay_agent::AgentConfig;
@@ -14,43 +12,6 @@ use logrelay_relay::RelayConfig;
 use logrelay_wire::labels::StreamKind;
 use logrelay_wire::selector::Selector;
 use logrelay_wire::session::{Event, Request};
-
-/// `prometheus-node-exporter` on an ephemeral loopback port, killed on drop.
-struct NodeExporter {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl NodeExporter {
-    async fn start() -> Self {
-        // A free port: bind, note it, release it for the exporter.
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("pick a port");
-        let child = Command::new("prometheus-node-exporter")
-            .arg(format!("--web.listen-address={addr}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect(
-                "prometheus-node-exporter must be installed \
-                 (apt-get install prometheus-node-exporter; scripts/test does it)",
-            );
-        let exporter = Self { child, addr };
-        eventually("node exporter listening", || async {
-            tokio::net::TcpStream::connect(addr).await.ok().map(|_| ())
-        })
-        .await;
-        exporter
-    }
-}
-
-impl Drop for NodeExporter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// An agent with the given configuration tweaks (no log pods, no cgroup tree by default).
 async fn agent(

@@ -3,20 +3,26 @@
 //! Owns [`Group::Metrics`] of the catalog. Rescans every `metrics_rescan_ms`; a rescan lists
 //! directories only and reads no metric: sources are read only while a demand is open.
 //!
-//! Annotated pods (`prometheus.io/scrape`) need the pod IPs and annotations from the
-//! Kubernetes API; when the kube metadata watch exists it feeds
-//! [`super::target::pod_targets`] into [`entries`].
+//! With the kube metadata watch (`--kube-pods`, [`crate::kube`]) the rescan also runs whenever
+//! the pod index changes: pods annotated `prometheus.io/scrape` become scrape targets
+//! ([`pod_entries`], through [`super::target::pod_targets`]) labelled with the pod and its task
+//! identity, and pods' resource streams get that task identity too (held back at most
+//! [`crate::kube::METADATA_WAIT`] for it, as log streams are).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use logrelay_wire::labels::{Labels, StreamKind};
+use tokio::sync::{Notify, watch};
 
+use super::target::{PodMeta, PodSkip, pod_targets};
 use super::{ScrapeDefaults, Target, TargetSpec};
 use crate::catalog::{Catalog, Entry, Group, Source};
 use crate::cgroup;
 use crate::config::AgentConfig;
-use logrelay_wire::labels::Labels;
+use crate::kube::{MetadataWait, PodIndex, TaskLabels, with_identity};
+use crate::metrics::{AgentMetrics, SkipReason};
 
 /// Scrape defaults from the configuration.
 pub fn defaults(config: &AgentConfig) -> ScrapeDefaults {
@@ -28,12 +34,9 @@ pub fn defaults(config: &AgentConfig) -> ScrapeDefaults {
     }
 }
 
-/// The catalog entries for scrape targets and pods' resources.
-pub fn entries(
-    targets: impl IntoIterator<Item = (Labels, TargetSpec)>,
-    pods: Vec<(Labels, cgroup::PodResources)>,
-) -> Vec<Entry> {
-    let mut out: Vec<Entry> = targets
+/// The catalog entries of static scrape targets.
+pub fn target_entries(targets: impl IntoIterator<Item = (Labels, TargetSpec)>) -> Vec<Entry> {
+    targets
         .into_iter()
         .map(|(labels, spec)| Entry {
             labels,
@@ -41,16 +44,63 @@ pub fn entries(
                 target: Arc::new(Target::new(spec)),
             },
         })
-        .collect();
-    out.extend(pods.into_iter().map(|(labels, pod)| Entry {
-        labels,
-        source: Source::Resources { pod: Arc::new(pod) },
-    }));
-    out
+        .collect()
 }
 
-/// Rescans periodically and updates the catalog's metrics group, until shutdown.
-pub async fn run(config: AgentConfig, catalog: Arc<Catalog>, mut shutdown: watch::Receiver<bool>) {
+/// The catalog entries of pods' resource usage.
+pub fn resource_entries(pods: Vec<(Labels, cgroup::PodResources)>) -> Vec<Entry> {
+    pods.into_iter()
+        .map(|(labels, pod)| Entry {
+            labels,
+            source: Source::Resources { pod: Arc::new(pod) },
+        })
+        .collect()
+}
+
+/// The scrape targets of the pods annotated for Prometheus, each labelled like that pod's log
+/// streams (node, namespace, pod, pod UID, task identity), and the annotated pods that give no
+/// target with the reason. Pods not annotated are neither.
+pub fn pod_entries(
+    pods: &[(String, PodMeta)],
+    node: &str,
+    mapping: &TaskLabels,
+    defaults: &ScrapeDefaults,
+) -> (Vec<Entry>, Vec<(String, PodSkip)>) {
+    let mut found = Vec::new();
+    let mut skipped = Vec::new();
+    for (uid, meta) in pods {
+        let mut base = Labels {
+            node: node.to_owned(),
+            namespace: meta.namespace.clone(),
+            pod: meta.name.clone(),
+            pod_uid: uid.clone(),
+            kind: StreamKind::Metrics,
+            ..Labels::default()
+        };
+        mapping.apply(meta, &mut base);
+        match pod_targets(meta, &base, defaults) {
+            Ok(targets) => found.extend(targets.into_iter().map(|(labels, spec)| Entry {
+                labels,
+                source: Source::Scrape {
+                    target: Arc::new(Target::of_pod(spec, uid.clone())),
+                },
+            })),
+            Err(PodSkip::NotAnnotated) => {}
+            Err(why) => skipped.push((uid.clone(), why)),
+        }
+    }
+    (found, skipped)
+}
+
+/// Rescans periodically (and whenever the pod index changes) and updates the catalog's
+/// metrics group, until shutdown.
+pub async fn run(
+    config: AgentConfig,
+    catalog: Arc<Catalog>,
+    metrics: Arc<AgentMetrics>,
+    pods: Option<Arc<PodIndex>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let d = defaults(&config);
     let statics: Vec<(Labels, TargetSpec)> = config
         .scrape_targets
@@ -60,12 +110,19 @@ pub async fn run(config: AgentConfig, catalog: Arc<Catalog>, mut shutdown: watch
     let interval = Duration::from_millis(config.resources_interval_ms.max(1));
     let mut tick = tokio::time::interval(Duration::from_millis(config.metrics_rescan_ms.max(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Pods whose resources wait for their metadata.
+    let mut waiting = MetadataWait::default();
+    // Annotated pods that give no target, as last logged.
+    let mut skips_logged: HashMap<String, PodSkip> = HashMap::new();
+    let no_pods = Notify::new();
     loop {
+        let pods_changed = pods.as_ref().map_or(&no_pods, |p| &p.changed).notified();
         tokio::select! {
             _ = tick.tick() => {}
+            () = pods_changed => {}
             () = crate::stopped(&mut shutdown) => return,
         }
-        let pods = if config.resources {
+        let resources = if config.resources {
             let (root, pods_dir, containers) = (
                 config.cgroup_root.clone(),
                 config.pods_dir.clone(),
@@ -80,7 +137,28 @@ pub async fn run(config: AgentConfig, catalog: Arc<Catalog>, mut shutdown: watch
         } else {
             Vec::new()
         };
-        let diff = catalog.replace(Group::Metrics, entries(statics.clone(), pods));
+        let mut found = target_entries(statics.clone());
+        let resources = resource_entries(resources);
+        if let Some(index) = &pods {
+            found.extend(with_identity(
+                &resources,
+                index,
+                &config.task_labels,
+                &mut waiting,
+            ));
+            let (targets, skipped) = pod_entries(
+                &index.snapshot(),
+                &config.node_name,
+                &config.task_labels,
+                &d,
+            );
+            metrics.scrape_pod_targets.set(targets.len() as i64);
+            record_skips(&metrics, &mut skips_logged, skipped);
+            found.extend(targets);
+        } else {
+            found.extend(resources);
+        }
+        let diff = catalog.replace(Group::Metrics, found);
         for s in &diff.added {
             tracing::info!(stream = s.id, namespace = %s.labels.namespace, pod = %s.labels.pod,
                 source = %s.labels.container, "metrics stream discovered");
@@ -88,5 +166,122 @@ pub async fn run(config: AgentConfig, catalog: Arc<Catalog>, mut shutdown: watch
         for s in &diff.removed {
             tracing::info!(stream = s.id, reason = %s.reason, "metrics stream removed");
         }
+    }
+}
+
+/// Sets the skip gauges, and logs each pod once per new reason.
+fn record_skips(
+    metrics: &AgentMetrics,
+    logged: &mut HashMap<String, PodSkip>,
+    skipped: Vec<(String, PodSkip)>,
+) {
+    let mut counts: HashMap<&'static str, i64> = ALL_SKIPS.iter().map(|r| (*r, 0)).collect();
+    let mut now = HashMap::with_capacity(skipped.len());
+    for (uid, why) in skipped {
+        *counts.entry(why.reason()).or_default() += 1;
+        if logged.get(&uid) != Some(&why) {
+            tracing::warn!(pod_uid = %uid, reason = %why,
+                "pod annotated prometheus.io/scrape gives no scrape target");
+        }
+        now.insert(uid, why);
+    }
+    for (reason, n) in counts {
+        metrics
+            .scrape_pods_skipped
+            .get_or_create(&SkipReason { reason })
+            .set(n);
+    }
+    *logged = now;
+}
+
+/// Every [`PodSkip::reason`] but `not_annotated`, so each gauge is exported from the start.
+const ALL_SKIPS: [&str; 5] = ["no_ip", "bad_port", "scheme", "bad_path", "no_port"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, ann: &[(&str, &str)]) -> PodMeta {
+        PodMeta {
+            namespace: "flytesnacks-development".into(),
+            name: name.into(),
+            labels: [("project", "flytesnacks"), ("execution-id", "f3a")]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .into(),
+            annotations: ann
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ip: Some("10.0.0.7".parse().unwrap()),
+            ports: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn annotated_pods_become_targets_labelled_like_their_logs() {
+        let scraped = pod(
+            "f3a-n0-0",
+            &[
+                ("prometheus.io/scrape", "true"),
+                ("prometheus.io/port", "9102"),
+            ],
+        );
+        let pods = vec![
+            ("uid-a".to_owned(), scraped.clone()),
+            (
+                "uid-b".to_owned(),
+                pod(
+                    "f3a-n1-0",
+                    &[
+                        ("prometheus.io/scrape", "true"),
+                        ("prometheus.io/port", "metrics"),
+                    ],
+                ),
+            ),
+            ("uid-c".to_owned(), pod("f3a-n2-0", &[])),
+        ];
+        let mapping: TaskLabels = "project=project,run=execution-id".parse().unwrap();
+        let (found, skipped) = pod_entries(&pods, "node-1", &mapping, &ScrapeDefaults::default());
+
+        assert_eq!(found.len(), 1);
+        let l = &found[0].labels;
+        assert_eq!(
+            (
+                l.node.as_str(),
+                l.namespace.as_str(),
+                l.pod.as_str(),
+                l.pod_uid.as_str(),
+                l.container.as_str(),
+                l.kind,
+            ),
+            (
+                "node-1",
+                "flytesnacks-development",
+                "f3a-n0-0",
+                "uid-a",
+                "scrape:9102/metrics",
+                StreamKind::Metrics
+            )
+        );
+        assert_eq!(l.project.as_deref(), Some("flytesnacks"));
+        assert_eq!(l.run.as_deref(), Some("f3a"));
+        let Source::Scrape { target } = &found[0].source else {
+            panic!("a scrape source");
+        };
+        assert_eq!(target.spec.url.to_string(), "http://10.0.0.7:9102/metrics");
+        assert_eq!(
+            skipped,
+            [("uid-b".to_owned(), PodSkip::BadPort("metrics".into()))],
+            "annotated but unusable pods are reported, unannotated ones are not"
+        );
+
+        // A new pod that reuses the IP of a deleted one is a new stream.
+        let (reused, _) = pod_entries(
+            &[("uid-z".to_owned(), scraped)],
+            "node-1",
+            &mapping,
+            &ScrapeDefaults::default(),
+        );
+        assert_ne!(reused[0].source, found[0].source);
     }
 }

@@ -10,17 +10,17 @@
 //! A pod is a target when annotated as the Prometheus community charts' `kubernetes-pods` job
 //! reads it: `prometheus.io/scrape: "true"`, `prometheus.io/port` (else each declared TCP
 //! container port), `prometheus.io/path` (default `/metrics`), `prometheus.io/scheme` (only
-//! `http`). [`pod_targets`] is that mapping; the pods come from the kube metadata watch when the
-//! agent runs with it (the `k8s` feature), which is not part of this module.
+//! `http`). [`pod_targets`] is that mapping; the pods come from the kube metadata watch
+//! ([`crate::kube::PodIndex`], `--kube-pods`, the `k8s` feature) and
+//! [`super::sources`] turns them into catalog entries.
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
 use logrelay_wire::labels::{Labels, StreamKind};
 
 use super::http::{Url, UrlError};
+pub use crate::kube::PodMeta;
 
 /// Settings a target takes when it does not set its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,17 +150,6 @@ impl StaticTarget {
     }
 }
 
-/// What the agent knows of a pod from the Kubernetes API.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PodMeta {
-    /// The pod's IP (`status.podIP`); none while it is being scheduled.
-    pub ip: Option<IpAddr>,
-    /// `metadata.annotations`.
-    pub annotations: BTreeMap<String, String>,
-    /// Declared container ports: (container, port, protocol).
-    pub ports: Vec<(String, u16, String)>,
-}
-
 /// Why an annotated pod gives no target.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PodSkip {
@@ -182,6 +171,20 @@ pub enum PodSkip {
     /// No port annotation and no declared TCP port.
     #[error("no port to scrape")]
     NoPort,
+}
+
+impl PodSkip {
+    /// A short name for metrics (`logrelay_agent_scrape_pods_skipped{reason}`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NotAnnotated => "not_annotated",
+            Self::NoIp => "no_ip",
+            Self::BadPort(_) => "bad_port",
+            Self::Scheme(_) => "scheme",
+            Self::BadPath(_) => "bad_path",
+            Self::NoPort => "no_port",
+        }
+    }
 }
 
 /// The targets of an annotated pod, each with the labels of its stream: the pod's labels
@@ -218,8 +221,8 @@ pub fn pod_targets(
         None => pod
             .ports
             .iter()
-            .filter(|(_, _, proto)| proto.is_empty() || proto.eq_ignore_ascii_case("TCP"))
-            .map(|(_, port, _)| *port)
+            .filter(|p| p.protocol.is_empty() || p.protocol.eq_ignore_ascii_case("TCP"))
+            .map(|p| p.port)
             .collect(),
     };
     ports.sort_unstable();
@@ -304,8 +307,13 @@ mod tests {
                 .collect(),
             ports: ports
                 .iter()
-                .map(|(p, proto)| ("main".to_owned(), *p, (*proto).to_owned()))
+                .map(|(p, proto)| crate::kube::DeclaredPort {
+                    container: "main".to_owned(),
+                    port: *p,
+                    protocol: (*proto).to_owned(),
+                })
                 .collect(),
+            ..PodMeta::default()
         }
     }
 

@@ -1,0 +1,238 @@
+//! Pods annotated `prometheus.io/scrape`, found through the agent's node-scoped pod watch (a
+//! recorded Kubernetes API served over real HTTP), scraped only while watched and delivered
+//! through the relay to a subscriber who selects them by task identity. Needs `--features k8s`.
+#![cfg(feature = "k8s")]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::routing::get;
+use logrelay_agent::AgentConfig;
+use logrelay_e2e::*;
+use logrelay_wire::labels::{Labels, StreamKind};
+use logrelay_wire::selector::Selector;
+use logrelay_wire::session::{Event, Request};
+use tokio::sync::mpsc;
+
+/// A pod of node-1 as the API server returns it (trimmed of fields the agent does not read).
+fn pod(name: &str, uid: &str, rv: u32, annotations: &str) -> String {
+    format!(
+        r#"{{"metadata":{{"name":"{name}","namespace":"flytesnacks-development","uid":"{uid}","resourceVersion":"{rv}","labels":{{"project":"flytesnacks","domain":"development","execution-id":"f3a","node-id":"{name}"}},"annotations":{annotations}}},"spec":{{"nodeName":"node-1","containers":[{{"name":"main","image":"ghcr.io/flyteorg/flytekit:py3.11","ports":[{{"containerPort":8080,"protocol":"TCP"}}]}}]}},"status":{{"phase":"Running","podIP":"127.0.0.1"}}}}"#
+    )
+}
+
+/// The task pod: its metrics endpoint is the node exporter's port.
+fn scraped_pod(port: u16) -> String {
+    pod(
+        "f3a-n0-0",
+        "uid-a",
+        90,
+        &format!(r#"{{"prometheus.io/scrape":"true","prometheus.io/port":"{port}"}}"#),
+    )
+}
+
+/// A pod annotated for a scheme the agent does not scrape.
+fn https_pod() -> String {
+    pod(
+        "f3a-n1-0",
+        "uid-b",
+        95,
+        r#"{"prometheus.io/scrape":"true","prometheus.io/scheme":"https"}"#,
+    )
+}
+
+/// The recorded API: the pod list, then a watch from its resourceVersion fed by the test.
+#[derive(Clone)]
+struct Api {
+    list: String,
+    watch: Arc<Mutex<Option<mpsc::Receiver<String>>>>,
+}
+
+async fn pods(State(api): State<Api>, Query(q): Query<HashMap<String, String>>) -> Body {
+    assert_eq!(
+        q.get("fieldSelector").map(String::as_str),
+        Some("spec.nodeName=node-1"),
+        "only this node's pods are asked for"
+    );
+    if q.get("watch").map(String::as_str) != Some("true") {
+        return Body::from(api.list.clone());
+    }
+    let events = api.watch.lock().unwrap().take();
+    let events = futures_util::stream::unfold(events, |events| async move {
+        // Later watches stay open with nothing to say.
+        let Some(mut rx) = events else {
+            return std::future::pending().await;
+        };
+        let event = rx.recv().await?;
+        Some((Ok::<_, std::io::Error>(event + "\n"), Some(rx)))
+    });
+    Body::from_stream(events)
+}
+
+/// Serves the recorded API on 127.0.0.1; returns its URL and where watch events are pushed.
+async fn api_server(items: &[String]) -> (String, mpsc::Sender<String>) {
+    let (tx, rx) = mpsc::channel(8);
+    let api = Api {
+        list: format!(
+            r#"{{"kind":"PodList","apiVersion":"v1","metadata":{{"resourceVersion":"100"}},"items":[{}]}}"#,
+            items.join(",")
+        ),
+        watch: Arc::new(Mutex::new(Some(rx))),
+    };
+    let app = Router::new()
+        .route("/api/v1/pods", get(pods))
+        .with_state(api);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), tx)
+}
+
+/// The value of `name{labels}` on an admin listener.
+async fn series(addr: SocketAddr, wanted: &str) -> Option<f64> {
+    let (_, body) = http_get(addr, "/metrics").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(wanted)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn task_selector() -> Selector {
+    Selector {
+        project: Some("flytesnacks".into()),
+        run: Some("f3a".into()),
+        kind: Some(StreamKind::Metrics),
+        ..Selector::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn annotated_pods_are_scraped_while_watched_and_selected_by_task() {
+    let exporter = NodeExporter::start().await;
+    let (api_url, watch) = api_server(&[scraped_pod(exporter.addr.port()), https_pod()]).await;
+    let pki = TestPki::new();
+    let relay = TestRelay::start(&pki).await;
+    let pods = PodsDir::new();
+    let config = AgentConfig {
+        node_name: "node-1".into(),
+        kube_pods: true,
+        kube_api_url: Some(api_url),
+        rescan_ms: 50,
+        metrics_rescan_ms: 50,
+        reconnect_min_ms: 20,
+        reconnect_max_ms: 500,
+        resources: false,
+        ..AgentConfig::new(pods.path().to_path_buf(), relay.quic_addr())
+    };
+    let agent = TestAgent {
+        handle: logrelay_agent::start(config, pki.agent_tls("dev", "test"))
+            .await
+            .expect("start agent"),
+    };
+    let admin = agent.handle.admin_addr;
+
+    // The target is in the relay's catalog before anyone watches, and nothing was scraped.
+    let mut sub = relay.subscriber().await;
+    let listed: Labels = within("the pod's target listed by the relay", async {
+        loop {
+            let before = sub.events.len();
+            let list = Request::List {
+                selector: task_selector(),
+            };
+            sub.client.send(&list).await.expect("send list");
+            sub.until("a list reply", |s| {
+                s.events[before..]
+                    .iter()
+                    .any(|e| matches!(e, Event::Streams { .. }))
+            })
+            .await;
+            let found = sub.events[before..].iter().find_map(|e| match e {
+                Event::Streams { streams } => streams.first().map(|s| s.labels.clone()),
+                _ => None,
+            });
+            if let Some(labels) = found {
+                return labels;
+            }
+            // Poll again (the catalog has no event a session can wait on before it exists).
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        (
+            listed.namespace.as_str(),
+            listed.pod.as_str(),
+            listed.pod_uid.as_str(),
+            listed.container.clone(),
+            listed.node.as_str(),
+        ),
+        (
+            "flytesnacks-development",
+            "f3a-n0-0",
+            "uid-a",
+            format!("scrape:{}/metrics", exporter.addr.port()),
+            "node-1",
+        )
+    );
+    assert_eq!(
+        (listed.domain.as_deref(), listed.action.as_deref()),
+        (Some("development"), Some("f3a-n0-0"))
+    );
+    assert_eq!(
+        agent.metric("logrelay_agent_scrapes_total").await,
+        0.0,
+        "nothing is scraped while nobody watches"
+    );
+    assert_eq!(
+        series(admin, "logrelay_agent_scrape_pod_targets").await,
+        Some(1.0)
+    );
+    assert_eq!(
+        series(
+            admin,
+            r#"logrelay_agent_scrape_pods_skipped{reason="scheme"}"#
+        )
+        .await,
+        Some(1.0),
+        "the https pod is reported, not scraped"
+    );
+
+    // Watching by task identity: the exporter's series arrive, under the pod's labels.
+    sub.subscribe("m", &task_selector(), None).await;
+    sub.until("node exporter series from the annotated pod", |s| {
+        s.stream_of("m").is_some_and(|id| {
+            s.messages(id)
+                .iter()
+                .any(|m| m.starts_with("node_memory_MemTotal_bytes "))
+        })
+    })
+    .await;
+    let stream = sub.stream_of("m").unwrap();
+    assert!(
+        sub.messages(stream).iter().any(|m| m.trim_end() == "up 1"),
+        "the scrape succeeded"
+    );
+    assert!(agent.metric("logrelay_agent_scrapes_total").await >= 1.0);
+
+    // The pod is deleted: its stream ends for the subscriber.
+    watch
+        .send(format!(
+            r#"{{"type":"DELETED","object":{}}}"#,
+            scraped_pod(exporter.addr.port())
+        ))
+        .await
+        .unwrap();
+    sub.until("the deleted pod's stream ends", |s| {
+        s.events
+            .iter()
+            .any(|e| matches!(e, Event::End { stream: id, .. } if *id == stream))
+    })
+    .await;
+    assert_eq!(
+        series(admin, "logrelay_agent_scrape_pod_targets").await,
+        Some(0.0)
+    );
+}
