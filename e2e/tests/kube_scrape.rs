@@ -1,6 +1,7 @@
 //! Pods annotated `prometheus.io/scrape`, found through the agent's node-scoped pod watch (a
 //! recorded Kubernetes API served over real HTTP), scraped only while watched and delivered
-//! through the relay to a subscriber who selects them by task identity. Needs `--features k8s`.
+//! through the relay to a subscriber who selects them by task identity; the pod's resource
+//! usage (a recorded cgroup tree) carries the same identity. Needs `--features k8s`.
 #![cfg(feature = "k8s")]
 
 use std::collections::HashMap;
@@ -19,6 +20,9 @@ use logrelay_wire::selector::Selector;
 use logrelay_wire::session::{Event, Request};
 use tokio::sync::mpsc;
 
+/// The UID of the annotated task pod.
+const UID_A: &str = "8b2e5f3a-1c2d-4e5f-8a9b-0c1d2e3f4a5b";
+
 /// A pod of node-1 as the API server returns it (trimmed of fields the agent does not read).
 fn pod(name: &str, uid: &str, rv: u32, annotations: &str) -> String {
     format!(
@@ -30,7 +34,7 @@ fn pod(name: &str, uid: &str, rv: u32, annotations: &str) -> String {
 fn scraped_pod(port: u16) -> String {
     pod(
         "f3a-n0-0",
-        "uid-a",
+        UID_A,
         90,
         &format!(r#"{{"prometheus.io/scrape":"true","prometheus.io/port":"{port}"}}"#),
     )
@@ -100,6 +104,24 @@ async fn series(addr: SocketAddr, wanted: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(wanted)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// The pod's cgroup (kubelet's systemd layout) with a pod-level memory reading.
+fn cgroup_tree(root: &std::path::Path) {
+    let pod = root.join(format!(
+        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice",
+        UID_A.replace('-', "_")
+    ));
+    std::fs::create_dir_all(&pod).unwrap();
+    for (name, content) in [
+        ("cpu.stat", "usage_usec 2500000\n"),
+        ("memory.current", "104857600\n"),
+        ("memory.stat", "inactive_file 4857600\n"),
+    ] {
+        std::fs::write(pod.join(name), content).unwrap();
+    }
+}
+
+const RESOURCES: &str = "resources";
+
 fn task_selector() -> Selector {
     Selector {
         project: Some("flytesnacks".into()),
@@ -116,6 +138,13 @@ async fn annotated_pods_are_scraped_while_watched_and_selected_by_task() {
     let pki = TestPki::new();
     let relay = TestRelay::start(&pki).await;
     let pods = PodsDir::new();
+    std::fs::create_dir(
+        pods.path()
+            .join(format!("flytesnacks-development_f3a-n0-0_{UID_A}")),
+    )
+    .unwrap();
+    let cgroups = tempfile::tempdir().unwrap();
+    cgroup_tree(cgroups.path());
     let config = AgentConfig {
         node_name: "node-1".into(),
         kube_pods: true,
@@ -124,7 +153,8 @@ async fn annotated_pods_are_scraped_while_watched_and_selected_by_task() {
         metrics_rescan_ms: 50,
         reconnect_min_ms: 20,
         reconnect_max_ms: 500,
-        resources: false,
+        resources: true,
+        cgroup_root: cgroups.path().to_owned(),
         ..AgentConfig::new(pods.path().to_path_buf(), relay.quic_addr())
     };
     let agent = TestAgent {
@@ -136,7 +166,7 @@ async fn annotated_pods_are_scraped_while_watched_and_selected_by_task() {
 
     // The target is in the relay's catalog before anyone watches, and nothing was scraped.
     let mut sub = relay.subscriber().await;
-    let listed: Labels = within("the pod's target listed by the relay", async {
+    let listed: Vec<Labels> = within("the pod's two metrics streams listed by the relay", async {
         loop {
             let before = sub.events.len();
             let list = Request::List {
@@ -150,7 +180,9 @@ async fn annotated_pods_are_scraped_while_watched_and_selected_by_task() {
             })
             .await;
             let found = sub.events[before..].iter().find_map(|e| match e {
-                Event::Streams { streams } => streams.first().map(|s| s.labels.clone()),
+                Event::Streams { streams } if streams.len() == 2 => {
+                    Some(streams.iter().map(|s| s.labels.clone()).collect())
+                }
                 _ => None,
             });
             if let Some(labels) = found {
@@ -161,19 +193,44 @@ async fn annotated_pods_are_scraped_while_watched_and_selected_by_task() {
         }
     })
     .await;
+    let scrape_container = format!("scrape:{}/metrics", exporter.addr.port());
+    let [resources, listed] = [RESOURCES, &scrape_container].map(|c| {
+        listed
+            .iter()
+            .find(|l| l.container == c)
+            .unwrap_or_else(|| panic!("a {c} stream in {listed:?}"))
+            .clone()
+    });
+    assert_eq!(
+        (
+            resources.namespace.as_str(),
+            resources.pod.as_str(),
+            resources.project.as_deref(),
+            resources.run.as_deref(),
+            resources.action.as_deref(),
+        ),
+        (
+            "flytesnacks-development",
+            "f3a-n0-0",
+            Some("flytesnacks"),
+            Some("f3a"),
+            Some("f3a-n0-0")
+        ),
+        "the pod's resource usage carries its task identity"
+    );
     assert_eq!(
         (
             listed.namespace.as_str(),
             listed.pod.as_str(),
             listed.pod_uid.as_str(),
-            listed.container.clone(),
+            listed.container.as_str(),
             listed.node.as_str(),
         ),
         (
             "flytesnacks-development",
             "f3a-n0-0",
-            "uid-a",
-            format!("scrape:{}/metrics", exporter.addr.port()),
+            UID_A,
+            scrape_container.as_str(),
             "node-1",
         )
     );
@@ -201,7 +258,11 @@ async fn annotated_pods_are_scraped_while_watched_and_selected_by_task() {
     );
 
     // Watching by task identity: the exporter's series arrive, under the pod's labels.
-    sub.subscribe("m", &task_selector(), None).await;
+    let scrape = Selector {
+        container: Some(scrape_container.clone()),
+        ..task_selector()
+    };
+    sub.subscribe("m", &scrape, None).await;
     sub.until("node exporter series from the annotated pod", |s| {
         s.stream_of("m").is_some_and(|id| {
             s.messages(id)
