@@ -13,7 +13,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Print a stream's lines like `kubectl logs -f`.
-    Tail(logrelay::tail::TailArgs),
+    Tail(Box<logrelay::tail::TailArgs>),
     /// Run relay + agent + sample workload on loopback (certificates minted in memory).
     Demo(logrelay::demo::DemoArgs),
 }
@@ -23,7 +23,7 @@ async fn main() -> std::process::ExitCode {
     logrelay_tls::install_provider();
     let cli = Cli::parse();
     match cli.command {
-        Command::Tail(args) => match logrelay::tail::run(args).await {
+        Command::Tail(args) => match logrelay::tail::run(*args).await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("logrelay tail: {e}");

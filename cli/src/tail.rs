@@ -4,6 +4,8 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 
+use logrelay_wire::labels::StreamKind;
+use logrelay_wire::pattern::LabelPattern;
 use logrelay_wire::selector::Selector;
 use logrelay_wire::session::{Event, Request};
 
@@ -29,6 +31,30 @@ pub struct TailArgs {
     /// Container name.
     #[arg(long, short = 'c')]
     pub container: Option<String>,
+    /// Regular expression the whole pod name must match (e.g. `train-.*`).
+    #[arg(long)]
+    pub pod_regex: Option<LabelPattern>,
+    /// Regular expression the whole container name must match.
+    #[arg(long)]
+    pub container_regex: Option<LabelPattern>,
+    /// Task identity: project.
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Task identity: domain.
+    #[arg(long)]
+    pub domain: Option<String>,
+    /// Task identity: run (execution).
+    #[arg(long)]
+    pub run: Option<String>,
+    /// Task identity: action (node of the run).
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Task identity: attempt.
+    #[arg(long)]
+    pub attempt: Option<String>,
+    /// Watch metrics streams (scrape targets, pod resources) instead of logs.
+    #[arg(long)]
+    pub metrics: bool,
     /// Lines of backlog to print first.
     #[arg(long, default_value_t = logrelay_wire::DEFAULT_TAIL_LINES)]
     pub tail: u32,
@@ -53,6 +79,26 @@ pub struct TailArgs {
     pub token: Option<String>,
 }
 
+impl TailArgs {
+    /// The selector these arguments describe.
+    pub fn selector(&self) -> Selector {
+        Selector {
+            namespace: self.namespace.clone(),
+            pod: self.pod.clone(),
+            container: self.container.clone(),
+            pod_regex: self.pod_regex.clone(),
+            container_regex: self.container_regex.clone(),
+            project: self.project.clone(),
+            domain: self.domain.clone(),
+            run: self.run.clone(),
+            action: self.action.clone(),
+            attempt: self.attempt.clone(),
+            kind: self.metrics.then_some(StreamKind::Metrics),
+            ..Selector::default()
+        }
+    }
+}
+
 /// Runs `tail` until the relay closes the session or the output is closed.
 pub async fn run(args: TailArgs) -> Result<(), ClientError> {
     let roots = match &args.ca_file {
@@ -66,12 +112,7 @@ pub async fn run(args: TailArgs) -> Result<(), ClientError> {
     client
         .send(&Request::Subscribe {
             id: "tail".into(),
-            selector: Selector {
-                namespace: args.namespace.clone(),
-                pod: args.pod.clone(),
-                container: args.container.clone(),
-                ..Selector::default()
-            },
+            selector: args.selector(),
             tail: Some(args.tail),
             since_ns: None,
             since_seq: None,

@@ -102,3 +102,62 @@ async fn tail_prints_the_backlog_then_follows_like_kubectl_logs() {
     }
     child.kill().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_regex_selects_every_matching_pod_and_a_bad_one_is_refused_up_front() {
+    let out = within("tail exits", tail_cmd(&["--pod-regex", "train-("]).output())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("invalid regular expression `train-(`: unclosed group"),
+        "{stderr}"
+    );
+
+    let pki = TestPki::new();
+    let relay = TestRelay::start(&pki).await;
+    let pods = PodsDir::new();
+    for pod in ["train-0", "train-1", "pretrain-0", "eval"] {
+        pods.container("ml", pod, "main")
+            .write_lines([format!("from {pod}\n").as_bytes()])
+            .unwrap();
+    }
+    let _agent = TestAgent::start(&pki, &pods, relay.quic_addr()).await;
+    // Wait until the relay knows all four streams, so the one-off read below sees them.
+    let mut sub = relay.subscriber().await;
+    let everything = logrelay_wire::selector::Selector {
+        namespace: Some("ml".into()),
+        ..Default::default()
+    };
+    sub.subscribe("all", &everything, Some(10)).await;
+    sub.until("a line from each pod", |s| s.total_lines() == 4)
+        .await;
+
+    let url = relay.handle.subscribe_url();
+    let out = within(
+        "tail --no-follow exits",
+        tail_cmd(&[
+            "--url",
+            &url,
+            "--pod-regex",
+            "train-[0-9]+",
+            "--prefix",
+            "--no-follow",
+        ])
+        .output(),
+    )
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        ["[train-0/main] from train-0", "[train-1/main] from train-1"],
+        "the whole pod name must match: not pretrain-0, not eval"
+    );
+}

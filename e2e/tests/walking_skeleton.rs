@@ -241,6 +241,21 @@ async fn bad_session_input_gets_a_named_error_and_other_sessions_keep_flowing() 
     expect_error(&mut bad, r#"{"op":"teleport"}"#, "teleport").await;
     expect_error(&mut bad, r#"{"op":"subscribe","id":""}"#, "subscription id").await;
     expect_error(&mut bad, r#"{"op":"unsubscribe","id":"nope"}"#, "nope").await;
+    expect_error(
+        &mut bad,
+        r#"{"op":"subscribe","id":"r","selector":{"pod_regex":"(a+"}}"#,
+        "invalid regular expression `(a+`",
+    )
+    .await;
+    expect_error(
+        &mut bad,
+        &format!(
+            r#"{{"op":"subscribe","id":"r","selector":{{"container_regex":"{}"}}}}"#,
+            r"\\w{100}".repeat(3)
+        ),
+        "compiles to more than",
+    )
+    .await;
     // Still usable after all that.
     bad.subscribe("b", &selector("ns", "app", "main"), Some(10))
         .await;

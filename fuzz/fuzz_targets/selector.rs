@@ -1,6 +1,7 @@
 //! Selector matching: the input is selector JSON, a 0xFF byte (never in UTF-8), then labels
-//! JSON. Parsing, `validate` and `matches` must not panic; a selector naming every label of a
-//! stream matches it; the empty selector matches exactly the log streams.
+//! JSON. Parsing (regular expressions included), `validate` and `matches` must not panic; a
+//! selector naming every label of a stream matches it; the empty selector matches exactly the
+//! log streams.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -33,6 +34,10 @@ fuzz_target!(|data: &[u8]| {
         project: labels.project.clone(),
         domain: labels.domain.clone(),
         run: labels.run.clone(),
+        action: labels.action.clone(),
+        attempt: labels.attempt.clone(),
+        pod_regex: None,
+        container_regex: None,
     };
     assert!(exact.matches(&labels));
     assert_eq!(

@@ -17,6 +17,7 @@ pub mod batch;
 pub mod control;
 pub mod frame;
 pub mod labels;
+pub mod pattern;
 pub mod selector;
 pub mod session;
 

@@ -3,13 +3,15 @@
 use serde::{Deserialize, Serialize};
 
 use crate::labels::{Labels, StreamKind};
+use crate::pattern::LabelPattern;
 
 /// Longest label value a selector may name.
 pub const MAX_VALUE_BYTES: usize = 253;
 
-/// Exact-match selector over stream labels. An absent field matches anything. The org a
-/// session reads is never taken from a selector but from its credentials: a selector naming
-/// another org is refused by the relay, not widened.
+/// Selector over stream labels: exact values, and regular expressions over the whole pod or
+/// container name ([`LabelPattern`]). An absent field matches anything; a stream must match
+/// every field given. The org a session reads is never taken from a selector but from its
+/// credentials: a selector naming another org is refused by the relay, not widened.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Selector {
@@ -28,12 +30,18 @@ pub struct Selector {
     /// Pod name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
+    /// Regular expression the whole pod name must match.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_regex: Option<LabelPattern>,
     /// Pod UID.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod_uid: Option<String>,
     /// Container name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub container: Option<String>,
+    /// Regular expression the whole container name must match.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_regex: Option<LabelPattern>,
     /// Restart count.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restart: Option<u32>,
@@ -49,6 +57,12 @@ pub struct Selector {
     /// Task identity: run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
+    /// Task identity: action (a node of the run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// Task identity: attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<String>,
 }
 
 /// Why a selector is refused.
@@ -73,6 +87,8 @@ impl Selector {
             ("project", &self.project),
             ("domain", &self.domain),
             ("run", &self.run),
+            ("action", &self.action),
+            ("attempt", &self.attempt),
         ];
         for (name, v) in fields {
             if v.as_ref().is_some_and(|v| v.len() > MAX_VALUE_BYTES) {
@@ -102,6 +118,16 @@ impl Selector {
             && eq_opt(&self.project, &labels.project)
             && eq_opt(&self.domain, &labels.domain)
             && eq_opt(&self.run, &labels.run)
+            && eq_opt(&self.action, &labels.action)
+            && eq_opt(&self.attempt, &labels.attempt)
+            && self
+                .pod_regex
+                .as_ref()
+                .is_none_or(|p| p.matches(&labels.pod))
+            && self
+                .container_regex
+                .as_ref()
+                .is_none_or(|p| p.matches(&labels.container))
     }
 }
 
@@ -151,5 +177,37 @@ mod tests {
             ..Selector::default()
         };
         assert_eq!(s.validate(), Err(SelectorError::TooLong("pod")));
+    }
+
+    #[test]
+    fn regexes_on_pod_and_container_and_task_identity() {
+        let s: Selector = serde_json::from_str(
+            r#"{"namespace":"ns","pod_regex":"train-[0-9]+","container_regex":"main|sidecar","action":"n0","attempt":"1"}"#,
+        )
+        .unwrap();
+        let task = |pod: &str, c: &str, action: &str| Labels {
+            action: Some(action.into()),
+            attempt: Some("1".into()),
+            ..labels("ns", pod, c)
+        };
+        assert!(s.matches(&task("train-0", "main", "n0")));
+        assert!(s.matches(&task("train-12", "sidecar", "n0")));
+        assert!(!s.matches(&task("train-x", "main", "n0")));
+        assert!(!s.matches(&task("pretrain-0", "main", "n0")), "whole name");
+        assert!(!s.matches(&task("train-0", "init", "n0")));
+        assert!(!s.matches(&task("train-0", "main", "n1")));
+        assert!(
+            !s.matches(&labels("ns", "train-0", "main")),
+            "no task identity"
+        );
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            r#"{"namespace":"ns","pod_regex":"train-[0-9]+","container_regex":"main|sidecar","action":"n0","attempt":"1"}"#
+        );
+        let bad = serde_json::from_str::<Selector>(r#"{"pod_regex":"train-("}"#).unwrap_err();
+        assert!(
+            bad.to_string().contains("invalid regular expression"),
+            "{bad}"
+        );
     }
 }
