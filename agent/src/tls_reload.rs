@@ -47,17 +47,10 @@ impl AgentTlsFiles {
 }
 
 /// The QUIC client configuration: mTLS with `identity`, trusting `relay_roots`, transport
-/// keep-alives.
+/// keep-alives ([`logrelay_tls::quic_client_transport`]).
 pub fn client_config(tls: crate::AgentTls) -> Result<quinn::ClientConfig, logrelay_tls::TlsError> {
     let mut client = logrelay_tls::quic_client(tls.identity, tls.relay_roots)?;
-    let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(5)));
-    transport.max_idle_timeout(Some(
-        Duration::from_secs(15)
-            .try_into()
-            .expect("15 s fits a VarInt"),
-    ));
-    client.transport_config(Arc::new(transport));
+    client.transport_config(Arc::new(logrelay_tls::quic_client_transport()));
     Ok(client)
 }
 

@@ -53,10 +53,7 @@ impl Producer {
     pub async fn run(self, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
         let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
         let mut client = self.tls.clone();
-        let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(Duration::from_secs(5)));
-        transport.max_idle_timeout(Some(Duration::from_secs(15).try_into().expect("fits")));
-        client.transport_config(Arc::new(transport));
+        client.transport_config(Arc::new(logrelay_tls::quic_client_transport()));
         endpoint.set_default_client_config(client);
         let conn = endpoint
             .connect(self.relay, "localhost")?
