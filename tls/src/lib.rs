@@ -9,7 +9,10 @@
 //! * [`quic_server`] / [`quic_client`] configure the agent hop; [`quic_server_transport`] and
 //!   [`quic_client_transport`] hold its QUIC transport settings (keep-alive, idle timeout,
 //!   stream limits), in one place for both ends.
+//! * [`reload`] watches the PEM files and re-runs a reload action when they change.
 #![forbid(unsafe_code)]
+
+pub mod reload;
 
 use std::path::Path;
 use std::sync::Arc;
