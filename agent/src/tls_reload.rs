@@ -2,11 +2,11 @@
 //! the files change (e.g. a rotated Kubernetes Secret), with no restart. The next connection
 //! attempt uses them; the current connection keeps the ones it was made with.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use logrelay_tls::reload::WatchedFiles;
 use tokio::sync::watch;
 
 use crate::metrics::AgentMetrics;
@@ -34,30 +34,21 @@ impl AgentTlsFiles {
         })
     }
 
-    fn fingerprint(&self) -> Vec<Option<(u64, i64, i64, u64)>> {
-        [&self.ca_file, &self.cert_file, &self.key_file]
-            .into_iter()
-            .map(|p| {
-                std::fs::metadata(p)
-                    .ok()
-                    .map(|m| (m.len(), m.mtime(), m.mtime_nsec(), m.ino()))
-            })
-            .collect()
+    /// The files watched for changes.
+    fn watched(&self) -> WatchedFiles {
+        WatchedFiles::new(vec![
+            self.ca_file.clone(),
+            self.cert_file.clone(),
+            self.key_file.clone(),
+        ])
     }
 }
 
 /// The QUIC client configuration: mTLS with `identity`, trusting `relay_roots`, transport
-/// keep-alives.
+/// keep-alives ([`logrelay_tls::quic_client_transport`]).
 pub fn client_config(tls: crate::AgentTls) -> Result<quinn::ClientConfig, logrelay_tls::TlsError> {
     let mut client = logrelay_tls::quic_client(tls.identity, tls.relay_roots)?;
-    let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(5)));
-    transport.max_idle_timeout(Some(
-        Duration::from_secs(15)
-            .try_into()
-            .expect("15 s fits a VarInt"),
-    ));
-    client.transport_config(Arc::new(transport));
+    client.transport_config(Arc::new(logrelay_tls::quic_client_transport()));
     Ok(client)
 }
 
@@ -68,29 +59,22 @@ pub async fn watch_files(
     metrics: Arc<AgentMetrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut seen = files.fingerprint();
-    let mut tick = tokio::time::interval(files.interval.max(Duration::from_millis(10)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = crate::stopped(&mut shutdown) => return,
+    let reload = || match files.load().and_then(client_config) {
+        Ok(config) => {
+            *client.write().expect("client config lock") = config;
+            metrics.tls_reloads.inc();
+            tracing::info!("TLS files changed: the next connection uses them");
         }
-        let now = files.fingerprint();
-        if now == seen {
-            continue;
+        Err(e) => {
+            metrics.tls_reload_errors.inc();
+            tracing::warn!(error = %e, "TLS files changed but cannot be used; keeping the previous ones");
         }
-        seen = now;
-        match files.load().and_then(client_config) {
-            Ok(config) => {
-                *client.write().expect("client config lock") = config;
-                metrics.tls_reloads.inc();
-                tracing::info!("TLS files changed: the next connection uses them");
-            }
-            Err(e) => {
-                metrics.tls_reload_errors.inc();
-                tracing::warn!(error = %e, "TLS files changed but cannot be used; keeping the previous ones");
-            }
-        }
-    }
+    };
+    logrelay_tls::reload::watch_files(
+        files.watched(),
+        files.interval,
+        crate::stopped(&mut shutdown),
+        reload,
+    )
+    .await;
 }

@@ -112,7 +112,7 @@ pub fn now_rfc3339() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0);
-    crate::timefmt::rfc3339_nanos(ns)
+    logrelay_wire::time::rfc3339_nanos(ns)
 }
 
 /// Runs the demo until Ctrl-C.

@@ -6,4 +6,3 @@
 pub mod client;
 pub mod demo;
 pub mod tail;
-pub mod timefmt;

@@ -8,9 +8,9 @@ use logrelay_wire::labels::StreamKind;
 use logrelay_wire::pattern::LabelPattern;
 use logrelay_wire::selector::Selector;
 use logrelay_wire::session::{Event, Request};
+use logrelay_wire::time::rfc3339_nanos;
 
 use crate::client::{Client, ClientError, Incoming};
-use crate::timefmt::rfc3339_nanos;
 
 /// Arguments of `logrelay tail`.
 #[derive(Debug, Clone, clap::Args)]

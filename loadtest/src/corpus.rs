@@ -112,30 +112,6 @@ pub fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
-/// Formats Unix nanoseconds as RFC 3339 UTC with nine fraction digits (CRI timestamps).
-pub fn rfc3339_nanos(ns: i64) -> String {
-    let secs = ns.div_euclid(1_000_000_000);
-    let nanos = ns.rem_euclid(1_000_000_000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60
-    )
-}
-
 /// Encodes consecutive lines of one stream into batches, as an agent would.
 #[derive(Debug)]
 pub struct BatchMaker {
@@ -259,18 +235,6 @@ mod tests {
         assert_eq!(c.mean_line_bytes(), 200.0);
         let natural = Corpus::loghub(None);
         assert!(natural.mean_line_bytes() > 60.0);
-    }
-
-    #[test]
-    fn rfc3339_formats_cri_timestamps() {
-        for (ns, text) in [
-            (0, "1970-01-01T00:00:00.000000000Z"),
-            (1_704_164_645_123_456_789, "2024-01-02T03:04:05.123456789Z"),
-            (951_782_400_000_000_001, "2000-02-29T00:00:00.000000001Z"),
-            (4_102_444_799_999_999_999, "2099-12-31T23:59:59.999999999Z"),
-        ] {
-            assert_eq!(rfc3339_nanos(ns), text);
-        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod chart;
 mod children;
 mod corpus;
 mod nats;
+mod pace;
 mod procstat;
 mod producer;
 mod progress;

@@ -23,6 +23,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::corpus::{BatchMaker, Corpus, now_ns, observe_batch};
+use crate::pace::Pacer;
 use crate::stats::{ProducerStats, SubStats, record_ns};
 use crate::subscriber::Behaviour;
 
@@ -334,10 +335,7 @@ impl Publisher {
             }
         });
         let mut maker = BatchMaker::new(self.stream, self.stream + 1, self.batch_bytes);
-        let started = tokio::time::Instant::now();
-        let mut tick = tokio::time::interval(Duration::from_millis(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut sent = 0u64;
+        let mut pacer = Pacer::new(self.rate);
         let mut header = Vec::with_capacity(64);
         loop {
             let stopped = *stop.borrow();
@@ -347,18 +345,11 @@ impl Publisher {
             if pong_rx.try_recv().is_ok() {
                 wr.write_all(b"PONG\r\n").await?;
             }
-            let due = match self.rate {
-                None => u64::MAX,
-                Some(r) => {
-                    tokio::select! {
-                        _ = tick.tick() => {}
-                        _ = stop.changed() => break,
-                    }
-                    (r * started.elapsed().as_secs_f64()) as u64
-                }
+            let Some(due) = pacer.due(&mut stop).await else {
+                break;
             };
-            while sent < due {
-                let Some((batch, n)) = maker.make(&self.corpus, due - sent, now_ns()) else {
+            while pacer.owed(due) > 0 {
+                let Some((batch, n)) = maker.make(&self.corpus, pacer.owed(due), now_ns()) else {
                     break;
                 };
                 header.clear();
@@ -368,12 +359,12 @@ impl Publisher {
                 wr.write_all(&header).await?;
                 wr.write_all(&batch).await?;
                 wr.write_all(b"\r\n").await?;
-                sent += u64::from(n);
+                pacer.sent(u64::from(n));
                 self.stats.lines.fetch_add(u64::from(n), Ordering::Relaxed);
                 self.stats
                     .bytes
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                if self.rate.is_none() {
+                if pacer.unpaced() {
                     break;
                 }
             }

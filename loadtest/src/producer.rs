@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use crate::corpus::{BatchMaker, Corpus, now_ns};
+use crate::pace::Pacer;
 use crate::stats::ProducerStats;
 
 /// Namespace of every stream the harness creates.
@@ -53,10 +54,7 @@ impl Producer {
     pub async fn run(self, stop: watch::Receiver<bool>) -> anyhow::Result<()> {
         let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
         let mut client = self.tls.clone();
-        let mut transport = quinn::TransportConfig::default();
-        transport.keep_alive_interval(Some(Duration::from_secs(5)));
-        transport.max_idle_timeout(Some(Duration::from_secs(15).try_into().expect("fits")));
-        client.transport_config(Arc::new(transport));
+        client.transport_config(Arc::new(logrelay_tls::quic_client_transport()));
         endpoint.set_default_client_config(client);
         let conn = endpoint
             .connect(self.relay, "localhost")?
@@ -177,27 +175,17 @@ impl DataTask {
             return;
         }
         let mut maker = BatchMaker::new(self.stream_ref, self.epoch, self.batch_bytes);
-        let started = tokio::time::Instant::now();
-        let mut tick = tokio::time::interval(Duration::from_millis(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut sent = 0u64;
+        let mut pacer = Pacer::new(self.rate);
         loop {
             let stopped = *stop.borrow();
             if stopped {
                 break;
             }
-            let due = match self.rate {
-                None => u64::MAX,
-                Some(r) => {
-                    tokio::select! {
-                        _ = tick.tick() => {}
-                        _ = stop.changed() => break,
-                    }
-                    (r * started.elapsed().as_secs_f64()) as u64
-                }
+            let Some(due) = pacer.due(&mut stop).await else {
+                break;
             };
-            while sent < due {
-                let Some((batch, n)) = maker.make(&self.corpus, due - sent, now_ns()) else {
+            while pacer.owed(due) > 0 {
+                let Some((batch, n)) = maker.make(&self.corpus, pacer.owed(due), now_ns()) else {
                     break;
                 };
                 let len = batch.len() as u64;
@@ -205,10 +193,10 @@ impl DataTask {
                 if send.write_all_chunks(&mut [prefix, batch]).await.is_err() {
                     return;
                 }
-                sent += u64::from(n);
+                pacer.sent(u64::from(n));
                 self.stats.lines.fetch_add(u64::from(n), Ordering::Relaxed);
                 self.stats.bytes.fetch_add(len, Ordering::Relaxed);
-                if self.rate.is_none() {
+                if pacer.unpaced() {
                     break;
                 }
             }

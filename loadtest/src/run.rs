@@ -107,39 +107,84 @@ fn pod_of(scenario: &Scenario, index: u32) -> String {
     )
 }
 
-/// Waits until every subscriber is attached (or failed), woken by their `ready` messages.
-async fn wait_ready(
-    subs: &[Arc<SubStats>],
-    wants: &[u64],
-    ready: &mut mpsc::Receiver<()>,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + SETUP_DEADLINE;
-    loop {
-        let pending = subs
+/// The subscriber sessions of a run: their counters, how many streams each waits for, and the
+/// channel on which they say they are attached (or failed).
+struct Sessions {
+    stats: Vec<Arc<SubStats>>,
+    wants: Vec<u64>,
+    ready: mpsc::Receiver<()>,
+}
+
+impl Sessions {
+    /// Spawns one session per assignment of `scenario` into `tasks`;
+    /// `session(index, streams, stats, ready, stop)` is its body.
+    fn spawn<F>(
+        scenario: &Scenario,
+        tasks: &mut JoinSet<anyhow::Result<()>>,
+        stop: &watch::Receiver<bool>,
+        mut session: impl FnMut(
+            u32,
+            &[u32],
+            Arc<SubStats>,
+            mpsc::Sender<()>,
+            watch::Receiver<bool>,
+        ) -> F,
+    ) -> Self
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (ready_tx, ready) = mpsc::channel(scenario.subscribers.sessions.max(1) as usize);
+        let mut stats = Vec::new();
+        let mut wants = Vec::new();
+        for (i, streams) in scenario.assignments().into_iter().enumerate() {
+            let s: Arc<SubStats> = Arc::default();
+            stats.push(s.clone());
+            wants.push(streams.len() as u64);
+            let fut = session(i as u32, &streams, s, ready_tx.clone(), stop.clone());
+            tasks.spawn(async move {
+                fut.await;
+                Ok(())
+            });
+        }
+        Self {
+            stats,
+            wants,
+            ready,
+        }
+    }
+
+    /// Waits until every session is attached (or failed), woken by their `ready` messages.
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + SETUP_DEADLINE;
+        loop {
+            let pending = self
+                .stats
+                .iter()
+                .zip(&self.wants)
+                .filter(|(s, w)| {
+                    s.streams_ready.load(Ordering::Relaxed) < **w
+                        && s.failure.lock().expect("failure lock").is_none()
+                })
+                .count();
+            if pending == 0 {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, self.ready.recv()).await {
+                Ok(Some(())) => {}
+                Ok(None) => bail!("subscribers went away during set-up"),
+                Err(_) => bail!("{pending} subscribers not attached after {SETUP_DEADLINE:?}"),
+            }
+        }
+        let failed: Vec<String> = self
+            .stats
             .iter()
-            .zip(wants)
-            .filter(|(s, w)| {
-                s.streams_ready.load(Ordering::Relaxed) < **w
-                    && s.failure.lock().expect("failure lock").is_none()
-            })
-            .count();
-        if pending == 0 {
-            break;
+            .filter_map(|s| s.failure.lock().expect("failure lock").clone())
+            .collect();
+        if failed.len() == self.stats.len() && !self.stats.is_empty() {
+            bail!("every subscriber failed during set-up, e.g.: {}", failed[0]);
         }
-        match tokio::time::timeout_at(deadline, ready.recv()).await {
-            Ok(Some(())) => {}
-            Ok(None) => bail!("subscribers went away during set-up"),
-            Err(_) => bail!("{pending} subscribers not attached after {SETUP_DEADLINE:?}"),
-        }
+        Ok(())
     }
-    let failed: Vec<String> = subs
-        .iter()
-        .filter_map(|s| s.failure.lock().expect("failure lock").clone())
-        .collect();
-    if failed.len() == subs.len() && !subs.is_empty() {
-        bail!("every subscriber failed during set-up, e.g.: {}", failed[0]);
-    }
-    Ok(())
 }
 
 /// Where ingest figures come from.
@@ -434,30 +479,25 @@ async fn run_relay(
     }
 
     // Subscribers.
-    let (ready_tx, mut ready_rx) = mpsc::channel(scenario.subscribers.sessions.max(1) as usize);
     let url = format!("ws://{}/v1/subscribe", addrs.http);
-    let mut subs = Vec::new();
-    let mut wants = Vec::new();
-    for (i, streams) in scenario.assignments().into_iter().enumerate() {
-        let stats: Arc<SubStats> = Arc::default();
-        subs.push(stats.clone());
-        wants.push(streams.len() as u64);
-        let sub = Subscriber {
-            url: url.clone(),
-            pods: streams.iter().map(|s| pod_of(scenario, *s)).collect(),
-            behaviour: behaviour(scenario, i as u32),
-            every: scenario.latency_sample_every,
-            stats,
-        };
-        let (ready, stop) = (ready_tx.clone(), stop_rx.clone());
-        tasks.spawn(async move {
-            subscriber::run_relay(sub, ready, stop).await;
-            Ok(())
-        });
-    }
-    drop(ready_tx);
+    let mut sessions = Sessions::spawn(
+        scenario,
+        &mut tasks,
+        &stop_rx,
+        |i, streams, stats, ready, stop| {
+            let sub = Subscriber {
+                url: url.clone(),
+                pods: streams.iter().map(|s| pod_of(scenario, *s)).collect(),
+                behaviour: behaviour(scenario, i),
+                every: scenario.latency_sample_every,
+                stats,
+            };
+            subscriber::run_relay(sub, ready, stop)
+        },
+    );
+    let subs = sessions.stats.clone();
     let setup = async {
-        wait_ready(&subs, &wants, &mut ready_rx).await?;
+        sessions.wait_ready().await?;
         if subs.is_empty() {
             wait_for_streams(addrs.admin, u64::from(scenario.streams())).await?;
         }
@@ -554,34 +594,29 @@ async fn run_nats(
     let server = NatsServer::start().await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
-    let (ready_tx, mut ready_rx) = mpsc::channel(scenario.subscribers.sessions.max(1) as usize);
     let url = format!("ws://{}", server.ws);
-    let mut subs = Vec::new();
-    let mut wants = Vec::new();
-    for (i, streams) in scenario.assignments().into_iter().enumerate() {
-        let stats: Arc<SubStats> = Arc::default();
-        subs.push(stats.clone());
-        wants.push(streams.len() as u64);
-        let subjects = streams
-            .iter()
-            .map(|s| nats::subject(&pod_of(scenario, *s)))
-            .collect();
-        let fut = nats::run_subscriber(
-            url.clone(),
-            subjects,
-            behaviour(scenario, i as u32),
-            scenario.latency_sample_every,
-            stats,
-            ready_tx.clone(),
-            stop_rx.clone(),
-        );
-        tasks.spawn(async move {
-            fut.await;
-            Ok(())
-        });
-    }
-    drop(ready_tx);
-    let setup = wait_ready(&subs, &wants, &mut ready_rx).await;
+    let mut sessions = Sessions::spawn(
+        scenario,
+        &mut tasks,
+        &stop_rx,
+        |i, streams, stats, ready, stop| {
+            let subjects = streams
+                .iter()
+                .map(|s| nats::subject(&pod_of(scenario, *s)))
+                .collect();
+            nats::run_subscriber(
+                url.clone(),
+                subjects,
+                behaviour(scenario, i),
+                scenario.latency_sample_every,
+                stats,
+                ready,
+                stop,
+            )
+        },
+    );
+    let subs = sessions.stats.clone();
+    let setup = sessions.wait_ready().await;
     let rate = scenario
         .rate_lines_per_sec
         .map(|r| r as f64 / f64::from(scenario.streams()));

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::corpus::{Corpus, now_ns, rfc3339_nanos, stamp};
+use logrelay_wire::time::rfc3339_nanos;
+
+use crate::corpus::{Corpus, now_ns, stamp};
 use crate::stats::ProducerStats;
 
 /// `<pods>/<ns>_<pod>_<uid>/<container>/0.log`.

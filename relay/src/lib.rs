@@ -45,24 +45,14 @@ pub struct RelayTls {
     pub reload: Option<reload::TlsFiles>,
 }
 
-/// The QUIC server configuration for agents: mTLS against `agent_roots`, transport limits.
+/// The QUIC server configuration for agents: mTLS against `agent_roots`, transport limits
+/// ([`logrelay_tls::quic_server_transport`]).
 pub fn quic_server_config(
     identity: logrelay_tls::Identity,
     agent_roots: rustls::RootCertStore,
 ) -> Result<quinn::ServerConfig, logrelay_tls::TlsError> {
     let mut server = logrelay_tls::quic_server(identity, agent_roots)?;
-    let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(5)));
-    transport.max_idle_timeout(Some(
-        Duration::from_secs(15)
-            .try_into()
-            .expect("15 s fits a VarInt"),
-    ));
-    transport.max_concurrent_uni_streams(4096u32.into());
-    transport.max_concurrent_bidi_streams(1u32.into());
-    transport.stream_receive_window((4u32 * 1024 * 1024).into());
-    transport.receive_window((16u32 * 1024 * 1024).into());
-    server.transport_config(Arc::new(transport));
+    server.transport_config(Arc::new(logrelay_tls::quic_server_transport()));
     Ok(server)
 }
 

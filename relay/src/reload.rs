@@ -1,17 +1,17 @@
 //! Certificate reload: the relay re-reads its TLS files when they change, with no restart.
 //!
-//! A task polls the files' identity (size, modification time, inode) every interval; on a
-//! change it loads the whole set again and, only if all of it is valid, swaps it in: the QUIC
-//! endpoint's server configuration (agent certificate, agent CA bundle) and the WSS
-//! configuration used by the next session handshakes. Connections already established keep
+//! A task polls the files' identity (size, modification time, inode) every interval
+//! ([`logrelay_tls::reload`]); on a change it loads the whole set again and, only if all of it
+//! is valid, swaps it in: the QUIC endpoint's server configuration (agent certificate, agent CA
+//! bundle) and the WSS configuration used by the next session handshakes. Connections already established keep
 //! the configuration they were made with. A broken file set is reported and ignored: the relay
 //! keeps serving with the last good one.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use logrelay_tls::reload::WatchedFiles;
 use tokio::sync::watch;
 
 use crate::metrics::RelayMetrics;
@@ -45,20 +45,18 @@ impl TlsFiles {
         })
     }
 
-    fn fingerprint(&self) -> Vec<Option<(u64, i64, i64, u64)>> {
-        let mut paths = vec![&self.cert_file, &self.key_file, &self.agent_ca_file];
+    /// The files watched for changes.
+    fn watched(&self) -> WatchedFiles {
+        let mut paths = vec![
+            self.cert_file.clone(),
+            self.key_file.clone(),
+            self.agent_ca_file.clone(),
+        ];
         if let Some((c, k)) = &self.wss {
-            paths.push(c);
-            paths.push(k);
+            paths.push(c.clone());
+            paths.push(k.clone());
         }
-        paths
-            .into_iter()
-            .map(|p| {
-                std::fs::metadata(p)
-                    .ok()
-                    .map(|m| (m.len(), m.mtime(), m.mtime_nsec(), m.ino()))
-            })
-            .collect()
+        WatchedFiles::new(paths)
     }
 }
 
@@ -73,30 +71,23 @@ pub async fn watch_files(
     metrics: Arc<RelayMetrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut seen = files.fingerprint();
-    let mut tick = tokio::time::interval(files.interval.max(Duration::from_millis(10)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = crate::stopped(&mut shutdown) => return,
+    let reload = || match apply(&files, &endpoint, wss.as_ref()) {
+        Ok(()) => {
+            metrics.tls_reload("ok");
+            tracing::info!("TLS files changed: new certificates in use");
         }
-        let now = files.fingerprint();
-        if now == seen {
-            continue;
+        Err(e) => {
+            metrics.tls_reload("error");
+            tracing::warn!(error = %e, "TLS files changed but cannot be used; keeping the previous ones");
         }
-        seen = now;
-        match apply(&files, &endpoint, wss.as_ref()) {
-            Ok(()) => {
-                metrics.tls_reload("ok");
-                tracing::info!("TLS files changed: new certificates in use");
-            }
-            Err(e) => {
-                metrics.tls_reload("error");
-                tracing::warn!(error = %e, "TLS files changed but cannot be used; keeping the previous ones");
-            }
-        }
-    }
+    };
+    logrelay_tls::reload::watch_files(
+        files.watched(),
+        files.interval,
+        crate::stopped(&mut shutdown),
+        reload,
+    )
+    .await;
 }
 
 fn apply(

@@ -6,10 +6,17 @@
 //!   (`--dev` mode and tests); nothing is ever written to disk.
 //! * [`Identity::from_pem_files`] and [`roots_from_pem_file`] load production material.
 //! * Agent identity lives in a URI SAN `spiffe://<org>/cluster/<cluster>` ([`AgentId`]).
+//! * [`quic_server`] / [`quic_client`] configure the agent hop; [`quic_server_transport`] and
+//!   [`quic_client_transport`] hold its QUIC transport settings (keep-alive, idle timeout,
+//!   stream limits), in one place for both ends.
+//! * [`reload`] watches the PEM files and re-runs a reload action when they change.
 #![forbid(unsafe_code)]
+
+pub mod reload;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -330,6 +337,44 @@ pub fn quic_client_with_alpn(
     Ok(quinn::ClientConfig::new(Arc::new(crypto)))
 }
 
+/// Interval between QUIC keep-alive PINGs on the agent hop, both ends: well under
+/// [`QUIC_IDLE_TIMEOUT_SECS`], so a quiet but healthy connection stays open.
+pub const QUIC_KEEP_ALIVE_SECS: u64 = 5;
+/// A connection of the agent hop that hears nothing for this long is closed.
+pub const QUIC_IDLE_TIMEOUT_SECS: u64 = 15;
+/// Unidirectional streams an agent may have open at once: one data stream per `open` demand.
+pub const QUIC_MAX_CONCURRENT_UNI_STREAMS: u32 = 4096;
+/// Bidirectional streams an agent may open: the control stream only.
+pub const QUIC_MAX_CONCURRENT_BIDI_STREAMS: u32 = 1;
+/// Flow-control window of one agent stream at the relay, in bytes.
+pub const QUIC_STREAM_RECEIVE_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
+/// Flow-control window of one agent connection at the relay, in bytes.
+pub const QUIC_RECEIVE_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
+
+/// Transport settings of the agent side of the agent hop (use with [`quic_client`]):
+/// keep-alive every [`QUIC_KEEP_ALIVE_SECS`], idle timeout [`QUIC_IDLE_TIMEOUT_SECS`].
+pub fn quic_client_transport() -> quinn::TransportConfig {
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(QUIC_KEEP_ALIVE_SECS)));
+    transport.max_idle_timeout(Some(
+        Duration::from_secs(QUIC_IDLE_TIMEOUT_SECS)
+            .try_into()
+            .expect("15 s fits a VarInt"),
+    ));
+    transport
+}
+
+/// Transport settings of the relay side of the agent hop (use with [`quic_server`]): those of
+/// [`quic_client_transport`], plus the stream limits and receive windows granted to an agent.
+pub fn quic_server_transport() -> quinn::TransportConfig {
+    let mut transport = quic_client_transport();
+    transport.max_concurrent_uni_streams(QUIC_MAX_CONCURRENT_UNI_STREAMS.into());
+    transport.max_concurrent_bidi_streams(QUIC_MAX_CONCURRENT_BIDI_STREAMS.into());
+    transport.stream_receive_window(QUIC_STREAM_RECEIVE_WINDOW_BYTES.into());
+    transport.receive_window(QUIC_RECEIVE_WINDOW_BYTES.into());
+    transport
+}
+
 fn logrelay_alpn() -> Vec<u8> {
     b"logrelay/1".to_vec()
 }
@@ -399,5 +444,13 @@ mod tests {
         quic_server(pki.server(&["127.0.0.1"]).unwrap(), pki.roots()).unwrap();
         quic_client(pki.agent(&id).unwrap(), pki.roots()).unwrap();
         https_server(pki.server(&["localhost"]).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn transports_build() {
+        // The idle timeout must fit a QUIC VarInt; the keep-alive must beat it.
+        const { assert!(QUIC_KEEP_ALIVE_SECS < QUIC_IDLE_TIMEOUT_SECS) };
+        quic_client_transport();
+        quic_server_transport();
     }
 }

@@ -11,6 +11,8 @@
 //!
 //! A batch is encoded once, by the agent, in the format subscribers read; the relay only parses
 //! its fixed-size header ([`batch::BatchHeader`]) to route it.
+//!
+//! Timestamps are Unix nanoseconds; [`time`] renders them as RFC 3339 for people.
 #![forbid(unsafe_code)]
 
 pub mod batch;
@@ -20,6 +22,7 @@ pub mod labels;
 pub mod pattern;
 pub mod selector;
 pub mod session;
+pub mod time;
 
 /// ALPN protocol name of the agent ↔ relay hop.
 pub const ALPN: &[u8] = b"logrelay/1";
