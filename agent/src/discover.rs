@@ -128,8 +128,9 @@ impl Scanner {
             pod_dirs.push(pod_path.clone());
             for container in containers {
                 let dir = pod_path.join(&container);
-                if !deep && !pod_changed && self.found.contains_key(&dir) {
-                    // Nothing new in this pod: its containers are as they were.
+                if !deep && !pod_changed && self.found.get(&dir).is_some_and(|e| !e.is_empty()) {
+                    // Nothing new in this pod: its containers are as they were. (A container
+                    // directory without a log yet is looked at again: its first log is due.)
                     seen.insert(dir);
                     continue;
                 }
@@ -180,13 +181,24 @@ impl Scanner {
         self.dirs.values().any(|c| !c.settled)
     }
 
+    /// Container directories without a log file yet (just created: the runtime is about to
+    /// create the first log), watched until it appears.
+    fn awaiting_logs(&self) -> impl Iterator<Item = PathBuf> + '_ {
+        self.found
+            .iter()
+            .filter(|(_, entries)| entries.is_empty())
+            .map(|(dir, _)| dir.clone())
+    }
+
     /// Every stream found by the last scan.
     pub fn entries(&self) -> Vec<Entry> {
         self.found.values().flatten().cloned().collect()
     }
 }
 
-/// inotify watches on the pods directory and each pod directory; wakes `wake` on any change.
+/// inotify watches on the pods directory, each pod directory and each container directory that
+/// has no log yet; wakes `wake` when an entry is created, removed or renamed in one of them.
+/// (Container directories with logs are not watched: every write to a log would be an event.)
 struct Hint {
     watcher: notify::RecommendedWatcher,
     watched: HashSet<PathBuf>,
@@ -310,7 +322,11 @@ pub async fn run_with(
             let mut sc = sc.lock().expect("scanner lock");
             let changed = sc.scan(&dir, &node, deep);
             let found = changed.then(|| sc.entries());
-            let pod_dirs = changed.then(|| sc.pod_dirs.clone());
+            let pod_dirs = changed.then(|| {
+                let mut dirs = sc.pod_dirs.clone();
+                dirs.extend(sc.awaiting_logs());
+                dirs
+            });
             (changed, found, pod_dirs, sc.unsettled())
         })
         .await
