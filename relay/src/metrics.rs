@@ -44,6 +44,8 @@ pub struct RelayMetrics {
     pub ring_evicted_lines: Counter,
     /// Lines a session missed, by reason.
     pub dropped_lines: Family<DropReason, Counter>,
+    /// Gap events telling a session that the rest of an epoch is lost (`epoch_lost`).
+    pub epochs_lost: Counter,
     /// Demands sent to agents.
     pub demands_opened: Counter,
     /// Control messages to agents lost because the agent's queue was full.
@@ -126,6 +128,7 @@ impl RelayMetrics {
             buffered_bytes: Gauge::default(),
             ring_evicted_lines: Counter::default(),
             dropped_lines: Family::default(),
+            epochs_lost: Counter::default(),
             demands_opened: Counter::default(),
             agent_messages_dropped: Counter::default(),
             limit_hits: Family::default(),
@@ -180,6 +183,11 @@ impl RelayMetrics {
             "dropped_lines",
             "Lines a session missed",
             m.dropped_lines.clone(),
+        );
+        r.register(
+            "epochs_lost",
+            "Sessions told that the rest of an epoch is lost",
+            m.epochs_lost.clone(),
         );
         r.register(
             "demands_opened",
