@@ -45,11 +45,10 @@ fn collector() -> (String, mpsc::Receiver<(String, String, Vec<u8>)>) {
     (url, rx)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn audit_events_reach_an_otlp_collector() {
-    let (url, received) = collector();
+/// A relay (production audit trail: stdout) also exporting its audit events to `url`.
+async fn exporting_to(url: String) -> logrelay_relay::RelayHandle {
     let pki = TestPki::new();
-    let relay = logrelay_relay::start(
+    logrelay_relay::start(
         logrelay_relay::RelayConfig {
             anonymous_org: Some("dev".into()),
             audit_otlp_endpoint: Some(url),
@@ -58,7 +57,13 @@ async fn audit_events_reach_an_otlp_collector() {
         pki.relay_tls(),
     )
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_events_reach_an_otlp_collector() {
+    let (url, received) = collector();
+    let relay = exporting_to(url).await;
     let mut s = Subscriber::connect(&relay.subscribe_url()).await;
     s.subscribe("a", &selector("ns", "p", "c"), Some(0)).await;
     s.until("subscribed", |s| !s.events.is_empty()).await;
@@ -81,5 +86,29 @@ async fn audit_events_reach_an_otlp_collector() {
         has(br#""kind":"audit""#),
         "the record's body is the JSON event"
     );
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_events_the_collector_never_got_are_counted_on_metrics() {
+    // A collector address nobody listens on: every export fails.
+    let url = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let relay = exporting_to(url).await;
+    let admin = relay.admin_addr;
+    assert_eq!(
+        metric(admin, "logrelay_relay_audit_failed_total").await,
+        0.0
+    );
+    let mut s = Subscriber::connect(&relay.subscribe_url()).await;
+    s.subscribe("a", &selector("ns", "p", "c"), Some(0)).await;
+    s.until("subscribed", |s| !s.events.is_empty()).await;
+    // `session_connect` and `subscribe` were audited; their export fails.
+    eventually("the lost audit events on /metrics", || async {
+        (metric(admin, "logrelay_relay_audit_failed_total").await >= 2.0).then_some(())
+    })
+    .await;
     relay.shutdown().await;
 }

@@ -11,7 +11,7 @@
 //! Lock order: hub state → session state → live stream (ring, watchers). Ingest pushes take
 //! only the live stream's locks.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -149,7 +149,9 @@ pub struct SessionState {
     pub events: std::collections::VecDeque<String>,
     /// Bytes in `events`.
     pub event_bytes: usize,
-    /// Streams watched, by relay stream id.
+    /// What the session watches, by the stream id its data carries: the relay stream id for
+    /// the stream's shared ring, an id of its own for each private watch (see
+    /// [`Watch::private_demand`]), so that every batch and event names one watch.
     pub watches: HashMap<u64, Watch>,
     /// Set when the session must be closed (code, reason).
     pub close: Option<(u16, String)>,
@@ -163,15 +165,30 @@ pub struct SessionState {
 pub struct Watch {
     /// The stream's live part.
     pub stream: Arc<LiveStream>,
-    /// Position in the ring.
+    /// Position in the ring (unused by a private watch).
     pub cursor: ring::Cursor,
-    /// Backfill still arriving: drained before the ring.
-    pub backfill: Option<mpsc::Receiver<Bytes>>,
+    /// Demands served for this watch alone, still arriving, drained in order before the ring:
+    /// the backfill of each subscription that joined with a backlog, or a private watch's
+    /// own demand.
+    pub backfills: VecDeque<Backfill>,
     /// A watch served by its own demand rather than the shared ring — a one-off read
-    /// (`follow: false`) or a filtered subscription (`contains`) — and that demand's id. The
-    /// watch ends when that demand does; removing the watch cancels it.
+    /// (`follow: false`) or a filtered subscription (`contains`), one per subscription and
+    /// stream — and that demand's id. The watch ends when that demand does; removing the
+    /// watch cancels it.
     pub private_demand: Option<u64>,
+    /// A `since_seq` the next batch of this watch answers: whether the agent still held its
+    /// epoch shows in that batch's epoch.
+    pub resume: Option<SeqPos>,
     subs: BTreeSet<String>,
+}
+
+/// Batches of one demand served for one watch.
+#[derive(Debug)]
+pub struct Backfill {
+    /// Where its data stream puts them (bounded: a full queue slows that data stream only).
+    pub rx: mpsc::Receiver<Bytes>,
+    /// The `since_seq` it asked for, until its first batch shows whether that epoch was held.
+    pub resume: Option<SeqPos>,
 }
 
 #[derive(Debug, Clone)]
@@ -615,11 +632,25 @@ impl Hub {
     }
 
     fn open_live(&self, st: &mut State, sid: u64, demand_spec: Demand) {
-        let Some((agent, local)) = st.streams.get(&sid).and_then(|s| s.agent) else {
+        let Some(at) = st.streams.get(&sid).and_then(|s| s.agent) else {
             return;
         };
-        let demand = st.add_demand(agent, DemandTarget::Live(sid));
+        let demand = self.open(st, at, sid, DemandTarget::Live(sid), demand_spec);
         st.streams.get_mut(&sid).expect("present").live_demand = Some(demand);
+    }
+
+    /// Registers a demand feeding `target` and sends its `open` to the agent that has the
+    /// stream (`at`: agent, and the agent's own id of the stream); batches will carry
+    /// `stream_ref`.
+    fn open(
+        &self,
+        st: &mut State,
+        (agent, local): (u64, u64),
+        stream_ref: u64,
+        target: DemandTarget,
+        demand_spec: Demand,
+    ) -> u64 {
+        let demand = st.add_demand(agent, target);
         self.metrics.demands_opened.inc();
         self.send_agent(
             st,
@@ -627,10 +658,11 @@ impl Hub {
             RelayMsg::Open {
                 demand,
                 stream: local,
-                stream_ref: sid,
+                stream_ref,
                 demand_spec,
             },
         );
+        demand
     }
 
     // ---- sessions --------------------------------------------------------------------------
@@ -685,11 +717,11 @@ impl Hub {
             ss.subs.clear();
             ss.watches
                 .drain()
-                .map(|(sid, w)| (sid, w.private_demand))
+                .map(|(key, w)| (key, w.private_demand))
                 .collect()
         };
-        for (sid, private) in watched {
-            self.remove_watcher(&mut st, sid, session.id, private);
+        for (key, private) in watched {
+            self.remove_watcher(&mut st, key, session.id, private);
         }
     }
 
@@ -778,6 +810,10 @@ impl Hub {
         let live = s.live.clone();
         let has_agent = s.agent.is_some();
         let live_demand = s.live_demand;
+        if !demand.follow || demand.contains.is_some() {
+            self.add_private_watch(st, session, sid, live, labels, sub, demand);
+            return;
+        }
         let mut ss = session.state.lock().expect("session lock");
         push_event_locked(
             &mut ss,
@@ -789,66 +825,31 @@ impl Hub {
             self.config.max_session_event_bytes,
         );
         session.notify.notify_one();
-        if let Some(w) = ss.watches.get_mut(&sid) {
-            w.subs.insert(sub.to_owned());
-            return;
-        }
-        if !demand.follow || demand.contains.is_some() {
-            // A one-off read (the backlog as the agent has it now, then `end`), or a filtered
-            // subscription (only its lines leave the node): its own demand, delivered through a
-            // bounded per-watch queue that slows the agent rather than drop. It does not keep
-            // the shared stream open.
-            let Some((agent, local)) = st.streams.get(&sid).and_then(|s| s.agent) else {
-                push_event_locked(
-                    &mut ss,
-                    &Event::End {
-                        stream: sid,
-                        reason: "agent_unavailable".into(),
-                    },
-                    self.config.max_session_event_bytes,
-                );
-                return;
-            };
-            let (tx, rx) = mpsc::channel(self.config.backfill_batches.max(1));
-            let id = st.add_demand(
-                agent,
-                DemandTarget::Backfill {
-                    stream: sid,
-                    session: Arc::downgrade(session),
-                    tx,
-                },
-            );
-            let cursor = live.ring.lock().expect("ring lock").cursor_at_end();
-            ss.watches.insert(
-                sid,
-                Watch {
-                    stream: live,
-                    cursor,
-                    backfill: Some(rx),
-                    private_demand: Some(id),
-                    subs: BTreeSet::from([sub.to_owned()]),
-                },
-            );
-            drop(ss);
-            self.metrics.demands_opened.inc();
-            self.send_agent(
-                st,
-                agent,
-                RelayMsg::Open {
-                    demand: id,
-                    stream: local,
-                    stream_ref: sid,
-                    demand_spec: Demand {
-                        until: None,
-                        ..demand.clone()
-                    },
-                },
-            );
-            return;
-        }
         let wants_backlog =
             demand.tail.unwrap_or(0) > 0 || demand.since_ns.is_some() || demand.since_seq.is_some();
-        let (cursor, backfill) = match live_demand {
+        if let Some(w) = ss.watches.get_mut(&sid) {
+            // Already watched through another subscription: this one reads the same ring, and
+            // gets its own backlog up to where the session's reading of the ring stands.
+            w.subs.insert(sub.to_owned());
+            if wants_backlog
+                && let Some(until) = w.cursor.last_end
+                && let Some((_, backfill)) = self.open_for_watcher(
+                    st,
+                    session,
+                    sid,
+                    sid,
+                    Demand {
+                        until: Some(until),
+                        follow: false,
+                        ..demand.clone()
+                    },
+                )
+            {
+                w.backfills.push_back(backfill);
+            }
+            return;
+        }
+        let (cursor, join) = match live_demand {
             None => {
                 // First watcher: the live demand itself carries the backlog.
                 let cursor = live.ring.lock().expect("ring lock").cursor_at_end();
@@ -866,43 +867,32 @@ impl Hub {
                 }
             }
         };
-        let mut backfill_rx = None;
-        if let Some(join) = backfill
-            && let Some((agent, local)) = st.streams.get(&sid).and_then(|s| s.agent)
-        {
-            let (tx, rx) = mpsc::channel(self.config.backfill_batches.max(1));
-            let id = st.add_demand(
-                agent,
-                DemandTarget::Backfill {
-                    stream: sid,
-                    session: Arc::downgrade(session),
-                    tx,
-                },
-            );
-            backfill_rx = Some(rx);
-            self.metrics.demands_opened.inc();
-            self.send_agent(
+        let backfill = join.and_then(|join| {
+            self.open_for_watcher(
                 st,
-                agent,
-                RelayMsg::Open {
-                    demand: id,
-                    stream: local,
-                    stream_ref: sid,
-                    demand_spec: Demand {
-                        until: Some(join),
-                        follow: false,
-                        ..demand.clone()
-                    },
+                session,
+                sid,
+                sid,
+                Demand {
+                    until: Some(join),
+                    follow: false,
+                    ..demand.clone()
                 },
-            );
-        }
+            )
+        });
+        let resume = if backfill.is_some() {
+            None
+        } else {
+            demand.since_seq
+        };
         ss.watches.insert(
             sid,
             Watch {
                 stream: live.clone(),
                 cursor,
-                backfill: backfill_rx,
+                backfills: backfill.map(|(_, b)| b).into_iter().collect(),
                 private_demand: None,
+                resume,
                 subs: BTreeSet::from([sub.to_owned()]),
             },
         );
@@ -926,6 +916,96 @@ impl Hub {
         }
     }
 
+    /// A one-off read (the backlog as the agent has it now, then `end`), or a filtered
+    /// subscription (only its lines leave the node): a demand of the subscription's own,
+    /// delivered through a bounded per-watch queue that slows the agent rather than drop, under
+    /// an id of its own so the session tells its data and events from any other watch of the
+    /// stream. It does not keep the shared stream open.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call site, which has every piece at hand"
+    )]
+    fn add_private_watch(
+        &self,
+        st: &mut State,
+        session: &Arc<SessionShared>,
+        sid: u64,
+        live: Arc<LiveStream>,
+        labels: Labels,
+        sub: &str,
+        demand: &Demand,
+    ) {
+        let view = st.id();
+        let opened = self.open_for_watcher(
+            st,
+            session,
+            sid,
+            view,
+            Demand {
+                until: None,
+                ..demand.clone()
+            },
+        );
+        let mut ss = session.state.lock().expect("session lock");
+        push_event_locked(
+            &mut ss,
+            &Event::Stream {
+                id: sub.to_owned(),
+                stream: view,
+                labels,
+            },
+            self.config.max_session_event_bytes,
+        );
+        match opened {
+            None => push_event_locked(
+                &mut ss,
+                &Event::End {
+                    stream: view,
+                    reason: "agent_unavailable".into(),
+                },
+                self.config.max_session_event_bytes,
+            ),
+            Some((demand, backfill)) => {
+                let cursor = live.ring.lock().expect("ring lock").cursor_at_end();
+                ss.watches.insert(
+                    view,
+                    Watch {
+                        stream: live,
+                        cursor,
+                        backfills: VecDeque::from([backfill]),
+                        private_demand: Some(demand),
+                        resume: None,
+                        subs: BTreeSet::from([sub.to_owned()]),
+                    },
+                );
+            }
+        }
+        drop(ss);
+        session.notify.notify_one();
+    }
+
+    /// Opens, at the stream's agent, a demand served for one watch alone, its batches stamped
+    /// `stream_ref`; `None` when the agent is away. Returns the demand's id and its queue.
+    fn open_for_watcher(
+        &self,
+        st: &mut State,
+        session: &Arc<SessionShared>,
+        sid: u64,
+        stream_ref: u64,
+        demand_spec: Demand,
+    ) -> Option<(u64, Backfill)> {
+        let at = st.streams.get(&sid).and_then(|s| s.agent)?;
+        let (tx, rx) = mpsc::channel(self.config.backfill_batches.max(1));
+        let resume = demand_spec.since_seq;
+        let target = DemandTarget::Backfill {
+            stream: stream_ref,
+            session: Arc::downgrade(session),
+            tx,
+        };
+        let demand = self.open(st, at, stream_ref, target, demand_spec);
+        Some((demand, Backfill { rx, resume }))
+    }
+
     /// Removes a subscription; streams no longer watched linger, then are cancelled.
     pub fn unsubscribe(self: &Arc<Self>, session: &Arc<SessionShared>, id: &str) -> bool {
         let mut st = self.lock();
@@ -935,13 +1015,13 @@ impl Hub {
                 return false;
             }
             let mut emptied = Vec::new();
-            for (sid, w) in ss.watches.iter_mut() {
+            for (key, w) in ss.watches.iter_mut() {
                 if w.subs.remove(id) && w.subs.is_empty() {
-                    emptied.push((*sid, w.private_demand));
+                    emptied.push((*key, w.private_demand));
                 }
             }
-            for (sid, _) in &emptied {
-                ss.watches.remove(sid);
+            for (key, _) in &emptied {
+                ss.watches.remove(key);
             }
             push_event_locked(
                 &mut ss,
@@ -950,32 +1030,36 @@ impl Hub {
             );
             emptied
         };
-        for (sid, private) in emptied {
-            self.remove_watcher(&mut st, sid, session.id, private);
+        for (key, private) in emptied {
+            self.remove_watcher(&mut st, key, session.id, private);
         }
         session.notify.notify_one();
         true
     }
 
+    /// Ends a session's watch `key`: a private watch's own demand is cancelled at once; the
+    /// shared ring (`key` is then the stream id) lingers once its last watcher left.
     fn remove_watcher(
         self: &Arc<Self>,
         st: &mut State,
-        sid: u64,
+        key: u64,
         session: u64,
         private: Option<u64>,
     ) {
-        if let Some(demand) = private
-            && let Some(agent) = st.demands.get(&demand).map(|d| d.agent)
-        {
-            // Its own demand goes with it (a finished one is already forgotten).
-            st.forget_demand(demand);
-            self.send_agent(st, agent, RelayMsg::Cancel { demand });
+        if let Some(demand) = private {
+            if let Some(agent) = st.demands.get(&demand).map(|d| d.agent) {
+                // A finished one is already forgotten.
+                st.forget_demand(demand);
+                self.send_agent(st, agent, RelayMsg::Cancel { demand });
+            }
+            // It never held the stream open.
+            return;
         }
+        let sid = key;
         let Some(s) = st.streams.get_mut(&sid) else {
             return;
         };
         if s.watchers.remove(&session).is_none() {
-            // A one-off read, or already gone: it never held the stream open.
             return;
         }
         s.live
@@ -1032,7 +1116,7 @@ mod tests {
             HubConfig {
                 ring_bytes: 1 << 20,
                 linger: Duration::from_secs(5),
-                max_subscriptions_per_session: 2,
+                max_subscriptions_per_session: 4,
                 backfill_batches: 4,
                 max_session_event_bytes: 1 << 20,
                 memory_budget_bytes: 1 << 30,
@@ -1040,6 +1124,14 @@ mod tests {
             },
             Arc::new(RelayMetrics::new()),
         )
+    }
+
+    /// An agent of org `acme` announcing `streams`; its control queue.
+    fn agent(hub: &Hub, streams: Vec<StreamInfo>) -> (u64, mpsc::Receiver<RelayMsg>) {
+        let (tx, rx) = mpsc::channel(16);
+        let agent = hub.add_agent("acme", "c1", tx, Arc::new(Notify::new()));
+        hub.catalog_add(agent, streams);
+        (agent, rx)
     }
 
     fn info(id: u64, pod: &str, org: &str) -> StreamInfo {
@@ -1062,40 +1154,66 @@ mod tests {
         }
     }
 
+    /// A live subscription asking for the last `tail` lines.
+    fn follow(tail: u32) -> Demand {
+        Demand {
+            tail: Some(tail),
+            follow: true,
+            ..Demand::default()
+        }
+    }
+
+    /// The next message to the agent, which must be an `open`: (demand, stream_ref, spec).
+    fn opened(rx: &mut mpsc::Receiver<RelayMsg>) -> (u64, u64, Demand) {
+        match rx.try_recv() {
+            Ok(RelayMsg::Open {
+                demand,
+                stream_ref,
+                demand_spec,
+                ..
+            }) => (demand, stream_ref, demand_spec),
+            other => panic!("expected open, got {other:?}"),
+        }
+    }
+
+    /// A session watching pod `p` (stream 1 of a fresh agent) from its first subscription
+    /// `a`, and the stream's ring holding lines up to `(3, 40)`.
+    fn watched() -> (
+        Arc<Hub>,
+        mpsc::Receiver<RelayMsg>,
+        Arc<SessionShared>,
+        Arc<LiveStream>,
+    ) {
+        let hub = hub();
+        let (_, mut rx) = agent(&hub, vec![info(1, "p", "")]);
+        let s = hub.add_session("acme", None).unwrap();
+        hub.subscribe(&s, "a", sel("p"), follow(0)).unwrap();
+        let (demand, _, _) = opened(&mut rx);
+        let Some((DemandSink::Live(live), _)) = hub.resolve(demand) else {
+            panic!("live demand")
+        };
+        live.push(
+            Bytes::from_static(b"batch"),
+            40,
+            SeqPos { epoch: 3, seq: 40 },
+        );
+        (hub, rx, s, live)
+    }
+
     #[tokio::test(start_paused = true)]
     async fn first_watcher_opens_and_last_one_cancels_after_the_linger() {
         let hub = hub();
-        let (tx, mut rx) = mpsc::channel(16);
-        let agent = hub.add_agent("acme", "c1", tx, Arc::new(Notify::new()));
-        hub.catalog_add(agent, vec![info(5, "p", "spoofed-org")]);
+        let (_, mut rx) = agent(&hub, vec![info(5, "p", "spoofed-org")]);
         assert!(
             rx.try_recv().is_err(),
             "nothing is opened while nobody watches"
         );
 
         let s = hub.add_session("acme", None).unwrap();
-        hub.subscribe(
-            &s,
-            "a",
-            sel("p"),
-            Demand {
-                tail: Some(10),
-                follow: true,
-                ..Demand::default()
-            },
-        )
-        .unwrap();
-        let Ok(RelayMsg::Open {
-            demand,
-            stream: 5,
-            demand_spec,
-            ..
-        }) = rx.try_recv()
-        else {
-            panic!("expected open");
-        };
-        assert_eq!(demand_spec.tail, Some(10));
-        assert!(demand_spec.follow);
+        hub.subscribe(&s, "a", sel("p"), follow(10)).unwrap();
+        let (demand, _, spec) = opened(&mut rx);
+        assert_eq!(spec.tail, Some(10));
+        assert!(spec.follow);
         assert!(matches!(
             hub.resolve(demand),
             Some((DemandSink::Live(_), _))
@@ -1111,9 +1229,7 @@ mod tests {
     #[tokio::test]
     async fn org_comes_from_the_agent_and_sessions_see_only_their_org() {
         let hub = hub();
-        let (tx, _rx) = mpsc::channel(16);
-        let agent = hub.add_agent("acme", "c1", tx, Arc::new(Notify::new()));
-        hub.catalog_add(agent, vec![info(1, "p", "other")]);
+        let _agent = agent(&hub, vec![info(1, "p", "other")]);
         let mine = hub.add_session("acme", None).unwrap();
         let theirs = hub.add_session("other", None).unwrap();
         assert_eq!(hub.list(&mine, &Selector::default())[0].labels.org, "acme");
@@ -1122,141 +1238,110 @@ mod tests {
 
     #[tokio::test]
     async fn a_joining_watcher_gets_a_backfill_up_to_the_ring_end() {
-        let hub = hub();
-        let (tx, mut rx) = mpsc::channel(16);
-        let agent = hub.add_agent("acme", "c1", tx, Arc::new(Notify::new()));
-        hub.catalog_add(agent, vec![info(1, "p", "")]);
-        let first = hub.add_session("acme", None).unwrap();
-        hub.subscribe(
-            &first,
-            "a",
-            sel("p"),
-            Demand {
-                follow: true,
-                ..Demand::default()
-            },
-        )
-        .unwrap();
-        let Ok(RelayMsg::Open {
-            demand, stream_ref, ..
-        }) = rx.try_recv()
-        else {
-            panic!()
-        };
-        let Some((DemandSink::Live(live), _)) = hub.resolve(demand) else {
-            panic!()
-        };
-        let join = SeqPos { epoch: 3, seq: 40 };
-        live.push(Bytes::from_static(b"batch"), 40, join);
-
+        let (hub, mut rx, _first, live) = watched();
         let second = hub.add_session("acme", None).unwrap();
-        hub.subscribe(
-            &second,
-            "b",
-            sel("p"),
-            Demand {
-                tail: Some(100),
-                follow: true,
-                ..Demand::default()
-            },
-        )
-        .unwrap();
-        let Ok(RelayMsg::Open {
-            demand: d2,
-            stream_ref: r2,
-            demand_spec,
-            ..
-        }) = rx.try_recv()
-        else {
-            panic!()
-        };
-        assert_eq!(r2, stream_ref);
-        assert_eq!(demand_spec.until, Some(join));
-        assert!(!demand_spec.follow);
+        hub.subscribe(&second, "b", sel("p"), follow(100)).unwrap();
+        let (d2, r2, spec) = opened(&mut rx);
+        assert_eq!(r2, live.id);
+        assert_eq!(spec.until, Some(SeqPos { epoch: 3, seq: 40 }));
+        assert!(!spec.follow);
         assert!(matches!(
             hub.resolve(d2),
             Some((DemandSink::Backfill { .. }, _))
         ));
         let st = second.state.lock().unwrap();
-        assert!(st.watches[&stream_ref].backfill.is_some());
+        assert_eq!(st.watches[&live.id].backfills.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_second_subscription_of_a_session_gets_its_own_backlog_filter_and_end() {
+        let (hub, mut rx, s, live) = watched();
+        // Read the ring, as the session's writer would.
+        {
+            let mut st = s.state.lock().unwrap();
+            let w = st.watches.get_mut(&live.id).unwrap();
+            assert_eq!(live.read(&mut w.cursor, usize::MAX).batches.len(), 1);
+        }
+
+        // A backlog of its own, up to what the session has had from the ring.
+        hub.subscribe(&s, "tail", sel("p"), follow(100)).unwrap();
+        let (_, stream_ref, spec) = opened(&mut rx);
+        assert_eq!(stream_ref, live.id);
+        assert_eq!(
+            (spec.tail, spec.until, spec.follow),
+            (Some(100), Some(SeqPos { epoch: 3, seq: 40 }), false)
+        );
+
+        // A filter, and a one-off read: demands of their own, under ids of their own.
+        hub.subscribe(
+            &s,
+            "errors",
+            sel("p"),
+            Demand {
+                contains: Some("ERROR".into()),
+                ..follow(10)
+            },
+        )
+        .unwrap();
+        let (filtered, errors, spec) = opened(&mut rx);
+        assert_eq!(spec.contains.as_deref(), Some("ERROR"));
+        assert!(spec.follow);
+        hub.subscribe(
+            &s,
+            "once",
+            sel("p"),
+            Demand {
+                follow: false,
+                ..follow(5)
+            },
+        )
+        .unwrap();
+        let (_, once, spec) = opened(&mut rx);
+        assert!(!spec.follow && spec.until.is_none());
+        assert!(errors != live.id && once != live.id && errors != once);
+        {
+            let st = s.state.lock().unwrap();
+            assert_eq!(st.watches[&live.id].backfills.len(), 1);
+            assert_eq!(st.watches[&errors].private_demand, Some(filtered));
+            assert!(st.watches[&once].private_demand.is_some());
+            for (sub, id) in [("errors", errors), ("once", once)] {
+                let event = format!(r#""event":"stream","id":"{sub}","stream":{id},"#);
+                assert!(st.events.iter().any(|e| e.contains(&event)), "{event}");
+            }
+        }
+
+        // Leaving the filtered one cancels only its demand; the ring stays watched.
+        assert!(hub.unsubscribe(&s, "errors"));
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            RelayMsg::Cancel { demand: filtered }
+        );
+        assert!(rx.try_recv().is_err());
+        assert!(s.state.lock().unwrap().watches.contains_key(&live.id));
     }
 
     #[tokio::test]
     async fn subscription_limit_is_enforced() {
         let hub = hub();
         let s = hub.add_session("acme", None).unwrap();
-        hub.subscribe(
-            &s,
-            "a",
-            sel("p"),
-            Demand {
-                follow: true,
-                ..Demand::default()
-            },
-        )
-        .unwrap();
-        assert_eq!(
-            hub.subscribe(
-                &s,
-                "a",
-                sel("p"),
-                Demand {
-                    follow: true,
-                    ..Demand::default()
-                }
-            )
-            .unwrap_err()
-            .code,
-            ErrorCode::BadRequest
-        );
-        hub.subscribe(
-            &s,
-            "b",
-            sel("p"),
-            Demand {
-                follow: true,
-                ..Demand::default()
-            },
-        )
-        .unwrap();
-        assert_eq!(
-            hub.subscribe(
-                &s,
-                "c",
-                sel("p"),
-                Demand {
-                    follow: true,
-                    ..Demand::default()
-                }
-            )
-            .unwrap_err()
-            .code,
-            ErrorCode::LimitExceeded
-        );
+        hub.subscribe(&s, "a", sel("p"), follow(0)).unwrap();
+        let refused = hub.subscribe(&s, "a", sel("p"), follow(0)).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::BadRequest);
+        for id in ["b", "c", "d"] {
+            hub.subscribe(&s, id, sel("p"), follow(0)).unwrap();
+        }
+        let refused = hub.subscribe(&s, "e", sel("p"), follow(0)).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::LimitExceeded);
     }
 
     #[tokio::test]
     async fn removed_streams_end_for_their_watchers_and_reconnects_resume() {
         let hub = hub();
-        let (tx, mut rx) = mpsc::channel(16);
-        let agent = hub.add_agent("acme", "c1", tx, Arc::new(Notify::new()));
-        hub.catalog_add(agent, vec![info(1, "p", ""), info(2, "q", "")]);
+        let (agent, mut rx) = agent(&hub, vec![info(1, "p", ""), info(2, "q", "")]);
         let s = hub.add_session("acme", None).unwrap();
-        hub.subscribe(
-            &s,
-            "a",
-            Selector::default(),
-            Demand {
-                follow: true,
-                ..Demand::default()
-            },
-        )
-        .unwrap();
-        let mut live = Vec::new();
-        while let Ok(RelayMsg::Open { demand, .. }) = rx.try_recv() {
-            live.push(demand);
-        }
-        assert_eq!(live.len(), 2);
+        hub.subscribe(&s, "a", Selector::default(), follow(0))
+            .unwrap();
+        let live: Vec<u64> = (0..2).map(|_| opened(&mut rx).0).collect();
         let Some((DemandSink::Live(q), _)) = hub.resolve(live[1]) else {
             panic!()
         };
@@ -1278,9 +1363,7 @@ mod tests {
         );
 
         hub.remove_agent(agent);
-        let (tx, mut rx) = mpsc::channel(16);
-        let agent = hub.add_agent("acme", "c1", tx, Arc::new(Notify::new()));
-        hub.catalog_add(agent, vec![info(9, "q", "")]);
+        let (_, mut rx) = self::agent(&hub, vec![info(9, "q", "")]);
         let Ok(RelayMsg::Open {
             stream: 9,
             demand_spec,

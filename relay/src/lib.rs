@@ -192,6 +192,7 @@ pub async fn start_with_auditor(
     logrelay_tls::install_provider();
     let verifier = token_verifier(&config)?.map(Arc::new);
     let metrics = Arc::new(metrics::RelayMetrics::new());
+    metrics.report_audit(auditor.clone());
     let hub = hub::Hub::new(config.hub(), metrics.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (ready_tx, ready_rx) = watch::channel(false);

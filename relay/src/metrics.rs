@@ -1,11 +1,16 @@
 //! Every metric the relay exports. Names are a contract (see `docs/operations.md`). No label
 //! carries stream content, and none is high-cardinality.
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use std::sync::{Arc, OnceLock};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use crate::audit::Auditor;
 
 /// Label of `dropped_lines_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -39,6 +44,8 @@ pub struct RelayMetrics {
     pub ring_evicted_lines: Counter,
     /// Lines a session missed, by reason.
     pub dropped_lines: Family<DropReason, Counter>,
+    /// Gap events telling a session that the rest of an epoch is lost (`epoch_lost`).
+    pub epochs_lost: Counter,
     /// Demands sent to agents.
     pub demands_opened: Counter,
     /// Control messages to agents lost because the agent's queue was full.
@@ -53,6 +60,27 @@ pub struct RelayMetrics {
     pub sessions_refused: Family<RefusalReason, Counter>,
     /// Malformed input (frames, batches, session messages), by offender.
     pub protocol_errors: Family<Offender, Counter>,
+    /// The audit trail whose losses `audit_failed_total` reports (set once at start-up).
+    audit: Arc<OnceLock<Arc<Auditor>>>,
+}
+
+/// `audit_failed_total`: read from the [`Auditor`] at each scrape, since some of its losses
+/// happen on sink threads (a failed stdout write, an OTLP export that failed).
+#[derive(Debug)]
+struct AuditFailed(Arc<OnceLock<Arc<Auditor>>>);
+
+impl Collector for AuditFailed {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let failed = self.0.get().map_or(0, |a| a.failed());
+        let counter = ConstCounter::new(failed);
+        let metric = encoder.encode_descriptor(
+            "audit_failed",
+            "Audit events that could not be written or exported",
+            None,
+            counter.metric_type(),
+        )?;
+        counter.encode(metric)
+    }
 }
 
 /// Label naming a limit.
@@ -100,6 +128,7 @@ impl RelayMetrics {
             buffered_bytes: Gauge::default(),
             ring_evicted_lines: Counter::default(),
             dropped_lines: Family::default(),
+            epochs_lost: Counter::default(),
             demands_opened: Counter::default(),
             agent_messages_dropped: Counter::default(),
             limit_hits: Family::default(),
@@ -107,6 +136,7 @@ impl RelayMetrics {
             protocol_errors: Family::default(),
             sessions_refused: Family::default(),
             tls_reloads: Family::default(),
+            audit: Arc::new(OnceLock::new()),
         };
         r.register(
             "agents_connected",
@@ -155,6 +185,11 @@ impl RelayMetrics {
             m.dropped_lines.clone(),
         );
         r.register(
+            "epochs_lost",
+            "Sessions told that the rest of an epoch is lost",
+            m.epochs_lost.clone(),
+        );
+        r.register(
             "demands_opened",
             "Demands sent to agents",
             m.demands_opened.clone(),
@@ -185,7 +220,13 @@ impl RelayMetrics {
             "Sessions refused at connect, by reason",
             m.sessions_refused.clone(),
         );
+        r.register_collector(Box::new(AuditFailed(m.audit.clone())));
         Self { registry: r, ..m }
+    }
+
+    /// Reports `auditor`'s losses as `audit_failed_total` (the first auditor given wins).
+    pub fn report_audit(&self, auditor: Arc<Auditor>) {
+        let _ = self.audit.set(auditor);
     }
 
     /// Renders the OpenMetrics text exposition.
@@ -231,5 +272,57 @@ impl RelayMetrics {
 impl Default for RelayMetrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+    use crate::audit::{Actor, AuditEvent, AuditSink};
+
+    /// A destination that takes nothing (as a full queue would).
+    #[derive(Debug)]
+    struct Refusing;
+
+    impl AuditSink for Refusing {
+        fn record(&self, _: &AuditEvent<'_>, _: &[u8]) -> io::Result<()> {
+            Err(io::Error::other("full"))
+        }
+    }
+
+    fn audit_failed(m: &RelayMetrics) -> Option<String> {
+        m.render()
+            .lines()
+            .find(|l| l.starts_with("logrelay_relay_audit_failed_total "))
+            .map(str::to_owned)
+    }
+
+    #[test]
+    fn audit_events_that_could_not_be_written_are_exported() {
+        let m = RelayMetrics::new();
+        assert_eq!(
+            audit_failed(&m).as_deref(),
+            Some("logrelay_relay_audit_failed_total 0"),
+            "exported before any audit trail is attached"
+        );
+        let auditor = Arc::new(Auditor::new(Arc::new(Refusing)));
+        m.report_audit(auditor.clone());
+        let actor = Actor::session(1, None);
+        for _ in 0..3 {
+            auditor.session_connect(&actor, "acme", "127.0.0.1:1".parse().unwrap());
+        }
+        assert_eq!(auditor.failed(), 3);
+        assert_eq!(
+            audit_failed(&m).as_deref(),
+            Some("logrelay_relay_audit_failed_total 3")
+        );
+        assert!(
+            m.render()
+                .contains("# TYPE logrelay_relay_audit_failed counter"),
+            "{}",
+            m.render()
+        );
     }
 }

@@ -49,6 +49,11 @@ pub struct Read {
     pub batches: Vec<(Bytes, u32)>,
     /// Set when the cursor had fallen behind the oldest retained batch.
     pub lag: Option<Lag>,
+    /// Where the batches read switch to another epoch: the index in `batches` of the first
+    /// batch of the new one, and the end of what this reader had of the old one. Whatever that
+    /// epoch held after it will never come (the agent lost it). Not checked across a lag:
+    /// `lag` already says where the reader's loss starts.
+    pub epoch_breaks: Vec<(usize, SeqPos)>,
 }
 
 /// A bounded ring of batches.
@@ -184,11 +189,22 @@ impl Ring {
             ..Read::default()
         };
         let mut taken = 0usize;
+        let mut prev = if out.lag.is_some() {
+            None
+        } else {
+            cursor.last_end
+        };
         let start = (cursor.index - self.first_index) as usize;
         for slot in self.slots.iter().skip(start) {
             if taken >= max_bytes && !out.batches.is_empty() {
                 break;
             }
+            if let Some(p) = prev
+                && p.epoch != slot.end.epoch
+            {
+                out.epoch_breaks.push((out.batches.len(), p));
+            }
+            prev = Some(slot.end);
             taken += slot.batch.len();
             out.batches.push((slot.batch.clone(), slot.lines));
             cursor.index += 1;
@@ -280,5 +296,28 @@ mod tests {
             for (_, n) in &read.batches { got += u64::from(*n); }
             prop_assert_eq!(got + missed, pushed);
         }
+    }
+
+    #[test]
+    fn a_reader_learns_where_the_epoch_it_was_reading_ended() {
+        let mut r = Ring::new(10_000);
+        let mut c = r.cursor_at_end();
+        r.push(Bytes::from_static(b"a"), 5, pos(5));
+        assert!(r.read(&mut c, usize::MAX).epoch_breaks.is_empty());
+        r.push(Bytes::from_static(b"b"), 5, pos(10));
+        r.push(Bytes::from_static(b"c"), 3, SeqPos { epoch: 2, seq: 3 });
+        r.push(Bytes::from_static(b"d"), 3, SeqPos { epoch: 2, seq: 6 });
+        let read = r.read(&mut c, usize::MAX);
+        assert_eq!(read.batches.len(), 3);
+        assert_eq!(read.epoch_breaks, vec![(1, pos(10))]);
+        // A reader joining at the end of the old epoch learns it too.
+        let mut late = Ring::new(10_000);
+        late.push(Bytes::from_static(b"a"), 5, pos(5));
+        let mut c = late.cursor_at_end();
+        late.push(Bytes::from_static(b"c"), 3, SeqPos { epoch: 2, seq: 3 });
+        assert_eq!(
+            late.read(&mut c, usize::MAX).epoch_breaks,
+            vec![(0, pos(5))]
+        );
     }
 }

@@ -416,6 +416,8 @@ struct Drained {
 
 /// Takes everything ready for the session. Never blocks.
 fn drain(session: &SessionShared, metrics: &RelayMetrics, config: SessionConfig) -> Drained {
+    use tokio::sync::mpsc::error::TryRecvError;
+
     let mut out = Drained {
         messages: Vec::new(),
         lines: 0,
@@ -423,92 +425,139 @@ fn drain(session: &SessionShared, metrics: &RelayMetrics, config: SessionConfig)
         close: None,
     };
     let mut st = session.state.lock().expect("session lock");
-    let mut events = std::mem::take(&mut st.events);
+    let events = std::mem::take(&mut st.events);
     st.event_bytes = 0;
     let mut budget = config.flush_bytes;
     let mut live_now = Vec::new();
     let mut complete = Vec::new();
     let mut gaps = Vec::new();
-    for (sid, watch) in st.watches.iter_mut() {
-        if let Some(rx) = &mut watch.backfill {
-            loop {
-                match rx.try_recv() {
+    for (&key, watch) in st.watches.iter_mut() {
+        let private = watch.private_demand.is_some();
+        if !watch.backfills.is_empty() {
+            while let Some(b) = watch.backfills.front_mut() {
+                match b.rx.try_recv() {
                     Ok(batch) => {
+                        let resume = b.resume.take().or_else(|| watch.resume.take());
+                        if let Some(from) = resume.filter(|r| !in_epoch(&batch, r.epoch)) {
+                            epoch_lost(&mut out, key, from, metrics);
+                        }
                         count(&batch, &mut out);
                         out.messages.push(Message::Binary(batch));
                     }
-                    Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
-                    Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
-                        watch.backfill = None;
-                        if watch.private_demand.is_some() {
-                            complete.push(*sid);
-                        } else {
-                            live_now.push(*sid);
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        let done = watch.backfills.pop_front().expect("front exists");
+                        // It sent nothing: the next batch shows whether the epoch was held.
+                        watch.resume = watch.resume.or(done.resume);
+                        if watch.backfills.is_empty() {
+                            if private {
+                                complete.push(key);
+                            } else {
+                                live_now.push(key);
+                            }
                         }
-                        break;
                     }
                 }
             }
-            if watch.backfill.is_some() || watch.private_demand.is_some() {
+            if !watch.backfills.is_empty() {
                 continue;
             }
         }
+        if private {
+            continue;
+        }
         let read = watch.stream.read(&mut watch.cursor, budget);
         if let Some(lag) = read.lag {
-            gaps.push((*sid, lag));
+            // The lag report says where this reader's loss starts.
+            watch.resume = None;
+            gaps.push((key, lag));
         }
-        for (batch, lines) in read.batches {
+        let mut breaks = read.epoch_breaks.into_iter().peekable();
+        for (i, (batch, lines)) in read.batches.into_iter().enumerate() {
+            let switched = breaks.next_if(|(at, _)| *at == i).map(|(_, from)| from);
+            // A resume is judged by its own epoch; otherwise the ring says where one ended.
+            let lost = match watch.resume.take() {
+                Some(r) => (!in_epoch(&batch, r.epoch)).then_some(r),
+                None => switched,
+            };
+            if let Some(from) = lost {
+                epoch_lost(&mut out, key, from, metrics);
+            }
             budget = budget.saturating_sub(batch.len());
             out.lines += u64::from(lines);
             out.bytes += batch.len() as u64;
             out.messages.push(Message::Binary(batch));
         }
     }
-    for (sid, lag) in gaps {
-        record_lag(&mut st, sid, lag, metrics, config);
+    for (key, lag) in gaps {
+        record_lag(&mut st, key, lag, metrics, config);
     }
-    for sid in &complete {
-        st.watches.remove(sid);
+    for key in &complete {
+        st.watches.remove(key);
     }
     out.close = st.close.clone();
     let mut pending_gaps: Vec<(u64, crate::ring::Lag)> = st.pending_gaps.drain().collect();
     drop(st);
-    pending_gaps.sort_by_key(|(sid, _)| *sid);
-    for (sid, lag) in pending_gaps {
-        events.push_back(
-            serde_json::to_string(&Event::Gap {
-                stream: sid,
-                from: lag.from.unwrap_or(SeqPos { epoch: 0, seq: 0 }),
-                lines: lag.lines,
-                bytes: lag.bytes,
-                reason: "slow_consumer".into(),
-            })
-            .expect("serializes"),
-        );
-    }
+    pending_gaps.sort_by_key(|(key, _)| *key);
     // Events first: a `stream` event must precede its first batch, a `gap` the data after it.
     let mut messages: Vec<Message> = events
         .into_iter()
         .map(|e| Message::Text(Utf8Bytes::from(e)))
+        .chain(pending_gaps.into_iter().map(|(key, lag)| {
+            event_message(&Event::Gap {
+                stream: key,
+                from: lag.from.unwrap_or(SeqPos { epoch: 0, seq: 0 }),
+                lines: lag.lines,
+                bytes: lag.bytes,
+                reason: "slow_consumer".into(),
+                rest_of_epoch: false,
+            })
+        }))
         .collect();
     messages.append(&mut out.messages);
-    // `live` (or, for a one-off read, `end`) follows the last backfill batch it closes.
-    messages.extend(live_now.into_iter().map(|sid| {
-        Message::Text(Utf8Bytes::from(
-            serde_json::to_string(&Event::Live { stream: sid }).expect("serializes"),
-        ))
-    }));
-    messages.extend(complete.into_iter().map(|sid| {
-        Message::Text(Utf8Bytes::from(
-            serde_json::to_string(&Event::End {
-                stream: sid,
-                reason: "complete".into(),
-            })
-            .expect("serializes"),
-        ))
+    // `live` (or, for a private watch, `end`) follows the last backfill batch it closes.
+    messages.extend(
+        live_now
+            .into_iter()
+            .map(|key| event_message(&Event::Live { stream: key })),
+    );
+    messages.extend(complete.into_iter().map(|key| {
+        event_message(&Event::End {
+            stream: key,
+            reason: "complete".into(),
+        })
     }));
     out.messages = messages;
     out
+}
+
+/// One event as a WebSocket text message.
+fn event_message(event: &Event) -> Message {
+    Message::Text(Utf8Bytes::from(
+        serde_json::to_string(event).expect("events always serialize"),
+    ))
+}
+
+/// Whether `batch` belongs to `epoch` (a batch whose header does not parse is not judged).
+fn in_epoch(batch: &bytes::Bytes, epoch: u64) -> bool {
+    logrelay_wire::batch::BatchHeader::parse(batch)
+        .ok()
+        .is_none_or(|h| h.epoch == epoch)
+}
+
+/// Queues, in line with the data, the news that the rest of an epoch is lost: from `from`
+/// on, nothing of `from.epoch` will come (the agent no longer holds that numbering), and the
+/// batches that follow are in a new epoch. Nobody counted those lines.
+fn epoch_lost(out: &mut Drained, stream: u64, from: SeqPos, metrics: &RelayMetrics) {
+    metrics.epochs_lost.inc();
+    out.messages.push(event_message(&Event::Gap {
+        stream,
+        from,
+        lines: 0,
+        bytes: 0,
+        reason: "epoch_lost".into(),
+        rest_of_epoch: true,
+    }));
 }
 
 /// Bytes a writer holds between taking them from rings and handing them to the socket.
@@ -601,7 +650,7 @@ fn catch_up(
     let lagged: Vec<(u64, crate::ring::Lag)> = st
         .watches
         .iter_mut()
-        .filter(|(_, w)| w.backfill.is_none())
+        .filter(|(_, w)| w.backfills.is_empty() && w.private_demand.is_none())
         .filter_map(|(sid, w)| w.stream.skip_lagged(&mut w.cursor).map(|l| (*sid, l)))
         .collect();
     for (sid, mut lag) in lagged {
@@ -759,6 +808,23 @@ mod tests {
         Arc<crate::hub::LiveStream>,
         Arc<RelayMetrics>,
     ) {
+        let demand = Demand {
+            follow: true,
+            ..Demand::default()
+        };
+        watched_with(n, ring_bytes, &demand)
+    }
+
+    /// [`watched`], every session subscribing with `demand`.
+    fn watched_with(
+        n: usize,
+        ring_bytes: usize,
+        demand: &Demand,
+    ) -> (
+        Vec<Arc<SessionShared>>,
+        Arc<crate::hub::LiveStream>,
+        Arc<RelayMetrics>,
+    ) {
         let metrics = Arc::new(RelayMetrics::new());
         let hub = Hub::new(
             HubConfig {
@@ -787,16 +853,8 @@ mod tests {
         let sessions: Vec<_> = (0..n)
             .map(|i| {
                 let s = hub.add_session("acme", None).unwrap();
-                hub.subscribe(
-                    &s,
-                    &format!("s{i}"),
-                    Selector::default(),
-                    Demand {
-                        follow: true,
-                        ..Demand::default()
-                    },
-                )
-                .unwrap();
+                hub.subscribe(&s, &format!("s{i}"), Selector::default(), demand.clone())
+                    .unwrap();
                 s
             })
             .collect();
@@ -890,5 +948,86 @@ mod tests {
         assert!(!b.take(start));
         assert!(b.take(start + Duration::from_millis(150)));
         assert!(!b.take(start + Duration::from_millis(150)));
+    }
+
+    /// The text messages of a drain, and the position of each among all its messages.
+    fn texts(d: &Drained) -> Vec<(usize, String)> {
+        d.messages
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| match m {
+                Message::Text(t) => Some((i, t.to_string())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn log_batch(stream: u64, epoch: u64, first_seq: u64) -> Bytes {
+        let mut b = logrelay_wire::batch::BatchBuilder::new(stream, epoch, first_seq, 0, 64);
+        b.push(0, logrelay_wire::batch::LineFlags(0), b"line\n");
+        b.finish()
+    }
+
+    const EPOCH_LOST: &str = r#""reason":"epoch_lost","rest_of_epoch":true}"#;
+
+    #[tokio::test]
+    async fn a_watcher_learns_that_the_rest_of_its_epoch_is_lost_before_the_new_one() {
+        let (sessions, live, metrics) = watched(1, 1 << 20);
+        let cfg = config(SlowConsumerPolicy::DropOldest);
+        live.push(log_batch(live.id, 1, 9), 1, SeqPos { epoch: 1, seq: 10 });
+        let d = drain(&sessions[0], &metrics, cfg);
+        assert!(texts(&d).iter().all(|(_, t)| !t.contains("epoch_lost")));
+
+        // The agent came back without that numbering: the ring goes on in epoch 2.
+        live.push(log_batch(live.id, 2, 100), 1, SeqPos { epoch: 2, seq: 101 });
+        let d = drain(&sessions[0], &metrics, cfg);
+        let want = format!(
+            r#"{{"event":"gap","stream":{},"from":{{"epoch":1,"seq":10}},"lines":0,"bytes":0,{EPOCH_LOST}"#,
+            live.id
+        );
+        assert_eq!(texts(&d), vec![(0, want)]);
+        assert_eq!(binaries(&d).len(), 1, "then the new epoch's batch");
+        assert_eq!(metrics.epochs_lost.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_resume_into_an_epoch_the_agent_no_longer_holds_is_reported() {
+        let since = SeqPos { epoch: 7, seq: 5 };
+        let demand = Demand {
+            since_seq: Some(since),
+            follow: true,
+            ..Demand::default()
+        };
+        let (sessions, live, metrics) = watched_with(1, 1 << 20, &demand);
+        let cfg = config(SlowConsumerPolicy::DropOldest);
+        // The agent answered in an epoch of its own.
+        live.push(log_batch(live.id, 8, 0), 1, SeqPos { epoch: 8, seq: 1 });
+        live.push(log_batch(live.id, 8, 1), 1, SeqPos { epoch: 8, seq: 2 });
+        let d = drain(&sessions[0], &metrics, cfg);
+        let gaps: Vec<(usize, String)> = texts(&d)
+            .into_iter()
+            .filter(|(_, t)| t.contains(r#""event":"gap""#))
+            .collect();
+        assert_eq!(gaps.len(), 1, "{gaps:?}");
+        let (at, gap) = &gaps[0];
+        assert!(gap.contains(r#""from":{"epoch":7,"seq":5}"#) && gap.ends_with(EPOCH_LOST));
+        assert!(
+            d.messages[at + 1..]
+                .iter()
+                .all(|m| matches!(m, Message::Binary(_))),
+            "before the new epoch's batches"
+        );
+        assert_eq!(binaries(&d).len(), 2);
+
+        // A resume the agent could serve is not reported.
+        let demand = Demand {
+            since_seq: Some(SeqPos { epoch: 8, seq: 1 }),
+            ..demand
+        };
+        let (sessions, live, metrics) = watched_with(1, 1 << 20, &demand);
+        live.push(log_batch(live.id, 8, 1), 1, SeqPos { epoch: 8, seq: 2 });
+        let d = drain(&sessions[0], &metrics, cfg);
+        assert!(texts(&d).iter().all(|(_, t)| !t.contains("gap")));
+        assert_eq!(binaries(&d).len(), 1);
     }
 }

@@ -104,8 +104,13 @@ pub enum Event {
         lines: u64,
         /// Bytes missing (0 when unknown).
         bytes: u64,
-        /// Why (`slow_consumer`, `agent_buffer_full`, `not_retained`, …).
+        /// Why (`slow_consumer`, `epoch_lost`, …).
         reason: String,
+        /// Set when everything of `from.epoch` from `from.seq` on is lost for good (the
+        /// numbering the agent held is gone; what follows is in a new epoch). `lines` and
+        /// `bytes` are then 0: nobody counted them. Absent (false) otherwise.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        rest_of_epoch: bool,
     },
     /// The backfill of a stream is complete; what follows is live.
     Live {
@@ -197,5 +202,32 @@ mod tests {
             serde_json::to_string(&e).unwrap(),
             r#"{"event":"end","stream":4,"reason":"pod_removed"}"#
         );
+    }
+
+    #[test]
+    fn a_lost_epoch_is_one_optional_field_on_the_gap_event() {
+        let gap = |rest_of_epoch| Event::Gap {
+            stream: 3,
+            from: SeqPos { epoch: 7, seq: 42 },
+            lines: 0,
+            bytes: 0,
+            reason: if rest_of_epoch {
+                "epoch_lost"
+            } else {
+                "slow_consumer"
+            }
+            .into(),
+            rest_of_epoch,
+        };
+        // Unchanged for every other gap, so older clients see the same bytes.
+        let json = serde_json::to_string(&gap(false)).unwrap();
+        assert!(!json.contains("rest_of_epoch"), "{json}");
+        assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), gap(false));
+        let json = serde_json::to_string(&gap(true)).unwrap();
+        assert_eq!(
+            json,
+            r#"{"event":"gap","stream":3,"from":{"epoch":7,"seq":42},"lines":0,"bytes":0,"reason":"epoch_lost","rest_of_epoch":true}"#
+        );
+        assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), gap(true));
     }
 }
