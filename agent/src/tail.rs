@@ -169,6 +169,21 @@ struct Stream {
     state: Mutex<State>,
 }
 
+impl Stream {
+    /// A stream of `path` with no epoch, no files and no follower yet.
+    fn new(path: &Path) -> Arc<Self> {
+        Arc::new(Self {
+            path: path.to_path_buf(),
+            state: Mutex::new(State {
+                epoch: 0,
+                files: Vec::new(),
+                checkpoints: VecDeque::new(),
+                follower: None,
+            }),
+        })
+    }
+}
+
 #[derive(Debug)]
 struct State {
     epoch: u64,
@@ -313,6 +328,44 @@ struct Plan {
     empty: bool,
 }
 
+impl Plan {
+    /// A resume at `since_seq` if it names `epoch` (the numbering the stream holds) and a
+    /// checkpoint at or before it is in a held file.
+    fn resume(
+        epoch: u64,
+        files: &[ChainFile],
+        checkpoints: &VecDeque<(u64, FileId, u64)>,
+        since_seq: Option<SeqPos>,
+    ) -> Option<Self> {
+        let resume = since_seq.filter(|p| p.epoch == epoch && epoch != 0)?;
+        let (index, offset, seq) = checkpoint_before(checkpoints, files, resume.seq)?;
+        Some(Self {
+            epoch,
+            files: files.to_vec(),
+            start: Position { index, offset, seq },
+            from_seq: resume.seq,
+            until_seq: None,
+            empty: false,
+        })
+    }
+
+    /// A plan that sends nothing.
+    fn nothing(epoch: u64, files: Vec<ChainFile>) -> Self {
+        Self {
+            epoch,
+            files,
+            start: Position {
+                index: 0,
+                offset: 0,
+                seq: 0,
+            },
+            from_seq: 0,
+            until_seq: None,
+            empty: true,
+        }
+    }
+}
+
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TailError + '_ {
     move |source| TailError::Io {
         path: path.display().to_string(),
@@ -383,17 +436,7 @@ impl Tailer {
             .lock()
             .expect("tailer lock")
             .entry((path.to_path_buf(), Filter::of(spec).contains))
-            .or_insert_with(|| {
-                Arc::new(Stream {
-                    path: path.to_path_buf(),
-                    state: Mutex::new(State {
-                        epoch: 0,
-                        files: Vec::new(),
-                        checkpoints: VecDeque::new(),
-                        follower: None,
-                    }),
-                })
-            })
+            .or_insert_with(|| Stream::new(path))
             .clone()
     }
 
@@ -485,17 +528,7 @@ impl Tailer {
                     .into_iter()
                     .find(|s| s.state.lock().expect("stream lock").epoch == e)
             })
-            .unwrap_or_else(|| {
-                Arc::new(Stream {
-                    path: path.to_path_buf(),
-                    state: Mutex::new(State {
-                        epoch: 0,
-                        files: Vec::new(),
-                        checkpoints: VecDeque::new(),
-                        follower: None,
-                    }),
-                })
-            });
+            .unwrap_or_else(|| Stream::new(path));
         let plan = {
             let stream = stream.clone();
             let spec = spec.clone();
@@ -982,32 +1015,10 @@ fn plan_once(stream: &Stream, spec: &Demand, max_line: usize) -> std::io::Result
     if let Some(until) = spec.until {
         let Some(until) = known(&Some(until)) else {
             // A join point in an epoch this agent does not have: nothing can be placed.
-            return Ok(Plan {
-                epoch,
-                files: Vec::new(),
-                start: Position {
-                    index: 0,
-                    offset: 0,
-                    seq: 0,
-                },
-                from_seq: 0,
-                until_seq: None,
-                empty: true,
-            });
+            return Ok(Plan::nothing(epoch, Vec::new()));
         };
         let Some((index, offset, seq)) = checkpoint_before(&checkpoints, &files, until.seq) else {
-            return Ok(Plan {
-                epoch,
-                files,
-                start: Position {
-                    index: 0,
-                    offset: 0,
-                    seq: 0,
-                },
-                from_seq: 0,
-                until_seq: None,
-                empty: true,
-            });
+            return Ok(Plan::nothing(epoch, files));
         };
         let cp = Position { index, offset, seq };
         let resume = known(&spec.since_seq)
@@ -1038,17 +1049,8 @@ fn plan_once(stream: &Stream, spec: &Demand, max_line: usize) -> std::io::Result
             empty: false,
         });
     }
-    if let Some(resume) = known(&spec.since_seq)
-        && let Some((index, offset, seq)) = checkpoint_before(&checkpoints, &files, resume.seq)
-    {
-        return Ok(Plan {
-            epoch,
-            files,
-            start: Position { index, offset, seq },
-            from_seq: resume.seq,
-            until_seq: None,
-            empty: false,
-        });
+    if let Some(plan) = Plan::resume(epoch, &files, &checkpoints, spec.since_seq) {
+        return Ok(plan);
     }
     // A one-off read: its own epoch, not kept.
     let files = chain_files(&stream.path)?;
@@ -1068,20 +1070,8 @@ fn plan_once(stream: &Stream, spec: &Demand, max_line: usize) -> std::io::Result
 fn plan_follow(stream: &Stream, spec: &Demand, max_line: usize) -> std::io::Result<Plan> {
     {
         let st = stream.state.lock().expect("stream lock");
-        if let Some(resume) = spec
-            .since_seq
-            .filter(|p| p.epoch == st.epoch && st.epoch != 0)
-            && let Some((index, offset, seq)) =
-                checkpoint_before(&st.checkpoints, &st.files, resume.seq)
-        {
-            return Ok(Plan {
-                epoch: st.epoch,
-                files: st.files.clone(),
-                start: Position { index, offset, seq },
-                from_seq: resume.seq,
-                until_seq: None,
-                empty: false,
-            });
+        if let Some(plan) = Plan::resume(st.epoch, &st.files, &st.checkpoints, spec.since_seq) {
+            return Ok(plan);
         }
     }
     let files = chain_files(&stream.path)?;
