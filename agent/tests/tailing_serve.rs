@@ -1,5 +1,5 @@
 //! Serving demands with the tailer against real files: backlog, follow across rotation, joins
-//! with `until`, resumes with `since_seq`, the byte budget and the watchdog.
+//! with `until`, resumes with `since_seq`, cancels, the byte budget and the watchdog.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -8,10 +8,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use logrelay_agent::metrics::AgentMetrics;
-use logrelay_agent::tail::{BatchSink, SEQ_BASE, SinkClosed, TailParams, Tailer, TailerConfig};
+use logrelay_agent::tail::{
+    BatchSink, Ended, SEQ_BASE, SinkClosed, TailError, TailParams, Tailer, TailerConfig,
+};
 use logrelay_wire::batch::{self, BatchHeader, Kind};
 use logrelay_wire::control::{Demand, SeqPos};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -233,6 +236,46 @@ fn serve(tailer: &Arc<Tailer>, path: &Path, spec: Demand, cap: usize) -> Served 
     serve_with(tailer, path, spec, params(), cap)
 }
 
+/// A demand the relay can cancel: what it delivers, the cancel switch, and how serving ended.
+type Cancellable = (
+    Served,
+    oneshot::Sender<()>,
+    JoinHandle<Result<Ended, TailError>>,
+);
+
+/// Starts a demand in the background that ends when the returned switch is thrown, as the
+/// uplink does on `cancel`.
+fn serve_cancellable(tailer: &Arc<Tailer>, path: &Path, spec: Demand) -> Cancellable {
+    let (tx, rx) = mpsc::channel(1024);
+    let (cancel, cancelled) = oneshot::channel::<()>();
+    let tailer = tailer.clone();
+    let path = path.to_path_buf();
+    let ended = tokio::spawn(async move {
+        let cancelled = async {
+            let _ = cancelled.await;
+        };
+        tailer
+            .serve_until(&path, &spec, 7, params(), &mut ChanSink(tx), cancelled)
+            .await
+    });
+    let served = Served {
+        rx,
+        got: Vec::new(),
+    };
+    (served, cancel, ended)
+}
+
+/// Polls `check` until it holds, up to the deadline: for state with no event to wait on.
+async fn wait_for(what: &str, check: impl Fn() -> bool) {
+    tokio::time::timeout(DEADLINE, async {
+        while !check() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follow_numbers_on_across_rotations_and_a_backfill_joins_exactly() {
     let mut log = Log::with_lines(50);
@@ -353,6 +396,66 @@ async fn a_resume_picks_up_exactly_where_the_last_batch_ended() {
             .map(|i| (i as u64, line_text(i)))
             .collect::<Vec<_>>(),
         "no hole, no duplicate"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_stops_the_follower_at_once_and_a_resume_rereads_from_a_checkpoint() {
+    let mut log = Log::with_lines(5);
+    // A second followed log, to see that reading goes on for what is still watched.
+    let mut other = Log::new();
+    // Left alone, the watchdog would stop a detached follower only after an hour.
+    let (tailer, metrics) = tailer(TailerConfig {
+        detach_linger: Duration::from_secs(3600),
+        ..TailerConfig::default()
+    });
+    let (mut first, cancel, ended) = serve_cancellable(&tailer, log.path(), follow_tail(5));
+    first.until_lines(5).await;
+    let mut watched = serve(&tailer, other.path(), follow_tail(0), 1024);
+    wait_for("two followers", || metrics.followers.get() == 2).await;
+
+    // The relay cancels the first demand: its follower stops, without waiting for the linger.
+    cancel.send(()).unwrap();
+    let ended = tokio::time::timeout(DEADLINE, ended)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ended.unwrap(), Ended::Cancelled);
+    wait_for("the cancelled follower to stop", || {
+        metrics.followers.get() == 1
+    })
+    .await;
+
+    // Nothing more is read from the cancelled log, while the watched one is read on.
+    let read = metrics.lines_read.get();
+    log.write(100);
+    other.write(3);
+    watched.until_lines(3).await;
+    assert_eq!(metrics.lines_read.get(), read + 3, "only the watched log");
+
+    // A resume within the linger re-reads from a checkpoint, in the same epoch: no hole, no
+    // duplicate.
+    let end = first.lines().last().unwrap().0 + 1;
+    let mut resumed = serve(
+        &tailer,
+        log.path(),
+        Demand {
+            since_seq: Some(SeqPos {
+                epoch: first.epoch(),
+                seq: end,
+            }),
+            follow: true,
+            ..Demand::default()
+        },
+        1024,
+    );
+    resumed.until_lines(100).await;
+    assert_eq!(resumed.epoch(), first.epoch());
+    assert_eq!(
+        resumed.lines(),
+        (5..105)
+            .map(|i| (i as u64, line_text(i)))
+            .collect::<Vec<_>>()
     );
 }
 
