@@ -34,6 +34,8 @@ pub struct AgentMetrics {
     pub reconnects: Counter,
     /// Demands being served.
     pub demands_active: Gauge,
+    /// Log follower tasks running (one per followed stream and line filter).
+    pub followers: Gauge,
     /// Log bytes rotated away (compressed, deleted, truncated) before they were read.
     pub rotated_unread_bytes: Counter,
     /// Followed files that grew but were not read in time, and were re-opened.
@@ -77,6 +79,7 @@ impl AgentMetrics {
             relay_connected: Gauge::default(),
             reconnects: Counter::default(),
             demands_active: Gauge::default(),
+            followers: Gauge::default(),
             rotated_unread_bytes: Counter::default(),
             stalls: Counter::default(),
             queue_bytes: Gauge::default(),
@@ -128,6 +131,11 @@ impl AgentMetrics {
             "demands_active",
             "Demands being served",
             m.demands_active.clone(),
+        );
+        registry.register(
+            "followers",
+            "Log follower tasks running (reading a followed stream)",
+            m.followers.clone(),
         );
         registry.register(
             "tls_reloads",

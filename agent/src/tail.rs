@@ -36,8 +36,11 @@
 //! when the relay goes away it keeps following into the budget (dropping the oldest batches,
 //! reported as gaps, if it fills) and the relay's re-sent demand (`since_seq`) picks up where the
 //! relay's ring ended. A follower nobody re-attaches within `detach_linger` while the relay is
-//! connected is stopped. A watchdog ([`Tailer::run`]) re-opens a follower whose file grew but
-//! which read nothing for `stall_after` (`logrelay_agent_stalls_total`).
+//! connected is stopped. A *cancelled* demand ([`Tailer::serve_until`]) stops its follower at
+//! once, so nothing is read that nobody wants; the stream's files, checkpoints and epoch stay for
+//! `detach_linger`, and a resume in that time re-reads from a checkpoint. A watchdog
+//! ([`Tailer::run`]) re-opens a follower whose file grew but which read nothing for
+//! `stall_after` (`logrelay_agent_stalls_total`), and releases what stopped followers held.
 
 pub mod follow;
 pub mod reader;
@@ -95,6 +98,16 @@ pub trait BatchSink {
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("receiver closed")]
 pub struct SinkClosed;
+
+/// How serving a demand ended, when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Everything asked for was sent (`until` reached, the end of a one-off read, a followed
+    /// file deleted and drained, or a newer demand took the follower over).
+    Complete,
+    /// The relay cancelled the demand; a follower it drained was stopped.
+    Cancelled,
+}
 
 /// Why a demand could not be served.
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +182,22 @@ struct Stream {
     state: Mutex<State>,
 }
 
+impl Stream {
+    /// A stream of `path` with no epoch, no files and no follower yet.
+    fn new(path: &Path) -> Arc<Self> {
+        Arc::new(Self {
+            path: path.to_path_buf(),
+            state: Mutex::new(State {
+                epoch: 0,
+                files: Vec::new(),
+                checkpoints: VecDeque::new(),
+                follower: None,
+                stopped_at: None,
+            }),
+        })
+    }
+}
+
 #[derive(Debug)]
 struct State {
     epoch: u64,
@@ -177,6 +206,9 @@ struct State {
     /// Clean points `(seq, file, offset)`, by increasing sequence number.
     checkpoints: VecDeque<(u64, FileId, u64)>,
     follower: Option<Slot>,
+    /// When a cancel stopped the follower: its files, checkpoints and epoch are kept for
+    /// `detach_linger` (a resume re-reads from a checkpoint), then released.
+    stopped_at: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -313,6 +345,44 @@ struct Plan {
     empty: bool,
 }
 
+impl Plan {
+    /// A resume at `since_seq` if it names `epoch` (the numbering the stream holds) and a
+    /// checkpoint at or before it is in a held file.
+    fn resume(
+        epoch: u64,
+        files: &[ChainFile],
+        checkpoints: &VecDeque<(u64, FileId, u64)>,
+        since_seq: Option<SeqPos>,
+    ) -> Option<Self> {
+        let resume = since_seq.filter(|p| p.epoch == epoch && epoch != 0)?;
+        let (index, offset, seq) = checkpoint_before(checkpoints, files, resume.seq)?;
+        Some(Self {
+            epoch,
+            files: files.to_vec(),
+            start: Position { index, offset, seq },
+            from_seq: resume.seq,
+            until_seq: None,
+            empty: false,
+        })
+    }
+
+    /// A plan that sends nothing.
+    fn nothing(epoch: u64, files: Vec<ChainFile>) -> Self {
+        Self {
+            epoch,
+            files,
+            start: Position {
+                index: 0,
+                offset: 0,
+                seq: 0,
+            },
+            from_seq: 0,
+            until_seq: None,
+            empty: true,
+        }
+    }
+}
+
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TailError + '_ {
     move |source| TailError::Io {
         path: path.display().to_string(),
@@ -383,17 +453,7 @@ impl Tailer {
             .lock()
             .expect("tailer lock")
             .entry((path.to_path_buf(), Filter::of(spec).contains))
-            .or_insert_with(|| {
-                Arc::new(Stream {
-                    path: path.to_path_buf(),
-                    state: Mutex::new(State {
-                        epoch: 0,
-                        files: Vec::new(),
-                        checkpoints: VecDeque::new(),
-                        follower: None,
-                    }),
-                })
-            })
+            .or_insert_with(|| Stream::new(path))
             .clone()
     }
 
@@ -452,6 +512,10 @@ impl Tailer {
     }
 
     /// Serves one demand on the log at `path`, stamping `stream_ref` into every batch.
+    ///
+    /// When the demand's receiver goes away ([`SinkClosed`], or this future is dropped), a
+    /// follower it drained only detaches: it keeps reading into the budget for a resume, and
+    /// is stopped after `detach_linger`. Use [`Self::serve_until`] to tell a cancel apart.
     pub async fn serve<S: BatchSink>(
         self: &Arc<Self>,
         path: &Path,
@@ -460,11 +524,34 @@ impl Tailer {
         params: TailParams,
         sink: &mut S,
     ) -> Result<(), TailError> {
+        self.serve_until(path, spec, stream_ref, params, sink, std::future::pending())
+            .await
+            .map(|_| ())
+    }
+
+    /// Like [`Self::serve`], until `cancelled` resolves: the relay cancelled the demand, so
+    /// nobody will drain what its follower reads. The follower is then stopped at once, unless a
+    /// newer demand took it over, and reads nothing more; its files, checkpoints and epoch are
+    /// kept for `detach_linger`, so a resume (`since_seq`) in that time re-reads from a
+    /// checkpoint with the same numbering.
+    pub async fn serve_until<S: BatchSink>(
+        self: &Arc<Self>,
+        path: &Path,
+        spec: &Demand,
+        stream_ref: u64,
+        params: TailParams,
+        sink: &mut S,
+        cancelled: impl Future<Output = ()>,
+    ) -> Result<Ended, TailError> {
+        let mut cancelled = std::pin::pin!(cancelled);
         if spec.follow {
-            self.serve_follow(path, spec, stream_ref, params, sink)
+            self.serve_follow(path, spec, stream_ref, params, sink, cancelled)
                 .await
         } else {
-            self.serve_once(path, spec, stream_ref, params, sink).await
+            tokio::select! {
+                r = self.serve_once(path, spec, stream_ref, params, sink) => r.map(|()| Ended::Complete),
+                () = &mut cancelled => Ok(Ended::Cancelled),
+            }
         }
     }
 
@@ -485,17 +572,7 @@ impl Tailer {
                     .into_iter()
                     .find(|s| s.state.lock().expect("stream lock").epoch == e)
             })
-            .unwrap_or_else(|| {
-                Arc::new(Stream {
-                    path: path.to_path_buf(),
-                    state: Mutex::new(State {
-                        epoch: 0,
-                        files: Vec::new(),
-                        checkpoints: VecDeque::new(),
-                        follower: None,
-                    }),
-                })
-            });
+            .unwrap_or_else(|| Stream::new(path));
         let plan = {
             let stream = stream.clone();
             let spec = spec.clone();
@@ -561,7 +638,8 @@ impl Tailer {
         }
     }
 
-    /// A live demand: attach to (or start) the stream's follower and drain its queue.
+    /// A live demand: attach to (or start) the stream's follower and drain its queue, until
+    /// `cancelled` (which stops the follower).
     async fn serve_follow<S: BatchSink>(
         self: &Arc<Self>,
         path: &Path,
@@ -569,7 +647,8 @@ impl Tailer {
         stream_ref: u64,
         params: TailParams,
         sink: &mut S,
-    ) -> Result<(), TailError> {
+        mut cancelled: std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<Ended, TailError> {
         let stream = self.stream(path, spec);
         let (queue, shared, generation, epoch) = match self.attach(&stream, spec, stream_ref) {
             Some(a) => a,
@@ -586,7 +665,7 @@ impl Tailer {
             let item = {
                 let superseded = shared.takeover.notified();
                 if !self.is_consumer(&stream, generation) {
-                    return Ok(());
+                    return Ok(Ended::Complete);
                 }
                 if let Some(at) = *shared.drained.lock().expect("shared lock")
                     && queue.bytes() == 0
@@ -594,27 +673,51 @@ impl Tailer {
                     && at.elapsed() >= self.config.drain_linger
                     && self.of_path(path).is_empty()
                 {
-                    return Ok(());
+                    return Ok(Ended::Complete);
                 }
                 tokio::select! {
+                    biased;
+                    () = &mut cancelled => {
+                        self.stop(&stream, generation);
+                        return Ok(Ended::Cancelled);
+                    }
                     item = queue.next() => item,
                     () = superseded => continue,
                     () = tokio::time::sleep(self.config.drain_linger) => continue,
                 }
             };
-            match item {
+            let batch = match item {
                 Item::Gap(g) => {
                     let lines = u32::try_from(g.end_seq - g.first_seq).unwrap_or(u32::MAX);
-                    sink.send(encode_gap(stream_ref, epoch, g.first_seq, lines, g.bytes))
-                        .await?;
+                    encode_gap(stream_ref, epoch, g.first_seq, lines, g.bytes)
                 }
                 Item::Batch(q) => {
                     let batch = restamp(q.batch, stream_ref);
                     self.metrics.lines_sent.inc_by(u64::from(q.lines));
                     self.metrics.bytes_sent.inc_by(batch.len() as u64);
-                    sink.send(batch).await?;
+                    batch
                 }
+            };
+            // A cancel wins over a send that fails because the relay stopped the stream.
+            tokio::select! {
+                biased;
+                () = &mut cancelled => {
+                    self.stop(&stream, generation);
+                    return Ok(Ended::Cancelled);
+                }
+                sent = sink.send(batch) => sent?,
             }
+        }
+    }
+
+    /// A cancelled demand: stops the follower it drains, unless a newer demand took it over.
+    /// The stream keeps its files, checkpoints and epoch until the watchdog releases them.
+    fn stop(&self, stream: &Stream, generation: u64) {
+        let mut st = stream.state.lock().expect("stream lock");
+        if let Some(slot) = st.follower.take_if(|s| s.consumer == generation) {
+            slot.task.abort();
+            slot.shared.takeover.notify_waiters();
+            st.stopped_at = Some(Instant::now());
         }
     }
 
@@ -713,6 +816,7 @@ impl Tailer {
             old.task.abort();
             old.shared.takeover.notify_waiters();
         }
+        st.stopped_at = None;
         let generation = self.consumers.fetch_add(1, Ordering::Relaxed);
         let task = tokio::spawn(follow_task(
             Arc::downgrade(self),
@@ -788,6 +892,13 @@ impl Tailer {
         for stream in streams {
             let mut st = stream.state.lock().expect("stream lock");
             let Some(slot) = &st.follower else {
+                // Stopped by a cancel: release its files and epoch after the linger.
+                if st
+                    .stopped_at
+                    .is_some_and(|at| at.elapsed() >= self.config.detach_linger)
+                {
+                    self.release(&stream, st);
+                }
                 continue;
             };
             if !slot.attached
@@ -797,13 +908,7 @@ impl Tailer {
                 let slot = st.follower.take().expect("checked");
                 slot.task.abort();
                 slot.shared.takeover.notify_waiters();
-                st.files.clear();
-                st.checkpoints.clear();
-                drop(st);
-                self.streams
-                    .lock()
-                    .expect("tailer lock")
-                    .retain(|_, s| !Arc::ptr_eq(s, &stream));
+                self.release(&stream, st);
                 continue;
             }
             if slot.shared.drained.lock().expect("shared lock").is_some() {
@@ -840,6 +945,18 @@ impl Tailer {
                 tracing::warn!(path = %stream.path.display(), error = %e, "cannot re-open");
             }
         }
+    }
+
+    /// Forgets a stream with no follower: its files, checkpoints and epoch.
+    fn release(&self, stream: &Arc<Stream>, mut st: std::sync::MutexGuard<'_, State>) {
+        st.files.clear();
+        st.checkpoints.clear();
+        st.stopped_at = None;
+        drop(st);
+        self.streams
+            .lock()
+            .expect("tailer lock")
+            .retain(|_, s| !Arc::ptr_eq(s, stream));
     }
 
     /// Replaces a follower task by a new one reading from its last checkpoint, keeping its
@@ -982,32 +1099,10 @@ fn plan_once(stream: &Stream, spec: &Demand, max_line: usize) -> std::io::Result
     if let Some(until) = spec.until {
         let Some(until) = known(&Some(until)) else {
             // A join point in an epoch this agent does not have: nothing can be placed.
-            return Ok(Plan {
-                epoch,
-                files: Vec::new(),
-                start: Position {
-                    index: 0,
-                    offset: 0,
-                    seq: 0,
-                },
-                from_seq: 0,
-                until_seq: None,
-                empty: true,
-            });
+            return Ok(Plan::nothing(epoch, Vec::new()));
         };
         let Some((index, offset, seq)) = checkpoint_before(&checkpoints, &files, until.seq) else {
-            return Ok(Plan {
-                epoch,
-                files,
-                start: Position {
-                    index: 0,
-                    offset: 0,
-                    seq: 0,
-                },
-                from_seq: 0,
-                until_seq: None,
-                empty: true,
-            });
+            return Ok(Plan::nothing(epoch, files));
         };
         let cp = Position { index, offset, seq };
         let resume = known(&spec.since_seq)
@@ -1038,17 +1133,8 @@ fn plan_once(stream: &Stream, spec: &Demand, max_line: usize) -> std::io::Result
             empty: false,
         });
     }
-    if let Some(resume) = known(&spec.since_seq)
-        && let Some((index, offset, seq)) = checkpoint_before(&checkpoints, &files, resume.seq)
-    {
-        return Ok(Plan {
-            epoch,
-            files,
-            start: Position { index, offset, seq },
-            from_seq: resume.seq,
-            until_seq: None,
-            empty: false,
-        });
+    if let Some(plan) = Plan::resume(epoch, &files, &checkpoints, spec.since_seq) {
+        return Ok(plan);
     }
     // A one-off read: its own epoch, not kept.
     let files = chain_files(&stream.path)?;
@@ -1068,20 +1154,8 @@ fn plan_once(stream: &Stream, spec: &Demand, max_line: usize) -> std::io::Result
 fn plan_follow(stream: &Stream, spec: &Demand, max_line: usize) -> std::io::Result<Plan> {
     {
         let st = stream.state.lock().expect("stream lock");
-        if let Some(resume) = spec
-            .since_seq
-            .filter(|p| p.epoch == st.epoch && st.epoch != 0)
-            && let Some((index, offset, seq)) =
-                checkpoint_before(&st.checkpoints, &st.files, resume.seq)
-        {
-            return Ok(Plan {
-                epoch: st.epoch,
-                files: st.files.clone(),
-                start: Position { index, offset, seq },
-                from_seq: resume.seq,
-                until_seq: None,
-                empty: false,
-            });
+        if let Some(plan) = Plan::resume(st.epoch, &st.files, &st.checkpoints, spec.since_seq) {
+            return Ok(plan);
         }
     }
     let files = chain_files(&stream.path)?;
@@ -1107,6 +1181,23 @@ fn plan_follow(stream: &Stream, spec: &Demand, max_line: usize) -> std::io::Resu
     })
 }
 
+/// Counts a follower task in `logrelay_agent_followers` while it runs (until it returns or is
+/// aborted).
+struct Running(Arc<AgentMetrics>);
+
+impl Running {
+    fn new(metrics: &Arc<AgentMetrics>) -> Self {
+        metrics.followers.inc();
+        Self(metrics.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.followers.dec();
+    }
+}
+
 /// Reads, numbers, filters and queues one followed stream until aborted.
 async fn follow_task(
     tailer: std::sync::Weak<Tailer>,
@@ -1117,6 +1208,10 @@ async fn follow_task(
     shared: Arc<Shared>,
     params: TailParams,
 ) {
+    let Some(running) = tailer.upgrade().map(|t| Running::new(&t.metrics)) else {
+        return;
+    };
+    let _running = running;
     let mut lines = Vec::new();
     let mut out = Vec::new();
     let mut parse_errors = follower.parse_errors();

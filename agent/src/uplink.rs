@@ -2,8 +2,11 @@
 //!
 //! Per connection: open the control stream, `hello` → `welcome`, announce the whole catalog,
 //! then serve `open` (one task and one unidirectional data stream per demand) and `cancel`
-//! (reset that stream), announce catalog changes and send heartbeats. When the connection ends
-//! every demand is dropped; the relay re-sends the demands it still has after a reconnect.
+//! (stop reading for it, and reset that stream), announce catalog changes and send heartbeats.
+//! A `cancel`, or the relay stopping a data stream (STOP_SENDING), stops the log follower the
+//! demand drained; a lost connection only detaches it, so it follows on into the budget. When
+//! the connection ends every demand is dropped; the relay re-sends the demands it still has
+//! after a reconnect.
 //! Reconnects back off exponentially with full jitter.
 
 use std::collections::{BTreeMap, HashMap};
@@ -22,7 +25,7 @@ use tokio::task::AbortHandle;
 use crate::catalog::{self, Catalog};
 use crate::config::AgentConfig;
 use crate::metrics::AgentMetrics;
-use crate::tail::{self, BatchSink, SinkClosed, TailParams};
+use crate::tail::{self, BatchSink, Ended, SinkClosed, TailParams};
 
 /// Application error code used when the agent resets a data stream on `cancel`.
 pub const CANCELLED: u32 = 1;
@@ -363,35 +366,49 @@ impl DemandTask {
         {
             return;
         }
-        let mut sink = QuicSink(&mut send);
-        let served = tokio::select! {
-            r = serve_source(
-                &self.tailer,
-                &self.source,
-                &self.spec,
-                self.stream_ref,
-                self.params,
-                &mut sink,
-                &self.metrics,
-            ) => Some(r),
-            _ = self.cancel => None,
+        // The relay is done with this demand when it says `cancel`, or stops the data stream
+        // while the connection lives. A dropped switch (the connection ended) or a lost
+        // connection is no cancel: a log follower then keeps reading for the resume.
+        let stopped = send.stopped();
+        let demand = self.demand;
+        let cancelled = async move {
+            tokio::select! {
+                Ok(()) = self.cancel => {}
+                Ok(Some(code)) = stopped => {
+                    tracing::debug!(demand, %code, "relay stopped the data stream");
+                }
+                else => std::future::pending().await,
+            }
         };
+        let mut sink = QuicSink(&mut send);
+        let served = serve_source(
+            &self.tailer,
+            &self.source,
+            &self.spec,
+            self.stream_ref,
+            self.params,
+            &mut sink,
+            &self.metrics,
+            cancelled,
+        )
+        .await;
         match served {
-            Some(Ok(())) => {
+            Ok(Ended::Complete) => {
                 let _ = send.finish();
             }
-            Some(Err(e)) => {
-                tracing::debug!(demand = self.demand, error = %e, "demand ended");
+            Ok(Ended::Cancelled) => {
                 let _ = send.reset(CANCELLED.into());
             }
-            None => {
+            Err(e) => {
+                tracing::debug!(demand = self.demand, error = %e, "demand ended");
                 let _ = send.reset(CANCELLED.into());
             }
         }
     }
 }
 
-/// Serves one demand from its source.
+/// Serves one demand from its source until `cancelled`.
+#[allow(clippy::too_many_arguments, reason = "one demand's whole context")]
 async fn serve_source<S: BatchSink>(
     tailer: &Arc<tail::Tailer>,
     source: &catalog::Source,
@@ -400,24 +417,44 @@ async fn serve_source<S: BatchSink>(
     params: TailParams,
     sink: &mut S,
     metrics: &AgentMetrics,
-) -> Result<(), tail::TailError> {
+    cancelled: impl Future<Output = ()>,
+) -> Result<Ended, tail::TailError> {
     match source {
-        catalog::Source::Log { path } => tailer.serve(path, spec, stream_ref, params, sink).await,
-        catalog::Source::Scrape { target } => Ok(crate::scrape::serve(
-            target,
-            spec,
-            stream_ref,
-            params.max_batch_bytes,
-            sink,
-            metrics,
-        )
-        .await?),
-        catalog::Source::Resources { pod } => {
-            Ok(
-                crate::cgroup::serve(pod, spec, stream_ref, params.max_batch_bytes, sink, metrics)
-                    .await?,
-            )
+        catalog::Source::Log { path } => {
+            tailer
+                .serve_until(path, spec, stream_ref, params, sink, cancelled)
+                .await
         }
+        catalog::Source::Scrape { target } => {
+            let serve = crate::scrape::serve(
+                target,
+                spec,
+                stream_ref,
+                params.max_batch_bytes,
+                sink,
+                metrics,
+            );
+            until_cancelled(serve, cancelled).await
+        }
+        catalog::Source::Resources { pod } => {
+            let serve =
+                crate::cgroup::serve(pod, spec, stream_ref, params.max_batch_bytes, sink, metrics);
+            until_cancelled(serve, cancelled).await
+        }
+    }
+}
+
+/// Serves a metrics demand, which reads nothing once its future is dropped, until `cancelled`.
+async fn until_cancelled<E>(
+    serve: impl Future<Output = Result<(), E>>,
+    cancelled: impl Future<Output = ()>,
+) -> Result<Ended, tail::TailError>
+where
+    tail::TailError: From<E>,
+{
+    tokio::select! {
+        r = serve => r.map(|()| Ended::Complete).map_err(Into::into),
+        () = cancelled => Ok(Ended::Cancelled),
     }
 }
 

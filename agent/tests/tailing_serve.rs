@@ -1,5 +1,5 @@
 //! Serving demands with the tailer against real files: backlog, follow across rotation, joins
-//! with `until`, resumes with `since_seq`, the byte budget and the watchdog.
+//! with `until`, resumes with `since_seq`, cancels, the byte budget and the watchdog.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -8,10 +8,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use logrelay_agent::metrics::AgentMetrics;
-use logrelay_agent::tail::{BatchSink, SEQ_BASE, SinkClosed, TailParams, Tailer, TailerConfig};
+use logrelay_agent::tail::{
+    BatchSink, Ended, SEQ_BASE, SinkClosed, TailError, TailParams, Tailer, TailerConfig,
+};
 use logrelay_wire::batch::{self, BatchHeader, Kind};
 use logrelay_wire::control::{Demand, SeqPos};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -54,6 +57,13 @@ impl Log {
         }
     }
 
+    /// A log already holding `lines` lines.
+    fn with_lines(lines: usize) -> Self {
+        let mut log = Self::new();
+        log.write(lines);
+        log
+    }
+
     fn write(&mut self, lines: usize) {
         let mut buf = String::new();
         for _ in 0..lines {
@@ -87,22 +97,6 @@ impl Log {
 enum Got {
     Line(u64, u64, String),
     Gap(u64, u64, u32, u64),
-}
-
-/// Receives until `done` holds or the deadline passes.
-async fn recv_until(
-    rx: &mut mpsc::Receiver<Bytes>,
-    got: &mut Vec<Got>,
-    done: impl Fn(&[Got]) -> bool,
-) {
-    tokio::time::timeout(DEADLINE, async {
-        while !done(got) {
-            let Some(b) = rx.recv().await else { return };
-            got.extend(decode(&b));
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("timed out; got {} items: {:?}", got.len(), got.last()));
 }
 
 fn decode(b: &[u8]) -> Vec<Got> {
@@ -147,55 +141,163 @@ fn tailer(config: TailerConfig) -> (Arc<Tailer>, Arc<AgentMetrics>) {
     (Tailer::new(config, metrics.clone()), metrics)
 }
 
-/// Starts a demand in the background; returns its receiver.
-fn serve(tailer: &Arc<Tailer>, path: &Path, spec: Demand, cap: usize) -> mpsc::Receiver<Bytes> {
+/// `tail: n`, read once.
+fn tail(n: u32) -> Demand {
+    Demand {
+        tail: Some(n),
+        ..Demand::default()
+    }
+}
+
+/// `tail: n`, then follow.
+fn follow_tail(n: u32) -> Demand {
+    Demand {
+        follow: true,
+        ..tail(n)
+    }
+}
+
+/// A demand served in the background, and what it delivered so far.
+struct Served {
+    rx: mpsc::Receiver<Bytes>,
+    got: Vec<Got>,
+}
+
+impl Served {
+    /// Receives until `done` holds or the deadline passes (or the demand ends).
+    async fn until(&mut self, done: impl Fn(&[Got]) -> bool) {
+        let Self { rx, got } = self;
+        tokio::time::timeout(DEADLINE, async {
+            while !done(got) {
+                let Some(b) = rx.recv().await else { return };
+                got.extend(decode(&b));
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("timed out; got {} items: {:?}", got.len(), got.last()));
+    }
+
+    /// Receives until at least `n` lines arrived.
+    async fn until_lines(&mut self, n: usize) {
+        self.until(|g| lines(g).len() >= n).await;
+    }
+
+    /// Sequence numbers and messages of the lines received.
+    fn lines(&self) -> Vec<(u64, String)> {
+        lines(&self.got)
+    }
+
+    /// Messages of the lines received.
+    fn texts(&self) -> Vec<String> {
+        self.lines().into_iter().map(|(_, m)| m).collect()
+    }
+
+    /// The epoch of the first item received.
+    fn epoch(&self) -> u64 {
+        match self.got.first() {
+            Some(Got::Line(epoch, ..) | Got::Gap(epoch, ..)) => *epoch,
+            None => panic!("nothing received yet"),
+        }
+    }
+
+    /// True once the demand finished (its sender is gone), within the deadline.
+    async fn ends(&mut self) -> bool {
+        tokio::time::timeout(DEADLINE, self.rx.recv())
+            .await
+            .expect("the demand ends or sends within the deadline")
+            .is_none()
+    }
+}
+
+/// Starts a demand in the background with `params`; `cap` batches may wait unread.
+fn serve_with(
+    tailer: &Arc<Tailer>,
+    path: &Path,
+    spec: Demand,
+    params: TailParams,
+    cap: usize,
+) -> Served {
     let (tx, rx) = mpsc::channel(cap);
     let tailer = tailer.clone();
     let path = path.to_path_buf();
     tokio::spawn(async move {
         let _ = tailer
-            .serve(&path, &spec, 7, params(), &mut ChanSink(tx))
+            .serve(&path, &spec, 7, params, &mut ChanSink(tx))
             .await;
     });
-    rx
+    Served {
+        rx,
+        got: Vec::new(),
+    }
+}
+
+/// Starts a demand in the background with the default [`params`].
+fn serve(tailer: &Arc<Tailer>, path: &Path, spec: Demand, cap: usize) -> Served {
+    serve_with(tailer, path, spec, params(), cap)
+}
+
+/// A demand the relay can cancel: what it delivers, the cancel switch, and how serving ended.
+type Cancellable = (
+    Served,
+    oneshot::Sender<()>,
+    JoinHandle<Result<Ended, TailError>>,
+);
+
+/// Starts a demand in the background that ends when the returned switch is thrown, as the
+/// uplink does on `cancel`.
+fn serve_cancellable(tailer: &Arc<Tailer>, path: &Path, spec: Demand) -> Cancellable {
+    let (tx, rx) = mpsc::channel(1024);
+    let (cancel, cancelled) = oneshot::channel::<()>();
+    let tailer = tailer.clone();
+    let path = path.to_path_buf();
+    let ended = tokio::spawn(async move {
+        let cancelled = async {
+            let _ = cancelled.await;
+        };
+        tailer
+            .serve_until(&path, &spec, 7, params(), &mut ChanSink(tx), cancelled)
+            .await
+    });
+    let served = Served {
+        rx,
+        got: Vec::new(),
+    };
+    (served, cancel, ended)
+}
+
+/// Polls `check` until it holds, up to the deadline: for state with no event to wait on.
+async fn wait_for(what: &str, check: impl Fn() -> bool) {
+    tokio::time::timeout(DEADLINE, async {
+        while !check() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follow_numbers_on_across_rotations_and_a_backfill_joins_exactly() {
-    let mut log = Log::new();
-    log.write(50);
+    let mut log = Log::with_lines(50);
     let (tailer, _) = tailer(TailerConfig::default());
-    let mut live = serve(
-        &tailer,
-        log.path(),
-        Demand {
-            tail: Some(10),
-            follow: true,
-            ..Demand::default()
-        },
-        1024,
-    );
-    let mut got = Vec::new();
-    recv_until(&mut live, &mut got, |g| lines(g).len() >= 10).await;
-    let backlog = lines(&got);
+    let mut live = serve(&tailer, log.path(), follow_tail(10), 1024);
+    live.until_lines(10).await;
     assert_eq!(
-        backlog,
+        live.lines(),
         (40..50)
             .map(|i| (SEQ_BASE - 50 + i as u64, line_text(i)))
             .collect::<Vec<_>>(),
         "the last 10 lines, numbered down from the anchor"
     );
-    let Got::Line(epoch, ..) = got[0] else {
-        unreachable!()
-    };
+    let epoch = live.epoch();
     // Three rotations while following: numbering goes on.
     for _ in 0..3 {
         log.write(20);
         log.rotate();
     }
     log.write(5);
-    recv_until(&mut live, &mut got, |g| lines(g).len() >= 75).await;
-    let all = lines(&got);
+    live.until_lines(75).await;
+    let all = live.lines();
     assert_eq!(
         all,
         (40..115)
@@ -203,7 +305,8 @@ async fn follow_numbers_on_across_rotations_and_a_backfill_joins_exactly() {
             .collect::<Vec<_>>()
     );
     assert!(
-        got.iter()
+        live.got
+            .iter()
             .all(|g| matches!(g, Got::Line(e, ..) if *e == epoch))
     );
 
@@ -214,50 +317,30 @@ async fn follow_numbers_on_across_rotations_and_a_backfill_joins_exactly() {
         &tailer,
         log.path(),
         Demand {
-            tail: Some(40),
             until: Some(SeqPos { epoch, seq: end }),
-            ..Demand::default()
+            ..tail(40)
         },
         1024,
     );
-    let mut joined = Vec::new();
-    recv_until(&mut back, &mut joined, |g| lines(g).len() >= 40).await;
-    assert_eq!(lines(&joined), all[all.len() - 40..]);
-    assert!(
-        tokio::time::timeout(DEADLINE, back.recv())
-            .await
-            .unwrap()
-            .is_none(),
-        "the backfill ends at `until`"
-    );
+    back.until_lines(40).await;
+    assert_eq!(back.lines(), all[all.len() - 40..]);
+    assert!(back.ends().await, "the backfill ends at `until`");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tail_reaches_into_the_rotated_file_without_a_follower() {
-    let mut log = Log::new();
-    log.write(30);
+    let mut log = Log::with_lines(30);
     log.rotate();
     log.write(5);
     let (tailer, _) = tailer(TailerConfig::default());
-    let mut rx = serve(
-        &tailer,
-        log.path(),
-        Demand {
-            tail: Some(12),
-            ..Demand::default()
-        },
-        1024,
-    );
-    let mut got = Vec::new();
-    recv_until(&mut rx, &mut got, |g| lines(g).len() >= 12).await;
-    let texts: Vec<String> = lines(&got).into_iter().map(|(_, m)| m).collect();
-    assert_eq!(texts, (23..35).map(line_text).collect::<Vec<_>>());
+    let mut rx = serve(&tailer, log.path(), tail(12), 1024);
+    rx.until_lines(12).await;
+    assert_eq!(rx.texts(), (23..35).map(line_text).collect::<Vec<_>>());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn since_and_contains_filter_lines_in_the_agent() {
-    let mut log = Log::new();
-    log.write(40);
+    let log = Log::with_lines(40);
     let (tailer, _) = tailer(TailerConfig::default());
     // Lines are stamped 1 ns apart from 2024-01-01T00:00:00Z.
     let t0 = 1_704_067_200_000_000_000i64;
@@ -271,40 +354,26 @@ async fn since_and_contains_filter_lines_in_the_agent() {
         },
         1024,
     );
-    let mut got = Vec::new();
-    recv_until(&mut rx, &mut got, |g| lines(g).len() >= 10).await;
-    let texts: Vec<String> = lines(&got).into_iter().map(|(_, m)| m).collect();
-    assert_eq!(texts, (30..40).map(line_text).collect::<Vec<_>>());
+    rx.until_lines(10).await;
+    assert_eq!(rx.texts(), (30..40).map(line_text).collect::<Vec<_>>());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_picks_up_exactly_where_the_last_batch_ended() {
-    let mut log = Log::new();
-    log.write(5);
+    let mut log = Log::with_lines(5);
     let (tailer, _) = tailer(TailerConfig::default());
-    let mut rx = serve(
-        &tailer,
-        log.path(),
-        Demand {
-            tail: Some(5),
-            follow: true,
-            ..Demand::default()
-        },
-        1024,
-    );
-    let mut got = Vec::new();
-    recv_until(&mut rx, &mut got, |g| lines(g).len() >= 5).await;
-    let Got::Line(epoch, ..) = got[0] else {
-        unreachable!()
-    };
+    let mut first = serve(&tailer, log.path(), follow_tail(5), 1024);
+    first.until_lines(5).await;
+    let epoch = first.epoch();
     // The data stream goes away (relay unreachable); following goes on into the budget,
     // across a rotation.
+    let Served { rx, got } = first;
     drop(rx);
     log.write(100);
     log.rotate();
     log.write(100);
     let end = lines(&got).last().unwrap().0 + 1;
-    let mut rx = serve(
+    let mut resumed = serve(
         &tailer,
         log.path(),
         Demand {
@@ -314,8 +383,9 @@ async fn a_resume_picks_up_exactly_where_the_last_batch_ended() {
         },
         1024,
     );
-    recv_until(&mut rx, &mut got, |g| lines(g).len() >= 205).await;
-    let all = lines(&got);
+    resumed.got = got;
+    resumed.until_lines(205).await;
+    let all = resumed.lines();
     assert_eq!(
         all[0].0, 0,
         "a backlog reaching the start of the file numbers from 0"
@@ -330,27 +400,76 @@ async fn a_resume_picks_up_exactly_where_the_last_batch_ended() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_stops_the_follower_at_once_and_a_resume_rereads_from_a_checkpoint() {
+    let mut log = Log::with_lines(5);
+    // A second followed log, to see that reading goes on for what is still watched.
+    let mut other = Log::new();
+    // Left alone, the watchdog would stop a detached follower only after an hour.
+    let (tailer, metrics) = tailer(TailerConfig {
+        detach_linger: Duration::from_secs(3600),
+        ..TailerConfig::default()
+    });
+    let (mut first, cancel, ended) = serve_cancellable(&tailer, log.path(), follow_tail(5));
+    first.until_lines(5).await;
+    let mut watched = serve(&tailer, other.path(), follow_tail(0), 1024);
+    wait_for("two followers", || metrics.followers.get() == 2).await;
+
+    // The relay cancels the first demand: its follower stops, without waiting for the linger.
+    cancel.send(()).unwrap();
+    let ended = tokio::time::timeout(DEADLINE, ended)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ended.unwrap(), Ended::Cancelled);
+    wait_for("the cancelled follower to stop", || {
+        metrics.followers.get() == 1
+    })
+    .await;
+
+    // Nothing more is read from the cancelled log, while the watched one is read on.
+    let read = metrics.lines_read.get();
+    log.write(100);
+    other.write(3);
+    watched.until_lines(3).await;
+    assert_eq!(metrics.lines_read.get(), read + 3, "only the watched log");
+
+    // A resume within the linger re-reads from a checkpoint, in the same epoch: no hole, no
+    // duplicate.
+    let end = first.lines().last().unwrap().0 + 1;
+    let mut resumed = serve(
+        &tailer,
+        log.path(),
+        Demand {
+            since_seq: Some(SeqPos {
+                epoch: first.epoch(),
+                seq: end,
+            }),
+            follow: true,
+            ..Demand::default()
+        },
+        1024,
+    );
+    resumed.until_lines(100).await;
+    assert_eq!(resumed.epoch(), first.epoch());
+    assert_eq!(
+        resumed.lines(),
+        (5..105)
+            .map(|i| (i as u64, line_text(i)))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_budget_drops_the_oldest_batches_and_says_so_in_band() {
-    let mut log = Log::new();
+    let mut log = Log::with_lines(1);
     let (tailer, _) = tailer(TailerConfig {
         queue_budget_bytes: 16 * 1024,
         ..TailerConfig::default()
     });
-    log.write(1);
     // A receiver that reads the backlog, then stops reading: one batch in flight, the rest
     // queues.
-    let mut rx = serve(
-        &tailer,
-        log.path(),
-        Demand {
-            tail: Some(1),
-            follow: true,
-            ..Demand::default()
-        },
-        1,
-    );
-    let mut got = Vec::new();
-    recv_until(&mut rx, &mut got, |g| !g.is_empty()).await;
+    let mut rx = serve(&tailer, log.path(), follow_tail(1), 1);
+    rx.until(|g| !g.is_empty()).await;
     for _ in 0..50 {
         log.write(100);
     }
@@ -364,7 +483,7 @@ async fn a_full_budget_drops_the_oldest_batches_and_says_so_in_band() {
     .expect("the budget fills");
     assert!(tailer.budget().used() <= 16 * 1024);
     let (dropped_lines, _) = tailer.budget().dropped();
-    recv_until(&mut rx, &mut got, |g| {
+    rx.until(|g| {
         let n: u64 = g
             .iter()
             .map(|x| match x {
@@ -378,7 +497,7 @@ async fn a_full_budget_drops_the_oldest_batches_and_says_so_in_band() {
     // Lines and gaps cover every sequence number once, in order.
     let mut next = 0;
     let mut gap_lines = 0;
-    for g in &got {
+    for g in &rx.got {
         match g {
             Got::Line(_, s, m) => {
                 assert_eq!(*s, next);
@@ -399,31 +518,20 @@ async fn a_full_budget_drops_the_oldest_batches_and_says_so_in_band() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_follower_is_reopened_and_counted() {
-    let mut log = Log::new();
-    log.write(3);
+    let mut log = Log::with_lines(3);
     let (tailer, metrics) = tailer(TailerConfig {
         stall_after: Duration::from_millis(200),
         ..TailerConfig::default()
     });
     let (_stop, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(tailer.clone().run(stop_rx));
-    let mut rx = serve(
-        &tailer,
-        log.path(),
-        Demand {
-            tail: Some(3),
-            follow: true,
-            ..Demand::default()
-        },
-        1024,
-    );
-    let mut got = Vec::new();
-    recv_until(&mut rx, &mut got, |g| lines(g).len() >= 3).await;
+    let mut rx = serve(&tailer, log.path(), follow_tail(3), 1024);
+    rx.until_lines(3).await;
     tailer.freeze(log.path());
     log.write(7);
-    recv_until(&mut rx, &mut got, |g| lines(g).len() >= 10).await;
+    rx.until_lines(10).await;
     assert_eq!(
-        lines(&got),
+        rx.lines(),
         (0..10)
             .map(|i| (i as u64, line_text(i)))
             .collect::<Vec<_>>()
@@ -453,20 +561,10 @@ async fn docker_json_behind_a_symlink_and_plain_text_are_read_per_file() {
     let link = dir.path().join("0.log");
     std::os::unix::fs::symlink(&target, &link).unwrap();
     let (tailer, _) = tailer(TailerConfig::default());
-    let mut rx = serve(
-        &tailer,
-        &link,
-        Demand {
-            tail: Some(10),
-            ..Demand::default()
-        },
-        16,
-    );
-    let mut got = Vec::new();
-    recv_until(&mut rx, &mut got, |g| lines(g).len() >= 3).await;
-    let texts: Vec<String> = lines(&got).into_iter().map(|(_, m)| m).collect();
+    let mut rx = serve(&tailer, &link, tail(10), 16);
+    rx.until_lines(3).await;
     assert_eq!(
-        texts,
+        rx.texts(),
         [
             "hello é\n",
             "crlf\r\n",
@@ -477,19 +575,9 @@ async fn docker_json_behind_a_symlink_and_plain_text_are_read_per_file() {
     // Plain text (not a container runtime's format): lines as they are, bytes not UTF-8 kept.
     let plain = dir.path().join("1.log");
     std::fs::write(&plain, b"first\nsecond \xff\xfe\nthird\r\n").unwrap();
-    let mut rx = serve(
-        &tailer,
-        &plain,
-        Demand {
-            tail: Some(2),
-            ..Demand::default()
-        },
-        16,
-    );
-    let mut got = Vec::new();
-    recv_until(&mut rx, &mut got, |g| lines(g).len() >= 2).await;
-    let texts: Vec<String> = lines(&got).into_iter().map(|(_, m)| m).collect();
-    assert_eq!(texts, ["second \u{fffd}\u{fffd}\n", "third\r\n"]);
+    let mut rx = serve(&tailer, &plain, tail(2), 16);
+    rx.until_lines(2).await;
+    assert_eq!(rx.texts(), ["second \u{fffd}\u{fffd}\n", "third\r\n"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -499,26 +587,17 @@ async fn an_overlong_line_is_truncated_and_flagged() {
     writeln!(log.file, "2024-01-01T00:00:00Z stdout F {long}").unwrap();
     log.write(1);
     let (tailer, _) = tailer(TailerConfig::default());
-    let (tx, mut rx) = mpsc::channel(16);
-    let path = log.path().to_path_buf();
-    tokio::spawn(async move {
-        let _ = tailer
-            .serve(
-                &path,
-                &Demand {
-                    tail: Some(2),
-                    ..Demand::default()
-                },
-                7,
-                TailParams {
-                    max_line_bytes: 1000,
-                    ..params()
-                },
-                &mut ChanSink(tx),
-            )
-            .await;
-    });
-    let b = tokio::time::timeout(DEADLINE, rx.recv())
+    let mut rx = serve_with(
+        &tailer,
+        log.path(),
+        tail(2),
+        TailParams {
+            max_line_bytes: 1000,
+            ..params()
+        },
+        16,
+    );
+    let b = tokio::time::timeout(DEADLINE, rx.rx.recv())
         .await
         .unwrap()
         .unwrap();

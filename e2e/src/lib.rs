@@ -256,12 +256,34 @@ impl TestAgent {
         org: &str,
         cluster: &str,
     ) -> Self {
-        let config = AgentConfig {
+        Self::start_configured(pki, pods, relay, org, cluster, |_| {}).await
+    }
+
+    /// Starts an agent of org `dev`, cluster `test`, with `tweak` applied to its configuration.
+    pub async fn start_with(
+        pki: &TestPki,
+        pods: &PodsDir,
+        relay: SocketAddr,
+        tweak: impl FnOnce(&mut AgentConfig),
+    ) -> Self {
+        Self::start_configured(pki, pods, relay, "dev", "test", tweak).await
+    }
+
+    async fn start_configured(
+        pki: &TestPki,
+        pods: &PodsDir,
+        relay: SocketAddr,
+        org: &str,
+        cluster: &str,
+        tweak: impl FnOnce(&mut AgentConfig),
+    ) -> Self {
+        let mut config = AgentConfig {
             rescan_ms: 50,
             reconnect_min_ms: 20,
             reconnect_max_ms: 500,
             ..AgentConfig::new(pods.path().to_path_buf(), relay)
         };
+        tweak(&mut config);
         let handle = logrelay_agent::start(config, pki.agent_tls(org, cluster))
             .await
             .expect("start agent");

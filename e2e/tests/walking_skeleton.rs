@@ -153,6 +153,69 @@ async fn nothing_is_read_or_sent_while_nobody_watches() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_stops_as_soon_as_the_relay_cancels() {
+    let pki = TestPki::new();
+    let relay = TestRelay::start_with(
+        &pki,
+        logrelay_relay::RelayConfig {
+            linger_secs: 0,
+            ..logrelay_relay::RelayConfig::loopback()
+        },
+    )
+    .await;
+    let pods = PodsDir::new();
+    let mut left = pods.container("ns", "left", "main");
+    let mut kept = pods.container("ns", "kept", "main");
+    // A follower nobody drains would be stopped only after ten minutes: only the cancel can
+    // stop it within the test's deadline.
+    let agent = TestAgent::start_with(&pki, &pods, relay.quic_addr(), |c| {
+        c.detach_linger_ms = 600_000;
+    })
+    .await;
+    let followers = || agent.metric("logrelay_agent_followers");
+    let mut s = relay.subscriber().await;
+    s.subscribe("left", &selector("ns", "left", "main"), Some(0))
+        .await;
+    s.subscribe("kept", &selector("ns", "kept", "main"), Some(0))
+        .await;
+    eventually("both streams followed", || async {
+        (followers().await == 2.0).then_some(())
+    })
+    .await;
+    left.write_lines([line(0, 0).as_bytes()]).unwrap();
+    kept.write_lines([line(1, 0).as_bytes()]).unwrap();
+    s.until("a line of each", |s| s.total_lines() == 2).await;
+
+    // The last watcher of `left` leaves; with no linger the relay cancels at once, and the
+    // agent stops its follower.
+    s.client
+        .send(&logrelay_wire::session::Request::Unsubscribe { id: "left".into() })
+        .await
+        .unwrap();
+    eventually("the follower of the left stream stops", || async {
+        (followers().await == 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(agent.metric("logrelay_agent_demands_active").await, 1.0);
+
+    // Nothing more is read from `left`, while `kept` is read and sent on.
+    let read = agent.metric("logrelay_agent_lines_read_total").await;
+    for i in 1..=100 {
+        left.write_lines([line(0, i).as_bytes()]).unwrap();
+    }
+    for i in 1..=3 {
+        kept.write_lines([line(1, i).as_bytes()]).unwrap();
+    }
+    s.until("three more lines of kept", |s| s.total_lines() == 5)
+        .await;
+    assert_eq!(
+        agent.metric("logrelay_agent_lines_read_total").await,
+        read + 3.0,
+        "only the watched stream's new lines were read"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_reconnects_to_a_restarted_relay() {
     let pki = TestPki::new();
     let relay = TestRelay::start(&pki).await;
