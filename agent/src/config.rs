@@ -127,7 +127,9 @@ pub struct AgentConfig {
     #[arg(long, env = "LOGRELAY_AGENT_STALL_AFTER_MS", default_value_t = 5_000)]
     pub stall_after_ms: u64,
     /// A follower no demand drains (the relay dropped it) stops after this long while the relay
-    /// is connected; while it is not, following goes on into the queue budget.
+    /// is connected; while it is not, following goes on into the queue budget. A follower the
+    /// relay cancelled stops at once; its files, checkpoints and epoch are kept this long, so a
+    /// `since_seq` resume within it continues the same numbering.
     #[arg(
         long,
         env = "LOGRELAY_AGENT_DETACH_LINGER_MS",

@@ -185,6 +185,14 @@ async fn a_follower_receives_exactly_the_lines_written_through_kubelet_rotation(
     let mut sub = relay.subscriber().await;
     sub.subscribe("w", &selector("load", "writer", "app"), Some(1))
         .await;
+    // Line 0 arrives before the writer starts: a subscription that attached only after more
+    // lines were written would (rightly) get the last of them as its `tail: 1`.
+    sub.until("line 0", |s| s.total_lines() == 1).await;
+    let first = sub.lines.values().flatten().next().expect("line 0").clone();
+    assert_eq!(
+        String::from_utf8_lossy(&first.message),
+        message(&corpus, 0).0
+    );
 
     // The writer, paced at `rate`, in its own thread; it returns how many lines it wrote.
     let mut writer = Some({
@@ -211,8 +219,8 @@ async fn a_follower_receives_exactly_the_lines_written_through_kubelet_rotation(
     });
 
     // Check each line as it arrives.
-    let mut next = 0u64;
-    let mut epoch_seq: Option<(u64, u64)> = None;
+    let mut next = 1u64;
+    let mut epoch_seq = Some((first.epoch, first.seq));
     let mut total: Option<(u64, u64)> = None;
     let deadline = Instant::now() + Duration::from_secs(secs + 60);
     while total.is_none_or(|(n, _)| next < n) {
