@@ -38,7 +38,9 @@ pub struct AgentConfig {
     /// and how container restarts, `1.log`, `2.log`…, are found).
     #[arg(long, env = "LOGRELAY_AGENT_RESYNC_MS", default_value_t = 2_000)]
     pub resync_ms: u64,
-    /// How often a followed file is checked for growth once it is idle.
+    /// How often a followed file is checked for growth once it is idle, when inotify cannot
+    /// watch its directory (with inotify a write wakes the follower, which then polls every
+    /// max(this, 250 ms) only as a safety net).
     #[arg(long, env = "LOGRELAY_AGENT_FOLLOW_POLL_MS", default_value_t = 10)]
     pub follow_poll_ms: u64,
     /// A batch is sent once it holds this many bytes.

@@ -45,6 +45,7 @@
 pub mod follow;
 pub mod reader;
 pub mod seek;
+pub mod wake;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -171,6 +172,8 @@ pub struct Tailer {
     streams: Mutex<HashMap<StreamKey, Arc<Stream>>>,
     /// Generations of the data streams draining queues, unique across followers.
     consumers: AtomicU64,
+    /// inotify wake-ups of followers at the end of their file.
+    wakes: Arc<wake::Wakes>,
 }
 
 /// A log path and the substring filter of the demands it serves.
@@ -440,6 +443,7 @@ impl Tailer {
             metrics,
             streams: Mutex::new(HashMap::new()),
             consumers: AtomicU64::new(1),
+            wakes: wake::Wakes::new(),
         })
     }
 
@@ -1215,6 +1219,10 @@ async fn follow_task(
     let mut lines = Vec::new();
     let mut out = Vec::new();
     let mut parse_errors = follower.parse_errors();
+    // Registered before the first read, so no write after it goes unnoticed.
+    let Some(wake) = tailer.upgrade().map(|t| t.wakes.register(&stream.path)) else {
+        return;
+    };
     loop {
         let Some(tailer) = tailer.upgrade() else {
             return;
@@ -1288,7 +1296,7 @@ async fn follow_task(
         }
         match progress {
             Progress::More(_) => tokio::task::yield_now().await,
-            Progress::Idle(_) => tokio::time::sleep(params.follow_poll).await,
+            Progress::Idle(_) => wake.wait(params.follow_poll).await,
             Progress::Drained => {
                 enc.flush(&mut out);
                 push_all(&queue, &shared, &mut out);

@@ -607,3 +607,26 @@ async fn an_overlong_line_is_truncated_and_flagged() {
     assert_eq!(ls[1].message, b"line 0\n");
     assert!(!ls[1].flags.has(logrelay_wire::batch::LineFlags::TRUNCATED));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_wakes_an_idle_follower_without_waiting_for_its_poll() {
+    let mut log = Log::with_lines(1);
+    let (tailer, _) = tailer(TailerConfig::default());
+    // Polling alone would see the next line after an hour: only the inotify wake-up can
+    // deliver it within the deadline.
+    let hourly = TailParams {
+        follow_poll: Duration::from_secs(3600),
+        ..params()
+    };
+    let mut live = serve_with(&tailer, log.path(), follow_tail(1), hourly, 1024);
+    live.until_lines(1).await;
+    for n in 2..=4 {
+        log.write(1);
+        live.until_lines(n).await;
+    }
+    // Through a rotation too: the new file appears in the watched directory.
+    log.rotate();
+    log.write(1);
+    live.until_lines(5).await;
+    assert_eq!(live.texts(), (0..5).map(line_text).collect::<Vec<_>>());
+}
