@@ -522,7 +522,8 @@ impl fmt::Display for Rfc3339 {
         let since = self.0.duration_since(UNIX_EPOCH).unwrap_or_default();
         let secs = since.as_secs();
         let (days, rem) = (secs / 86_400, secs % 86_400);
-        let (y, m, d) = civil_from_days(days);
+        // Seconds since 1970 in a u64 cannot overflow an i64 day count.
+        let (y, m, d) = logrelay_wire::time::civil_from_days(days as i64);
         write!(
             f,
             "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
@@ -532,21 +533,6 @@ impl fmt::Display for Rfc3339 {
             since.subsec_millis()
         )
     }
-}
-
-/// Gregorian date of a day count since 1970-01-01 (H. Hinnant, `civil_from_days`,
-/// <https://howardhinnant.github.io/date_algorithms.html#civil_from_days>).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    (y, m, d)
 }
 
 #[cfg(test)]
