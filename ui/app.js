@@ -207,8 +207,11 @@
   /** Log line element → its stream state (to forget it when it is dropped). */
   const lineStream = new WeakMap();
   let droppedEntries = 0;
+  /** Autoscroll: on until the user scrolls away from the newest line. */
   let following = true;
   let scrollScheduled = false;
+  /** Where this script last scrolled the view to (its own scroll events are not the user's). */
+  let autoTop = -1;
 
   let socket = null;
   let generation = 0;
@@ -348,14 +351,17 @@
         `${droppedEntries} older ${droppedEntries === 1 ? 'entry' : 'entries'} dropped from view ` +
         `(this page keeps the newest ${maxLines}).`;
       droppedEl.hidden = false;
-      if (!following) logEl.scrollTop -= before - logEl.scrollHeight;
+      if (!following) {
+        logEl.scrollTop -= before - logEl.scrollHeight;
+        autoTop = logEl.scrollTop;
+      }
     }
     if (following) {
       if (!scrollScheduled) {
         scrollScheduled = true;
         requestAnimationFrame(() => {
           scrollScheduled = false;
-          if (following) logEl.scrollTop = logEl.scrollHeight;
+          if (following) scrollToEnd();
         });
       }
     } else {
@@ -363,7 +369,16 @@
     }
   }
 
+  function scrollToEnd() {
+    logEl.scrollTop = logEl.scrollHeight;
+    autoTop = logEl.scrollTop;
+  }
+
+  // Lines arriving between this script's scroll and its event must not pause autoscroll: only
+  // a scroll to somewhere else (the user's) decides, by where it ends.
   logEl.addEventListener('scroll', () => {
+    if (Math.abs(logEl.scrollTop - autoTop) < 1) return;
+    autoTop = -1;
     following = logEl.scrollHeight - logEl.scrollTop - logEl.clientHeight < 8;
     jumpEl.hidden = following;
   });
@@ -371,7 +386,7 @@
   jumpEl.addEventListener('click', () => {
     following = true;
     jumpEl.hidden = true;
-    logEl.scrollTop = logEl.scrollHeight;
+    scrollToEnd();
   });
 
   function clearView() {

@@ -355,31 +355,38 @@ async fn a_token_in_the_fragment_opens_the_session_and_is_kept_only_in_memory() 
     );
 }
 
+/// True when the log view overflows and shows its newest line.
+const AT_END: &str = "(() => { const l = document.getElementById('log'); \
+    return l.scrollHeight > l.clientHeight && l.scrollHeight - l.scrollTop - l.clientHeight < 8; })()";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_page_keeps_the_newest_lines_within_its_bound() {
+async fn the_page_keeps_the_newest_lines_and_follows_them_until_the_user_scrolls_up() {
     let browser = Chromium::launch().await;
     let pki = TestPki::new();
     let relay = TestRelay::start(&pki).await;
     let pods = PodsDir::new();
     let mut app = pods.container("ns", "bulk", "main");
-    let lines: Vec<String> = (0..50).map(|i| format!("bulk line {i:02}\n")).collect();
+    let mut lines: Vec<String> = (0..300).map(|i| format!("bulk line {i:03}\n")).collect();
     app.write_lines(lines.iter().map(|l| l.as_bytes())).unwrap();
     let _agent = agent(&pki, &relay, &pods, None).await;
 
     let mut page = browser.page().await;
-    page.navigate(&view(&relay, "namespace=ns&pod=bulk&max_lines=20"))
+    page.navigate(&view(&relay, "namespace=ns&pod=bulk&max_lines=200"))
         .await;
-    // 51 entries arrived (the stream's notice and 50 lines); the newest 20 stay.
+    // 301 entries arrived (the stream's notice and 300 lines); the newest 200 stay.
     let dropped = page
         .wait_for(
             "the dropped-lines notice",
             "(() => { const d = document.getElementById('dropped'); \
-              return !d.hidden && d.textContent.startsWith('31 ') ? d.textContent : null; })()",
+              return !d.hidden && d.textContent.startsWith('101 ') ? d.textContent : null; })()",
         )
         .await;
-    assert!(dropped.as_str().unwrap().contains("newest 20"), "{dropped}");
+    assert!(
+        dropped.as_str().unwrap().contains("newest 200"),
+        "{dropped}"
+    );
     let shown: Vec<String> = serde_json::from_value(eval(&mut page, MESSAGES).await).unwrap();
-    let want: Vec<String> = lines[30..]
+    let want: Vec<String> = lines[100..]
         .iter()
         .map(|l| l.trim_end().to_owned())
         .collect();
@@ -390,7 +397,38 @@ async fn the_page_keeps_the_newest_lines_within_its_bound() {
             "document.getElementById('log').childElementCount"
         )
         .await,
-        json!(20)
+        json!(200)
     );
+
+    // The view follows the newest line...
+    page.wait_for("the view at its newest line", AT_END).await;
+    // ...until the user scrolls up: new lines arrive, and the view stays where the user is.
+    eval(&mut page, "document.getElementById('log').scrollTop = 0").await;
+    page.wait_for(
+        "the paused notice",
+        "!document.getElementById('jump').hidden",
+    )
+    .await;
+    for i in 300..310 {
+        let l = format!("bulk line {i:03}\n");
+        app.write_lines([l.as_bytes()]).unwrap();
+        lines.push(l);
+    }
+    messages_at_least(&mut page, 200).await;
+    page.wait_for(
+        "the newest line on the page",
+        &format!("{MESSAGES}.at(-1) === 'bulk line 309'"),
+    )
+    .await;
+    assert_eq!(
+        eval(&mut page, "document.getElementById('log').scrollTop").await,
+        json!(0),
+        "a paused view does not move"
+    );
+    assert_eq!(eval(&mut page, AT_END).await, json!(false));
+    // The button brings the newest line back, and following resumes.
+    eval(&mut page, "document.getElementById('jump').click()").await;
+    page.wait_for("the view back at its newest line", AT_END)
+        .await;
     assert!(page.problems.is_empty(), "{:?}", page.problems);
 }
