@@ -200,7 +200,11 @@
 
   // ---- state ---------------------------------------------------------------------------------
 
-  /** Per stream (keyed by labels): what is shown, for ordering and duplicates. */
+  /**
+   * Per stream (keyed by labels): what is shown, for ordering and duplicates. `shown[head..]`
+   * holds `{seq, el}` of the stream's lines on the page in sequence order (the oldest are
+   * dropped by moving `head`, so dropping is O(1)).
+   */
   const streamsByKey = new Map();
   /** Relay stream id → stream state, for the current connection. */
   let streamsById = new Map();
@@ -303,12 +307,13 @@
     if (st.epoch !== epoch) {
       st.epoch = epoch;
       st.shown = [];
+      st.head = 0;
       st.droppedThrough = -1n;
     }
     for (const line of lines) {
       if (line.seq <= st.droppedThrough) continue;
       const shown = st.shown;
-      const last = shown.length ? shown[shown.length - 1].seq : -1n;
+      const last = shown.length > st.head ? shown[shown.length - 1].seq : -1n;
       const el = lineElement(st, line, backfill);
       lineStream.set(el, st);
       if (line.seq > last) {
@@ -316,7 +321,7 @@
         tail.push(el);
         continue;
       }
-      let lo = 0;
+      let lo = st.head;
       let hi = shown.length - 1;
       while (lo < hi) {
         const mid = (lo + hi) >> 1;
@@ -337,13 +342,7 @@
       for (let i = 0; i < excess; i++) {
         const el = logEl.firstElementChild;
         const st = lineStream.get(el);
-        if (st) {
-          const at = st.shown.findIndex((s) => s.el === el);
-          if (at >= 0) {
-            if (st.shown[at].seq > st.droppedThrough) st.droppedThrough = st.shown[at].seq;
-            st.shown.splice(at, 1);
-          }
-        }
+        if (st) forgetLine(st, el);
         el.remove();
       }
       droppedEntries += excess;
@@ -366,6 +365,26 @@
       }
     } else {
       jumpEl.hidden = false;
+    }
+  }
+
+  /** The stream's oldest line on the page is `el` (a stream's lines are in page order). */
+  function forgetLine(st, el) {
+    const shown = st.shown;
+    let at = st.head;
+    if (shown[at]?.el !== el) {
+      at = shown.indexOf(shown.find((s) => s.el === el));
+      if (at < st.head) return; // a line of an earlier epoch
+    }
+    if (shown[at].seq > st.droppedThrough) st.droppedThrough = shown[at].seq;
+    if (at === st.head) {
+      st.head++;
+      if (st.head > 1024 && st.head * 2 > shown.length) {
+        st.shown = shown.slice(st.head);
+        st.head = 0;
+      }
+    } else {
+      shown.splice(at, 1);
     }
   }
 
@@ -392,8 +411,12 @@
   function clearView() {
     logEl.replaceChildren();
     for (const st of streamsByKey.values()) {
-      for (const s of st.shown) if (s.seq > st.droppedThrough) st.droppedThrough = s.seq;
+      const shown = st.shown;
+      if (shown.length > st.head && shown[shown.length - 1].seq > st.droppedThrough) {
+        st.droppedThrough = shown[shown.length - 1].seq;
+      }
       st.shown = [];
+      st.head = 0;
     }
     droppedEntries = 0;
     droppedEl.hidden = true;
@@ -615,7 +638,7 @@
     let st = streamsById.get(id);
     if (!st) {
       // A batch always follows its `stream` event; this only guards against a broken relay.
-      st = { key: `#${id}`, labels: null, kind: 'log', name: `stream ${id}`, epoch: null, shown: [], droppedThrough: -1n };
+      st = { key: `#${id}`, labels: null, kind: 'log', name: `stream ${id}`, epoch: null, shown: [], head: 0, droppedThrough: -1n };
       streamsById.set(id, st);
     }
     return st;
@@ -634,7 +657,7 @@
         const key = streamKey(e.labels);
         let st = streamsByKey.get(key);
         if (!st) {
-          st = { key, epoch: null, shown: [], droppedThrough: -1n };
+          st = { key, epoch: null, shown: [], head: 0, droppedThrough: -1n };
           streamsByKey.set(key, st);
         }
         st.labels = e.labels;
@@ -671,6 +694,9 @@
         }
         streamsById.delete(e.stream);
         logEl.classList.toggle('multi', logStreamCount() > 1);
+        if (!params.follow && e.reason === 'complete' && logStreamCount() === 0) {
+          setStatus('Backlog read. Not following: tick follow and press Watch to see new lines.', 'ok');
+        }
         break;
       }
       case 'error': {
