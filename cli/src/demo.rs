@@ -171,11 +171,22 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    let viewer = relay
+        .ui_url()
+        .map(|u| format!("{u}?namespace=web&pod=apache"));
+    if let Some(url) = &viewer {
+        println!("  browser viewer : {url}");
+    }
     println!("  WebSocket URL  : {}", relay.subscribe_url());
     println!("  relay metrics  : http://{}/metrics", relay.admin_addr);
     println!("  agent metrics  : http://{}/metrics", agent.admin_addr);
     println!();
-    println!("Watch a pod from another terminal:");
+    if let Some(url) = &viewer {
+        println!("Watch a pod in a browser: open {url}");
+        println!("or from another terminal:");
+    } else {
+        println!("Watch a pod from another terminal:");
+    }
     println!(
         "  cargo run --release -p logrelay -- tail --url {} --namespace web --pod apache --container main --timestamps",
         relay.subscribe_url()

@@ -9,10 +9,13 @@
 //! let mut sub = relay.subscriber().await;
 //! sub.subscribe("s", &selector("ns", "app", "main"), Some(0)).await;
 //! ```
-//! Every wait has a deadline; nothing sleeps to synchronise.
+//! Every wait has a deadline; nothing sleeps to synchronise. [`Chromium`] drives a real headless
+//! browser for the live viewer's tests.
 #![forbid(unsafe_code)]
 
+pub mod browser;
 mod exporter;
+pub use browser::{Chromium, Page};
 pub use exporter::NodeExporter;
 
 use std::collections::HashMap;

@@ -23,6 +23,10 @@ pub struct RelayConfig {
         default_value = "127.0.0.1:8080"
     )]
     pub http_addr: SocketAddr,
+    /// Serve the browser live viewer (`/`, `/ui/app.js`, `/ui/style.css`) on the session
+    /// listener, beside `/v1/subscribe`. `--ui false`: those paths answer 404.
+    #[arg(long, env = "LOGRELAY_RELAY_UI", default_value_t = true, action = clap::ArgAction::Set)]
+    pub ui: bool,
     /// TCP address of the admin listener (`/metrics`, `/healthz`, `/readyz`).
     #[arg(
         long,
@@ -156,6 +160,7 @@ impl RelayConfig {
         Self {
             quic_addr: any,
             http_addr: any,
+            ui: true,
             admin_addr: any,
             wss_cert_file: None,
             wss_key_file: None,

@@ -1,4 +1,5 @@
-//! The session listener: `/v1/subscribe` over WS, or WSS when a certificate is configured.
+//! The session listener: `/v1/subscribe` over WS, or WSS when a certificate is configured, and
+//! the browser viewer's static files ([`crate::ui`]) on the same origin unless turned off.
 //!
 //! Every connection goes through one accept loop: optional TLS handshake and HTTP request head,
 //! both under a deadline and a cap on connections still in that phase (floods of idle or
@@ -45,16 +46,26 @@ pub struct SessionApp {
     pub write_buffer_bytes: usize,
     /// Shutdown signal.
     pub shutdown: watch::Receiver<bool>,
+    /// Serve the browser viewer (`/`, `/ui/*`).
+    pub ui: bool,
 }
 
 /// Read buffer of a session's WebSocket.
 const SESSION_READ_BUFFER_BYTES: usize = 4 * 1024;
 
-/// The session router.
+/// The session router: `/v1/subscribe`, and the viewer's routes when `app.ui` is set (every
+/// other path is 404). All of it is served by [`serve`]'s one accept loop, under the same
+/// handshake deadline and cap.
 pub fn router(app: SessionApp) -> Router {
-    Router::new()
+    let ui = app.ui;
+    let router = Router::new()
         .route("/v1/subscribe", get(subscribe))
-        .with_state(app)
+        .with_state(app);
+    if ui {
+        router.merge(crate::ui::router())
+    } else {
+        router
+    }
 }
 
 fn now_unix_secs() -> i64 {
@@ -162,7 +173,9 @@ async fn subscribe(
             );
         }
     };
-    let ws = if bearer.as_ref().is_some_and(|b| b.subprotocol.is_some()) {
+    // Echo `logrelay.v1` whenever it is offered, with or without a token: a browser that offers
+    // a subprotocol fails the connection unless the server picks one.
+    let ws = if auth::select_subprotocol(protocols).is_some() {
         ws.protocols([auth::SUBPROTOCOL])
     } else {
         ws

@@ -4,8 +4,8 @@
 //! * [`ingest`] accepts agents over QUIC (mTLS; org and cluster from the certificate);
 //! * [`hub`] holds streams, demands and sessions, with one bounded [`ring`] per stream;
 //! * [`session`] serves WebSocket sessions, one writer per session draining all it watches;
-//! * [`http`] is the session listener (WS/WSS), [`admin`] serves `/metrics`, `/healthz`,
-//!   `/readyz`, and [`metrics`] owns every metric name.
+//! * [`http`] is the session listener (WS/WSS), which also serves the browser viewer [`ui`];
+//!   [`admin`] serves `/metrics`, `/healthz`, `/readyz`, and [`metrics`] owns every metric name.
 //!
 //! The relay writes no file: log content lives only in rings and socket buffers.
 #![forbid(unsafe_code)]
@@ -22,6 +22,7 @@ pub mod reload;
 pub mod ring;
 pub mod sandbox;
 pub mod session;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -98,6 +99,7 @@ pub struct RelayHandle {
     pub metrics: Arc<metrics::RelayMetrics>,
     /// True when sessions use WSS.
     pub wss: bool,
+    ui: bool,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     endpoint: quinn::Endpoint,
@@ -124,6 +126,12 @@ impl RelayHandle {
     pub fn subscribe_url(&self) -> String {
         let scheme = if self.wss { "wss" } else { "ws" };
         format!("{scheme}://{}/v1/subscribe", self.http_addr)
+    }
+
+    /// The browser viewer's URL (`http(s)://<http-addr>/`), unless it is turned off.
+    pub fn ui_url(&self) -> Option<String> {
+        let scheme = if self.wss { "https" } else { "http" };
+        self.ui.then(|| format!("{scheme}://{}/", self.http_addr))
     }
 }
 
@@ -273,6 +281,7 @@ pub async fn start_with_auditor(
         max_message_bytes: config.max_session_message_bytes,
         write_buffer_bytes: config.session_write_buffer_bytes,
         shutdown: shutdown_rx.clone(),
+        ui: config.ui,
     };
     let socket_options = http::SocketOptions {
         send_buffer_bytes: config.session_send_buffer_bytes,
@@ -322,6 +331,7 @@ pub async fn start_with_auditor(
         admin_addr,
         metrics,
         wss: is_wss,
+        ui: config.ui,
         shutdown,
         tasks,
         endpoint,
