@@ -1238,6 +1238,7 @@ impl Hub {
             }
             if let Some(p) = parent
                 && !st.in_use(p)
+                && st.streams.get(&p).is_some_and(|p| p.agent.is_none())
             {
                 self.drop_stream(st, p);
             }
@@ -1662,6 +1663,30 @@ mod tests {
         assert_eq!(hub.metrics.filtered_rings.get(), 0);
         assert!(rx.try_recv().is_err());
         hub.remove_agent(agent2);
+    }
+
+    #[tokio::test]
+    async fn a_watched_filtered_ring_keeps_its_stream_while_the_agent_is_away() {
+        let hub = hub();
+        let (agent1, mut rx) = agent(&hub, vec![info(1, "p", "")]);
+        let s = hub.add_session("acme", None).unwrap();
+        hub.subscribe(&s, "e", sel("p"), filter(Some("ERROR"), None, 0))
+            .unwrap();
+        opened(&mut rx);
+        hub.remove_agent(agent1);
+        assert_eq!(
+            hub.list(&s, &Selector::default()).len(),
+            1,
+            "kept, orphaned"
+        );
+        assert_eq!(hub.metrics.filtered_rings.get(), 1);
+        // Its last watcher leaving, with no agent to linger for, drops both at once.
+        assert!(hub.unsubscribe(&s, "e"));
+        assert!(hub.list(&s, &Selector::default()).is_empty());
+        assert_eq!(
+            (hub.metrics.filtered_rings.get(), hub.metrics.streams.get()),
+            (0, 0)
+        );
     }
 
     #[tokio::test]
