@@ -56,6 +56,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use logrelay_wire::batch::{BatchBuilder, FLAG_BACKFILL, HEADER_LEN, LineFlags, encode_gap};
 use logrelay_wire::control::{Demand, SeqPos};
+use logrelay_wire::pattern::{LinePattern, PatternError};
 use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -124,6 +125,9 @@ pub enum TailError {
     /// The relay stopped reading this demand.
     #[error(transparent)]
     Closed(#[from] SinkClosed),
+    /// The demand's line filter (`matches`) does not compile.
+    #[error("line filter: {0}")]
+    Filter(PatternError),
 }
 
 /// Tuning of the [`Tailer`].
@@ -176,8 +180,11 @@ pub struct Tailer {
     wakes: Arc<wake::Wakes>,
 }
 
-/// A log path and the substring filter of the demands it serves.
-type StreamKey = (PathBuf, Option<Vec<u8>>);
+/// A log path and the line filter of the demands it serves.
+type StreamKey = (PathBuf, FilterKey);
+
+/// A line filter as it keys followers: the substring, and the regular expression's source.
+type FilterKey = (Option<Vec<u8>>, Option<String>);
 
 #[derive(Debug)]
 struct Stream {
@@ -249,19 +256,34 @@ struct Shared {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Filter {
     contains: Option<Vec<u8>>,
+    matches: Option<LinePattern>,
     since_ns: Option<i64>,
 }
 
 impl Filter {
-    fn of(spec: &Demand) -> Self {
-        Self {
-            contains: spec
-                .contains
+    /// The demand's filter, its regular expression compiled (the uplink refuses a demand whose
+    /// pattern does not compile before it gets here: [`check_filter`]).
+    fn of(spec: &Demand) -> Result<Self, TailError> {
+        let (contains, matches) = Self::key(spec);
+        Ok(Self {
+            contains,
+            matches: matches
+                .map(|m| m.parse::<LinePattern>())
+                .transpose()
+                .map_err(TailError::Filter)?,
+            since_ns: spec.since_ns,
+        })
+    }
+
+    /// The demand's line filter as it keys followers: its substring and pattern source.
+    fn key(spec: &Demand) -> FilterKey {
+        (
+            spec.contains
                 .as_deref()
                 .filter(|c| !c.is_empty())
                 .map(|c| c.as_bytes().to_vec()),
-            since_ns: spec.since_ns,
-        }
+            spec.matches.clone().filter(|m| !m.is_empty()),
+        )
     }
 
     fn wants(&self, line: &TailLine) -> bool {
@@ -270,6 +292,19 @@ impl Filter {
                 .contains
                 .as_deref()
                 .is_none_or(|c| memchr::memmem::find(&line.message, c).is_some())
+            && self
+                .matches
+                .as_ref()
+                .is_none_or(|m| m.matches(&line.message))
+    }
+}
+
+/// Whether a log demand's line filter can be served: its regular expression (`matches`)
+/// compiles. The uplink answers `open_failed` `bad_request` for that demand otherwise.
+pub fn check_filter(spec: &Demand) -> Result<(), PatternError> {
+    match spec.matches.as_deref().filter(|m| !m.is_empty()) {
+        Some(m) => m.parse::<LinePattern>().map(drop),
+        None => Ok(()),
     }
 }
 
@@ -456,7 +491,7 @@ impl Tailer {
         self.streams
             .lock()
             .expect("tailer lock")
-            .entry((path.to_path_buf(), Filter::of(spec).contains))
+            .entry((path.to_path_buf(), Filter::key(spec)))
             .or_insert_with(|| Stream::new(path))
             .clone()
     }
@@ -607,7 +642,7 @@ impl Tailer {
             epoch: plan.epoch,
             flags: FLAG_BACKFILL,
             max_batch_bytes: params.max_batch_bytes,
-            filter: Filter::of(spec),
+            filter: Filter::of(spec)?,
             from_seq: plan.from_seq,
             until_seq: plan.until_seq,
             batch: None,
@@ -776,6 +811,7 @@ impl Tailer {
         stream_ref: u64,
         params: TailParams,
     ) -> Result<(Arc<Queue>, Arc<Shared>, u64, u64), TailError> {
+        let filter = Filter::of(spec)?;
         let path = stream.path.clone();
         let plan = {
             let stream = stream.clone();
@@ -802,7 +838,7 @@ impl Tailer {
             epoch: plan.epoch,
             flags: 0,
             max_batch_bytes: params.max_batch_bytes,
-            filter: Filter::of(spec),
+            filter: filter.clone(),
             from_seq: plan.from_seq,
             until_seq: None,
             batch: None,
@@ -836,7 +872,7 @@ impl Tailer {
             task,
             queue: queue.clone(),
             shared: shared.clone(),
-            spec: Filter::of(spec),
+            spec: filter,
             params,
             stream_ref,
             consumer: generation,

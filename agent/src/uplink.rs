@@ -222,6 +222,14 @@ impl Uplink {
                                 }).await?;
                                 continue;
                             };
+                            if let Some(message) = refusal(&entry.source, &demand_spec) {
+                                control.send(&AgentMsg::OpenFailed {
+                                    demand,
+                                    code: ErrorCode::BadRequest,
+                                    message,
+                                }).await?;
+                                continue;
+                            }
                             let (cancel_tx, cancel) = oneshot::channel();
                             let task = DemandTask {
                                 cancel,
@@ -328,6 +336,25 @@ async fn next_msg(
             Some(chunk) => decoder.extend(&chunk.bytes),
             None => return Ok(None),
         }
+    }
+}
+
+/// Why an `open` cannot be served as asked, answered with `open_failed` `bad_request` for that
+/// demand alone: a line filter (`matches`) that does not compile, or one on a metrics stream,
+/// whose `contains` lists metric names instead.
+fn refusal(source: &catalog::Source, spec: &control::Demand) -> Option<String> {
+    match source {
+        catalog::Source::Log { .. } => tail::check_filter(spec)
+            .err()
+            .map(|e| format!("line filter `matches`: {e}")),
+        catalog::Source::Scrape { .. } | catalog::Source::Resources { .. } => spec
+            .matches
+            .as_deref()
+            .is_some_and(|m| !m.is_empty())
+            .then(|| {
+                "`matches` filters log lines; metrics streams take metric names in `contains`"
+                    .to_owned()
+            }),
     }
 }
 
@@ -489,5 +516,40 @@ mod tests {
         assert_eq!(backoff(30, 100, 10_000, 0.999), Duration::from_millis(9990));
         assert_eq!(backoff(30, 100, 10_000, 0.0), Duration::from_millis(100));
         assert!(backoff(5, 100, 10_000, 0.5) <= Duration::from_millis(3200));
+    }
+
+    #[test]
+    fn a_line_regex_that_does_not_compile_or_targets_metrics_is_refused_for_its_demand() {
+        let log = catalog::Source::Log {
+            path: "/var/log/pods/a/c/0.log".into(),
+        };
+        let resources = catalog::Source::Resources {
+            pod: Arc::new(crate::cgroup::PodResources::new(
+                "uid".into(),
+                "/sys/fs/cgroup/x".into(),
+                "/var/log/containers".into(),
+                Duration::from_secs(1),
+            )),
+        };
+        let spec = |contains: Option<&str>, matches: Option<&str>| control::Demand {
+            follow: true,
+            contains: contains.map(Into::into),
+            matches: matches.map(Into::into),
+            ..control::Demand::default()
+        };
+        assert_eq!(refusal(&log, &spec(Some("x"), Some("ERR(OR)?"))), None);
+        assert_eq!(
+            refusal(&log, &spec(None, Some(""))),
+            None,
+            "empty is no filter"
+        );
+        let why = refusal(&log, &spec(None, Some("(a+"))).unwrap();
+        assert!(
+            why.starts_with("line filter `matches`: invalid regular expression `(a+`"),
+            "{why}"
+        );
+        assert_eq!(refusal(&resources, &spec(Some("pod_cpu_*"), None)), None);
+        let why = refusal(&resources, &spec(None, Some("cpu"))).unwrap();
+        assert!(why.contains("metrics streams take metric names"), "{why}");
     }
 }

@@ -359,6 +359,27 @@ async fn since_and_contains_filter_lines_in_the_agent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regex_filters_lines_in_the_agent_together_with_contains() {
+    let log = Log::with_lines(40);
+    let (tailer, _) = tailer(TailerConfig::default());
+    let mut rx = serve(
+        &tailer,
+        log.path(),
+        Demand {
+            tail: Some(40),
+            contains: Some("line".into()),
+            // Terminator left out: `$` is the end of the message.
+            matches: Some("(1|2)[05]$".into()),
+            ..Demand::default()
+        },
+        1024,
+    );
+    rx.until_lines(4).await;
+    let want: Vec<String> = [10, 15, 20, 25].into_iter().map(line_text).collect();
+    assert_eq!(rx.texts(), want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_picks_up_exactly_where_the_last_batch_ended() {
     let mut log = Log::with_lines(5);
     let (tailer, _) = tailer(TailerConfig::default());

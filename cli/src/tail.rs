@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use logrelay_wire::labels::StreamKind;
-use logrelay_wire::pattern::LabelPattern;
+use logrelay_wire::pattern::{LabelPattern, LinePattern};
 use logrelay_wire::selector::Selector;
 use logrelay_wire::session::{Event, Request};
 use logrelay_wire::time::rfc3339_nanos;
@@ -65,6 +65,11 @@ pub struct TailArgs {
     /// node). For metrics streams: a comma-separated list of metric names, `prefix_*` allowed.
     #[arg(long)]
     pub contains: Option<String>,
+    /// Only lines a regular expression matches somewhere (e.g. `'ERROR|WARN'`; Rust `regex`
+    /// syntax, unanchored, the line terminator left out), filtered in the agent like
+    /// `--contains`; both may be given. Log streams only.
+    #[arg(long, value_name = "REGEX", conflicts_with = "metrics")]
+    pub matches: Option<LinePattern>,
     /// Print the backlog and exit instead of following.
     #[arg(long)]
     pub no_follow: bool,
@@ -118,6 +123,7 @@ pub async fn run(args: TailArgs) -> Result<(), ClientError> {
             since_seq: None,
             follow: !args.no_follow,
             contains: args.contains.clone(),
+            matches: args.matches.clone(),
         })
         .await?;
     let mut names: HashMap<u64, String> = HashMap::new();

@@ -161,3 +161,88 @@ async fn a_pod_regex_selects_every_matching_pod_and_a_bad_one_is_refused_up_fron
         "the whole pod name must match: not pretrain-0, not eval"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matches_prints_only_the_lines_a_regex_matches_and_a_bad_one_is_refused_up_front() {
+    let out = within("tail exits", tail_cmd(&["--matches", "(a+"]).output())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("invalid regular expression `(a+`: unclosed group"),
+        "{stderr}"
+    );
+    let out = within(
+        "tail exits",
+        tail_cmd(&["--metrics", "--matches", "up"]).output(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "metrics take names, not a regex"
+    );
+
+    let pki = TestPki::new();
+    let relay = TestRelay::start(&pki).await;
+    let pods = PodsDir::new();
+    let mut w = pods.container("shop", "cart", "main");
+    let levels = ["INFO", "WARN", "ERROR", "DEBUG"];
+    for i in 0..20 {
+        let level = levels[i % levels.len()];
+        w.write_lines([format!("{level} request {i} done\n").as_bytes()])
+            .unwrap();
+    }
+    let _agent = TestAgent::start(&pki, &pods, relay.quic_addr()).await;
+    let url = relay.handle.subscribe_url();
+    let mut child = tail_cmd(&[
+        "--url",
+        &url,
+        "-p",
+        "cart",
+        "--matches",
+        "^(WARN|ERROR) request 1[0-9]",
+        "--contains",
+        "done",
+    ])
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.push(
+            within("a matching line", lines.next_line())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    // New lines: only the matching ones are printed, in order.
+    w.write_lines([
+        b"ERROR request 99 done\n".as_slice(),
+        b"ERROR request 100 failed\n".as_slice(),
+        b"WARN request 17 done\n".as_slice(),
+    ])
+    .unwrap();
+    got.push(
+        within("the new matching line", lines.next_line())
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    // ("ERROR request 100 failed" matches the regex, not `--contains`: both must hold.)
+    assert_eq!(
+        got,
+        [
+            "ERROR request 10 done",
+            "WARN request 13 done",
+            "ERROR request 14 done",
+            "WARN request 17 done",
+            "ERROR request 18 done",
+            "WARN request 17 done",
+        ]
+    );
+    child.kill().await.unwrap();
+}

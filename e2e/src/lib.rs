@@ -383,6 +383,7 @@ impl Subscriber {
                 since_seq: None,
                 follow: true,
                 contains: None,
+                matches: None,
             })
             .await
             .expect("send subscribe");

@@ -47,6 +47,7 @@ async fn stalled_session(
         since_seq: None,
         follow: true,
         contains: None,
+        matches: None,
     };
     ws.send(Message::text(serde_json::to_string(&req).unwrap()))
         .await
@@ -116,6 +117,7 @@ async fn fan_out(policy: SlowConsumerPolicy, subscribers: usize, line_count: usi
             since_seq: None,
             follow: true,
             contains: None,
+            matches: None,
         })
         .await
         .unwrap();

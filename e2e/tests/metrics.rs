@@ -375,6 +375,7 @@ async fn a_subscriber_may_ask_for_a_subset_of_metric_names() {
             since_seq: None,
             follow: true,
             contains: Some("node_memory_MemTotal_bytes,node_cpu_*".into()),
+            matches: None,
         })
         .await
         .unwrap();

@@ -58,6 +58,7 @@ fn subscribe_req(
         since_seq,
         follow,
         contains: contains.map(Into::into),
+        matches: None,
     }
 }
 

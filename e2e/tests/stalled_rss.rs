@@ -61,6 +61,7 @@ async fn a_thousand_stalled_subscribers_keep_memory_flat() {
         since_seq: None,
         follow: true,
         contains: None,
+        matches: None,
     })
     .unwrap();
     let mut stalled = Vec::with_capacity(subscribers);

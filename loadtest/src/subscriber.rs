@@ -69,6 +69,7 @@ pub async fn run_relay(sub: Subscriber, ready: mpsc::Sender<()>, mut stop: watch
             since_seq: None,
             follow: true,
             contains: None,
+            matches: None,
         };
         let text = serde_json::to_string(&req).expect("requests serialize");
         if let Err(e) = ws.send(Message::text(text)).await {

@@ -7,6 +7,11 @@
 //!   makes it `cancel` after a linger. Content flows into one [`Ring`] per stream.
 //! * A watcher joining a live stream gets its own backfill (`tail`, `since`) up to the ring's
 //!   current end from the agent, then reads the ring from that point: no duplicate, no hole.
+//! * A live subscription with a line filter (`contains`, `matches`) watches a *filtered ring*
+//!   of the stream: one per (stream, filter), with a demand of its own that pushes the filter
+//!   down to the agent, shared by every session asking for the same filter, and otherwise
+//!   served exactly like a stream's ring (joiners, linger and cancel, reconnects, budget). It
+//!   is filed beside the streams under an id of its own, which its batches and events carry.
 //!
 //! Lock order: hub state → session state → live stream (ring, watchers). Ingest pushes take
 //! only the live stream's locks.
@@ -150,8 +155,9 @@ pub struct SessionState {
     /// Bytes in `events`.
     pub event_bytes: usize,
     /// What the session watches, by the stream id its data carries: the relay stream id for
-    /// the stream's shared ring, an id of its own for each private watch (see
-    /// [`Watch::private_demand`]), so that every batch and event names one watch.
+    /// the stream's shared ring, the filtered ring's id for a stream's ring of one line
+    /// filter, an id of its own for each private watch (see [`Watch::private_demand`]), so
+    /// that every batch and event names one watch.
     pub watches: HashMap<u64, Watch>,
     /// Set when the session must be closed (code, reason).
     pub close: Option<(u16, String)>,
@@ -171,10 +177,9 @@ pub struct Watch {
     /// the backfill of each subscription that joined with a backlog, or a private watch's
     /// own demand.
     pub backfills: VecDeque<Backfill>,
-    /// A watch served by its own demand rather than the shared ring — a one-off read
-    /// (`follow: false`) or a filtered subscription (`contains`), one per subscription and
-    /// stream — and that demand's id. The watch ends when that demand does; removing the
-    /// watch cancels it.
+    /// A watch served by its own demand rather than a shared ring — a one-off read
+    /// (`follow: false`), one per subscription and stream — and that demand's id. The watch
+    /// ends when that demand does; removing the watch cancels it.
     pub private_demand: Option<u64>,
     /// A `since_seq` the next batch of this watch answers: whether the agent still held its
     /// epoch shows in that batch's epoch.
@@ -233,6 +238,55 @@ struct StreamState {
     live_demand: Option<u64>,
     watchers: HashMap<u64, Weak<SessionShared>>,
     generation: u64,
+    /// For a filtered ring: the stream it filters, and the filter its demands push down to the
+    /// agent. `None` for a stream as its agent announced it.
+    filtered: Option<(u64, LineFilter)>,
+    /// For a stream: its filtered rings, by filter.
+    rings: HashMap<LineFilter, u64>,
+}
+
+impl StreamState {
+    /// The live demand that resumes this ring where it ended (after a reconnect, or when the
+    /// agent finished the previous one), with its line filter.
+    fn resume_demand(&self) -> Demand {
+        let resume = Demand {
+            since_seq: self.live.ring.lock().expect("ring lock").last_end(),
+            follow: true,
+            ..Demand::default()
+        };
+        match &self.filtered {
+            Some((_, filter)) => filter.onto(resume),
+            None => resume,
+        }
+    }
+}
+
+/// A line filter pushed down to the agent: sessions asking a stream for the same one share
+/// its filtered ring.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct LineFilter {
+    contains: Option<String>,
+    matches: Option<String>,
+}
+
+impl LineFilter {
+    /// The filter a demand asks for, if any.
+    fn of(demand: &Demand) -> Option<Self> {
+        let filter = Self {
+            contains: demand.contains.clone(),
+            matches: demand.matches.clone(),
+        };
+        (filter.contains.is_some() || filter.matches.is_some()).then_some(filter)
+    }
+
+    /// `demand` with this filter.
+    fn onto(&self, demand: Demand) -> Demand {
+        Demand {
+            contains: self.contains.clone(),
+            matches: self.matches.clone(),
+            ..demand
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -291,6 +345,16 @@ impl State {
             },
         );
         id
+    }
+
+    /// Whether stream `sid` is watched, itself or through one of its filtered rings.
+    fn in_use(&self, sid: u64) -> bool {
+        self.streams.get(&sid).is_some_and(|s| {
+            !s.watchers.is_empty()
+                || s.rings
+                    .values()
+                    .any(|r| self.streams.get(r).is_some_and(|r| !r.watchers.is_empty()))
+        })
     }
 
     /// Removes a demand and tells its data stream to stop.
@@ -377,13 +441,23 @@ impl Hub {
             if s.agent.map(|(a, _)| a) != Some(agent) {
                 continue;
             }
-            s.agent = None;
-            let unwatched = s.watchers.is_empty();
-            if let Some(d) = s.live_demand.take() {
-                st.forget_demand(d);
+            let ids: Vec<u64> = std::iter::once(sid)
+                .chain(s.rings.values().copied())
+                .collect();
+            for &id in &ids {
+                let Some(s) = st.streams.get_mut(&id) else {
+                    continue;
+                };
+                s.agent = None;
+                if let Some(d) = s.live_demand.take() {
+                    st.forget_demand(d);
+                }
             }
-            if unwatched {
-                self.drop_stream(&mut st, sid);
+            // Unwatched rings go now (a lingering one included); watched ones stay orphaned.
+            for id in ids.into_iter().rev() {
+                if !st.in_use(id) {
+                    self.drop_stream(&mut st, id);
+                }
             }
         }
         // Backfills it was serving end now (their watchers go live), not never.
@@ -418,23 +492,8 @@ impl Hub {
                 None => {
                     let sid = st.id();
                     st.by_labels.insert(labels.clone(), sid);
-                    st.streams.insert(
-                        sid,
-                        StreamState {
-                            labels: labels.clone(),
-                            agent: None,
-                            live: Arc::new(LiveStream {
-                                id: sid,
-                                ring: Mutex::new(Ring::new(self.config.ring_bytes)),
-                                watchers: Mutex::new(Vec::new()),
-                                metrics: self.metrics.clone(),
-                                budget_bytes: self.config.memory_budget_bytes,
-                            }),
-                            live_demand: None,
-                            watchers: HashMap::new(),
-                            generation: 0,
-                        },
-                    );
+                    let state = self.stream_state(sid, labels.clone(), None, None);
+                    st.streams.insert(sid, state);
                     self.metrics.streams.inc();
                     (sid, true)
                 }
@@ -442,27 +501,26 @@ impl Hub {
             if let Some(link) = st.agents.get_mut(&agent) {
                 link.streams.insert(info.id, sid);
             }
-            let s = st.streams.get_mut(&sid).expect("inserted");
-            let previous = s.agent.replace((agent, info.id));
-            if previous.is_some_and(|(a, _)| a != agent) {
-                // A newer connection of the same agent took the stream over.
-                if let Some(d) = s.live_demand.take() {
-                    st.forget_demand(d);
-                }
-            }
+            // The stream and its filtered rings are served by this agent now.
             let s = st.streams.get(&sid).expect("inserted");
-            // Reconnect: resume what watchers had, from where the ring ended.
-            if !s.watchers.is_empty() && s.live_demand.is_none() {
-                let resume = s.live.ring.lock().expect("ring lock").last_end();
-                self.open_live(
-                    &mut st,
-                    sid,
-                    Demand {
-                        since_seq: resume,
-                        follow: true,
-                        ..Demand::default()
-                    },
-                );
+            let ids: Vec<u64> = std::iter::once(sid)
+                .chain(s.rings.values().copied())
+                .collect();
+            for id in ids {
+                let s = st.streams.get_mut(&id).expect("present");
+                let previous = s.agent.replace((agent, info.id));
+                if previous.is_some_and(|(a, _)| a != agent) {
+                    // A newer connection of the same agent took the stream over.
+                    if let Some(d) = s.live_demand.take() {
+                        st.forget_demand(d);
+                    }
+                }
+                let s = st.streams.get(&id).expect("present");
+                // Reconnect: resume what watchers had, from where the ring ended.
+                if !s.watchers.is_empty() && s.live_demand.is_none() {
+                    let resume = s.resume_demand();
+                    self.open_live(&mut st, id, resume);
+                }
             }
             if !is_new {
                 continue;
@@ -509,6 +567,13 @@ impl Hub {
         let Some(s) = st.streams.get(&sid) else {
             return;
         };
+        let rings: Vec<u64> = s.rings.values().copied().collect();
+        for ring in rings {
+            self.end_stream(st, ring, reason);
+        }
+        let Some(s) = st.streams.get(&sid) else {
+            return;
+        };
         let watchers: Vec<Arc<SessionShared>> =
             s.watchers.values().filter_map(Weak::upgrade).collect();
         for w in watchers {
@@ -531,16 +596,103 @@ impl Hub {
         self.drop_stream(st, sid);
     }
 
+    /// Forgets a stream, with its filtered rings, or one filtered ring.
     fn drop_stream(&self, st: &mut State, sid: u64) {
-        if let Some(s) = st.streams.remove(&sid) {
-            st.by_labels.remove(&s.labels);
-            self.metrics.streams.dec();
+        let Some(s) = st.streams.remove(&sid) else {
+            return;
+        };
+        if let Some(d) = s.live_demand {
+            st.forget_demand(d);
+        }
+        match s.filtered {
+            Some((parent, filter)) => {
+                if let Some(p) = st.streams.get_mut(&parent) {
+                    p.rings.remove(&filter);
+                }
+                self.metrics.filtered_rings.dec();
+            }
+            None => {
+                if st.by_labels.get(&s.labels) == Some(&sid) {
+                    st.by_labels.remove(&s.labels);
+                }
+                self.metrics.streams.dec();
+                for ring in s.rings.into_values() {
+                    self.drop_stream(st, ring);
+                }
+            }
         }
     }
 
+    /// A fresh entry for stream (or filtered ring) `id`.
+    fn stream_state(
+        &self,
+        id: u64,
+        labels: Labels,
+        agent: Option<(u64, u64)>,
+        filtered: Option<(u64, LineFilter)>,
+    ) -> StreamState {
+        StreamState {
+            labels,
+            agent,
+            live: Arc::new(LiveStream {
+                id,
+                ring: Mutex::new(Ring::new(self.config.ring_bytes)),
+                watchers: Mutex::new(Vec::new()),
+                metrics: self.metrics.clone(),
+                budget_bytes: self.config.memory_budget_bytes,
+            }),
+            live_demand: None,
+            watchers: HashMap::new(),
+            generation: 0,
+            filtered,
+            rings: HashMap::new(),
+        }
+    }
+
+    /// The filtered ring of stream `sid` for `filter`, made on first use; its id.
+    fn filtered_ring(&self, st: &mut State, sid: u64, filter: LineFilter) -> Option<u64> {
+        let s = st.streams.get(&sid)?;
+        if let Some(&id) = s.rings.get(&filter) {
+            return Some(id);
+        }
+        let (labels, agent) = (s.labels.clone(), s.agent);
+        let id = st.id();
+        let ring = self.stream_state(id, labels, agent, Some((sid, filter.clone())));
+        st.streams.insert(id, ring);
+        st.streams
+            .get_mut(&sid)
+            .expect("present")
+            .rings
+            .insert(filter, id);
+        self.metrics.filtered_rings.inc();
+        Some(id)
+    }
+
     /// The agent could not serve a demand.
+    ///
+    /// A filtered ring whose demand the agent refuses as a bad request (a line filter it cannot
+    /// serve) ends for its watchers with `end` `refused`, rather than being asked again.
     pub fn open_failed(self: &Arc<Self>, demand: u64, code: ErrorCode, message: &str) {
         tracing::debug!(demand, ?code, message, "agent refused demand");
+        if code == ErrorCode::BadRequest {
+            let mut st = self.lock();
+            if let Some(DemandEntry {
+                target: DemandTarget::Live(id),
+                ..
+            }) = st.demands.get(&demand)
+                && let Some(s) = st.streams.get(id)
+                && s.filtered.is_some()
+                && s.live_demand == Some(demand)
+            {
+                let id = *id;
+                st.forget_demand(demand);
+                if let Some(s) = st.streams.get_mut(&id) {
+                    s.live_demand = None;
+                }
+                self.end_stream(&mut st, id, "refused");
+                return;
+            }
+        }
         self.demand_finished(demand);
     }
 
@@ -607,16 +759,8 @@ impl Hub {
         if s.live_demand.is_some() || s.watchers.is_empty() || s.agent.is_none() {
             return;
         }
-        let resume = s.live.ring.lock().expect("ring lock").last_end();
-        self.open_live(
-            &mut st,
-            sid,
-            Demand {
-                since_seq: resume,
-                follow: true,
-                ..Demand::default()
-            },
-        );
+        let resume = s.resume_demand();
+        self.open_live(&mut st, sid, resume);
     }
 
     fn send_agent(&self, st: &State, agent: u64, msg: RelayMsg) {
@@ -731,7 +875,9 @@ impl Hub {
         let mut out: Vec<StreamEntry> = st
             .streams
             .iter()
-            .filter(|(_, s)| session.may_read(&s.labels) && selector.matches(&s.labels))
+            .filter(|(_, s)| {
+                s.filtered.is_none() && session.may_read(&s.labels) && selector.matches(&s.labels)
+            })
             .map(|(id, s)| StreamEntry {
                 stream: *id,
                 labels: s.labels.clone(),
@@ -784,7 +930,9 @@ impl Hub {
         let mut matching: Vec<u64> = st
             .streams
             .iter()
-            .filter(|(_, s)| session.may_read(&s.labels) && selector.matches(&s.labels))
+            .filter(|(_, s)| {
+                s.filtered.is_none() && session.may_read(&s.labels) && selector.matches(&s.labels)
+            })
             .map(|(sid, _)| *sid)
             .collect();
         matching.sort_unstable();
@@ -806,14 +954,25 @@ impl Hub {
         let Some(s) = st.streams.get(&sid) else {
             return;
         };
+        if !demand.follow {
+            let (live, labels) = (s.live.clone(), s.labels.clone());
+            self.add_private_watch(st, session, sid, live, labels, sub, demand);
+            return;
+        }
+        // A line filter: the stream's ring for that filter, shared by whoever asks for it,
+        // and from here on served like the stream's own ring under its id.
+        let sid = match LineFilter::of(demand) {
+            Some(filter) => match self.filtered_ring(st, sid, filter) {
+                Some(id) => id,
+                None => return,
+            },
+            None => sid,
+        };
+        let s = st.streams.get(&sid).expect("present");
         let labels = s.labels.clone();
         let live = s.live.clone();
         let has_agent = s.agent.is_some();
         let live_demand = s.live_demand;
-        if !demand.follow || demand.contains.is_some() {
-            self.add_private_watch(st, session, sid, live, labels, sub, demand);
-            return;
-        }
         let mut ss = session.state.lock().expect("session lock");
         push_event_locked(
             &mut ss,
@@ -916,11 +1075,10 @@ impl Hub {
         }
     }
 
-    /// A one-off read (the backlog as the agent has it now, then `end`), or a filtered
-    /// subscription (only its lines leave the node): a demand of the subscription's own,
-    /// delivered through a bounded per-watch queue that slows the agent rather than drop, under
-    /// an id of its own so the session tells its data and events from any other watch of the
-    /// stream. It does not keep the shared stream open.
+    /// A one-off read (the backlog as the agent has it now, then `end`): a demand of the
+    /// subscription's own, delivered through a bounded per-watch queue that slows the agent
+    /// rather than drop, under an id of its own so the session tells its data and events from
+    /// any other watch of the stream. It does not keep the shared stream open.
     #[allow(
         clippy::too_many_arguments,
         reason = "one call site, which has every piece at hand"
@@ -1072,7 +1230,18 @@ impl Hub {
             return;
         }
         if s.agent.is_none() {
-            self.drop_stream(st, sid);
+            // Its agent is gone: nothing to linger for. A stream stays while one of its
+            // filtered rings is watched; a filtered ring's stream goes with it if unwatched.
+            let parent = s.filtered.as_ref().map(|(p, _)| *p);
+            if !st.in_use(sid) {
+                self.drop_stream(st, sid);
+            }
+            if let Some(p) = parent
+                && !st.in_use(p)
+                && st.streams.get(&p).is_some_and(|p| p.agent.is_none())
+            {
+                self.drop_stream(st, p);
+            }
             return;
         }
         let generation = s.generation;
@@ -1096,12 +1265,17 @@ impl Hub {
         }
         let demand = s.live_demand.take();
         let agent = s.agent;
+        let filtered = s.filtered.is_some();
         s.live.reset_ring(self.config.ring_bytes);
         if let Some(d) = demand {
             st.forget_demand(d);
             if let Some((agent, _)) = agent {
                 self.send_agent(&st, agent, RelayMsg::Cancel { demand: d });
             }
+        }
+        if filtered {
+            // Made for its watchers; the next one to ask makes it again.
+            self.drop_stream(&mut st, sid);
         }
     }
 }
@@ -1253,7 +1427,7 @@ mod tests {
         assert_eq!(st.watches[&live.id].backfills.len(), 1);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_second_subscription_of_a_session_gets_its_own_backlog_filter_and_end() {
         let (hub, mut rx, s, live) = watched();
         // Read the ring, as the session's writer would.
@@ -1302,22 +1476,217 @@ mod tests {
         {
             let st = s.state.lock().unwrap();
             assert_eq!(st.watches[&live.id].backfills.len(), 1);
-            assert_eq!(st.watches[&errors].private_demand, Some(filtered));
+            // The filter is a ring of its own (fed by its live demand), the one-off a demand.
+            assert_eq!(st.watches[&errors].private_demand, None);
+            assert_eq!(st.watches[&errors].stream.id, errors);
             assert!(st.watches[&once].private_demand.is_some());
             for (sub, id) in [("errors", errors), ("once", once)] {
                 let event = format!(r#""event":"stream","id":"{sub}","stream":{id},"#);
                 assert!(st.events.iter().any(|e| e.contains(&event)), "{event}");
             }
         }
+        assert!(matches!(
+            hub.resolve(filtered),
+            Some((DemandSink::Live(l), _)) if l.id == errors
+        ));
 
-        // Leaving the filtered one cancels only its demand; the ring stays watched.
+        // Leaving the filtered one cancels only its demand, after the linger; the stream's
+        // ring stays watched.
         assert!(hub.unsubscribe(&s, "errors"));
+        assert!(rx.try_recv().is_err(), "lingering");
+        tokio::time::sleep(Duration::from_secs(6)).await;
         assert_eq!(
             rx.try_recv().unwrap(),
             RelayMsg::Cancel { demand: filtered }
         );
         assert!(rx.try_recv().is_err());
         assert!(s.state.lock().unwrap().watches.contains_key(&live.id));
+        assert_eq!(
+            hub.metrics.filtered_rings.get(),
+            0,
+            "the filtered ring is gone"
+        );
+    }
+
+    fn filter(contains: Option<&str>, matches: Option<&str>, tail: u32) -> Demand {
+        Demand {
+            contains: contains.map(Into::into),
+            matches: matches.map(Into::into),
+            ..follow(tail)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sessions_asking_for_the_same_filter_share_one_ring_and_one_demand() {
+        let hub = hub();
+        let (_, mut rx) = agent(&hub, vec![info(1, "p", "")]);
+        let sessions: Vec<Arc<SessionShared>> = (0..3)
+            .map(|_| hub.add_session("acme", None).unwrap())
+            .collect();
+        let errors = || filter(Some("db"), Some("ERR(OR)?"), 10);
+
+        // The first asks the agent for the filtered ring, with the filter and its backlog.
+        hub.subscribe(&sessions[0], "e", sel("p"), errors())
+            .unwrap();
+        let (demand, ring, spec) = opened(&mut rx);
+        assert_eq!(
+            (spec.contains.as_deref(), spec.matches.as_deref()),
+            (Some("db"), Some("ERR(OR)?"))
+        );
+        assert_eq!((spec.tail, spec.follow, spec.until), (Some(10), true, None));
+        let Some((DemandSink::Live(live), _)) = hub.resolve(demand) else {
+            panic!("a live demand feeding a ring")
+        };
+        assert_eq!(live.id, ring);
+        // The ring is not a stream of the catalog.
+        let listed = hub.list(&sessions[0], &Selector::default());
+        assert_eq!(listed.len(), 1);
+        assert_ne!(listed[0].stream, ring);
+
+        // The second joins before anything arrived: it shares the backlog, no new demand.
+        hub.subscribe(&sessions[1], "e", sel("p"), errors())
+            .unwrap();
+        assert!(rx.try_recv().is_err(), "one demand for one filter");
+        let batch = Bytes::from_static(b"matching lines");
+        live.push(batch.clone(), 4, SeqPos { epoch: 9, seq: 12 });
+
+        // The third joins a ring with data: a backfill of the same filter up to its end.
+        hub.subscribe(&sessions[2], "e", sel("p"), errors())
+            .unwrap();
+        let (backfill, stream_ref, spec) = opened(&mut rx);
+        assert_eq!(stream_ref, ring);
+        assert_eq!(
+            (
+                spec.until,
+                spec.follow,
+                spec.contains.as_deref(),
+                spec.matches.as_deref()
+            ),
+            (
+                Some(SeqPos { epoch: 9, seq: 12 }),
+                false,
+                Some("db"),
+                Some("ERR(OR)?")
+            )
+        );
+        assert!(matches!(
+            hub.resolve(backfill),
+            Some((DemandSink::Backfill { stream, .. }, _)) if stream == ring
+        ));
+
+        // One push, every watcher reads the very same bytes from its own cursor.
+        for (i, s) in sessions.iter().enumerate() {
+            let mut st = s.state.lock().unwrap();
+            let event = format!(r#""event":"stream","id":"e","stream":{ring},"#);
+            assert!(st.events.iter().any(|e| e.contains(&event)), "{event}");
+            let w = st.watches.get_mut(&ring).unwrap();
+            let read = w.stream.read(&mut w.cursor, usize::MAX);
+            if i < 2 {
+                assert_eq!(read.batches.len(), 1);
+                assert_eq!(read.batches[0].0.as_ptr(), batch.as_ptr(), "zero-copy");
+            } else {
+                assert!(
+                    read.batches.is_empty(),
+                    "the third starts at the join point"
+                );
+            }
+        }
+
+        // Another filter is another ring and another demand.
+        hub.subscribe(&sessions[0], "w", sel("p"), filter(None, Some("WARN"), 0))
+            .unwrap();
+        let (other, other_ring, spec) = opened(&mut rx);
+        assert_ne!(other_ring, ring);
+        assert_eq!(
+            (spec.contains, spec.matches.as_deref()),
+            (None, Some("WARN"))
+        );
+        assert_eq!(hub.metrics.filtered_rings.get(), 2);
+
+        // The demand lives until the last watcher of the filter leaves, then lingers.
+        hub.remove_session(&sessions[0]);
+        assert!(hub.unsubscribe(&sessions[1], "e"));
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(rx.try_recv().unwrap(), RelayMsg::Cancel { demand: other });
+        assert!(rx.try_recv().is_err(), "still watched by the third session");
+        assert!(hub.unsubscribe(&sessions[2], "e"));
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        assert!(rx.try_recv().is_err(), "lingering");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(rx.try_recv().unwrap(), RelayMsg::Cancel { demand });
+        assert_eq!(hub.metrics.filtered_rings.get(), 0);
+        assert_eq!(
+            hub.metrics.buffered_bytes.get(),
+            0,
+            "its bytes are released"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_filtered_ring_resumes_after_a_reconnect_and_ends_if_its_filter_is_refused() {
+        let hub = hub();
+        let (agent1, mut rx) = agent(&hub, vec![info(1, "p", "")]);
+        let s = hub.add_session("acme", None).unwrap();
+        hub.subscribe(&s, "e", sel("p"), filter(None, Some("ERROR"), 10))
+            .unwrap();
+        let (demand, ring, _) = opened(&mut rx);
+        let Some((DemandSink::Live(live), _)) = hub.resolve(demand) else {
+            panic!()
+        };
+        live.push(Bytes::from_static(b"x"), 3, SeqPos { epoch: 4, seq: 30 });
+
+        // The agent goes and comes back: the ring resumes where it ended, with its filter.
+        hub.remove_agent(agent1);
+        assert!(hub.resolve(demand).is_none());
+        let (agent2, mut rx) = agent(&hub, vec![info(7, "p", "")]);
+        let Ok(RelayMsg::Open {
+            demand,
+            stream: 7,
+            stream_ref,
+            demand_spec,
+        }) = rx.try_recv()
+        else {
+            panic!("the filtered ring is re-opened")
+        };
+        assert_eq!(stream_ref, ring);
+        assert_eq!(demand_spec.since_seq, Some(SeqPos { epoch: 4, seq: 30 }));
+        assert_eq!(demand_spec.matches.as_deref(), Some("ERROR"));
+        assert!(rx.try_recv().is_err(), "nothing else was watched");
+
+        // An agent that cannot serve the filter refuses it: the watch ends, no retry.
+        hub.open_failed(demand, ErrorCode::BadRequest, "line filter `matches`: …");
+        let st = s.state.lock().unwrap();
+        assert!(!st.watches.contains_key(&ring));
+        let end = format!(r#"{{"event":"end","stream":{ring},"reason":"refused"}}"#);
+        assert!(st.events.iter().any(|e| *e == end), "{:?}", st.events);
+        drop(st);
+        assert_eq!(hub.metrics.filtered_rings.get(), 0);
+        assert!(rx.try_recv().is_err());
+        hub.remove_agent(agent2);
+    }
+
+    #[tokio::test]
+    async fn a_watched_filtered_ring_keeps_its_stream_while_the_agent_is_away() {
+        let hub = hub();
+        let (agent1, mut rx) = agent(&hub, vec![info(1, "p", "")]);
+        let s = hub.add_session("acme", None).unwrap();
+        hub.subscribe(&s, "e", sel("p"), filter(Some("ERROR"), None, 0))
+            .unwrap();
+        opened(&mut rx);
+        hub.remove_agent(agent1);
+        assert_eq!(
+            hub.list(&s, &Selector::default()).len(),
+            1,
+            "kept, orphaned"
+        );
+        assert_eq!(hub.metrics.filtered_rings.get(), 1);
+        // Its last watcher leaving, with no agent to linger for, drops both at once.
+        assert!(hub.unsubscribe(&s, "e"));
+        assert!(hub.list(&s, &Selector::default()).is_empty());
+        assert_eq!(
+            (hub.metrics.filtered_rings.get(), hub.metrics.streams.get()),
+            (0, 0)
+        );
     }
 
     #[tokio::test]

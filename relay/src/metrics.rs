@@ -30,6 +30,8 @@ pub struct RelayMetrics {
     pub sessions_connected: Gauge,
     /// Streams known (announced by connected agents, or orphaned but watched).
     pub streams: Gauge,
+    /// Filtered rings: one per (stream, line filter) that live subscriptions watch.
+    pub filtered_rings: Gauge,
     /// Lines received from agents.
     pub lines_received: Counter,
     /// Batch bytes received from agents.
@@ -121,6 +123,7 @@ impl RelayMetrics {
             agents_connected: Gauge::default(),
             sessions_connected: Gauge::default(),
             streams: Gauge::default(),
+            filtered_rings: Gauge::default(),
             lines_received: Counter::default(),
             bytes_received: Counter::default(),
             lines_delivered: Counter::default(),
@@ -149,6 +152,11 @@ impl RelayMetrics {
             m.sessions_connected.clone(),
         );
         r.register("streams", "Streams known to the relay", m.streams.clone());
+        r.register(
+            "filtered_rings",
+            "Rings of one stream and line filter, shared by the live subscriptions asking for it",
+            m.filtered_rings.clone(),
+        );
         r.register(
             "lines_received",
             "Lines received from agents",

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use std::net::SocketAddr;
 
+use logrelay_wire::labels::StreamKind;
 use logrelay_wire::selector::Selector;
 
 use crate::audit::{Actor, Auditor};
@@ -277,7 +278,20 @@ fn handle_request(
             since_seq,
             follow,
             contains,
+            matches,
         } => {
+            if matches.is_some() && selector.kind == Some(StreamKind::Metrics) {
+                session.push_event(
+                    &error(
+                        ErrorCode::BadRequest,
+                        "`matches` filters log lines; metrics streams take metric names in \
+                         `contains`",
+                        Some(id),
+                    ),
+                    config.max_event_bytes,
+                );
+                return;
+            }
             if contains
                 .as_ref()
                 .is_some_and(|c| c.len() > MAX_FILTER_BYTES)
@@ -332,6 +346,9 @@ fn handle_request(
                 until: None,
                 follow,
                 contains: contains.filter(|c| !c.is_empty()),
+                matches: matches
+                    .map(|m| m.as_str().to_owned())
+                    .filter(|m| !m.is_empty()),
             };
             match hub.subscribe(session, &id, selector.clone(), demand) {
                 Ok(()) => auditor.subscribe(actor, &session.org, &id, &selector),

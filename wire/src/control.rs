@@ -47,8 +47,15 @@ pub struct Demand {
     pub until: Option<SeqPos>,
     /// Keep following the stream as it grows.
     pub follow: bool,
-    /// Only lines whose message contains this substring.
+    /// Only lines whose message contains this substring (metrics streams: the metric names
+    /// wanted).
     pub contains: Option<String>,
+    /// Only lines whose message this regular expression matches somewhere: the source of a
+    /// [`crate::pattern::LinePattern`], which the agent compiles when it serves the demand
+    /// (a bad one is answered with `open_failed` `bad_request`). Log streams only. Omitted
+    /// when unset; an agent that predates it ignores it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matches: Option<String>,
 }
 
 /// Agent → relay.
@@ -225,5 +232,31 @@ mod tests {
         assert_eq!(m, AgentMsg::Heartbeat);
         let err = decode::<AgentMsg>(br#"{"type":"teleport"}"#).unwrap_err();
         assert!(err.to_string().contains("teleport"), "{err}");
+    }
+
+    #[test]
+    fn a_line_regex_is_sent_only_when_set() {
+        let open = |matches: Option<&str>| RelayMsg::Open {
+            demand: 1,
+            stream: 2,
+            stream_ref: 3,
+            demand_spec: Demand {
+                follow: true,
+                matches: matches.map(Into::into),
+                ..Demand::default()
+            },
+        };
+        let plain = String::from_utf8(encode(&open(None))).unwrap();
+        assert!(!plain.contains("matches"), "{plain}");
+        let bytes = encode(&open(Some("ERR(OR)?")));
+        assert!(String::from_utf8_lossy(&bytes).contains(r#""matches":"ERR(OR)?""#));
+        assert_eq!(decode::<RelayMsg>(&bytes).unwrap(), open(Some("ERR(OR)?")));
+        // As an older agent reads it: the unknown field is ignored.
+        #[derive(Deserialize)]
+        struct OldDemand {
+            contains: Option<String>,
+        }
+        let old: OldDemand = decode(&bytes).unwrap();
+        assert_eq!(old.contains, None);
     }
 }

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::control::{ErrorCode, SeqPos};
 use crate::labels::Labels;
+use crate::pattern::LinePattern;
 use crate::selector::Selector;
 
 /// Longest subscription id a client may choose.
@@ -35,9 +36,16 @@ pub enum Request {
         follow: bool,
         /// Only lines containing this substring (for metrics streams: a comma-separated list of
         /// metric names, `prefix_*` allowed). Filtered in the agent: other lines never leave
-        /// the node. A filtered subscription gets its own demand instead of the shared ring.
+        /// the node. Live subscriptions with the same filter on a stream share one ring.
         #[serde(default)]
         contains: Option<String>,
+        /// Only lines whose message (without its terminator) this regular expression matches
+        /// somewhere (log streams only; see [`LinePattern`]). Filtered in the agent, like
+        /// `contains`; when both are given a line must satisfy both. Compiled when the request
+        /// is read: a bad pattern fails the request with a reason naming it. Omitted when
+        /// unset, so requests without it are what older relays read.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        matches: Option<LinePattern>,
     },
     /// Stop a subscription.
     Unsubscribe {
@@ -229,5 +237,34 @@ mod tests {
             r#"{"event":"gap","stream":3,"from":{"epoch":7,"seq":42},"lines":0,"bytes":0,"reason":"epoch_lost","rest_of_epoch":true}"#
         );
         assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), gap(true));
+    }
+
+    #[test]
+    fn a_line_regex_is_compiled_when_the_request_is_read() {
+        let r: Request = serde_json::from_str(
+            r#"{"op":"subscribe","id":"a","contains":"db","matches":"time(d )?out"}"#,
+        )
+        .unwrap();
+        let Request::Subscribe {
+            contains, matches, ..
+        } = &r
+        else {
+            panic!("{r:?}")
+        };
+        assert_eq!(contains.as_deref(), Some("db"));
+        let m = matches.as_ref().unwrap();
+        assert!(m.matches(b"db timed out\n") && !m.matches(b"db slow\n"));
+        // It travels as its source, and only when set.
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.contains(r#""matches":"time(d )?out""#), "{json}");
+        let plain: Request = serde_json::from_str(r#"{"op":"subscribe","id":"a"}"#).unwrap();
+        assert!(!serde_json::to_string(&plain).unwrap().contains("matches"));
+
+        let e = serde_json::from_str::<Request>(r#"{"op":"subscribe","id":"a","matches":"(a+"}"#)
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("invalid regular expression `(a+`"),
+            "{e}"
+        );
     }
 }

@@ -160,7 +160,8 @@ impl Drop for LiveGuard<'_> {
 
 /// Serves one demand of a metrics source.
 ///
-/// * `follow: false` (a later watcher's backfill): the kept latest result, then done.
+/// * `follow: false` (a later watcher's backfill): the kept latest result, then done (nothing
+///   when `spec.contains` filters names: the kept results are unfiltered).
 /// * `follow: true`: a result at once, then on `schedule`, until the sink closes (the demand
 ///   was cancelled or the connection lost). Each result is encoded once into batches of at most
 ///   `max_batch_bytes`, keeping the names `spec.contains` lists (see [`NameFilter`]).
@@ -176,7 +177,13 @@ pub async fn serve<C: Collector, S: BatchSink>(
     metrics: &AgentMetrics,
 ) -> Result<(), SinkClosed> {
     if !spec.follow {
-        for b in state.backfill(spec) {
+        // Kept results are unfiltered: a filtered backfill gets none rather than all names.
+        let kept = if NameFilter::parse(spec.contains.as_deref()).is_all() {
+            state.backfill(spec)
+        } else {
+            Vec::new()
+        };
+        for b in kept {
             send(sink, b, metrics).await?;
         }
         return Ok(());
