@@ -413,3 +413,59 @@ async fn slow_and_flooding_connections_are_cut_off_and_others_still_get_in() {
     .await;
     drop(idle);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_web_page_cannot_open_a_session_on_an_anonymous_relay() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let pki = TestPki::new();
+    // A dev-style relay: sessions without a token are accepted (as org `dev`), which is what a
+    // page on another site could abuse through a user's browser.
+    let relay = TestRelay::start_with(
+        &pki,
+        logrelay_relay::RelayConfig {
+            allowed_origins: vec!["https://console.example.com".into()],
+            ..logrelay_relay::RelayConfig::loopback()
+        },
+    )
+    .await;
+    let addr = relay.handle.http_addr;
+    let handshake = async |origin: Option<&str>| {
+        let mut request = relay.handle.subscribe_url().into_client_request().unwrap();
+        if let Some(o) = origin {
+            request.headers_mut().insert("origin", o.parse().unwrap());
+        }
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tokio_tungstenite::client_async(request, tcp).await
+    };
+    match handshake(Some("https://evil.example")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status(), 403);
+            let body = String::from_utf8_lossy(r.body().as_deref().unwrap_or_default());
+            assert!(body.contains("origin"), "{body}");
+        }
+        other => panic!("a foreign origin must be refused, got {other:?}"),
+    }
+    // The relay's own pages (its viewer), a listed console, and programs (no Origin) get in.
+    let own = format!("http://{addr}");
+    for origin in [
+        Some(own.as_str()),
+        Some("https://console.example.com"),
+        None,
+    ] {
+        handshake(origin)
+            .await
+            .unwrap_or_else(|e| panic!("{origin:?} refused: {e}"));
+    }
+    assert_eq!(
+        relay.metric("logrelay_relay_sessions_refused_total").await,
+        1.0
+    );
+    eventually("the refusal is audited", || async {
+        relay
+            .audit_events()
+            .iter()
+            .any(|e| e["op"] == "deny" && e["reason"] == "origin")
+            .then_some(())
+    })
+    .await;
+}

@@ -27,6 +27,16 @@ pub struct RelayConfig {
     /// listener, beside `/v1/subscribe`. `--ui false`: those paths answer 404.
     #[arg(long, env = "LOGRELAY_RELAY_UI", default_value_t = true, action = clap::ArgAction::Set)]
     pub ui: bool,
+    /// Web origins (`scheme://host[:port]`, or `*`) whose pages may open sessions besides the
+    /// relay's own (its viewer). A handshake with any other `Origin` header is refused (403);
+    /// one without `Origin` (not a browser page) is not affected. Repeat the flag;
+    /// space-separated in the environment.
+    #[arg(
+        long = "allowed-origin",
+        env = "LOGRELAY_RELAY_ALLOWED_ORIGINS",
+        value_delimiter = ' '
+    )]
+    pub allowed_origins: Vec<String>,
     /// TCP address of the admin listener (`/metrics`, `/healthz`, `/readyz`).
     #[arg(
         long,
@@ -161,6 +171,7 @@ impl RelayConfig {
             quic_addr: any,
             http_addr: any,
             ui: true,
+            allowed_origins: Vec::new(),
             admin_addr: any,
             wss_cert_file: None,
             wss_key_file: None,

@@ -48,6 +48,8 @@ pub struct SessionApp {
     pub shutdown: watch::Receiver<bool>,
     /// Serve the browser viewer (`/`, `/ui/*`).
     pub ui: bool,
+    /// Origins besides the relay's own whose pages may open sessions ([`crate::origin`]).
+    pub allowed_origins: Vec<String>,
 }
 
 /// Read buffer of a session's WebSocket.
@@ -92,6 +94,23 @@ async fn subscribe(
         .get(header::SEC_WEBSOCKET_PROTOCOL)
         .and_then(|v| v.to_str().ok());
     let bearer = auth::token_from_headers(authorization, protocols);
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if !crate::origin::allowed(origin, host, &app.allowed_origins) {
+        app.metrics.session_refused("origin");
+        app.auditor.deny(
+            &Actor::session(0, None),
+            None,
+            "session_connect",
+            None,
+            Some(remote),
+            "origin",
+        );
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "forbidden: this page's origin may not open sessions (see --allowed-origin)",
+        );
+    }
     let anonymous = Actor::session(0, None);
     // Credentials that are present but unusable are refused, never taken as "no token".
     let offered = authorization.is_some()

@@ -18,6 +18,7 @@ pub mod http;
 pub mod hub;
 pub mod ingest;
 pub mod metrics;
+pub mod origin;
 pub mod reload;
 pub mod ring;
 pub mod sandbox;
@@ -282,6 +283,7 @@ pub async fn start_with_auditor(
         write_buffer_bytes: config.session_write_buffer_bytes,
         shutdown: shutdown_rx.clone(),
         ui: config.ui,
+        allowed_origins: config.allowed_origins.clone(),
     };
     let socket_options = http::SocketOptions {
         send_buffer_bytes: config.session_send_buffer_bytes,
