@@ -699,6 +699,17 @@
         }
         break;
       }
+      case 'paused': {
+        const st = streamState(e.stream);
+        const why = e.reason === 'agent_disconnected' ? 'its node agent disconnected' : e.reason;
+        if (st.kind === 'log') append([marker('gap', `${st.name}: paused, ${why}; waiting for it to come back.`)]);
+        break;
+      }
+      case 'resumed': {
+        const st = streamState(e.stream);
+        if (st.kind === 'log') append([marker('live', `${st.name}: agent back, resumed.`)]);
+        break;
+      }
       case 'error': {
         const which = e.id === METRICS_SUB ? 'pod resources: ' : '';
         const text = `${which}${e.code}: ${e.message}`;

@@ -203,11 +203,12 @@ impl Client {
                 return Ok(None);
             };
             match msg? {
-                Message::Text(t) => {
-                    let e: Event = serde_json::from_str(t.as_str())
-                        .map_err(|e| ClientError::Protocol(e.to_string()))?;
-                    return Ok(Some(Incoming::Event(e)));
-                }
+                Message::Text(t) => match serde_json::from_str::<Event>(t.as_str()) {
+                    Ok(e) => return Ok(Some(Incoming::Event(e))),
+                    // An event of a later protocol version: skipped, as unknown fields are.
+                    Err(_) if is_unknown_event(t.as_str()) => continue,
+                    Err(e) => return Err(ClientError::Protocol(e.to_string())),
+                },
                 Message::Binary(b) => return decode(&b).map(Some),
                 Message::Close(Some(f)) => {
                     return Err(ClientError::Closed {
@@ -225,6 +226,28 @@ impl Client {
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }
+}
+
+/// True when `text` is a JSON object whose `event` names no event this client knows.
+fn is_unknown_event(text: &str) -> bool {
+    const KNOWN: &[&str] = &[
+        "welcome",
+        "subscribed",
+        "stream",
+        "gap",
+        "live",
+        "paused",
+        "resumed",
+        "end",
+        "unsubscribed",
+        "streams",
+        "error",
+    ];
+    serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| {
+        v.get("event")
+            .and_then(|e| e.as_str())
+            .is_some_and(|e| !KNOWN.contains(&e))
+    })
 }
 
 fn decode(b: &[u8]) -> Result<Incoming, ClientError> {
@@ -251,4 +274,40 @@ fn decode(b: &[u8]) -> Result<Incoming, ClientError> {
             })
             .collect(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use logrelay_wire::session::Event;
+
+    use super::is_unknown_event;
+
+    #[test]
+    fn events_of_later_versions_are_told_apart_from_broken_ones() {
+        // Every event this version knows is "known".
+        for e in [
+            Event::Live { stream: 1 },
+            Event::Paused {
+                stream: 1,
+                reason: "agent_disconnected".into(),
+            },
+            Event::Resumed { stream: 1 },
+            Event::End {
+                stream: 1,
+                reason: "complete".into(),
+            },
+            Event::Unsubscribed { id: "a".into() },
+            Event::Streams {
+                streams: Vec::new(),
+            },
+        ] {
+            assert!(!is_unknown_event(&serde_json::to_string(&e).unwrap()));
+        }
+        assert!(is_unknown_event(r#"{"event":"teleported","stream":1}"#));
+        assert!(
+            !is_unknown_event(r#"{"event":"gap","stream":"x"}"#),
+            "known but broken"
+        );
+        assert!(!is_unknown_event("not json"));
+    }
 }

@@ -140,6 +140,14 @@ pub async fn run(args: TailArgs) -> Result<(), ClientError> {
                     code.as_str()
                 )));
             }
+            Incoming::Event(Event::Paused { stream, reason }) => {
+                let name = names.get(&stream).map_or("", String::as_str);
+                eprintln!("logrelay tail: {name} paused ({reason}); waiting for it to come back");
+            }
+            Incoming::Event(Event::Resumed { stream }) => {
+                let name = names.get(&stream).map_or("", String::as_str);
+                eprintln!("logrelay tail: {name} resumed");
+            }
             Incoming::Event(Event::Gap {
                 lines,
                 bytes,

@@ -397,3 +397,41 @@ async fn resuming_into_an_epoch_the_agent_lost_is_reported_before_the_new_epoch(
         assert!(s.lines[&stream].iter().all(|l| l.epoch != resume.epoch));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_are_told_when_the_agent_goes_away_and_comes_back() {
+    let mut app = App::start(&[line(0)]).await;
+    let mut sub = app.relay.subscriber().await;
+    sub.client
+        .send(&subscribe_req("a", Some(10), None, true, None))
+        .await
+        .unwrap();
+    sub.until("line 0", |s| s.total_lines() == 1).await;
+    let stream = sub.stream_of("a").unwrap();
+
+    // The node's agent goes away: the watcher is told, not left guessing.
+    app.agent.handle.shutdown().await;
+    sub.until("paused", |s| {
+        s.events.iter().any(|e| {
+            matches!(e, Event::Paused { stream: id, reason }
+                if *id == stream && reason == "agent_disconnected")
+        })
+    })
+    .await;
+
+    // It comes back: resumed on the same stream id, and what was written meanwhile arrives.
+    app.w.write_lines([line(1).as_bytes()]).unwrap();
+    let _agent = TestAgent::start(&app.pki, &app.pods, app.relay.quic_addr()).await;
+    sub.until("resumed, then line 1", |s| {
+        s.events
+            .iter()
+            .any(|e| matches!(e, Event::Resumed { stream: id } if *id == stream))
+            && s.messages(stream).contains(&line(1))
+    })
+    .await;
+    assert!(
+        !sub.events.iter().any(|e| matches!(e, Event::End { .. })),
+        "the stream did not end: {:?}",
+        sub.events
+    );
+}

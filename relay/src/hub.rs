@@ -247,13 +247,18 @@ struct StreamState {
 
 impl StreamState {
     /// The live demand that resumes this ring where it ended (after a reconnect, or when the
-    /// agent finished the previous one), with its line filter.
+    /// agent finished the previous one), with its line filter. Besides the position, it names
+    /// the time after the newest line held: an agent that lost the epoch (it restarted) starts
+    /// the new one with the lines written since, rather than at the end of the file.
     fn resume_demand(&self) -> Demand {
+        let ring = self.live.ring.lock().expect("ring lock");
         let resume = Demand {
-            since_seq: self.live.ring.lock().expect("ring lock").last_end(),
+            since_seq: ring.last_end(),
+            since_ns: ring.last_line_ns().map(|t| t.saturating_add(1)),
             follow: true,
             ..Demand::default()
         };
+        drop(ring);
         match &self.filtered {
             Some((_, filter)) => filter.onto(resume),
             None => resume,
@@ -453,10 +458,20 @@ impl Hub {
                     st.forget_demand(d);
                 }
             }
-            // Unwatched rings go now (a lingering one included); watched ones stay orphaned.
+            // Unwatched rings go now (a lingering one included); watched ones stay orphaned,
+            // and their watchers learn that nothing arrives until the agent is back.
             for id in ids.into_iter().rev() {
                 if !st.in_use(id) {
                     self.drop_stream(&mut st, id);
+                } else {
+                    self.tell_watchers(
+                        &st,
+                        id,
+                        &Event::Paused {
+                            stream: id,
+                            reason: "agent_disconnected".into(),
+                        },
+                    );
                 }
             }
         }
@@ -509,6 +524,11 @@ impl Hub {
             for id in ids {
                 let s = st.streams.get_mut(&id).expect("present");
                 let previous = s.agent.replace((agent, info.id));
+                if previous.is_none() && !is_new && !s.watchers.is_empty() {
+                    // An orphaned, watched stream: its agent is back.
+                    self.tell_watchers(&st, id, &Event::Resumed { stream: id });
+                }
+                let s = st.streams.get_mut(&id).expect("present");
                 if previous.is_some_and(|(a, _)| a != agent) {
                     // A newer connection of the same agent took the stream over.
                     if let Some(d) = s.live_demand.take() {
@@ -560,6 +580,19 @@ impl Hub {
                 continue;
             };
             self.end_stream(&mut st, sid, &g.reason);
+        }
+    }
+
+    /// Queues `event` for every session watching `sid`.
+    fn tell_watchers(&self, st: &State, sid: u64, event: &Event) {
+        let Some(s) = st.streams.get(&sid) else {
+            return;
+        };
+        for w in s.watchers.values().filter_map(Weak::upgrade) {
+            let mut ws = w.state.lock().expect("session lock");
+            push_event_locked(&mut ws, event, self.config.max_session_event_bytes);
+            drop(ws);
+            w.notify.notify_one();
         }
     }
 

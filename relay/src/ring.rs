@@ -151,6 +151,15 @@ impl Ring {
         self.last_end
     }
 
+    /// The timestamp of the newest line held (gap batches skipped); parses that batch, so it
+    /// is for the rare resume, not the data path.
+    pub fn last_line_ns(&self) -> Option<i64> {
+        self.slots.iter().rev().find_map(|s| {
+            let (_, lines) = logrelay_wire::batch::lines(&s.batch).ok()?;
+            lines.last().map(|l| l.timestamp_ns)
+        })
+    }
+
     /// Bytes held.
     pub fn held_bytes(&self) -> usize {
         self.held_bytes

@@ -125,6 +125,20 @@ pub enum Event {
         /// Relay stream id.
         stream: u64,
     },
+    /// The agent serving a watched stream went away: nothing new arrives until it is back
+    /// ([`Event::Resumed`]) or the stream ends. What the relay already held is still delivered.
+    Paused {
+        /// Relay stream id.
+        stream: u64,
+        /// Why (`agent_disconnected`).
+        reason: String,
+    },
+    /// The agent of a paused stream is back; the stream continues where it was (a `gap`
+    /// event says what, if anything, could not be recovered).
+    Resumed {
+        /// Relay stream id.
+        stream: u64,
+    },
     /// A stream ended.
     End {
         /// Relay stream id.
