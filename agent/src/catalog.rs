@@ -97,12 +97,29 @@ impl Catalog {
     }
 
     /// Replaces the streams of `group` with what its scan found; returns what changed.
+    ///
+    /// A source whose labels changed (its pod's metadata arrived late, or its task labels
+    /// changed) is announced again under a new id, and its old id removed with reason
+    /// `labels_changed`: the relay files streams by labels, and authorises sessions by them.
     pub fn replace(&self, group: Group, found: Vec<Entry>) -> Diff {
         let mut inner = self.inner.lock().expect("catalog lock");
         let mut diff = Diff::default();
         let mut seen = HashMap::with_capacity(found.len());
         for entry in found {
             debug_assert_eq!(entry.source.group(), group);
+            if let Some(&old) = inner.by_source.get(&entry.source)
+                && inner
+                    .streams
+                    .get(&old)
+                    .is_some_and(|e| e.labels != entry.labels)
+            {
+                inner.streams.remove(&old);
+                inner.by_source.remove(&entry.source);
+                diff.removed.push(StreamGone {
+                    id: old,
+                    reason: "labels_changed".into(),
+                });
+            }
             let id = match inner.by_source.get(&entry.source) {
                 Some(id) => *id,
                 None => {
@@ -211,6 +228,31 @@ mod tests {
         assert_eq!(
             c.replace(Group::Logs, vec![entry("b"), entry("c")]),
             Diff::default()
+        );
+    }
+
+    #[test]
+    fn a_source_whose_labels_changed_is_announced_again() {
+        let c = Catalog::new(Arc::new(AgentMetrics::new()));
+        c.replace(Group::Logs, vec![entry("a"), entry("b")]);
+        let mut relabelled = entry("a");
+        relabelled.labels.project = Some("p".into());
+        let d = c.replace(Group::Logs, vec![relabelled.clone(), entry("b")]);
+        assert_eq!(
+            d.removed,
+            [StreamGone {
+                id: 1,
+                reason: "labels_changed".into()
+            }]
+        );
+        assert_eq!(d.added.len(), 1);
+        assert_eq!(d.added[0].id, 3, "a new id");
+        assert_eq!(d.added[0].labels.project.as_deref(), Some("p"));
+        assert_eq!(c.snapshot().len(), 2);
+        assert_eq!(
+            c.replace(Group::Logs, vec![relabelled, entry("b")]),
+            Diff::default(),
+            "and stays put"
         );
     }
 

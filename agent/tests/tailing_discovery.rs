@@ -209,3 +209,54 @@ async fn a_removed_pod_is_drained_then_forgotten() {
     assert!(ended.is_ok(), "{ended:?}");
     assert!(!agent.tailer.is_draining(&path));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_announced_before_its_pods_metadata_is_announced_again_with_it() {
+    use logrelay_agent::kube::{PodIndex, PodMeta};
+    let pods = tempfile::tempdir().unwrap();
+    let dir = container(pods.path(), "task", "main");
+    std::fs::write(dir.join("0.log"), b"").unwrap();
+    let metrics = Arc::new(AgentMetrics::new());
+    let catalog = Arc::new(Catalog::new(metrics.clone()));
+    let tailer = Tailer::new(TailerConfig::default(), metrics);
+    let index = Arc::new(PodIndex::default());
+    let config = AgentConfig {
+        rescan_ms: 50,
+        resync_ms: 100,
+        ..AgentConfig::new(pods.path().to_path_buf(), "127.0.0.1:1".parse().unwrap())
+    };
+    let (_stop, stop_rx) = watch::channel(false);
+    tokio::spawn(discover::run_with(
+        config,
+        catalog.clone(),
+        tailer,
+        Some(index.clone()),
+        stop_rx,
+    ));
+    // The API is slow: after the wait, the stream is announced without task identity…
+    until(&catalog, "the stream, without identity", |c| {
+        logs(c).len() == 1
+    })
+    .await;
+    let first: Vec<_> = catalog.snapshot().into_iter().collect();
+    assert_eq!(first[0].1.labels.project, None);
+
+    // …and once the pod's metadata arrives, announced again with it (a new id), so sessions
+    // scoped to the project can see it.
+    index.upsert(
+        "uid-task".into(),
+        PodMeta {
+            labels: [("project".to_owned(), "flytesnacks".to_owned())].into(),
+            ..PodMeta::default()
+        },
+    );
+    until(&catalog, "the stream, with identity", |c| {
+        c.snapshot()
+            .values()
+            .any(|e| e.labels.project.as_deref() == Some("flytesnacks"))
+    })
+    .await;
+    let now: Vec<_> = catalog.snapshot().into_iter().collect();
+    assert_eq!(now.len(), 1, "replaced, not doubled");
+    assert_ne!(now[0].0, first[0].0);
+}

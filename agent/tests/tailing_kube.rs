@@ -209,8 +209,8 @@ async fn streams_carry_task_identity_from_pod_labels() {
         .collect();
     got.sort();
     let s = |v: &str| Some(v.to_string());
-    // Pod a's `node-id` changes during the watch; its stream carries whichever was known when
-    // it was announced (labels of an announced stream do not change).
+    // Pod a's `node-id` changes during the watch; its stream carries whichever is known at
+    // this moment (a change of labels re-announces the stream under a new id).
     assert!(
         matches!(got[0].4.as_deref(), Some("n0" | "n0-retry")),
         "{got:?}"
