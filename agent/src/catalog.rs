@@ -179,25 +179,45 @@ impl Catalog {
     }
 }
 
-/// What to announce to a peer that has seen `sent`, given the current catalog.
+/// What to announce to a peer that has seen `sent`, given the current catalog. A stream gone
+/// while another appears in the same place (node, namespace, pod, UID, container, restart,
+/// kind) with other (task) labels is reported as `labels_changed`, else as `container_removed`.
 pub fn reconcile(sent: &BTreeMap<u64, Labels>, now: &BTreeMap<u64, Entry>) -> Diff {
+    let added: Vec<StreamInfo> = now
+        .iter()
+        .filter(|(id, _)| !sent.contains_key(id))
+        .map(|(id, e)| StreamInfo {
+            id: *id,
+            labels: e.labels.clone(),
+        })
+        .collect();
+    let place = |l: &Labels| {
+        (
+            l.node.clone(),
+            l.namespace.clone(),
+            l.pod.clone(),
+            l.pod_uid.clone(),
+            l.container.clone(),
+            l.restart,
+            l.kind,
+        )
+    };
+    let relabelled: std::collections::HashSet<_> = added.iter().map(|s| place(&s.labels)).collect();
     Diff {
-        added: now
-            .iter()
-            .filter(|(id, _)| !sent.contains_key(id))
-            .map(|(id, e)| StreamInfo {
-                id: *id,
-                labels: e.labels.clone(),
-            })
-            .collect(),
         removed: sent
-            .keys()
-            .filter(|id| !now.contains_key(id))
-            .map(|id| StreamGone {
+            .iter()
+            .filter(|(id, _)| !now.contains_key(id))
+            .map(|(id, labels)| StreamGone {
                 id: *id,
-                reason: "container_removed".into(),
+                reason: if relabelled.contains(&place(labels)) {
+                    "labels_changed"
+                } else {
+                    "container_removed"
+                }
+                .into(),
             })
             .collect(),
+        added,
     }
 }
 
@@ -266,5 +286,25 @@ mod tests {
         let d = reconcile(&sent, &c.snapshot());
         assert_eq!(d.added.iter().map(|s| s.id).collect::<Vec<_>>(), vec![2]);
         assert_eq!(d.removed.iter().map(|s| s.id).collect::<Vec<_>>(), vec![9]);
+        assert_eq!(d.removed[0].reason, "container_removed");
+
+        // The same place under other labels: a relabel, not a removal.
+        let sent: BTreeMap<u64, Labels> = c
+            .snapshot()
+            .into_iter()
+            .map(|(id, e)| (id, e.labels))
+            .collect();
+        let mut a = entry("a");
+        a.labels.project = Some("p".into());
+        c.replace(Group::Logs, vec![a, entry("b")]);
+        let d = reconcile(&sent, &c.snapshot());
+        assert_eq!(
+            d.removed,
+            [StreamGone {
+                id: 1,
+                reason: "labels_changed".into()
+            }]
+        );
+        assert_eq!(d.added.len(), 1);
     }
 }
