@@ -103,33 +103,6 @@ impl FromStr for LabelPattern {
     }
 }
 
-impl PartialEq for LabelPattern {
-    fn eq(&self, other: &Self) -> bool {
-        self.source == other.source
-    }
-}
-
-impl Eq for LabelPattern {}
-
-impl fmt::Debug for LabelPattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("LabelPattern").field(&self.source).finish()
-    }
-}
-
-impl Serialize for LabelPattern {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.source)
-    }
-}
-
-impl<'de> Deserialize<'de> for LabelPattern {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let source = std::borrow::Cow::<'de, str>::deserialize(d)?;
-        source.parse().map_err(serde::de::Error::custom)
-    }
-}
-
 /// A line filter: a regular expression that must match somewhere in a log line's message
 /// (unanchored, over bytes, so lines that are not UTF-8 are matched too). The line's
 /// terminator (LF, CRLF or CR) is not part of what is matched, so `error$` matches a line
@@ -180,32 +153,41 @@ impl FromStr for LinePattern {
     }
 }
 
-impl PartialEq for LinePattern {
-    fn eq(&self, other: &Self) -> bool {
-        self.source == other.source
-    }
+/// Equality, `Debug` and serde for a pattern type: both go by the source string, and
+/// deserializing compiles it (so a bad pattern is a decoding error naming it).
+macro_rules! pattern_traits {
+    ($t:ident) => {
+        impl PartialEq for $t {
+            fn eq(&self, other: &Self) -> bool {
+                self.source == other.source
+            }
+        }
+
+        impl Eq for $t {}
+
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_tuple(stringify!($t)).field(&self.source).finish()
+            }
+        }
+
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.source)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let source = std::borrow::Cow::<'de, str>::deserialize(d)?;
+                source.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
 }
 
-impl Eq for LinePattern {}
-
-impl fmt::Debug for LinePattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("LinePattern").field(&self.source).finish()
-    }
-}
-
-impl Serialize for LinePattern {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.source)
-    }
-}
-
-impl<'de> Deserialize<'de> for LinePattern {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let source = std::borrow::Cow::<'de, str>::deserialize(d)?;
-        source.parse().map_err(serde::de::Error::custom)
-    }
-}
+pattern_traits!(LabelPattern);
+pattern_traits!(LinePattern);
 
 #[cfg(test)]
 mod tests {
