@@ -298,6 +298,8 @@ pub async fn run_with(
     // When each pod was first seen without metadata.
     let mut waiting = MetadataWait::default();
     let no_pods = Notify::new();
+    // The pod index version whose metadata the catalog reflects.
+    let mut applied = 0;
     loop {
         let mut refresh = false;
         let deep = if std::mem::take(&mut again) {
@@ -315,6 +317,14 @@ pub async fn run_with(
                 () = crate::stopped(&mut shutdown) => return,
             }
         };
+        if let Some(index) = &pods
+            && index.version() != applied
+        {
+            // Checked on every pass: a change that came while this loop was busy (its wake-up
+            // lost) is applied at the next tick.
+            applied = index.version();
+            refresh = true;
+        }
         let dir = config.pods_dir.clone();
         let node = config.node_name.clone();
         let sc = scanner.clone();

@@ -127,7 +127,10 @@ impl TaskLabels {
 #[derive(Debug, Default)]
 pub struct PodIndex {
     pods: RwLock<HashMap<String, PodMeta>>,
-    /// Woken whenever the index changes.
+    /// Counts changes: a reader that compares it misses none (a [`Notify`] wake-up is lost
+    /// when nobody waits at that moment).
+    version: std::sync::atomic::AtomicU64,
+    /// Woken whenever the index changes (a hint; see [`PodIndex::version`]).
     pub changed: Notify,
 }
 
@@ -147,6 +150,17 @@ impl PodIndex {
         self.len() == 0
     }
 
+    /// How many changes the index has seen.
+    pub fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn bump(&self) {
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.changed.notify_waiters();
+    }
+
     /// Every pod known, by UID, in UID order.
     pub fn snapshot(&self) -> Vec<(String, PodMeta)> {
         let mut pods: Vec<(String, PodMeta)> = self
@@ -163,19 +177,19 @@ impl PodIndex {
     /// Replaces everything (after a list).
     pub fn replace(&self, pods: HashMap<String, PodMeta>) {
         *self.pods.write().expect("pod index lock") = pods;
-        self.changed.notify_waiters();
+        self.bump();
     }
 
     /// A pod was added or changed.
     pub fn upsert(&self, uid: String, meta: PodMeta) {
         self.pods.write().expect("pod index lock").insert(uid, meta);
-        self.changed.notify_waiters();
+        self.bump();
     }
 
     /// A pod was deleted. (Its streams live on until their logs are gone and drained.)
     pub fn remove(&self, uid: &str) {
         self.pods.write().expect("pod index lock").remove(uid);
-        self.changed.notify_waiters();
+        self.bump();
     }
 }
 
