@@ -382,7 +382,7 @@ async fn a_regex_filters_lines_in_the_agent_together_with_contains() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_picks_up_exactly_where_the_last_batch_ended() {
     let mut log = Log::with_lines(5);
-    let (tailer, _) = tailer(TailerConfig::default());
+    let (tailer, metrics) = tailer(TailerConfig::default());
     let mut first = serve(&tailer, log.path(), follow_tail(5), 1024);
     first.until_lines(5).await;
     let epoch = first.epoch();
@@ -393,6 +393,13 @@ async fn a_resume_picks_up_exactly_where_the_last_batch_ended() {
     log.write(100);
     log.rotate();
     log.write(100);
+    // The resume comes once the detached follower has read everything. (A resume that
+    // arrives while the follower is in the middle of the rotation can miss lines: a known
+    // race, listed in docs/architecture.md "Not yet built".)
+    wait_for("the detached follower read all 205 lines", || {
+        metrics.lines_read.get() >= 205
+    })
+    .await;
     let end = lines(&got).last().unwrap().0 + 1;
     let mut resumed = serve(
         &tailer,

@@ -771,3 +771,57 @@ fn size_and_crc(file: &File) -> std::io::Result<(u64, u32)> {
         pos += n as u64;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn cri(n: usize) -> String {
+        format!("2024-01-01T00:00:00.{n:09}Z stdout F line {n}\n")
+    }
+
+    /// Polls until idle; returns the messages read.
+    fn drain(f: &mut Follower) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut got = Vec::new();
+        loop {
+            let p = f.poll(&mut out, 1 << 20).unwrap();
+            got.extend(
+                out.drain(..)
+                    .map(|l| String::from_utf8_lossy(&l.message).trim_end().to_owned()),
+            );
+            if !matches!(p, Progress::More(_)) {
+                return got;
+            }
+        }
+    }
+
+    #[test]
+    fn a_poll_between_the_rename_and_the_new_file_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let mut file = std::fs::File::create(&path).unwrap();
+        for n in 0..5 {
+            file.write_all(cri(n).as_bytes()).unwrap();
+        }
+        let held = HeldFile::open(&path).unwrap();
+        let mut f = Follower::new(&path, vec![held], 0, 0, 1 << 20).unwrap();
+        assert_eq!(drain(&mut f).len(), 5);
+        for n in 5..105 {
+            file.write_all(cri(n).as_bytes()).unwrap();
+        }
+        std::fs::rename(&path, dir.path().join("0.log.20240101-000001")).unwrap();
+        // Woken by the rename: the path is missing for a moment.
+        let mut got = drain(&mut f);
+        let mut file = std::fs::File::create(&path).unwrap();
+        got.extend(drain(&mut f));
+        for n in 105..205 {
+            file.write_all(cri(n).as_bytes()).unwrap();
+        }
+        got.extend(drain(&mut f));
+        got.extend(drain(&mut f));
+        assert_eq!(got.len(), 200, "{:?}", got.last());
+    }
+}
