@@ -13,7 +13,6 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::routing::get;
-use logrelay_agent::AgentConfig;
 use logrelay_e2e::*;
 use logrelay_wire::labels::{Labels, StreamKind};
 use logrelay_wire::selector::Selector;
@@ -145,23 +144,15 @@ async fn annotated_pods_are_scraped_while_watched_and_selected_by_task() {
     .unwrap();
     let cgroups = tempfile::tempdir().unwrap();
     cgroup_tree(cgroups.path());
-    let config = AgentConfig {
-        node_name: "node-1".into(),
-        kube_pods: true,
-        kube_api_url: Some(api_url),
-        rescan_ms: 50,
-        metrics_rescan_ms: 50,
-        reconnect_min_ms: 20,
-        reconnect_max_ms: 500,
-        resources: true,
-        cgroup_root: cgroups.path().to_owned(),
-        ..AgentConfig::new(pods.path().to_path_buf(), relay.quic_addr())
-    };
-    let agent = TestAgent {
-        handle: logrelay_agent::start(config, pki.agent_tls("dev", "test"))
-            .await
-            .expect("start agent"),
-    };
+    let agent = TestAgent::start_with(&pki, &pods, relay.quic_addr(), |c| {
+        c.node_name = "node-1".into();
+        c.kube_pods = true;
+        c.kube_api_url = Some(api_url);
+        c.metrics_rescan_ms = 50;
+        c.resources = true;
+        c.cgroup_root = cgroups.path().to_owned();
+    })
+    .await;
     let admin = agent.handle.admin_addr;
 
     // The target is in the relay's catalog before anyone watches, and nothing was scraped.

@@ -20,19 +20,12 @@ async fn agent(
     pods: &PodsDir,
     tweak: impl FnOnce(&mut AgentConfig),
 ) -> TestAgent {
-    let mut config = AgentConfig {
-        rescan_ms: 50,
-        metrics_rescan_ms: 50,
-        reconnect_min_ms: 20,
-        reconnect_max_ms: 500,
-        resources: false,
-        ..AgentConfig::new(pods.path().to_path_buf(), relay.quic_addr())
-    };
-    tweak(&mut config);
-    let handle = logrelay_agent::start(config, pki.agent_tls("dev", "test"))
-        .await
-        .expect("start agent");
-    TestAgent { handle }
+    TestAgent::start_with(pki, pods, relay.quic_addr(), |c| {
+        c.metrics_rescan_ms = 50;
+        c.resources = false;
+        tweak(c);
+    })
+    .await
 }
 
 fn metrics_selector(container: &str) -> Selector {

@@ -5,7 +5,6 @@
 use std::io::Write;
 use std::path::Path;
 
-use logrelay_agent::AgentConfig;
 use logrelay_e2e::*;
 use logrelay_relay::RelayConfig;
 use logrelay_relay::auth::testkit::{Signer, jwks};
@@ -94,23 +93,16 @@ async fn agent(
     pods: &PodsDir,
     cgroups: Option<(&Path, &Path)>,
 ) -> TestAgent {
-    let mut config = AgentConfig {
-        rescan_ms: 50,
-        metrics_rescan_ms: 50,
-        reconnect_min_ms: 20,
-        reconnect_max_ms: 500,
-        resources: cgroups.is_some(),
-        resources_interval_ms: 1_000,
-        ..AgentConfig::new(pods.path().to_path_buf(), relay.quic_addr())
-    };
-    if let Some((root, containers)) = cgroups {
-        config.cgroup_root = root.to_owned();
-        config.containers_dir = containers.to_owned();
-    }
-    let handle = logrelay_agent::start(config, pki.agent_tls("dev", "test"))
-        .await
-        .expect("start agent");
-    TestAgent { handle }
+    TestAgent::start_with(pki, pods, relay.quic_addr(), |c| {
+        c.metrics_rescan_ms = 50;
+        c.resources = cgroups.is_some();
+        c.resources_interval_ms = 1_000;
+        if let Some((root, containers)) = cgroups {
+            c.cgroup_root = root.to_owned();
+            c.containers_dir = containers.to_owned();
+        }
+    })
+    .await
 }
 
 async fn eval(page: &mut Page, expression: &str) -> Value {
