@@ -298,6 +298,7 @@ mod tests {
             },
             Event::Unsubscribed { id: "a".into() },
             Event::Streams {
+                id: None,
                 streams: Vec::new(),
             },
         ] {

@@ -162,6 +162,8 @@ async fn annotated_pods_are_scraped_while_watched_and_selected_by_task() {
             let before = sub.events.len();
             let list = Request::List {
                 selector: task_selector(),
+                id: None,
+                watch: false,
             };
             sub.client.send(&list).await.expect("send list");
             sub.until("a list reply", |s| {
@@ -171,7 +173,7 @@ async fn annotated_pods_are_scraped_while_watched_and_selected_by_task() {
             })
             .await;
             let found = sub.events[before..].iter().find_map(|e| match e {
-                Event::Streams { streams } if streams.len() == 2 => {
+                Event::Streams { streams, .. } if streams.len() == 2 => {
                     Some(streams.iter().map(|s| s.labels.clone()).collect())
                 }
                 _ => None,

@@ -86,6 +86,8 @@ async fn an_agent_is_filed_under_its_certificates_org_whatever_it_claims() {
         s.client
             .send(&Request::List {
                 selector: Selector::default(),
+                id: None,
+                watch: false,
             })
             .await
             .unwrap();
@@ -98,7 +100,7 @@ async fn an_agent_is_filed_under_its_certificates_org_whatever_it_claims() {
         s.events
             .iter()
             .find_map(|e| match e {
-                Event::Streams { streams } => {
+                Event::Streams { streams, .. } => {
                     Some(streams.iter().map(|e| e.labels.clone()).collect())
                 }
                 _ => None,
@@ -313,7 +315,7 @@ proptest! {
                         && (!want.is_empty() || s.events.iter().any(|e| matches!(e, Event::Subscribed { .. } | Event::Error { .. })))
                 }).await;
                 // A round trip: anything else queued for this session would have arrived by now.
-                s.client.send(&Request::List { selector: Selector::default() }).await.unwrap();
+                s.client.send(&Request::List { selector: Selector::default(), id: None, watch: false }).await.unwrap();
                 s.until("list answer", |s| s.events.iter().any(|e| matches!(e, Event::Streams { .. }))).await;
                 let got: BTreeSet<String> = s
                     .lines
@@ -323,7 +325,7 @@ proptest! {
                     .collect();
                 assert_eq!(&got, &want, "session of {org} with {bindings:?} selecting {selector:?}");
                 let listed: BTreeSet<String> = s.events.iter().find_map(|e| match e {
-                    Event::Streams { streams } => Some(streams.iter().map(|e| format!("{}/{}\n", e.labels.org, e.labels.pod)).collect()),
+                    Event::Streams { streams, .. } => Some(streams.iter().map(|e| format!("{}/{}\n", e.labels.org, e.labels.pod)).collect()),
                     _ => None,
                 }).unwrap();
                 let visible: BTreeSet<String> = all_streams

@@ -136,6 +136,8 @@ async fn nothing_is_read_or_sent_while_nobody_watches() {
     s.client
         .send(&logrelay_wire::session::Request::List {
             selector: Default::default(),
+            id: None,
+            watch: false,
         })
         .await
         .unwrap();

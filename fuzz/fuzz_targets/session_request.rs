@@ -7,7 +7,7 @@ use logrelay_wire::session::{Event, Request};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(req) = serde_json::from_slice::<Request>(data) {
-        if let Request::Subscribe { selector, .. } | Request::List { selector } = &req {
+        if let Request::Subscribe { selector, .. } | Request::List { selector, .. } = &req {
             let _ = selector.validate();
         }
         let again = serde_json::to_vec(&req).unwrap();

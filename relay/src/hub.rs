@@ -25,7 +25,7 @@ use bytes::Bytes;
 use logrelay_wire::control::{Demand, ErrorCode, RelayMsg, SeqPos, StreamGone, StreamInfo};
 use logrelay_wire::labels::Labels;
 use logrelay_wire::selector::Selector;
-use logrelay_wire::session::{Event, StreamEntry};
+use logrelay_wire::session::{Event, StreamEntry, StreamRemoved};
 use tokio::sync::{Notify, mpsc};
 
 use crate::auth::{Claims, authorize};
@@ -164,6 +164,19 @@ pub struct SessionState {
     /// Losses found while the writer was blocked, per stream, merged until written.
     pub pending_gaps: HashMap<u64, ring::Lag>,
     subs: HashMap<String, SubSpec>,
+    /// Watched lists (`list` with `watch`), by id: they share the namespace and the limit of
+    /// subscriptions.
+    lists: HashMap<String, Selector>,
+}
+
+impl SessionState {
+    fn id_in_use(&self, id: &str) -> bool {
+        self.subs.contains_key(id) || self.lists.contains_key(id)
+    }
+
+    fn subscriptions(&self) -> usize {
+        self.subs.len() + self.lists.len()
+    }
 }
 
 /// A stream a session watches.
@@ -322,8 +335,19 @@ enum DemandTarget {
     },
 }
 
+/// A change to what `list` shows, for the sessions watching lists.
+#[derive(Debug)]
+struct ListChange {
+    labels: Labels,
+    change: Result<StreamEntry, StreamRemoved>,
+}
+
 #[derive(Debug, Default)]
 struct State {
+    /// Sessions holding at least one watched list.
+    listing: HashMap<u64, Weak<SessionShared>>,
+    /// List changes made under the current lock, sent when it is released ([`Locked`]).
+    list_changes: Vec<ListChange>,
     next_id: u64,
     streams: HashMap<u64, StreamState>,
     by_labels: HashMap<Labels, u64>,
@@ -334,6 +358,20 @@ struct State {
 }
 
 impl State {
+    /// Notes that stream `sid` appeared or changed liveness, for watched lists.
+    fn listed(&mut self, sid: u64) {
+        if self.listing.is_empty() {
+            return;
+        }
+        if let Some(s) = self.streams.get(&sid).filter(|s| s.filtered.is_none()) {
+            let change = ListChange {
+                labels: s.labels.clone(),
+                change: Ok(entry(sid, s)),
+            };
+            self.list_changes.push(change);
+        }
+    }
+
     fn id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
@@ -370,6 +408,81 @@ impl State {
     }
 }
 
+fn entry(sid: u64, s: &StreamState) -> StreamEntry {
+    StreamEntry {
+        stream: sid,
+        labels: s.labels.clone(),
+        live: s.agent.is_some(),
+    }
+}
+
+/// The hub lock. Releasing it sends the list changes made under it to the sessions watching
+/// lists (one `catalog` event per watch), so that no path that changes the catalog can forget
+/// to.
+struct Locked<'a> {
+    guard: std::sync::MutexGuard<'a, State>,
+    max_event_bytes: usize,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.guard
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        if self.guard.list_changes.is_empty() {
+            return;
+        }
+        let changes = std::mem::take(&mut self.guard.list_changes);
+        let sessions: Vec<Arc<SessionShared>> = self
+            .guard
+            .listing
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for session in sessions {
+            let mut ss = session.state.lock().expect("session lock");
+            let mut events = Vec::new();
+            for (id, selector) in &ss.lists {
+                let (mut added, mut removed) = (Vec::new(), Vec::new());
+                for c in &changes {
+                    if !selector.matches(&c.labels) || !session.may_read(&c.labels) {
+                        continue;
+                    }
+                    match &c.change {
+                        Ok(e) => added.push(e.clone()),
+                        Err(r) => removed.push(r.clone()),
+                    }
+                }
+                if !added.is_empty() || !removed.is_empty() {
+                    events.push(Event::Catalog {
+                        id: id.clone(),
+                        added,
+                        removed,
+                    });
+                }
+            }
+            if events.is_empty() {
+                continue;
+            }
+            for e in &events {
+                push_event_locked(&mut ss, e, self.max_event_bytes);
+            }
+            drop(ss);
+            session.notify.notify_one();
+        }
+    }
+}
+
 /// A refused session request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -398,8 +511,11 @@ impl Hub {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().expect("hub lock")
+    fn lock(&self) -> Locked<'_> {
+        Locked {
+            guard: self.state.lock().expect("hub lock"),
+            max_event_bytes: self.config.max_session_event_bytes,
+        }
     }
 
     // ---- agents ----------------------------------------------------------------------------
@@ -462,8 +578,9 @@ impl Hub {
             // and their watchers learn that nothing arrives until the agent is back.
             for id in ids.into_iter().rev() {
                 if !st.in_use(id) {
-                    self.drop_stream(&mut st, id);
+                    self.drop_stream(&mut st, id, "agent_disconnected");
                 } else {
+                    st.listed(id);
                     self.tell_watchers(
                         &st,
                         id,
@@ -527,6 +644,9 @@ impl Hub {
                 if previous.is_none() && !is_new && !s.watchers.is_empty() {
                     // An orphaned, watched stream: its agent is back.
                     self.tell_watchers(&st, id, &Event::Resumed { stream: id });
+                }
+                if previous.is_none() {
+                    st.listed(id);
                 }
                 let s = st.streams.get_mut(&id).expect("present");
                 if previous.is_some_and(|(a, _)| a != agent) {
@@ -626,14 +746,24 @@ impl Hub {
         if let Some(d) = st.streams.get_mut(&sid).and_then(|s| s.live_demand.take()) {
             st.forget_demand(d);
         }
-        self.drop_stream(st, sid);
+        self.drop_stream(st, sid, reason);
     }
 
-    /// Forgets a stream, with its filtered rings, or one filtered ring.
-    fn drop_stream(&self, st: &mut State, sid: u64) {
+    /// Forgets a stream, with its filtered rings, or one filtered ring. `reason` is what
+    /// watched lists are told.
+    fn drop_stream(&self, st: &mut State, sid: u64, reason: &str) {
         let Some(s) = st.streams.remove(&sid) else {
             return;
         };
+        if s.filtered.is_none() && !st.listing.is_empty() {
+            st.list_changes.push(ListChange {
+                labels: s.labels.clone(),
+                change: Err(StreamRemoved {
+                    stream: sid,
+                    reason: reason.into(),
+                }),
+            });
+        }
         if let Some(d) = s.live_demand {
             st.forget_demand(d);
         }
@@ -650,7 +780,7 @@ impl Hub {
                 }
                 self.metrics.streams.dec();
                 for ring in s.rings.into_values() {
-                    self.drop_stream(st, ring);
+                    self.drop_stream(st, ring, reason);
                 }
             }
         }
@@ -882,6 +1012,7 @@ impl Hub {
         if st.sessions.remove(&session.id).is_none() {
             return;
         }
+        st.listing.remove(&session.id);
         if let Some(n) = st.sessions_per_org.get_mut(&session.org) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -892,6 +1023,7 @@ impl Hub {
         let watched: Vec<(u64, Option<u64>)> = {
             let mut ss = session.state.lock().expect("session lock");
             ss.subs.clear();
+            ss.lists.clear();
             ss.watches
                 .drain()
                 .map(|(key, w)| (key, w.private_demand))
@@ -905,19 +1037,69 @@ impl Hub {
     /// Lists the streams of the session's org matching `selector`.
     pub fn list(&self, session: &SessionShared, selector: &Selector) -> Vec<StreamEntry> {
         let st = self.lock();
+        Self::matching(&st, session, selector)
+    }
+
+    fn matching(st: &State, session: &SessionShared, selector: &Selector) -> Vec<StreamEntry> {
         let mut out: Vec<StreamEntry> = st
             .streams
             .iter()
             .filter(|(_, s)| {
                 s.filtered.is_none() && session.may_read(&s.labels) && selector.matches(&s.labels)
             })
-            .map(|(id, s)| StreamEntry {
-                stream: *id,
-                labels: s.labels.clone(),
-            })
+            .map(|(id, s)| entry(*id, s))
             .collect();
         out.sort_by_key(|e| e.stream);
         out
+    }
+
+    /// Answers a `list` like [`Hub::list`] (the `streams` event, queued here so that no
+    /// change can overtake it) and keeps the list open under `id`: changes come as `catalog`
+    /// events until `unsubscribe` names `id` (or the session ends).
+    pub fn watch_list(
+        &self,
+        session: &Arc<SessionShared>,
+        id: &str,
+        selector: Selector,
+    ) -> Result<(), Refusal> {
+        let mut st = self.lock();
+        let mut ss = session.state.lock().expect("session lock");
+        self.admit_subscription(&ss, id)?;
+        let streams = Self::matching(&st, session, &selector);
+        ss.lists.insert(id.to_owned(), selector);
+        push_event_locked(
+            &mut ss,
+            &Event::Streams {
+                id: Some(id.to_owned()),
+                streams,
+            },
+            self.config.max_session_event_bytes,
+        );
+        drop(ss);
+        session.notify.notify_one();
+        st.listing.insert(session.id, Arc::downgrade(session));
+        Ok(())
+    }
+
+    /// Whether a session may add a subscription (or watched list) under `id`.
+    fn admit_subscription(&self, ss: &SessionState, id: &str) -> Result<(), Refusal> {
+        if ss.id_in_use(id) {
+            return Err(Refusal {
+                code: ErrorCode::BadRequest,
+                message: format!("subscription id `{id}` is already in use"),
+            });
+        }
+        if ss.subscriptions() >= self.config.max_subscriptions_per_session {
+            self.metrics.limit_hit("subscriptions_per_session");
+            return Err(Refusal {
+                code: ErrorCode::LimitExceeded,
+                message: format!(
+                    "at most {} subscriptions per session",
+                    self.config.max_subscriptions_per_session
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Adds a standing subscription and attaches every matching stream.
@@ -931,22 +1113,7 @@ impl Hub {
         let mut st = self.lock();
         {
             let mut ss = session.state.lock().expect("session lock");
-            if ss.subs.contains_key(id) {
-                return Err(Refusal {
-                    code: ErrorCode::BadRequest,
-                    message: format!("subscription id `{id}` is already in use"),
-                });
-            }
-            if ss.subs.len() >= self.config.max_subscriptions_per_session {
-                self.metrics.limit_hit("subscriptions_per_session");
-                return Err(Refusal {
-                    code: ErrorCode::LimitExceeded,
-                    message: format!(
-                        "at most {} subscriptions per session",
-                        self.config.max_subscriptions_per_session
-                    ),
-                });
-            }
+            self.admit_subscription(&ss, id)?;
             ss.subs.insert(
                 id.to_owned(),
                 SubSpec {
@@ -1202,6 +1369,19 @@ impl Hub {
         let mut st = self.lock();
         let emptied: Vec<(u64, Option<u64>)> = {
             let mut ss = session.state.lock().expect("session lock");
+            if ss.lists.remove(id).is_some() {
+                if ss.lists.is_empty() {
+                    st.listing.remove(&session.id);
+                }
+                push_event_locked(
+                    &mut ss,
+                    &Event::Unsubscribed { id: id.to_owned() },
+                    self.config.max_session_event_bytes,
+                );
+                drop(ss);
+                session.notify.notify_one();
+                return true;
+            }
             if ss.subs.remove(id).is_none() {
                 return false;
             }
@@ -1267,13 +1447,13 @@ impl Hub {
             // filtered rings is watched; a filtered ring's stream goes with it if unwatched.
             let parent = s.filtered.as_ref().map(|(p, _)| *p);
             if !st.in_use(sid) {
-                self.drop_stream(st, sid);
+                self.drop_stream(st, sid, "agent_disconnected");
             }
             if let Some(p) = parent
                 && !st.in_use(p)
                 && st.streams.get(&p).is_some_and(|p| p.agent.is_none())
             {
-                self.drop_stream(st, p);
+                self.drop_stream(st, p, "agent_disconnected");
             }
             return;
         }
@@ -1308,7 +1488,7 @@ impl Hub {
         }
         if filtered {
             // Made for its watchers; the next one to ask makes it again.
-            self.drop_stream(&mut st, sid);
+            self.drop_stream(&mut st, sid, "unwatched");
         }
     }
 }
@@ -1441,6 +1621,135 @@ mod tests {
         let theirs = hub.add_session("other", None).unwrap();
         assert_eq!(hub.list(&mine, &Selector::default())[0].labels.org, "acme");
         assert!(hub.list(&theirs, &Selector::default()).is_empty());
+    }
+
+    /// The session's queued events, parsed, emptying the queue.
+    fn take_events(s: &SessionShared) -> Vec<Event> {
+        let mut st = s.state.lock().unwrap();
+        st.event_bytes = 0;
+        st.events
+            .drain(..)
+            .map(|e| serde_json::from_str(&e).unwrap())
+            .collect()
+    }
+
+    /// `(stream, live)` added and `(stream, reason)` removed by a watch's catalog events.
+    type Changes = (Vec<(u64, bool)>, Vec<(u64, String)>);
+
+    /// The changes the catalog events of watch `want` told.
+    fn catalog_changes(events: &[Event], want: &str) -> Changes {
+        let (mut added, mut removed) = (Vec::new(), Vec::new());
+        for e in events {
+            if let Event::Catalog {
+                id,
+                added: a,
+                removed: r,
+            } = e
+            {
+                assert_eq!(id, want);
+                added.extend(a.iter().map(|e| (e.stream, e.live)));
+                removed.extend(r.iter().map(|r| (r.stream, r.reason.clone())));
+            }
+        }
+        (added, removed)
+    }
+
+    #[tokio::test]
+    async fn a_watched_list_tells_of_streams_that_come_go_and_change_liveness() {
+        let hub = hub();
+        let (a1, _rx) = agent(&hub, vec![info(1, "p", "")]);
+        let s = hub.add_session("acme", None).unwrap();
+        hub.watch_list(&s, "w", Selector::default()).unwrap();
+        let events = take_events(&s);
+        let [Event::Streams { id, streams }] = &events[..] else {
+            panic!("{events:?}")
+        };
+        assert_eq!(id.as_deref(), Some("w"));
+        assert_eq!(streams.len(), 1);
+        assert!(streams[0].live);
+        let p = streams[0].stream;
+
+        // A new stream; another org's stream is never told; a selector narrows.
+        hub.watch_list(&s, "only-q", sel("q")).unwrap();
+        take_events(&s);
+        hub.catalog_add(a1, vec![info(2, "q", "")]);
+        let (tx, _other_rx) = mpsc::channel(16);
+        let globex = hub.add_agent("globex", "c9", tx, Arc::new(Notify::new()));
+        hub.catalog_add(globex, vec![info(1, "q", "")]);
+        let events = take_events(&s);
+        assert_eq!(events.len(), 2, "{events:?}");
+        let q = hub.list(&s, &sel("q"))[0].stream;
+        let mut ids: Vec<&str> = Vec::new();
+        for e in &events {
+            let Event::Catalog { id, .. } = e else {
+                panic!("{e:?}")
+            };
+            ids.push(id);
+            assert_eq!(
+                catalog_changes(std::slice::from_ref(e), id),
+                (vec![(q, true)], vec![])
+            );
+        }
+        ids.sort_unstable();
+        assert_eq!(ids, ["only-q", "w"]);
+        assert!(hub.unsubscribe(&s, "only-q"));
+        assert!(matches!(&take_events(&s)[..], [Event::Unsubscribed { id }] if id == "only-q"));
+
+        // Its agent goes: the watched stream stays, not live; the unwatched one goes.
+        let w = hub.add_session("acme", None).unwrap();
+        hub.subscribe(&w, "a", sel("p"), follow(0)).unwrap();
+        hub.remove_agent(a1);
+        let events = take_events(&s);
+        assert_eq!(
+            events.len(),
+            1,
+            "one event per change of the catalog: {events:?}"
+        );
+        assert_eq!(
+            catalog_changes(&events, "w"),
+            (vec![(p, false)], vec![(q, "agent_disconnected".into())])
+        );
+
+        // Back: live again. Then removed by its agent: gone, with the agent's reason.
+        let (a2, _rx2) = agent(&hub, vec![info(7, "p", "")]);
+        assert_eq!(
+            catalog_changes(&take_events(&s), "w"),
+            (vec![(p, true)], vec![])
+        );
+        hub.catalog_remove(
+            a2,
+            vec![StreamGone {
+                id: 7,
+                reason: "container_removed".into(),
+            }],
+        );
+        assert_eq!(
+            catalog_changes(&take_events(&s), "w"),
+            (vec![], vec![(p, "container_removed".into())])
+        );
+
+        // A watched list counts as a subscription, and shares their ids.
+        assert_eq!(
+            hub.subscribe(&s, "w", sel("p"), follow(0))
+                .unwrap_err()
+                .code,
+            ErrorCode::BadRequest
+        );
+        for i in 0..3 {
+            hub.subscribe(&s, &format!("s{i}"), sel("p"), follow(0))
+                .unwrap();
+        }
+        assert_eq!(
+            hub.watch_list(&s, "x", Selector::default())
+                .unwrap_err()
+                .code,
+            ErrorCode::LimitExceeded
+        );
+        // Once unwatched, nothing more is told.
+        assert!(hub.unsubscribe(&s, "w"));
+        take_events(&s);
+        hub.catalog_add(a2, vec![info(8, "r", "")]);
+        assert!(take_events(&s).is_empty());
     }
 
     #[tokio::test]

@@ -377,7 +377,11 @@ fn handle_request(
                 );
             }
         }
-        Request::List { selector } => {
+        Request::List {
+            selector,
+            id,
+            watch,
+        } => {
             if let Err((reason, message)) = selector_permitted(session, &selector) {
                 auditor.deny(
                     actor,
@@ -393,8 +397,36 @@ fn handle_request(
                 );
                 return;
             }
-            let streams = hub.list(session, &selector);
-            session.push_event(&Event::Streams { streams }, config.max_event_bytes);
+            if !watch {
+                let streams = hub.list(session, &selector);
+                session.push_event(&Event::Streams { id, streams }, config.max_event_bytes);
+                return;
+            }
+            let Some(id) = id.filter(|id| !id.is_empty() && id.len() <= MAX_SUB_ID_BYTES) else {
+                session.push_event(
+                    &error(
+                        ErrorCode::BadRequest,
+                        format!("a watched list needs an `id` of 1 to {MAX_SUB_ID_BYTES} bytes"),
+                        None,
+                    ),
+                    config.max_event_bytes,
+                );
+                return;
+            };
+            match hub.watch_list(session, &id, selector.clone()) {
+                Ok(()) => auditor.subscribe(actor, &session.org, &id, &selector),
+                Err(r) => {
+                    if r.code == ErrorCode::LimitExceeded {
+                        auditor.limit(
+                            actor,
+                            Some(&session.org),
+                            "subscriptions_per_session",
+                            Some(&selector),
+                        );
+                    }
+                    session.push_event(&error(r.code, r.message, Some(id)), config.max_event_bytes);
+                }
+            }
         }
     }
 }

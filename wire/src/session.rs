@@ -52,11 +52,20 @@ pub enum Request {
         /// The subscription id.
         id: String,
     },
-    /// List the streams visible to this session that the selector matches.
+    /// List the streams visible to this session that the selector matches, and with `watch`,
+    /// keep telling of changes ([`Event::Catalog`]) until `unsubscribe` names `id`.
     List {
         /// Which streams.
         #[serde(default)]
         selector: Selector,
+        /// Echoed in the answer and in every [`Event::Catalog`] of a watch. Required with
+        /// `watch`; shares the namespace of subscription ids.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        /// Keep the list open: streams matching the selector that appear, change liveness or
+        /// go are sent as [`Event::Catalog`]. Counts against the session's subscription limit.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        watch: bool,
     },
 }
 
@@ -71,6 +80,19 @@ pub struct StreamEntry {
     pub stream: u64,
     /// Its labels.
     pub labels: Labels,
+    /// Whether its agent is connected (false: the agent went away and the stream is kept
+    /// only because somebody watches it; nothing new arrives until the agent is back).
+    #[serde(default = "yes")]
+    pub live: bool,
+}
+
+/// A stream that left a watched list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamRemoved {
+    /// Relay stream id.
+    pub stream: u64,
+    /// Why (`container_removed`, `agent_disconnected`, …).
+    pub reason: String,
 }
 
 /// Relay → session.
@@ -153,8 +175,23 @@ pub enum Event {
     },
     /// Answer to `list`.
     Streams {
+        /// The `id` of the `list` request, when it had one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
         /// Matching streams.
         streams: Vec<StreamEntry>,
+    },
+    /// Changes to a watched list (`list` with `watch`): streams that now match (or whose
+    /// liveness changed: the entry again with its new `live`), and streams that went.
+    Catalog {
+        /// The list watch's id.
+        id: String,
+        /// Streams that appeared, or whose `live` changed.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        added: Vec<StreamEntry>,
+        /// Streams that went.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        removed: Vec<StreamRemoved>,
     },
     /// A request failed; the session stays open unless a close follows.
     Error {
@@ -251,6 +288,70 @@ mod tests {
             r#"{"event":"gap","stream":3,"from":{"epoch":7,"seq":42},"lines":0,"bytes":0,"reason":"epoch_lost","rest_of_epoch":true}"#
         );
         assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), gap(true));
+    }
+
+    #[test]
+    fn a_list_watch_is_two_optional_fields_and_its_changes_one_event() {
+        let plain: Request = serde_json::from_str(r#"{"op":"list"}"#).unwrap();
+        assert_eq!(
+            plain,
+            Request::List {
+                selector: Selector::default(),
+                id: None,
+                watch: false
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&plain).unwrap(),
+            r#"{"op":"list","selector":{}}"#
+        );
+        let watch: Request =
+            serde_json::from_str(r#"{"op":"list","id":"w","watch":true,"selector":{"pod":"p"}}"#)
+                .unwrap();
+        assert!(matches!(watch, Request::List { id: Some(ref id), watch: true, .. } if id == "w"));
+
+        let entry = StreamEntry {
+            stream: 3,
+            labels: Labels::default(),
+            live: false,
+        };
+        let e = Event::Catalog {
+            id: "w".into(),
+            added: vec![entry.clone()],
+            removed: Vec::new(),
+        };
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(
+            json.starts_with(r#"{"event":"catalog","id":"w","added":[{"stream":3,"#),
+            "{json}"
+        );
+        assert!(
+            json.ends_with(r#""live":false}]}"#) && !json.contains("removed"),
+            "{json}"
+        );
+        let gone = Event::Catalog {
+            id: "w".into(),
+            added: Vec::new(),
+            removed: vec![StreamRemoved {
+                stream: 3,
+                reason: "container_removed".into(),
+            }],
+        };
+        assert_eq!(
+            serde_json::to_string(&gone).unwrap(),
+            r#"{"event":"catalog","id":"w","removed":[{"stream":3,"reason":"container_removed"}]}"#
+        );
+        // An entry from an older relay, without `live`, reads as live.
+        let old: StreamEntry = serde_json::from_str(r#"{"stream":3,"labels":{}}"#).unwrap();
+        assert!(old.live);
+        assert_eq!(
+            serde_json::to_string(&Event::Streams {
+                id: None,
+                streams: vec![]
+            })
+            .unwrap(),
+            r#"{"event":"streams","streams":[]}"#
+        );
     }
 
     #[test]
