@@ -5,8 +5,11 @@ use logrelay_e2e::*;
 use logrelay_wire::selector::Selector;
 use logrelay_wire::session::{Event, Request};
 
-/// Every `(stream, pod, live)` added and `(stream, reason)` removed by catalog events so far.
-fn changes(s: &Subscriber) -> (Vec<(u64, String, bool)>, Vec<(u64, String)>) {
+/// `(stream, pod, live)` added and `(stream, reason)` removed.
+type Changes = (Vec<(u64, String, bool)>, Vec<(u64, String)>);
+
+/// Every change the catalog events so far told.
+fn changes(s: &Subscriber) -> Changes {
     let (mut added, mut removed) = (Vec::new(), Vec::new());
     for e in &s.events {
         if let Event::Catalog {
