@@ -26,18 +26,43 @@ struct Cli {
     /// connection on, with no restart.
     #[arg(long, env = "LOGRELAY_AGENT_TLS_RELOAD_SECS", default_value_t = 10)]
     tls_reload_secs: u64,
+    /// Format of the diagnostic logs on stderr: `text` (coloured only when stderr is a
+    /// terminal and `NO_COLOR` is unset) or `json` (one object per line).
+    #[arg(long, env = "LOGRELAY_AGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How diagnostic logs are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `fields`, `target`).
+    Json,
+}
+
+/// Diagnostic logs go to stderr; the agent writes nothing to stdout.
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LOGRELAY_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .init(),
+        LogFormat::Json => logs.json().with_ansi(false).init(),
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     logrelay_tls::install_provider();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LOGRELAY_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     let files = AgentTlsFiles {
         ca_file: cli.ca_file.clone(),
         cert_file: cli.cert_file.clone(),

@@ -44,19 +44,45 @@ struct Cli {
     /// refused it (exits non-zero if the write succeeds). For verifying a deployment.
     #[arg(long, env = "LOGRELAY_RELAY_SANDBOX_SELF_CHECK_DIR")]
     sandbox_self_check_dir: Option<PathBuf>,
+    /// Format of the diagnostic logs on stderr: `text` (coloured only when stderr is a
+    /// terminal and `NO_COLOR` is unset) or `json` (one object per line). The audit trail on
+    /// stdout is always JSON lines.
+    #[arg(long, env = "LOGRELAY_RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How diagnostic logs are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `fields`, `target`).
+    Json,
+}
+
+/// Diagnostic logs go to stderr, so stdout carries the audit trail alone (JSON lines).
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LOGRELAY_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .init(),
+        LogFormat::Json => logs.json().with_ansi(false).init(),
+    }
 }
 
 /// Loads everything from disk, forbids the process to write files, then starts the runtime:
 /// every runtime thread is created after the restriction and inherits it.
 fn main() -> anyhow::Result<()> {
     logrelay_tls::install_provider();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LOGRELAY_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let mut cli = Cli::parse();
+    init_logging(cli.log_format);
     let wss = match (&cli.config.wss_cert_file, &cli.config.wss_key_file) {
         (Some(c), Some(k)) => Some(logrelay_tls::Identity::from_pem_files(c, k)?),
         _ => None,
