@@ -98,11 +98,13 @@ fn expiry_and_not_before_respect_the_clock_skew_exactly() {
         );
     }
 
-    // NumericDate may be fractional; huge values saturate instead of overflowing.
+    // NumericDate may be fractional; huge values saturate instead of overflowing (and are then
+    // refused for their lifetime, see below).
     let mut c = claims(0);
     c["exp"] = json!(NOW as f64 + 0.9);
     assert!(v.verify(&ed.token(&c), NOW + skew - 1).is_ok());
     c["exp"] = json!(u64::MAX);
+    c.as_object_mut().unwrap().remove("iat");
     assert!(v.verify(&ed.token(&c), i64::MAX - 1).is_ok());
     let strict = Verifier::new(
         AuthConfig {
@@ -114,6 +116,74 @@ fn expiry_and_not_before_respect_the_clock_skew_exactly() {
     assert!(matches!(
         strict.verify(&ed.token(&claims(NOW)), NOW),
         Err(AuthError::Expired { .. })
+    ));
+}
+
+#[test]
+fn a_token_that_would_never_expire_is_refused_for_its_lifetime() {
+    let ed = Signer::ed25519(Some("k"));
+    let v = verifier(&[&ed]);
+    let max = DEFAULT_MAX_LIFETIME_SECS as i64;
+    let skew = i64::from(DEFAULT_CLOCK_SKEW_SECS);
+    let verify = |exp: Value, iat: Option<i64>| {
+        let mut c = claims(0);
+        c["exp"] = exp;
+        match iat {
+            Some(iat) => c["iat"] = json!(iat),
+            None => {
+                c.as_object_mut().unwrap().remove("iat");
+            }
+        }
+        v.verify(&ed.token(&c), NOW)
+    };
+    for huge in [json!(1e300), json!(u64::MAX), json!(i64::MAX)] {
+        let refused = verify(huge.clone(), None).unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                AuthError::LifetimeTooLong {
+                    exp: i64::MAX,
+                    max_secs: DEFAULT_MAX_LIFETIME_SECS,
+                    from: "now"
+                }
+            ),
+            "{huge}: {refused:?}"
+        );
+        assert_eq!(refused.reason(), "token_lifetime_too_long");
+        assert_eq!(refused.http_status(), 401);
+        assert!(refused.to_string().contains("86400 s"), "{refused}");
+    }
+    // Measured from now, with the clock skew on top: exactly at the limit passes.
+    assert!(verify(json!(NOW + max + skew), None).is_ok());
+    assert!(matches!(
+        verify(json!(NOW + max + skew + 1), None),
+        Err(AuthError::LifetimeTooLong { from: "now", .. })
+    ));
+    // Measured from the token's own `iat`, without skew: an old long-lived token is refused
+    // even near its end.
+    assert!(verify(json!(NOW + 60), Some(NOW + 60 - max)).is_ok());
+    assert!(matches!(
+        verify(json!(NOW + 60), Some(NOW + 59 - max)),
+        Err(AuthError::LifetimeTooLong { from: "iat", .. })
+    ));
+    assert!(matches!(
+        verify(json!(NOW + 60), Some(i64::MIN)),
+        Err(AuthError::LifetimeTooLong { from: "iat", .. })
+    ));
+    // The limit is configurable.
+    let hour = Verifier::new(
+        AuthConfig {
+            max_lifetime_secs: 3600,
+            ..AuthConfig::default()
+        },
+        KeySet::from_jwks(jwks(&[&ed]).as_bytes()).unwrap(),
+    );
+    let t = |exp: i64| ed.token(&json!({"sub": "a", "org": "acme", "exp": exp}));
+    assert!(hour.verify(&t(NOW + 3600), NOW).is_ok());
+    assert!(hour.verify(&t(NOW + 3600 + skew), NOW).is_ok());
+    assert!(matches!(
+        hour.verify(&t(NOW + 3601 + skew), NOW),
+        Err(AuthError::LifetimeTooLong { max_secs: 3600, .. })
     ));
 }
 
