@@ -875,3 +875,88 @@ proptest! {
         prop_assert_eq!(selector_allowed(&claims, &selector).is_ok(), reachable);
     }
 }
+
+/// The "Session tokens" section of docs/security.md.
+fn session_tokens_doc() -> String {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/security.md"))
+        .unwrap();
+    let start = doc.find("\n## Session tokens").expect("the section exists");
+    let rest = &doc[start + 1..];
+    let end = rest[3..].find("\n## ").map_or(rest.len(), |i| i + 3);
+    rest[..end].to_owned()
+}
+
+#[test]
+fn the_example_payloads_in_docs_security_md_are_accepted() {
+    let doc = session_tokens_doc();
+    let ed = Signer::ed25519(Some("k"));
+    let v = Verifier::new(
+        AuthConfig {
+            issuer: Some("https://id.example.com".into()),
+            audience: Some("logrelay".into()),
+            ..AuthConfig::default()
+        },
+        KeySet::from_jwks(jwks(&[&ed]).as_bytes()).unwrap(),
+    );
+    let examples: Vec<Value> = doc
+        .split("```json\n")
+        .skip(1)
+        .map(|block| serde_json::from_str(block.split("```").next().unwrap()).unwrap())
+        .collect();
+    assert!(examples.len() >= 4, "{examples:?}");
+    let mut roles_seen = std::collections::HashSet::new();
+    let mut scopes_seen = std::collections::HashSet::new();
+    for mut payload in examples {
+        // Current times, the rest exactly as documented.
+        payload["iat"] = json!(NOW - 10);
+        payload["exp"] = json!(NOW + 3600);
+        if payload.get("nbf").is_some() {
+            payload["nbf"] = json!(NOW - 10);
+        }
+        let claims = v
+            .verify(&ed.token(&payload), NOW)
+            .unwrap_or_else(|e| panic!("{payload}: {e}"));
+        assert_eq!(claims.org, payload["org"].as_str().unwrap());
+        assert_eq!(claims.sub, payload["sub"].as_str().unwrap());
+        assert_eq!(
+            claims.roles.len(),
+            payload["roles"].as_array().unwrap().len()
+        );
+        for b in &claims.roles {
+            assert!(b.role.can_read(), "{payload}");
+            roles_seen.insert(b.role);
+            scopes_seen.insert(std::mem::discriminant(&b.scope));
+        }
+    }
+    assert_eq!(roles_seen.len(), 3, "an example for each role");
+    assert_eq!(scopes_seen.len(), 3, "an example for each scope");
+}
+
+#[test]
+fn the_refused_payload_fragments_in_docs_security_md_are_malformed() {
+    let doc = session_tokens_doc();
+    let ed = Signer::ed25519(Some("k"));
+    let v = verifier(&[&ed]);
+    let table = doc
+        .split("| payload fragment | why |")
+        .nth(1)
+        .expect("the table of refused fragments");
+    let mut checked = 0;
+    for row in table.lines().skip(2).take_while(|l| l.starts_with('|')) {
+        let cell = row.split(" | ").next().unwrap().trim_start_matches("| ");
+        for fragment in cell.split(", ") {
+            let fragment = fragment.trim_matches('`');
+            let patch: serde_json::Map<String, Value> =
+                serde_json::from_str(&format!("{{{fragment}}}")).unwrap();
+            let mut payload = claims(NOW + 60);
+            for (k, val) in patch {
+                payload[k] = val;
+            }
+            match v.verify(&ed.token(&payload), NOW) {
+                Err(AuthError::Malformed(_)) => checked += 1,
+                other => panic!("{fragment}: expected malformed, got {other:?}"),
+            }
+        }
+    }
+    assert!(checked >= 7, "{checked}");
+}
