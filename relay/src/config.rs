@@ -155,7 +155,7 @@ pub struct RelayConfig {
     #[arg(
         long,
         env = "LOGRELAY_RELAY_MAX_PENDING_HANDSHAKES_PER_SOURCE",
-        default_value_t = 16
+        default_value_t = 64
     )]
     pub max_pending_handshakes_per_source: usize,
     /// Sessions one source (IPv4 address, IPv6 /64) may hold at once; beyond, the upgrade is
@@ -246,7 +246,7 @@ impl RelayConfig {
             max_token_lifetime_secs: 86_400,
             dev_token_secret: None,
             max_pending_handshakes: 1024,
-            max_pending_handshakes_per_source: 16,
+            max_pending_handshakes_per_source: 64,
             max_sessions_per_source: 256,
             first_byte_timeout_ms: 3000,
             handshake_timeout_secs: 10,
