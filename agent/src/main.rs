@@ -63,6 +63,7 @@ async fn main() -> anyhow::Result<()> {
     logrelay_tls::install_provider();
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    let stop = terminated();
     let files = AgentTlsFiles {
         ca_file: cli.ca_file.clone(),
         cert_file: cli.cert_file.clone(),
@@ -75,21 +76,29 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("starting agent")?;
     tracing::info!(admin = %agent.admin_addr, "agent running");
-    terminated().await;
+    stop.await;
     tracing::info!("shutting down");
     agent.shutdown().await;
     Ok(())
 }
 
-/// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
-async fn terminated() {
+/// Installs the SIGTERM (Kubernetes) and SIGINT (Ctrl-C) handlers at once, so a signal that
+/// arrives from here on means a clean shutdown; the future resolves on either.
+fn terminated() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
     }
 }

@@ -83,8 +83,11 @@ fn run(log_format: &str) -> (Vec<u8>, Vec<String>) {
         .status()
         .unwrap();
     assert!(killed.success());
-    // (A SIGTERM may arrive before the agent installs its handler: any exit will do here.)
-    child.wait().unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "SIGTERM stops the agent cleanly: {status}"
+    );
     lines.extend(rx.iter());
     (out.join().unwrap(), lines)
 }

@@ -134,6 +134,7 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("building the runtime")?;
     runtime.block_on(async move {
+        let stop = terminated();
         let relay = logrelay_relay::start(cli.config, tls)
             .await
             .context("starting relay")?;
@@ -146,22 +147,30 @@ fn main() -> anyhow::Result<()> {
                 Err(e) => tracing::info!(error = %e, "sandbox self-check: file write refused"),
             }
         }
-        terminated().await;
+        stop.await;
         tracing::info!("shutting down");
         relay.shutdown().await;
         Ok(())
     })
 }
 
-/// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
-async fn terminated() {
+/// Installs the SIGTERM (Kubernetes) and SIGINT (Ctrl-C) handlers at once, so a signal that
+/// arrives from here on means a clean shutdown; the future resolves on either.
+fn terminated() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
     }
 }
