@@ -52,12 +52,14 @@ async fn listed(url: &str, token: &str) -> Vec<String> {
     client
         .send(&Request::List {
             selector: Selector::default(),
+            id: None,
+            watch: false,
         })
         .await
         .unwrap();
     loop {
         match within("the list", client.next()).await {
-            Ok(Some(Incoming::Event(Event::Streams { streams }))) => {
+            Ok(Some(Incoming::Event(Event::Streams { streams, .. }))) => {
                 let mut pods: Vec<_> = streams.into_iter().map(|s| s.labels.pod).collect();
                 pods.sort();
                 return pods;

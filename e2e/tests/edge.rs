@@ -47,6 +47,8 @@ async fn request_rate_limit_hits_are_audited_per_session_with_a_count() {
     let mut s = relay.subscriber().await;
     let list = Request::List {
         selector: Default::default(),
+        id: None,
+        watch: false,
     };
     for _ in 0..200 {
         s.client.send(&list).await.unwrap();
@@ -137,6 +139,8 @@ async fn an_oversized_message_closes_its_session_with_a_reason_and_is_audited() 
     good.client
         .send(&Request::List {
             selector: Default::default(),
+            id: None,
+            watch: false,
         })
         .await
         .unwrap();
