@@ -720,7 +720,10 @@ impl Tailer {
                         self.stop(&stream, generation);
                         return Ok(Ended::Cancelled);
                     }
-                    item = queue.next() => item,
+                    item = next_item(&stream, &queue, generation) => match item {
+                        Some(item) => item,
+                        None => return Ok(Ended::Complete),
+                    },
                     () = superseded => continue,
                     () = tokio::time::sleep(self.config.drain_linger) => continue,
                 }
@@ -1341,6 +1344,37 @@ async fn follow_task(
                 return;
             }
         }
+    }
+}
+
+/// The next item of a follower's queue, taken only while `generation` is the demand draining
+/// it; `None` once a newer demand took the follower over ([`Tailer::attach`]).
+///
+/// The check and the take are one step under the stream's lock, which `attach` also holds: a
+/// demand that was taken over but has not run since (its receiver went away, which it learns
+/// only when a send fails) would otherwise be woken first by the next batch, take it and lose
+/// it, while the newer demand had attached at a point the queue no longer starts at (a hole,
+/// with no gap).
+async fn next_item(stream: &Stream, queue: &Queue, generation: u64) -> Option<Item> {
+    loop {
+        let ready = queue.ready.notified();
+        {
+            let st = stream.state.lock().expect("stream lock");
+            if st
+                .follower
+                .as_ref()
+                .is_none_or(|s| s.consumer != generation)
+            {
+                drop(st);
+                // The wake-up this demand took may have been meant for the newer one.
+                queue.ready.notify_one();
+                return None;
+            }
+            if let Some(item) = queue.pop() {
+                return Some(item);
+            }
+        }
+        ready.await;
     }
 }
 
