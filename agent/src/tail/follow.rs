@@ -35,6 +35,8 @@ use super::reader::{RecordReader, TailLine, detect_prefix};
 pub const READ_CHUNK: usize = 64 * 1024;
 /// Finished files a follower keeps open (for backfills reaching back into them).
 const KEEP_FINISHED: usize = 4;
+/// Listings tried for one that the look at the log path agrees with ([`Follower::snapshot`]).
+const SNAPSHOT_TRIES: usize = 8;
 
 /// An open log file, shareable between a follower and backward searches.
 #[derive(Debug, Clone)]
@@ -208,15 +210,30 @@ impl Follower {
                 last_size: size,
             });
         }
-        // Everything listed now is history: only later rotations matter.
-        let current = std::fs::metadata(me.path()).ok().map(|m| FileId::of(&m));
-        for l in me.list()? {
-            me.seen.names.insert(l.name.clone());
+        let (listing, current) = me.snapshot(me.look())?;
+        for l in &listing {
             if let ListedKind::Plain { id, .. } = l.kind {
-                me.seen.ids.insert(id);
                 for link in me.chain.iter_mut().filter(|k| k.held.id == id) {
                     link.key = Some(l.key.clone());
                 }
+            }
+        }
+        // What is listed now is history, older than the chain, unless the chain's newest file
+        // was rotated away since it was gathered: siblings newer than it appeared after, and
+        // are left for the first poll to read (or count lost).
+        let newest = me
+            .chain
+            .back()
+            .filter(|l| Some(l.held.id) != current)
+            .and_then(|l| l.key.clone());
+        for l in listing {
+            if newest.as_ref().is_some_and(|k| l.key > *k) {
+                me.dir_stamp = None;
+                continue;
+            }
+            me.seen.names.insert(l.name);
+            if let ListedKind::Plain { id, .. } = l.kind {
+                me.seen.ids.insert(id);
             }
         }
         me.seen.current = current.filter(|c| me.holds(*c));
@@ -292,15 +309,30 @@ impl Follower {
         self.chain.iter().any(|l| l.held.id == id)
     }
 
-    /// Looks for rotations, then reads up to about `max_bytes`, appending lines to `out`.
-    pub fn poll(&mut self, out: &mut Vec<TailLine>, max_bytes: u64) -> std::io::Result<Progress> {
-        let current = std::fs::metadata(self.path())
+    /// The identity of the file at the log path now.
+    fn look(&self) -> Option<FileId> {
+        std::fs::metadata(self.path())
             .ok()
             .filter(|m| m.is_file())
-            .map(|m| FileId::of(&m));
+            .map(|m| FileId::of(&m))
+    }
+
+    /// Looks for rotations, then reads up to about `max_bytes`, appending lines to `out`.
+    pub fn poll(&mut self, out: &mut Vec<TailLine>, max_bytes: u64) -> std::io::Result<Progress> {
+        let current = self.look();
+        self.poll_from(current, out, max_bytes)
+    }
+
+    /// [`Self::poll`], the log path having been looked at (`current`) just before.
+    fn poll_from(
+        &mut self,
+        mut current: Option<FileId>,
+        out: &mut Vec<TailLine>,
+        max_bytes: u64,
+    ) -> std::io::Result<Progress> {
         let shrunk = self.check_truncation(current)?;
         if current != self.seen.current || shrunk.is_some() || self.dir_changed() {
-            self.rotated(out, current, shrunk.flatten())?;
+            current = self.rotated(out, current, shrunk.flatten())?;
         }
         for link in self.chain.iter_mut().filter(|l| !l.held.fp.is_complete()) {
             link.held.fp = Fingerprint::read(&link.held.file)?;
@@ -498,14 +530,40 @@ impl Follower {
         Ok(out)
     }
 
+    /// Lists the siblings, and returns the listing with the identity of the file at the path,
+    /// taken so that they agree: the path was the same file before and after the listing.
+    ///
+    /// A rotation between a look at the path and the listing shows the file renamed in the
+    /// listing while the older look calls it the file at the path (it would then be read, as
+    /// the current file, after the files rotated after it); one between the listing and a later
+    /// look hides the renamed file from the listing while the path already holds a newer one
+    /// (which would be read before it). Rotations come seconds apart, so a few tries settle it;
+    /// if they do not, the last look is taken.
+    fn snapshot(
+        &mut self,
+        mut current: Option<FileId>,
+    ) -> std::io::Result<(Vec<Listed>, Option<FileId>)> {
+        for _ in 0..SNAPSHOT_TRIES {
+            let listing = self.list()?;
+            let after = self.look();
+            if after == current {
+                return Ok((listing, current));
+            }
+            current = after;
+        }
+        Ok((self.list()?, current))
+    }
+
+    /// Applies what the listing shows; returns the identity of the file at the path, as of the
+    /// listing ([`Self::snapshot`]).
     fn rotated(
         &mut self,
         out: &mut Vec<TailLine>,
         current: Option<FileId>,
         truncation: Option<Truncation>,
-    ) -> std::io::Result<()> {
+    ) -> std::io::Result<Option<FileId>> {
         let truncated_at = truncation.map(|t| t.at);
-        let listing = self.list()?;
+        let (listing, current) = self.snapshot(current)?;
         let previous = self.seen.current;
         for l in &listing {
             if let ListedKind::Plain { id, .. } = l.kind {
@@ -626,7 +684,8 @@ impl Follower {
                 last_size: size,
             });
         }
-        self.reorder(out, current)
+        self.reorder(out, current)?;
+        Ok(current)
     }
 
     /// Sorts the chain in rotation order: rotated files by their names' order, the file at the
@@ -823,5 +882,103 @@ mod tests {
         got.extend(drain(&mut f));
         got.extend(drain(&mut f));
         assert_eq!(got.len(), 200, "{:?}", got.last());
+    }
+
+    /// A kubelet-style log: `0.log` written by a CRI writer, renamed away at each rotation.
+    struct Kubelet {
+        dir: tempfile::TempDir,
+        file: File,
+        n: usize,
+        rotations: usize,
+    }
+
+    impl Kubelet {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let file = File::create(dir.path().join("0.log")).unwrap();
+            Self {
+                dir,
+                file,
+                n: 0,
+                rotations: 0,
+            }
+        }
+
+        fn path(&self) -> PathBuf {
+            self.dir.path().join("0.log")
+        }
+
+        fn write(&mut self, lines: usize) {
+            for _ in 0..lines {
+                self.file.write_all(cri(self.n).as_bytes()).unwrap();
+                self.n += 1;
+            }
+        }
+
+        fn rotate(&mut self) {
+            self.rotations += 1;
+            let name = format!("0.log.20240101-0000{:02}", self.rotations);
+            std::fs::rename(self.path(), self.dir.path().join(name)).unwrap();
+            self.file = File::create(self.path()).unwrap();
+        }
+
+        fn id(&self) -> FileId {
+            FileId::of(&std::fs::metadata(self.path()).unwrap())
+        }
+    }
+
+    fn ino(files: &[super::super::seek::ChainFile]) -> Vec<u64> {
+        files.iter().map(|f| f.held.id.ino).collect()
+    }
+
+    /// A poll looks at the path, then lists the directory. Rotations between the two looks
+    /// (here: three, forced by handing the poll its first look) must not put the renamed file
+    /// after the ones rotated after it: the follower's files are the order backfills walk back
+    /// in, so they must be the order lines were numbered in.
+    #[test]
+    fn rotations_between_the_look_at_the_path_and_the_listing_keep_the_rotation_order() {
+        let mut log = Kubelet::new();
+        log.write(50);
+        let mut f = Follower::from_start(&log.path(), 0, 1 << 20).unwrap();
+        assert_eq!(drain(&mut f).len(), 50);
+        log.write(20);
+        let first = log.id();
+        let mut ids = vec![first.ino];
+        for _ in 0..3 {
+            log.rotate();
+            ids.push(log.id().ino);
+            log.write(20);
+        }
+        // The poll's look at the path came before the rotations.
+        let mut out = Vec::new();
+        f.poll_from(Some(first), &mut out, 1 << 20).unwrap();
+        let mut got: Vec<String> = out
+            .drain(..)
+            .map(|l| String::from_utf8_lossy(&l.message).trim_end().to_owned())
+            .collect();
+        got.extend(drain(&mut f));
+        let want: Vec<String> = (50..130).map(|n| format!("line {n}")).collect();
+        assert_eq!(got, want);
+        assert_eq!(ino(&f.files()), ids, "files in rotation order");
+    }
+
+    /// A follower is built from files gathered a moment before (a plan, a checkpoint): files
+    /// rotated in between, newer than the newest of them, are read, not taken for history.
+    #[test]
+    fn files_rotated_between_gathering_the_chain_and_following_are_read() {
+        let mut log = Kubelet::new();
+        log.write(10);
+        let held = HeldFile::open(&log.path()).unwrap();
+        let mut ids = vec![held.id.ino];
+        for _ in 0..2 {
+            log.rotate();
+            ids.push(log.id().ino);
+            log.write(10);
+        }
+        let mut f = Follower::new(&log.path(), vec![held], 0, 0, 1 << 20).unwrap();
+        let got = drain(&mut f);
+        let want: Vec<String> = (0..30).map(|n| format!("line {n}")).collect();
+        assert_eq!(got, want);
+        assert_eq!(ino(&f.files()), ids);
     }
 }
