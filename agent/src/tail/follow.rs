@@ -29,6 +29,7 @@ use crate::fingerprint::{FileId, Fingerprint};
 use crate::format::Format;
 use crate::rotate::{self, Action, Listed, ListedKind, RotationKey, Seen, Sibling};
 
+use super::gz::{Check, GzFile, GzReader};
 use super::reader::{RecordReader, TailLine, detect_prefix};
 
 /// Bytes read per `pread`.
@@ -43,10 +44,14 @@ const SNAPSHOT_TRIES: usize = 8;
 pub struct HeldFile {
     /// Identity when opened.
     pub id: FileId,
-    /// Fingerprint of its first bytes (extended as it grows).
+    /// Fingerprint of its first bytes (extended as it grows; of the compressed bytes for a
+    /// compressed file).
     pub fp: Fingerprint,
     /// The open file.
     pub file: Arc<File>,
+    /// Set for a gzip-compressed rotated file: its content is read through a decoder
+    /// ([`super::gz`]), and offsets and sizes are of the uncompressed content.
+    pub gz: Option<Arc<GzFile>>,
 }
 
 impl HeldFile {
@@ -61,18 +66,44 @@ impl HeldFile {
             id: FileId::of(&meta),
             fp: Fingerprint::read(&file)?,
             file: Arc::new(file),
+            gz: None,
         })
     }
 
-    /// Its size now.
+    /// Opens the gzip-compressed rotated file at `path`. Nothing is inflated yet.
+    pub fn open_gz(path: &Path) -> std::io::Result<Self> {
+        Ok(Self {
+            gz: Some(Arc::default()),
+            ..Self::open(path)?
+        })
+    }
+
+    /// Its size now; for a compressed file, of its content (inflated whole the first time,
+    /// and 0 if it is damaged: nothing of it is read).
     pub fn size(&self) -> std::io::Result<u64> {
-        Ok(self.file.metadata()?.len())
+        match &self.gz {
+            None => Ok(self.file.metadata()?.len()),
+            Some(gz) => Ok(gz.size(&self.file)),
+        }
     }
 
     /// Its format, from its first bytes (`None` while empty).
     pub fn format(&self) -> std::io::Result<Option<Format>> {
         let mut buf = [0u8; super::reader::DETECT_BYTES];
-        let n = read_full_at(&self.file, &mut buf, 0)?;
+        let n = match &self.gz {
+            None => read_full_at(&self.file, &mut buf, 0)?,
+            Some(_) => {
+                let mut r = GzReader::new(self.file.clone());
+                let mut n = 0;
+                while n < buf.len() {
+                    match r.read(&mut buf[n..]) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => n += k,
+                    }
+                }
+                n
+            }
+        };
         Ok(detect_prefix(&buf[..n]))
     }
 }
@@ -109,6 +140,86 @@ struct Link {
     offset: u64,
     /// Size at the last look (growth detection while it is the current file).
     last_size: u64,
+    /// The decoder of a compressed file, once reading it started.
+    inflate: Option<GzReader>,
+    /// A compressed file found unreadable was reported: it reads as empty.
+    unreadable: bool,
+}
+
+impl Link {
+    fn new(held: HeldFile, key: Option<RotationKey>, offset: u64, last_size: u64) -> Self {
+        Self {
+            held,
+            key,
+            offset,
+            last_size,
+            inflate: None,
+            unreadable: false,
+        }
+    }
+
+    /// Reads the next bytes of a compressed file into `buf`, after skipping to its offset
+    /// (inflating at most `budget` bytes per call while skipping).
+    fn read_gz(&mut self, gz: &GzFile, buf: &mut [u8], budget: u64) -> GzStep {
+        if self.unreadable {
+            return GzStep::Read(0);
+        }
+        let size = match gz.check(&self.held.file) {
+            Check::Sound { size } => *size,
+            Check::Damaged { bytes, reason } => {
+                self.unreadable = true;
+                return GzStep::Unreadable {
+                    bytes: *bytes,
+                    reason: reason.clone(),
+                };
+            }
+        };
+        let file = &self.held.file;
+        let inflate = self
+            .inflate
+            .get_or_insert_with(|| GzReader::new(file.clone()));
+        if inflate.pos() > self.offset {
+            *inflate = GzReader::new(file.clone());
+        }
+        let result = if inflate.pos() < self.offset {
+            let before = inflate.pos();
+            match inflate.skip_to(self.offset, buf, budget) {
+                Ok(true) if inflate.pos() < self.offset => Ok(0),
+                Ok(true) => inflate.read(buf),
+                Ok(false) => return GzStep::Skipped(inflate.pos() - before),
+                Err(e) => Err(e),
+            }
+        } else {
+            inflate.read(buf)
+        };
+        match result {
+            Ok(n) => GzStep::Read(n),
+            // Checked sound, so changed since: what was not read of it is lost.
+            Err(e) => {
+                self.unreadable = true;
+                self.inflate = None;
+                GzStep::Unreadable {
+                    bytes: size.saturating_sub(self.offset),
+                    reason: e.to_string(),
+                }
+            }
+        }
+    }
+}
+
+/// One step of reading a compressed file.
+enum GzStep {
+    /// Read this many bytes (0 at its end).
+    Read(usize),
+    /// Skipped this many bytes toward the offset to read at; not there yet.
+    Skipped(u64),
+    /// It cannot be read (any more).
+    Unreadable {
+        /// Uncompressed bytes not read (0 when unknown).
+        bytes: u64,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// What one [`Follower::poll`] did.
@@ -135,6 +246,16 @@ pub enum Event {
         at_seq: u64,
         /// Bytes lost (0 when unknown).
         bytes: u64,
+    },
+    /// A compressed file of the chain could not be read (truncated, corrupt): its content
+    /// (what was not read of it) is missing just before line `at_seq`.
+    Unreadable {
+        /// Sequence number of the next line.
+        at_seq: u64,
+        /// Uncompressed bytes missing (0 when unknown).
+        bytes: u64,
+        /// What is wrong with it.
+        reason: String,
     },
 }
 
@@ -203,12 +324,8 @@ impl Follower {
         for (i, held) in chain.into_iter().enumerate() {
             let size = held.size()?;
             me.seen.ids.insert(held.id);
-            me.chain.push_back(Link {
-                held,
-                key: None,
-                offset: if i == 0 { offset } else { 0 },
-                last_size: size,
-            });
+            let offset = if i == 0 { offset } else { 0 };
+            me.chain.push_back(Link::new(held, None, offset, size));
         }
         let (listing, current) = me.snapshot(me.look())?;
         for l in &listing {
@@ -334,7 +451,11 @@ impl Follower {
         if current != self.seen.current || shrunk.is_some() || self.dir_changed() {
             current = self.rotated(out, current, shrunk.flatten())?;
         }
-        for link in self.chain.iter_mut().filter(|l| !l.held.fp.is_complete()) {
+        for link in self
+            .chain
+            .iter_mut()
+            .filter(|l| !l.held.fp.is_complete() && l.held.gz.is_none())
+        {
             link.held.fp = Fingerprint::read(&link.held.file)?;
         }
         if let Some(id) = current
@@ -346,12 +467,7 @@ impl Follower {
             self.seen.ids.insert(id);
             self.seen.current = Some(id);
             self.events.push(Event::Opened(held.clone()));
-            self.chain.push_back(Link {
-                held,
-                key: None,
-                offset: 0,
-                last_size: size,
-            });
+            self.chain.push_back(Link::new(held, None, 0, size));
         }
         self.read(out, max_bytes, current)
     }
@@ -367,7 +483,27 @@ impl Follower {
             let Some(head) = self.chain.front_mut() else {
                 return Ok(Progress::Idle(total));
             };
-            let n = head.held.file.read_at(&mut self.buf, head.offset)?;
+            let n = match head.held.gz.clone() {
+                None => head.held.file.read_at(&mut self.buf, head.offset)?,
+                Some(gz) => match head.read_gz(&gz, &mut self.buf, max_bytes - total) {
+                    GzStep::Read(n) => n,
+                    GzStep::Skipped(n) => {
+                        total += n;
+                        if total >= max_bytes {
+                            return Ok(Progress::More(total));
+                        }
+                        continue;
+                    }
+                    GzStep::Unreadable { bytes, reason } => {
+                        self.events.push(Event::Unreadable {
+                            at_seq: self.reader.next_seq(),
+                            bytes,
+                            reason,
+                        });
+                        0
+                    }
+                },
+            };
             if n > 0 {
                 head.offset += n as u64;
                 self.reader.feed(&self.buf[..n], out);
@@ -431,7 +567,7 @@ impl Follower {
             .position(|l| Some(l.held.id) == current)
             .filter(|i| *i > 0);
         for index in [Some(0), at_path].into_iter().flatten() {
-            let Some(link) = self.chain.get_mut(index) else {
+            let Some(link) = self.chain.get_mut(index).filter(|l| l.held.gz.is_none()) else {
                 continue;
             };
             if index > 0 && found.is_some() {
@@ -677,12 +813,7 @@ impl Follower {
         for (held, key) in strangers {
             let size = held.size()?;
             self.events.push(Event::Opened(held.clone()));
-            self.chain.push_back(Link {
-                held,
-                key,
-                offset: 0,
-                last_size: size,
-            });
+            self.chain.push_back(Link::new(held, key, 0, size));
         }
         self.reorder(out, current)?;
         Ok(current)
@@ -716,7 +847,7 @@ impl Follower {
 
     /// True when the head does not hold the bytes of `copy` (a copy of it): it was truncated.
     fn head_differs_from(&self, copy: &HeldFile) -> std::io::Result<bool> {
-        let Some(head) = self.chain.front() else {
+        let Some(head) = self.chain.front().filter(|h| h.held.gz.is_none()) else {
             return Ok(false);
         };
         let copy_size = copy.size()?;
@@ -747,7 +878,7 @@ impl Follower {
         let Some(head) = self.chain.front() else {
             return Ok(false);
         };
-        if head.held.fp.len == 0 {
+        if head.held.fp.len == 0 || head.held.gz.is_some() {
             return Ok(false);
         }
         let renamed_before = match (&head.key, key) {
@@ -769,12 +900,7 @@ impl Follower {
         head.held.fp = Fingerprint::read(&head.held.file)?;
         head.last_size = head.held.size()?;
         self.events.push(Event::Opened(copy.clone()));
-        self.chain.push_front(Link {
-            held: copy,
-            key: None,
-            offset: from,
-            last_size: size,
-        });
+        self.chain.push_front(Link::new(copy, None, from, size));
         Ok(())
     }
 
