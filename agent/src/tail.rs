@@ -13,7 +13,9 @@
 //!   53-bit number (exact in JavaScript). Its *anchor* is the newest clean point of the newest
 //!   file, numbered [`SEQ_BASE`]; the backlog is found by walking *back* from there
 //!   ([`seek::back`]) so `tail: N` never reads a whole file, and lines before the anchor get
-//!   `SEQ_BASE - 1`, `SEQ_BASE - 2`, … (into the rotated file when the newest holds too few).
+//!   `SEQ_BASE - 1`, `SEQ_BASE - 2`, … (into the rotated files when the newest holds too few,
+//!   gzip-compressed ones included: [`gz`]; one that cannot be read counts no lines and is
+//!   told as a gap where it was).
 //!   When the walk reaches the start of the oldest file it has counted every line, and the
 //!   numbering is shifted so that the first line there is 0 (small logs read naturally).
 //! * While the epoch lives, the agent keeps the stream's files open (including rotated and
