@@ -12,7 +12,7 @@
 //! is the end of a complete (rotated) file, where open lines are emitted flagged partial.
 //!
 //! A compressed rotated file cannot be read backwards: it is scanned forward instead
-//! ([`back_in_gz`]), with the forward reader itself, whose clean points are then exact, keeping
+//! (`back_in_gz`), with the forward reader itself, whose clean points are then exact, keeping
 //! nothing but counters (two passes for `tail: N`: count the lines, then find the point `N`
 //! before the end). A damaged one holds no lines: the walk goes on past it, and the forward
 //! read reports it as a gap.
