@@ -380,9 +380,17 @@ struct DemandTask {
 }
 
 impl DemandTask {
-    async fn run(self) {
+    async fn run(mut self) {
         self.metrics.demands_active.inc();
         let _active = ActiveGuard(self.metrics.clone());
+        // Cancelled before it started (a watcher that came and went at once), or its
+        // connection is gone: no data stream at all.
+        if !matches!(
+            self.cancel.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        ) {
+            return;
+        }
         let mut send = match self.conn.open_uni().await {
             Ok(s) => s,
             Err(e) => {
