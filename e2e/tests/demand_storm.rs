@@ -143,13 +143,20 @@ async fn a_demand_storm_leaves_no_demand_behind_and_silences_nobody() {
         .await;
     let (stop_steady, mut steady_done) = watch::channel(false);
     let steady_task = tokio::spawn(async move {
+        let started = Instant::now();
         let mut last = Instant::now();
         let mut longest = Duration::ZERO;
         loop {
             tokio::select! {
                 m = steady.recv() => match m {
                     Some(Incoming::Lines(_)) => {
-                        longest = longest.max(last.elapsed());
+                        if last.elapsed() > longest {
+                            longest = last.elapsed();
+                            eprintln!(
+                                "steady: silent {longest:?}, until {:?} after it started",
+                                started.elapsed()
+                            );
+                        }
                         last = Instant::now();
                     }
                     Some(_) => {}

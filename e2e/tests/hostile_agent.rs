@@ -82,6 +82,31 @@ impl Peer {
         org: &str,
         catalog: &[(u64, Labels)],
     ) -> Self {
+        let mut peer = Self::dial(pki, relay, org).await;
+        peer.send(&AgentMsg::Hello {
+            protocol: logrelay_wire::PROTOCOL_VERSION,
+            node: "n1".into(),
+            agent_version: "test".into(),
+        })
+        .await;
+        let welcome = peer.next().await;
+        assert!(
+            matches!(welcome, Some(RelayMsg::Welcome { .. })),
+            "{welcome:?}"
+        );
+        let streams = catalog
+            .iter()
+            .map(|(id, labels)| StreamInfo {
+                id: *id,
+                labels: labels.clone(),
+            })
+            .collect();
+        peer.send(&AgentMsg::CatalogAdd { streams }).await;
+        peer
+    }
+
+    /// A connection with its control stream open, nothing said yet.
+    async fn dial(pki: &TestPki, relay: SocketAddr, org: &str) -> Self {
         let tls = pki.agent_tls(org, "c1");
         let client = logrelay_tls::quic_client(tls.identity, tls.relay_roots).expect("client");
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -108,33 +133,13 @@ impl Peer {
                 }
             }
         });
-        let mut peer = Self {
+        Self {
             conn,
             send,
             rx,
             _endpoint: endpoint,
             reader,
-        };
-        peer.send(&AgentMsg::Hello {
-            protocol: logrelay_wire::PROTOCOL_VERSION,
-            node: "n1".into(),
-            agent_version: "test".into(),
-        })
-        .await;
-        let welcome = peer.next().await;
-        assert!(
-            matches!(welcome, Some(RelayMsg::Welcome { .. })),
-            "{welcome:?}"
-        );
-        let streams = catalog
-            .iter()
-            .map(|(id, labels)| StreamInfo {
-                id: *id,
-                labels: labels.clone(),
-            })
-            .collect();
-        peer.send(&AgentMsg::CatalogAdd { streams }).await;
-        peer
+        }
     }
 
     async fn send(&mut self, msg: &AgentMsg) {
@@ -670,4 +675,40 @@ async fn a_hostile_agent_presenting_other_connections_ids_reaches_nothing_and_is
     for l in own.lines.values().flatten() {
         assert_eq!(String::from_utf8_lossy(&l.message), "attacker's own line\n");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_naming_an_oversized_node_is_refused() {
+    let pki = TestPki::new();
+    let relay = TestRelay::start(&pki).await;
+    let mut peer = Peer::dial(&pki, relay.quic_addr(), "acme").await;
+    peer.send(&AgentMsg::Hello {
+        protocol: logrelay_wire::PROTOCOL_VERSION,
+        node: "n".repeat(254),
+        agent_version: "test".into(),
+    })
+    .await;
+    // The error is sent, then the connection closed with the same reason (which may
+    // overtake it).
+    if let Some(msg) = peer.next().await {
+        assert!(
+            matches!(&msg, RelayMsg::Error { code: ErrorCode::BadRequest, message } if message.contains("at most 253")),
+            "{msg:?}"
+        );
+    }
+    let closed = within("the connection closes", peer.conn.closed()).await;
+    match &closed {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(c.error_code.into_inner(), 1, "PROTOCOL");
+            assert!(
+                String::from_utf8_lossy(&c.reason).contains("at most 253"),
+                "{c:?}"
+            );
+        }
+        other => panic!("closed otherwise: {other:?}"),
+    }
+    assert!(
+        !relay.audit_text().contains(&"n".repeat(254)),
+        "the name never reaches the audit trail"
+    );
 }

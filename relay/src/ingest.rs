@@ -44,6 +44,9 @@ pub mod codes {
     pub const VIOLATION: u32 = 8;
 }
 
+/// Longest node name a `hello` may carry (a Kubernetes node name is a DNS subdomain).
+pub const MAX_NODE_BYTES: usize = 253;
+
 /// Limit hits of one connection written to the audit trail; later ones are only counted.
 const AUDITED_LIMITS_PER_CONNECTION: u32 = 16;
 
@@ -237,6 +240,16 @@ async fn serve_agent(
                     format!(
                         "relay speaks protocol {}, agent {v}",
                         logrelay_wire::PROTOCOL_VERSION
+                    ),
+                );
+                return Err(refuse(&conn, &mut send, &mut out, e, &metrics).await);
+            }
+            if node.len() > MAX_NODE_BYTES {
+                let e = protocol(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "node name of {} bytes; at most {MAX_NODE_BYTES}",
+                        node.len()
                     ),
                 );
                 return Err(refuse(&conn, &mut send, &mut out, e, &metrics).await);
