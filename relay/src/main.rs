@@ -120,6 +120,9 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("building the runtime")?;
     runtime.block_on(async move {
+        // Listening for SIGTERM/SIGINT from the start: a signal that comes while the relay
+        // starts (or right after it said it runs) also shuts it down gracefully.
+        let signals = Signals::new();
         let relay = logrelay_relay::start(cli.config, tls)
             .await
             .context("starting relay")?;
@@ -132,22 +135,42 @@ fn main() -> anyhow::Result<()> {
                 Err(e) => tracing::info!(error = %e, "sandbox self-check: file write refused"),
             }
         }
-        terminated().await;
+        signals.terminated().await;
         tracing::info!("shutting down");
         relay.shutdown().await;
         Ok(())
     })
 }
 
-/// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
-async fn terminated() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+/// SIGTERM (Kubernetes) and SIGINT (Ctrl-C), listened for from when this is made.
+#[derive(Debug)]
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        Self {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
+        }
+    }
+
+    /// Resolves on the first of them.
+    async fn terminated(mut self) {
+        async fn on(signal: Option<&mut tokio::signal::unix::Signal>) {
+            match signal {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            () = on(self.term.as_mut()) => {}
+            () = on(self.int.as_mut()) => {}
+        }
     }
 }
