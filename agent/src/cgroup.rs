@@ -378,7 +378,7 @@ impl Collector for Sampler<'_> {
 
     async fn read(&mut self) -> (i64, PodSample) {
         let (dir, names) = (self.pod.dir.clone(), self.pod.containers_dir.clone());
-        let sample = tokio::task::spawn_blocking(move || sample_pod(&dir, &names))
+        let sample = crate::blocking::run(move || sample_pod(&dir, &names))
             .await
             .unwrap_or_default();
         self.metrics.resource_samples.inc();

@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod blocking;
 pub mod budget;
 pub mod catalog;
 pub mod cgroup;

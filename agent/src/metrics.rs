@@ -34,6 +34,8 @@ pub struct AgentMetrics {
     pub reconnects: Counter,
     /// Demands being served.
     pub demands_active: Gauge,
+    /// Streams the relay refused to take (`catalog_refused`: a limit was reached).
+    pub catalog_refused: Counter,
     /// Log follower tasks running (one per followed stream and line filter).
     pub followers: Gauge,
     /// Log bytes rotated away (compressed, deleted, truncated) before they were read.
@@ -81,6 +83,7 @@ impl AgentMetrics {
             relay_connected: Gauge::default(),
             reconnects: Counter::default(),
             demands_active: Gauge::default(),
+            catalog_refused: Counter::default(),
             followers: Gauge::default(),
             rotated_unread_bytes: Counter::default(),
             unreadable_rotated_files: Counter::default(),
@@ -134,6 +137,11 @@ impl AgentMetrics {
             "demands_active",
             "Demands being served",
             m.demands_active.clone(),
+        );
+        registry.register(
+            "catalog_refused",
+            "Streams the relay refused to take because a limit was reached",
+            m.catalog_refused.clone(),
         );
         registry.register(
             "followers",

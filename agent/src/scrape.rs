@@ -151,7 +151,7 @@ pub async fn scrape_once(spec: &TargetSpec, metrics: &AgentMetrics) -> Scrape {
             if resp.body.len() <= PARSE_INLINE_BYTES {
                 exposition::parse(&resp.body, flavor, &limits)
             } else {
-                tokio::task::spawn_blocking(move || exposition::parse(&resp.body, flavor, &limits))
+                crate::blocking::run(move || exposition::parse(&resp.body, flavor, &limits))
                     .await
                     .expect("the parser never panics")
             }

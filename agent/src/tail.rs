@@ -637,7 +637,7 @@ impl Tailer {
             let stream = stream.clone();
             let spec = spec.clone();
             let max_line = params.max_line_bytes;
-            tokio::task::spawn_blocking(move || plan_once(&stream, &spec, max_line))
+            crate::blocking::run(move || plan_once(&stream, &spec, max_line))
                 .await
                 .map_err(|e| io_err(path)(std::io::Error::other(e)))?
                 .map_err(io_err(path))?
@@ -671,9 +671,12 @@ impl Tailer {
         let mut lines = Vec::new();
         let mut out = Vec::new();
         loop {
+            // A read of the file, in turn with the other demands' blocking work.
+            let turn = crate::blocking::permit().await;
             let progress = follower
                 .poll(&mut lines, POLL_BYTES)
                 .map_err(io_err(path))?;
+            drop(turn);
             self.metrics.lines_read.inc_by(lines.len() as u64);
             let mut gaps = gaps_of(&self.metrics, path, &follower.take_events());
             gaps.retain(|&(at, _)| at >= enc.from_seq && plan.until_seq.is_none_or(|u| at < u));

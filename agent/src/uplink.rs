@@ -252,6 +252,15 @@ impl Uplink {
                                 let _ = cancel.send(());
                             }
                         }
+                        Ok(Some(RelayMsg::CatalogRefused { streams, limit, message, .. })) => {
+                            // Not announced: offered again with the next change of the catalog
+                            // (by then other streams may have gone).
+                            self.metrics.catalog_refused.inc_by(streams.len() as u64);
+                            tracing::warn!(refused = streams.len(), %limit, %message, "relay refused streams");
+                            for id in streams {
+                                sent.remove(&id);
+                            }
+                        }
                         Ok(Some(RelayMsg::Heartbeat | RelayMsg::Welcome { .. })) => {}
                         Ok(Some(RelayMsg::Error { code, message })) => break Err(UplinkError::Relay { code, message }),
                         Ok(None) => break Err(UplinkError::Stream("relay closed the control stream".into())),
@@ -371,9 +380,17 @@ struct DemandTask {
 }
 
 impl DemandTask {
-    async fn run(self) {
+    async fn run(mut self) {
         self.metrics.demands_active.inc();
         let _active = ActiveGuard(self.metrics.clone());
+        // Cancelled before it started (a watcher that came and went at once), or its
+        // connection is gone: no data stream at all.
+        if !matches!(
+            self.cancel.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        ) {
+            return;
+        }
         let mut send = match self.conn.open_uni().await {
             Ok(s) => s,
             Err(e) => {

@@ -96,6 +96,56 @@ pub struct RelayConfig {
         default_value_t = 1000
     )]
     pub max_sessions_per_org: usize,
+    /// Demands (live, backfill, one-off reads) open at one agent connection at once. A
+    /// subscription that needs one more there is refused for that stream (`end` with reason
+    /// `demand_limit`).
+    #[arg(
+        long,
+        env = "LOGRELAY_RELAY_MAX_DEMANDS_PER_AGENT",
+        default_value_t = 2048
+    )]
+    pub max_demands_per_agent: usize,
+    /// Demands open at the agents of one org at once; beyond it, as per agent.
+    #[arg(
+        long,
+        env = "LOGRELAY_RELAY_MAX_DEMANDS_PER_ORG",
+        default_value_t = 16384
+    )]
+    pub max_demands_per_org: usize,
+    /// Streams one agent connection may announce; further ones are refused
+    /// (`catalog_refused`).
+    #[arg(
+        long,
+        env = "LOGRELAY_RELAY_MAX_STREAMS_PER_AGENT",
+        default_value_t = 10_000
+    )]
+    pub max_streams_per_agent: usize,
+    /// Streams the agents of one org may announce together; further ones are refused.
+    #[arg(
+        long,
+        env = "LOGRELAY_RELAY_MAX_STREAMS_PER_ORG",
+        default_value_t = 100_000
+    )]
+    pub max_streams_per_org: usize,
+    /// Bytes of label values one stream may carry; a stream with more is refused.
+    #[arg(
+        long,
+        env = "LOGRELAY_RELAY_MAX_LABEL_BYTES_PER_STREAM",
+        default_value_t = 4096
+    )]
+    pub max_label_bytes_per_stream: usize,
+    /// Bytes of label values of all the streams one agent connection announces; further
+    /// streams are refused.
+    #[arg(long, env = "LOGRELAY_RELAY_MAX_LABEL_BYTES_PER_AGENT", default_value_t = 8 * 1024 * 1024)]
+    pub max_label_bytes_per_agent: usize,
+    /// Violations (ids or streams that are not its own) one agent connection may commit; the
+    /// next one closes the connection (QUIC code 8).
+    #[arg(
+        long,
+        env = "LOGRELAY_RELAY_MAX_AGENT_VIOLATIONS",
+        default_value_t = 16
+    )]
+    pub max_agent_violations: u32,
     /// Control messages per second a session may send (burst: twice as many).
     #[arg(
         long,
@@ -236,6 +286,13 @@ impl RelayConfig {
             memory_budget_bytes: 256 * 1024 * 1024,
             slow_consumer: SlowConsumerPolicy::DropOldest,
             max_sessions_per_org: 1000,
+            max_demands_per_agent: 2048,
+            max_demands_per_org: 16384,
+            max_streams_per_agent: 10_000,
+            max_streams_per_org: 100_000,
+            max_label_bytes_per_stream: 4096,
+            max_label_bytes_per_agent: 8 * 1024 * 1024,
+            max_agent_violations: 16,
             session_requests_per_sec: 20,
             session_send_buffer_bytes: 0,
             session_write_buffer_bytes: 64 * 1024,
@@ -266,6 +323,12 @@ impl RelayConfig {
             max_session_event_bytes: 1024 * 1024,
             memory_budget_bytes: self.memory_budget_bytes,
             max_sessions_per_org: self.max_sessions_per_org,
+            max_demands_per_agent: self.max_demands_per_agent,
+            max_demands_per_org: self.max_demands_per_org,
+            max_streams_per_agent: self.max_streams_per_agent,
+            max_streams_per_org: self.max_streams_per_org,
+            max_label_bytes_per_stream: self.max_label_bytes_per_stream,
+            max_label_bytes_per_agent: self.max_label_bytes_per_agent,
         }
     }
 }

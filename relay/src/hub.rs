@@ -49,6 +49,19 @@ pub struct HubConfig {
     pub memory_budget_bytes: usize,
     /// Sessions one org may hold.
     pub max_sessions_per_org: usize,
+    /// Demands open at one agent connection at once, beyond which a subscription's new demand
+    /// is refused (`end` `demand_limit`).
+    pub max_demands_per_agent: usize,
+    /// Demands open at the agents of one org at once, likewise.
+    pub max_demands_per_org: usize,
+    /// Streams one agent connection may announce.
+    pub max_streams_per_agent: usize,
+    /// Streams the agents of one org may announce together.
+    pub max_streams_per_org: usize,
+    /// Bytes of label values of one stream.
+    pub max_label_bytes_per_stream: usize,
+    /// Bytes of label values of all the streams of one agent connection.
+    pub max_label_bytes_per_agent: usize,
 }
 
 /// What a demand's data stream feeds.
@@ -203,6 +216,8 @@ pub struct Watch {
 /// Batches of one demand served for one watch.
 #[derive(Debug)]
 pub struct Backfill {
+    /// The demand (cancelled at its agent when the watch goes before it is complete).
+    pub demand: u64,
     /// Where its data stream puts them (bounded: a full queue slows that data stream only).
     pub rx: mpsc::Receiver<Bytes>,
     /// The `since_seq` it asked for, until its first batch shows whether that epoch was held.
@@ -307,21 +322,54 @@ impl LineFilter {
     }
 }
 
+/// The reason of a `catalog_remove`, as sessions see it in `end`: a code of the agent's
+/// (`[a-z0-9_]`, at most 64 bytes), or `container_removed` for anything else.
+fn removal_reason(reason: &str) -> &str {
+    let code = !reason.is_empty()
+        && reason.len() <= 64
+        && reason
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if code { reason } else { "container_removed" }
+}
+
 #[derive(Debug)]
 struct AgentLink {
-    org: String,
+    org: Arc<str>,
     cluster: String,
     tx: mpsc::Sender<RelayMsg>,
     /// Closes the agent's connection (it reconnects and the relay re-sends its demands).
     reset: Arc<Notify>,
-    streams: HashMap<u64, u64>,
+    /// The streams this connection announced (and the relay took): its own id → the relay's
+    /// stream id, and the stream's label bytes.
+    streams: HashMap<u64, (u64, usize)>,
+    /// The random high half of every demand id issued to this connection (unique among the
+    /// connected agents): ids of other connections cannot be derived from this one's.
+    nonce: u64,
+    /// Demand ids issued to this connection so far (the low half of the next one).
+    issued: u64,
+    /// Demands of this connection open now.
+    demands_open: usize,
+    /// Bytes of label values of the streams in `streams`.
+    label_bytes: usize,
+}
+
+impl AgentLink {
+    /// Whether `demand` is an id this connection was given (open or not any more).
+    fn issued(&self, demand: u64) -> bool {
+        demand >> 32 == self.nonce && demand & 0xffff_ffff < self.issued
+    }
 }
 
 #[derive(Debug)]
 struct DemandEntry {
     agent: u64,
+    /// The agent's org (demands are counted per org).
+    org: Arc<str>,
     /// Set when the relay no longer wants this demand: its data stream stops reading.
     cancelled: Arc<AtomicBool>,
+    /// A data stream was accepted for it (an agent serves a demand on one data stream).
+    claimed: bool,
     target: DemandTarget,
 }
 
@@ -355,6 +403,54 @@ struct State {
     sessions: HashMap<u64, Weak<SessionShared>>,
     sessions_per_org: HashMap<String, usize>,
     demands: HashMap<u64, DemandEntry>,
+    demands_per_org: HashMap<Arc<str>, usize>,
+    /// `logrelay_relay_demands_open`: the size of `demands`.
+    demands_open: prometheus_client::metrics::gauge::Gauge,
+    /// Streams announced by the connected agents of each org.
+    streams_per_org: HashMap<Arc<str>, usize>,
+    /// `logrelay_relay_catalog_bytes`: what the announced streams hold, estimated.
+    catalog_bytes: prometheus_client::metrics::gauge::Gauge,
+}
+
+/// Bytes the relay holds per announced stream besides its label values (two copies of them:
+/// the stream's entry and the index by labels), estimated: its entry, ring and indexes.
+const STREAM_OVERHEAD_BYTES: usize = 1024;
+
+/// What `logrelay_relay_catalog_bytes` counts for a stream of `label_bytes`.
+fn catalog_cost(label_bytes: usize) -> i64 {
+    i64::try_from(STREAM_OVERHEAD_BYTES + 2 * label_bytes).unwrap_or(i64::MAX)
+}
+
+/// Bytes of label values an agent sets (`org` and `cluster` come from its certificate).
+fn label_bytes(l: &Labels) -> usize {
+    [&l.node, &l.namespace, &l.pod, &l.pod_uid, &l.container]
+        .iter()
+        .map(|v| v.len())
+        .sum::<usize>()
+        + [&l.project, &l.domain, &l.run, &l.action, &l.attempt]
+            .iter()
+            .filter_map(|v| v.as_ref().map(String::len))
+            .sum::<usize>()
+}
+
+/// Streams of a `catalog_add` the relay did not take, by the limit that refused them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogRefusal {
+    /// `label_bytes_per_stream`, `streams_per_agent`, `label_bytes_per_agent` or
+    /// `streams_per_org`.
+    pub limit: &'static str,
+    /// The agent's ids of the streams refused.
+    pub streams: Vec<u64>,
+}
+
+/// Random bits from the operating system (ids a peer cannot predict from the ones it sees).
+fn random_u64() -> u64 {
+    use ::ring::rand::SecureRandom;
+    let mut bytes = [0u8; 8];
+    ::ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("the operating system's random source works");
+    u64::from_le_bytes(bytes)
 }
 
 impl State {
@@ -372,22 +468,109 @@ impl State {
         }
     }
 
+    /// A sequential id: agent connections and sessions (never presented back by a peer).
     fn id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
     }
 
-    fn add_demand(&mut self, agent: u64, target: DemandTarget) -> u64 {
-        let id = self.id();
+    /// A random id in [1, 2^53) (exact in JavaScript) not in use: streams, filtered rings and
+    /// private watches, which sessions see and batch headers carry.
+    fn stream_id(&self) -> u64 {
+        loop {
+            let id = random_u64() & ((1 << 53) - 1);
+            if id != 0 && !self.streams.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Registers a demand of `agent`'s connection; its id is the connection's nonce and its
+    /// count of issued ids. `None` when the agent is gone or has used up its ids (2^32: its
+    /// connection is then reset, and the relay re-sends its demands on the next one).
+    fn add_demand(&mut self, agent: u64, target: DemandTarget) -> Option<u64> {
+        let link = self.agents.get_mut(&agent)?;
+        if link.issued > 0xffff_ffff {
+            link.reset.notify_one();
+            return None;
+        }
+        let id = link.nonce << 32 | link.issued;
+        link.issued += 1;
+        link.demands_open += 1;
+        let org = link.org.clone();
+        *self.demands_per_org.entry(org.clone()).or_default() += 1;
         self.demands.insert(
             id,
             DemandEntry {
                 agent,
+                org,
                 cancelled: Arc::new(AtomicBool::new(false)),
+                claimed: false,
                 target,
             },
         );
-        id
+        self.demands_open.set(self.demands.len() as i64);
+        Some(id)
+    }
+
+    /// Files stream `sid` as announced by `agent` under its own id `local`.
+    fn count_stream(&mut self, agent: u64, local: u64, sid: u64, bytes: usize) {
+        let Some(link) = self.agents.get_mut(&agent) else {
+            return;
+        };
+        link.streams.insert(local, (sid, bytes));
+        link.label_bytes += bytes;
+        *self.streams_per_org.entry(link.org.clone()).or_default() += 1;
+        self.catalog_bytes.inc_by(catalog_cost(bytes));
+    }
+
+    /// Unfiles the stream `agent` announced as `local`; the relay's id of it.
+    fn uncount_stream(&mut self, agent: u64, local: u64) -> Option<u64> {
+        let link = self.agents.get_mut(&agent)?;
+        let (sid, bytes) = link.streams.remove(&local)?;
+        link.label_bytes = link.label_bytes.saturating_sub(bytes);
+        let org = link.org.clone();
+        self.uncount_streams(&org, 1, bytes);
+        Some(sid)
+    }
+
+    /// Unfiles `n` streams of `org` holding `bytes` of labels.
+    fn uncount_streams(&mut self, org: &Arc<str>, n: usize, bytes: usize) {
+        if let Some(count) = self.streams_per_org.get_mut(org) {
+            *count = count.saturating_sub(n);
+            if *count == 0 {
+                self.streams_per_org.remove(org);
+            }
+        }
+        let cost = n.saturating_mul(STREAM_OVERHEAD_BYTES) + 2 * bytes;
+        self.catalog_bytes
+            .dec_by(i64::try_from(cost).unwrap_or(i64::MAX));
+    }
+
+    /// Gives back the memory of indexes that held far more than they do (after a large
+    /// catalog went), so the process's memory follows what it holds.
+    fn shrink(&mut self) {
+        fn shrink<K: std::hash::Hash + Eq, V>(m: &mut HashMap<K, V>) {
+            if m.capacity() > 64 && m.capacity() > 4 * m.len() {
+                m.shrink_to_fit();
+            }
+        }
+        shrink(&mut self.streams);
+        shrink(&mut self.by_labels);
+        shrink(&mut self.demands);
+    }
+
+    /// Why a demand id an agent presented resolves to nothing of its connection.
+    fn unresolved(&self, agent: u64, demand: u64) -> Unresolved {
+        match self.agents.get(&agent) {
+            // Gone (the connection is ending), or one of its own that ended meanwhile.
+            None => Unresolved::Gone,
+            Some(link) if link.issued(demand) => Unresolved::Gone,
+            Some(_) if self.demands.contains_key(&demand) => {
+                Unresolved::Violation(AgentViolation::ForeignDemand)
+            }
+            Some(_) => Unresolved::Violation(AgentViolation::UnknownDemand),
+        }
     }
 
     /// Whether stream `sid` is watched, itself or through one of its filtered rings.
@@ -403,7 +586,17 @@ impl State {
     /// Removes a demand and tells its data stream to stop.
     fn forget_demand(&mut self, demand: u64) -> Option<DemandTarget> {
         let entry = self.demands.remove(&demand)?;
+        self.demands_open.set(self.demands.len() as i64);
         entry.cancelled.store(true, Ordering::Relaxed);
+        if let Some(link) = self.agents.get_mut(&entry.agent) {
+            link.demands_open = link.demands_open.saturating_sub(1);
+        }
+        if let Some(n) = self.demands_per_org.get_mut(&entry.org) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.demands_per_org.remove(&entry.org);
+            }
+        }
         Some(entry.target)
     }
 }
@@ -483,6 +676,63 @@ impl Drop for Locked<'_> {
     }
 }
 
+/// Something an agent connection presented that is not its own: it is refused (the data
+/// stream stopped, or the connection closed), counted in
+/// `logrelay_relay_agent_violations_total{kind}` and audited, and nothing else notices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AgentViolation {
+    /// A demand id that is open, but was issued to another connection.
+    #[error("demand was not issued to this connection")]
+    ForeignDemand,
+    /// A demand id never issued to this connection (a guess).
+    #[error("demand was never issued to this connection")]
+    UnknownDemand,
+    /// A second data stream for a demand that already has one.
+    #[error("demand already has a data stream")]
+    DuplicateDataStream,
+    /// A batch stamped with another stream than the one its demand serves.
+    #[error("batch for another stream than the demand's")]
+    WrongStream,
+}
+
+impl AgentViolation {
+    /// The `kind` label and audit reason.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::ForeignDemand => "foreign_demand",
+            Self::UnknownDemand => "unknown_demand",
+            Self::DuplicateDataStream => "duplicate_data_stream",
+            Self::WrongStream => "wrong_stream",
+        }
+    }
+}
+
+/// Why a demand id did not resolve to a sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unresolved {
+    /// One of the connection's own demands that ended meanwhile (or the connection is going):
+    /// the data stream is stopped with `UNKNOWN_DEMAND`, no harm meant.
+    Gone,
+    /// Not the connection's own.
+    Violation(AgentViolation),
+}
+
+/// A demand refused by a cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CapHit {
+    PerAgent,
+    PerOrg,
+}
+
+impl CapHit {
+    fn limit(self) -> &'static str {
+        match self {
+            Self::PerAgent => "demands_per_agent",
+            Self::PerOrg => "demands_per_org",
+        }
+    }
+}
+
 /// A refused session request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -505,7 +755,11 @@ impl Hub {
     /// An empty hub.
     pub fn new(config: HubConfig, metrics: Arc<RelayMetrics>) -> Arc<Self> {
         Arc::new(Self {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                demands_open: metrics.demands_open.clone(),
+                catalog_bytes: metrics.catalog_bytes.clone(),
+                ..State::default()
+            }),
             config,
             metrics,
         })
@@ -532,6 +786,12 @@ impl Hub {
     ) -> u64 {
         let mut st = self.lock();
         let id = st.id();
+        let nonce = loop {
+            let nonce = random_u64() >> 33;
+            if nonce != 0 && st.agents.values().all(|a| a.nonce != nonce) {
+                break nonce;
+            }
+        };
         st.agents.insert(
             id,
             AgentLink {
@@ -540,6 +800,10 @@ impl Hub {
                 tx,
                 reset,
                 streams: HashMap::new(),
+                nonce,
+                issued: 0,
+                demands_open: 0,
+                label_bytes: 0,
             },
         );
         self.metrics.agents_connected.inc();
@@ -555,7 +819,8 @@ impl Hub {
             return;
         };
         self.metrics.agents_connected.dec();
-        for (_, sid) in link.streams {
+        st.uncount_streams(&link.org, link.streams.len(), link.label_bytes);
+        for (_, (sid, _)) in link.streams {
             let Some(s) = st.streams.get_mut(&sid) else {
                 continue;
             };
@@ -606,23 +871,57 @@ impl Hub {
                 s.notify.notify_one();
             }
         }
+        st.shrink();
     }
 
-    /// Streams an agent announced. Org and cluster come from the agent's certificate.
-    pub fn catalog_add(&self, agent: u64, streams: Vec<StreamInfo>) {
+    /// Streams an agent announced. Org and cluster come from the agent's certificate. A stream
+    /// beyond a cap (label bytes of the stream, streams or label bytes of the connection,
+    /// streams of the org) is not taken: the refused ones are returned, by the limit that
+    /// refused them, for the agent to be told.
+    pub fn catalog_add(&self, agent: u64, streams: Vec<StreamInfo>) -> Vec<CatalogRefusal> {
         let mut st = self.lock();
         let Some(link) = st.agents.get(&agent) else {
-            return;
+            return Vec::new();
         };
-        let (org, cluster) = (link.org.clone(), link.cluster.clone());
+        let (org, cluster) = (link.org.to_string(), link.cluster.clone());
+        let org_key = link.org.clone();
+        let mut refused: Vec<CatalogRefusal> = Vec::new();
         for info in streams {
+            let bytes = label_bytes(&info.labels);
+            // An id announced again: the same stream is a repeat, another replaces it.
+            if let Some(&(old, _)) = st.agents.get(&agent).and_then(|l| l.streams.get(&info.id)) {
+                let announced = Labels {
+                    org: org.clone(),
+                    cluster: cluster.clone(),
+                    ..info.labels.clone()
+                };
+                let same = st.streams.get(&old).is_some_and(|s| s.labels == announced);
+                if same {
+                    continue;
+                }
+                st.uncount_stream(agent, info.id);
+                if st.streams.get(&old).and_then(|s| s.agent) == Some((agent, info.id)) {
+                    self.end_stream(&mut st, old, "labels_changed");
+                }
+            }
+            if let Some(limit) = self.catalog_cap(&st, agent, &org_key, bytes) {
+                self.metrics.limit_hit(limit);
+                match refused.iter_mut().find(|r| r.limit == limit) {
+                    Some(r) => r.streams.push(info.id),
+                    None => refused.push(CatalogRefusal {
+                        limit,
+                        streams: vec![info.id],
+                    }),
+                }
+                continue;
+            }
             let mut labels = info.labels;
             labels.org.clone_from(&org);
             labels.cluster.clone_from(&cluster);
             let (sid, is_new) = match st.by_labels.get(&labels) {
                 Some(&sid) => (sid, false),
                 None => {
-                    let sid = st.id();
+                    let sid = st.stream_id();
                     st.by_labels.insert(labels.clone(), sid);
                     let state = self.stream_state(sid, labels.clone(), None, None);
                     st.streams.insert(sid, state);
@@ -630,9 +929,7 @@ impl Hub {
                     (sid, true)
                 }
             };
-            if let Some(link) = st.agents.get_mut(&agent) {
-                link.streams.insert(info.id, sid);
-            }
+            st.count_stream(agent, info.id, sid, bytes);
             // The stream and its filtered rings are served by this agent now.
             let s = st.streams.get(&sid).expect("inserted");
             let ids: Vec<u64> = std::iter::once(sid)
@@ -686,20 +983,46 @@ impl Hub {
                 }
             }
         }
+        refused
     }
 
-    /// Streams an agent no longer has: their watchers get an `end` event.
+    /// Streams an agent no longer has: their watchers get an `end` event. Only the streams this
+    /// connection announced and still serves are looked at: an id it never announced, or a
+    /// stream another connection (of the same agent) has taken over since, is left alone.
     pub fn catalog_remove(&self, agent: u64, gone: Vec<StreamGone>) {
         let mut st = self.lock();
         for g in gone {
-            let Some(sid) = st
-                .agents
-                .get_mut(&agent)
-                .and_then(|l| l.streams.remove(&g.id))
-            else {
+            let Some(sid) = st.uncount_stream(agent, g.id) else {
                 continue;
             };
-            self.end_stream(&mut st, sid, &g.reason);
+            if st.streams.get(&sid).and_then(|s| s.agent) != Some((agent, g.id)) {
+                continue;
+            }
+            self.end_stream(&mut st, sid, removal_reason(&g.reason));
+        }
+        st.shrink();
+    }
+
+    /// The cap a new stream of `bytes` label bytes from `agent` (of `org`) would pass, if any.
+    fn catalog_cap(
+        &self,
+        st: &State,
+        agent: u64,
+        org: &Arc<str>,
+        bytes: usize,
+    ) -> Option<&'static str> {
+        let c = &self.config;
+        let link = st.agents.get(&agent)?;
+        if bytes > c.max_label_bytes_per_stream {
+            Some("label_bytes_per_stream")
+        } else if link.streams.len() >= c.max_streams_per_agent {
+            Some("streams_per_agent")
+        } else if link.label_bytes + bytes > c.max_label_bytes_per_agent {
+            Some("label_bytes_per_agent")
+        } else if st.streams_per_org.get(org).copied().unwrap_or(0) >= c.max_streams_per_org {
+            Some("streams_per_org")
+        } else {
+            None
         }
     }
 
@@ -731,7 +1054,7 @@ impl Hub {
             s.watchers.values().filter_map(Weak::upgrade).collect();
         for w in watchers {
             let mut ws = w.state.lock().expect("session lock");
-            ws.watches.remove(&sid);
+            let removed = ws.watches.remove(&sid);
             push_event_locked(
                 &mut ws,
                 &Event::End {
@@ -742,6 +1065,9 @@ impl Hub {
             );
             drop(ws);
             w.notify.notify_one();
+            for backfill in removed.iter().flat_map(|w| &w.backfills) {
+                self.cancel_demand(st, backfill.demand);
+            }
         }
         if let Some(d) = st.streams.get_mut(&sid).and_then(|s| s.live_demand.take()) {
             st.forget_demand(d);
@@ -819,7 +1145,7 @@ impl Hub {
             return Some(id);
         }
         let (labels, agent) = (s.labels.clone(), s.agent);
-        let id = st.id();
+        let id = st.stream_id();
         let ring = self.stream_state(id, labels, agent, Some((sid, filter.clone())));
         st.streams.insert(id, ring);
         st.streams
@@ -834,15 +1160,30 @@ impl Hub {
     /// The agent could not serve a demand.
     ///
     /// A filtered ring whose demand the agent refuses as a bad request (a line filter it cannot
-    /// serve) ends for its watchers with `end` `refused`, rather than being asked again.
-    pub fn open_failed(self: &Arc<Self>, demand: u64, code: ErrorCode, message: &str) {
-        tracing::debug!(demand, ?code, message, "agent refused demand");
-        if code == ErrorCode::BadRequest {
+    /// serve) ends for its watchers with `end` `refused`, rather than being asked again. Only
+    /// the connection's own demands are looked at: a demand it was never given is a violation
+    /// (one that ended meanwhile is ignored).
+    pub fn open_failed(
+        self: &Arc<Self>,
+        agent: u64,
+        demand: u64,
+        code: ErrorCode,
+        message: &str,
+    ) -> Result<(), AgentViolation> {
+        tracing::debug!(agent, demand, ?code, message, "agent refused demand");
+        {
             let mut st = self.lock();
-            if let Some(DemandEntry {
-                target: DemandTarget::Live(id),
-                ..
-            }) = st.demands.get(&demand)
+            if st.demands.get(&demand).is_none_or(|d| d.agent != agent) {
+                return match st.unresolved(agent, demand) {
+                    Unresolved::Gone => Ok(()),
+                    Unresolved::Violation(v) => Err(v),
+                };
+            }
+            if code == ErrorCode::BadRequest
+                && let Some(DemandEntry {
+                    target: DemandTarget::Live(id),
+                    ..
+                }) = st.demands.get(&demand)
                 && let Some(s) = st.streams.get(id)
                 && s.filtered.is_some()
                 && s.live_demand == Some(demand)
@@ -853,37 +1194,66 @@ impl Hub {
                     s.live_demand = None;
                 }
                 self.end_stream(&mut st, id, "refused");
-                return;
+                return Ok(());
             }
         }
-        self.demand_finished(demand);
+        self.demand_finished(agent, demand);
+        Ok(())
     }
 
-    /// Where a demand's data goes, and the flag that says when to stop; `None` if the demand
-    /// is unknown (cancelled meanwhile).
-    pub fn resolve(&self, demand: u64) -> Option<(DemandSink, Arc<AtomicBool>)> {
-        let st = self.lock();
-        let entry = st.demands.get(&demand)?;
+    /// Where the data of demand `demand`, presented by `agent`'s connection on a new data
+    /// stream, goes, and the flag that says when to stop. Only that connection's demands are
+    /// looked at, and each accepts one data stream.
+    pub fn resolve(
+        &self,
+        agent: u64,
+        demand: u64,
+    ) -> Result<(DemandSink, Arc<AtomicBool>), Unresolved> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let Some(entry) = st.demands.get_mut(&demand).filter(|e| e.agent == agent) else {
+            return Err(st.unresolved(agent, demand));
+        };
+        if entry.claimed {
+            return Err(Unresolved::Violation(AgentViolation::DuplicateDataStream));
+        }
+        entry.claimed = true;
+        let cancelled = entry.cancelled.clone();
         let sink = match &entry.target {
-            DemandTarget::Live(sid) => DemandSink::Live(st.streams.get(sid)?.live.clone()),
+            DemandTarget::Live(sid) => {
+                let sid = *sid;
+                st.streams
+                    .get(&sid)
+                    .map(|s| DemandSink::Live(s.live.clone()))
+            }
             DemandTarget::Backfill {
                 stream,
                 session,
                 tx,
-            } => DemandSink::Backfill {
+            } => session.upgrade().map(|session| DemandSink::Backfill {
                 stream: *stream,
                 tx: tx.clone(),
-                session: session.upgrade()?,
-            },
+                session,
+            }),
         };
-        Some((sink, entry.cancelled.clone()))
+        match sink {
+            Some(sink) => Ok((sink, cancelled)),
+            None => {
+                // Its stream or watcher went meanwhile.
+                st.forget_demand(demand);
+                Err(Unresolved::Gone)
+            }
+        }
     }
 
     /// A demand's data stream ended (finished, reset or failed). A live demand that ends while
     /// its stream is still watched is opened again after a second, resuming where the ring
-    /// ended.
-    pub fn demand_finished(self: &Arc<Self>, demand: u64) {
+    /// ended. Only `agent`'s own demands are looked at.
+    pub fn demand_finished(self: &Arc<Self>, agent: u64, demand: u64) {
         let mut st = self.lock();
+        if st.demands.get(&demand).is_none_or(|d| d.agent != agent) {
+            return;
+        }
         match st.forget_demand(demand) {
             Some(DemandTarget::Live(sid)) => {
                 let Some(s) = st.streams.get_mut(&sid) else {
@@ -943,12 +1313,32 @@ impl Hub {
             return;
         };
         let demand = self.open(st, at, sid, DemandTarget::Live(sid), demand_spec);
-        st.streams.get_mut(&sid).expect("present").live_demand = Some(demand);
+        st.streams.get_mut(&sid).expect("present").live_demand = demand;
+    }
+
+    /// Whether one more demand at the agent serving stream `sid` would pass a cap (counted
+    /// when it would). Only demands a subscription asks for are capped: a watched ring that
+    /// is re-opened (its agent came back, its demand ended) replaces a demand it had.
+    fn cap_hit(&self, st: &State, sid: u64) -> Option<CapHit> {
+        let (agent, _) = st.streams.get(&sid)?.agent?;
+        let link = st.agents.get(&agent)?;
+        let hit = if link.demands_open >= self.config.max_demands_per_agent {
+            CapHit::PerAgent
+        } else if st.demands_per_org.get(&link.org).copied().unwrap_or(0)
+            >= self.config.max_demands_per_org
+        {
+            CapHit::PerOrg
+        } else {
+            return None;
+        };
+        self.metrics.limit_hit(hit.limit());
+        tracing::debug!(agent, limit = hit.limit(), "demand refused by a cap");
+        Some(hit)
     }
 
     /// Registers a demand feeding `target` and sends its `open` to the agent that has the
     /// stream (`at`: agent, and the agent's own id of the stream); batches will carry
-    /// `stream_ref`.
+    /// `stream_ref`. `None` if the agent is gone.
     fn open(
         &self,
         st: &mut State,
@@ -956,8 +1346,8 @@ impl Hub {
         stream_ref: u64,
         target: DemandTarget,
         demand_spec: Demand,
-    ) -> u64 {
-        let demand = st.add_demand(agent, target);
+    ) -> Option<u64> {
+        let demand = st.add_demand(agent, target)?;
         self.metrics.demands_opened.inc();
         self.send_agent(
             st,
@@ -969,7 +1359,7 @@ impl Hub {
                 demand_spec,
             },
         );
-        demand
+        Some(demand)
     }
 
     // ---- sessions --------------------------------------------------------------------------
@@ -1020,17 +1410,14 @@ impl Hub {
             }
         }
         self.metrics.sessions_connected.dec();
-        let watched: Vec<(u64, Option<u64>)> = {
+        let watched: Vec<(u64, Watch)> = {
             let mut ss = session.state.lock().expect("session lock");
             ss.subs.clear();
             ss.lists.clear();
-            ss.watches
-                .drain()
-                .map(|(key, w)| (key, w.private_demand))
-                .collect()
+            ss.watches.drain().collect()
         };
-        for (key, private) in watched {
-            self.remove_watcher(&mut st, key, session.id, private);
+        for (key, watch) in watched {
+            self.remove_watcher(&mut st, key, session.id, watch);
         }
     }
 
@@ -1109,7 +1496,7 @@ impl Hub {
         id: &str,
         selector: Selector,
         demand: Demand,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Option<&'static str>, Refusal> {
         let mut st = self.lock();
         {
             let mut ss = session.state.lock().expect("session lock");
@@ -1136,13 +1523,20 @@ impl Hub {
             .map(|(sid, _)| *sid)
             .collect();
         matching.sort_unstable();
+        let mut capped = None;
         for sid in matching {
-            self.add_watch(&mut st, session, sid, id, &demand);
+            if let Some(hit) = self.add_watch(&mut st, session, sid, id, &demand) {
+                capped.get_or_insert(hit.limit());
+            }
         }
         session.notify.notify_one();
-        Ok(())
+        Ok(capped)
     }
 
+    /// Attaches stream `sid` to subscription `sub` of `session`. A watch that needs a new
+    /// demand at the stream's agent beyond a cap is not added: the session gets `end`
+    /// `demand_limit` for it (or, for a further subscription of a ring it already reads, an
+    /// `error` saying its backlog was refused), and the cap is returned.
     fn add_watch(
         &self,
         st: &mut State,
@@ -1150,22 +1544,16 @@ impl Hub {
         sid: u64,
         sub: &str,
         demand: &Demand,
-    ) {
-        let Some(s) = st.streams.get(&sid) else {
-            return;
-        };
+    ) -> Option<CapHit> {
+        let s = st.streams.get(&sid)?;
         if !demand.follow {
             let (live, labels) = (s.live.clone(), s.labels.clone());
-            self.add_private_watch(st, session, sid, live, labels, sub, demand);
-            return;
+            return self.add_private_watch(st, session, sid, live, labels, sub, demand);
         }
         // A line filter: the stream's ring for that filter, shared by whoever asks for it,
         // and from here on served like the stream's own ring under its id.
         let sid = match LineFilter::of(demand) {
-            Some(filter) => match self.filtered_ring(st, sid, filter) {
-                Some(id) => id,
-                None => return,
-            },
+            Some(filter) => self.filtered_ring(st, sid, filter)?,
             None => sid,
         };
         let s = st.streams.get(&sid).expect("present");
@@ -1190,23 +1578,38 @@ impl Hub {
             // Already watched through another subscription: this one reads the same ring, and
             // gets its own backlog up to where the session's reading of the ring stands.
             w.subs.insert(sub.to_owned());
-            if wants_backlog
-                && let Some(until) = w.cursor.last_end
-                && let Some((_, backfill)) = self.open_for_watcher(
-                    st,
-                    session,
-                    sid,
-                    sid,
-                    Demand {
-                        until: Some(until),
-                        follow: false,
-                        ..demand.clone()
+            let until = w.cursor.last_end.filter(|_| wants_backlog)?;
+            if let Some(hit) = self.cap_hit(st, sid) {
+                push_event_locked(
+                    &mut ss,
+                    &Event::Error {
+                        code: ErrorCode::LimitExceeded,
+                        message: format!(
+                            "the backlog of stream {sid} was refused: {}; the subscription \
+                             reads the stream from here on",
+                            self.cap_message(hit)
+                        ),
+                        id: Some(sub.to_owned()),
                     },
-                )
-            {
+                    self.config.max_session_event_bytes,
+                );
+                return Some(hit);
+            }
+            let w = ss.watches.get_mut(&sid).expect("present");
+            if let Some((_, backfill)) = self.open_for_watcher(
+                st,
+                session,
+                sid,
+                sid,
+                Demand {
+                    until: Some(until),
+                    follow: false,
+                    ..demand.clone()
+                },
+            ) {
                 w.backfills.push_back(backfill);
             }
-            return;
+            return None;
         }
         let (cursor, join) = match live_demand {
             None => {
@@ -1226,6 +1629,23 @@ impl Hub {
                 }
             }
         };
+        let needs_demand = join.is_some() || (live_demand.is_none() && has_agent);
+        if needs_demand && let Some(hit) = self.cap_hit(st, sid) {
+            push_event_locked(
+                &mut ss,
+                &Event::End {
+                    stream: sid,
+                    reason: "demand_limit".into(),
+                },
+                self.config.max_session_event_bytes,
+            );
+            drop(ss);
+            // A filtered ring made for this watch alone goes again.
+            if st.streams.get(&sid).is_some_and(|s| s.filtered.is_some()) && !st.in_use(sid) {
+                self.drop_stream(st, sid, "unwatched");
+            }
+            return Some(hit);
+        }
         let backfill = join.and_then(|join| {
             self.open_for_watcher(
                 st,
@@ -1273,6 +1693,21 @@ impl Hub {
                 },
             );
         }
+        None
+    }
+
+    /// What a session is told about a cap.
+    fn cap_message(&self, hit: CapHit) -> String {
+        match hit {
+            CapHit::PerAgent => format!(
+                "the stream's agent already serves {} demands, the most allowed",
+                self.config.max_demands_per_agent
+            ),
+            CapHit::PerOrg => format!(
+                "the org's agents already serve {} demands, the most allowed",
+                self.config.max_demands_per_org
+            ),
+        }
     }
 
     /// A one-off read (the backlog as the agent has it now, then `end`): a demand of the
@@ -1292,18 +1727,22 @@ impl Hub {
         labels: Labels,
         sub: &str,
         demand: &Demand,
-    ) {
-        let view = st.id();
-        let opened = self.open_for_watcher(
-            st,
-            session,
-            sid,
-            view,
-            Demand {
-                until: None,
-                ..demand.clone()
-            },
-        );
+    ) -> Option<CapHit> {
+        let view = st.stream_id();
+        let capped = self.cap_hit(st, sid);
+        let opened = match capped {
+            Some(_) => None,
+            None => self.open_for_watcher(
+                st,
+                session,
+                sid,
+                view,
+                Demand {
+                    until: None,
+                    ..demand.clone()
+                },
+            ),
+        };
         let mut ss = session.state.lock().expect("session lock");
         push_event_locked(
             &mut ss,
@@ -1319,7 +1758,12 @@ impl Hub {
                 &mut ss,
                 &Event::End {
                     stream: view,
-                    reason: "agent_unavailable".into(),
+                    reason: if capped.is_some() {
+                        "demand_limit"
+                    } else {
+                        "agent_unavailable"
+                    }
+                    .into(),
                 },
                 self.config.max_session_event_bytes,
             ),
@@ -1340,6 +1784,7 @@ impl Hub {
         }
         drop(ss);
         session.notify.notify_one();
+        capped
     }
 
     /// Opens, at the stream's agent, a demand served for one watch alone, its batches stamped
@@ -1360,14 +1805,14 @@ impl Hub {
             session: Arc::downgrade(session),
             tx,
         };
-        let demand = self.open(st, at, stream_ref, target, demand_spec);
-        Some((demand, Backfill { rx, resume }))
+        let demand = self.open(st, at, stream_ref, target, demand_spec)?;
+        Some((demand, Backfill { demand, rx, resume }))
     }
 
     /// Removes a subscription; streams no longer watched linger, then are cancelled.
     pub fn unsubscribe(self: &Arc<Self>, session: &Arc<SessionShared>, id: &str) -> bool {
         let mut st = self.lock();
-        let emptied: Vec<(u64, Option<u64>)> = {
+        let emptied: Vec<(u64, Watch)> = {
             let mut ss = session.state.lock().expect("session lock");
             if ss.lists.remove(id).is_some() {
                 if ss.lists.is_empty() {
@@ -1388,12 +1833,13 @@ impl Hub {
             let mut emptied = Vec::new();
             for (key, w) in ss.watches.iter_mut() {
                 if w.subs.remove(id) && w.subs.is_empty() {
-                    emptied.push((*key, w.private_demand));
+                    emptied.push(*key);
                 }
             }
-            for (key, _) in &emptied {
-                ss.watches.remove(key);
-            }
+            let emptied = emptied
+                .into_iter()
+                .filter_map(|key| ss.watches.remove(&key).map(|w| (key, w)))
+                .collect();
             push_event_locked(
                 &mut ss,
                 &Event::Unsubscribed { id: id.to_owned() },
@@ -1401,28 +1847,30 @@ impl Hub {
             );
             emptied
         };
-        for (key, private) in emptied {
-            self.remove_watcher(&mut st, key, session.id, private);
+        for (key, watch) in emptied {
+            self.remove_watcher(&mut st, key, session.id, watch);
         }
         session.notify.notify_one();
         true
     }
 
-    /// Ends a session's watch `key`: a private watch's own demand is cancelled at once; the
-    /// shared ring (`key` is then the stream id) lingers once its last watcher left.
-    fn remove_watcher(
-        self: &Arc<Self>,
-        st: &mut State,
-        key: u64,
-        session: u64,
-        private: Option<u64>,
-    ) {
-        if let Some(demand) = private {
-            if let Some(agent) = st.demands.get(&demand).map(|d| d.agent) {
-                // A finished one is already forgotten.
-                st.forget_demand(demand);
-                self.send_agent(st, agent, RelayMsg::Cancel { demand });
-            }
+    /// Forgets a demand the relay no longer wants and tells its agent (a finished one is
+    /// already forgotten).
+    fn cancel_demand(&self, st: &mut State, demand: u64) {
+        if let Some(agent) = st.demands.get(&demand).map(|d| d.agent) {
+            st.forget_demand(demand);
+            self.send_agent(st, agent, RelayMsg::Cancel { demand });
+        }
+    }
+
+    /// Ends a session's watch `key`: the demands served for it alone (its backfills still
+    /// arriving, a private watch's own demand) are cancelled at once; the shared ring (`key` is
+    /// then the stream id) lingers once its last watcher left.
+    fn remove_watcher(self: &Arc<Self>, st: &mut State, key: u64, session: u64, watch: Watch) {
+        for backfill in &watch.backfills {
+            self.cancel_demand(st, backfill.demand);
+        }
+        if watch.private_demand.is_some() {
             // It never held the stream open.
             return;
         }
@@ -1498,19 +1946,214 @@ mod tests {
     use super::*;
     use logrelay_wire::control::StreamInfo;
 
+    impl Hub {
+        /// Resolves a demand for the connection it was issued to.
+        fn resolve_any(&self, demand: u64) -> Option<(DemandSink, Arc<AtomicBool>)> {
+            let agent = self.lock().demands.get(&demand)?.agent;
+            self.resolve(agent, demand).ok()
+        }
+    }
+
     fn hub() -> Arc<Hub> {
-        Hub::new(
-            HubConfig {
-                ring_bytes: 1 << 20,
-                linger: Duration::from_secs(5),
-                max_subscriptions_per_session: 4,
-                backfill_batches: 4,
-                max_session_event_bytes: 1 << 20,
-                memory_budget_bytes: 1 << 30,
-                max_sessions_per_org: 3,
-            },
-            Arc::new(RelayMetrics::new()),
-        )
+        hub_with(|_| {})
+    }
+
+    fn hub_with(tweak: impl FnOnce(&mut HubConfig)) -> Arc<Hub> {
+        let mut config = HubConfig {
+            ring_bytes: 1 << 20,
+            linger: Duration::from_secs(5),
+            max_subscriptions_per_session: 4,
+            backfill_batches: 4,
+            max_session_event_bytes: 1 << 20,
+            memory_budget_bytes: 1 << 30,
+            max_sessions_per_org: 3,
+            max_demands_per_agent: 100,
+            max_demands_per_org: 100,
+            max_streams_per_agent: 100,
+            max_streams_per_org: 100,
+            max_label_bytes_per_stream: 256,
+            max_label_bytes_per_agent: 4096,
+        };
+        tweak(&mut config);
+        Hub::new(config, Arc::new(RelayMetrics::new()))
+    }
+
+    /// An agent of `org` announcing `streams`; its control queue.
+    fn agent_of(hub: &Hub, org: &str, streams: Vec<StreamInfo>) -> (u64, mpsc::Receiver<RelayMsg>) {
+        let (tx, rx) = mpsc::channel(64);
+        let agent = hub.add_agent(org, "c1", tx, Arc::new(Notify::new()));
+        assert!(hub.catalog_add(agent, streams).is_empty());
+        (agent, rx)
+    }
+
+    #[tokio::test]
+    async fn an_agent_finds_only_the_demands_of_its_own_connection() {
+        let hub = hub();
+        let (victim, mut rx) = agent_of(&hub, "acme", vec![info(1, "p", "")]);
+        let (attacker, _arx) = agent_of(&hub, "evil", vec![info(1, "p", "")]);
+        let s = hub.add_session("acme", None).unwrap();
+        hub.subscribe(&s, "a", sel("p"), follow(0)).unwrap();
+        let (demand, stream_ref, _) = opened(&mut rx);
+        assert_eq!(stream_ref >> 53, 0, "stream ids are exact in JavaScript");
+
+        // Another connection presenting it, or anything near it, finds nothing.
+        let foreign = Err(Unresolved::Violation(AgentViolation::ForeignDemand));
+        assert_eq!(hub.resolve(attacker, demand).map(drop), foreign);
+        for guess in [demand + 1, demand ^ (1 << 40), 1, 2, 3] {
+            assert_eq!(
+                hub.resolve(attacker, guess).map(drop),
+                Err(Unresolved::Violation(AgentViolation::UnknownDemand)),
+                "{guess:#x}"
+            );
+        }
+        assert_eq!(
+            hub.open_failed(attacker, demand, ErrorCode::UnknownStream, "no"),
+            Err(AgentViolation::ForeignDemand)
+        );
+        hub.demand_finished(attacker, demand);
+        hub.catalog_remove(
+            attacker,
+            vec![StreamGone {
+                id: 1,
+                reason: "container_removed".into(),
+            }],
+        );
+        // The victim's demand is untouched: its data stream is taken, once.
+        assert!(rx.try_recv().is_err(), "no cancel, no re-open");
+        let Ok((DemandSink::Live(live), _)) = hub.resolve(victim, demand) else {
+            panic!("the victim's own demand resolves")
+        };
+        assert_eq!(live.id, stream_ref);
+        assert_eq!(
+            hub.resolve(victim, demand).map(drop),
+            Err(Unresolved::Violation(AgentViolation::DuplicateDataStream))
+        );
+        assert!(
+            s.state
+                .lock()
+                .unwrap()
+                .events
+                .iter()
+                .all(|e| !e.contains(r#""event":"end""#)),
+            "the victim's session saw nothing"
+        );
+        // Its own demand that ended is no violation, just gone.
+        hub.demand_finished(victim, demand);
+        assert_eq!(hub.resolve(victim, demand).map(drop), Err(Unresolved::Gone));
+        assert_eq!(
+            hub.open_failed(victim, demand, ErrorCode::UnknownStream, "late"),
+            Ok(())
+        );
+    }
+
+    #[tokio::test]
+    async fn demands_beyond_a_cap_are_refused_with_a_named_end() {
+        let hub = hub_with(|c| c.max_demands_per_agent = 2);
+        let (_, mut rx) = agent_of(
+            &hub,
+            "acme",
+            vec![info(1, "p1", ""), info(2, "p2", ""), info(3, "p3", "")],
+        );
+        let s = hub.add_session("acme", None).unwrap();
+        let capped = hub
+            .subscribe(&s, "a", Selector::default(), follow(0))
+            .unwrap();
+        assert_eq!(capped, Some("demands_per_agent"));
+        assert!(opened(&mut rx).0 != opened(&mut rx).0);
+        assert!(rx.try_recv().is_err(), "two demands, not three");
+        assert_eq!(hub.metrics.demands_open.get(), 2);
+        let ended = s
+            .state
+            .lock()
+            .unwrap()
+            .events
+            .iter()
+            .filter(|e| e.contains(r#""reason":"demand_limit""#))
+            .count();
+        assert_eq!(ended, 1);
+        // A one-off read beyond the cap ends at once too.
+        let once = Demand {
+            follow: false,
+            ..follow(5)
+        };
+        assert_eq!(
+            hub.subscribe(&s, "o", sel("p1"), once).unwrap(),
+            Some("demands_per_agent")
+        );
+        // The org's cap counts across its agents.
+        let hub = hub_with(|c| c.max_demands_per_org = 1);
+        let (_, mut rx1) = agent_of(&hub, "acme", vec![info(1, "p1", "")]);
+        let (_, mut rx2) = agent_of(&hub, "acme", vec![info(1, "p2", "")]);
+        let s = hub.add_session("acme", None).unwrap();
+        assert_eq!(
+            hub.subscribe(&s, "a", Selector::default(), follow(0))
+                .unwrap(),
+            Some("demands_per_org")
+        );
+        assert!(rx1.try_recv().is_ok() != rx2.try_recv().is_ok(), "one open");
+    }
+
+    #[tokio::test]
+    async fn streams_beyond_a_cap_are_refused_by_limit_and_memory_follows() {
+        let hub = hub_with(|c| {
+            c.max_streams_per_agent = 3;
+            c.max_label_bytes_per_stream = 64;
+            c.max_label_bytes_per_agent = 1000;
+            c.max_streams_per_org = 4;
+        });
+        let (tx, _rx) = mpsc::channel(16);
+        let a = hub.add_agent("acme", "c1", tx, Arc::new(Notify::new()));
+        let long = "x".repeat(100);
+        let refused = hub.catalog_add(
+            a,
+            vec![
+                info(1, "p1", ""),
+                info(2, &long, ""),
+                info(3, "p3", ""),
+                info(4, "p4", ""),
+                info(5, "p5", ""),
+            ],
+        );
+        assert_eq!(
+            refused,
+            vec![
+                CatalogRefusal {
+                    limit: "label_bytes_per_stream",
+                    streams: vec![2],
+                },
+                CatalogRefusal {
+                    limit: "streams_per_agent",
+                    streams: vec![5],
+                },
+            ]
+        );
+        assert_eq!(hub.metrics.streams.get(), 3);
+        assert!(hub.metrics.catalog_bytes.get() >= 3 * STREAM_OVERHEAD_BYTES as i64);
+        // The org's cap, across its agents.
+        let (tx, _rx2) = mpsc::channel(16);
+        let b = hub.add_agent("acme", "c2", tx, Arc::new(Notify::new()));
+        let refused = hub.catalog_add(b, vec![info(1, "q1", ""), info(2, "q2", "")]);
+        assert_eq!(
+            refused,
+            vec![CatalogRefusal {
+                limit: "streams_per_org",
+                streams: vec![2],
+            }]
+        );
+        // Gone with their agents, and their bytes with them.
+        hub.remove_agent(a);
+        hub.remove_agent(b);
+        assert_eq!(hub.metrics.streams.get(), 0);
+        assert_eq!(hub.metrics.catalog_bytes.get(), 0);
+    }
+
+    #[test]
+    fn removal_reasons_are_codes() {
+        assert_eq!(removal_reason("labels_changed"), "labels_changed");
+        assert_eq!(removal_reason("pod_removed"), "pod_removed");
+        for bad in ["", "<script>", "Removed", &"x".repeat(65)] {
+            assert_eq!(removal_reason(bad), "container_removed");
+        }
     }
 
     /// An agent of org `acme` announcing `streams`; its control queue.
@@ -1576,7 +2219,7 @@ mod tests {
         let s = hub.add_session("acme", None).unwrap();
         hub.subscribe(&s, "a", sel("p"), follow(0)).unwrap();
         let (demand, _, _) = opened(&mut rx);
-        let Some((DemandSink::Live(live), _)) = hub.resolve(demand) else {
+        let Some((DemandSink::Live(live), _)) = hub.resolve_any(demand) else {
             panic!("live demand")
         };
         live.push(
@@ -1602,7 +2245,7 @@ mod tests {
         assert_eq!(spec.tail, Some(10));
         assert!(spec.follow);
         assert!(matches!(
-            hub.resolve(demand),
+            hub.resolve_any(demand),
             Some((DemandSink::Live(_), _))
         ));
 
@@ -1762,7 +2405,7 @@ mod tests {
         assert_eq!(spec.until, Some(SeqPos { epoch: 3, seq: 40 }));
         assert!(!spec.follow);
         assert!(matches!(
-            hub.resolve(d2),
+            hub.resolve_any(d2),
             Some((DemandSink::Backfill { .. }, _))
         ));
         let st = second.state.lock().unwrap();
@@ -1828,7 +2471,7 @@ mod tests {
             }
         }
         assert!(matches!(
-            hub.resolve(filtered),
+            hub.resolve_any(filtered),
             Some((DemandSink::Live(l), _)) if l.id == errors
         ));
 
@@ -1876,7 +2519,7 @@ mod tests {
             (Some("db"), Some("ERR(OR)?"))
         );
         assert_eq!((spec.tail, spec.follow, spec.until), (Some(10), true, None));
-        let Some((DemandSink::Live(live), _)) = hub.resolve(demand) else {
+        let Some((DemandSink::Live(live), _)) = hub.resolve_any(demand) else {
             panic!("a live demand feeding a ring")
         };
         assert_eq!(live.id, ring);
@@ -1912,7 +2555,7 @@ mod tests {
             )
         );
         assert!(matches!(
-            hub.resolve(backfill),
+            hub.resolve_any(backfill),
             Some((DemandSink::Backfill { stream, .. }, _)) if stream == ring
         ));
 
@@ -1952,6 +2595,11 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap(), RelayMsg::Cancel { demand: other });
         assert!(rx.try_recv().is_err(), "still watched by the third session");
         assert!(hub.unsubscribe(&sessions[2], "e"));
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            RelayMsg::Cancel { demand: backfill },
+            "its backfill, still arriving, is cancelled at once"
+        );
         tokio::time::sleep(Duration::from_secs(4)).await;
         assert!(rx.try_recv().is_err(), "lingering");
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -1972,14 +2620,14 @@ mod tests {
         hub.subscribe(&s, "e", sel("p"), filter(None, Some("ERROR"), 10))
             .unwrap();
         let (demand, ring, _) = opened(&mut rx);
-        let Some((DemandSink::Live(live), _)) = hub.resolve(demand) else {
+        let Some((DemandSink::Live(live), _)) = hub.resolve_any(demand) else {
             panic!()
         };
         live.push(Bytes::from_static(b"x"), 3, SeqPos { epoch: 4, seq: 30 });
 
         // The agent goes and comes back: the ring resumes where it ended, with its filter.
         hub.remove_agent(agent1);
-        assert!(hub.resolve(demand).is_none());
+        assert!(hub.resolve_any(demand).is_none());
         let (agent2, mut rx) = agent(&hub, vec![info(7, "p", "")]);
         let Ok(RelayMsg::Open {
             demand,
@@ -1996,7 +2644,13 @@ mod tests {
         assert!(rx.try_recv().is_err(), "nothing else was watched");
 
         // An agent that cannot serve the filter refuses it: the watch ends, no retry.
-        hub.open_failed(demand, ErrorCode::BadRequest, "line filter `matches`: …");
+        hub.open_failed(
+            agent2,
+            demand,
+            ErrorCode::BadRequest,
+            "line filter `matches`: …",
+        )
+        .unwrap();
         let st = s.state.lock().unwrap();
         assert!(!st.watches.contains_key(&ring));
         let end = format!(r#"{{"event":"end","stream":{ring},"reason":"refused"}}"#);
@@ -2052,8 +2706,13 @@ mod tests {
         let s = hub.add_session("acme", None).unwrap();
         hub.subscribe(&s, "a", Selector::default(), follow(0))
             .unwrap();
-        let live: Vec<u64> = (0..2).map(|_| opened(&mut rx).0).collect();
-        let Some((DemandSink::Live(q), _)) = hub.resolve(live[1]) else {
+        let q_id = hub.list(&s, &sel("q"))[0].stream;
+        let live: Vec<(u64, u64)> = (0..2)
+            .map(|_| opened(&mut rx))
+            .map(|(d, r, _)| (d, r))
+            .collect();
+        let q_demand = live.iter().find(|(_, r)| *r == q_id).unwrap().0;
+        let Some((DemandSink::Live(q), _)) = hub.resolve_any(q_demand) else {
             panic!()
         };
         q.push(Bytes::from_static(b"x"), 7, SeqPos { epoch: 1, seq: 7 });

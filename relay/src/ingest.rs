@@ -20,7 +20,7 @@ use logrelay_wire::frame::{self, DataPreamble, FrameDecoder};
 use tokio::sync::{mpsc, watch};
 
 use crate::audit::{Actor, Auditor};
-use crate::hub::{DemandSink, Hub};
+use crate::hub::{AgentViolation, DemandSink, Hub, Unresolved};
 use crate::metrics::RelayMetrics;
 
 /// QUIC application error codes the relay closes connections and stops streams with.
@@ -39,7 +39,16 @@ pub mod codes {
     pub const CANCELLED: u32 = 6;
     /// The agent's control queue overflowed; reconnect and resynchronise.
     pub const OVERLOADED: u32 = 7;
+    /// The agent presented an id or stream that is not its own: STOP_SENDING on that data
+    /// stream, or connection close (a control-stream violation, or too many of them).
+    pub const VIOLATION: u32 = 8;
 }
+
+/// Longest node name a `hello` may carry (a Kubernetes node name is a DNS subdomain).
+pub const MAX_NODE_BYTES: usize = 253;
+
+/// Limit hits of one connection written to the audit trail; later ones are only counted.
+const AUDITED_LIMITS_PER_CONNECTION: u32 = 16;
 
 /// Why an agent connection or data stream was closed.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +70,15 @@ pub enum IngestError {
     /// A stream failed underneath.
     #[error("stream error: {0}")]
     Stream(String),
+    /// The agent presented something that is not its own (on the control stream), or did so
+    /// too often on data streams.
+    #[error("violation ({kind}): {message}")]
+    Violation {
+        /// [`AgentViolation::kind`], or `too_many_violations`.
+        kind: &'static str,
+        /// Reason sent back.
+        message: String,
+    },
 }
 
 fn protocol(code: ErrorCode, message: impl Into<String>) -> IngestError {
@@ -77,6 +95,67 @@ pub struct IngestConfig {
     pub max_frame_bytes: u32,
     /// Heartbeat interval asked of agents.
     pub heartbeat_secs: u32,
+    /// Violations one connection may commit before it is closed.
+    pub max_violations: u32,
+}
+
+/// What one agent connection did wrong, shared by its control loop and data streams: each
+/// violation and limit hit is counted and audited (limit hits up to
+/// [`AUDITED_LIMITS_PER_CONNECTION`]); past `max_violations` the connection is closed.
+#[derive(Debug)]
+struct Offences {
+    conn: quinn::Connection,
+    actor: Actor,
+    org: String,
+    metrics: Arc<RelayMetrics>,
+    auditor: Arc<Auditor>,
+    violations: std::sync::atomic::AtomicU32,
+    limits: std::sync::atomic::AtomicU32,
+    max_violations: u32,
+}
+
+impl Offences {
+    /// Counts and audits a violation (`attempt`: what the agent did); true when the connection
+    /// has now committed more than it may.
+    fn violation(&self, v: AgentViolation, attempt: &'static str) -> bool {
+        use std::sync::atomic::Ordering;
+        self.metrics.agent_violation(v.kind());
+        self.auditor.deny(
+            &self.actor,
+            Some(&self.org),
+            attempt,
+            None,
+            Some(self.conn.remote_address()),
+            v.kind(),
+        );
+        tracing::warn!(agent = self.actor.id, org = %self.org, kind = v.kind(), attempt, "agent violation");
+        self.violations.fetch_add(1, Ordering::Relaxed) + 1 > self.max_violations
+    }
+
+    /// A data stream's violation: stops that stream and, past the most allowed, closes the
+    /// connection.
+    fn stop(&self, recv: &mut quinn::RecvStream, v: AgentViolation) {
+        let _ = recv.stop(codes::VIOLATION.into());
+        if self.violation(v, "data_stream") {
+            self.conn.close(
+                codes::VIOLATION.into(),
+                format!(
+                    "more than {} violations (ids or streams not this connection's)",
+                    self.max_violations
+                )
+                .as_bytes(),
+            );
+        }
+    }
+
+    /// Counts a limit hit and audits it, up to [`AUDITED_LIMITS_PER_CONNECTION`].
+    fn limit(&self, limit: &'static str) {
+        use std::sync::atomic::Ordering;
+        if self.limits.fetch_add(1, Ordering::Relaxed) < AUDITED_LIMITS_PER_CONNECTION {
+            self.auditor
+                .limit(&self.actor, Some(&self.org), limit, None);
+        }
+    }
 }
 
 /// Accepts agent connections until shutdown.
@@ -165,6 +244,16 @@ async fn serve_agent(
                 );
                 return Err(refuse(&conn, &mut send, &mut out, e, &metrics).await);
             }
+            if node.len() > MAX_NODE_BYTES {
+                let e = protocol(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "node name of {} bytes; at most {MAX_NODE_BYTES}",
+                        node.len()
+                    ),
+                );
+                return Err(refuse(&conn, &mut send, &mut out, e, &metrics).await);
+            }
             node
         }
         Ok(Ok(Some(other))) => {
@@ -199,10 +288,22 @@ async fn serve_agent(
     auditor.agent_connect(&actor, &id.org, &id.cluster, &node, conn.remote_address());
     tracing::info!(agent, org = %id.org, cluster = %id.cluster, %node, remote = %conn.remote_address(), "agent connected");
 
+    let offences = Arc::new(Offences {
+        conn: conn.clone(),
+        actor: actor.clone(),
+        org: id.org.clone(),
+        metrics: metrics.clone(),
+        auditor: auditor.clone(),
+        violations: 0.into(),
+        limits: 0.into(),
+        max_violations: config.max_violations,
+    });
     let data = tokio::spawn(accept_data(
         conn.clone(),
         hub.clone(),
+        agent,
         metrics.clone(),
+        offences.clone(),
         config,
     ));
     let result = loop {
@@ -210,10 +311,40 @@ async fn serve_agent(
             msg = next_msg(&mut recv, &mut decoder) => match msg {
                 Ok(Some(AgentMsg::CatalogAdd { streams })) => {
                     tracing::debug!(agent, added = streams.len(), "catalog add");
-                    hub.catalog_add(agent, streams)
+                    let refused = hub.catalog_add(agent, streams);
+                    let mut failed = None;
+                    for r in refused {
+                        offences.limit(r.limit);
+                        tracing::info!(agent, limit = r.limit, refused = r.streams.len(), "catalog streams refused");
+                        let msg = RelayMsg::CatalogRefused {
+                            message: format!(
+                                "{} streams refused: the limit {} is reached",
+                                r.streams.len(),
+                                r.limit
+                            ),
+                            streams: r.streams,
+                            code: ErrorCode::LimitExceeded,
+                            limit: r.limit.into(),
+                        };
+                        if let Err(e) = write_msg(&mut send, &mut out, &msg).await {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                    if let Some(e) = failed {
+                        break Err(e);
+                    }
                 }
                 Ok(Some(AgentMsg::CatalogRemove { streams })) => hub.catalog_remove(agent, streams),
-                Ok(Some(AgentMsg::OpenFailed { demand, code, message })) => hub.open_failed(demand, code, &message),
+                Ok(Some(AgentMsg::OpenFailed { demand, code, message })) => {
+                    if let Err(v) = hub.open_failed(agent, demand, code, &message) {
+                        offences.violation(v, "open_failed");
+                        break Err(IngestError::Violation {
+                            kind: v.kind(),
+                            message: format!("open_failed for demand {demand}: {v}"),
+                        });
+                    }
+                }
                 Ok(Some(AgentMsg::Heartbeat)) => {}
                 Ok(Some(AgentMsg::Hello { .. })) => break Err(protocol(ErrorCode::OutOfOrder, "second hello")),
                 Ok(Some(AgentMsg::Error { code, message })) => break Err(protocol(code, message)),
@@ -246,13 +377,16 @@ async fn serve_agent(
     let reason = match &result {
         Ok(()) => "closed",
         Err(IngestError::Protocol { .. }) => "protocol_error",
+        Err(IngestError::Violation { .. }) => "violation",
+        // Closed by a data stream's violation.
+        Err(IngestError::Handshake(quinn::ConnectionError::LocallyClosed)) => "violation",
         Err(IngestError::Handshake(quinn::ConnectionError::TimedOut)) => "timeout",
         Err(_) => "connection_lost",
     };
     auditor.agent_disconnect(&actor, &id.org, &id.cluster, reason);
     tracing::info!(agent, org = %id.org, cluster = %id.cluster, "agent disconnected");
     match result {
-        Err(e @ IngestError::Protocol { .. }) => {
+        Err(e @ (IngestError::Protocol { .. } | IngestError::Violation { .. })) => {
             Err(refuse(&conn, &mut send, &mut out, e, &metrics).await)
         }
         other => other,
@@ -267,20 +401,26 @@ async fn refuse(
     err: IngestError,
     metrics: &RelayMetrics,
 ) -> IngestError {
-    if let IngestError::Protocol { code, message } = &err {
-        metrics.protocol_error("agent");
-        let _ = write_msg(
-            send,
-            out,
-            &RelayMsg::Error {
-                code: *code,
-                message: message.clone(),
-            },
-        )
-        .await;
-        let _ = send.finish();
-        conn.close(codes::PROTOCOL.into(), message.as_bytes());
-    }
+    let (code, quic_code, message) = match &err {
+        IngestError::Protocol { code, message } => {
+            metrics.protocol_error("agent");
+            (*code, codes::PROTOCOL, message)
+        }
+        // Counted and audited where it was found.
+        IngestError::Violation { message, .. } => (ErrorCode::Forbidden, codes::VIOLATION, message),
+        _ => return err,
+    };
+    let _ = write_msg(
+        send,
+        out,
+        &RelayMsg::Error {
+            code,
+            message: message.clone(),
+        },
+    )
+    .await;
+    let _ = send.finish();
+    conn.close(quic_code.into(), message.as_bytes());
     err
 }
 
@@ -329,48 +469,70 @@ async fn next_msg(
 async fn accept_data(
     conn: quinn::Connection,
     hub: Arc<Hub>,
+    agent: u64,
     metrics: Arc<RelayMetrics>,
+    offences: Arc<Offences>,
     config: IngestConfig,
 ) {
     while let Ok(recv) = conn.accept_uni().await {
         let hub = hub.clone();
         let metrics = metrics.clone();
+        let offences = offences.clone();
         tokio::spawn(async move {
             let mut recv = recv;
-            let demand = match serve_data(&mut recv, &hub, &metrics, config).await {
+            let demand = match serve_data(&mut recv, &hub, agent, &metrics, config).await {
                 Ok(d) => d,
-                Err((d, e)) => {
+                Err(DataError::Violation(d, v)) => {
+                    offences.stop(&mut recv, v);
+                    d
+                }
+                Err(DataError::Protocol(d, e)) => {
                     metrics.protocol_error("agent");
-                    tracing::info!(demand = ?d, error = %e, "data stream stopped");
+                    tracing::info!(agent, demand = ?d, error = %e, "data stream stopped");
                     let _ = recv.stop(codes::PROTOCOL.into());
                     d
                 }
             };
             if let Some(d) = demand {
-                hub.demand_finished(d);
+                hub.demand_finished(agent, d);
             }
         });
     }
 }
 
-/// Reads one data stream into its sink. Returns the demand id it served.
+/// Why a data stream was stopped, and the demand it served if it was the connection's own.
+#[derive(Debug)]
+enum DataError {
+    /// Malformed: stopped with `PROTOCOL`.
+    Protocol(Option<u64>, IngestError),
+    /// Not the connection's own: stopped with `VIOLATION`, counted and audited.
+    Violation(Option<u64>, AgentViolation),
+}
+
+/// Reads one data stream of connection `agent` into its sink. Returns the demand id it served.
 async fn serve_data(
     recv: &mut quinn::RecvStream,
     hub: &Arc<Hub>,
+    agent: u64,
     metrics: &RelayMetrics,
     config: IngestConfig,
-) -> Result<Option<u64>, (Option<u64>, IngestError)> {
+) -> Result<Option<u64>, DataError> {
     let mut preamble = [0u8; DataPreamble::LEN];
     if recv.read_exact(&mut preamble).await.is_err() {
         return Ok(None);
     }
     let demand = DataPreamble::decode(&preamble)
-        .map_err(|e| (None, protocol(ErrorCode::BadRequest, e.to_string())))?
+        .map_err(|e| DataError::Protocol(None, protocol(ErrorCode::BadRequest, e.to_string())))?
         .demand;
-    let fail = |e: IngestError| (Some(demand), e);
-    let Some((sink, cancelled)) = hub.resolve(demand) else {
-        let _ = recv.stop(codes::UNKNOWN_DEMAND.into());
-        return Ok(None);
+    let fail = |e: IngestError| DataError::Protocol(Some(demand), e);
+    let (sink, cancelled) = match hub.resolve(agent, demand) {
+        Ok(resolved) => resolved,
+        Err(Unresolved::Gone) => {
+            let _ = recv.stop(codes::UNKNOWN_DEMAND.into());
+            return Ok(None);
+        }
+        // Not its own: nothing of the demand is touched.
+        Err(Unresolved::Violation(v)) => return Err(DataError::Violation(None, v)),
     };
     let expected_stream = match &sink {
         DemandSink::Live(l) => l.id,
@@ -389,13 +551,11 @@ async fn serve_data(
             let h = BatchHeader::parse(&batch)
                 .map_err(|e| fail(protocol(ErrorCode::BadRequest, e.to_string())))?;
             if h.stream != expected_stream {
-                return Err(fail(protocol(
-                    ErrorCode::BadRequest,
-                    format!(
-                        "batch for stream {} on a data stream of stream {expected_stream}",
-                        h.stream
-                    ),
-                )));
+                // Its own demand, someone else's stream: the batch goes nowhere.
+                return Err(DataError::Violation(
+                    Some(demand),
+                    AgentViolation::WrongStream,
+                ));
             }
             if h.kind == Kind::Log {
                 metrics.lines_received.inc_by(u64::from(h.count));

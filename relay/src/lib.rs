@@ -299,6 +299,13 @@ pub async fn start_with_auditor(
             config.max_pending_handshakes_per_source,
         ),
         ("sessions_per_source", config.max_sessions_per_source),
+        ("demands_per_agent", config.max_demands_per_agent),
+        ("demands_per_org", config.max_demands_per_org),
+        ("streams_per_agent", config.max_streams_per_agent),
+        ("streams_per_org", config.max_streams_per_org),
+        ("label_bytes_per_stream", config.max_label_bytes_per_stream),
+        ("label_bytes_per_agent", config.max_label_bytes_per_agent),
+        ("agent_violations", config.max_agent_violations as usize),
     ] {
         metrics.set_limit(name, value);
     }
@@ -371,6 +378,7 @@ pub async fn start_with_auditor(
         ingest::IngestConfig {
             max_frame_bytes: config.max_frame_bytes,
             heartbeat_secs: config.agent_heartbeat_secs,
+            max_violations: config.max_agent_violations,
         },
         shutdown_rx,
     ));

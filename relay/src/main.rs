@@ -6,6 +6,14 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use logrelay_relay::{RelayConfig, RelayTls};
 
+/// jemalloc rather than glibc's malloc. glibc keeps memory freed by a thread in that thread's
+/// arena, and returns it only from the top of the arena: after a flood of streams (a large
+/// catalog, then the agent gone) the relay stayed at several times its RSS (a test measured
+/// 14 MiB before, 49 MiB after). jemalloc's background threads return freed pages after a
+/// short decay, whatever allocated them (`relay/tests/catalog_flood_rss.rs`).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// logrelay relay: accepts agents over QUIC and fans their streams out to WebSocket sessions.
 #[derive(Debug, Parser)]
 #[command(version)]
@@ -127,6 +135,10 @@ fn main() -> anyhow::Result<()> {
         Ok(status) if cli.require_sandbox => bail!("sandbox required but {status}"),
         Ok(status) => tracing::warn!(%status, "sandbox: file writes NOT fully denied"),
         Err(e) => bail!("sandbox: {e}"),
+    }
+    // Started after the sandbox, so these threads carry its restriction like every other.
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        tracing::warn!(error = %e, "allocator: no background purging; freed memory returns later");
     }
     let self_check = cli.sandbox_self_check_dir.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -52,6 +52,12 @@ pub struct RelayMetrics {
     pub epochs_lost: Counter,
     /// Demands sent to agents.
     pub demands_opened: Counter,
+    /// Demands open at agents now (live, backfill, one-off).
+    pub demands_open: Gauge,
+    /// Bytes the streams announced by connected agents hold, estimated (labels and entries).
+    pub catalog_bytes: Gauge,
+    /// Ids or streams an agent connection presented that were not its own, by kind.
+    pub agent_violations: Family<ViolationKind, Counter>,
     /// Control messages to agents lost because the agent's queue was full.
     pub agent_messages_dropped: Counter,
     /// Requests refused because a limit was hit, by limit.
@@ -132,6 +138,13 @@ pub struct Limit {
     pub limit: &'static str,
 }
 
+/// Label of `agent_violations_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ViolationKind {
+    /// `foreign_demand`, `unknown_demand`, `duplicate_data_stream`, `wrong_stream`.
+    pub kind: &'static str,
+}
+
 /// Outcome of a TLS reload.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadResult {
@@ -173,6 +186,9 @@ impl RelayMetrics {
             dropped_lines: Family::default(),
             epochs_lost: Counter::default(),
             demands_opened: Counter::default(),
+            demands_open: Gauge::default(),
+            catalog_bytes: Gauge::default(),
+            agent_violations: Family::default(),
             agent_messages_dropped: Counter::default(),
             limit_hits: Family::default(),
             limits: Family::default(),
@@ -248,6 +264,21 @@ impl RelayMetrics {
             m.demands_opened.clone(),
         );
         r.register(
+            "demands_open",
+            "Demands open at agents (live, backfill, one-off)",
+            m.demands_open.clone(),
+        );
+        r.register(
+            "catalog_bytes",
+            "Bytes the streams announced by connected agents hold, estimated",
+            m.catalog_bytes.clone(),
+        );
+        r.register(
+            "agent_violations",
+            "Ids or streams an agent connection presented that were not its own, by kind",
+            m.agent_violations.clone(),
+        );
+        r.register(
             "agent_messages_dropped",
             "Control messages lost to a full agent queue",
             m.agent_messages_dropped.clone(),
@@ -315,6 +346,13 @@ impl RelayMetrics {
         self.limits
             .get_or_create(&Limit { limit })
             .set(i64::try_from(value).unwrap_or(i64::MAX));
+    }
+
+    /// Counts one agent violation of `kind`.
+    pub fn agent_violation(&self, kind: &'static str) {
+        self.agent_violations
+            .get_or_create(&ViolationKind { kind })
+            .inc();
     }
 
     /// Counts one malformed input.

@@ -377,7 +377,12 @@ fn handle_request(
                     .filter(|m| !m.is_empty()),
             };
             match hub.subscribe(session, &id, selector.clone(), demand) {
-                Ok(()) => auditor.subscribe(actor, &session.org, &id, &selector),
+                Ok(capped) => {
+                    auditor.subscribe(actor, &session.org, &id, &selector);
+                    if let Some(limit) = capped {
+                        auditor.limit(actor, Some(&session.org), limit, Some(&selector));
+                    }
+                }
                 Err(r) => {
                     if r.code == ErrorCode::LimitExceeded {
                         auditor.limit(
@@ -910,6 +915,12 @@ mod tests {
                 max_session_event_bytes: 1 << 20,
                 memory_budget_bytes: 1 << 30,
                 max_sessions_per_org: 10_000,
+                max_demands_per_agent: 1000,
+                max_demands_per_org: 1000,
+                max_streams_per_agent: 1000,
+                max_streams_per_org: 1000,
+                max_label_bytes_per_stream: 4096,
+                max_label_bytes_per_agent: 1 << 20,
             },
             metrics.clone(),
         );
@@ -936,7 +947,7 @@ mod tests {
         let Ok(RelayMsg::Open { demand, .. }) = rx.try_recv() else {
             panic!("the first watcher opens the stream")
         };
-        let Some((DemandSink::Live(live), _)) = hub.resolve(demand) else {
+        let Ok((DemandSink::Live(live), _)) = hub.resolve(agent, demand) else {
             panic!("live demand")
         };
         (sessions, live, metrics)

@@ -135,6 +135,19 @@ pub enum RelayMsg {
         /// The demand id of the `open`.
         demand: u64,
     },
+    /// Streams of a `catalog_add` the relay did not take, because a limit was reached. The
+    /// connection goes on; the agent may announce them again later.
+    CatalogRefused {
+        /// The agent's ids of the refused streams.
+        streams: Vec<u64>,
+        /// Always `limit_exceeded` today.
+        code: ErrorCode,
+        /// The limit: `label_bytes_per_stream`, `streams_per_agent`, `label_bytes_per_agent`
+        /// or `streams_per_org`.
+        limit: String,
+        /// Human-readable reason.
+        message: String,
+    },
     /// Liveness.
     Heartbeat,
     /// A protocol error; the sender closes the connection after it.
