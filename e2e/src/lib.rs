@@ -451,6 +451,12 @@ impl Subscriber {
     }
 }
 
+/// A number no other [`FakeAgent`] of this process has.
+fn fake_node() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// An agent speaking the protocol directly over real QUIC + mTLS, announcing streams with
 /// whatever labels a test chooses (including lies about its org) and answering every `open`
 /// with the stream's fixed lines. For security and isolation tests.
@@ -498,8 +504,11 @@ impl FakeAgent {
         let mut out = bytes::BytesMut::new();
         let hello = AgentMsg::Hello {
             protocol: logrelay_wire::PROTOCOL_VERSION,
-            node: "fake".into(),
+            // A node of its own: a second connection from one (org, cluster, node) supersedes
+            // the first.
+            node: format!("fake-{}", fake_node()),
             agent_version: "test".into(),
+            features: Vec::new(),
         };
         let infos: Vec<StreamInfo> = streams
             .iter()
