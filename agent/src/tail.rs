@@ -910,13 +910,43 @@ impl Tailer {
     ) -> Result<(Arc<Queue>, Arc<Shared>, u64, u64), TailError> {
         let mut filter = Filter::of(spec)?;
         let path = stream.path.clone();
-        let plan = {
-            let stream = stream.clone();
-            let spec = spec.clone();
-            tokio::task::spawn_blocking(move || plan_follow(&stream, &spec, params.max_line_bytes))
+        let real = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+        let mut attempt = 0;
+        let (plan, follower) = loop {
+            attempt += 1;
+            let plan = {
+                let stream = stream.clone();
+                let spec = spec.clone();
+                tokio::task::spawn_blocking(move || {
+                    plan_follow(&stream, &spec, params.max_line_bytes)
+                })
                 .await
                 .map_err(|e| io_err(&path)(std::io::Error::other(e)))?
                 .map_err(io_err(&path))?
+            };
+            let follower = Follower::new(
+                &real,
+                plan.files[plan.start.index..]
+                    .iter()
+                    .map(|f| f.held.clone())
+                    .collect(),
+                plan.start.offset,
+                plan.start.seq,
+                params.max_line_bytes,
+            )
+            .map_err(io_err(&path))?;
+            // A follower takes every rotated file it finds at its start for history. If the log
+            // rotated while a new epoch was planned (the walk back can take a while), the files
+            // rotated meanwhile are newer than the plan's chain: plan again, or they would be
+            // skipped. The file at the path still being the plan's newest proves no rotation
+            // came between the plan's listing and the follower's.
+            let fresh = spec.since_seq.is_none_or(|p| p.epoch != plan.epoch);
+            let newest = plan.files.last().map(|f| f.held.id);
+            let at_path = std::fs::metadata(&real).ok().map(|m| FileId::of(&m));
+            if !fresh || newest == at_path || attempt == 5 {
+                break (plan, follower);
+            }
+            tracing::debug!(path = %path.display(), "the log rotated while planning; planning again");
         };
         // A resume in the epoch held, or a new epoch continuing what the relay holds, is placed
         // by position: `since_ns` (the relay's fallback for an older agent) filters nothing,
@@ -924,18 +954,6 @@ impl Tailer {
         if plan.after.is_some() || spec.since_seq.is_some_and(|p| p.epoch == plan.epoch) {
             filter.since_ns = None;
         }
-        let real = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
-        let follower = Follower::new(
-            &real,
-            plan.files[plan.start.index..]
-                .iter()
-                .map(|f| f.held.clone())
-                .collect(),
-            plan.start.offset,
-            plan.start.seq,
-            params.max_line_bytes,
-        )
-        .map_err(io_err(&path))?;
         let enc = Encoder {
             stream_ref,
             epoch: plan.epoch,

@@ -10,13 +10,22 @@
 //! sub.subscribe("s", &selector("ns", "app", "main"), Some(0)).await;
 //! ```
 //! Every wait has a deadline; nothing sleeps to synchronise. [`Chromium`] drives a real headless
-//! browser for the live viewer's tests.
+//! browser for the live viewer's tests. [`procs`] runs the relay and the agent as separate
+//! processes with certificate files (to kill and restart them), [`writer`] writes a container
+//! log at a steady rate with kubelet's rotation, and [`ledger`] accounts for a stream line by
+//! line through a client that resumes after a relay restart.
 #![forbid(unsafe_code)]
 
 pub mod browser;
 mod exporter;
+pub mod ledger;
+pub mod procs;
+pub mod writer;
 pub use browser::{Chromium, Page};
 pub use exporter::NodeExporter;
+pub use ledger::{Ledger, ResumingClient, Tally};
+pub use procs::{AgentProcess, PkiFiles, RelayProcess};
+pub use writer::{KubeletWriter, WriterConfig};
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -340,10 +340,10 @@ pub fn quic_client_with_alpn(
 
 /// Default interval between QUIC keep-alive PINGs on the agent hop, both ends: a few per idle
 /// timeout, so a quiet but healthy connection stays open and a dead one is noticed at once.
-pub const QUIC_KEEP_ALIVE_MS: u64 = 500;
+pub const QUIC_KEEP_ALIVE_MS: u64 = 400;
 /// Default idle timeout of the agent hop: a connection that hears nothing for this long is
 /// closed (the smaller of the two ends' values applies).
-pub const QUIC_IDLE_TIMEOUT_MS: u64 = 1_500;
+pub const QUIC_IDLE_TIMEOUT_MS: u64 = 1_200;
 /// Unidirectional streams an agent may have open at once: one data stream per `open` demand.
 pub const QUIC_MAX_CONCURRENT_UNI_STREAMS: u32 = 4096;
 /// Bidirectional streams an agent may open: the control stream only.
