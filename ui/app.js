@@ -48,6 +48,7 @@
     slow_consumer: 'this viewer fell behind the relay',
     agent_buffer_full: 'the agent\'s buffer was full',
     not_retained: 'no longer held',
+    epoch_lost: 'the agent lost its numbering (it restarted)',
   };
 
   // ---- the batch format (docs/protocol.md §2, wire/src/batch.rs) --------------------------
@@ -677,7 +678,15 @@
       case 'gap': {
         const st = streamState(e.stream);
         const why = GAP_REASONS[e.reason] || e.reason;
-        append([marker('gap', `${st.name}: ${plural(e.lines, 'line', 'lines')} (${formatBytes(e.bytes)}) missed: ${why}.`)]);
+        const what = e.exact === false
+          ? 'lines missed, how many is unknown'
+          : `${plural(e.lines, 'line', 'lines')} (${formatBytes(e.bytes)}) missed`;
+        append([marker('gap', `${st.name}: ${what}: ${why}.`)]);
+        break;
+      }
+      case 'renumbered': {
+        const st = streamState(e.stream);
+        if (st.kind === 'log') append([marker('live', `${st.name}: renumbered by its agent, nothing missed.`)]);
         break;
       }
       case 'live': {

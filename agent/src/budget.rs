@@ -6,6 +6,14 @@
 //! it came from remembers the loss as one contiguous [`Gap`] (lines, bytes, sequence range) that
 //! its reader gets, in band, before the next batch. Following never waits for the relay: while
 //! it is slow or unreachable, reading goes on into the budget.
+//!
+//! A batch sent is not forgotten at once when the relay acknowledges deliveries (`ack`): a
+//! reader that *retains* ([`Queue::next_retained`]) leaves it in the queue, behind a mark,
+//! until [`Queue::ack`] says every session was handed it. A lost connection thus costs
+//! nothing: the next reader resumes ([`Queue::skip_to`]) from where the relay's sessions are,
+//! re-sending what was in flight. Retained batches draw on the same budget and, being the
+//! oldest, are the first dropped when it is full; that costs a line only if a resume then
+//! reaches back into them, and the resumed reader is told exactly, as a gap.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -51,6 +59,9 @@ pub struct Gap {
     pub lines: u64,
     /// Batch bytes dropped.
     pub bytes: u64,
+    /// Whether `lines` is the exact count (false: some of the loss was never counted, such as
+    /// bytes rotated away before they were read).
+    pub counted: bool,
 }
 
 /// What a reader takes from a queue.
@@ -66,6 +77,8 @@ pub enum Item {
 struct Inner {
     items: VecDeque<Item>,
     bytes: usize,
+    /// The first `sent` items were sent and are kept until acknowledged (retaining readers).
+    sent: usize,
 }
 
 /// One stream's queue; see the module doc.
@@ -131,12 +144,18 @@ impl Budget {
                 .filter_map(|q| q.head_tick().map(|t| (t, q)))
                 .min_by_key(|(t, _)| *t);
             let Some((_, q)) = oldest else { break };
-            if let Some((lines, bytes)) = q.drop_oldest() {
-                let mut d = self.dropped.lock().expect("budget lock");
-                d.0 += lines;
-                d.1 += bytes;
+            // A kept batch (sent, not yet acknowledged) is lost only if a resume reaches back
+            // into it: counted then ([`Queue::skip_to`]).
+            if let Some((lines, bytes, false)) = q.drop_oldest() {
+                self.count_dropped(lines, bytes);
             }
         }
+    }
+
+    fn count_dropped(&self, lines: u64, bytes: u64) {
+        let mut d = self.dropped.lock().expect("budget lock");
+        d.0 += lines;
+        d.1 += bytes;
     }
 }
 
@@ -163,27 +182,45 @@ impl Queue {
     /// Records, in order, lines lost before they could be queued (rotated away unread).
     pub fn push_gap(&self, gap: Gap) {
         let mut inner = self.inner.lock().expect("queue lock");
+        let unsent_back = inner.items.len() > inner.sent;
         match inner.items.back_mut() {
-            Some(Item::Gap(g)) => *g = merge(*g, gap),
+            Some(Item::Gap(g)) if unsent_back => *g = merge(*g, gap),
             _ => inner.items.push_back(Item::Gap(gap)),
         }
         drop(inner);
         self.ready.notify_one();
     }
 
-    /// Takes the next item, if any.
+    /// Takes the next item, if any, and forgets it (and anything kept before it).
     pub fn pop(&self) -> Option<Item> {
         let mut inner = self.inner.lock().expect("queue lock");
-        let item = inner.items.pop_front()?;
-        if let Item::Batch(q) = &item {
-            inner.bytes -= q.batch.len();
-            drop(inner);
-            self.budget.used.fetch_sub(q.batch.len(), Ordering::Relaxed);
+        let mut freed = 0;
+        while inner.sent > 0 {
+            inner.sent -= 1;
+            if let Some(Item::Batch(q)) = inner.items.pop_front() {
+                freed += q.batch.len();
+            }
         }
+        let item = inner.items.pop_front();
+        if let Some(Item::Batch(q)) = &item {
+            freed += q.batch.len();
+        }
+        inner.bytes -= freed;
+        drop(inner);
+        self.budget.used.fetch_sub(freed, Ordering::Relaxed);
+        item
+    }
+
+    /// Takes the next item not yet sent, if any, and keeps it until [`Self::ack`] covers it.
+    pub fn pop_retained(&self) -> Option<Item> {
+        let mut inner = self.inner.lock().expect("queue lock");
+        let next = inner.sent;
+        let item = inner.items.get(next)?.clone();
+        inner.sent += 1;
         Some(item)
     }
 
-    /// Waits for the next item.
+    /// Waits for the next item and forgets it.
     pub async fn next(&self) -> Item {
         loop {
             let notified = self.ready.notified();
@@ -194,26 +231,85 @@ impl Queue {
         }
     }
 
+    /// Waits for the next item not yet sent, and keeps it until acknowledged.
+    pub async fn next_retained(&self) -> Item {
+        loop {
+            let notified = self.ready.notified();
+            if let Some(item) = self.pop_retained() {
+                return item;
+            }
+            notified.await;
+        }
+    }
+
+    /// Forgets what was sent before `seq`: the relay's sessions were all handed it.
+    pub fn ack(&self, seq: u64) {
+        let mut inner = self.inner.lock().expect("queue lock");
+        let mut freed = 0;
+        while inner.sent > 0 {
+            let end = match inner.items.front() {
+                Some(Item::Batch(q)) => q.end_seq,
+                Some(Item::Gap(g)) => g.end_seq,
+                None => break,
+            };
+            if end > seq {
+                break;
+            }
+            if let Some(Item::Batch(q)) = inner.items.pop_front() {
+                freed += q.batch.len();
+            }
+            inner.sent -= 1;
+        }
+        inner.bytes -= freed;
+        drop(inner);
+        self.budget.used.fetch_sub(freed, Ordering::Relaxed);
+    }
+
+    /// Whether every item was sent (some may be kept for an acknowledgement).
+    pub fn all_sent(&self) -> bool {
+        let inner = self.inner.lock().expect("queue lock");
+        inner.items.len() == inner.sent
+    }
+
     /// Drops every queued item ending at or before `seq` (the reader has them already) and
-    /// narrows a gap that straddles it to start at `seq`.
+    /// narrows a gap that straddles it to start at `seq`. Whatever was sent and kept is to be
+    /// sent again from there (a resume): a kept batch the budget dropped is now a loss, and
+    /// counted as one.
     pub fn skip_to(&self, seq: u64) {
         let mut inner = self.inner.lock().expect("queue lock");
         let mut freed = 0;
+        let rewound = std::mem::take(&mut inner.sent);
+        let mut kept = rewound;
         while let Some(front) = inner.items.front_mut() {
             match front {
                 Item::Batch(q) if q.end_seq <= seq => freed += q.batch.len(),
                 Item::Gap(g) if g.end_seq <= seq => {}
                 Item::Gap(g) => {
-                    g.first_seq = g.first_seq.max(seq);
+                    if g.first_seq < seq {
+                        g.first_seq = seq;
+                        g.lines = g.lines.min(g.end_seq - seq);
+                    }
                     break;
                 }
                 Item::Batch(_) => break,
             }
             inner.items.pop_front();
+            kept = kept.saturating_sub(1);
         }
+        let lost = inner
+            .items
+            .iter()
+            .take(kept)
+            .fold((0, 0), |(l, b), i| match i {
+                Item::Gap(g) => (l + g.lines, b + g.bytes),
+                Item::Batch(_) => (l, b),
+            });
         inner.bytes -= freed;
         drop(inner);
         self.budget.used.fetch_sub(freed, Ordering::Relaxed);
+        if lost != (0, 0) {
+            self.budget.count_dropped(lost.0, lost.1);
+        }
     }
 
     /// Sequence number where the queue's content starts, if it holds anything.
@@ -238,41 +334,51 @@ impl Queue {
         })
     }
 
-    /// Drops the oldest batch; it and any gap before it become one gap at the front.
-    fn drop_oldest(&self) -> Option<(u64, u64)> {
+    /// Drops the oldest batch: it becomes a gap, merged with the gaps next to it on the same
+    /// side of the sent mark. Returns its lines and bytes, and whether it had been sent.
+    fn drop_oldest(&self) -> Option<(u64, u64, bool)> {
         let mut inner = self.inner.lock().expect("queue lock");
+        let i = inner
+            .items
+            .iter()
+            .position(|i| matches!(i, Item::Batch(_)))?;
+        let sent = i < inner.sent;
+        // The gaps before it on its side of the mark, and one right after it.
+        let lo = if sent { 0 } else { inner.sent };
+        let hi = if sent { inner.sent } else { inner.items.len() };
+        let mut hi_merge = i + 1;
+        if hi_merge < hi && matches!(inner.items[hi_merge], Item::Gap(_)) {
+            hi_merge += 1;
+        }
         let mut gap: Option<Gap> = None;
-        let dropped = loop {
-            match inner.items.pop_front() {
-                None => break None,
-                Some(Item::Gap(g)) => gap = Some(gap.map_or(g, |a| merge(a, g))),
-                Some(Item::Batch(q)) => {
-                    let len = q.batch.len();
-                    inner.bytes -= len;
-                    let g = Gap {
+        let mut dropped = (0, 0);
+        for item in inner.items.drain(lo..hi_merge) {
+            let g = match item {
+                Item::Gap(g) => g,
+                Item::Batch(q) => {
+                    dropped = (u64::from(q.lines), q.batch.len() as u64);
+                    Gap {
                         first_seq: q.first_seq,
                         end_seq: q.end_seq,
                         lines: u64::from(q.lines),
-                        bytes: len as u64,
-                    };
-                    gap = Some(gap.map_or(g, |a| merge(a, g)));
-                    break Some((u64::from(q.lines), len as u64));
+                        bytes: q.batch.len() as u64,
+                        counted: true,
+                    }
                 }
-            }
-        };
-        // A gap right after merges too, so the reader sees one range.
-        if let Some(mut g) = gap {
-            if let Some(Item::Gap(next)) = inner.items.front() {
-                g = merge(g, *next);
-                inner.items.pop_front();
-            }
-            inner.items.push_front(Item::Gap(g));
+            };
+            gap = Some(gap.map_or(g, |a| merge(a, g)));
         }
+        let gap = gap.expect("the batch at least");
+        inner.items.insert(lo, Item::Gap(gap));
+        if sent {
+            inner.sent -= hi_merge - lo - 1;
+        }
+        inner.bytes -= dropped.1 as usize;
         drop(inner);
-        if let Some((_, len)) = dropped {
-            self.budget.used.fetch_sub(len as usize, Ordering::Relaxed);
-        }
-        dropped
+        self.budget
+            .used
+            .fetch_sub(dropped.1 as usize, Ordering::Relaxed);
+        Some((dropped.0, dropped.1, sent))
     }
 }
 
@@ -292,6 +398,7 @@ fn merge(a: Gap, b: Gap) -> Gap {
         end_seq: a.end_seq.max(b.end_seq),
         lines: a.lines + b.lines,
         bytes: a.bytes + b.bytes,
+        counted: a.counted && b.counted,
     }
 }
 
@@ -322,7 +429,8 @@ mod tests {
                     first_seq: 0,
                     end_seq: 4,
                     lines: 4,
-                    bytes: 40
+                    bytes: 40,
+                    counted: true,
                 }
             ),
             other => panic!("{other:?}"),
@@ -343,6 +451,7 @@ mod tests {
             end_seq: 10,
             lines: 10,
             bytes: 0,
+            counted: true,
         });
         q.push(batch(10), 10, 20, 10);
         q.push(batch(10), 20, 30, 10);
@@ -353,6 +462,144 @@ mod tests {
         assert_eq!(budget.used(), 10);
         drop(q);
         assert_eq!(budget.used(), 0);
+    }
+
+    /// The `(first_seq, end_seq, is_gap)` of every item a reader takes from now on.
+    fn drain(q: &Queue) -> Vec<(u64, u64, bool)> {
+        std::iter::from_fn(|| q.pop())
+            .map(|i| match i {
+                Item::Gap(g) => (g.first_seq, g.end_seq, true),
+                Item::Batch(b) => (b.first_seq, b.end_seq, false),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn what_was_sent_is_kept_until_acknowledged_and_sent_again_after_a_resume() {
+        let budget = Budget::new(1000);
+        let q = budget.queue();
+        for i in 0..4 {
+            q.push(batch(10), i * 10, i * 10 + 10, 10);
+        }
+        // Three go out on a connection; the relay acknowledges the first.
+        for want in [0, 10, 20] {
+            assert!(matches!(q.pop_retained(), Some(Item::Batch(b)) if b.first_seq == want));
+        }
+        assert!(!q.all_sent());
+        q.ack(10);
+        assert_eq!(budget.used(), 30, "the unacknowledged stay in the budget");
+        assert_eq!(q.first_seq(), Some(10));
+        // The connection is lost; the sessions had line 15: the resume sends from there.
+        q.skip_to(15);
+        assert_eq!(budget.used(), 30);
+        assert!(matches!(q.pop_retained(), Some(Item::Batch(b)) if b.first_seq == 10));
+        q.skip_to(20);
+        assert_eq!(
+            drain(&q),
+            [(20, 30, false), (30, 40, false)],
+            "from the batch holding the resume point on"
+        );
+        assert_eq!(budget.used(), 0);
+        assert_eq!(budget.dropped(), (0, 0));
+    }
+
+    #[test]
+    fn a_kept_batch_the_budget_drops_is_a_loss_only_when_a_resume_reaches_it() {
+        let budget = Budget::new(30);
+        let q = budget.queue();
+        q.push(batch(10), 0, 10, 10);
+        q.push(batch(10), 10, 20, 10);
+        assert!(q.pop_retained().is_some());
+        assert!(q.pop_retained().is_some());
+        // Two more while nothing is acknowledged: the oldest kept batch goes, not counted.
+        q.push(batch(10), 20, 30, 10);
+        q.push(batch(10), 30, 40, 10);
+        assert_eq!(budget.used(), 30);
+        assert_eq!(budget.dropped(), (0, 0), "the relay has it: no loss yet");
+        assert!(matches!(q.pop_retained(), Some(Item::Batch(b)) if b.first_seq == 20));
+        // A resume at line 5 reaches into it: the reader gets the exact gap, and it is counted.
+        q.skip_to(5);
+        assert_eq!(
+            drain(&q),
+            [
+                (5, 10, true),
+                (10, 20, false),
+                (20, 30, false),
+                (30, 40, false)
+            ]
+        );
+        assert_eq!(budget.dropped(), (5, 10));
+        // A resume past it costs nothing.
+        let q = budget.queue();
+        q.push(batch(20), 0, 10, 10);
+        assert!(q.pop_retained().is_some());
+        q.push(batch(20), 10, 20, 10);
+        q.skip_to(10);
+        assert_eq!(drain(&q), [(10, 20, false)]);
+        assert_eq!(budget.dropped(), (5, 10));
+    }
+
+    proptest! {
+        /// A reader that sends with retention, gets acknowledgements and loses its connection at
+        /// random points always resumes without a hole: from the resume point on, it is handed
+        /// batches and gaps that tile the range to the last line pushed.
+        #[test]
+        fn resumes_never_lose_or_repeat_a_line(
+            ops in proptest::collection::vec((0u8..5, 1usize..40, 1u32..5), 1..150),
+            cap in 40usize..300,
+        ) {
+            let budget = Budget::new(cap);
+            let q = budget.queue();
+            let mut next_seq = 0u64;
+            // What the "relay" has been handed by the current connection, contiguous.
+            let mut relay_end = 0u64;
+            // What its sessions have been handed (acknowledged), at most `relay_end`.
+            let mut sessions = 0u64;
+            for (op, len, lines) in ops {
+                match op {
+                    0 | 1 => {
+                        q.push(batch(len), next_seq, next_seq + u64::from(lines), lines);
+                        next_seq += u64::from(lines);
+                    }
+                    2 => {
+                        if let Some(item) = q.pop_retained() {
+                            let (a, b) = match item {
+                                Item::Gap(g) => (g.first_seq, g.end_seq),
+                                Item::Batch(b) => (b.first_seq, b.end_seq),
+                            };
+                            // Contiguous, but for a batch straddling a resume point.
+                            prop_assert!(a <= relay_end && (b > relay_end || a == b));
+                            relay_end = relay_end.max(b);
+                        }
+                    }
+                    3 => {
+                        sessions = relay_end.min(sessions + u64::from(lines));
+                        q.ack(sessions);
+                    }
+                    _ => {
+                        // The connection is lost; the sessions resume where they are.
+                        prop_assert!(q.first_seq().is_none_or(|f| f <= sessions));
+                        q.skip_to(sessions);
+                        relay_end = sessions;
+                    }
+                }
+                prop_assert!(budget.used() <= cap.max(len) + 40);
+            }
+            q.skip_to(sessions);
+            let mut at = sessions;
+            for (i, (a, b, _)) in drain(&q).into_iter().enumerate() {
+                // A batch holding the resume point is sent whole (the reader drops the lines
+                // it has by sequence number).
+                if i == 0 {
+                    prop_assert!(a <= at && b > at);
+                } else {
+                    prop_assert_eq!(a, at);
+                }
+                at = b;
+            }
+            prop_assert_eq!(at, next_seq.max(sessions));
+            prop_assert_eq!(budget.used(), 0);
+        }
     }
 
     proptest! {

@@ -59,6 +59,13 @@ pub struct AgentConfig {
         default_value_t = 10_000
     )]
     pub reconnect_max_ms: u64,
+    /// Milliseconds between QUIC keep-alive PINGs to the relay (at most half the idle timeout).
+    #[arg(long, env = "LOGRELAY_AGENT_RELAY_KEEP_ALIVE_MS", default_value_t = logrelay_tls::QUIC_KEEP_ALIVE_MS)]
+    pub relay_keep_alive_ms: u64,
+    /// The relay connection is dead once silent this many milliseconds, and the agent
+    /// reconnects (the smaller of this and the relay's `--agent-idle-timeout-ms` applies).
+    #[arg(long, env = "LOGRELAY_AGENT_RELAY_IDLE_TIMEOUT_MS", default_value_t = logrelay_tls::QUIC_IDLE_TIMEOUT_MS)]
+    pub relay_idle_timeout_ms: u64,
     /// A static scrape target, `URL[,key=value…]` with keys `name`, `interval_ms`,
     /// `timeout_ms`, `sample_limit`, `max_body_bytes` (repeat the flag; space-separated in the
     /// environment). Scraped only while someone watches its stream.
@@ -129,7 +136,8 @@ pub struct AgentConfig {
     #[arg(long, env = "LOGRELAY_AGENT_STALL_AFTER_MS", default_value_t = 5_000)]
     pub stall_after_ms: u64,
     /// A follower no demand drains (the relay dropped it) stops after this long while the relay
-    /// is connected; while it is not, following goes on into the queue budget. A follower the
+    /// is connected (and not before `--resume-grace-ms` after a reconnection); while it is not,
+    /// following goes on into the queue budget. A follower the
     /// relay cancelled stops at once; its files, checkpoints and epoch are kept this long, so a
     /// `since_seq` resume within it continues the same numbering.
     #[arg(
@@ -138,6 +146,11 @@ pub struct AgentConfig {
         default_value_t = 10_000
     )]
     pub detach_linger_ms: u64,
+    /// After each (re)connection to the relay, followers no demand drains are kept at least
+    /// this long (their epoch, files and queue), so that sessions of a restarted relay can
+    /// resubscribe with `since_seq` and lose nothing.
+    #[arg(long, env = "LOGRELAY_AGENT_RESUME_GRACE_MS", default_value_t = 30_000)]
+    pub resume_grace_ms: u64,
     /// A followed container whose log is removed stays listed until it is read to its end and
     /// sent, plus this long.
     #[arg(long, env = "LOGRELAY_AGENT_DRAIN_LINGER_MS", default_value_t = 1_000)]
@@ -175,6 +188,8 @@ impl AgentConfig {
             max_line_bytes: 1024 * 1024,
             reconnect_min_ms: 100,
             reconnect_max_ms: 10_000,
+            relay_keep_alive_ms: logrelay_tls::QUIC_KEEP_ALIVE_MS,
+            relay_idle_timeout_ms: logrelay_tls::QUIC_IDLE_TIMEOUT_MS,
             scrape_targets: Vec::new(),
             scrape_interval_ms: 15_000,
             scrape_timeout_ms: 10_000,
@@ -188,6 +203,7 @@ impl AgentConfig {
             queue_budget_bytes: 64 * 1024 * 1024,
             stall_after_ms: 5_000,
             detach_linger_ms: 10_000,
+            resume_grace_ms: 30_000,
             drain_linger_ms: 1_000,
             kube_pods: false,
             kube_api_url: None,

@@ -57,7 +57,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use logrelay_wire::batch::{BatchBuilder, FLAG_BACKFILL, HEADER_LEN, LineFlags, encode_gap};
+use logrelay_wire::batch::{
+    BatchBuilder, FLAG_BACKFILL, FLAG_CONTINUES, FLAG_COUNT_UNKNOWN, HEADER_LEN, LineFlags,
+    encode_gap_flagged,
+};
 use logrelay_wire::control::{Demand, SeqPos};
 use logrelay_wire::pattern::{LinePattern, PatternError};
 use tokio::sync::{Notify, watch};
@@ -142,6 +145,10 @@ pub struct TailerConfig {
     pub stall_after: Duration,
     /// A follower no demand drains is stopped after this long while the relay is connected.
     pub detach_linger: Duration,
+    /// After a (re)connection to the relay, a follower no demand drains is kept at least this
+    /// long, with its epoch and queue, for the relay's sessions to resubscribe (a restarted
+    /// relay learns what to resume only from them).
+    pub resume_grace: Duration,
     /// A drained stream whose file is gone stays in the catalog this long after its last batch.
     pub drain_linger: Duration,
 }
@@ -152,6 +159,7 @@ impl Default for TailerConfig {
             queue_budget_bytes: 64 << 20,
             stall_after: Duration::from_secs(5),
             detach_linger: Duration::from_secs(10),
+            resume_grace: Duration::from_secs(30),
             drain_linger: Duration::from_secs(1),
         }
     }
@@ -163,6 +171,7 @@ impl From<&crate::config::AgentConfig> for TailerConfig {
             queue_budget_bytes: c.queue_budget_bytes,
             stall_after: Duration::from_millis(c.stall_after_ms.max(1)),
             detach_linger: Duration::from_millis(c.detach_linger_ms),
+            resume_grace: Duration::from_millis(c.resume_grace_ms),
             drain_linger: Duration::from_millis(c.drain_linger_ms),
         }
     }
@@ -181,6 +190,8 @@ pub struct Tailer {
     consumers: AtomicU64,
     /// inotify wake-ups of followers at the end of their file.
     wakes: Arc<wake::Wakes>,
+    /// Since when the agent is connected to the relay (`None`: it is not).
+    connected_since: Mutex<Option<Instant>>,
 }
 
 /// A log path and the line filter of the demands it serves.
@@ -332,25 +343,61 @@ struct Encoder {
     from_seq: u64,
     /// Lines from this sequence number on are not sent (`until`).
     until_seq: Option<u64>,
+    /// A new epoch that continues what the relay holds: lines up to that one are skipped.
+    after: Option<After>,
+    /// Header flags for the next batch only ([`FLAG_CONTINUES`]).
+    pending_flags: u8,
     batch: Option<BatchBuilder>,
+}
+
+/// Where a new epoch picks up after the last line the relay holds (`after_line`): lines stamped
+/// before `ns` are skipped, then `remaining` lines stamped `ns`; the next line continues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct After {
+    ns: i64,
+    remaining: u32,
+    /// A line stamped before `ns` was read first: the files held reach back past the relay's
+    /// last line, so the continuation is exact if the count of lines stamped `ns` matches.
+    older_seen: bool,
 }
 
 impl Encoder {
     fn push(&mut self, line: &TailLine, out: &mut Vec<Encoded>) {
-        let wanted = line.seq >= self.from_seq
+        let mut wanted = line.seq >= self.from_seq
             && self.until_seq.is_none_or(|u| line.seq < u)
             && self.filter.wants(line);
+        if let Some(a) = self.after.as_mut()
+            && line.timestamp_ns < a.ns
+        {
+            a.older_seen = true;
+        }
+        if wanted && let Some(a) = self.after.as_mut() {
+            if line.timestamp_ns < a.ns || (line.timestamp_ns == a.ns && a.remaining > 0) {
+                // Held by the relay already.
+                if line.timestamp_ns == a.ns {
+                    a.remaining -= 1;
+                }
+                wanted = false;
+            } else {
+                // The first line after the last one the relay holds.
+                if a.older_seen && a.remaining == 0 {
+                    self.pending_flags |= FLAG_CONTINUES;
+                }
+                self.after = None;
+            }
+        }
         if !wanted {
             // Batches hold consecutive lines only.
             self.flush(out);
             return;
         }
+        let flags = self.flags | std::mem::take(&mut self.pending_flags);
         let batch = self.batch.get_or_insert_with(|| {
             BatchBuilder::new(
                 self.stream_ref,
                 self.epoch,
                 line.seq,
-                self.flags,
+                flags,
                 self.max_batch_bytes.min(64 * 1024),
             )
         });
@@ -364,7 +411,14 @@ impl Encoder {
     fn gap(&mut self, at: u64, bytes: u64, out: &mut Vec<Encoded>) {
         self.flush(out);
         out.push(Encoded {
-            bytes: encode_gap(self.stream_ref, self.epoch, at, 0, bytes),
+            bytes: encode_gap_flagged(
+                self.stream_ref,
+                self.epoch,
+                at,
+                0,
+                bytes,
+                FLAG_COUNT_UNKNOWN,
+            ),
             first_seq: at,
             end_seq: at,
             lines: 0,
@@ -393,6 +447,8 @@ struct Plan {
     start: Position,
     from_seq: u64,
     until_seq: Option<u64>,
+    /// A new epoch continuing what the relay holds (`after_line`).
+    after: Option<After>,
     /// Nothing to send (an `until` in an epoch this agent does not have).
     empty: bool,
 }
@@ -414,6 +470,7 @@ impl Plan {
             start: Position { index, offset, seq },
             from_seq: resume.seq,
             until_seq: None,
+            after: None,
             empty: false,
         })
     }
@@ -430,6 +487,7 @@ impl Plan {
             },
             from_seq: 0,
             until_seq: None,
+            after: None,
             empty: true,
         }
     }
@@ -500,7 +558,14 @@ impl Tailer {
             streams: Mutex::new(HashMap::new()),
             consumers: AtomicU64::new(1),
             wakes: wake::Wakes::new(),
+            connected_since: Mutex::new(None),
         })
+    }
+
+    /// The uplink's news: connected to the relay (now), or not. Followers no demand drains are
+    /// kept while it is not, and for `resume_grace` after it is again.
+    pub fn set_connected(&self, connected: bool) {
+        *self.connected_since.lock().expect("tailer lock") = connected.then(Instant::now);
     }
 
     /// The shared budget.
@@ -603,9 +668,28 @@ impl Tailer {
         sink: &mut S,
         cancelled: impl Future<Output = ()>,
     ) -> Result<Ended, TailError> {
+        self.serve_acked(path, spec, stream_ref, params, sink, cancelled, None)
+            .await
+    }
+
+    /// Like [`Self::serve_until`]; with `acks` (the relay acknowledges what its sessions were
+    /// handed: `ack`), a followed stream's batches are kept in its queue once sent, until an
+    /// acknowledgement covers them, so that a resume after a lost connection sends again what
+    /// was in flight ([`Queue::skip_to`]).
+    #[allow(clippy::too_many_arguments, reason = "one demand's whole context")]
+    pub async fn serve_acked<S: BatchSink>(
+        self: &Arc<Self>,
+        path: &Path,
+        spec: &Demand,
+        stream_ref: u64,
+        params: TailParams,
+        sink: &mut S,
+        cancelled: impl Future<Output = ()>,
+        acks: Option<watch::Receiver<Option<SeqPos>>>,
+    ) -> Result<Ended, TailError> {
         let mut cancelled = std::pin::pin!(cancelled);
         if spec.follow {
-            self.serve_follow(path, spec, stream_ref, params, sink, cancelled)
+            self.serve_follow(path, spec, stream_ref, params, sink, cancelled, acks)
                 .await
         } else {
             tokio::select! {
@@ -666,6 +750,8 @@ impl Tailer {
             filter: Filter::of(spec)?,
             from_seq: plan.from_seq,
             until_seq: plan.until_seq,
+            after: None,
+            pending_flags: 0,
             batch: None,
         };
         let mut lines = Vec::new();
@@ -714,7 +800,9 @@ impl Tailer {
     }
 
     /// A live demand: attach to (or start) the stream's follower and drain its queue, until
-    /// `cancelled` (which stops the follower).
+    /// `cancelled` (which stops the follower). With `acks`, what is sent stays queued until
+    /// acknowledged.
+    #[allow(clippy::too_many_arguments, reason = "one demand's whole context")]
     async fn serve_follow<S: BatchSink>(
         self: &Arc<Self>,
         path: &Path,
@@ -723,6 +811,7 @@ impl Tailer {
         params: TailParams,
         sink: &mut S,
         mut cancelled: std::pin::Pin<&mut impl Future<Output = ()>>,
+        mut acks: Option<watch::Receiver<Option<SeqPos>>>,
     ) -> Result<Ended, TailError> {
         let stream = self.stream(path, spec);
         let (queue, shared, generation, epoch) = match self.attach(&stream, spec, stream_ref) {
@@ -736,6 +825,7 @@ impl Tailer {
             stream: stream.clone(),
             generation,
         };
+        let retain = acks.is_some();
         loop {
             let item = {
                 let superseded = shared.takeover.notified();
@@ -743,8 +833,8 @@ impl Tailer {
                     return Ok(Ended::Complete);
                 }
                 if let Some(at) = *shared.drained.lock().expect("shared lock")
-                    && queue.bytes() == 0
-                    && queue.first_seq().is_none()
+                    && queue.all_sent()
+                    && (retain || queue.first_seq().is_none())
                     && at.elapsed() >= self.config.drain_linger
                     && self.of_path(path).is_empty()
                 {
@@ -756,7 +846,13 @@ impl Tailer {
                         self.stop(&stream, generation);
                         return Ok(Ended::Cancelled);
                     }
-                    item = next_item(&stream, &queue, generation) => match item {
+                    Some(through) = acked(&mut acks) => {
+                        if through.epoch == epoch {
+                            queue.ack(through.seq);
+                        }
+                        continue;
+                    }
+                    item = next_item(&stream, &queue, generation, retain) => match item {
                         Some(item) => item,
                         None => return Ok(Ended::Complete),
                     },
@@ -767,7 +863,8 @@ impl Tailer {
             let batch = match item {
                 Item::Gap(g) => {
                     let lines = u32::try_from(g.end_seq - g.first_seq).unwrap_or(u32::MAX);
-                    encode_gap(stream_ref, epoch, g.first_seq, lines, g.bytes)
+                    let flags = if g.counted { 0 } else { FLAG_COUNT_UNKNOWN };
+                    encode_gap_flagged(stream_ref, epoch, g.first_seq, lines, g.bytes, flags)
                 }
                 Item::Batch(q) => {
                     let batch = restamp(q.batch, stream_ref);
@@ -850,28 +947,52 @@ impl Tailer {
         stream_ref: u64,
         params: TailParams,
     ) -> Result<(Arc<Queue>, Arc<Shared>, u64, u64), TailError> {
-        let filter = Filter::of(spec)?;
+        let mut filter = Filter::of(spec)?;
         let path = stream.path.clone();
-        let plan = {
-            let stream = stream.clone();
-            let spec = spec.clone();
-            tokio::task::spawn_blocking(move || plan_follow(&stream, &spec, params.max_line_bytes))
+        let real = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+        let mut attempt = 0;
+        let (plan, follower) = loop {
+            attempt += 1;
+            let plan = {
+                let stream = stream.clone();
+                let spec = spec.clone();
+                tokio::task::spawn_blocking(move || {
+                    plan_follow(&stream, &spec, params.max_line_bytes)
+                })
                 .await
                 .map_err(|e| io_err(&path)(std::io::Error::other(e)))?
                 .map_err(io_err(&path))?
+            };
+            let follower = Follower::new(
+                &real,
+                plan.files[plan.start.index..]
+                    .iter()
+                    .map(|f| f.held.clone())
+                    .collect(),
+                plan.start.offset,
+                plan.start.seq,
+                params.max_line_bytes,
+            )
+            .map_err(io_err(&path))?;
+            // A follower takes every rotated file it finds at its start for history. If the log
+            // rotated while a new epoch was planned (the walk back can take a while), the files
+            // rotated meanwhile are newer than the plan's chain: plan again, or they would be
+            // skipped. The file at the path still being the plan's newest proves no rotation
+            // came between the plan's listing and the follower's.
+            let fresh = spec.since_seq.is_none_or(|p| p.epoch != plan.epoch);
+            let newest = plan.files.last().map(|f| f.held.id);
+            let at_path = std::fs::metadata(&real).ok().map(|m| FileId::of(&m));
+            if !fresh || newest == at_path || attempt == 5 {
+                break (plan, follower);
+            }
+            tracing::debug!(path = %path.display(), "the log rotated while planning; planning again");
         };
-        let real = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
-        let follower = Follower::new(
-            &real,
-            plan.files[plan.start.index..]
-                .iter()
-                .map(|f| f.held.clone())
-                .collect(),
-            plan.start.offset,
-            plan.start.seq,
-            params.max_line_bytes,
-        )
-        .map_err(io_err(&path))?;
+        // A resume in the epoch held, or a new epoch continuing what the relay holds, is placed
+        // by position: `since_ns` (the relay's fallback for an older agent) filters nothing,
+        // lest a line stamped like the last one held be skipped.
+        if plan.after.is_some() || spec.since_seq.is_some_and(|p| p.epoch == plan.epoch) {
+            filter.since_ns = None;
+        }
         let enc = Encoder {
             stream_ref,
             epoch: plan.epoch,
@@ -880,6 +1001,8 @@ impl Tailer {
             filter: filter.clone(),
             from_seq: plan.from_seq,
             until_seq: None,
+            after: plan.after,
+            pending_flags: 0,
             batch: None,
         };
         let queue = self.budget.queue();
@@ -967,7 +1090,7 @@ impl Tailer {
             .values()
             .cloned()
             .collect();
-        let connected = self.metrics.relay_connected.get() == 1;
+        let connected_since = *self.connected_since.lock().expect("tailer lock");
         for stream in streams {
             let mut st = stream.state.lock().expect("stream lock");
             let Some(slot) = &st.follower else {
@@ -981,8 +1104,9 @@ impl Tailer {
                 continue;
             };
             if !slot.attached
-                && connected
-                && slot.detached_at.elapsed() >= self.config.detach_linger
+                && connected_since.is_some_and(|since| {
+                    unclaimed(slot.detached_at, since, Instant::now(), &self.config)
+                })
             {
                 let slot = st.follower.take().expect("checked");
                 slot.task.abort();
@@ -1065,6 +1189,8 @@ impl Tailer {
             filter: slot.spec.clone(),
             from_seq,
             until_seq: None,
+            after: None,
+            pending_flags: 0,
             batch: None,
         };
         slot.shared.frozen.store(false, Ordering::Relaxed);
@@ -1081,6 +1207,26 @@ impl Tailer {
         .abort_handle();
         Ok(())
     }
+}
+
+/// The next acknowledgement, if acknowledgements come; pending otherwise (also once the
+/// connection that sends them is gone).
+async fn acked(acks: &mut Option<watch::Receiver<Option<SeqPos>>>) -> Option<SeqPos> {
+    let Some(rx) = acks.as_mut() else {
+        return std::future::pending().await;
+    };
+    if rx.changed().await.is_err() {
+        return std::future::pending().await;
+    }
+    *rx.borrow_and_update()
+}
+
+/// Whether a follower detached at `detached_at`, while the agent is connected since `since`,
+/// has gone unclaimed long enough to be stopped (pure): `detach_linger` of being detached while
+/// connected, and `resume_grace` since the connection began, for sessions to resubscribe.
+fn unclaimed(detached_at: Instant, since: Instant, now: Instant, config: &TailerConfig) -> bool {
+    now.saturating_duration_since(detached_at.max(since)) >= config.detach_linger
+        && now.saturating_duration_since(since) >= config.resume_grace
 }
 
 /// Marks the follower detached when its data stream goes away.
@@ -1209,6 +1355,7 @@ fn plan_once(stream: &Stream, spec: &Demand, max_line: usize) -> std::io::Result
             start,
             from_seq,
             until_seq: Some(until.seq),
+            after: None,
             empty: false,
         });
     }
@@ -1224,6 +1371,7 @@ fn plan_once(stream: &Stream, spec: &Demand, max_line: usize) -> std::io::Result
         start,
         from_seq,
         until_seq: None,
+        after: None,
         empty: false,
     })
 }
@@ -1238,7 +1386,21 @@ fn plan_follow(stream: &Stream, spec: &Demand, max_line: usize) -> std::io::Resu
         }
     }
     let files = chain_files(&stream.path)?;
-    let (anchor, start, from_seq) = fresh(&files, spec, max_line)?;
+    // Continuing what the relay holds: from the last line stamped before its last line's.
+    let after = spec.after_line.map(|m| After {
+        ns: m.ns,
+        remaining: m.nth,
+        older_seen: false,
+    });
+    let walk = match after {
+        Some(a) => &Demand {
+            tail: None,
+            since_ns: Some(a.ns),
+            ..spec.clone()
+        },
+        None => spec,
+    };
+    let (anchor, start, from_seq) = fresh(&files, walk, max_line)?;
     let epoch = new_epoch();
     let mut st = stream.state.lock().expect("stream lock");
     st.epoch = epoch;
@@ -1256,6 +1418,7 @@ fn plan_follow(stream: &Stream, spec: &Demand, max_line: usize) -> std::io::Resu
         start,
         from_seq,
         until_seq: None,
+        after,
         empty: false,
     })
 }
@@ -1335,6 +1498,7 @@ async fn follow_task(
                     end_seq: at,
                     lines: 0,
                     bytes,
+                    counted: false,
                 });
                 lost.remove(0);
             }
@@ -1351,6 +1515,7 @@ async fn follow_task(
                 end_seq: at,
                 lines: 0,
                 bytes,
+                counted: false,
             });
         }
         record(&stream, &follower, &events);
@@ -1385,8 +1550,9 @@ async fn follow_task(
 /// demand that was taken over but has not run since (its receiver went away, which it learns
 /// only when a send fails) would otherwise be woken first by the next batch, take it and lose
 /// it, while the newer demand had attached at a point the queue no longer starts at (a hole,
-/// with no gap).
-async fn next_item(stream: &Stream, queue: &Queue, generation: u64) -> Option<Item> {
+/// with no gap). With `retain`, the item stays queued until acknowledged
+/// ([`Queue::pop_retained`]).
+async fn next_item(stream: &Stream, queue: &Queue, generation: u64, retain: bool) -> Option<Item> {
     loop {
         let ready = queue.ready.notified();
         {
@@ -1401,8 +1567,13 @@ async fn next_item(stream: &Stream, queue: &Queue, generation: u64) -> Option<It
                 queue.ready.notify_one();
                 return None;
             }
-            if let Some(item) = queue.pop() {
-                return Some(item);
+            let item = if retain {
+                queue.pop_retained()
+            } else {
+                queue.pop()
+            };
+            if item.is_some() {
+                return item;
             }
         }
         ready.await;
@@ -1482,5 +1653,35 @@ fn record(stream: &Stream, follower: &Follower, events: &[follow::Event]) {
         if st.checkpoints.len() > MAX_CHECKPOINTS {
             st.checkpoints.pop_front();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_detached_follower_waits_out_the_linger_and_the_grace_after_a_reconnect() {
+        let config = TailerConfig {
+            detach_linger: Duration::from_secs(10),
+            resume_grace: Duration::from_secs(30),
+            ..TailerConfig::default()
+        };
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // Connected all along: the linger alone decides, once past the grace.
+        assert!(!unclaimed(at(100), at(0), at(109), &config));
+        assert!(unclaimed(at(100), at(0), at(110), &config));
+        // Detached while the relay was away (a restart): the linger runs from the reconnect,
+        // and the grace keeps it for sessions to resubscribe.
+        assert!(!unclaimed(at(0), at(50), at(75), &config));
+        assert!(unclaimed(at(0), at(50), at(80), &config));
+        // A short grace: the linger from the reconnect still holds.
+        let quick = TailerConfig {
+            resume_grace: Duration::ZERO,
+            ..config
+        };
+        assert!(!unclaimed(at(0), at(50), at(59), &quick));
+        assert!(unclaimed(at(0), at(50), at(60), &quick));
     }
 }

@@ -6,7 +6,9 @@
 //! A `cancel`, or the relay stopping a data stream (STOP_SENDING), stops the log follower the
 //! demand drained; a lost connection only detaches it, so it follows on into the budget. When
 //! the connection ends every demand is dropped; the relay re-sends the demands it still has
-//! after a reconnect.
+//! after a reconnect. With a relay that acknowledges (`ack`, named in both `hello` and
+//! `welcome`), a log demand's batches stay queued once sent until acknowledged, so a lost
+//! connection costs no line: the resumed demand sends again what was in flight.
 //! Reconnects back off exponentially with full jitter.
 
 use std::collections::{BTreeMap, HashMap};
@@ -15,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use logrelay_wire::control::{self, AgentMsg, ErrorCode, RelayMsg};
+use logrelay_wire::control::{self, AgentMsg, ErrorCode, RelayMsg, SeqPos, features};
 use logrelay_wire::frame::{self, DataPreamble, FrameDecoder};
 use logrelay_wire::labels::Labels;
 use tokio::sync::oneshot;
@@ -62,6 +64,8 @@ pub type SharedClientConfig = Arc<std::sync::RwLock<quinn::ClientConfig>>;
 #[derive(Debug)]
 pub struct Uplink {
     client: SharedClientConfig,
+    /// Keep-alive and idle timeout of the relay connection.
+    transport: Arc<quinn::TransportConfig>,
     config: AgentConfig,
     endpoint: quinn::Endpoint,
     catalog: Arc<Catalog>,
@@ -82,8 +86,15 @@ impl Uplink {
         let v4: SocketAddr = "0.0.0.0:0".parse().expect("literal");
         let endpoint = quinn::Endpoint::client(v6).or_else(|_| quinn::Endpoint::client(v4))?;
         let tailer = tail::Tailer::new(tail::TailerConfig::from(&config), metrics.clone());
+        let transport = Arc::new(logrelay_tls::quic_client_transport_with(
+            logrelay_tls::QuicTimers::from_millis(
+                config.relay_keep_alive_ms,
+                config.relay_idle_timeout_ms,
+            ),
+        ));
         Ok(Self {
             client: Arc::new(std::sync::RwLock::new(client)),
+            transport,
             config,
             endpoint,
             catalog,
@@ -113,6 +124,7 @@ impl Uplink {
                 () = crate::stopped(&mut shutdown) => break,
             };
             self.metrics.relay_connected.set(0);
+            self.tailer.set_connected(false);
             self.metrics.reconnects.inc();
             if let Err(e) = result {
                 tracing::warn!(error = %e, relay = %self.config.relay_addr, "relay connection ended");
@@ -151,7 +163,8 @@ impl Uplink {
             }
             (a, _) => a,
         };
-        let client = self.client.read().expect("client config lock").clone();
+        let mut client = self.client.read().expect("client config lock").clone();
+        client.transport_config(self.transport.clone());
         let conn = self
             .endpoint
             .connect_with(client, addr, &self.config.relay_name)
@@ -168,6 +181,7 @@ impl Uplink {
                 protocol: logrelay_wire::PROTOCOL_VERSION,
                 node: self.config.node_name.clone(),
                 agent_version: env!("CARGO_PKG_VERSION").into(),
+                features: vec![features::ACK.into()],
             })
             .await?;
         let mut decoder = FrameDecoder::new(frame::DEFAULT_MAX_FRAME_BYTES);
@@ -175,12 +189,13 @@ impl Uplink {
             tokio::time::timeout(Duration::from_secs(10), next_msg(&mut recv, &mut decoder))
                 .await
                 .map_err(|_| UplinkError::Protocol("no welcome within 10 s".into()))??;
-        let heartbeat_secs = match welcome {
+        let (heartbeat_secs, acks) = match welcome {
             Some(RelayMsg::Welcome {
                 protocol,
                 org,
                 cluster,
                 heartbeat_secs,
+                features,
                 ..
             }) => {
                 if protocol != logrelay_wire::PROTOCOL_VERSION {
@@ -188,8 +203,9 @@ impl Uplink {
                         "relay speaks protocol {protocol}"
                     )));
                 }
-                tracing::info!(relay = %self.config.relay_addr, %org, %cluster, "connected to relay");
-                heartbeat_secs.max(1)
+                let acks = features.iter().any(|f| f == features::ACK);
+                tracing::info!(relay = %self.config.relay_addr, %org, %cluster, acks, "connected to relay");
+                (heartbeat_secs.max(1), acks)
             }
             Some(RelayMsg::Error { code, message }) => {
                 return Err(UplinkError::Relay { code, message });
@@ -201,19 +217,21 @@ impl Uplink {
             }
         };
         self.metrics.relay_connected.set(1);
+        self.tailer.set_connected(true);
 
         let mut sent: BTreeMap<u64, Labels> = BTreeMap::new();
         let mut catalog_rx = self.catalog.watch();
         catalog_rx.mark_changed();
         let mut heartbeat = tokio::time::interval(Duration::from_secs(u64::from(heartbeat_secs)));
-        // Per demand: its task, and the switch that makes it reset its stream on `cancel`.
-        let mut demands: HashMap<u64, (AbortHandle, oneshot::Sender<()>)> = HashMap::new();
+        // Per demand: its task, the switch that makes it reset its stream on `cancel`, and where
+        // the relay's acknowledgements for it go.
+        let mut demands: HashMap<u64, DemandHandle> = HashMap::new();
         let result = loop {
             tokio::select! {
                 msg = next_msg(&mut recv, &mut decoder) => {
                     match msg {
                         Ok(Some(RelayMsg::Open { demand, stream, stream_ref, demand_spec })) => {
-                            demands.retain(|_, (h, _)| !h.is_finished());
+                            demands.retain(|_, d| !d.task.is_finished());
                             let Some(entry) = self.catalog.get(stream) else {
                                 control.send(&AgentMsg::OpenFailed {
                                     demand,
@@ -231,8 +249,10 @@ impl Uplink {
                                 continue;
                             }
                             let (cancel_tx, cancel) = oneshot::channel();
+                            let (acks_tx, acks_rx) = watch::channel(None);
                             let task = DemandTask {
                                 cancel,
+                                acks: acks.then_some(acks_rx),
                                 conn: conn.clone(),
                                 demand,
                                 stream_ref,
@@ -242,14 +262,23 @@ impl Uplink {
                                 metrics: self.metrics.clone(),
                                 tailer: self.tailer.clone(),
                             };
-                            let handle = tokio::spawn(task.run()).abort_handle();
-                            if let Some((old, _)) = demands.insert(demand, (handle, cancel_tx)) {
-                                old.abort();
+                            let handle = DemandHandle {
+                                task: tokio::spawn(task.run()).abort_handle(),
+                                cancel: cancel_tx,
+                                acks: acks_tx,
+                            };
+                            if let Some(old) = demands.insert(demand, handle) {
+                                old.task.abort();
                             }
                         }
                         Ok(Some(RelayMsg::Cancel { demand })) => {
-                            if let Some((_, cancel)) = demands.remove(&demand) {
-                                let _ = cancel.send(());
+                            if let Some(d) = demands.remove(&demand) {
+                                let _ = d.cancel.send(());
+                            }
+                        }
+                        Ok(Some(RelayMsg::Ack { demand, through })) => {
+                            if let Some(d) = demands.get(&demand) {
+                                d.acks.send_replace(Some(through));
                             }
                         }
                         Ok(Some(RelayMsg::CatalogRefused { streams, limit, message, .. })) => {
@@ -284,8 +313,8 @@ impl Uplink {
                 e = conn.closed() => break Err(e.into()),
             }
         };
-        for (_, (h, _)) in demands {
-            h.abort();
+        for (_, d) in demands {
+            d.task.abort();
         }
         result
     }
@@ -367,8 +396,19 @@ fn refusal(source: &catalog::Source, spec: &control::Demand) -> Option<String> {
     }
 }
 
+/// A demand being served, as the control loop holds it.
+struct DemandHandle {
+    task: AbortHandle,
+    /// Makes the demand reset its stream (`cancel`).
+    cancel: oneshot::Sender<()>,
+    /// The relay's latest acknowledgement of the demand (`ack`).
+    acks: watch::Sender<Option<SeqPos>>,
+}
+
 struct DemandTask {
     cancel: oneshot::Receiver<()>,
+    /// Acknowledgements, when the relay sends them: sent batches are kept until covered.
+    acks: Option<watch::Receiver<Option<SeqPos>>>,
     conn: quinn::Connection,
     demand: u64,
     stream_ref: u64,
@@ -434,6 +474,7 @@ impl DemandTask {
             &mut sink,
             &self.metrics,
             cancelled,
+            self.acks,
         )
         .await;
         match served {
@@ -462,11 +503,12 @@ async fn serve_source<S: BatchSink>(
     sink: &mut S,
     metrics: &AgentMetrics,
     cancelled: impl Future<Output = ()>,
+    acks: Option<watch::Receiver<Option<SeqPos>>>,
 ) -> Result<Ended, tail::TailError> {
     match source {
         catalog::Source::Log { path } => {
             tailer
-                .serve_until(path, spec, stream_ref, params, sink, cancelled)
+                .serve_acked(path, spec, stream_ref, params, sink, cancelled, acks)
                 .await
         }
         catalog::Source::Scrape { target } => {

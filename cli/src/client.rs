@@ -92,10 +92,14 @@ pub enum Incoming {
     AgentGap {
         /// Relay stream id.
         stream: u64,
+        /// Epoch of the missing lines.
+        epoch: u64,
         /// First missing sequence number.
         first_seq: u64,
-        /// Lines missing.
+        /// Lines missing (a lower bound unless `exact`).
         lines: u32,
+        /// Whether `lines` is the exact count (false: lines rotated away uncounted).
+        exact: bool,
     },
 }
 
@@ -238,6 +242,7 @@ fn is_unknown_event(text: &str) -> bool {
         "live",
         "paused",
         "resumed",
+        "renumbered",
         "end",
         "unsubscribed",
         "streams",
@@ -255,8 +260,10 @@ fn decode(b: &[u8]) -> Result<Incoming, ClientError> {
     if h.kind == Kind::Gap {
         return Ok(Incoming::AgentGap {
             stream: h.stream,
+            epoch: h.epoch,
             first_seq: h.first_seq,
             lines: h.count,
+            exact: h.flags & batch::FLAG_COUNT_UNKNOWN == 0,
         });
     }
     let (h, lines) = batch::lines(b).map_err(|e| ClientError::Protocol(e.to_string()))?;

@@ -152,9 +152,18 @@ pub async fn run(args: TailArgs) -> Result<(), ClientError> {
                 lines,
                 bytes,
                 reason,
+                exact,
                 ..
             }) => {
-                eprintln!("logrelay tail: {lines} lines ({bytes} bytes) missed: {reason}");
+                if exact {
+                    eprintln!("logrelay tail: {lines} lines ({bytes} bytes) missed: {reason}");
+                } else {
+                    eprintln!("logrelay tail: lines missed, how many is unknown: {reason}");
+                }
+            }
+            Incoming::Event(Event::Renumbered { stream, .. }) => {
+                let name = names.get(&stream).map_or("", String::as_str);
+                eprintln!("logrelay tail: {name} renumbered by its agent; nothing missed");
             }
             Incoming::Event(Event::End { stream, reason }) if reason == "complete" => {
                 // A one-off read of this stream is done; exit once all of them are.
@@ -170,8 +179,12 @@ pub async fn run(args: TailArgs) -> Result<(), ClientError> {
                 );
             }
             Incoming::Event(_) => {}
-            Incoming::AgentGap { lines, .. } => {
-                eprintln!("logrelay tail: {lines} lines missed at the agent");
+            Incoming::AgentGap { lines, exact, .. } => {
+                if exact {
+                    eprintln!("logrelay tail: {lines} lines missed at the agent");
+                } else {
+                    eprintln!("logrelay tail: lines rotated away at the agent, uncounted");
+                }
             }
             Incoming::Lines(lines) => {
                 let mut out = stdout.lock();

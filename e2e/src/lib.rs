@@ -10,13 +10,22 @@
 //! sub.subscribe("s", &selector("ns", "app", "main"), Some(0)).await;
 //! ```
 //! Every wait has a deadline; nothing sleeps to synchronise. [`Chromium`] drives a real headless
-//! browser for the live viewer's tests.
+//! browser for the live viewer's tests. [`procs`] runs the relay and the agent as separate
+//! processes with certificate files (to kill and restart them), [`writer`] writes a container
+//! log at a steady rate with kubelet's rotation, and [`ledger`] accounts for a stream line by
+//! line through a client that resumes after a relay restart.
 #![forbid(unsafe_code)]
 
 pub mod browser;
 mod exporter;
+pub mod ledger;
+pub mod procs;
+pub mod writer;
 pub use browser::{Chromium, Page};
 pub use exporter::NodeExporter;
+pub use ledger::{Ledger, ResumingClient, Tally};
+pub use procs::{AgentProcess, PkiFiles, RelayProcess};
+pub use writer::{KubeletWriter, WriterConfig};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -451,6 +460,12 @@ impl Subscriber {
     }
 }
 
+/// A number no other [`FakeAgent`] of this process has.
+fn fake_node() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// An agent speaking the protocol directly over real QUIC + mTLS, announcing streams with
 /// whatever labels a test chooses (including lies about its org) and answering every `open`
 /// with the stream's fixed lines. For security and isolation tests.
@@ -498,8 +513,11 @@ impl FakeAgent {
         let mut out = bytes::BytesMut::new();
         let hello = AgentMsg::Hello {
             protocol: logrelay_wire::PROTOCOL_VERSION,
-            node: "fake".into(),
+            // A node of its own: a second connection from one (org, cluster, node) supersedes
+            // the first.
+            node: format!("fake-{}", fake_node()),
             agent_version: "test".into(),
+            features: Vec::new(),
         };
         let infos: Vec<StreamInfo> = streams
             .iter()

@@ -145,6 +145,7 @@ async fn accepted(ep: &quinn::Endpoint, relay: std::net::SocketAddr) -> bool {
             protocol: logrelay_wire::PROTOCOL_VERSION,
             node: "probe".into(),
             agent_version: "test".into(),
+            features: Vec::new(),
         });
         let mut out = bytes::BytesMut::new();
         logrelay_wire::frame::encode(&hello, &mut out);

@@ -87,6 +87,7 @@ impl Peer {
             protocol: logrelay_wire::PROTOCOL_VERSION,
             node: "n1".into(),
             agent_version: "test".into(),
+            features: Vec::new(),
         })
         .await;
         let welcome = peer.next().await;
@@ -700,6 +701,7 @@ async fn a_hello_naming_an_oversized_node_is_refused() {
         protocol: logrelay_wire::PROTOCOL_VERSION,
         node: "n".repeat(254),
         agent_version: "test".into(),
+        features: Vec::new(),
     })
     .await;
     // The error is sent, then the connection closed with the same reason (which may

@@ -70,6 +70,7 @@ impl Producer {
                 protocol: logrelay_wire::PROTOCOL_VERSION,
                 node: format!("load-{}", self.agent),
                 agent_version: "loadtest".into(),
+                features: Vec::new(),
             },
         )
         .await?;

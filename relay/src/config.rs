@@ -82,6 +82,14 @@ pub struct RelayConfig {
     /// Seconds between heartbeats the agents are asked to send.
     #[arg(long, env = "LOGRELAY_RELAY_AGENT_HEARTBEAT_SECS", default_value_t = 5)]
     pub agent_heartbeat_secs: u32,
+    /// Milliseconds between QUIC keep-alive PINGs to each agent (at most half the idle
+    /// timeout).
+    #[arg(long, env = "LOGRELAY_RELAY_AGENT_KEEP_ALIVE_MS", default_value_t = logrelay_tls::QUIC_KEEP_ALIVE_MS)]
+    pub agent_keep_alive_ms: u64,
+    /// An agent connection silent for this many milliseconds is dead: its watchers get `paused`
+    /// at once (the smaller of this and the agent's `--relay-idle-timeout-ms` applies).
+    #[arg(long, env = "LOGRELAY_RELAY_AGENT_IDLE_TIMEOUT_MS", default_value_t = logrelay_tls::QUIC_IDLE_TIMEOUT_MS)]
+    pub agent_idle_timeout_ms: u64,
     /// Relay-wide budget for buffered content (all rings plus data taken by session writers).
     /// When a push would exceed it, the pushing stream's oldest batches are dropped.
     #[arg(long, env = "LOGRELAY_RELAY_MEMORY_BUDGET_BYTES", default_value_t = 256 * 1024 * 1024)]
@@ -283,6 +291,8 @@ impl RelayConfig {
             session_flush_bytes: 256 * 1024,
             ping_secs: 15,
             agent_heartbeat_secs: 5,
+            agent_keep_alive_ms: logrelay_tls::QUIC_KEEP_ALIVE_MS,
+            agent_idle_timeout_ms: logrelay_tls::QUIC_IDLE_TIMEOUT_MS,
             memory_budget_bytes: 256 * 1024 * 1024,
             slow_consumer: SlowConsumerPolicy::DropOldest,
             max_sessions_per_org: 1000,
@@ -311,6 +321,11 @@ impl RelayConfig {
             audit_aggregate_secs: 60,
             audit_max_offenders: 1024,
         }
+    }
+
+    /// Keep-alive and idle timeout of agent connections.
+    pub fn quic_timers(&self) -> logrelay_tls::QuicTimers {
+        logrelay_tls::QuicTimers::from_millis(self.agent_keep_alive_ms, self.agent_idle_timeout_ms)
     }
 
     /// The hub's share of the configuration.

@@ -89,6 +89,9 @@ pub struct LiveStream {
     watchers: Mutex<Vec<Arc<SessionShared>>>,
     metrics: Arc<RelayMetrics>,
     budget_bytes: usize,
+    /// Per watching session, the end of what its writer has handed to the socket (`None`:
+    /// nothing yet, from the ring's start): what the agent may forget ([`Self::ack_point`]).
+    delivered: Mutex<HashMap<u64, Option<SeqPos>>>,
 }
 
 impl LiveStream {
@@ -130,11 +133,74 @@ impl LiveStream {
         self.ring.lock().expect("ring lock").read(cursor, max_bytes)
     }
 
+    /// A session starts watching the ring, from `from` (where its cursor starts).
+    pub fn track(&self, session: u64, from: Option<SeqPos>) {
+        self.delivered
+            .lock()
+            .expect("delivered lock")
+            .insert(session, from);
+    }
+
+    /// A session's writer handed everything before `to` to its socket.
+    pub fn delivered(&self, session: u64, to: Option<SeqPos>) {
+        if let Some(d) = self
+            .delivered
+            .lock()
+            .expect("delivered lock")
+            .get_mut(&session)
+        {
+            *d = to.or(*d);
+        }
+    }
+
+    fn untrack(&self, session: u64) {
+        self.delivered
+            .lock()
+            .expect("delivered lock")
+            .remove(&session);
+    }
+
+    /// What every watcher has been handed, in the ring's current epoch: the agent may forget
+    /// what it sent before it (see [`ack_point`]).
+    pub fn ack_point(&self) -> Option<SeqPos> {
+        let ring = self.ring.lock().expect("ring lock");
+        let (end, floor) = (ring.last_end(), ring.floor());
+        drop(ring);
+        let delivered = self.delivered.lock().expect("delivered lock");
+        ack_point(end, floor, delivered.values().copied())
+    }
+
     fn reset_ring(&self, capacity: usize) {
         let mut ring = self.ring.lock().expect("ring lock");
         self.metrics.buffered_bytes.dec_by(ring.held_bytes() as i64);
         *ring = Ring::new(capacity);
     }
+}
+
+/// Where an agent may forget what it sent for a ring (pure): the least position that every
+/// watcher has been handed (`delivered`), within the ring's current epoch (that of `end`, the
+/// end of the last batch received). A watcher behind the ring's `floor` (the end of what the
+/// ring evicted) counts as at the floor: it is told of that loss as a gap anyway. With no
+/// watcher, everything received. `None` while some watcher has nothing of the current epoch.
+pub fn ack_point(
+    end: Option<SeqPos>,
+    floor: Option<SeqPos>,
+    delivered: impl IntoIterator<Item = Option<SeqPos>>,
+) -> Option<SeqPos> {
+    let end = end?;
+    let floor = floor.filter(|f| f.epoch == end.epoch).map(|f| f.seq);
+    let mut ack = end.seq;
+    for d in delivered {
+        let at = match d.filter(|d| d.epoch == end.epoch) {
+            Some(d) => d.seq.max(floor.unwrap_or(0)),
+            None => floor?,
+        };
+        ack = ack.min(at);
+    }
+    Some(SeqPos {
+        epoch: end.epoch,
+        seq: ack,
+    })
 }
 
 impl Drop for LiveStream {
@@ -283,6 +349,7 @@ impl StreamState {
         let resume = Demand {
             since_seq: ring.last_end(),
             since_ns: ring.last_line_ns().map(|t| t.saturating_add(1)),
+            after_line: ring.last_line_mark(),
             follow: true,
             ..Demand::default()
         };
@@ -1129,6 +1196,7 @@ impl Hub {
                 watchers: Mutex::new(Vec::new()),
                 metrics: self.metrics.clone(),
                 budget_bytes: self.config.memory_budget_bytes,
+                delivered: Mutex::new(HashMap::new()),
             }),
             live_demand: None,
             watchers: HashMap::new(),
@@ -1244,6 +1312,31 @@ impl Hub {
                 Err(Unresolved::Gone)
             }
         }
+    }
+
+    /// The live demands agent `agent` serves, each with what every watcher of its ring has been
+    /// handed ([`LiveStream::ack_point`]): what the relay acknowledges (`ack`).
+    pub fn acks(&self, agent: u64) -> Vec<(u64, SeqPos)> {
+        let st = self.lock();
+        let Some(link) = st.agents.get(&agent) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for &(sid, _) in link.streams.values() {
+            let Some(s) = st.streams.get(&sid) else {
+                continue;
+            };
+            for id in std::iter::once(sid).chain(s.rings.values().copied()) {
+                if let Some(r) = st.streams.get(&id)
+                    && r.agent.is_some_and(|(a, _)| a == agent)
+                    && let Some(demand) = r.live_demand
+                    && let Some(at) = r.live.ack_point()
+                {
+                    out.push((demand, at));
+                }
+            }
+        }
+        out
     }
 
     /// A demand's data stream ended (finished, reset or failed). A live demand that ends while
@@ -1664,6 +1757,7 @@ impl Hub {
         } else {
             demand.since_seq
         };
+        live.track(session.id, cursor.last_end);
         ss.watches.insert(
             sid,
             Watch {
@@ -1886,6 +1980,7 @@ impl Hub {
             .lock()
             .expect("watchers lock")
             .retain(|w| w.id != session);
+        s.live.untrack(session);
         s.generation += 1;
         if !s.watchers.is_empty() {
             return;
@@ -2743,5 +2838,78 @@ mod tests {
             panic!("watched stream is re-opened after a reconnect")
         };
         assert_eq!(demand_spec.since_seq, Some(SeqPos { epoch: 1, seq: 7 }));
+    }
+
+    #[test]
+    fn the_agent_may_forget_what_every_watcher_was_handed() {
+        let at = |epoch, seq| Some(SeqPos { epoch, seq });
+        // Nothing received: nothing to acknowledge.
+        assert_eq!(ack_point(None, None, [at(1, 5)]), None);
+        // No watcher (lingering): everything received.
+        assert_eq!(ack_point(at(1, 50), None, []), at(1, 50));
+        // The slowest watcher decides.
+        assert_eq!(
+            ack_point(at(1, 50), None, [at(1, 40), at(1, 20)]),
+            at(1, 20)
+        );
+        // A watcher that has had nothing yet holds everything back…
+        assert_eq!(ack_point(at(1, 50), None, [at(1, 40), None]), None);
+        // …unless the ring already evicted past it: it gets a gap for that part anyway.
+        assert_eq!(
+            ack_point(at(1, 50), at(1, 30), [at(1, 40), None]),
+            at(1, 30)
+        );
+        assert_eq!(ack_point(at(1, 50), at(1, 30), [at(1, 10)]), at(1, 30));
+        // A watcher still in the previous epoch has had none of the current one.
+        assert_eq!(ack_point(at(2, 9), None, [at(1, 40)]), None);
+        assert_eq!(ack_point(at(2, 9), at(2, 3), [at(1, 40)]), at(2, 3));
+    }
+
+    #[tokio::test]
+    async fn live_demands_are_acknowledged_once_their_watchers_were_handed_the_lines() {
+        let hub = hub();
+        let (agent, mut rx) = agent(&hub, vec![info(1, "p", "")]);
+        let s = hub.add_session("acme", None).unwrap();
+        hub.subscribe(&s, "a", sel("p"), follow(0)).unwrap();
+        let (demand, _, _) = opened(&mut rx);
+        assert!(hub.acks(agent).is_empty(), "nothing received yet");
+        let Ok((DemandSink::Live(live), _)) = hub.resolve(agent, demand) else {
+            panic!("live demand")
+        };
+        live.push(Bytes::from_static(b"x"), 10, SeqPos { epoch: 3, seq: 10 });
+        assert!(hub.acks(agent).is_empty(), "the watcher has not had it");
+        live.delivered(s.id, Some(SeqPos { epoch: 3, seq: 10 }));
+        assert_eq!(hub.acks(agent), [(demand, SeqPos { epoch: 3, seq: 10 })]);
+        // A second watcher joining at the end does not hold back what it never needed.
+        let t = hub.add_session("acme", None).unwrap();
+        hub.subscribe(&t, "a", sel("p"), follow(0)).unwrap();
+        live.push(Bytes::from_static(b"y"), 5, SeqPos { epoch: 3, seq: 15 });
+        assert_eq!(hub.acks(agent), [(demand, SeqPos { epoch: 3, seq: 10 })]);
+        live.delivered(s.id, Some(SeqPos { epoch: 3, seq: 15 }));
+        live.delivered(t.id, Some(SeqPos { epoch: 3, seq: 15 }));
+        assert_eq!(hub.acks(agent), [(demand, SeqPos { epoch: 3, seq: 15 })]);
+        // Another agent's demands are not its to hear of.
+        let (other, _rx) = self::agent(&hub, vec![info(1, "q", "")]);
+        assert!(hub.acks(other).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_resume_names_the_last_line_held_by_its_stamp_and_rank() {
+        let (hub, mut rx, _s, live) = watched();
+        let mut b = logrelay_wire::batch::BatchBuilder::new(live.id, 3, 40, 0, 0);
+        for t in [5, 6, 6] {
+            b.push(t, logrelay_wire::batch::LineFlags(0), b"x\n");
+        }
+        live.push(b.finish(), 3, SeqPos { epoch: 3, seq: 43 });
+        hub.remove_agent(1);
+        let (_, mut rx2) = agent(&hub, vec![info(1, "p", "")]);
+        let (_, _, spec) = opened(&mut rx2);
+        assert_eq!(spec.since_seq, Some(SeqPos { epoch: 3, seq: 43 }));
+        assert_eq!(spec.since_ns, Some(7));
+        assert_eq!(
+            spec.after_line,
+            Some(logrelay_wire::control::LineMark { ns: 6, nth: 2 })
+        );
+        assert!(rx.try_recv().is_err());
     }
 }

@@ -9,13 +9,14 @@
 //! error code; the connection and its other streams carry on. A malformed control stream closes
 //! the connection with a reason.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use logrelay_tls::AgentId;
 use logrelay_wire::batch::{BatchHeader, Kind};
-use logrelay_wire::control::{self, AgentMsg, ErrorCode, RelayMsg, SeqPos};
+use logrelay_wire::control::{self, AgentMsg, ErrorCode, RelayMsg, SeqPos, features};
 use logrelay_wire::frame::{self, DataPreamble, FrameDecoder};
 use tokio::sync::{mpsc, watch};
 
@@ -42,6 +43,43 @@ pub mod codes {
     /// The agent presented an id or stream that is not its own: STOP_SENDING on that data
     /// stream, or connection close (a control-stream violation, or too many of them).
     pub const VIOLATION: u32 = 8;
+    /// A newer connection of the same agent (org, cluster, node) took over.
+    pub const SUPERSEDED: u32 = 9;
+}
+
+/// How often each agent is told what its live demands' watchers have been handed (`ack`).
+pub const ACK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The connection serving each agent, by identity (org, cluster, node): a newer connection of
+/// the same agent supersedes the older one at once (an agent restarted faster than the idle
+/// timeout would otherwise leave its old connection looking alive).
+#[derive(Debug, Default)]
+pub struct Connections(std::sync::Mutex<HashMap<AgentKey, (u64, quinn::Connection)>>);
+
+/// An agent's identity: org and cluster from its certificate, node from its `hello`.
+type AgentKey = (String, String, String);
+
+impl Connections {
+    /// Files `conn` (hub agent `agent`) under `key`; returns the connection it supersedes.
+    fn claim(
+        &self,
+        key: AgentKey,
+        agent: u64,
+        conn: &quinn::Connection,
+    ) -> Option<(u64, quinn::Connection)> {
+        self.0
+            .lock()
+            .expect("connections lock")
+            .insert(key, (agent, conn.clone()))
+    }
+
+    /// Forgets `key` if agent `agent` still holds it.
+    fn release(&self, key: &AgentKey, agent: u64) {
+        let mut map = self.0.lock().expect("connections lock");
+        if map.get(key).is_some_and(|(a, _)| *a == agent) {
+            map.remove(key);
+        }
+    }
 }
 
 /// Longest node name a `hello` may carry (a Kubernetes node name is a DNS subdomain).
@@ -167,6 +205,7 @@ pub async fn run(
     config: IngestConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let connections = Arc::new(Connections::default());
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => i,
@@ -177,12 +216,19 @@ pub async fn run(
         let metrics = metrics.clone();
         let auditor = auditor.clone();
         let shutdown = shutdown.clone();
+        let connections = connections.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             match incoming.await {
                 Ok(conn) => {
-                    if let Err(e) = serve_agent(conn, hub, metrics, auditor, config, shutdown).await
-                    {
+                    let ctx = AgentCtx {
+                        hub,
+                        metrics,
+                        auditor,
+                        config,
+                        connections,
+                    };
+                    if let Err(e) = serve_agent(conn, ctx, shutdown).await {
                         tracing::info!(%remote, error = %e, "agent connection closed");
                     }
                 }
@@ -193,14 +239,27 @@ pub async fn run(
     endpoint.close(codes::SHUTDOWN.into(), b"relay shutting down");
 }
 
-async fn serve_agent(
-    conn: quinn::Connection,
+/// What serving one agent connection needs.
+struct AgentCtx {
     hub: Arc<Hub>,
     metrics: Arc<RelayMetrics>,
     auditor: Arc<Auditor>,
     config: IngestConfig,
+    connections: Arc<Connections>,
+}
+
+async fn serve_agent(
+    conn: quinn::Connection,
+    ctx: AgentCtx,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), IngestError> {
+    let AgentCtx {
+        hub,
+        metrics,
+        auditor,
+        config,
+        connections,
+    } = ctx;
     let id = conn
         .peer_identity()
         .and_then(|i| {
@@ -230,9 +289,12 @@ async fn serve_agent(
     let hello = tokio::time::timeout(Duration::from_secs(10), next_msg(&mut recv, &mut decoder))
         .await
         .map_err(|_| protocol(ErrorCode::OutOfOrder, "no hello within 10 s"));
-    let node = match hello {
+    let (node, agent_features) = match hello {
         Ok(Ok(Some(AgentMsg::Hello {
-            protocol: v, node, ..
+            protocol: v,
+            node,
+            features,
+            ..
         }))) => {
             if v != logrelay_wire::PROTOCOL_VERSION {
                 let e = protocol(
@@ -254,7 +316,7 @@ async fn serve_agent(
                 );
                 return Err(refuse(&conn, &mut send, &mut out, e, &metrics).await);
             }
-            node
+            (node, features)
         }
         Ok(Ok(Some(other))) => {
             let e = protocol(
@@ -266,6 +328,9 @@ async fn serve_agent(
         Ok(Ok(None)) => return Ok(()),
         Ok(Err(e)) | Err(e) => return Err(refuse(&conn, &mut send, &mut out, e, &metrics).await),
     };
+    // Acknowledgements for an agent that keeps what it sent until told (and only for it: an
+    // older agent would not know the message).
+    let acks = agent_features.iter().any(|f| f == features::ACK);
     write_msg(
         &mut send,
         &mut out,
@@ -275,6 +340,11 @@ async fn serve_agent(
             cluster: id.cluster.clone(),
             max_frame_bytes: config.max_frame_bytes,
             heartbeat_secs: config.heartbeat_secs,
+            features: if acks {
+                vec![features::ACK.to_owned()]
+            } else {
+                Vec::new()
+            },
         },
     )
     .await?;
@@ -287,6 +357,21 @@ async fn serve_agent(
     let actor = Actor::agent(agent, Some(&id.uri()));
     auditor.agent_connect(&actor, &id.org, &id.cluster, &node, conn.remote_address());
     tracing::info!(agent, org = %id.org, cluster = %id.cluster, %node, remote = %conn.remote_address(), "agent connected");
+    // The same agent back before its old connection timed out (it restarted): the old one is
+    // closed now, and its watchers are told `paused` before this one announces anything.
+    let key = (id.org.clone(), id.cluster.clone(), node.clone());
+    if let Some((old, old_conn)) = connections.claim(key.clone(), agent, &conn) {
+        metrics.agents_superseded.inc();
+        tracing::info!(agent, superseded = old, org = %id.org, cluster = %id.cluster, %node, "a newer connection of the agent supersedes the old one");
+        old_conn.close(
+            codes::SUPERSEDED.into(),
+            b"superseded by a newer connection of the same agent",
+        );
+        hub.remove_agent(old);
+    }
+    let mut ack_tick = tokio::time::interval(ACK_INTERVAL);
+    ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut acked: HashMap<u64, SeqPos> = HashMap::new();
 
     let offences = Arc::new(Offences {
         conn: conn.clone(),
@@ -361,6 +446,11 @@ async fn serve_agent(
                     break Err(e);
                 }
             }
+            _ = ack_tick.tick(), if acks => {
+                if let Err(e) = send_acks(&hub, agent, &mut acked, &mut send, &mut out, &metrics).await {
+                    break Err(e);
+                }
+            }
             () = reset.notified() => {
                 conn.close(codes::OVERLOADED.into(), b"control queue overflow; reconnect");
                 break Ok(());
@@ -373,13 +463,25 @@ async fn serve_agent(
         }
     };
     hub.remove_agent(agent);
+    connections.release(&key, agent);
     data.abort();
     let reason = match &result {
         Ok(()) => "closed",
         Err(IngestError::Protocol { .. }) => "protocol_error",
         Err(IngestError::Violation { .. }) => "violation",
-        // Closed by a data stream's violation.
-        Err(IngestError::Handshake(quinn::ConnectionError::LocallyClosed)) => "violation",
+        // Closed from elsewhere: by its data streams' violations, or else by a newer
+        // connection of the same agent.
+        Err(IngestError::Handshake(quinn::ConnectionError::LocallyClosed)) => {
+            if offences
+                .violations
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > config.max_violations
+            {
+                "violation"
+            } else {
+                "superseded"
+            }
+        }
         Err(IngestError::Handshake(quinn::ConnectionError::TimedOut)) => "timeout",
         Err(_) => "connection_lost",
     };
@@ -391,6 +493,27 @@ async fn serve_agent(
         }
         other => other,
     }
+}
+
+/// Tells the agent, for each of its live demands whose position moved, what every watcher has
+/// been handed since the last `ack` ([`Hub::acks`]).
+async fn send_acks(
+    hub: &Hub,
+    agent: u64,
+    acked: &mut HashMap<u64, SeqPos>,
+    send: &mut quinn::SendStream,
+    out: &mut BytesMut,
+    metrics: &RelayMetrics,
+) -> Result<(), IngestError> {
+    let now = hub.acks(agent);
+    acked.retain(|d, _| now.iter().any(|(n, _)| n == d));
+    for (demand, through) in now {
+        if acked.insert(demand, through) != Some(through) {
+            write_msg(send, out, &RelayMsg::Ack { demand, through }).await?;
+            metrics.acks_sent.inc();
+        }
+    }
+    Ok(())
 }
 
 /// Sends an error on the control stream and closes the connection with its reason.

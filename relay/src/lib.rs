@@ -224,13 +224,24 @@ pub async fn start_with_auditor(
     let (ready_tx, ready_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
 
-    let server = quic_server_config(tls.quic_identity, tls.agent_roots)?;
+    // A stateless-reset key derived from the relay's key: restarted with the same key, the
+    // relay resets the connections of its previous life at their next packet.
+    let endpoint_config = logrelay_tls::quic_endpoint_config(tls.quic_identity.key.secret_der());
+    let transport = Arc::new(logrelay_tls::quic_server_transport_with(
+        config.quic_timers(),
+    ));
+    let mut server = quic_server_config(tls.quic_identity, tls.agent_roots)?;
+    server.transport_config(transport.clone());
+    let bind_quic = |source| StartError::Bind {
+        what: "QUIC listener",
+        addr: config.quic_addr,
+        source,
+    };
+    let socket = std::net::UdpSocket::bind(config.quic_addr).map_err(bind_quic)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| bind_quic(std::io::Error::other("no async runtime")))?;
     let endpoint =
-        quinn::Endpoint::server(server, config.quic_addr).map_err(|source| StartError::Bind {
-            what: "QUIC listener",
-            addr: config.quic_addr,
-            source,
-        })?;
+        quinn::Endpoint::new(endpoint_config, Some(server), socket, runtime).map_err(bind_quic)?;
     let quic_addr = endpoint.local_addr().map_err(|source| StartError::Bind {
         what: "QUIC listener",
         addr: config.quic_addr,
@@ -266,6 +277,7 @@ pub async fn start_with_auditor(
         tasks.spawn(reload::watch_files(
             files,
             endpoint.clone(),
+            transport.clone(),
             wss.clone(),
             metrics.clone(),
             shutdown_rx.clone(),

@@ -50,6 +50,13 @@ pub struct RelayMetrics {
     pub dropped_lines: Family<DropReason, Counter>,
     /// Gap events telling a session that the rest of an epoch is lost (`epoch_lost`).
     pub epochs_lost: Counter,
+    /// `renumbered` events: a stream went on in a new epoch with nothing lost.
+    pub epochs_renumbered: Counter,
+    /// Agent connections closed because a newer one of the same agent (org, cluster, node)
+    /// arrived.
+    pub agents_superseded: Counter,
+    /// `ack` messages sent to agents (what every watcher of a live demand was handed).
+    pub acks_sent: Counter,
     /// Demands sent to agents.
     pub demands_opened: Counter,
     /// Demands open at agents now (live, backfill, one-off).
@@ -185,6 +192,9 @@ impl RelayMetrics {
             ring_evicted_lines: Counter::default(),
             dropped_lines: Family::default(),
             epochs_lost: Counter::default(),
+            epochs_renumbered: Counter::default(),
+            agents_superseded: Counter::default(),
+            acks_sent: Counter::default(),
             demands_opened: Counter::default(),
             demands_open: Gauge::default(),
             catalog_bytes: Gauge::default(),
@@ -257,6 +267,21 @@ impl RelayMetrics {
             "epochs_lost",
             "Sessions told that the rest of an epoch is lost",
             m.epochs_lost.clone(),
+        );
+        r.register(
+            "epochs_renumbered",
+            "Sessions told that a stream went on in a new epoch with nothing lost",
+            m.epochs_renumbered.clone(),
+        );
+        r.register(
+            "agents_superseded",
+            "Agent connections replaced by a newer connection of the same agent",
+            m.agents_superseded.clone(),
+        );
+        r.register(
+            "acks_sent",
+            "Acknowledgements of delivered lines sent to agents",
+            m.acks_sent.clone(),
         );
         r.register(
             "demands_opened",

@@ -63,15 +63,17 @@ impl TlsFiles {
 /// The WSS configuration in force, swapped on reload.
 pub type SharedServerConfig = Arc<RwLock<Arc<rustls::ServerConfig>>>;
 
-/// Watches `files` until shutdown, swapping new configurations into `endpoint` and `wss`.
+/// Watches `files` until shutdown, swapping new configurations into `endpoint` (with the QUIC
+/// transport settings `transport`) and `wss`.
 pub async fn watch_files(
     files: TlsFiles,
     endpoint: quinn::Endpoint,
+    transport: Arc<quinn::TransportConfig>,
     wss: Option<SharedServerConfig>,
     metrics: Arc<RelayMetrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let reload = || match apply(&files, &endpoint, wss.as_ref()) {
+    let reload = || match apply(&files, &endpoint, &transport, wss.as_ref()) {
         Ok(()) => {
             metrics.tls_reload("ok");
             tracing::info!("TLS files changed: new certificates in use");
@@ -93,10 +95,12 @@ pub async fn watch_files(
 fn apply(
     files: &TlsFiles,
     endpoint: &quinn::Endpoint,
+    transport: &Arc<quinn::TransportConfig>,
     wss: Option<&SharedServerConfig>,
 ) -> Result<(), logrelay_tls::TlsError> {
     let tls = files.load()?;
-    let server = crate::quic_server_config(tls.quic_identity, tls.agent_roots)?;
+    let mut server = crate::quic_server_config(tls.quic_identity, tls.agent_roots)?;
+    server.transport_config(transport.clone());
     let wss_config = match tls.wss {
         Some(id) => Some(logrelay_tls::https_server(id)?),
         None => None,

@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use logrelay_wire::control::SeqPos;
+use logrelay_wire::control::{LineMark, SeqPos};
 
 /// One batch in the ring, with running totals used to size gaps exactly.
 #[derive(Debug, Clone)]
@@ -67,6 +67,8 @@ pub struct Ring {
     bytes_total: u64,
     last_end: Option<SeqPos>,
     dropped_lines: u64,
+    /// End of the newest batch evicted: nothing before it is held any more.
+    floor: Option<SeqPos>,
 }
 
 impl Ring {
@@ -81,6 +83,7 @@ impl Ring {
             bytes_total: 0,
             last_end: None,
             dropped_lines: 0,
+            floor: None,
         }
     }
 
@@ -102,6 +105,7 @@ impl Ring {
         let (mut dl, mut db) = (0, 0);
         while self.held_bytes > self.capacity_bytes && self.slots.len() > 1 {
             let old = self.slots.pop_front().expect("len > 1");
+            self.floor = Some(old.end);
             self.held_bytes -= old.batch.len();
             self.first_index += 1;
             dl += u64::from(old.lines);
@@ -117,6 +121,7 @@ impl Ring {
             return None;
         }
         let old = self.slots.pop_front().expect("len >= 2");
+        self.floor = Some(old.end);
         self.held_bytes -= old.batch.len();
         self.first_index += 1;
         self.dropped_lines += u64::from(old.lines);
@@ -158,6 +163,40 @@ impl Ring {
             let (_, lines) = logrelay_wire::batch::lines(&s.batch).ok()?;
             lines.last().map(|l| l.timestamp_ns)
         })
+    }
+
+    /// The newest line held, as a [`LineMark`]: its timestamp, and how many lines stamped alike
+    /// end the ring after the newest line stamped earlier. `None` when that cannot be told
+    /// exactly: no line held, a line stamped later before it (out of order), or the run of
+    /// equal stamps reaching back to the oldest batch held (evicted lines may belong to it).
+    /// Parses batches, so it is for the rare resume, not the data path.
+    pub fn last_line_mark(&self) -> Option<LineMark> {
+        let mut mark: Option<LineMark> = None;
+        for s in self.slots.iter().rev() {
+            let Ok((_, lines)) = logrelay_wire::batch::lines(&s.batch) else {
+                continue;
+            };
+            for l in lines.iter().rev() {
+                match mark.as_mut() {
+                    None => {
+                        mark = Some(LineMark {
+                            ns: l.timestamp_ns,
+                            nth: 1,
+                        });
+                    }
+                    Some(m) if l.timestamp_ns == m.ns => m.nth += 1,
+                    Some(m) if l.timestamp_ns < m.ns => return mark,
+                    Some(_) => return None,
+                }
+            }
+        }
+        None
+    }
+
+    /// Where the ring's content starts: the end of the newest batch it evicted (`None` if it
+    /// never evicted one). A reader behind it has lost what lies between.
+    pub fn floor(&self) -> Option<SeqPos> {
+        self.floor
     }
 
     /// Bytes held.
@@ -328,5 +367,39 @@ mod tests {
             late.read(&mut c, usize::MAX).epoch_breaks,
             vec![(0, pos(5))]
         );
+    }
+
+    /// A log batch of lines stamped `stamps`, in order.
+    fn stamped(stamps: &[i64]) -> Bytes {
+        let mut b = logrelay_wire::batch::BatchBuilder::new(1, 1, 0, 0, 0);
+        for &t in stamps {
+            b.push(t, logrelay_wire::batch::LineFlags(0), b"x\n");
+        }
+        b.finish()
+    }
+
+    #[test]
+    fn the_last_line_is_marked_by_its_stamp_and_rank_or_not_at_all() {
+        let mut r = Ring::new(10_000);
+        assert_eq!(r.last_line_mark(), None, "nothing held");
+        r.push(stamped(&[5, 5, 7]), 3, pos(3));
+        r.push(stamped(&[7, 7]), 2, pos(5));
+        // A run of equal stamps across batches, after an earlier stamp.
+        assert_eq!(r.last_line_mark(), Some(LineMark { ns: 7, nth: 3 }));
+        // A gap batch holds no line.
+        r.push(logrelay_wire::batch::encode_gap(1, 1, 5, 2, 0), 0, pos(7));
+        assert_eq!(r.last_line_mark(), Some(LineMark { ns: 7, nth: 3 }));
+        // Out of order: a later stamp before the last line.
+        r.push(stamped(&[9, 8]), 2, pos(9));
+        assert_eq!(r.last_line_mark(), None);
+        // A run reaching back to the oldest batch held may have lost lines to eviction.
+        let mut small = Ring::new(10_000);
+        small.push(stamped(&[4, 4]), 2, pos(2));
+        assert_eq!(small.last_line_mark(), None);
+        assert_eq!(small.floor(), None);
+        let mut tiny = Ring::new(1);
+        tiny.push(stamped(&[1]), 1, pos(1));
+        tiny.push(stamped(&[2]), 1, pos(2));
+        assert_eq!(tiny.floor(), Some(pos(1)), "the end of what was evicted");
     }
 }

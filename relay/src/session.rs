@@ -24,7 +24,7 @@ use logrelay_wire::selector::Selector;
 use crate::audit::{Actor, Auditor};
 use crate::auth::{self, Claims};
 use crate::config::SlowConsumerPolicy;
-use crate::hub::{Hub, SessionShared};
+use crate::hub::{Hub, LiveStream, SessionShared};
 use crate::metrics::{DropReason, RelayMetrics};
 
 /// Longest line filter a subscription may push down to the agent.
@@ -375,6 +375,7 @@ fn handle_request(
                 matches: matches
                     .map(|m| m.as_str().to_owned())
                     .filter(|m| !m.is_empty()),
+                after_line: None,
             };
             match hub.subscribe(session, &id, selector.clone(), demand) {
                 Ok(capped) => {
@@ -492,6 +493,9 @@ struct Drained {
     lines: u64,
     bytes: u64,
     close: Option<(u16, String)>,
+    /// Rings read, with the end of what this drain took from each: once written, the session
+    /// has been handed it ([`LiveStream::delivered`]).
+    delivered: Vec<(Arc<LiveStream>, Option<SeqPos>)>,
 }
 
 /// Takes everything ready for the session. Never blocks.
@@ -503,6 +507,7 @@ fn drain(session: &SessionShared, metrics: &RelayMetrics, config: SessionConfig)
         lines: 0,
         bytes: 0,
         close: None,
+        delivered: Vec::new(),
     };
     let mut st = session.state.lock().expect("session lock");
     let events = std::mem::take(&mut st.events);
@@ -547,6 +552,10 @@ fn drain(session: &SessionShared, metrics: &RelayMetrics, config: SessionConfig)
             continue;
         }
         let read = watch.stream.read(&mut watch.cursor, budget);
+        if read.lag.is_some() || !read.batches.is_empty() {
+            out.delivered
+                .push((watch.stream.clone(), watch.cursor.last_end));
+        }
         if let Some(lag) = read.lag {
             // The lag report says where this reader's loss starts.
             watch.resume = None;
@@ -555,13 +564,19 @@ fn drain(session: &SessionShared, metrics: &RelayMetrics, config: SessionConfig)
         let mut breaks = read.epoch_breaks.into_iter().peekable();
         for (i, (batch, lines)) in read.batches.into_iter().enumerate() {
             let switched = breaks.next_if(|(at, _)| *at == i).map(|(_, from)| from);
-            // A resume is judged by its own epoch; otherwise the ring says where one ended.
-            let lost = match watch.resume.take() {
-                Some(r) => (!in_epoch(&batch, r.epoch)).then_some(r),
-                None => switched,
-            };
-            if let Some(from) = lost {
-                epoch_lost(&mut out, key, from, metrics);
+            // A resume is judged by its own epoch; otherwise the ring says where one ended,
+            // and the batch after the break whether its agent continued it exactly.
+            match watch.resume.take() {
+                Some(r) if !in_epoch(&batch, r.epoch) => epoch_lost(&mut out, key, r, metrics),
+                Some(_) => {}
+                None => {
+                    if let Some(from) = switched {
+                        match continues(&batch) {
+                            Some(to) => renumbered(&mut out, key, from, to, metrics),
+                            None => epoch_lost(&mut out, key, from, metrics),
+                        }
+                    }
+                }
             }
             budget = budget.saturating_sub(batch.len());
             out.lines += u64::from(lines);
@@ -591,6 +606,7 @@ fn drain(session: &SessionShared, metrics: &RelayMetrics, config: SessionConfig)
                 bytes: lag.bytes,
                 reason: "slow_consumer".into(),
                 rest_of_epoch: false,
+                exact: true,
             })
         }))
         .collect();
@@ -637,7 +653,28 @@ fn epoch_lost(out: &mut Drained, stream: u64, from: SeqPos, metrics: &RelayMetri
         bytes: 0,
         reason: "epoch_lost".into(),
         rest_of_epoch: true,
+        exact: false,
     }));
+}
+
+/// Where `batch` starts its epoch, if its agent flagged it as continuing the previous one with
+/// nothing lost ([`logrelay_wire::batch::FLAG_CONTINUES`]).
+fn continues(batch: &bytes::Bytes) -> Option<SeqPos> {
+    logrelay_wire::batch::BatchHeader::parse(batch)
+        .ok()
+        .filter(|h| h.flags & logrelay_wire::batch::FLAG_CONTINUES != 0)
+        .map(|h| SeqPos {
+            epoch: h.epoch,
+            seq: h.first_seq,
+        })
+}
+
+/// Queues, in line with the data, the news that the stream goes on in another epoch with
+/// nothing lost: from `to` on, lines are numbered anew.
+fn renumbered(out: &mut Drained, stream: u64, from: SeqPos, to: SeqPos, metrics: &RelayMetrics) {
+    metrics.epochs_renumbered.inc();
+    out.messages
+        .push(event_message(&Event::Renumbered { stream, from, to }));
 }
 
 /// Bytes a writer holds between taking them from rings and handing them to the socket.
@@ -710,6 +747,7 @@ struct InFlightData<'a> {
     guard: InFlight<'a>,
     lines: u64,
     bytes: u64,
+    delivered: Vec<(Arc<LiveStream>, Option<SeqPos>)>,
 }
 
 /// While the writer is blocked on the socket: account for what the rings dropped meanwhile.
@@ -806,6 +844,7 @@ where
                     guard: InFlight::new(metrics, d.bytes),
                     lines: d.lines,
                     bytes: d.bytes,
+                    delivered: d.delivered,
                 });
                 pending.extend(d.messages);
             }
@@ -835,6 +874,9 @@ where
                 if let Some(done) = in_flight.take() {
                     metrics.lines_delivered.inc_by(done.lines);
                     metrics.bytes_delivered.inc_by(done.bytes);
+                    for (live, to) in done.delivered {
+                        live.delivered(session.id, to);
+                    }
                 }
             }
             () = session.notify.notified() => {
@@ -1049,12 +1091,16 @@ mod tests {
     }
 
     fn log_batch(stream: u64, epoch: u64, first_seq: u64) -> Bytes {
-        let mut b = logrelay_wire::batch::BatchBuilder::new(stream, epoch, first_seq, 0, 64);
+        flagged_batch(stream, epoch, first_seq, 0)
+    }
+
+    fn flagged_batch(stream: u64, epoch: u64, first_seq: u64, flags: u8) -> Bytes {
+        let mut b = logrelay_wire::batch::BatchBuilder::new(stream, epoch, first_seq, flags, 64);
         b.push(0, logrelay_wire::batch::LineFlags(0), b"line\n");
         b.finish()
     }
 
-    const EPOCH_LOST: &str = r#""reason":"epoch_lost","rest_of_epoch":true}"#;
+    const EPOCH_LOST: &str = r#""reason":"epoch_lost","rest_of_epoch":true,"exact":false}"#;
 
     #[tokio::test]
     async fn a_watcher_learns_that_the_rest_of_its_epoch_is_lost_before_the_new_one() {
@@ -1074,6 +1120,28 @@ mod tests {
         assert_eq!(texts(&d), vec![(0, want)]);
         assert_eq!(binaries(&d).len(), 1, "then the new epoch's batch");
         assert_eq!(metrics.epochs_lost.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_new_epoch_that_continues_the_old_one_is_a_renumbering_not_a_loss() {
+        let (sessions, live, metrics) = watched(1, 1 << 20);
+        let cfg = config(SlowConsumerPolicy::DropOldest);
+        live.push(log_batch(live.id, 1, 9), 1, SeqPos { epoch: 1, seq: 10 });
+        drain(&sessions[0], &metrics, cfg);
+        // The agent restarted and picked up right after the last line the relay held.
+        let first = flagged_batch(live.id, 2, 100, logrelay_wire::batch::FLAG_CONTINUES);
+        live.push(first, 1, SeqPos { epoch: 2, seq: 101 });
+        let d = drain(&sessions[0], &metrics, cfg);
+        let want = format!(
+            r#"{{"event":"renumbered","stream":{},"from":{{"epoch":1,"seq":10}},"to":{{"epoch":2,"seq":100}}}}"#,
+            live.id
+        );
+        assert_eq!(texts(&d), vec![(0, want)]);
+        assert_eq!(binaries(&d).len(), 1);
+        assert_eq!(
+            (metrics.epochs_renumbered.get(), metrics.epochs_lost.get()),
+            (1, 0)
+        );
     }
 
     #[tokio::test]

@@ -210,6 +210,7 @@ impl Flooder {
                 protocol: logrelay_wire::PROTOCOL_VERSION,
                 node: "flood".into(),
                 agent_version: "test".into(),
+                features: Vec::new(),
             })
             .await;
         relay.eventually("the agent is connected", |r| {

@@ -6,9 +6,10 @@
 //!   (`--dev` mode and tests); nothing is ever written to disk.
 //! * [`Identity::from_pem_files`] and [`roots_from_pem_file`] load production material.
 //! * Agent identity lives in a URI SAN `spiffe://<org>/cluster/<cluster>` ([`AgentId`]).
-//! * [`quic_server`] / [`quic_client`] configure the agent hop; [`quic_server_transport`] and
-//!   [`quic_client_transport`] hold its QUIC transport settings (keep-alive, idle timeout,
-//!   stream limits), in one place for both ends.
+//! * [`quic_server`] / [`quic_client`] configure the agent hop; [`quic_server_transport_with`]
+//!   and [`quic_client_transport_with`] hold its QUIC transport settings (keep-alive, idle
+//!   timeout: [`QuicTimers`]; stream limits), in one place for both ends;
+//!   [`quic_endpoint_config`] gives the relay a stateless-reset key that survives a restart.
 //! * [`reload`] watches the PEM files and re-runs a reload action when they change.
 #![forbid(unsafe_code)]
 
@@ -337,11 +338,12 @@ pub fn quic_client_with_alpn(
     Ok(quinn::ClientConfig::new(Arc::new(crypto)))
 }
 
-/// Interval between QUIC keep-alive PINGs on the agent hop, both ends: well under
-/// [`QUIC_IDLE_TIMEOUT_SECS`], so a quiet but healthy connection stays open.
-pub const QUIC_KEEP_ALIVE_SECS: u64 = 5;
-/// A connection of the agent hop that hears nothing for this long is closed.
-pub const QUIC_IDLE_TIMEOUT_SECS: u64 = 15;
+/// Default interval between QUIC keep-alive PINGs on the agent hop, both ends: a few per idle
+/// timeout, so a quiet but healthy connection stays open and a dead one is noticed at once.
+pub const QUIC_KEEP_ALIVE_MS: u64 = 400;
+/// Default idle timeout of the agent hop: a connection that hears nothing for this long is
+/// closed (the smaller of the two ends' values applies).
+pub const QUIC_IDLE_TIMEOUT_MS: u64 = 1_200;
 /// Unidirectional streams an agent may have open at once: one data stream per `open` demand.
 pub const QUIC_MAX_CONCURRENT_UNI_STREAMS: u32 = 4096;
 /// Bidirectional streams an agent may open: the control stream only.
@@ -351,28 +353,89 @@ pub const QUIC_STREAM_RECEIVE_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
 /// Flow-control window of one agent connection at the relay, in bytes.
 pub const QUIC_RECEIVE_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
 
-/// Transport settings of the agent side of the agent hop (use with [`quic_client`]):
-/// keep-alive every [`QUIC_KEEP_ALIVE_SECS`], idle timeout [`QUIC_IDLE_TIMEOUT_SECS`].
+/// How quickly the agent hop finds a dead peer: keep-alive PINGs every `keep_alive`, and a
+/// connection that hears nothing for `idle_timeout` is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuicTimers {
+    /// Interval between keep-alive PINGs.
+    pub keep_alive: Duration,
+    /// Silence after which the connection is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for QuicTimers {
+    fn default() -> Self {
+        Self {
+            keep_alive: Duration::from_millis(QUIC_KEEP_ALIVE_MS),
+            idle_timeout: Duration::from_millis(QUIC_IDLE_TIMEOUT_MS),
+        }
+    }
+}
+
+impl QuicTimers {
+    /// From milliseconds; the keep-alive is kept under the idle timeout (at most half of it),
+    /// and neither is below 10 ms.
+    pub fn from_millis(keep_alive_ms: u64, idle_timeout_ms: u64) -> Self {
+        let idle = idle_timeout_ms.clamp(10, 1 << 40);
+        Self {
+            keep_alive: Duration::from_millis(keep_alive_ms.clamp(5, idle / 2)),
+            idle_timeout: Duration::from_millis(idle),
+        }
+    }
+}
+
+/// Transport settings of the agent side of the agent hop (use with [`quic_client`]) with the
+/// default [`QuicTimers`].
 pub fn quic_client_transport() -> quinn::TransportConfig {
+    quic_client_transport_with(QuicTimers::default())
+}
+
+/// Transport settings of the agent side of the agent hop: keep-alive and idle timeout.
+pub fn quic_client_transport_with(timers: QuicTimers) -> quinn::TransportConfig {
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(QUIC_KEEP_ALIVE_SECS)));
+    transport.keep_alive_interval(Some(timers.keep_alive));
     transport.max_idle_timeout(Some(
-        Duration::from_secs(QUIC_IDLE_TIMEOUT_SECS)
+        timers
+            .idle_timeout
             .try_into()
-            .expect("15 s fits a VarInt"),
+            .expect("clamped to fit a VarInt"),
     ));
     transport
 }
 
-/// Transport settings of the relay side of the agent hop (use with [`quic_server`]): those of
-/// [`quic_client_transport`], plus the stream limits and receive windows granted to an agent.
+/// Transport settings of the relay side of the agent hop (use with [`quic_server`]) with the
+/// default [`QuicTimers`].
 pub fn quic_server_transport() -> quinn::TransportConfig {
-    let mut transport = quic_client_transport();
+    quic_server_transport_with(QuicTimers::default())
+}
+
+/// Transport settings of the relay side of the agent hop: those of
+/// [`quic_client_transport_with`], plus the stream limits and receive windows granted to an
+/// agent.
+pub fn quic_server_transport_with(timers: QuicTimers) -> quinn::TransportConfig {
+    let mut transport = quic_client_transport_with(timers);
     transport.max_concurrent_uni_streams(QUIC_MAX_CONCURRENT_UNI_STREAMS.into());
     transport.max_concurrent_bidi_streams(QUIC_MAX_CONCURRENT_BIDI_STREAMS.into());
     transport.stream_receive_window(QUIC_STREAM_RECEIVE_WINDOW_BYTES.into());
     transport.receive_window(QUIC_RECEIVE_WINDOW_BYTES.into());
     transport
+}
+
+/// The relay's QUIC endpoint settings, with a stateless-reset key derived from `secret` (the
+/// DER of the relay's private key): a relay restarted with the same key answers packets of
+/// connections it no longer knows with a stateless reset (RFC 9000, 10.3), so an agent learns
+/// at its next packet that the connection is gone instead of waiting out the idle timeout.
+/// The key is HMAC-SHA256 of `secret` under a fixed label; the secret itself never leaves.
+pub fn quic_endpoint_config(secret: &[u8]) -> quinn::EndpointConfig {
+    quinn::EndpointConfig::new(stateless_reset_key(secret))
+}
+
+/// The stateless-reset key of [`quic_endpoint_config`].
+pub fn stateless_reset_key(secret: &[u8]) -> Arc<dyn quinn::crypto::HmacKey> {
+    use ring::hmac;
+    let label = hmac::Key::new(hmac::HMAC_SHA256, b"logrelay/1 QUIC stateless reset key");
+    let derived = hmac::sign(&label, secret);
+    Arc::new(hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()))
 }
 
 fn logrelay_alpn() -> Vec<u8> {
@@ -449,8 +512,28 @@ mod tests {
     #[test]
     fn transports_build() {
         // The idle timeout must fit a QUIC VarInt; the keep-alive must beat it.
-        const { assert!(QUIC_KEEP_ALIVE_SECS < QUIC_IDLE_TIMEOUT_SECS) };
+        const { assert!(QUIC_KEEP_ALIVE_MS * 2 <= QUIC_IDLE_TIMEOUT_MS) };
         quic_client_transport();
         quic_server_transport();
+        let t = QuicTimers::from_millis(5_000, 1_000);
+        assert_eq!(
+            t.keep_alive,
+            Duration::from_millis(500),
+            "kept under the idle timeout"
+        );
+        quic_server_transport_with(QuicTimers::from_millis(0, u64::MAX));
+    }
+
+    #[test]
+    fn the_reset_key_is_a_function_of_the_secret() {
+        let sign = |secret: &[u8]| {
+            let key = stateless_reset_key(secret);
+            let mut out = vec![0u8; key.signature_len()];
+            key.sign(b"connection id", &mut out);
+            out
+        };
+        quic_endpoint_config(b"key one");
+        assert_eq!(sign(b"key one"), sign(b"key one"), "stable across restarts");
+        assert_ne!(sign(b"key one"), sign(b"key two"));
     }
 }

@@ -9,7 +9,9 @@
 //!   0  u8   magic 'L' (0x4C)
 //!   1  u8   format version (1)
 //!   2  u8   kind: 1 = log lines, 3 = gap
-//!   3  u8   flags: bit 0 = backfill (not live)
+//!   3  u8   flags: bit 0 = backfill (not live), bit 1 = continues (log: the first lines of a
+//!               new epoch, right after the last line of the previous one), bit 2 = count
+//!               unknown (gap: `count` is a lower bound)
 //!   4  u64  stream   relay-assigned stream id (see the session `stream` event)
 //!  12  u64  epoch    changes whenever sequence numbers restart
 //!  20  u64  first_seq sequence number of the first line (gap: first missing)
@@ -50,6 +52,13 @@ pub enum Kind {
 
 /// Header flag: this batch is backfill for one subscriber, not part of the live tail.
 pub const FLAG_BACKFILL: u8 = 1;
+/// Header flag of a log batch: it opens a new epoch (the agent could not keep the previous
+/// numbering, e.g. it restarted) and its first line comes right after the last line the relay
+/// held of the previous epoch: a renumbering, nothing lost.
+pub const FLAG_CONTINUES: u8 = 2;
+/// Header flag of a gap batch: the lines were lost without being counted (rotated away before
+/// they were read); `count` is a lower bound and the body's byte count is what is known.
+pub const FLAG_COUNT_UNKNOWN: u8 = 4;
 
 /// Why bytes are not a valid batch.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -282,12 +291,24 @@ impl BatchBuilder {
 
 /// Encodes a gap notice: `lines` lines (`bytes` bytes, 0 if unknown) from `first_seq` are lost.
 pub fn encode_gap(stream: u64, epoch: u64, first_seq: u64, lines: u32, bytes: u64) -> Bytes {
+    encode_gap_flagged(stream, epoch, first_seq, lines, bytes, 0)
+}
+
+/// [`encode_gap`] with header flags ([`FLAG_COUNT_UNKNOWN`] when `lines` is only a lower bound).
+pub fn encode_gap_flagged(
+    stream: u64,
+    epoch: u64,
+    first_seq: u64,
+    lines: u32,
+    bytes: u64,
+    flags: u8,
+) -> Bytes {
     let mut buf = BytesMut::with_capacity(HEADER_LEN + 8);
     buf.put_bytes(0, HEADER_LEN);
     buf.put_u64_le(bytes);
     BatchHeader {
         kind: Kind::Gap,
-        flags: 0,
+        flags,
         stream,
         epoch,
         first_seq,

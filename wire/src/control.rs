@@ -56,6 +56,33 @@ pub struct Demand {
     /// when unset; an agent that predates it ignores it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub matches: Option<String>,
+    /// A live demand that continues what the relay holds: when the agent no longer holds the
+    /// numbering `since_seq` names (it restarted), it starts the new epoch right after this
+    /// line, the last one the relay holds, and flags the first batch that continues it with
+    /// [`crate::batch::FLAG_CONTINUES`] when it is sure no line lies between. Omitted when
+    /// unset; an agent that predates it ignores it and goes by `since_ns`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after_line: Option<LineMark>,
+}
+
+/// One line of a stream, named by its timestamp and its rank among the consecutive lines
+/// carrying that timestamp (lines written in the same nanosecond are common: a runtime stamps
+/// every line of one write alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineMark {
+    /// The line's timestamp, Unix nanoseconds.
+    pub ns: i64,
+    /// How many lines stamped `ns` end what the relay holds, this one the last: after the
+    /// newest line stamped earlier, the line is the `nth` one stamped `ns` (counting only the
+    /// lines the demand's filter keeps).
+    pub nth: u32,
+}
+
+/// What a side of the agent hop supports beyond protocol 1, named in `hello` and `welcome`.
+pub mod features {
+    /// The relay acknowledges live demands (`ack`), and the agent keeps what it sent until
+    /// acknowledged. Both sides must name it.
+    pub const ACK: &str = "ack";
 }
 
 /// Agent → relay.
@@ -70,6 +97,10 @@ pub enum AgentMsg {
         node: String,
         /// Agent software version.
         agent_version: String,
+        /// Features beyond protocol 1 the agent supports ([`features`]). Omitted when empty;
+        /// a relay that predates it ignores it.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        features: Vec<String>,
     },
     /// Streams that appeared (also the full catalog right after `welcome`).
     CatalogAdd {
@@ -117,6 +148,10 @@ pub enum RelayMsg {
         max_frame_bytes: u32,
         /// How often the agent should send heartbeats.
         heartbeat_secs: u32,
+        /// Features of the agent's `hello` that the relay uses on this connection
+        /// ([`features`]). Omitted when empty.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        features: Vec<String>,
     },
     /// Send a stream's lines on a new data stream.
     Open {
@@ -147,6 +182,15 @@ pub enum RelayMsg {
         limit: String,
         /// Human-readable reason.
         message: String,
+    },
+    /// Every session watching the live demand's ring has been handed the lines before
+    /// `through` (or skipped them with a gap): the agent may forget what it sent before it.
+    /// Sent only on connections whose `welcome` names [`features::ACK`].
+    Ack {
+        /// The demand id of the `open`.
+        demand: u64,
+        /// One past the last line acknowledged, in the demand's epoch.
+        through: SeqPos,
     },
     /// Liveness.
     Heartbeat,
@@ -237,6 +281,47 @@ mod tests {
         };
         let bytes = encode(&m);
         assert_eq!(decode::<RelayMsg>(&bytes).unwrap(), m);
+    }
+
+    #[test]
+    fn features_acks_and_line_marks_are_additive() {
+        // A hello without features (an older agent) reads as one with none.
+        let old: AgentMsg =
+            decode(br#"{"type":"hello","protocol":1,"node":"n","agent_version":"0"}"#).unwrap();
+        assert!(matches!(old, AgentMsg::Hello { features, .. } if features.is_empty()));
+        let hello = AgentMsg::Hello {
+            protocol: 1,
+            node: "n".into(),
+            agent_version: "0".into(),
+            features: vec![features::ACK.into()],
+        };
+        let json = String::from_utf8(encode(&hello)).unwrap();
+        assert!(json.ends_with(r#","features":["ack"]}"#), "{json}");
+        let ack = RelayMsg::Ack {
+            demand: 4,
+            through: SeqPos { epoch: 2, seq: 9 },
+        };
+        assert_eq!(
+            String::from_utf8(encode(&ack)).unwrap(),
+            r#"{"type":"ack","demand":4,"through":{"epoch":2,"seq":9}}"#
+        );
+        let open = RelayMsg::Open {
+            demand: 1,
+            stream: 2,
+            stream_ref: 3,
+            demand_spec: Demand {
+                follow: true,
+                since_ns: Some(11),
+                after_line: Some(LineMark { ns: 10, nth: 2 }),
+                ..Demand::default()
+            },
+        };
+        let json = String::from_utf8(encode(&open)).unwrap();
+        assert!(
+            json.ends_with(r#""after_line":{"ns":10,"nth":2}}"#),
+            "{json}"
+        );
+        assert_eq!(decode::<RelayMsg>(json.as_bytes()).unwrap(), open);
     }
 
     #[test]

@@ -130,17 +130,34 @@ pub enum Event {
         stream: u64,
         /// Where the gap starts.
         from: SeqPos,
-        /// Lines missing (0 when unknown).
+        /// Lines missing: exact when `exact` is true, otherwise the least it can be.
         lines: u64,
-        /// Bytes missing (0 when unknown).
+        /// Bytes missing: exact when `exact` is true, otherwise the least it can be.
         bytes: u64,
         /// Why (`slow_consumer`, `epoch_lost`, …).
         reason: String,
         /// Set when everything of `from.epoch` from `from.seq` on is lost for good (the
-        /// numbering the agent held is gone; what follows is in a new epoch). `lines` and
-        /// `bytes` are then 0: nobody counted them. Absent (false) otherwise.
+        /// numbering the agent held is gone; what follows is in a new epoch). Absent (false)
+        /// otherwise.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         rest_of_epoch: bool,
+        /// Whether `lines` and `bytes` are the exact loss. `false`: nobody could count the
+        /// lines (`epoch_lost`), and `lines`/`bytes` are lower bounds (0: possibly nothing).
+        /// Absent in events of relays that predate it (take it as unknown for `epoch_lost`).
+        #[serde(default = "yes")]
+        exact: bool,
+    },
+    /// The stream goes on in a new epoch and nothing was lost: its agent could not keep the
+    /// numbering (it restarted), and started the new one right after the last line this
+    /// session had of the old one. Lines from here on carry `to.epoch`; dedupe by
+    /// `(epoch, seq)` starts afresh.
+    Renumbered {
+        /// Relay stream id.
+        stream: u64,
+        /// End of the old numbering (one past the last line of `from.epoch`).
+        from: SeqPos,
+        /// Where the new numbering starts: the first line of `to.epoch`.
+        to: SeqPos,
     },
     /// The backfill of a stream is complete; what follows is live.
     Live {
@@ -265,7 +282,7 @@ mod tests {
 
     #[test]
     fn a_lost_epoch_is_one_optional_field_on_the_gap_event() {
-        let gap = |rest_of_epoch| Event::Gap {
+        let gap = |rest_of_epoch: bool| Event::Gap {
             stream: 3,
             from: SeqPos { epoch: 7, seq: 42 },
             lines: 0,
@@ -277,17 +294,43 @@ mod tests {
             }
             .into(),
             rest_of_epoch,
+            exact: !rest_of_epoch,
         };
-        // Unchanged for every other gap, so older clients see the same bytes.
         let json = serde_json::to_string(&gap(false)).unwrap();
         assert!(!json.contains("rest_of_epoch"), "{json}");
+        assert!(json.ends_with(r#","exact":true}"#), "{json}");
         assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), gap(false));
         let json = serde_json::to_string(&gap(true)).unwrap();
         assert_eq!(
             json,
-            r#"{"event":"gap","stream":3,"from":{"epoch":7,"seq":42},"lines":0,"bytes":0,"reason":"epoch_lost","rest_of_epoch":true}"#
+            r#"{"event":"gap","stream":3,"from":{"epoch":7,"seq":42},"lines":0,"bytes":0,"reason":"epoch_lost","rest_of_epoch":true,"exact":false}"#
         );
         assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), gap(true));
+        // A gap event of a relay that predates `exact` reads as exact.
+        let old = r#"{"event":"gap","stream":3,"from":{"epoch":7,"seq":42},"lines":5,"bytes":9,"reason":"slow_consumer"}"#;
+        assert!(matches!(
+            serde_json::from_str::<Event>(old).unwrap(),
+            Event::Gap {
+                exact: true,
+                lines: 5,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_renumbering_names_both_ends() {
+        let e = Event::Renumbered {
+            stream: 3,
+            from: SeqPos { epoch: 7, seq: 42 },
+            to: SeqPos { epoch: 9, seq: 100 },
+        };
+        let json = serde_json::to_string(&e).unwrap();
+        assert_eq!(
+            json,
+            r#"{"event":"renumbered","stream":3,"from":{"epoch":7,"seq":42},"to":{"epoch":9,"seq":100}}"#
+        );
+        assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), e);
     }
 
     #[test]

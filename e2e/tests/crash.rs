@@ -1,0 +1,310 @@
+//! Crashes of either process, with the relay and the agent as separate processes (the
+//! binaries, production mode, certificate files), under 3 000 lines/s with kubelet-style
+//! rotation, checked line by line by a client written from docs/protocol.md:
+//!
+//! * the relay is killed (SIGKILL) and restarted 1 s later: the client resumes with
+//!   `since_seq` and gets every line, once, in order;
+//! * the same with the agent's queue budget too small to hold what is written meanwhile: the
+//!   client is told of the loss exactly (delivered + gap = written);
+//! * the agent is killed and restarted, at once or after the relay noticed: watchers get
+//!   `paused` then `resumed` within 2 s each, and every line (a renumbering, not a loss).
+//!
+//! Each test prints its figures (lines written, delivered, gapped; detection times).
+
+use std::time::{Duration, Instant};
+
+use logrelay_e2e::*;
+use logrelay_wire::session::Event;
+
+const RATE: u32 = 3_000;
+
+fn selector() -> logrelay_wire::selector::Selector {
+    logrelay_e2e::selector("ns", "app", "main")
+}
+
+/// A relay and an agent as processes, a writer at [`RATE`] lines/s, and a client following it.
+struct Scenario {
+    relay: RelayProcess,
+    agent: AgentProcess,
+    writer: Option<KubeletWriter>,
+    writer_dir: std::path::PathBuf,
+    client: ResumingClient,
+    _pods: PodsDir,
+    _files: PkiFiles,
+}
+
+impl Scenario {
+    async fn start(agent_flags: &[&str], writer: WriterConfig) -> Self {
+        let files = PkiFiles::write(&TestPki::new(), "dev", "test");
+        let relay = RelayProcess::start(&files, &[]).await;
+        let pods = PodsDir::new();
+        // Subscribed before the first line: the backlog reaches back to line 0.
+        let client = ResumingClient::start(relay.subscribe_url(), selector(), 1_000_000);
+        let writer = KubeletWriter::start(pods.path(), "ns", "app", "main", writer);
+        let agent = AgentProcess::start(&files, pods.path(), relay.quic, agent_flags).await;
+        client
+            .until("the first lines", |s| s.ledger.delivered.len() >= 100)
+            .await;
+        Self {
+            relay,
+            agent,
+            writer_dir: writer.dir().to_path_buf(),
+            writer: Some(writer),
+            client,
+            _pods: pods,
+            _files: files,
+        }
+    }
+
+    /// What a failed check needs: the client's events, the log files (first and last line
+    /// numbers), and what both processes logged.
+    fn explain(&self) -> String {
+        let events = self.client.with(|c| {
+            c.events
+                .iter()
+                .filter(|(_, e)| !matches!(e, Event::Stream { .. }))
+                .map(|(_, e)| format!("{e:?}"))
+                .collect::<Vec<_>>()
+        });
+        let mut files = String::new();
+        for e in std::fs::read_dir(&self.writer_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let data = std::fs::read(e.path()).unwrap_or_default();
+            let text = String::from_utf8_lossy(&data);
+            let line = |l: Option<&str>| {
+                l.and_then(|l| l.split(' ').nth(3))
+                    .map_or_else(String::new, str::to_owned)
+            };
+            files += &format!(
+                "{:?}: {} bytes, lines {}..={}\n",
+                e.file_name(),
+                data.len(),
+                line(text.lines().next()),
+                line(text.lines().last())
+            );
+        }
+        format!(
+            "events: {events:?}\nfiles:\n{files}agent log:\n{}\nrelay log:\n{}",
+            self.agent.output(),
+            self.relay.output()
+        )
+    }
+
+    /// Lines delivered so far.
+    fn delivered(&self) -> usize {
+        self.client.with(|s| s.ledger.delivered.len())
+    }
+
+    /// Waits until `n` more lines than now were delivered.
+    async fn flowing(&self, n: usize, what: &str) {
+        let target = self.delivered() + n;
+        self.client
+            .until(what, |s| s.ledger.delivered.len() >= target)
+            .await;
+    }
+
+    /// Stops writing and waits until every line written is delivered or reported missing (at
+    /// most [`DEADLINE`]: what is still missing then was lost silently, and the tally says so).
+    async fn finish(&mut self) -> Tally {
+        let written = self.writer.take().expect("writing").stop();
+        let complete = self.client.until_within(DEADLINE, |s| {
+            let t = s.ledger.tally(written);
+            t.missing == 0 && t.delivered + t.gapped >= written
+        });
+        let _ = complete.await;
+        self.client.with(|s| s.ledger.tally(written))
+    }
+}
+
+/// Sleeps `d` as a step of the scenario (the time a process stays down), not to synchronise.
+async fn stay_down(d: Duration) {
+    tokio::time::sleep(d).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_and_restarted_under_load_costs_no_line() {
+    let mut s = Scenario::start(
+        &[],
+        WriterConfig {
+            lines_per_sec: RATE,
+            gzip: true,
+            ..WriterConfig::default()
+        },
+    )
+    .await;
+    s.flowing(3_000, "a second of lines").await;
+
+    let killed = Instant::now();
+    s.relay.kill();
+    stay_down(Duration::from_secs(1)).await;
+    s.relay.start_again().await;
+    let restarted = Instant::now();
+    let relay = &s.relay;
+    eventually("the agent is back", || async {
+        (relay.metric("logrelay_relay_agents_connected").await == 1.0).then_some(())
+    })
+    .await;
+    let agent_back = restarted.elapsed();
+    s.client
+        .until("the client resumed", |c| c.sessions >= 2)
+        .await;
+    s.flowing(6_000, "two more seconds of lines").await;
+    let rotations = s.writer.as_ref().map_or(0, KubeletWriter::rotations);
+    let tally = s.finish().await;
+    eprintln!(
+        "relay SIGKILL + restart after {:?}: written {}, delivered {}, gapped {}, duplicates \
+         dropped {}, {rotations} rotations; agent reconnected {:?} after the restart; the \
+         agent's reconnects: {}",
+        restarted - killed,
+        tally.written,
+        tally.delivered,
+        tally.gapped,
+        tally.duplicates,
+        agent_back,
+        s.agent.metric("logrelay_agent_reconnects_total").await,
+    );
+    assert!(tally.is_exact(), "{tally:?}\n{}", s.explain());
+    assert_eq!(tally.gapped, 0, "no line lost: {tally:?}");
+    assert_eq!(tally.renumbered, 0, "the agent kept its numbering");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_down_longer_than_the_agents_budget_costs_an_exact_gap() {
+    // 256 KiB hold under a second of these lines: two seconds down overflow it.
+    let mut s = Scenario::start(
+        &["--queue-budget-bytes", "262144"],
+        WriterConfig {
+            lines_per_sec: RATE,
+            ..WriterConfig::default()
+        },
+    )
+    .await;
+    s.flowing(3_000, "a second of lines").await;
+    s.relay.kill();
+    stay_down(Duration::from_secs(2)).await;
+    s.relay.start_again().await;
+    s.client
+        .until("the client resumed", |c| c.sessions >= 2)
+        .await;
+    s.flowing(3_000, "a second more").await;
+    let tally = s.finish().await;
+    // The agent's metrics are refreshed every second.
+    let agent = &s.agent;
+    let gapped = tally.gapped as f64;
+    let dropped = eventually("the agent counted its losses", || async {
+        let dropped = agent
+            .metric("logrelay_agent_queue_dropped_lines_total")
+            .await;
+        (dropped >= gapped).then_some(dropped)
+    })
+    .await;
+    eprintln!(
+        "relay down 2 s, agent budget 256 KiB: written {}, delivered {}, gapped {} in {} gap \
+         batches (agent counted {dropped} dropped), duplicates dropped {}",
+        tally.written,
+        tally.delivered,
+        tally.gapped,
+        s.client.with(|c| c.ledger.agent_gaps.len()),
+        tally.duplicates,
+    );
+    assert!(tally.is_exact(), "{tally:?}\n{}", s.explain());
+    assert!(tally.gapped > 0, "the budget overflowed: {tally:?}");
+    assert_eq!(
+        dropped, tally.gapped as f64,
+        "the agent counts exactly what the client was told"
+    );
+}
+
+/// Kills the agent; restarts it after `down` (or once the relay told watchers it is gone);
+/// checks `paused` then `resumed`, each within 2 s, and every line.
+async fn agent_crash(restart_at_once: bool) {
+    let mut s = Scenario::start(
+        &[],
+        WriterConfig {
+            lines_per_sec: RATE,
+            // Rotated files stay plain, and kubelet-sized (its default is 10 MiB): a restarted
+            // agent walks back into them, however long it took to come back.
+            rotate_bytes: 4 << 20,
+            ..WriterConfig::default()
+        },
+    )
+    .await;
+    s.flowing(3_000, "a second of lines").await;
+    let is_paused =
+        |e: &Event| matches!(e, Event::Paused { reason, .. } if reason == "agent_disconnected");
+    let is_resumed = |e: &Event| matches!(e, Event::Resumed { .. });
+
+    let killed = Instant::now();
+    s.agent.kill();
+    let (paused_after, restarted) = if restart_at_once {
+        // Back before the relay could notice: the new connection supersedes the old one.
+        s.agent.start_again().await;
+        let restarted = Instant::now();
+        s.client
+            .until("paused", |c| c.event_after(killed, is_paused).is_some())
+            .await;
+        let paused = s.client.with(|c| c.event_after(killed, is_paused)).unwrap();
+        (paused - killed, restarted)
+    } else {
+        s.client
+            .until("paused", |c| c.event_after(killed, is_paused).is_some())
+            .await;
+        let paused = s.client.with(|c| c.event_after(killed, is_paused)).unwrap();
+        s.agent.start_again().await;
+        (paused - killed, Instant::now())
+    };
+    s.client
+        .until("resumed", |c| c.event_after(killed, is_resumed).is_some())
+        .await;
+    let resumed = s
+        .client
+        .with(|c| c.event_after(killed, is_resumed))
+        .unwrap();
+    let resumed_after = resumed.saturating_duration_since(restarted);
+    s.flowing(3_000, "a second more").await;
+    let tally = s.finish().await;
+    eprintln!(
+        "agent SIGKILL, restarted {}: paused {paused_after:?} after the kill, resumed \
+         {resumed_after:?} after the restart (started {:?} after the kill); written {}, \
+         delivered {}, gapped {}, renumbered {}, duplicates dropped {}; superseded \
+         connections {}",
+        if restart_at_once {
+            "at once"
+        } else {
+            "after the pause"
+        },
+        restarted - killed,
+        tally.written,
+        tally.delivered,
+        tally.gapped,
+        tally.renumbered,
+        tally.duplicates,
+        s.relay
+            .metric("logrelay_relay_agents_superseded_total")
+            .await,
+    );
+    assert!(
+        paused_after < Duration::from_secs(2),
+        "paused after {paused_after:?}"
+    );
+    assert!(
+        resumed_after < Duration::from_secs(2),
+        "resumed after {resumed_after:?}"
+    );
+    assert!(tally.is_exact(), "{tally:?}\n{}", s.explain());
+    assert_eq!(tally.gapped, 0, "no line lost: {tally:?}");
+    assert_eq!(tally.renumbered, 1, "a new numbering, told as such");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_and_restarted_at_once_is_paused_then_resumed_and_loses_nothing() {
+    agent_crash(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_is_paused_within_2_s_and_its_restart_loses_nothing() {
+    agent_crash(false).await;
+}
