@@ -1,4 +1,5 @@
-//! A WebSocket client of the relay's `/v1/subscribe` (WS or WSS), used by `tail` and tests.
+//! A WebSocket client of the relay's `/v1/subscribe` (WS or WSS), used by every command and
+//! by tests.
 
 use std::sync::Arc;
 
@@ -94,9 +95,24 @@ pub enum Incoming {
         stream: u64,
         /// First missing sequence number.
         first_seq: u64,
-        /// Lines missing.
+        /// Lines missing (0: not counted, such as bytes rotated away unread).
         lines: u32,
+        /// Bytes missing (0 when unknown).
+        bytes: u64,
     },
+}
+
+/// A message as it arrived, batches left encoded (for printing at full speed).
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one value at a time is handled, as it arrives"
+)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Raw {
+    /// A JSON event.
+    Event(Event),
+    /// A batch ([`logrelay_wire::batch`]), header not yet checked.
+    Batch(bytes::Bytes),
 }
 
 /// A connected session.
@@ -198,18 +214,28 @@ impl Client {
 
     /// The next event or data message; `None` when the relay closed normally.
     pub async fn next(&mut self) -> Result<Option<Incoming>, ClientError> {
+        match self.next_raw().await? {
+            None => Ok(None),
+            Some(Raw::Event(e)) => Ok(Some(Incoming::Event(e))),
+            Some(Raw::Batch(b)) => decode(&b).map(Some),
+        }
+    }
+
+    /// The next event or batch, the batch undecoded; `None` when the relay closed normally.
+    /// Cancel-safe: dropping the future before it resolves loses no message.
+    pub async fn next_raw(&mut self) -> Result<Option<Raw>, ClientError> {
         loop {
             let Some(msg) = self.ws.next().await else {
                 return Ok(None);
             };
             match msg? {
                 Message::Text(t) => match serde_json::from_str::<Event>(t.as_str()) {
-                    Ok(e) => return Ok(Some(Incoming::Event(e))),
+                    Ok(e) => return Ok(Some(Raw::Event(e))),
                     // An event of a later protocol version: skipped, as unknown fields are.
                     Err(_) if is_unknown_event(t.as_str()) => continue,
                     Err(e) => return Err(ClientError::Protocol(e.to_string())),
                 },
-                Message::Binary(b) => return decode(&b).map(Some),
+                Message::Binary(b) => return Ok(Some(Raw::Batch(b))),
                 Message::Close(Some(f)) => {
                     return Err(ClientError::Closed {
                         code: f.code.into(),
@@ -241,6 +267,7 @@ fn is_unknown_event(text: &str) -> bool {
         "end",
         "unsubscribed",
         "streams",
+        "catalog",
         "error",
     ];
     serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| {
@@ -250,13 +277,15 @@ fn is_unknown_event(text: &str) -> bool {
     })
 }
 
-fn decode(b: &[u8]) -> Result<Incoming, ClientError> {
+/// Decodes a batch into its lines, or an agent's gap notice.
+pub fn decode(b: &[u8]) -> Result<Incoming, ClientError> {
     let h = BatchHeader::parse(b).map_err(|e| ClientError::Protocol(e.to_string()))?;
     if h.kind == Kind::Gap {
         return Ok(Incoming::AgentGap {
             stream: h.stream,
             first_seq: h.first_seq,
             lines: h.count,
+            bytes: batch::gap_bytes(b).map_err(|e| ClientError::Protocol(e.to_string()))?,
         });
     }
     let (h, lines) = batch::lines(b).map_err(|e| ClientError::Protocol(e.to_string()))?;
