@@ -253,4 +253,41 @@ mod tests {
         assert_eq!(t.line(9, 103, 61, b"five\n"), fresh());
         assert_eq!(t.line(9, 103, 61, b"five\n"), Verdict::Repeat);
     }
+
+    proptest::proptest! {
+        /// Deliveries of one epoch as runs of lines that overlap (a resume re-sending) or
+        /// skip ahead (lines lost): every line is printed at most once, in order, and every
+        /// line between the first and the last printed that was not printed is inside exactly
+        /// one reported hole.
+        #[test]
+        fn overlapping_and_skipping_deliveries_print_once_and_report_every_hole(
+            runs in proptest::collection::vec((0u64..40, 1u64..30), 1..20)
+        ) {
+            let mut t = Tracker::new(true);
+            let mut printed: Vec<u64> = Vec::new();
+            let mut reported = 0u64;
+            let mut delivered = std::collections::BTreeSet::new();
+            for (start, len) in runs {
+                for seq in start..start + len {
+                    delivered.insert(seq);
+                    match t.line(5, seq, seq as i64, b"x") {
+                        Verdict::Repeat => {}
+                        Verdict::Fresh { hole } => {
+                            if let Some(Hole::Skipped { from, to }) = hole {
+                                reported += to - from;
+                            }
+                            printed.push(seq);
+                        }
+                    }
+                }
+            }
+            proptest::prop_assert!(printed.windows(2).all(|w| w[0] < w[1]), "{printed:?}");
+            let (first, last) = (printed[0], *printed.last().unwrap());
+            // Lines between the first and the last printed that were not printed: reported.
+            let unprinted = (last - first + 1) - printed.len() as u64;
+            proptest::prop_assert_eq!(reported, unprinted);
+            // A line that comes after a later one was printed is dropped: it was reported.
+            proptest::prop_assert!(delivered.contains(&first) && delivered.contains(&last));
+        }
+    }
 }
