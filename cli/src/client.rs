@@ -51,6 +51,9 @@ pub enum ClientError {
     /// The WebSocket failed.
     #[error("websocket: {0}")]
     Ws(#[from] tungstenite::Error),
+    /// Nothing at all arrived for this long (the relay pings every 15 s by default).
+    #[error("nothing received for {} s", .0.as_secs())]
+    Idle(std::time::Duration),
     /// The relay sent something this client cannot read.
     #[error("unreadable message from relay: {0}")]
     Protocol(String),
@@ -224,8 +227,23 @@ impl Client {
     /// The next event or batch, the batch undecoded; `None` when the relay closed normally.
     /// Cancel-safe: dropping the future before it resolves loses no message.
     pub async fn next_raw(&mut self) -> Result<Option<Raw>, ClientError> {
+        self.next_raw_idle(None).await
+    }
+
+    /// Like [`Self::next_raw`], failing with [`ClientError::Idle`] when nothing at all (not
+    /// even a ping) arrives for `idle`.
+    pub async fn next_raw_idle(
+        &mut self,
+        idle: Option<std::time::Duration>,
+    ) -> Result<Option<Raw>, ClientError> {
         loop {
-            let Some(msg) = self.ws.next().await else {
+            let next = match idle {
+                Some(d) => tokio::time::timeout(d, self.ws.next())
+                    .await
+                    .map_err(|_| ClientError::Idle(d))?,
+                None => self.ws.next().await,
+            };
+            let Some(msg) = next else {
                 return Ok(None);
             };
             match msg? {

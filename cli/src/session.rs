@@ -16,8 +16,8 @@ use crate::output::notice;
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Longest wait between reconnection attempts.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// A session that receives nothing at all (the relay pings every 15 s) for this long is
-/// taken as lost.
+/// A session that receives nothing at all, pings included (the relay pings every 15 s), for
+/// this long is taken as lost.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The wait before reconnection attempt `attempt` (1-based), `jitter` in [0, 1).
@@ -55,6 +55,7 @@ pub fn read_error(e: ClientError) -> Result<SessionEnd, CliError> {
             ))),
         },
         ClientError::Ws(e) => Ok(SessionEnd::Lost(e.to_string())),
+        e @ ClientError::Idle(_) => Ok(SessionEnd::Lost(e.to_string())),
         other => Err(CliError::Relay(other.to_string())),
     }
 }
