@@ -1,4 +1,5 @@
-//! A WebSocket client of the relay's `/v1/subscribe` (WS or WSS), used by `tail` and tests.
+//! A WebSocket client of the relay's `/v1/subscribe` (WS or WSS), used by every command and
+//! by tests.
 
 use std::sync::Arc;
 
@@ -50,6 +51,9 @@ pub enum ClientError {
     /// The WebSocket failed.
     #[error("websocket: {0}")]
     Ws(#[from] tungstenite::Error),
+    /// Nothing at all arrived for this long (the relay pings every 15 s by default).
+    #[error("nothing received for {} s", .0.as_secs())]
+    Idle(std::time::Duration),
     /// The relay sent something this client cannot read.
     #[error("unreadable message from relay: {0}")]
     Protocol(String),
@@ -100,7 +104,22 @@ pub enum Incoming {
         lines: u32,
         /// Whether `lines` is the exact count (false: lines rotated away uncounted).
         exact: bool,
+        /// Bytes missing (0 when unknown).
+        bytes: u64,
     },
+}
+
+/// A message as it arrived, batches left encoded (for printing at full speed).
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one value at a time is handled, as it arrives"
+)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Raw {
+    /// A JSON event.
+    Event(Event),
+    /// A batch ([`logrelay_wire::batch`]), header not yet checked.
+    Batch(bytes::Bytes),
 }
 
 /// A connected session.
@@ -202,18 +221,43 @@ impl Client {
 
     /// The next event or data message; `None` when the relay closed normally.
     pub async fn next(&mut self) -> Result<Option<Incoming>, ClientError> {
+        match self.next_raw().await? {
+            None => Ok(None),
+            Some(Raw::Event(e)) => Ok(Some(Incoming::Event(e))),
+            Some(Raw::Batch(b)) => decode(&b).map(Some),
+        }
+    }
+
+    /// The next event or batch, the batch undecoded; `None` when the relay closed normally.
+    /// Cancel-safe: dropping the future before it resolves loses no message.
+    pub async fn next_raw(&mut self) -> Result<Option<Raw>, ClientError> {
+        self.next_raw_idle(None).await
+    }
+
+    /// Like [`Self::next_raw`], failing with [`ClientError::Idle`] when nothing at all (not
+    /// even a ping) arrives for `idle`.
+    pub async fn next_raw_idle(
+        &mut self,
+        idle: Option<std::time::Duration>,
+    ) -> Result<Option<Raw>, ClientError> {
         loop {
-            let Some(msg) = self.ws.next().await else {
+            let next = match idle {
+                Some(d) => tokio::time::timeout(d, self.ws.next())
+                    .await
+                    .map_err(|_| ClientError::Idle(d))?,
+                None => self.ws.next().await,
+            };
+            let Some(msg) = next else {
                 return Ok(None);
             };
             match msg? {
                 Message::Text(t) => match serde_json::from_str::<Event>(t.as_str()) {
-                    Ok(e) => return Ok(Some(Incoming::Event(e))),
+                    Ok(e) => return Ok(Some(Raw::Event(e))),
                     // An event of a later protocol version: skipped, as unknown fields are.
                     Err(_) if is_unknown_event(t.as_str()) => continue,
                     Err(e) => return Err(ClientError::Protocol(e.to_string())),
                 },
-                Message::Binary(b) => return decode(&b).map(Some),
+                Message::Binary(b) => return Ok(Some(Raw::Batch(b))),
                 Message::Close(Some(f)) => {
                     return Err(ClientError::Closed {
                         code: f.code.into(),
@@ -246,6 +290,7 @@ fn is_unknown_event(text: &str) -> bool {
         "end",
         "unsubscribed",
         "streams",
+        "catalog",
         "error",
     ];
     serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| {
@@ -255,7 +300,8 @@ fn is_unknown_event(text: &str) -> bool {
     })
 }
 
-fn decode(b: &[u8]) -> Result<Incoming, ClientError> {
+/// Decodes a batch into its lines, or an agent's gap notice.
+pub fn decode(b: &[u8]) -> Result<Incoming, ClientError> {
     let h = BatchHeader::parse(b).map_err(|e| ClientError::Protocol(e.to_string()))?;
     if h.kind == Kind::Gap {
         return Ok(Incoming::AgentGap {
@@ -264,6 +310,7 @@ fn decode(b: &[u8]) -> Result<Incoming, ClientError> {
             first_seq: h.first_seq,
             lines: h.count,
             exact: h.flags & batch::FLAG_COUNT_UNKNOWN == 0,
+            bytes: batch::gap_bytes(b).map_err(|e| ClientError::Protocol(e.to_string()))?,
         });
     }
     let (h, lines) = batch::lines(b).map_err(|e| ClientError::Protocol(e.to_string()))?;

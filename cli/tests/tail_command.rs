@@ -202,6 +202,7 @@ async fn matches_prints_only_the_lines_a_regex_matches_and_a_bad_one_is_refused_
         &url,
         "-p",
         "cart",
+        "--no-prefix",
         "--matches",
         "^(WARN|ERROR) request 1[0-9]",
         "--contains",
