@@ -16,7 +16,7 @@
 pub mod browser;
 mod exporter;
 pub use browser::{Chromium, Page};
-pub use exporter::NodeExporter;
+pub use exporter::{NodeExporter, free_port};
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -212,7 +212,7 @@ fn verifying_config(
         .expect("ring supports TLS 1.2 and 1.3")
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Ok(Arc::new(config))
+    Ok(Arc::new(with_alpn(config)))
 }
 
 /// A client configuration that accepts any certificate (`insecure_skip_verify`).
@@ -224,7 +224,13 @@ fn unverified_config() -> Arc<rustls::ClientConfig> {
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(SkipVerify(provider)))
         .with_no_client_auth();
-    Arc::new(config)
+    Arc::new(with_alpn(config))
+}
+
+/// Offers `http/1.1` (a server that also speaks HTTP/2 then knows which to use).
+fn with_alpn(mut config: rustls::ClientConfig) -> rustls::ClientConfig {
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config
 }
 
 /// Accepts any server certificate, but checks that the server holds its key (the handshake
