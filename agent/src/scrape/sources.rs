@@ -136,6 +136,8 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let d = defaults(&config);
+    // Every skip reason is exported (at 0) from the start, with or without the pod watch.
+    record_skips(&metrics, &mut HashMap::new(), Vec::new());
     let statics: Vec<(Labels, TargetSpec)> = config
         .scrape_targets
         .iter()
