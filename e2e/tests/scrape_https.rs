@@ -196,18 +196,35 @@ async fn a_wrong_ca_or_name_fails_the_scrape_with_a_clear_error() {
         exporter.addr,
         certs.path("ca.pem").display()
     );
-    let agent = agent(&pki, &relay, &pods, &[wrong_ca, wrong_name], |_| {}).await;
+    // A "CA" file naming no issuer of the certificate: its own leaf certificate.
+    let unknown_ca = format!(
+        "https://{}/metrics,name=unknown-ca,ca_file={}",
+        exporter.addr,
+        certs.path("server.crt").display()
+    );
+    let agent = agent(
+        &pki,
+        &relay,
+        &pods,
+        &[wrong_ca, wrong_name, unknown_ca],
+        |_| {},
+    )
+    .await;
 
     let mut sub = relay.subscriber().await;
     sub.subscribe("ca", &metrics_selector("scrape:wrong-ca"), None)
         .await;
     sub.subscribe("name", &metrics_selector("scrape:wrong-name"), None)
         .await;
-    sub.until("both scrapes failed", |s| {
-        !scrape_errors(s, "ca").is_empty() && !scrape_errors(s, "name").is_empty()
+    sub.subscribe("unknown", &metrics_selector("scrape:unknown-ca"), None)
+        .await;
+    sub.until("the three scrapes failed", |s| {
+        ["ca", "name", "unknown"]
+            .iter()
+            .all(|id| !scrape_errors(s, id).is_empty())
     })
     .await;
-    for id in ["ca", "name"] {
+    for id in ["ca", "name", "unknown"] {
         assert!(all(&values(&sub, id, "up"), 0.0), "{id}: up 0");
         assert!(all(&values(&sub, id, "scrape_samples_scraped"), 0.0));
         assert!(
@@ -221,12 +238,16 @@ async fn a_wrong_ca_or_name_fails_the_scrape_with_a_clear_error() {
         scrape_errors(&sub, "ca")[0],
         "TLS handshake failed: invalid peer certificate: BadSignature"
     );
+    assert_eq!(
+        scrape_errors(&sub, "unknown")[0],
+        "TLS handshake failed: invalid peer certificate: UnknownIssuer"
+    );
     let name = &scrape_errors(&sub, "name")[0];
     assert!(
         name.starts_with("TLS handshake failed: invalid peer certificate: certificate not valid for name \"exporter.internal\""),
         "{name}"
     );
-    assert!(agent.metric("logrelay_agent_scrape_failures_total").await >= 2.0);
+    assert!(agent.metric("logrelay_agent_scrape_failures_total").await >= 3.0);
     assert_eq!(
         agent.metric("logrelay_agent_scrape_samples_total").await,
         0.0
@@ -412,4 +433,17 @@ async fn a_bearer_token_file_is_sent_read_at_each_scrape_and_checked_by_the_serv
             .iter()
             .any(|a| a.as_deref() == Some("Bearer t0k-2"))
     );
+
+    // The file goes away: the scrapes fail and say which file, never the token.
+    std::fs::remove_file(&token_file).unwrap();
+    let missing = format!(
+        "cannot use bearer token file {}: No such file or directory (os error 2)",
+        token_file.display()
+    );
+    sub.until("a scrape without its token file", |s| {
+        scrape_errors(s, "t").contains(&missing)
+    })
+    .await;
+    assert_eq!(values(&sub, "t", "up").last(), Some(&0.0));
+    assert!(records(&sub, "t").iter().all(|r| !r.contains("t0k")));
 }
