@@ -66,8 +66,9 @@ pub struct AgentConfig {
     /// reconnects (the smaller of this and the relay's `--agent-idle-timeout-ms` applies).
     #[arg(long, env = "LOGRELAY_AGENT_RELAY_IDLE_TIMEOUT_MS", default_value_t = logrelay_tls::QUIC_IDLE_TIMEOUT_MS)]
     pub relay_idle_timeout_ms: u64,
-    /// A static scrape target, `URL[,key=value…]` with keys `name`, `interval_ms`,
-    /// `timeout_ms`, `sample_limit`, `max_body_bytes` (repeat the flag; space-separated in the
+    /// A static scrape target, `URL[,key=value…]` (`http://` or `https://`) with keys `name`,
+    /// `interval_ms`, `timeout_ms`, `sample_limit`, `max_body_bytes`, `ca_file`, `server_name`,
+    /// `insecure_skip_verify`, `bearer_token_file` (repeat the flag; space-separated in the
     /// environment). Scraped only while someone watches its stream.
     #[arg(
         long = "scrape-target",
@@ -96,6 +97,24 @@ pub struct AgentConfig {
     /// Largest scrape response body read; a larger one fails the scrape.
     #[arg(long, env = "LOGRELAY_AGENT_SCRAPE_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub scrape_max_body_bytes: usize,
+    /// PEM bundle of the CAs that `https://` scrape targets' certificates must chain to (static
+    /// targets without `ca_file=`, and pods annotated `prometheus.io/scheme: https`). Read at
+    /// each scrape.
+    #[arg(long, env = "LOGRELAY_AGENT_SCRAPE_CA_FILE")]
+    pub scrape_ca_file: Option<PathBuf>,
+    /// Also trust the cluster's CA for `https://` scrape targets
+    /// (`/var/run/secrets/kubernetes.io/serviceaccount/ca.crt`).
+    #[arg(long, env = "LOGRELAY_AGENT_SCRAPE_CA_CLUSTER")]
+    pub scrape_ca_cluster: bool,
+    /// Do not verify the certificates of `https://` scrape targets (static targets without
+    /// `insecure_skip_verify=`, and annotated pods): encrypted, but not authenticated. The agent
+    /// warns at start-up.
+    #[arg(long, env = "LOGRELAY_AGENT_SCRAPE_INSECURE_SKIP_VERIFY")]
+    pub scrape_insecure_skip_verify: bool,
+    /// File whose content is sent as `Authorization: Bearer` to static scrape targets without
+    /// `bearer_token_file=` (never to annotated pods). Read at each scrape.
+    #[arg(long, env = "LOGRELAY_AGENT_SCRAPE_BEARER_TOKEN_FILE")]
+    pub scrape_bearer_token_file: Option<PathBuf>,
     /// Offer each pod's CPU and memory usage (cgroup v2) as a metrics stream.
     #[arg(long, env = "LOGRELAY_AGENT_RESOURCES", default_value_t = true, action = clap::ArgAction::Set)]
     pub resources: bool,
@@ -195,6 +214,10 @@ impl AgentConfig {
             scrape_timeout_ms: 10_000,
             scrape_sample_limit: 0,
             scrape_max_body_bytes: 16 * 1024 * 1024,
+            scrape_ca_file: None,
+            scrape_ca_cluster: false,
+            scrape_insecure_skip_verify: false,
+            scrape_bearer_token_file: None,
             resources: true,
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             containers_dir: PathBuf::from("/var/log/containers"),

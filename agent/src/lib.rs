@@ -69,6 +69,9 @@ pub enum StartError {
     /// TLS configuration was refused.
     #[error(transparent)]
     Tls(#[from] logrelay_tls::TlsError),
+    /// A scrape CA or bearer token file cannot be used.
+    #[error(transparent)]
+    Scrape(#[from] scrape::auth::CredentialsError),
 }
 
 /// A running agent.
@@ -93,7 +96,11 @@ impl AgentHandle {
 /// Starts discovery, the uplink and the admin listener.
 pub async fn start(config: AgentConfig, tls: AgentTls) -> Result<AgentHandle, StartError> {
     logrelay_tls::install_provider();
+    scrape::sources::check_credentials(&config)?;
     let metrics = Arc::new(metrics::AgentMetrics::new());
+    metrics
+        .queue_budget_bytes
+        .set(i64::try_from(config.queue_budget_bytes).unwrap_or(i64::MAX));
     let catalog = Arc::new(catalog::Catalog::new(metrics.clone()));
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();

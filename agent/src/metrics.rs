@@ -46,6 +46,8 @@ pub struct AgentMetrics {
     pub stalls: Counter,
     /// Bytes of batches queued toward the relay (the queue budget in use).
     pub queue_bytes: Gauge,
+    /// The configured queue budget (`--queue-budget-bytes`), so alerts can compare.
+    pub queue_budget_bytes: Gauge,
     /// Lines dropped from full queues (oldest first), reported to subscribers as gaps.
     pub queue_dropped_lines: Counter,
     /// Batch bytes dropped from full queues.
@@ -89,6 +91,7 @@ impl AgentMetrics {
             unreadable_rotated_files: Counter::default(),
             stalls: Counter::default(),
             queue_bytes: Gauge::default(),
+            queue_budget_bytes: Gauge::default(),
             queue_dropped_lines: Counter::default(),
             queue_dropped_bytes: Counter::default(),
             tls_reloads: Counter::default(),
@@ -212,6 +215,11 @@ impl AgentMetrics {
             "queue_bytes",
             "Bytes of batches queued toward the relay (the queue budget in use)",
             m.queue_bytes.clone(),
+        );
+        registry.register(
+            "queue_budget_bytes",
+            "The queue budget toward the relay (--queue-budget-bytes)",
+            m.queue_budget_bytes.clone(),
         );
         registry.register(
             "queue_dropped_lines",

@@ -38,6 +38,7 @@
 //! blank separated, `prefix_*` allowed); the synthesized series are always sent. Results of a
 //! filtered demand are not kept for backfill.
 
+pub mod auth;
 pub mod encode;
 pub mod exposition;
 pub mod http;
@@ -108,7 +109,10 @@ impl Hash for Target {
 /// Why a scrape failed (`up` is 0).
 #[derive(Debug, thiserror::Error)]
 pub enum ScrapeError {
-    /// The HTTP exchange failed (connect, timeout, status, size).
+    /// The CA or bearer token file could not be used.
+    #[error(transparent)]
+    Credentials(#[from] auth::CredentialsError),
+    /// The HTTP exchange failed (connect, TLS handshake, timeout, status, size).
     #[error(transparent)]
     Http(#[from] http::HttpError),
     /// The body is not a valid exposition, or exceeds the sample limit.
@@ -135,15 +139,20 @@ pub async fn scrape_once(spec: &TargetSpec, metrics: &AgentMetrics) -> Scrape {
         max_samples: spec.sample_limit,
         ..Limits::UNLIMITED
     };
-    let fetched = http::get(
-        &spec.url,
-        exposition::ACCEPT_HEADER,
-        spec.timeout,
-        spec.max_body_bytes,
-    )
-    .await;
+    let fetched = match auth::load(&spec.url, &spec.auth).await {
+        Ok(credentials) => http::get(
+            &spec.url,
+            &credentials,
+            exposition::ACCEPT_HEADER,
+            spec.timeout,
+            spec.max_body_bytes,
+        )
+        .await
+        .map_err(ScrapeError::Http),
+        Err(e) => Err(ScrapeError::Credentials(e)),
+    };
     let result = match fetched {
-        Err(e) => Err(ScrapeError::Http(e)),
+        Err(e) => Err(e),
         Ok(resp) => {
             metrics.scrape_bytes.inc_by(resp.body.len() as u64);
             let flavor =

@@ -7,7 +7,8 @@ use std::time::Duration;
 use logrelay_agent::metrics::AgentMetrics;
 use logrelay_agent::scrape::encode::{NameFilter, ResultEncoder};
 use logrelay_agent::scrape::exposition::{self, MetricType};
-use logrelay_agent::scrape::http::{HttpError, Url};
+use logrelay_agent::scrape::http::{HttpError, Scheme, Url};
+use logrelay_agent::scrape::target::ScrapeAuth;
 use logrelay_agent::scrape::{Scrape, ScrapeError, TargetSpec, encode_scrape, scrape_once};
 use logrelay_wire::batch::{self, LineFlags};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -58,6 +59,7 @@ impl Server {
             timeout: Duration::from_secs(5),
             sample_limit: 0,
             max_body_bytes: 1 << 20,
+            auth: ScrapeAuth::default(),
         }
     }
 }
@@ -253,6 +255,7 @@ async fn a_silent_target_times_out_and_a_closed_port_is_refused() {
         timeout: Duration::from_millis(200),
         sample_limit: 0,
         max_body_bytes: 1024,
+        auth: ScrapeAuth::default(),
     };
     let s = scrape_once(&spec, &AgentMetrics::new()).await;
     assert!(matches!(
@@ -267,6 +270,7 @@ async fn a_silent_target_times_out_and_a_closed_port_is_refused() {
         .unwrap();
     let spec = TargetSpec {
         url: Url {
+            scheme: Scheme::Http,
             host: "127.0.0.1".into(),
             port: closed.port(),
             path: "/metrics".into(),

@@ -1,6 +1,7 @@
 //! A real `prometheus-node-exporter` (Debian package) on an ephemeral loopback port.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use crate::eventually;
@@ -16,12 +17,18 @@ pub struct NodeExporter {
 impl NodeExporter {
     /// Starts it and waits until it accepts connections.
     pub async fn start() -> Self {
-        // A free port: bind, note it, release it for the exporter.
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("pick a port");
-        let child = Command::new("prometheus-node-exporter")
-            .arg(format!("--web.listen-address={addr}"))
+        Self::start_at(free_port(), None).await
+    }
+
+    /// Starts it on `addr`, with `--web.config.file` (TLS, …) when given, and waits until it
+    /// accepts connections.
+    pub async fn start_at(addr: SocketAddr, web_config: Option<&Path>) -> Self {
+        let mut command = Command::new("prometheus-node-exporter");
+        command.arg(format!("--web.listen-address={addr}"));
+        if let Some(config) = web_config {
+            command.arg(format!("--web.config.file={}", config.display()));
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -36,6 +43,13 @@ impl NodeExporter {
         .await;
         exporter
     }
+}
+
+/// A free loopback port: bind, note it, release it for the exporter.
+pub fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("pick a port")
 }
 
 impl Drop for NodeExporter {

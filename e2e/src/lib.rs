@@ -22,7 +22,7 @@ pub mod ledger;
 pub mod procs;
 pub mod writer;
 pub use browser::{Chromium, Page};
-pub use exporter::NodeExporter;
+pub use exporter::{NodeExporter, free_port};
 pub use ledger::{Ledger, ResumingClient, Tally};
 pub use procs::{AgentProcess, PkiFiles, RelayProcess};
 pub use writer::{KubeletWriter, WriterConfig};

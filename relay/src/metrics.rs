@@ -331,6 +331,17 @@ impl RelayMetrics {
         );
         r.register_collector(Box::new(AuditFailed(m.audit.clone())));
         r.register_collector(Box::new(AuditAggregation(m.audit.clone())));
+        // Label values known up front are exported at 0 from the start: a series that first
+        // appears at 1 shows no `increase()`, so an alert on its first event would never fire.
+        let _ = m.dropped_lines.get_or_create(&DropReason {
+            reason: "slow_consumer",
+        });
+        for result in ["ok", "error"] {
+            let _ = m.tls_reloads.get_or_create(&ReloadResult { result });
+        }
+        for peer in ["agent", "session"] {
+            let _ = m.protocol_errors.get_or_create(&Offender { peer });
+        }
         Self { registry: r, ..m }
     }
 

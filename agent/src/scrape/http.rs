@@ -1,28 +1,62 @@
 //! A minimal HTTP/1.1 client for scrapes: one `GET` per connection, bounded in bytes and time.
 //!
-//! Only what a scrape needs (RFC 9112): `http://` URLs, a `Connection: close` request, a
-//! response framed by `Content-Length`, `Transfer-Encoding: chunked` or the end of the
-//! connection, identity content coding. The head is capped at [`MAX_HEAD_BYTES`], the body at
-//! the caller's limit; the whole exchange at the caller's timeout. [`parse_head`] and
-//! [`ChunkedDecoder`] are pure and tested without sockets.
+//! Only what a scrape needs (RFC 9112): `http://` and `https://` URLs, a `Connection: close`
+//! request with an optional `Authorization` header, a response framed by `Content-Length`,
+//! `Transfer-Encoding: chunked` or the end of the connection, identity content coding. The head
+//! is capped at [`MAX_HEAD_BYTES`], the body at the caller's limit; the whole exchange (TCP
+//! connect and TLS handshake included) at the caller's timeout. TLS is rustls with the *ring*
+//! provider, configured by [`super::auth`]. [`parse_head`] and [`ChunkedDecoder`] are pure and
+//! tested without sockets.
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Largest response head accepted.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Longest chunk-size line (with extensions) or trailer line accepted.
 const MAX_CHUNK_LINE_BYTES: usize = 4096;
 
-/// An `http://` URL: host, port and the request target.
+/// How a target is reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    /// Plain HTTP (port 80 by default).
+    #[default]
+    Http,
+    /// HTTP over TLS (port 443 by default).
+    Https,
+}
+
+impl Scheme {
+    /// `http` or `https`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Https => "https",
+        }
+    }
+
+    /// The port of a URL that names none.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Self::Http => 80,
+            Self::Https => 443,
+        }
+    }
+}
+
+/// An `http://` or `https://` URL: scheme, host, port and the request target.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Url {
+    /// `http` or `https`.
+    pub scheme: Scheme,
     /// Host name or IP address (IPv6 without brackets).
     pub host: String,
-    /// TCP port (80 when the URL has none).
+    /// TCP port (80 or 443 when the URL has none).
     pub port: u16,
     /// Path and query, starting with `/`.
     pub path: String,
@@ -31,8 +65,8 @@ pub struct Url {
 /// Why a URL is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UrlError {
-    /// Not `http://` (TLS scrapes are not supported).
-    #[error("only http:// URLs can be scraped: {0}")]
+    /// Neither `http://` nor `https://`.
+    #[error("only http:// and https:// URLs can be scraped: {0}")]
     Scheme(String),
     /// No host, a bad port, or characters that cannot go in a request line.
     #[error("malformed URL: {0}")]
@@ -44,8 +78,9 @@ impl FromStr for Url {
 
     fn from_str(s: &str) -> Result<Self, UrlError> {
         let bad = || UrlError::Malformed(s.to_owned());
-        let rest = match s.split_once("://") {
-            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
+        let (scheme, rest) = match s.split_once("://") {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => (Scheme::Http, rest),
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => (Scheme::Https, rest),
             Some(_) => return Err(UrlError::Scheme(s.to_owned())),
             None => return Err(bad()),
         };
@@ -81,9 +116,10 @@ impl FromStr for Url {
         }
         let port = match port {
             Some(p) => p.parse().map_err(|_| bad())?,
-            None => 80,
+            None => scheme.default_port(),
         };
         Ok(Self {
+            scheme,
             host: host.to_owned(),
             port,
             path,
@@ -104,8 +140,45 @@ impl Url {
 
 impl fmt::Display for Url {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}{}", self.authority(), self.path)
+        write!(
+            f,
+            "{}://{}{}",
+            self.scheme.as_str(),
+            self.authority(),
+            self.path
+        )
     }
+}
+
+/// What a request carries besides its URL: the TLS client of an `https://` target and the
+/// `Authorization` header value. Its `Debug` form never shows the header's value.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    /// TLS configuration and the name the certificate must carry (`https://` only).
+    pub tls: Option<TlsClient>,
+    /// `Authorization` header value (`Bearer <token>`), if any.
+    pub authorization: Option<String>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("tls", &self.tls)
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// A TLS client for one target.
+#[derive(Debug, Clone)]
+pub struct TlsClient {
+    /// rustls configuration (roots, or no verification when asked).
+    pub config: Arc<rustls::ClientConfig>,
+    /// Name checked against the certificate and sent as SNI (when a DNS name).
+    pub server_name: ServerName<'static>,
 }
 
 /// How the body of a response is delimited.
@@ -138,6 +211,9 @@ pub enum HttpError {
     /// The TCP connection could not be made.
     #[error("cannot connect: {0}")]
     Connect(std::io::Error),
+    /// The TLS handshake failed (certificate not trusted, wrong name, no common version…).
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
     /// Reading or writing the connection failed.
     #[error("connection failed: {0}")]
     Io(std::io::Error),
@@ -349,41 +425,79 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
-/// `GET url` with `Accept: accept`; the whole exchange within `timeout`, the body within
-/// `max_body_bytes`. Only status 200 is a success.
+/// `GET url` with `Accept: accept` and `credentials`; the whole exchange within `timeout`, the
+/// body within `max_body_bytes`. Only status 200 is a success.
 pub async fn get(
     url: &Url,
+    credentials: &Credentials,
     accept: &str,
     timeout: Duration,
     max_body_bytes: usize,
 ) -> Result<Response, HttpError> {
-    tokio::time::timeout(timeout, exchange(url, accept, timeout, max_body_bytes))
-        .await
-        .map_err(|_| HttpError::Timeout(timeout))?
+    tokio::time::timeout(
+        timeout,
+        connect_and_exchange(url, credentials, accept, timeout, max_body_bytes),
+    )
+    .await
+    .map_err(|_| HttpError::Timeout(timeout))?
 }
 
-async fn exchange(
+async fn connect_and_exchange(
     url: &Url,
+    credentials: &Credentials,
     accept: &str,
     timeout: Duration,
     max_body_bytes: usize,
 ) -> Result<Response, HttpError> {
-    let mut conn = tokio::net::TcpStream::connect((url.host.as_str(), url.port))
+    let conn = tokio::net::TcpStream::connect((url.host.as_str(), url.port))
         .await
         .map_err(HttpError::Connect)?;
     let _ = conn.set_nodelay(true);
-    let request = format!(
+    let request = request_head(url, credentials, accept, timeout);
+    match url.scheme {
+        Scheme::Http => exchange(conn, &request, max_body_bytes).await,
+        Scheme::Https => {
+            let tls = credentials.tls.as_ref().ok_or_else(|| {
+                HttpError::Tls(std::io::Error::other(
+                    "no TLS configuration for this target",
+                ))
+            })?;
+            let conn = tokio_rustls::TlsConnector::from(tls.config.clone())
+                .connect(tls.server_name.clone(), conn)
+                .await
+                .map_err(HttpError::Tls)?;
+            exchange(conn, &request, max_body_bytes).await
+        }
+    }
+}
+
+/// The request head of a scrape.
+fn request_head(url: &Url, credentials: &Credentials, accept: &str, timeout: Duration) -> String {
+    let authorization = credentials
+        .authorization
+        .as_ref()
+        .map(|v| format!("Authorization: {v}\r\n"))
+        .unwrap_or_default();
+    format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: logrelay-agent/{}\r\nAccept: {accept}\r\n\
          Accept-Encoding: identity\r\nX-Prometheus-Scrape-Timeout-Seconds: {}\r\n\
-         Connection: close\r\n\r\n",
+         {authorization}Connection: close\r\n\r\n",
         url.path,
         url.authority(),
         env!("CARGO_PKG_VERSION"),
         timeout.as_secs_f64(),
-    );
+    )
+}
+
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut conn: S,
+    request: &str,
+    max_body_bytes: usize,
+) -> Result<Response, HttpError> {
     conn.write_all(request.as_bytes())
         .await
         .map_err(HttpError::Io)?;
+    conn.flush().await.map_err(HttpError::Io)?;
 
     let mut buf = vec![0u8; 16 * 1024];
     let mut head_buf = Vec::with_capacity(4096);
@@ -478,10 +592,21 @@ mod tests {
         assert_eq!(u.authority(), "[::1]:8080");
         let u: Url = "http://pod.example?x".parse().unwrap();
         assert_eq!((u.port, u.path.as_str()), (80, "/?x"));
-        assert!(matches!(
-            "https://x/metrics".parse::<Url>(),
-            Err(UrlError::Scheme(_))
-        ));
+        let u: Url = "https://x/metrics".parse().unwrap();
+        assert_eq!((u.scheme, u.port), (Scheme::Https, 443));
+        assert_eq!(u.to_string(), "https://x:443/metrics");
+        let u: Url = "HTTPS://[fd00::1]:8443".parse().unwrap();
+        assert_eq!(
+            (u.scheme, u.host.as_str(), u.port, u.path.as_str()),
+            (Scheme::Https, "fd00::1", 8443, "/")
+        );
+        assert_eq!("http://x/".parse::<Url>().unwrap().scheme, Scheme::Http);
+        for other in ["ftp://x/metrics", "unix:///run/x.sock"] {
+            assert!(
+                matches!(other.parse::<Url>(), Err(UrlError::Scheme(_))),
+                "{other}"
+            );
+        }
         for bad in [
             "x/metrics",
             "http://:80/",
@@ -492,6 +617,30 @@ mod tests {
         ] {
             assert!(bad.parse::<Url>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_request_carries_the_authorization_and_debug_hides_it() {
+        let url: Url = "https://10.0.0.7:8443/metrics".parse().unwrap();
+        let credentials = Credentials {
+            tls: None,
+            authorization: Some("Bearer s3cr3t".into()),
+        };
+        let head = request_head(&url, &credentials, "text/plain", Duration::from_secs(2));
+        assert!(head.starts_with("GET /metrics HTTP/1.1\r\nHost: 10.0.0.7:8443\r\n"));
+        assert!(
+            head.contains("\r\nAuthorization: Bearer s3cr3t\r\n"),
+            "{head}"
+        );
+        assert!(head.ends_with("Connection: close\r\n\r\n"));
+        assert!(!format!("{credentials:?}").contains("s3cr3t"));
+        let plain = request_head(
+            &url,
+            &Credentials::default(),
+            "text/plain",
+            Duration::from_secs(2),
+        );
+        assert!(!plain.contains("Authorization"));
     }
 
     #[test]

@@ -10,14 +10,15 @@
 //! [`crate::kube::METADATA_WAIT`] for it, as log streams are).
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use logrelay_wire::labels::{Labels, StreamKind};
 use tokio::sync::{Notify, watch};
 
-use super::target::{PodMeta, PodSkip, pod_targets};
-use super::{ScrapeDefaults, Target, TargetSpec};
+use super::target::{PodMeta, PodSkip, ScrapeAuth, pod_targets};
+use super::{ScrapeDefaults, Target, TargetSpec, auth};
 use crate::catalog::{Catalog, Entry, Group, Source};
 use crate::cgroup;
 use crate::config::AgentConfig;
@@ -26,12 +27,45 @@ use crate::metrics::{AgentMetrics, SkipReason};
 
 /// Scrape defaults from the configuration.
 pub fn defaults(config: &AgentConfig) -> ScrapeDefaults {
+    let mut ca_files: Vec<PathBuf> = config.scrape_ca_file.iter().cloned().collect();
+    if config.scrape_ca_cluster {
+        ca_files.push(PathBuf::from(auth::CLUSTER_CA_FILE));
+    }
     ScrapeDefaults {
         interval: Duration::from_millis(config.scrape_interval_ms.max(1)),
         timeout: Duration::from_millis(config.scrape_timeout_ms.max(1)),
         sample_limit: config.scrape_sample_limit,
         max_body_bytes: config.scrape_max_body_bytes.max(1),
+        auth: ScrapeAuth {
+            ca_files,
+            server_name: None,
+            insecure_skip_verify: config.scrape_insecure_skip_verify,
+            bearer_token_file: config.scrape_bearer_token_file.clone(),
+        },
     }
+}
+
+/// Checks the scrape credentials once, at start-up, and warns about unsafe ones: every static
+/// target's CA and token files, and the agent-wide CA files annotated pods would use. The first
+/// file that cannot be used is the error.
+pub fn check_credentials(config: &AgentConfig) -> Result<(), auth::CredentialsError> {
+    let d = defaults(config);
+    auth::check_ca_files(&d.auth)?;
+    if d.auth.insecure_skip_verify {
+        tracing::warn!(
+            "--scrape-insecure-skip-verify: TLS certificates of https scrape targets \
+             (annotated pods, and static targets without insecure_skip_verify=false) are NOT \
+             verified"
+        );
+    }
+    for target in &config.scrape_targets {
+        let spec = target.spec(&d);
+        auth::check(&spec.url, &spec.auth)?;
+        for warning in auth::warnings(&spec.url, &spec.auth) {
+            tracing::warn!(target_url = %spec.url, "{warning}");
+        }
+    }
+    Ok(())
 }
 
 /// The catalog entries of static scrape targets.
@@ -102,6 +136,8 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let d = defaults(&config);
+    // Every skip reason is exported (at 0) from the start, with or without the pod watch.
+    record_skips(&metrics, &mut HashMap::new(), Vec::new());
     let statics: Vec<(Labels, TargetSpec)> = config
         .scrape_targets
         .iter()
@@ -215,6 +251,63 @@ mod tests {
             ip: Some("10.0.0.7".parse().unwrap()),
             ports: Vec::new(),
         }
+    }
+
+    #[test]
+    fn scrape_tls_flags_become_every_targets_defaults() {
+        let mut c = AgentConfig::new("/pods".into(), "127.0.0.1:1".parse().unwrap());
+        assert_eq!(defaults(&c).auth, ScrapeAuth::default());
+        c.scrape_ca_file = Some("/etc/scrape-ca.pem".into());
+        c.scrape_ca_cluster = true;
+        c.scrape_insecure_skip_verify = true;
+        c.scrape_bearer_token_file = Some("/run/token".into());
+        assert_eq!(
+            defaults(&c).auth,
+            ScrapeAuth {
+                ca_files: vec![
+                    "/etc/scrape-ca.pem".into(),
+                    "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt".into()
+                ],
+                server_name: None,
+                insecure_skip_verify: true,
+                bearer_token_file: Some("/run/token".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn a_static_target_whose_files_cannot_be_used_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = AgentConfig::new("/pods".into(), "127.0.0.1:1".parse().unwrap());
+        let missing = dir.path().join("token");
+        c.scrape_targets = vec![
+            format!(
+                "http://127.0.0.1:9/metrics,bearer_token_file={}",
+                missing.display()
+            )
+            .parse()
+            .unwrap(),
+        ];
+        let err = check_credentials(&c).unwrap_err();
+        assert!(
+            err.to_string().starts_with(&format!(
+                "cannot use bearer token file {}: ",
+                missing.display()
+            )),
+            "{err}"
+        );
+        std::fs::write(&missing, "t0k\n").unwrap();
+        check_credentials(&c).unwrap();
+        c.scrape_targets = vec!["https://127.0.0.1:9/metrics".parse().unwrap()];
+        assert!(matches!(
+            check_credentials(&c),
+            Err(auth::CredentialsError::NoCa { .. })
+        ));
+        c.scrape_ca_file = Some(dir.path().join("no-ca.pem"));
+        assert!(matches!(
+            check_credentials(&c),
+            Err(auth::CredentialsError::CaFile { .. })
+        ));
     }
 
     #[test]

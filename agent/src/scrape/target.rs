@@ -5,25 +5,58 @@
 //!
 //! ```text
 //! http://127.0.0.1:9100/metrics,interval_ms=5000,timeout_ms=2000,sample_limit=10000,max_body_bytes=4194304,name=node
+//! https://10.0.0.9:8443/metrics,ca_file=/etc/ca.pem,server_name=exporter.internal,bearer_token_file=/run/token
 //! ```
+//!
+//! The keys `ca_file`, `server_name`, `insecure_skip_verify` and `bearer_token_file` mirror
+//! Prometheus' `tls_config` and `authorization.credentials_file`; a target that sets none of
+//! them takes the agent-wide `--scrape-ca-file`, `--scrape-ca-cluster`,
+//! `--scrape-insecure-skip-verify` and `--scrape-bearer-token-file` ([`ScrapeDefaults`]).
 //!
 //! A pod is a target when annotated as the Prometheus community charts' `kubernetes-pods` job
 //! reads it: `prometheus.io/scrape: "true"`, `prometheus.io/port` (else each declared TCP
-//! container port), `prometheus.io/path` (default `/metrics`), `prometheus.io/scheme` (only
-//! `http`). [`pod_targets`] is that mapping; the pods come from the kube metadata watch
-//! ([`crate::kube::PodIndex`], `--kube-pods`, the `k8s` feature) and
-//! [`super::sources`] turns them into catalog entries.
+//! container port), `prometheus.io/path` (default `/metrics`), `prometheus.io/scheme` (`http`,
+//! or `https` when the agent has a CA for scrapes or skips verification). [`pod_targets`] is
+//! that mapping; the pods come from the kube metadata watch ([`crate::kube::PodIndex`],
+//! `--kube-pods`, the `k8s` feature) and [`super::sources`] turns them into catalog entries.
+//! Pods never get the bearer token: any pod that can be annotated would receive it.
 
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use logrelay_wire::labels::{Labels, StreamKind};
 
-use super::http::{Url, UrlError};
+use super::http::{Scheme, Url, UrlError};
 pub use crate::kube::PodMeta;
 
+/// How a target's certificate is checked and what credentials it is sent (Prometheus
+/// `tls_config` and `authorization`). The files are read at each scrape, so rotated ones are
+/// used without a restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct ScrapeAuth {
+    /// PEM bundles of the CAs an `https://` target's certificate must chain to (all of them
+    /// trusted together).
+    pub ca_files: Vec<PathBuf>,
+    /// Name the certificate must carry (and the SNI sent) instead of the URL's host.
+    pub server_name: Option<String>,
+    /// Accept any certificate of an `https://` target: the connection is encrypted but the
+    /// target is not authenticated.
+    pub insecure_skip_verify: bool,
+    /// File whose content (surrounding blanks trimmed) is sent as `Authorization: Bearer`.
+    pub bearer_token_file: Option<PathBuf>,
+}
+
+impl ScrapeAuth {
+    /// Whether an `https://` target can be scraped with these settings: some CA to verify it
+    /// with, or verification skipped on purpose.
+    pub fn can_verify_https(&self) -> bool {
+        self.insecure_skip_verify || !self.ca_files.is_empty()
+    }
+}
+
 /// Settings a target takes when it does not set its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScrapeDefaults {
     /// Time between scrapes while watched.
     pub interval: Duration,
@@ -33,6 +66,9 @@ pub struct ScrapeDefaults {
     pub sample_limit: usize,
     /// Largest response body read.
     pub max_body_bytes: usize,
+    /// CAs and verification of `https://` targets (static and annotated pods), and the bearer
+    /// token file of static targets (never sent to pods).
+    pub auth: ScrapeAuth,
 }
 
 impl Default for ScrapeDefaults {
@@ -42,6 +78,7 @@ impl Default for ScrapeDefaults {
             timeout: Duration::from_secs(10),
             sample_limit: 0,
             max_body_bytes: 16 * 1024 * 1024,
+            auth: ScrapeAuth::default(),
         }
     }
 }
@@ -59,6 +96,8 @@ pub struct TargetSpec {
     pub sample_limit: usize,
     /// Largest response body read; a larger one fails the scrape.
     pub max_body_bytes: usize,
+    /// TLS verification and credentials.
+    pub auth: ScrapeAuth,
 }
 
 /// A static target as configured: a URL and the settings it overrides.
@@ -76,6 +115,14 @@ pub struct StaticTarget {
     pub sample_limit: Option<usize>,
     /// `max_body_bytes=`.
     pub max_body_bytes: Option<usize>,
+    /// `ca_file=`: replaces the agent-wide scrape CAs for this target.
+    pub ca_file: Option<PathBuf>,
+    /// `server_name=`.
+    pub server_name: Option<String>,
+    /// `insecure_skip_verify=true|false`.
+    pub insecure_skip_verify: Option<bool>,
+    /// `bearer_token_file=`.
+    pub bearer_token_file: Option<PathBuf>,
 }
 
 /// Why a static target is refused.
@@ -86,7 +133,7 @@ pub enum TargetError {
     Url(#[from] UrlError),
     /// An option is unknown or its value is not a number.
     #[error(
-        "bad scrape target option {0:?} (known: name, interval_ms, timeout_ms, sample_limit, max_body_bytes)"
+        "bad scrape target option {0:?} (known: name, interval_ms, timeout_ms, sample_limit, max_body_bytes, ca_file, server_name, insecure_skip_verify, bearer_token_file)"
     )]
     Option(String),
 }
@@ -104,6 +151,10 @@ impl FromStr for StaticTarget {
             timeout: None,
             sample_limit: None,
             max_body_bytes: None,
+            ca_file: None,
+            server_name: None,
+            insecure_skip_verify: None,
+            bearer_token_file: None,
         };
         for opt in parts.map(str::trim).filter(|o| !o.is_empty()) {
             let bad = || TargetError::Option(opt.to_owned());
@@ -115,6 +166,14 @@ impl FromStr for StaticTarget {
                 "timeout_ms" => t.timeout = Some(Duration::from_millis(num()?.max(1))),
                 "sample_limit" => t.sample_limit = Some(num()? as usize),
                 "max_body_bytes" => t.max_body_bytes = Some(num()?.max(1) as usize),
+                "ca_file" if !value.is_empty() => t.ca_file = Some(value.into()),
+                "server_name" if !value.is_empty() => t.server_name = Some(value.to_owned()),
+                "insecure_skip_verify" => {
+                    t.insecure_skip_verify = Some(value.parse().map_err(|_| bad())?);
+                }
+                "bearer_token_file" if !value.is_empty() => {
+                    t.bearer_token_file = Some(value.into());
+                }
                 _ => return Err(bad()),
             }
         }
@@ -132,6 +191,20 @@ impl StaticTarget {
             timeout: self.timeout.unwrap_or(defaults.timeout).min(interval),
             sample_limit: self.sample_limit.unwrap_or(defaults.sample_limit),
             max_body_bytes: self.max_body_bytes.unwrap_or(defaults.max_body_bytes),
+            auth: ScrapeAuth {
+                ca_files: match &self.ca_file {
+                    Some(own) => vec![own.clone()],
+                    None => defaults.auth.ca_files.clone(),
+                },
+                server_name: self.server_name.clone(),
+                insecure_skip_verify: self
+                    .insecure_skip_verify
+                    .unwrap_or(defaults.auth.insecure_skip_verify),
+                bearer_token_file: self
+                    .bearer_token_file
+                    .clone()
+                    .or_else(|| defaults.auth.bearer_token_file.clone()),
+            },
         }
     }
 
@@ -162,9 +235,15 @@ pub enum PodSkip {
     /// `prometheus.io/port` is not a port number.
     #[error("bad prometheus.io/port {0:?}")]
     BadPort(String),
-    /// `prometheus.io/scheme` is not `http`.
+    /// `prometheus.io/scheme` is neither `http` nor `https`.
     #[error("unsupported prometheus.io/scheme {0:?}")]
     Scheme(String),
+    /// `prometheus.io/scheme: https`, and the agent has no CA for scrapes
+    /// (`--scrape-ca-file`, `--scrape-ca-cluster`) nor `--scrape-insecure-skip-verify`.
+    #[error(
+        "prometheus.io/scheme https needs --scrape-ca-file or --scrape-ca-cluster (or --scrape-insecure-skip-verify)"
+    )]
+    HttpsWithoutCa,
     /// `prometheus.io/path` is not an absolute path.
     #[error("bad prometheus.io/path {0:?}")]
     BadPath(String),
@@ -180,7 +259,7 @@ impl PodSkip {
             Self::NotAnnotated => "not_annotated",
             Self::NoIp => "no_ip",
             Self::BadPort(_) => "bad_port",
-            Self::Scheme(_) => "scheme",
+            Self::Scheme(_) | Self::HttpsWithoutCa => "scheme",
             Self::BadPath(_) => "bad_path",
             Self::NoPort => "no_port",
         }
@@ -199,10 +278,21 @@ pub fn pod_targets(
     if ann("prometheus.io/scrape") != Some("true") {
         return Err(PodSkip::NotAnnotated);
     }
-    if let Some(scheme) = ann("prometheus.io/scheme")
-        && !scheme.eq_ignore_ascii_case("http")
-    {
-        return Err(PodSkip::Scheme(scheme.to_owned()));
+    let scheme = match ann("prometheus.io/scheme") {
+        None | Some("") => Scheme::Http,
+        Some(s) if s.eq_ignore_ascii_case("http") => Scheme::Http,
+        Some(s) if s.eq_ignore_ascii_case("https") => Scheme::Https,
+        Some(s) => return Err(PodSkip::Scheme(s.to_owned())),
+    };
+    // What pods get of the agent-wide settings: how to verify them, never the bearer token.
+    let auth = ScrapeAuth {
+        ca_files: defaults.auth.ca_files.clone(),
+        server_name: None,
+        insecure_skip_verify: defaults.auth.insecure_skip_verify,
+        bearer_token_file: None,
+    };
+    if scheme == Scheme::Https && !auth.can_verify_https() {
+        return Err(PodSkip::HttpsWithoutCa);
     }
     let ip = pod.ip.ok_or(PodSkip::NoIp)?;
     let path = ann("prometheus.io/path")
@@ -241,6 +331,7 @@ pub fn pod_targets(
             };
             let spec = TargetSpec {
                 url: Url {
+                    scheme,
                     host: ip.to_string(),
                     port,
                     path: path.to_owned(),
@@ -249,6 +340,7 @@ pub fn pod_targets(
                 timeout: defaults.timeout.min(defaults.interval),
                 sample_limit: defaults.sample_limit,
                 max_body_bytes: defaults.max_body_bytes,
+                auth: auth.clone(),
             };
             (labels, spec)
         })
@@ -293,9 +385,118 @@ mod tests {
             Err(TargetError::Option(_))
         ));
         assert!(matches!(
-            "https://h/m".parse::<StaticTarget>(),
+            "ftp://h/m".parse::<StaticTarget>(),
             Err(TargetError::Url(_))
         ));
+        assert!(matches!(
+            "https://h/m,insecure_skip_verify=yes".parse::<StaticTarget>(),
+            Err(TargetError::Option(_))
+        ));
+    }
+
+    #[test]
+    fn https_static_targets_take_their_own_tls_settings_or_the_agents() {
+        let defaults = ScrapeDefaults {
+            auth: ScrapeAuth {
+                ca_files: vec!["/etc/cluster-ca.crt".into()],
+                server_name: None,
+                insecure_skip_verify: false,
+                bearer_token_file: Some("/run/agent-token".into()),
+            },
+            ..ScrapeDefaults::default()
+        };
+        let t: StaticTarget = "https://10.0.0.9:8443/metrics,name=x,ca_file=/etc/own-ca.pem,\
+            server_name=exporter.internal,bearer_token_file=/run/own-token"
+            .parse()
+            .unwrap();
+        let spec = t.spec(&defaults);
+        assert_eq!(spec.url.scheme, Scheme::Https);
+        assert_eq!(
+            spec.auth,
+            ScrapeAuth {
+                ca_files: vec!["/etc/own-ca.pem".into()],
+                server_name: Some("exporter.internal".into()),
+                insecure_skip_verify: false,
+                bearer_token_file: Some("/run/own-token".into()),
+            },
+            "a target's own settings replace the agent's"
+        );
+
+        let t: StaticTarget = "https://10.0.0.9/metrics".parse().unwrap();
+        let spec = t.spec(&defaults);
+        assert_eq!(spec.url.port, 443);
+        assert_eq!(spec.auth, defaults.auth, "the agent's settings by default");
+        assert!(spec.auth.can_verify_https());
+
+        let t: StaticTarget = "https://10.0.0.9/metrics,insecure_skip_verify=true"
+            .parse()
+            .unwrap();
+        let spec = t.spec(&ScrapeDefaults::default());
+        assert!(spec.auth.insecure_skip_verify && spec.auth.can_verify_https());
+        assert!(
+            !"https://10.0.0.9/metrics"
+                .parse::<StaticTarget>()
+                .unwrap()
+                .spec(&ScrapeDefaults::default())
+                .auth
+                .can_verify_https(),
+            "no CA and verification not skipped"
+        );
+    }
+
+    #[test]
+    fn https_pods_are_targets_once_the_agent_has_a_ca() {
+        let p = pod(
+            &[
+                ("prometheus.io/scrape", "true"),
+                ("prometheus.io/scheme", "HTTPS"),
+                ("prometheus.io/port", "8443"),
+            ],
+            &[],
+        );
+        assert_eq!(
+            pod_targets(&p, &base(), &ScrapeDefaults::default()),
+            Err(PodSkip::HttpsWithoutCa)
+        );
+        assert_eq!(PodSkip::HttpsWithoutCa.reason(), "scheme");
+        let with_ca = ScrapeDefaults {
+            auth: ScrapeAuth {
+                ca_files: vec!["/var/run/secrets/kubernetes.io/serviceaccount/ca.crt".into()],
+                server_name: None,
+                insecure_skip_verify: false,
+                bearer_token_file: Some("/run/agent-token".into()),
+            },
+            ..ScrapeDefaults::default()
+        };
+        let t = pod_targets(&p, &base(), &with_ca).unwrap();
+        let (labels, spec) = &t[0];
+        assert_eq!(spec.url.to_string(), "https://10.1.2.3:8443/metrics");
+        assert_eq!(labels.container, "scrape:8443/metrics");
+        assert_eq!(spec.auth.ca_files, with_ca.auth.ca_files);
+        assert_eq!(
+            spec.auth.bearer_token_file, None,
+            "the agent's token is never sent to a pod"
+        );
+        let skip = ScrapeDefaults {
+            auth: ScrapeAuth {
+                insecure_skip_verify: true,
+                ..ScrapeAuth::default()
+            },
+            ..ScrapeDefaults::default()
+        };
+        let t = pod_targets(&p, &base(), &skip).unwrap();
+        assert!(t[0].1.auth.insecure_skip_verify);
+        // Plain http pods get no TLS settings they would use, and still no token.
+        let plain = pod(
+            &[
+                ("prometheus.io/scrape", "true"),
+                ("prometheus.io/port", "9102"),
+            ],
+            &[],
+        );
+        let t = pod_targets(&plain, &base(), &with_ca).unwrap();
+        assert_eq!(t[0].1.url.scheme, Scheme::Http);
+        assert_eq!(t[0].1.auth.bearer_token_file, None);
     }
 
     fn pod(ann: &[(&str, &str)], ports: &[(u16, &str)]) -> PodMeta {
@@ -409,14 +610,14 @@ mod tests {
                 &pod(
                     &[
                         ("prometheus.io/scrape", "true"),
-                        ("prometheus.io/scheme", "https")
+                        ("prometheus.io/scheme", "gopher")
                     ],
                     &[(443, "TCP")]
                 ),
                 &b,
                 &d
             ),
-            Err(PodSkip::Scheme("https".into()))
+            Err(PodSkip::Scheme("gopher".into()))
         );
         assert_eq!(
             pod_targets(
