@@ -15,6 +15,7 @@
 
 pub mod browser;
 mod exporter;
+pub mod viewer;
 pub use browser::{Chromium, Page};
 pub use exporter::NodeExporter;
 
