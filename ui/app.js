@@ -27,8 +27,12 @@ const $ = (id) => document.getElementById(id);
 const MiB = 1024 * 1024;
 /** Per-stream resume subscriptions after a reconnect, at most (each counts against the relay's limit). */
 const MAX_RESUMES = 40;
-/** How long a reconnect waits for streams to come back before it subscribes the selections anyway. */
-const RESUME_WAIT_MS = 15000;
+/**
+ * How long a reconnect waits for the streams it resumes to be announced again before the
+ * selections are subscribed anyway (an agent notices a relay that died within its QUIC idle
+ * timeout, 15 s, then reconnects).
+ */
+const RESUME_WAIT_MS = 30000;
 /** Pending lines beyond which a batch is merged at once (a hidden tab gets no animation frames). */
 const FLUSH_NOW_AT = 5000;
 /** Colour classes `c0`…`c9`. */
@@ -82,7 +86,8 @@ function newConn() {
     /** Subscription id → `{type: 'logs'|'res'|'resume'|'scrape', sel?, srcKey?, container?}`. */
     subs: new Map(),
     resuming: false,
-    resumed: new Set(),
+    /** Streams being resumed after a reconnect: key → subscription id, until attached. */
+    pendingResume: new Map(),
     resumeTimer: null,
     welcomedAt: 0,
   };
@@ -374,41 +379,52 @@ function resumable() {
     .slice(0, MAX_RESUMES);
 }
 
-function resumeStep() {
-  if (!conn || !conn.resuming) return;
-  const present = new Set([...picker.catalog.streams.values()].map((e) => streamKey(e.labels)));
-  const todo = resumable();
-  for (const src of todo) {
-    if (conn.resumed.has(src.key) || !present.has(src.key)) continue;
-    conn.resumed.add(src.key);
-    const id = `r${nextSub++}`;
-    conn.subs.set(id, { type: 'resume', srcKey: src.key, sels: [...src.sels] });
-    session.send(sourceFilterFields({
-      op: 'subscribe',
-      id,
-      selector: exactSelector(src.labels),
-      since_seq: { epoch: BigInt(src.epoch), seq: src.hwm + 1 },
-      since_ns: nanos(src.lastHi, src.lastLo) + 1n,
-      tail: 0,
-      follow: true,
-    }));
-  }
-  if (todo.every((s) => conn.resumed.has(s.key))) finishResume();
+/**
+ * After a reconnect, one subscription per stream held, with the exact selector of that stream
+ * and `since_seq` just after its newest line (a `since_seq` applies per stream). They are
+ * standing: a stream whose agent is not back yet is attached when it is announced again.
+ */
+function sendResume(src) {
+  const id = `r${nextSub++}`;
+  conn.subs.set(id, { type: 'resume', srcKey: src.key, sels: [...src.sels] });
+  conn.pendingResume.set(src.key, id);
+  session.send(sourceFilterFields({
+    op: 'subscribe',
+    id,
+    selector: exactSelector(src.labels),
+    since_seq: { epoch: BigInt(src.epoch), seq: src.hwm + 1 },
+    since_ns: nanos(src.lastHi, src.lastLo) + 1n,
+    tail: 0,
+    follow: true,
+  }));
 }
 
+/**
+ * The selections' own subscriptions go out once every resumed stream is attached (so none of
+ * them reaches a stream first, without `since_seq`), or after RESUME_WAIT_MS: streams not back
+ * by then are left to the selections, from just after their newest line.
+ */
 function finishResume() {
-  if (!conn.resuming) return;
+  if (!conn || !conn.resuming) return;
   conn.resuming = false;
   clearTimeout(conn.resumeTimer);
-  const missing = resumable().filter((s) => !conn.resumed.has(s.key));
-  for (const src of missing) {
-    buffer.addMarker(src, 'pause', `${src.name}: not back after the reconnect yet; its lines will follow when its agent announces it again.`, nowNs());
+  let since = BigInt(Math.max(0, lost.at - 2000)) * 1000000n;
+  for (const [key, id] of conn.pendingResume) {
+    const src = buffer.sources.get(key);
+    conn.subs.delete(id);
+    session.send({ op: 'unsubscribe', id });
+    if (!src) continue;
+    const after = nanos(src.lastHi, src.lastLo) + 1n;
+    if (after < since) since = after;
+    buffer.addMarker(src, 'pause', `${src.name}: not back ${RESUME_WAIT_MS / 1000} s after the reconnect; ` +
+      'its lines follow when its agent announces it again.', nowNs());
   }
+  conn.pendingResume.clear();
   // Streams that appeared meanwhile get what they wrote since shortly before the connection
   // was lost; the streams resumed above repeat nothing (each (epoch, seq) is shown once).
-  const since = BigInt(Math.max(0, lost.at - 2000)) * 1000000n;
   for (const s of selections) subscribeSelection(s, since);
   for (const c of S.scrapes) subscribeScrape(c);
+  setStatus(selections.length ? watchingText() : 'Pick pods, containers or runs on the left.', 'ok');
   requestFrame();
 }
 
@@ -429,7 +445,9 @@ function onOpen(welcome) {
     buffer.addMarker(null, 'conn', `Reconnected to the relay after ${away} s (org ${welcome.org}); ` +
       `resuming ${plural(todo.length, 'stream', 'streams')} from where each stopped.`, nowNs());
     conn.resuming = true;
+    for (const src of todo) sendResume(src);
     conn.resumeTimer = setTimeout(finishResume, RESUME_WAIT_MS);
+    if (!todo.length) finishResume();
     requestFrame();
   } else {
     for (const s of selections) subscribeSelection(s);
@@ -474,7 +492,6 @@ function onEvent(e) {
       else cat.apply(e);
       if (cat === picker.catalog) {
         picker.schedule();
-        resumeStep();
       } else {
         showScrapeSources();
       }
@@ -563,6 +580,10 @@ function onStream(e) {
   src.ended = false;
   if (owner && owner.sel) src.sels.add(owner.sel);
   if (owner && owner.sels) for (const k of owner.sels) src.sels.add(k);
+  if (owner && owner.type === 'resume' && conn.pendingResume.get(owner.srcKey) === e.id) {
+    conn.pendingResume.delete(owner.srcKey);
+    if (conn.resuming && conn.pendingResume.size === 0) finishResume();
+  }
   conn.streams.set(e.stream, { kind: 'log', src, labels: l });
   updateSourceColumn();
   setStatus(watchingText(), 'ok');

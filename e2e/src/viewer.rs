@@ -113,7 +113,18 @@ impl Viewer {
     /// Waits until what the view holds satisfies `done`; returns it. Panics after the page
     /// deadline with what it held.
     pub async fn wait_held(&mut self, what: &str, done: impl Fn(&HeldView) -> bool) -> HeldView {
-        let deadline = tokio::time::Instant::now() + crate::browser::PAGE_DEADLINE;
+        self.wait_held_within(crate::browser::PAGE_DEADLINE, what, done)
+            .await
+    }
+
+    /// [`Self::wait_held`] with a deadline of its own (for what waits on a timeout elsewhere).
+    pub async fn wait_held_within(
+        &mut self,
+        within: std::time::Duration,
+        what: &str,
+        done: impl Fn(&HeldView) -> bool,
+    ) -> HeldView {
+        let deadline = tokio::time::Instant::now() + within;
         let mut backoff = std::time::Duration::from_millis(20);
         loop {
             let held = self.held().await;
