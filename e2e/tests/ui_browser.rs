@@ -11,6 +11,7 @@ use logrelay_e2e::viewer::Viewer;
 use logrelay_e2e::*;
 use logrelay_relay::RelayConfig;
 use logrelay_relay::auth::testkit::{Signer, jwks};
+use logrelay_wire::labels::Labels;
 use serde_json::json;
 
 /// The viewer's URL on `relay` with `query` (without `?`).
@@ -819,4 +820,135 @@ async fn a_token_in_the_fragment_opens_the_session_and_is_kept_only_in_memory() 
     )
     .await;
     assert_eq!(bad.held().await.lines().count(), 0);
+}
+
+/// A task pod's log stream as an agent announces it.
+fn task_stream(project: &str, domain: &str, run: &str, action: &str, pod: &str) -> Labels {
+    Labels {
+        namespace: format!("{project}-{domain}"),
+        pod: pod.into(),
+        pod_uid: format!("uid-{pod}"),
+        container: "main".into(),
+        node: "node-1".into(),
+        project: Some(project.into()),
+        domain: Some(domain.into()),
+        run: Some(run.into()),
+        action: Some(action.into()),
+        attempt: Some("0".into()),
+        ..Labels::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_picker_groups_tasks_by_run_and_lists_only_what_the_token_may_read() {
+    let browser = Chromium::launch().await;
+    let pki = TestPki::new();
+    let signer = Signer::ed25519(Some("k1"));
+    let keys = tempfile::tempdir().unwrap();
+    let jwks_path = keys.path().join("jwks.json");
+    std::fs::write(&jwks_path, jwks(&[&signer])).unwrap();
+    let relay = TestRelay::start_exactly(
+        &pki,
+        RelayConfig {
+            token_jwks_file: Some(jwks_path),
+            ..RelayConfig::loopback()
+        },
+    )
+    .await;
+    let streams = vec![
+        task_stream("flytesnacks", "development", "f3a", "n0", "f3a-n0-0"),
+        task_stream("flytesnacks", "development", "f3a", "n1", "f3a-n1-0"),
+        task_stream("flytesnacks", "development", "f3b", "n0", "f3b-n0-0"),
+        task_stream("secret", "production", "s1", "n0", "s1-n0-0"),
+    ]
+    .into_iter()
+    .map(|l| {
+        let lines = (0..3).map(|i| format!("{} line {i}\n", l.pod)).collect();
+        (l, lines)
+    })
+    .collect();
+    let _agent = FakeAgent::start(&pki, relay.quic_addr(), "dev", "test", streams).await;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let token = signer.token(&json!({
+        "sub": "bob", "org": "dev", "exp": exp,
+        "roles": [{ "role": "admin", "scope": { "domain": "development", "project": "flytesnacks" } }]
+    }));
+
+    let mut v = Viewer::open(&browser, &format!("{}#token={token}", view(&relay, ""))).await;
+    let runs =
+        "[...document.querySelectorAll('#picker-tree .item.d1 .name')].map(b => b.textContent)";
+    v.wait(
+        "the runs and pods the token may read",
+        &format!("{runs}.length === 5"),
+    )
+    .await;
+    assert_eq!(
+        v.eval(runs).await,
+        json!(["run f3a", "run f3b", "f3a-n0-0", "f3a-n1-0", "f3b-n0-0"]),
+        "tasks first, then namespaces; nothing of project secret"
+    );
+    let tree = v.text("#picker-tree").await;
+    assert!(
+        tree.contains("flytesnacks / development") && !tree.contains("secret"),
+        "{tree}"
+    );
+    assert_eq!(v.text("#picker-summary").await, "3 streams in 3 pods");
+
+    // A run watches every pod of it.
+    v.page
+        .click(
+            "#picker-tree button.name[data-sel='project=flytesnacks&domain=development&run=f3a']",
+        )
+        .await;
+    let held = v
+        .wait_held("both pods of run f3a", |h| h.lines().count() >= 6)
+        .await;
+    let sources: std::collections::BTreeSet<&str> = held.lines().map(|(_, s, _)| s).collect();
+    assert_eq!(
+        sources.into_iter().collect::<Vec<_>>(),
+        [
+            "flytesnacks-development/f3a-n0-0/main",
+            "flytesnacks-development/f3a-n1-0/main"
+        ]
+    );
+    assert!(
+        v.href()
+            .await
+            .ends_with("/?project=flytesnacks&domain=development&run=f3a"),
+        "{}",
+        v.href().await
+    );
+    // A tick adds a pod to the merged view.
+    v.page
+        .click("#picker-tree .item:has(button[data-sel='namespace=flytesnacks-development&pod=f3b-n0-0']) input.add")
+        .await;
+    let held = v
+        .wait_held("three pods merged", |h| h.lines().count() >= 9)
+        .await;
+    assert_eq!(
+        held.texts()
+            .iter()
+            .filter(|t| t.starts_with("f3b-n0-0"))
+            .count(),
+        3
+    );
+    assert_eq!(
+        v.eval("[...document.querySelectorAll('#chips .chip')].map(c => c.firstChild.textContent)")
+            .await,
+        json!([
+            "flytesnacks/development · run f3a",
+            "flytesnacks-development/f3b-n0-0"
+        ])
+    );
+    // Taking the run out leaves only the pod's lines.
+    v.page.click("#chips .chip .x").await;
+    let held = v
+        .wait_held("only f3b-n0-0", |h| h.lines().count() == 3)
+        .await;
+    assert!(held.texts().iter().all(|t| t.starts_with("f3b-n0-0")));
+    assert!(v.page.problems.is_empty(), "{:?}", v.page.problems);
 }
