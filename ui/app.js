@@ -215,8 +215,11 @@ const view = new LogView({
 
 // ---- per-frame work: one flush and one render per animation frame -------------------------
 
-/** Frame work times (ms) of the last 8192 frames, for the performance test (docs/viewer.md). */
-const perf = { frameMs: new Float64Array(8192), frames: 0, flushedLines: 0 };
+/**
+ * For the performance test (docs/viewer.md): frame work times (ms) of the last 8192 frames, lines
+ * merged, and the longest handling of one batch (ms).
+ */
+const perf = { frameMs: new Float64Array(8192), frames: 0, flushedLines: 0, batchMaxMs: 0 };
 window.__logrelayViewer = perf;
 
 let frameScheduled = false;
@@ -591,6 +594,13 @@ function onStream(e) {
 
 function onBatch(data) {
   if (!conn) return;
+  const t0 = performance.now();
+  takeBatch(data);
+  const ms = performance.now() - t0;
+  if (ms > perf.batchMaxMs) perf.batchMaxMs = ms;
+}
+
+function takeBatch(data) {
   let batch;
   try {
     batch = decodeBatch(data);

@@ -221,16 +221,17 @@ export class LineBuffer {
       at = items.length;
       for (const e of pending) items.push(e);
     } else {
+      // Merge in place from the end: only entries after the first arrival's place move, and
+      // nothing is allocated but the room for the arrivals.
       at = lowerBound(items, pending[0]);
-      const tail = items.splice(at);
-      let i = 0;
-      let j = 0;
-      while (i < tail.length && j < pending.length) {
-        if (compare(tail[i], pending[j]) <= 0) items.push(tail[i++]);
-        else items.push(pending[j++]);
+      let i = items.length - 1;
+      let j = pending.length - 1;
+      let k = items.length + pending.length - 1;
+      for (let x = 0; x < pending.length; x++) items.push(null);
+      while (j >= 0) {
+        if (i >= at && compare(items[i], pending[j]) > 0) items[k--] = items[i--];
+        else items[k--] = pending[j--];
       }
-      while (i < tail.length) items.push(tail[i++]);
-      while (j < pending.length) items.push(pending[j++]);
     }
     this.bytes += this.pendingBytes;
     this.pendingBytes = 0;

@@ -374,6 +374,16 @@ impl Page {
         }
     }
 
+    /// Runs `source` in every document this page loads from now on, before the page's own
+    /// scripts (DevTools' own injection: no page policy applies to it).
+    pub async fn before_each_document(&mut self, source: &str) {
+        self.call(
+            "Page.addScriptToEvaluateOnNewDocument",
+            json!({ "source": source }),
+        )
+        .await;
+    }
+
     /// Emulates the system's colour scheme (`"light"` or `"dark"`).
     pub async fn color_scheme(&mut self, scheme: &str) {
         self.call(
