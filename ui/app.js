@@ -148,15 +148,28 @@ function plainPieces(text, isCurrent) {
   return cut([{ text, cls: '' }], ranges.map(([a, b]) => [a, b, tag]));
 }
 
+/** A JSON line as `LEVEL message key=value …`, parts separated by spaces (where lines wrap). */
 function jsonMessage(msg, json, isCurrent) {
   msg.classList.add('json');
-  if (json.level !== null) appendPieces(msg.appendChild(el('span', `lvl lvl-${levelClass(json.level)}`)), plainPieces(json.level, isCurrent));
-  if (json.message !== null) appendPieces(msg.appendChild(el('span', 'jmsg')), plainPieces(json.message, isCurrent));
-  for (const [k, v] of json.fields) {
-    const f = msg.appendChild(el('span', 'jf'));
-    f.append(el('span', 'jk', k), '=');
-    appendPieces(f.appendChild(el('span', 'jv')), plainPieces(v, isCurrent));
+  const parts = [];
+  if (json.level !== null) {
+    const lvl = el('span', `lvl lvl-${levelClass(json.level)}`);
+    appendPieces(lvl, plainPieces(json.level, isCurrent));
+    parts.push(lvl);
   }
+  if (json.message !== null) {
+    const m = el('span', 'jmsg');
+    appendPieces(m, plainPieces(json.message, isCurrent));
+    parts.push(m);
+  }
+  for (const [k, v] of json.fields) {
+    const f = el('span', 'jf');
+    const value = el('span', 'jv');
+    appendPieces(value, plainPieces(v, isCurrent));
+    f.append(el('span', 'jk', k), '=', value);
+    parts.push(f);
+  }
+  parts.forEach((p, i) => (i ? msg.append(' ', p) : msg.append(p)));
   msg.title = json.pretty;
 }
 

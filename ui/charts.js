@@ -111,6 +111,7 @@ class Chart {
         width,
         height: 150,
         cursor: { drag: { x: false, y: false } },
+        legend: { live: false },
         scales: { x: { time: true }, y: { range: (u, min, max) => [Math.min(0, min), max > 0 ? max * 1.15 : 1] } },
         axes: [axis, { ...axis, size: 78, values: (u, vals) => vals.map(this.format) }],
         series: [{}, ...series.map((s) => ({
@@ -182,7 +183,7 @@ export class Charts {
       const row = document.createElement('tr');
       row.dataset.pod = key;
       const cells = {};
-      for (const name of ['pod', 'cpu', 'cpu-limit', 'memory', 'memory-limit', 'sampled']) {
+      for (const name of ['pod', 'cpu', 'cpu-limit', 'memory', 'memory-limit']) {
         cells[name] = document.createElement('td');
         cells[name].className = name;
         cells[name].textContent = '–';
@@ -241,9 +242,7 @@ export class Charts {
     set(pod.cells['cpu-limit'], v('pod_cpu_limit_cores'), cores);
     set(pod.cells.memory, v('pod_memory_working_set_bytes'), formatBytes);
     set(pod.cells['memory-limit'], v('pod_memory_limit_bytes'), formatBytes);
-    const at = new Date(newest.ts / 1e6);
-    pod.cells.sampled.textContent = at.toTimeString().slice(0, 8);
-    pod.cells.sampled.title = at.toISOString();
+    pod.row.title = `sampled ${new Date(newest.ts / 1e6).toISOString()}`;
     this.schedule();
   }
 

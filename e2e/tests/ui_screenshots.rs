@@ -9,7 +9,6 @@
 //! They are written to `docs/` (`LOGRELAY_SCREENSHOTS_DIR` to put them elsewhere).
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use logrelay::demo::Workload;
 use logrelay_e2e::viewer::Viewer;
@@ -67,7 +66,7 @@ async fn screenshots_of_the_main_views() {
             v.wait_held("lines", |h| h.lines().count() >= 60).await;
             v.wait(
                 "charts with points",
-                "Number(document.querySelector('#chart-mem').dataset.points || 0) >= 8",
+                "Number(document.querySelector('#chart-mem').dataset.points || 0) >= 24",
             )
             .await;
             if name == "viewer-merged" {
@@ -79,6 +78,7 @@ async fn screenshots_of_the_main_views() {
                 )
                 .await;
             }
+            v.eval("document.activeElement.blur()").await;
             // Let the last frame paint (the charts redraw every half second).
             v.page
                 .evaluate_async(
@@ -94,5 +94,4 @@ async fn screenshots_of_the_main_views() {
         }
     }
     running.abort();
-    let _ = Duration::ZERO;
 }
