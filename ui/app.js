@@ -109,6 +109,7 @@ const hitsEl = $('hits');
 const chipsEl = $('chips');
 const sourceFilterButton = $('source-filter');
 const tokenInput = $('token');
+const countsEl = $('counts');
 
 function el(tag, cls, text) {
   const e = document.createElement(tag);
@@ -245,37 +246,48 @@ function requestFrame() {
 function frame() {
   frameScheduled = false;
   const t0 = performance.now();
-  const result = buffer.flush();
-  if (result) {
-    perf.flushedLines += result.added;
-    view.update(result);
-  }
+  merge();
   view.render();
   showCounts();
   perf.frameMs[perf.frames % perf.frameMs.length] = performance.now() - t0;
   perf.frames++;
 }
 
+/** Merges what arrived into the buffer. */
+function merge() {
+  const result = buffer.flush();
+  if (result) {
+    perf.flushedLines += result.added;
+    view.update(result);
+  }
+}
+
 function flushIfLarge() {
-  if (buffer.pendingCount >= FLUSH_NOW_AT) view.update(buffer.flush());
+  if (buffer.pendingCount >= FLUSH_NOW_AT) merge();
   requestFrame();
 }
 
+/** Sets an element's text only when it changes (no needless layout work every frame). */
+function setText(element, text) {
+  if (element.textContent !== text) element.textContent = text;
+}
+
 function showCounts() {
-  hitsEl.textContent = buffer.search
+  const hits = buffer.search
     ? `${view.current && !view.current.ev && buffer.isHit(view.current) ? `${hitOrdinal(view.current)} / ` : ''}${count(buffer.hits)} ${buffer.hits === 1 ? 'hit' : 'hits'}`
     : '';
+  setText(hitsEl, hits);
   if (buffer.evictedLines > 0) {
     evictedEl.hidden = false;
-    evictedEl.textContent = `${plural(buffer.evictedLines, 'older line', 'older lines')} ` +
+    setText(evictedEl, `${plural(buffer.evictedLines, 'older line', 'older lines')} ` +
       `(${formatBytes(buffer.evictedBytes)}) dropped by this viewer to stay within ` +
-      `${count(buffer.maxLines)} lines and ${formatBytes(buffer.maxBytes)} — not a gap in the stream.`;
+      `${count(buffer.maxLines)} lines and ${formatBytes(buffer.maxBytes)} — not a gap in the stream.`);
   } else {
     evictedEl.hidden = true;
   }
   let lines = 0;
   for (const s of buffer.sources.values()) lines += s.lines;
-  $('counts').textContent = `${plural(lines, 'line', 'lines')} held`;
+  setText(countsEl, `${plural(lines, 'line', 'lines')} held`);
 }
 
 function hitOrdinal(entry) {

@@ -162,7 +162,8 @@ export class LogView {
     let bottom;
     if (this.following) {
       start = Math.max(0, total - rows);
-      bottom = true;
+      // Anchored at the bottom once the rows fill the screen; before, they start at the top.
+      bottom = total >= this.visibleRows;
     } else {
       let index = 0;
       if (this.anchor) {

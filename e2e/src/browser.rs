@@ -374,6 +374,17 @@ impl Page {
         }
     }
 
+    /// Lets the page download files into `dir` (headless Chromium refuses downloads otherwise).
+    pub async fn allow_downloads(&mut self, dir: &std::path::Path) {
+        let session = self.session.take();
+        self.call(
+            "Browser.setDownloadBehavior",
+            json!({ "behavior": "allow", "downloadPath": dir.to_string_lossy() }),
+        )
+        .await;
+        self.session = session;
+    }
+
     /// Runs `source` in every document this page loads from now on, before the page's own
     /// scripts (DevTools' own injection: no page policy applies to it).
     pub async fn before_each_document(&mut self, source: &str) {

@@ -267,6 +267,35 @@ async fn a_merged_view_of_three_pods_is_in_time_order_and_a_link_restores_it() {
         "one merged view, in time order, each line once"
     );
     assert_eq!(held.markers(), Vec::<&str>::new(), "nothing missed");
+    // Download takes what the view holds, one line each with its time and source.
+    let downloads = tempfile::tempdir().unwrap();
+    v.page.allow_downloads(downloads.path()).await;
+    v.page.click("#download").await;
+    let file = eventually("the downloaded file", || async {
+        std::fs::read_dir(downloads.path())
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "log"))
+    })
+    .await;
+    let text = eventually("the whole download", || async {
+        std::fs::read_to_string(&file)
+            .ok()
+            .filter(|t| t.lines().count() == 120)
+    })
+    .await;
+    let first = &written[0];
+    assert_eq!(
+        text.lines().next().unwrap(),
+        format!("{} {} stdout {}", first.0, first.1, first.2)
+    );
+    assert!(
+        file.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("logrelay-")
+    );
 
     // A colour and a label per source; stderr marked.
     let rows = v
