@@ -53,7 +53,7 @@ async fn screenshots_of_the_main_views() {
             ),
         ),
         (
-            "viewer-picker",
+            "viewer-json",
             format!("{base}?namespace=shop&pod=checkout&container=api&wrap=1"),
         ),
     ];
