@@ -26,18 +26,44 @@ struct Cli {
     /// connection on, with no restart.
     #[arg(long, env = "LOGRELAY_AGENT_TLS_RELOAD_SECS", default_value_t = 10)]
     tls_reload_secs: u64,
+    /// Format of the diagnostic logs on stderr: `text` (coloured only when stderr is a
+    /// terminal and `NO_COLOR` is unset) or `json` (one object per line).
+    #[arg(long, env = "LOGRELAY_AGENT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How diagnostic logs are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `fields`, `target`).
+    Json,
+}
+
+/// Diagnostic logs go to stderr; the agent writes nothing to stdout.
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LOGRELAY_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .init(),
+        LogFormat::Json => logs.json().with_ansi(false).init(),
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     logrelay_tls::install_provider();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LOGRELAY_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let stop = terminated();
     let files = AgentTlsFiles {
         ca_file: cli.ca_file.clone(),
         cert_file: cli.cert_file.clone(),
@@ -50,21 +76,29 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("starting agent")?;
     tracing::info!(admin = %agent.admin_addr, "agent running");
-    terminated().await;
+    stop.await;
     tracing::info!("shutting down");
     agent.shutdown().await;
     Ok(())
 }
 
-/// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
-async fn terminated() {
+/// Installs the SIGTERM (Kubernetes) and SIGINT (Ctrl-C) handlers at once, so a signal that
+/// arrives from here on means a clean shutdown; the future resolves on either.
+fn terminated() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
     }
 }

@@ -38,6 +38,8 @@ pub struct AgentMetrics {
     pub followers: Gauge,
     /// Log bytes rotated away (compressed, deleted, truncated) before they were read.
     pub rotated_unread_bytes: Counter,
+    /// Compressed rotated log files a read reached that could not be read (truncated, corrupt).
+    pub unreadable_rotated_files: Counter,
     /// Followed files that grew but were not read in time, and were re-opened.
     pub stalls: Counter,
     /// Bytes of batches queued toward the relay (the queue budget in use).
@@ -81,6 +83,7 @@ impl AgentMetrics {
             demands_active: Gauge::default(),
             followers: Gauge::default(),
             rotated_unread_bytes: Counter::default(),
+            unreadable_rotated_files: Counter::default(),
             stalls: Counter::default(),
             queue_bytes: Gauge::default(),
             queue_dropped_lines: Counter::default(),
@@ -186,6 +189,11 @@ impl AgentMetrics {
             "rotated_unread_bytes",
             "Log bytes rotated away (compressed, deleted, truncated) before they were read",
             m.rotated_unread_bytes.clone(),
+        );
+        registry.register(
+            "unreadable_rotated_files",
+            "Compressed rotated log files a read reached that could not be read (truncated, corrupt)",
+            m.unreadable_rotated_files.clone(),
         );
         registry.register(
             "stalls",

@@ -13,7 +13,9 @@
 //!   53-bit number (exact in JavaScript). Its *anchor* is the newest clean point of the newest
 //!   file, numbered [`SEQ_BASE`]; the backlog is found by walking *back* from there
 //!   ([`seek::back`]) so `tail: N` never reads a whole file, and lines before the anchor get
-//!   `SEQ_BASE - 1`, `SEQ_BASE - 2`, … (into the rotated file when the newest holds too few).
+//!   `SEQ_BASE - 1`, `SEQ_BASE - 2`, … (into the rotated files when the newest holds too few,
+//!   gzip-compressed ones included: [`gz`]; one that cannot be read counts no lines and is
+//!   told as a gap where it was).
 //!   When the walk reaches the start of the oldest file it has counted every line, and the
 //!   numbering is shifted so that the first line there is 0 (small logs read naturally).
 //! * While the epoch lives, the agent keeps the stream's files open (including rotated and
@@ -43,6 +45,7 @@
 //! `stall_after` (`logrelay_agent_stalls_total`), and releases what stopped followers held.
 
 pub mod follow;
+pub mod gz;
 pub mod reader;
 pub mod seek;
 pub mod wake;
@@ -357,6 +360,17 @@ impl Encoder {
         }
     }
 
+    /// A gap batch of `bytes` missing before line `at`, after the lines before it.
+    fn gap(&mut self, at: u64, bytes: u64, out: &mut Vec<Encoded>) {
+        self.flush(out);
+        out.push(Encoded {
+            bytes: encode_gap(self.stream_ref, self.epoch, at, 0, bytes),
+            first_seq: at,
+            end_seq: at,
+            lines: 0,
+        });
+    }
+
     fn flush(&mut self, out: &mut Vec<Encoded>) {
         if let Some(b) = self.batch.take() {
             let first_seq = b.next_seq() - u64::from(b.len());
@@ -432,8 +446,8 @@ fn new_epoch() -> u64 {
     fastrand::u64(1..1 << 53)
 }
 
-/// The files of the stream at `path` (resolved through a symlink), oldest first: rotated plain
-/// copies in rotation order, then the file at the path.
+/// The files of the stream at `path` (resolved through a symlink), oldest first: rotated copies
+/// in rotation order, plain or gzip-compressed, then the file at the path.
 pub fn chain_files(path: &Path) -> std::io::Result<Vec<ChainFile>> {
     let real = std::fs::canonicalize(path)?;
     let dir = real.parent().unwrap_or(Path::new("."));
@@ -447,17 +461,24 @@ pub fn chain_files(path: &Path) -> std::io::Result<Vec<ChainFile>> {
         let Ok(name) = e.file_name().into_string() else {
             continue;
         };
-        if let Some(Sibling::Rotated(key)) = rotate::classify(base, &name)
-            && let Ok(held) = HeldFile::open(&e.path())
-            && held.id != current.id
+        let held = match rotate::classify(base, &name) {
+            Some(Sibling::Rotated(key)) => HeldFile::open(&e.path()).map(|h| (key, false, h)),
+            Some(Sibling::Compressed(key)) => HeldFile::open_gz(&e.path()).map(|h| (key, true, h)),
+            None => continue,
+        };
+        if let Ok(held) = held
+            && held.2.id != current.id
         {
-            rotated.push((key, held));
+            rotated.push(held);
         }
     }
-    rotated.sort_by(|a, b| a.0.cmp(&b.0));
+    // A file being compressed is there twice for a moment (`<name>`, `<name>.gz`): the plain
+    // one, complete, is read.
+    rotated.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    rotated.dedup_by(|later, earlier| later.0 == earlier.0);
     let mut files: Vec<ChainFile> = rotated
         .into_iter()
-        .map(|(_, held)| ChainFile {
+        .map(|(_, _, held)| ChainFile {
             held,
             complete: true,
         })
@@ -654,11 +675,20 @@ impl Tailer {
                 .poll(&mut lines, POLL_BYTES)
                 .map_err(io_err(path))?;
             self.metrics.lines_read.inc_by(lines.len() as u64);
+            let mut gaps = gaps_of(&self.metrics, path, &follower.take_events());
+            gaps.retain(|&(at, _)| at >= enc.from_seq && plan.until_seq.is_none_or(|u| at < u));
             let done_at_until = plan
                 .until_seq
                 .is_some_and(|u| lines.last().is_some_and(|l| l.seq + 1 >= u));
+            let mut gaps = gaps.into_iter().peekable();
             for l in lines.drain(..) {
+                while let Some((at, bytes)) = gaps.next_if(|&(at, _)| at <= l.seq) {
+                    enc.gap(at, bytes, &mut out);
+                }
                 enc.push(&l, &mut out);
+            }
+            for (at, bytes) in gaps {
+                enc.gap(at, bytes, &mut out);
             }
             let finished = done_at_until
                 || plan.until_seq.is_some_and(|u| follower.next_seq() >= u)
@@ -667,8 +697,11 @@ impl Tailer {
                 enc.flush(&mut out);
             }
             for e in out.drain(..) {
-                self.metrics.lines_sent.inc_by(u64::from(e.lines));
-                self.metrics.bytes_sent.inc_by(e.bytes.len() as u64);
+                if e.lines > 0 {
+                    // Gap batches are not counted.
+                    self.metrics.lines_sent.inc_by(u64::from(e.lines));
+                    self.metrics.bytes_sent.inc_by(e.bytes.len() as u64);
+                }
                 sink.send(e.bytes).await?;
             }
             if finished {
@@ -720,7 +753,10 @@ impl Tailer {
                         self.stop(&stream, generation);
                         return Ok(Ended::Cancelled);
                     }
-                    item = queue.next() => item,
+                    item = next_item(&stream, &queue, generation) => match item {
+                        Some(item) => item,
+                        None => return Ok(Ended::Complete),
+                    },
                     () = superseded => continue,
                     () = tokio::time::sleep(self.config.drain_linger) => continue,
                 }
@@ -1283,13 +1319,8 @@ async fn follow_task(
         parse_errors = errors;
         let events = follower.take_events();
         // Gaps go in order with the lines around them.
-        let mut lost: Vec<(u64, u64)> = Vec::new();
-        for e in &events {
-            if let follow::Event::Lost { at_seq, bytes } = e {
-                metrics.rotated_unread_bytes.inc_by(*bytes);
-                lost.push((*at_seq, *bytes));
-            }
-        }
+        let mut lost = gaps_of(&metrics, &stream.path, &events);
+        lost.retain(|&(at, _)| at >= enc.from_seq);
         for l in lines.drain(..) {
             while let Some(&(at, bytes)) = lost.first()
                 && at <= l.seq
@@ -1342,6 +1373,68 @@ async fn follow_task(
             }
         }
     }
+}
+
+/// The next item of a follower's queue, taken only while `generation` is the demand draining
+/// it; `None` once a newer demand took the follower over ([`Tailer::attach`]).
+///
+/// The check and the take are one step under the stream's lock, which `attach` also holds: a
+/// demand that was taken over but has not run since (its receiver went away, which it learns
+/// only when a send fails) would otherwise be woken first by the next batch, take it and lose
+/// it, while the newer demand had attached at a point the queue no longer starts at (a hole,
+/// with no gap).
+async fn next_item(stream: &Stream, queue: &Queue, generation: u64) -> Option<Item> {
+    loop {
+        let ready = queue.ready.notified();
+        {
+            let st = stream.state.lock().expect("stream lock");
+            if st
+                .follower
+                .as_ref()
+                .is_none_or(|s| s.consumer != generation)
+            {
+                drop(st);
+                // The wake-up this demand took may have been meant for the newer one.
+                queue.ready.notify_one();
+                return None;
+            }
+            if let Some(item) = queue.pop() {
+                return Some(item);
+            }
+        }
+        ready.await;
+    }
+}
+
+/// The gaps a follower's events tell, `(at_seq, bytes)` in order: bytes rotated away unread,
+/// and compressed files that could not be read (logged). Counted in the metrics.
+fn gaps_of(metrics: &AgentMetrics, path: &Path, events: &[follow::Event]) -> Vec<(u64, u64)> {
+    let mut gaps = Vec::new();
+    for e in events {
+        match e {
+            follow::Event::Lost { at_seq, bytes } => {
+                metrics.rotated_unread_bytes.inc_by(*bytes);
+                gaps.push((*at_seq, *bytes));
+            }
+            follow::Event::Unreadable {
+                at_seq,
+                bytes,
+                reason,
+            } => {
+                metrics.unreadable_rotated_files.inc();
+                tracing::warn!(
+                    path = %path.display(),
+                    at_seq,
+                    bytes,
+                    %reason,
+                    "a compressed rotated file of the log cannot be read; told as a gap"
+                );
+                gaps.push((*at_seq, *bytes));
+            }
+            follow::Event::Opened(_) | follow::Event::Finished(_) => {}
+        }
+    }
+    gaps
 }
 
 fn push_all(queue: &Queue, shared: &Shared, out: &mut Vec<Encoded>) {

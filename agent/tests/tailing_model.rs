@@ -1,11 +1,20 @@
 //! Model-based test of following a log across rotations, against real files.
 //!
 //! Random sequences of write, partial write, rotate (rename + create, as kubelet does),
-//! copytruncate (as logrotate does), gzip-and-delete (as kubelet does to rotated files) and read
-//! are applied to a real directory and to an in-memory model. The model says which lines the
-//! follower must deliver: every line written, exactly once and in order, except lines whose file
-//! was compressed and deleted before the follower could open it; those are counted, exactly, in
-//! bytes (`Follower::lost_bytes`, the source of `logrelay_agent_rotated_unread_bytes_total`).
+//! copytruncate (as logrotate does), gzip-and-delete (as kubelet does to rotated files: a real
+//! gzip file) and read are applied to a real directory and to an in-memory model. The model
+//! says which lines the follower must deliver: every line written, exactly once and in order,
+//! except lines whose file was compressed and deleted before the follower could open it; those
+//! are counted, exactly, in bytes (`Follower::lost_bytes`, the source of
+//! `logrelay_agent_rotated_unread_bytes_total`).
+//!
+//! After every read, two backward walks are checked too:
+//! * a backfill in the follower's epoch: walking back from the follower's clean point over its
+//!   own files (what the tailer keeps for joins and resumes) finds lines numbered exactly as
+//!   the follower numbered them;
+//! * a new epoch: walking back from the end of the files on disk now (`chain_files`, the
+//!   compressed ones included) for the last `k` lines, or to a time, finds exactly the lines
+//!   written last, or since that time, wherever they are now, compressed or not.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -14,6 +23,7 @@ use std::path::{Path, PathBuf};
 
 use logrelay_agent::tail::follow::{Event, Follower, Progress};
 use logrelay_agent::tail::reader::TailLine;
+use logrelay_agent::tail::{ChainFile, Position, SEQ_BASE, Want, chain_files, seek};
 use logrelay_wire::batch::LineFlags;
 use proptest::prelude::*;
 
@@ -237,7 +247,7 @@ impl World {
                 };
                 let path = self.dir.join(&name);
                 let data = std::fs::read(&path).unwrap();
-                std::fs::write(self.dir.join(format!("{name}.gz")), gzip_stored(&data)).unwrap();
+                std::fs::write(self.dir.join(format!("{name}.gz")), gzip(&data)).unwrap();
                 std::fs::remove_file(&path).unwrap();
                 let s = self.names.remove(&name).unwrap();
                 let st = &self.storages[s];
@@ -300,35 +310,150 @@ fn read_all(f: &mut Follower, got: &mut Vec<TailLine>) {
     while let Progress::More(_) = f.poll(got, 1 << 20).unwrap() {}
 }
 
-/// A gzip member of stored (uncompressed) deflate blocks: what matters to the follower is the
-/// trailer's ISIZE (RFC 1952).
-fn gzip_stored(data: &[u8]) -> Vec<u8> {
-    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
-    let mut chunks: Vec<&[u8]> = data.chunks(65_535).collect();
-    if chunks.is_empty() {
-        chunks.push(&[]);
-    }
-    let n = chunks.len();
-    for (i, c) in chunks.into_iter().enumerate() {
-        out.push(u8::from(i + 1 == n));
-        let len = c.len() as u16;
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&(!len).to_le_bytes());
-        out.extend_from_slice(c);
-    }
-    let crc = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC).checksum(data);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    out
+/// A gzip file of `data`, as kubelet writes it (Go's `gzip.Writer`: one member).
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
 }
+
+const MAX_LINE: usize = 1 << 20;
+
+/// Reads `files` from `start` to their end with a new follower: `(seq, message, flags)`.
+fn read_from(
+    path: &Path,
+    files: &[ChainFile],
+    start: Position,
+) -> Result<Vec<(u64, String, u8)>, TestCaseError> {
+    let chain = files[start.index..]
+        .iter()
+        .map(|f| f.held.clone())
+        .collect();
+    let mut f = Follower::new(path, chain, start.offset, start.seq, MAX_LINE).unwrap();
+    let mut got = Vec::new();
+    read_all(&mut f, &mut got);
+    prop_assert!(
+        f.take_events()
+            .iter()
+            .all(|e| !matches!(e, Event::Lost { .. } | Event::Unreadable { .. })),
+        "nothing is lost reading files held or on disk"
+    );
+    Ok(got.iter().map(described).collect())
+}
+
+fn described(l: &TailLine) -> (u64, String, u8) {
+    (
+        l.seq,
+        String::from_utf8_lossy(&l.message).into_owned(),
+        l.flags,
+    )
+}
+
+/// A backfill in the follower's epoch: from its clean point back `k` lines over its own files,
+/// read forward, gives the lines it numbered there, as it numbered them.
+fn check_backfill(
+    path: &Path,
+    follower: &Follower,
+    got: &[TailLine],
+    floor: usize,
+) -> Result<(), TestCaseError> {
+    let Some((id, offset, seq)) = follower.clean_point() else {
+        return Ok(());
+    };
+    let files = follower.files();
+    let index = files.iter().position(|f| f.held.id == id).unwrap();
+    let from = Position { index, offset, seq };
+    let read = got.len().min(seq as usize) - floor.min(seq as usize);
+    for k in [1, read].into_iter().filter(|k| (1..=read).contains(k)) {
+        let start = seek::back(&files, from, Want::Lines(k as u64), MAX_LINE).unwrap();
+        let again: Vec<_> = read_from(path, &files, start)?
+            .into_iter()
+            .filter(|l| l.0 < seq && l.0 >= floor as u64)
+            .collect();
+        // Fewer only when the files it keeps (the last few) do not reach back that far.
+        prop_assert!(
+            again.len() >= k.min(read) || (start.index, start.offset) == (0, 0),
+            "{} lines for {k}",
+            again.len()
+        );
+        let first = again.first().map_or(seq, |l| l.0) as usize;
+        let want: Vec<_> = got[first..seq as usize].iter().map(described).collect();
+        prop_assert_eq!(again, want, "walking back {} lines from {:?}", k, from);
+    }
+    Ok(())
+}
+
+/// A new epoch's backlog from the files on disk now: the last `k` lines written, and the lines
+/// stamped at or after a time, wherever they are now (compressed or not).
+fn check_fresh_backlog(path: &Path, world: &World) -> Result<(), TestCaseError> {
+    let files = chain_files(path).unwrap();
+    let (index, offset) = seek::end_point(&files, MAX_LINE).unwrap();
+    let anchor = Position {
+        index,
+        offset,
+        seq: SEQ_BASE,
+    };
+    let complete = world.lines.len() - usize::from(world.partial.is_some());
+    let message = |l: &Line| String::from_utf8_lossy(&l.parts.concat()).into_owned();
+    for k in [1, complete / 3, complete, complete + 5] {
+        let start = seek::back(&files, anchor, Want::Lines(k as u64), MAX_LINE).unwrap();
+        let got: Vec<String> = read_from(path, &files, start)?
+            .into_iter()
+            .filter(|l| l.0 >= SEQ_BASE - k as u64 && l.0 < SEQ_BASE)
+            .map(|l| l.1)
+            .collect();
+        let want: Vec<String> = world.lines[complete.saturating_sub(k)..complete]
+            .iter()
+            .map(message)
+            .collect();
+        prop_assert_eq!(got, want, "the last {} lines", k);
+    }
+    // Since the first record of a line a third of the way in (lines are stamped 8 ns apart).
+    let from = complete / 3;
+    let t = T0 + from as i64 * 8;
+    let start = seek::back(&files, anchor, Want::Since(t), MAX_LINE).unwrap();
+    let mut got = Vec::new();
+    let chain = files[start.index..]
+        .iter()
+        .map(|f| f.held.clone())
+        .collect();
+    let mut f = Follower::new(path, chain, start.offset, start.seq, MAX_LINE).unwrap();
+    read_all(&mut f, &mut got);
+    let got: Vec<String> = got
+        .iter()
+        .filter(|l| l.timestamp_ns >= t && l.seq < SEQ_BASE)
+        .map(|l| String::from_utf8_lossy(&l.message).into_owned())
+        .collect();
+    let want: Vec<String> = world.lines[from..complete].iter().map(message).collect();
+    prop_assert_eq!(got, want, "since line {}", from);
+    Ok(())
+}
+
+/// 2024-01-01T00:00:00Z.
+const T0: i64 = 1_704_067_200_000_000_000;
 
 fn run(actions: &[Action]) -> Result<(), TestCaseError> {
     let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("0.log");
     let mut world = World::new(tmp.path());
-    let mut follower = Follower::from_start(&tmp.path().join("0.log"), 0, 1 << 20).unwrap();
+    let mut follower = Follower::from_start(&path, 0, 1 << 20).unwrap();
     let mut got = Vec::new();
+    // Backfills are checked back to the read after the last `copytruncate`: a file truncated in
+    // place no longer holds what was read of it.
+    let mut floor = 0;
+    let mut truncated = false;
     for a in actions {
         world.apply(a, &mut follower, &mut got);
+        match a {
+            Action::CopyTruncate => truncated = true,
+            Action::Read => {
+                if std::mem::take(&mut truncated) {
+                    floor = got.len();
+                }
+                check_backfill(&path, &follower, &got, floor)?;
+            }
+            _ => {}
+        }
     }
     world.apply(
         &Action::Write {
@@ -340,6 +465,7 @@ fn run(actions: &[Action]) -> Result<(), TestCaseError> {
         &mut got,
     );
     world.apply(&Action::Read, &mut follower, &mut got);
+    check_fresh_backlog(&path, &world)?;
 
     let want = world.expected();
     let got_lines: Vec<(String, bool)> = got

@@ -16,6 +16,8 @@ enum Command {
     Tail(Box<logrelay::tail::TailArgs>),
     /// Run relay + agent + sample workload on loopback (certificates minted in memory).
     Demo(logrelay::demo::DemoArgs),
+    /// Session tokens for testing: `keygen` (signing key + JWKS), `jwks`, `mint`.
+    Token(logrelay::token::TokenArgs),
 }
 
 #[tokio::main]
@@ -27,6 +29,13 @@ async fn main() -> std::process::ExitCode {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("logrelay tail: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+        Command::Token(args) => match logrelay::token::run(args) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("logrelay token: {e}");
                 std::process::ExitCode::FAILURE
             }
         },

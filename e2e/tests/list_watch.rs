@@ -8,10 +8,16 @@ use logrelay_wire::session::{Event, Request};
 /// `(stream, pod, live)` added and `(stream, reason)` removed.
 type Changes = (Vec<(u64, String, bool)>, Vec<(u64, String)>);
 
-/// Every change the catalog events so far told.
+/// Every change the catalog events told since the watch's last `streams` answer (an earlier
+/// watch of the same id, ended by the test, may have told some before it).
 fn changes(s: &Subscriber) -> Changes {
     let (mut added, mut removed) = (Vec::new(), Vec::new());
-    for e in &s.events {
+    let answered = s
+        .events
+        .iter()
+        .rposition(|e| matches!(e, Event::Streams { .. }))
+        .expect("the list was answered");
+    for e in &s.events[answered..] {
         if let Event::Catalog {
             id,
             added: a,

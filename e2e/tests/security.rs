@@ -395,7 +395,7 @@ async fn slow_and_flooding_connections_are_cut_off_and_others_still_get_in() {
     let mut buf = [0u8; 256];
     let n = within("the slow connection is closed", slow.read(&mut buf)).await;
     assert!(n.is_ok(), "{n:?}");
-    // A flood of idle connections: beyond the cap they are dropped at once, and counted.
+    // A flood of idle connections: beyond the cap the oldest silent ones are shed, and counted.
     let mut idle = Vec::new();
     for _ in 0..12 {
         idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());

@@ -43,6 +43,7 @@ async fn a_thousand_stalled_subscribers_keep_memory_flat() {
         RelayConfig {
             memory_budget_bytes: budget,
             max_sessions_per_org: 100_000,
+            max_sessions_per_source: 100_000,
             session_send_buffer_bytes: 64 * 1024,
             ..RelayConfig::loopback()
         },

@@ -150,6 +150,9 @@ pub async fn serve_relay() -> anyhow::Result<()> {
     let config = logrelay_relay::RelayConfig {
         anonymous_org: Some(spec.org.clone()),
         ring_bytes: spec.ring_bytes,
+        // Every subscriber connects from 127.0.0.1, all at once: no per-source caps.
+        max_pending_handshakes_per_source: usize::MAX,
+        max_sessions_per_source: usize::MAX,
         ..logrelay_relay::RelayConfig::loopback()
     };
     let relay = logrelay_relay::start(

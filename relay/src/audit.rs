@@ -23,6 +23,16 @@
 //! Reasons, attempts and limit names are `&'static str` codes, so no free text — and no log
 //! line, metric value or token — can reach the trail.
 //!
+//! Refusals and limit hits (`deny`, `limit`) are what an attacker can repeat at will, so once
+//! the relay turns aggregation on ([`Auditor::aggregate`], `--audit-aggregate-secs`) they go
+//! through [`aggregate`]: per offender (the connection when the relay knows it, else the source
+//! address — IPv4 address or IPv6 /64 —, else the token subject or org) and per `op`, `attempt`
+//! and `reason`, the first event is written at once with `"count":1`, and the rest of each
+//! interval becomes one line whose `count` says how many events it stands for, `since` when the
+//! first of them happened. When `--audit-max-offenders` offenders are tracked, events of new
+//! ones are folded into one line per interval: actor type `others`, `op` `limit`, reason
+//! `audit_offenders`, with their `count`.
+//!
 //! [`Auditor`] serialises each event once, into a reused buffer, and hands the line to its
 //! [`AuditSink`]s: [`QueuedSink`] (stdout in production: a bounded queue drained by a writer
 //! thread, so a stalled stdout never blocks the relay; an event that does not fit is dropped
@@ -39,8 +49,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use logrelay_wire::selector::Selector;
 use serde::{Serialize, Serializer};
 
+use self::aggregate::{AggregateConfig, Aggregator, Seen};
+use super::admission::SourceKey;
 use super::auth::Claims;
 
+pub mod aggregate;
 pub mod otlp;
 
 /// Events the stdout queue holds by default before dropping.
@@ -50,13 +63,15 @@ pub const DEFAULT_QUEUE_EVENTS: usize = 4096;
 const MAX_RETAINED_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Who acted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ActorKind {
     /// An agent connection.
     Agent,
     /// A WebSocket session.
     Session,
+    /// Many offenders folded into one line: the aggregation table was full.
+    Others,
 }
 
 /// The actor of an event.
@@ -128,7 +143,7 @@ impl AuditSink for otlp::OtlpAuditExporter {
 }
 
 /// What happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Op {
     /// An agent connected.
@@ -194,6 +209,16 @@ pub struct AuditEvent<'a> {
     pub outcome: Outcome,
     /// Why, as a fixed code (`token_expired`, `scope_not_covered`, `max_subscriptions`, …).
     pub reason: Option<&'static str>,
+    /// For refusals and limit hits (aggregated): how many events this line stands for (1 for
+    /// the first one, written at once).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// For a line standing for several events: when the first of them happened.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "rfc3339_opt"
+    )]
+    pub since: Option<SystemTime>,
 }
 
 impl<'a> AuditEvent<'a> {
@@ -212,7 +237,103 @@ impl<'a> AuditEvent<'a> {
             selector: None,
             outcome,
             reason: None,
+            count: None,
+            since: None,
         }
+    }
+}
+
+/// Whom an aggregated event is counted against.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Offender {
+    /// A connection the relay knows (its hub id).
+    Connection(ActorKind, u64),
+    /// A peer not (yet) identified: its source address.
+    Source(SourceKey),
+    /// Identified by its token subject or certificate identity only.
+    Subject(ActorKind, String),
+    /// Known only by its org.
+    Org(String),
+    /// Nothing known.
+    Unknown(ActorKind),
+}
+
+/// What aggregation groups by: who, and which refusal or limit.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct AggregateKey {
+    offender: Offender,
+    op: Op,
+    attempt: Option<&'static str>,
+    reason: Option<&'static str>,
+}
+
+impl AggregateKey {
+    fn of(e: &AuditEvent<'_>) -> Self {
+        let a = e.actor;
+        let offender = if a.id != 0 {
+            Offender::Connection(a.kind, a.id)
+        } else if let Some(remote) = e.remote {
+            Offender::Source(SourceKey::of(remote.ip()))
+        } else if let Some(sub) = &a.sub {
+            Offender::Subject(a.kind, sub.clone())
+        } else if let Some(org) = e.org {
+            Offender::Org(org.to_owned())
+        } else {
+            Offender::Unknown(a.kind)
+        };
+        Self {
+            offender,
+            op: e.op,
+            attempt: e.attempt,
+            reason: e.reason,
+        }
+    }
+}
+
+/// The first counted event of a window, from which its summary line is written.
+#[derive(Debug)]
+struct Sample {
+    time: SystemTime,
+    actor: Actor,
+    org: Option<String>,
+    op: Op,
+    outcome: Outcome,
+    cluster: Option<String>,
+    remote: Option<SocketAddr>,
+    attempt: Option<&'static str>,
+    reason: Option<&'static str>,
+}
+
+impl Sample {
+    fn of(e: &AuditEvent<'_>) -> Self {
+        Self {
+            time: e.time,
+            actor: e.actor.clone(),
+            org: e.org.map(Into::into),
+            op: e.op,
+            outcome: e.outcome,
+            cluster: e.cluster.map(Into::into),
+            remote: e.remote,
+            attempt: e.attempt,
+            reason: e.reason,
+        }
+    }
+}
+
+/// The aggregation table and the origin of its monotonic clock.
+#[derive(Debug)]
+struct Aggregation {
+    table: Mutex<Aggregator<AggregateKey, Sample>>,
+    origin: tokio::time::Instant,
+}
+
+impl Aggregation {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Aggregator<AggregateKey, Sample>> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn now(&self) -> Duration {
+        tokio::time::Instant::now().saturating_duration_since(self.origin)
     }
 }
 
@@ -231,6 +352,11 @@ pub trait AuditSink: Send + Sync + fmt::Debug {
     fn failures(&self) -> u64 {
         0
     }
+
+    /// Waits up to `timeout` until every event taken is written; true if it is (shutdown).
+    fn flush(&self, _timeout: Duration) -> bool {
+        true
+    }
 }
 
 /// Emits audit events to its sinks. Thread-safe; share it in an `Arc`.
@@ -241,6 +367,7 @@ pub struct Auditor {
     clock: fn() -> SystemTime,
     emitted: AtomicU64,
     rejected: AtomicU64,
+    aggregation: std::sync::OnceLock<Aggregation>,
 }
 
 impl Auditor {
@@ -252,6 +379,7 @@ impl Auditor {
             clock: SystemTime::now,
             emitted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            aggregation: std::sync::OnceLock::new(),
         }
     }
 
@@ -284,6 +412,87 @@ impl Auditor {
     /// Events a sink refused or lost (queue full, write failed): export as a metric.
     pub fn failed(&self) -> u64 {
         self.rejected.load(Ordering::Relaxed) + self.sinks.iter().map(|s| s.failures()).sum::<u64>()
+    }
+
+    /// Aggregates refusals and limit hits from now on ([`aggregate`]). The first configuration
+    /// given wins; false if aggregation was already on.
+    pub fn aggregate(&self, config: AggregateConfig) -> bool {
+        self.aggregation
+            .set(Aggregation {
+                table: Mutex::new(Aggregator::new(config)),
+                origin: tokio::time::Instant::now(),
+            })
+            .is_ok()
+    }
+
+    /// The aggregation settings in force, if on.
+    pub fn aggregation(&self) -> Option<AggregateConfig> {
+        self.aggregation.get().map(|a| a.lock().config())
+    }
+
+    /// Refusals and limit hits counted into a summary line instead of a line of their own
+    /// (those of the others bucket included).
+    pub fn suppressed(&self) -> u64 {
+        self.aggregation.get().map_or(0, |a| a.lock().counted())
+    }
+
+    /// Of [`Auditor::suppressed`], those folded into the others bucket (the table was full).
+    pub fn overflowed(&self) -> u64 {
+        self.aggregation.get().map_or(0, |a| a.lock().overflowed())
+    }
+
+    /// Offenders (× refusal or limit) the aggregation table tracks now.
+    pub fn offenders(&self) -> usize {
+        self.aggregation.get().map_or(0, |a| a.lock().keys())
+    }
+
+    /// Writes the summary lines whose interval is over. The relay calls it every second.
+    pub fn flush_due(&self) {
+        let Some(agg) = self.aggregation.get() else {
+            return;
+        };
+        let due = agg.lock().due(agg.now());
+        for summary in due {
+            self.summarise(summary);
+        }
+    }
+
+    /// Writes every summary line still held (at shutdown), then waits up to `timeout` for the
+    /// sinks to write what they queued. True if all was written.
+    pub fn flush_all(&self, timeout: Duration) -> bool {
+        if let Some(agg) = self.aggregation.get() {
+            let held = agg.lock().drain();
+            for summary in held {
+                self.summarise(summary);
+            }
+        }
+        self.sinks.iter().all(|s| s.flush(timeout))
+    }
+
+    fn summarise(&self, summary: aggregate::Summary<Sample>) {
+        let others = Actor {
+            kind: ActorKind::Others,
+            id: 0,
+            sub: None,
+        };
+        match &summary.sample {
+            Some(s) => {
+                let mut e = AuditEvent::new(&s.actor, s.org.as_deref(), s.op, s.outcome);
+                e.cluster = s.cluster.as_deref();
+                e.remote = s.remote;
+                e.attempt = s.attempt;
+                e.reason = s.reason;
+                e.count = Some(summary.count);
+                e.since = Some(s.time);
+                self.emit(e);
+            }
+            None => {
+                let mut e = AuditEvent::new(&others, None, Op::Limit, Outcome::Limit);
+                e.reason = Some("audit_offenders");
+                e.count = Some(summary.count);
+                self.emit(e);
+            }
+        }
     }
 
     /// An agent's certificate was accepted: it is filed under `org`/`cluster`.
@@ -341,7 +550,7 @@ impl Auditor {
         e.selector = selector;
         e.remote = remote;
         e.reason = Some(reason);
-        self.emit(e);
+        self.emit_aggregated(e);
     }
 
     /// A configured limit was hit: `limit` names it (`max_subscriptions_per_session`,
@@ -356,7 +565,52 @@ impl Auditor {
         let mut e = AuditEvent::new(actor, org, Op::Limit, Outcome::Limit);
         e.selector = selector;
         e.reason = Some(limit);
-        self.emit(e);
+        self.emit_aggregated(e);
+    }
+
+    /// A configured limit was hit by a peer at `remote` (`pending_handshakes`,
+    /// `first_byte_timeout`, `session_message_bytes`, …).
+    pub fn limit_at(
+        &self,
+        actor: &Actor,
+        org: Option<&str>,
+        limit: &'static str,
+        remote: Option<SocketAddr>,
+    ) {
+        let mut e = AuditEvent::new(actor, org, Op::Limit, Outcome::Limit);
+        e.remote = remote;
+        e.reason = Some(limit);
+        self.emit_aggregated(e);
+    }
+
+    /// An agent's QUIC/TLS handshake failed (no client certificate, a certificate of another
+    /// CA, wrong ALPN, …): audited as a `deny` of `agent_connect` with the reason from
+    /// [`handshake_refusal_reason`], and logged.
+    pub fn agent_handshake_refused(&self, remote: SocketAddr, error: &quinn::ConnectionError) {
+        let reason = handshake_refusal_reason(error);
+        tracing::info!(%remote, error = %error, reason, "agent handshake refused");
+        self.deny(
+            &Actor::agent(0, None),
+            None,
+            "agent_connect",
+            None,
+            Some(remote),
+            reason,
+        );
+    }
+
+    /// Refusals and limit hits: written, or counted for a later summary line.
+    fn emit_aggregated(&self, mut event: AuditEvent<'_>) {
+        let Some(agg) = self.aggregation.get() else {
+            return self.emit(event);
+        };
+        event.time = (self.clock)();
+        let key = AggregateKey::of(&event);
+        let seen = agg.lock().observe(&key, agg.now(), || Sample::of(&event));
+        if seen == Seen::Write {
+            event.count = Some(1);
+            self.emit(event);
+        }
     }
 
     fn emit(&self, mut event: AuditEvent<'_>) {
@@ -507,10 +761,52 @@ impl AuditSink for QueuedSink {
     fn failures(&self) -> u64 {
         self.shared.write_failures.load(Ordering::Relaxed)
     }
+
+    fn flush(&self, timeout: Duration) -> bool {
+        self.wait_idle(timeout)
+    }
 }
 
 fn rfc3339<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&Rfc3339(*time))
+}
+
+fn rfc3339_opt<S: Serializer>(time: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+    match time {
+        Some(t) => s.collect_str(&Rfc3339(*t)),
+        None => s.serialize_none(),
+    }
+}
+
+/// The audit reason for a failed agent handshake: what the relay's TLS stack refused, or how
+/// the handshake ended otherwise.
+///
+/// | reason                  | when                                                          |
+/// | ----------------------- | ------------------------------------------------------------- |
+/// | `no_client_certificate` | the agent presented no certificate (TLS alert 116)            |
+/// | `untrusted_certificate` | its certificate does not verify against `--agent-ca-file`: another CA, a bad signature, expired, malformed (alerts 42–46, 48, 51) |
+/// | `alpn_mismatch`         | it did not offer ALPN `logrelay/1` (alert 120)                |
+/// | `tls_error`             | another TLS failure                                           |
+/// | `peer_aborted`          | the agent closed the handshake (e.g. it does not trust the relay) |
+/// | `handshake_timeout`     | the handshake did not finish within the idle timeout          |
+/// | `protocol_error`        | another QUIC failure                                          |
+pub fn handshake_refusal_reason(error: &quinn::ConnectionError) -> &'static str {
+    use quinn::ConnectionError as E;
+    match error {
+        E::TransportError(t) => {
+            let code = u64::from(t.code);
+            match code.checked_sub(0x100).filter(|alert| *alert < 0x100) {
+                Some(116) => "no_client_certificate",
+                Some(42..=46 | 48 | 51) => "untrusted_certificate",
+                Some(120) => "alpn_mismatch",
+                Some(_) => "tls_error",
+                None => "protocol_error",
+            }
+        }
+        E::ConnectionClosed(_) | E::ApplicationClosed(_) | E::Reset => "peer_aborted",
+        E::TimedOut => "handshake_timeout",
+        _ => "protocol_error",
+    }
 }
 
 /// Formats a time as RFC 3339 UTC with milliseconds (`2023-11-14T22:13:20.000Z`); times
@@ -542,6 +838,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::super::auth::{Role, RoleBinding, Scope};
+    use super::aggregate::AggregateConfig;
     use super::*;
 
     fn fixed_clock() -> SystemTime {
@@ -810,6 +1107,113 @@ mod tests {
         assert!(queue.wait_idle(Duration::from_secs(10)));
         // Two lost by the queue's writer, two refused by the synchronous sink.
         assert_eq!((a.emitted(), a.failed()), (2, 4));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_and_limits_are_aggregated_per_offender_with_a_count() {
+        let (a, sink) = auditor();
+        assert!(a.aggregate(AggregateConfig {
+            interval: Duration::from_secs(10),
+            max_keys: 3,
+        }));
+        let anonymous = Actor::session(0, None);
+        let at = |s: &str| Some(s.parse::<SocketAddr>().unwrap());
+        // One source (any port), one reason: the first at once, the rest counted.
+        for port in 1..=5 {
+            a.limit_at(
+                &anonymous,
+                None,
+                "pending_handshakes",
+                at(&format!("10.0.0.1:{port}")),
+            );
+        }
+        // Another reason of the same source, and a known session: keys of their own.
+        a.limit_at(&anonymous, None, "first_byte_timeout", at("10.0.0.1:9"));
+        a.limit(&session(), Some("acme"), "session_requests_per_sec", None);
+        a.limit(&session(), Some("acme"), "session_requests_per_sec", None);
+        // The table (3 keys) is full: a new offender goes to the others bucket.
+        a.deny(
+            &anonymous,
+            None,
+            "session_connect",
+            None,
+            at("[2001:db8::1]:443"),
+            "bad_signature",
+        );
+        assert_eq!(lines(&sink).len(), 3);
+        assert_eq!((a.suppressed(), a.overflowed(), a.offenders()), (6, 1, 3));
+        a.flush_due();
+        assert_eq!(lines(&sink).len(), 3, "no interval is over yet");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        a.flush_due();
+        let mut all = lines(&sink);
+        let summaries = all.split_off(3);
+        let first = json!({"type": "session", "id": 0, "sub": null});
+        assert_eq!(
+            all,
+            vec![
+                json!({"ts": TS, "kind": "audit", "actor": first, "org": null, "op": "limit",
+                       "remote": "10.0.0.1:1", "outcome": "limit",
+                       "reason": "pending_handshakes", "count": 1}),
+                json!({"ts": TS, "kind": "audit", "actor": first, "org": null, "op": "limit",
+                       "remote": "10.0.0.1:9", "outcome": "limit",
+                       "reason": "first_byte_timeout", "count": 1}),
+                json!({"ts": TS, "kind": "audit",
+                       "actor": {"type": "session", "id": 7, "sub": "alice@example.com"},
+                       "org": "acme", "op": "limit", "outcome": "limit",
+                       "reason": "session_requests_per_sec", "count": 1}),
+            ]
+        );
+        let mut summaries: Vec<String> = summaries.iter().map(|v| v.to_string()).collect();
+        summaries.sort();
+        let mut want: Vec<String> = [
+            json!({"ts": TS, "kind": "audit", "actor": first, "org": null, "op": "limit",
+                   "remote": "10.0.0.1:2", "outcome": "limit", "reason": "pending_handshakes",
+                   "count": 4, "since": TS}),
+            json!({"ts": TS, "kind": "audit",
+                   "actor": {"type": "session", "id": 7, "sub": "alice@example.com"},
+                   "org": "acme", "op": "limit", "outcome": "limit",
+                   "reason": "session_requests_per_sec", "count": 1, "since": TS}),
+            json!({"ts": TS, "kind": "audit",
+                   "actor": {"type": "others", "id": 0, "sub": null}, "org": null,
+                   "op": "limit", "outcome": "limit", "reason": "audit_offenders",
+                   "count": 1}),
+        ]
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+        want.sort();
+        assert_eq!(summaries, want);
+        assert_eq!(
+            a.offenders(),
+            2,
+            "keys with a summary start a new window; the quiet one is forgotten"
+        );
+        // Quiet for an interval: forgotten, so the next one is written at once again.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        a.flush_due();
+        assert_eq!(a.offenders(), 0);
+        a.limit_at(&anonymous, None, "pending_handshakes", at("10.0.0.1:7"));
+        assert_eq!(lines(&sink).len(), 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_writes_what_is_still_counted() {
+        let (a, sink) = auditor();
+        a.aggregate(AggregateConfig {
+            interval: Duration::from_secs(60),
+            max_keys: 8,
+        });
+        for _ in 0..3 {
+            a.limit(&session(), Some("acme"), "session_message_bytes", None);
+        }
+        assert!(a.flush_all(Duration::from_secs(1)));
+        let all = lines(&sink);
+        assert_eq!(all.len(), 2);
+        assert_eq!(
+            (all[0]["count"].as_u64(), all[1]["count"].as_u64()),
+            (Some(1), Some(2))
+        );
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
 /// Clock difference tolerated by default, in seconds.
 pub const DEFAULT_CLOCK_SKEW_SECS: u32 = 60;
 
+/// Longest token lifetime accepted by default, in seconds (24 hours).
+pub const DEFAULT_MAX_LIFETIME_SECS: u64 = 86_400;
+
 /// Session token verification settings.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -56,6 +59,9 @@ pub struct AuthConfig {
     pub clock_skew_secs: u32,
     /// Longest token accepted, in bytes (default 8 KiB); longer ones are refused unread.
     pub max_token_bytes: usize,
+    /// Longest lifetime accepted, in seconds (default 24 h): a token whose `exp` lies further
+    /// than this from now (plus the clock skew), or from its `iat`, is refused.
+    pub max_lifetime_secs: u64,
 }
 
 impl Default for AuthConfig {
@@ -65,6 +71,7 @@ impl Default for AuthConfig {
             audience: None,
             clock_skew_secs: DEFAULT_CLOCK_SKEW_SECS,
             max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+            max_lifetime_secs: DEFAULT_MAX_LIFETIME_SECS,
         }
     }
 }
@@ -108,6 +115,20 @@ pub enum AuthError {
         exp: i64,
         /// The time of the check.
         now: i64,
+    },
+    /// `exp` lies further than `max_lifetime_secs` from now (plus the clock skew) or from
+    /// `iat`: a token that would (nearly) never expire.
+    #[error(
+        "token lifetime too long: exp {exp} is more than {max_secs} s after {from} (the relay's \
+         limit); mint tokens that expire sooner"
+    )]
+    LifetimeTooLong {
+        /// The token's `exp`.
+        exp: i64,
+        /// The limit in force.
+        max_secs: u64,
+        /// `now` or `iat`: which the lifetime was measured from.
+        from: &'static str,
     },
     /// `nbf` or `iat` is later than now plus the allowed clock skew.
     #[error("token not valid before {not_before} (now {now})")]
@@ -179,6 +200,7 @@ impl AuthError {
             Self::UnknownKey => "unknown_key",
             Self::BadSignature => "bad_signature",
             Self::Expired { .. } => "token_expired",
+            Self::LifetimeTooLong { .. } => "token_lifetime_too_long",
             Self::NotYetValid { .. } => "token_not_yet_valid",
             Self::WrongIssuer => "wrong_issuer",
             Self::WrongAudience => "wrong_audience",

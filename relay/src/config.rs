@@ -129,19 +129,52 @@ pub struct RelayConfig {
         default_value_t = 60
     )]
     pub token_clock_skew_secs: u32,
+    /// Longest lifetime accepted for a session token, in seconds: a token whose `exp` lies
+    /// further than this from now (plus the clock skew), or from its `iat`, is refused (401).
+    #[arg(
+        long,
+        env = "LOGRELAY_RELAY_MAX_TOKEN_LIFETIME_SECS",
+        default_value_t = 86_400
+    )]
+    pub max_token_lifetime_secs: u64,
     /// Development only: HS256 shared secret for session tokens (at least 32 bytes). Refused
     /// without `--dev`.
     #[arg(long, env = "LOGRELAY_RELAY_DEV_TOKEN_SECRET", hide_env_values = true)]
     pub dev_token_secret: Option<String>,
-    /// Session connections allowed in their TLS handshake or request head at once; more are
-    /// dropped on accept.
+    /// Session connections allowed in their TLS handshake or request head at once. A new
+    /// connection beyond it sheds a pending one: from the source holding the most, a silent
+    /// one first, the oldest first.
     #[arg(
         long,
         env = "LOGRELAY_RELAY_MAX_PENDING_HANDSHAKES",
         default_value_t = 1024
     )]
     pub max_pending_handshakes: usize,
-    /// Deadline for a session's TLS handshake and request head, in seconds.
+    /// Session connections one source (IPv4 address, IPv6 /64) may have in their handshake at
+    /// once; more from it are closed on accept.
+    #[arg(
+        long,
+        env = "LOGRELAY_RELAY_MAX_PENDING_HANDSHAKES_PER_SOURCE",
+        default_value_t = 64
+    )]
+    pub max_pending_handshakes_per_source: usize,
+    /// Sessions one source (IPv4 address, IPv6 /64) may hold at once; beyond, the upgrade is
+    /// refused with 429.
+    #[arg(
+        long,
+        env = "LOGRELAY_RELAY_MAX_SESSIONS_PER_SOURCE",
+        default_value_t = 256
+    )]
+    pub max_sessions_per_source: usize,
+    /// Deadline for the first bytes of a session connection (TLS hello or request), in
+    /// milliseconds from its accept; a connection silent that long is closed.
+    #[arg(
+        long,
+        env = "LOGRELAY_RELAY_FIRST_BYTE_TIMEOUT_MS",
+        default_value_t = 3000
+    )]
+    pub first_byte_timeout_ms: u64,
+    /// Deadline for a session's TLS handshake and request head, in seconds from its accept.
     #[arg(
         long,
         env = "LOGRELAY_RELAY_HANDSHAKE_TIMEOUT_SECS",
@@ -152,6 +185,22 @@ pub struct RelayConfig {
     /// collector (`http://host:4318`; plain HTTP: run a collector beside the relay).
     #[arg(long, env = "LOGRELAY_RELAY_AUDIT_OTLP_ENDPOINT")]
     pub audit_otlp_endpoint: Option<String>,
+    /// Refusals and limit hits are audited per offender and reason: the first at once, then at
+    /// most one line per this many seconds, with the `count` of events it stands for.
+    #[arg(
+        long,
+        env = "LOGRELAY_RELAY_AUDIT_AGGREGATE_SECS",
+        default_value_t = 60
+    )]
+    pub audit_aggregate_secs: u64,
+    /// Offenders (× reason) the audit aggregation tracks; events of others are folded into
+    /// one line per interval (actor type `others`, reason `audit_offenders`).
+    #[arg(
+        long,
+        env = "LOGRELAY_RELAY_AUDIT_MAX_OFFENDERS",
+        default_value_t = 1024
+    )]
+    pub audit_max_offenders: usize,
 }
 
 /// What happens to a session that falls behind a stream's ring.
@@ -194,10 +243,16 @@ impl RelayConfig {
             token_issuer: None,
             token_audience: None,
             token_clock_skew_secs: 60,
+            max_token_lifetime_secs: 86_400,
             dev_token_secret: None,
             max_pending_handshakes: 1024,
+            max_pending_handshakes_per_source: 64,
+            max_sessions_per_source: 256,
+            first_byte_timeout_ms: 3000,
             handshake_timeout_secs: 10,
             audit_otlp_endpoint: None,
+            audit_aggregate_secs: 60,
+            audit_max_offenders: 1024,
         }
     }
 

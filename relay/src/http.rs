@@ -1,14 +1,20 @@
 //! The session listener: `/v1/subscribe` over WS, or WSS when a certificate is configured, and
 //! the browser viewer's static files ([`crate::ui`]) on the same origin unless turned off.
 //!
-//! Every connection goes through one accept loop: optional TLS handshake and HTTP request head,
-//! both under a deadline and a cap on connections still in that phase (floods of idle or
-//! slow connections cannot pile up), then the upgrade. The bearer token is checked before the
-//! upgrade: a session without valid credentials is refused with HTTP 401 and a one-line reason
-//! (default deny), unless the relay has an anonymous org (development).
+//! Every connection goes through one accept loop and [`Gate`], which keeps the connections
+//! still in their handshake ([`crate::admission`]): capped per source and in all, the cap making
+//! room by shedding the greediest source's connection rather than refusing newcomers; each must
+//! send its first bytes within `--first-byte-timeout-ms` and finish its TLS handshake and
+//! request head within `--handshake-timeout-secs` of its accept. Every connection serves one
+//! request: a page, a refusal, or the upgrade to a session, then closes (no keep-alive, so a
+//! refused client holds nothing). The bearer token is checked before the upgrade: a session
+//! without valid credentials is refused with HTTP 401 and a one-line reason (default deny),
+//! unless the relay has an anonymous org (development); a source holding
+//! `--max-sessions-per-source` sessions gets 429.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
@@ -17,8 +23,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
+use crate::admission::{Admission, AdmissionConfig, Admitted, ConnId, Refused, SourceKey};
 use crate::audit::{Actor, Auditor};
 use crate::auth::{self, Verifier};
 use crate::hub::Hub;
@@ -50,6 +57,8 @@ pub struct SessionApp {
     pub ui: bool,
     /// Origins besides the relay's own whose pages may open sessions ([`crate::origin`]).
     pub allowed_origins: Vec<String>,
+    /// Admission of connections and sessions per source (shared with [`serve`]).
+    pub gate: Arc<Gate>,
 }
 
 /// Read buffer of a session's WebSocket.
@@ -63,11 +72,24 @@ pub fn router(app: SessionApp) -> Router {
     let router = Router::new()
         .route("/v1/subscribe", get(subscribe))
         .with_state(app);
-    if ui {
+    let router = if ui {
         router.merge(crate::ui::router())
     } else {
         router
+    };
+    router.layer(axum::middleware::map_response(close_after_reply))
+}
+
+/// Every reply but a session's upgrade closes its connection (`Connection: close`): a refused
+/// or finished client holds nothing while it idles.
+async fn close_after_reply(mut response: Response) -> Response {
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
     }
+    response
 }
 
 fn now_unix_secs() -> i64 {
@@ -192,6 +214,18 @@ async fn subscribe(
             );
         }
     };
+    let slot = match app.gate.open_session(remote) {
+        Ok(slot) => slot,
+        Err(refused) => {
+            return refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!(
+                    "limit: {refused} (at most {} at once, see --max-sessions-per-source)",
+                    app.gate.config().max_sessions_per_source
+                ),
+            );
+        }
+    };
     // Echo `logrelay.v1` whenever it is offered, with or without a token: a browser that offers
     // a subprotocol fails the connection unless the server picks one.
     let ws = if auth::select_subprotocol(protocols).is_some() {
@@ -207,7 +241,9 @@ async fn subscribe(
         // Written out once this full; a stalled socket holds at most this plus one message.
         .write_buffer_size(app.write_buffer_bytes)
         .max_write_buffer_size(app.write_buffer_bytes + 2 * 1024 * 1024)
-        .on_upgrade(move |socket| {
+        .on_upgrade(move |socket| async move {
+            // Counted against its source until the session ends.
+            let _slot = slot;
             session::serve(
                 socket,
                 identity,
@@ -219,7 +255,147 @@ async fn subscribe(
                     shutdown: app.shutdown,
                 },
             )
+            .await;
         })
+}
+
+/// Admission of session connections ([`Admission`]) with the means to close the pending
+/// connections it sheds, its metrics and audit.
+#[derive(Debug)]
+pub struct Gate {
+    inner: Mutex<GateInner>,
+    metrics: Arc<RelayMetrics>,
+    auditor: Arc<Auditor>,
+}
+
+#[derive(Debug)]
+struct GateInner {
+    admission: Admission,
+    /// Each pending connection's task, to abort when it is shed, and its peer.
+    tasks: HashMap<ConnId, (tokio::task::AbortHandle, SocketAddr)>,
+}
+
+impl Gate {
+    /// A gate with these limits.
+    pub fn new(config: AdmissionConfig, metrics: Arc<RelayMetrics>, auditor: Arc<Auditor>) -> Self {
+        Self {
+            inner: Mutex::new(GateInner {
+                admission: Admission::new(config),
+                tasks: HashMap::new(),
+            }),
+            metrics,
+            auditor,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateInner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Its limits.
+    pub fn config(&self) -> AdmissionConfig {
+        self.lock().admission.config()
+    }
+
+    /// Connections in their handshake now.
+    pub fn pending(&self) -> usize {
+        self.lock().admission.pending()
+    }
+
+    /// Counts a refusal or shed connection by `limit` (metric and audit, aggregated per source).
+    fn limit(&self, limit: &'static str, remote: SocketAddr) {
+        self.metrics.limit_hit(limit);
+        self.auditor
+            .limit_at(&Actor::session(0, None), None, limit, Some(remote));
+    }
+
+    /// Admits a connection accepted from `remote`, served by the task `spawn` starts with its
+    /// ticket; `false` (and nothing spawned) when its source is over its cap.
+    fn admit(
+        self: &Arc<Self>,
+        remote: SocketAddr,
+        spawn: impl FnOnce(Pending) -> tokio::task::JoinHandle<()>,
+    ) -> bool {
+        let mut inner = self.lock();
+        let Admitted { id, shed } = match inner.admission.admit(SourceKey::of(remote.ip())) {
+            Ok(a) => a,
+            Err(refused) => {
+                drop(inner);
+                self.limit(refused.limit(), remote);
+                return false;
+            }
+        };
+        let shed = shed.and_then(|s| inner.tasks.remove(&s.id));
+        let task = spawn(Pending {
+            gate: self.clone(),
+            id,
+        });
+        inner.tasks.insert(id, (task.abort_handle(), remote));
+        self.metrics
+            .pending_handshakes
+            .set(i64::try_from(inner.admission.pending()).unwrap_or(i64::MAX));
+        drop(inner);
+        if let Some((task, shed_remote)) = shed {
+            task.abort();
+            self.limit("pending_handshakes", shed_remote);
+        }
+        true
+    }
+
+    /// A session from `remote` is about to start: its slot, or the refusal (counted, audited).
+    fn open_session(self: &Arc<Self>, remote: SocketAddr) -> Result<SessionSlot, Refused> {
+        let source = SourceKey::of(remote.ip());
+        let opened = self.lock().admission.open_session(source);
+        match opened {
+            Ok(()) => Ok(SessionSlot {
+                gate: self.clone(),
+                source,
+            }),
+            Err(refused) => {
+                self.limit(refused.limit(), remote);
+                Err(refused)
+            }
+        }
+    }
+}
+
+/// A pending connection's ticket: released when dropped (the connection was upgraded,
+/// answered, closed, timed out, or aborted because it was shed).
+#[derive(Debug)]
+struct Pending {
+    gate: Arc<Gate>,
+    id: ConnId,
+}
+
+impl Pending {
+    fn spoke(&self) {
+        self.gate.lock().admission.spoke(self.id);
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut inner = self.gate.lock();
+        inner.admission.release(self.id);
+        inner.tasks.remove(&self.id);
+        self.gate
+            .metrics
+            .pending_handshakes
+            .set(i64::try_from(inner.admission.pending()).unwrap_or(i64::MAX));
+    }
+}
+
+/// A session counted against its source until dropped.
+#[derive(Debug)]
+struct SessionSlot {
+    gate: Arc<Gate>,
+    source: SourceKey,
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.gate.lock().admission.close_session(self.source);
+    }
 }
 
 /// Options of accepted session connections.
@@ -227,9 +403,9 @@ async fn subscribe(
 pub struct SocketOptions {
     /// `SO_SNDBUF` (0: leave the OS default).
     pub send_buffer_bytes: usize,
-    /// Connections allowed in their TLS handshake or request head at once.
-    pub max_pending_handshakes: usize,
-    /// Deadline for the TLS handshake and the request head.
+    /// Deadline for the first bytes (TLS hello or request), from the accept.
+    pub first_byte_timeout: Duration,
+    /// Deadline for the TLS handshake and the request head, from the accept.
     pub handshake_timeout: Duration,
 }
 
@@ -244,16 +420,16 @@ impl SocketOptions {
     }
 }
 
-/// Serves `router` on `listener`, over TLS when `tls` is set, until shutdown.
+/// Serves `router` on `listener`, over TLS when `tls` is set, until shutdown. Every accepted
+/// connection goes through `gate` first.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     tls: Option<crate::reload::SharedServerConfig>,
     options: SocketOptions,
-    metrics: Arc<RelayMetrics>,
+    gate: Arc<Gate>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let pending = Arc::new(Semaphore::new(options.max_pending_handshakes.max(1)));
     loop {
         let (tcp, remote) = tokio::select! {
             r = listener.accept() => match r {
@@ -265,12 +441,7 @@ pub async fn serve(
             },
             () = crate::stopped(&mut shutdown) => return,
         };
-        let Ok(permit) = pending.clone().try_acquire_owned() else {
-            metrics.limit_hit("pending_handshakes");
-            drop(tcp);
-            continue;
-        };
-        options.apply(&tcp);
+        let accepted_at = tokio::time::Instant::now();
         // The configuration in force now: a reload applies to the next handshakes.
         let acceptor = tls.as_ref().map(|shared| {
             tokio_rustls::TlsAcceptor::from(shared.read().expect("wss config lock").clone())
@@ -278,43 +449,78 @@ pub async fn serve(
         let service = hyper_util::service::TowerToHyperService::new(
             router.clone().layer(axum::Extension(ConnectInfo(remote))),
         );
-        tokio::spawn(async move {
-            let http = hyper::server::conn::http1::Builder::new()
-                .header_read_timeout(options.handshake_timeout)
-                .timer(hyper_util::rt::TokioTimer::new())
-                .to_owned();
-            let result = match acceptor {
-                Some(acceptor) => {
-                    let tls =
-                        match tokio::time::timeout(options.handshake_timeout, acceptor.accept(tcp))
-                            .await
-                        {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%remote, "TLS handshake timed out");
-                                return;
-                            }
-                        };
-                    http.serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                        .with_upgrades()
-                        .await
-                }
-                None => {
-                    http.serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                        .with_upgrades()
-                        .await
-                }
-            };
-            // The connection future ends at the upgrade: the permit covered the handshake and
-            // the request head only.
-            drop(permit);
-            if let Err(e) = result {
-                tracing::debug!(%remote, error = %e, "session connection ended");
-            }
+        let admitted = gate.admit(remote, |pending| {
+            tokio::spawn(connection(
+                tcp,
+                remote,
+                pending,
+                acceptor,
+                service,
+                options,
+                accepted_at,
+            ))
         });
+        if !admitted {
+            tracing::debug!(%remote, "connection refused: its source holds its pending cap");
+        }
+    }
+}
+
+/// Serves one connection: first bytes, TLS handshake and request head under their deadlines,
+/// then one request (a page, a refusal or a session's upgrade), then closes.
+async fn connection(
+    tcp: tokio::net::TcpStream,
+    remote: SocketAddr,
+    pending: Pending,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    service: hyper_util::service::TowerToHyperService<Router>,
+    options: SocketOptions,
+    accepted_at: tokio::time::Instant,
+) {
+    let gate = pending.gate.clone();
+    let mut probe = [0u8; 1];
+    match tokio::time::timeout_at(
+        accepted_at + options.first_byte_timeout,
+        tcp.peek(&mut probe),
+    )
+    .await
+    {
+        Ok(Ok(n)) if n > 0 => pending.spoke(),
+        Ok(_) => return,
+        Err(_) => {
+            gate.limit("first_byte_timeout", remote);
+            return;
+        }
+    }
+    options.apply(&tcp);
+    let http = hyper::server::conn::http1::Builder::new()
+        .header_read_timeout(options.handshake_timeout)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .to_owned();
+    let served = tokio::time::timeout_at(accepted_at + options.handshake_timeout, async {
+        match acceptor {
+            Some(acceptor) => match acceptor.accept(tcp).await {
+                Ok(tls) => http
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .with_upgrades()
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(format!("TLS handshake failed: {e}")),
+            },
+            None => http
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                .with_upgrades()
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    })
+    .await;
+    // The connection future ends once its one request is answered, or at the upgrade: the
+    // ticket covered the handshake and the request only.
+    drop(pending);
+    match served {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(%remote, error = %e, "session connection ended"),
+        Err(_) => gate.limit("handshake_timeout", remote),
     }
 }

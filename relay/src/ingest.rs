@@ -107,7 +107,7 @@ pub async fn run(
                         tracing::info!(%remote, error = %e, "agent connection closed");
                     }
                 }
-                Err(e) => tracing::info!(%remote, error = %e, "agent handshake refused"),
+                Err(e) => auditor.agent_handshake_refused(remote, &e),
             }
         });
     }

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod admission;
 pub mod audit;
 pub mod auth;
 pub mod config;
@@ -33,6 +34,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 pub use config::RelayConfig;
+
+/// Listen backlog of the session listener (the kernel caps it at `net.core.somaxconn`).
+pub const SESSION_ACCEPT_BACKLOG: u32 = 4096;
 
 /// TLS material of a relay.
 #[derive(Debug)]
@@ -104,6 +108,7 @@ pub struct RelayHandle {
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     endpoint: quinn::Endpoint,
+    auditor: Arc<audit::Auditor>,
     otlp: Option<Arc<audit::otlp::OtlpAuditExporter>>,
 }
 
@@ -115,6 +120,13 @@ impl RelayHandle {
         self.endpoint
             .close(ingest::codes::SHUTDOWN.into(), b"relay shutting down");
         self.endpoint.wait_idle().await;
+        // Summary lines still held, and what the stdout queue has not written yet.
+        let auditor = self.auditor.clone();
+        let written =
+            tokio::task::spawn_blocking(move || auditor.flush_all(Duration::from_secs(2))).await;
+        if !matches!(written, Ok(true)) {
+            tracing::warn!("audit: trail not completely written at shutdown");
+        }
         if let Some(otlp) = self.otlp.take() {
             let flushed = tokio::task::spawn_blocking(move || otlp.shutdown()).await;
             if let Ok(Err(e)) = flushed {
@@ -164,6 +176,7 @@ pub fn token_verifier(config: &RelayConfig) -> Result<Option<auth::Verifier>, St
         issuer: config.token_issuer.clone(),
         audience: config.token_audience.clone(),
         clock_skew_secs: config.token_clock_skew_secs,
+        max_lifetime_secs: config.max_token_lifetime_secs,
         ..auth::AuthConfig::default()
     };
     let err = |path: &str, reason: String| StartError::TokenKeys {
@@ -201,6 +214,10 @@ pub async fn start_with_auditor(
     logrelay_tls::install_provider();
     let verifier = token_verifier(&config)?.map(Arc::new);
     let metrics = Arc::new(metrics::RelayMetrics::new());
+    auditor.aggregate(audit::aggregate::AggregateConfig {
+        interval: Duration::from_secs(config.audit_aggregate_secs.max(1)),
+        max_keys: config.audit_max_offenders.max(1),
+    });
     metrics.report_audit(auditor.clone());
     let hub = hub::Hub::new(config.hub(), metrics.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -220,17 +237,24 @@ pub async fn start_with_auditor(
         source,
     })?;
 
-    let bind = |what: &'static str, addr: SocketAddr| async move {
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { what, addr, source })?;
-        let local = l
-            .local_addr()
-            .map_err(|source| StartError::Bind { what, addr, source })?;
+    let bind = |what: &'static str, addr: SocketAddr, backlog: u32| {
+        let err = |source| StartError::Bind { what, addr, source };
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .map_err(err)?;
+        socket.set_reuseaddr(true).map_err(err)?;
+        socket.bind(addr).map_err(err)?;
+        let l = socket.listen(backlog).map_err(err)?;
+        let local = l.local_addr().map_err(err)?;
         Ok::<_, StartError>((l, local))
     };
-    let (http, http_addr) = bind("session listener", config.http_addr).await?;
-    let (admin, admin_addr) = bind("admin listener", config.admin_addr).await?;
+    // A deep accept queue for sessions: a flood of connections waits there instead of having
+    // the kernel drop other clients' SYNs (the accept loop sheds floods, see `admission`).
+    let (http, http_addr) = bind("session listener", config.http_addr, SESSION_ACCEPT_BACKLOG)?;
+    let (admin, admin_addr) = bind("admin listener", config.admin_addr, 1024)?;
 
     let wss: Option<reload::SharedServerConfig> = match tls.wss {
         Some(id) => Some(Arc::new(std::sync::RwLock::new(
@@ -269,9 +293,24 @@ pub async fn start_with_auditor(
         ),
         ("memory_budget_bytes", config.memory_budget_bytes),
         ("ring_bytes", config.ring_bytes),
+        ("pending_handshakes", config.max_pending_handshakes),
+        (
+            "pending_handshakes_per_source",
+            config.max_pending_handshakes_per_source,
+        ),
+        ("sessions_per_source", config.max_sessions_per_source),
     ] {
         metrics.set_limit(name, value);
     }
+    let gate = Arc::new(http::Gate::new(
+        admission::AdmissionConfig {
+            max_pending: config.max_pending_handshakes,
+            max_pending_per_source: config.max_pending_handshakes_per_source,
+            max_sessions_per_source: config.max_sessions_per_source,
+        },
+        metrics.clone(),
+        auditor.clone(),
+    ));
     let app = http::SessionApp {
         hub: hub.clone(),
         metrics: metrics.clone(),
@@ -284,10 +323,11 @@ pub async fn start_with_auditor(
         shutdown: shutdown_rx.clone(),
         ui: config.ui,
         allowed_origins: config.allowed_origins.clone(),
+        gate: gate.clone(),
     };
     let socket_options = http::SocketOptions {
         send_buffer_bytes: config.session_send_buffer_bytes,
-        max_pending_handshakes: config.max_pending_handshakes,
+        first_byte_timeout: Duration::from_millis(config.first_byte_timeout_ms.max(1)),
         handshake_timeout: Duration::from_secs(config.handshake_timeout_secs.max(1)),
     };
     tasks.spawn(http::serve(
@@ -295,9 +335,22 @@ pub async fn start_with_auditor(
         http::router(app),
         wss,
         socket_options,
-        metrics.clone(),
+        gate,
         shutdown_rx.clone(),
     ));
+    // Summary lines of the audit aggregation, once their interval is over.
+    let mut audit_shutdown = shutdown_rx.clone();
+    let audit_flush = auditor.clone();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => audit_flush.flush_due(),
+                () = stopped(&mut audit_shutdown) => return,
+            }
+        }
+    });
     let admin_router = admin::router(metrics.clone(), ready_rx);
     let mut admin_shutdown = shutdown_rx.clone();
     tasks.spawn(async move {
@@ -314,7 +367,7 @@ pub async fn start_with_auditor(
         endpoint.clone(),
         hub,
         metrics.clone(),
-        auditor,
+        auditor.clone(),
         ingest::IngestConfig {
             max_frame_bytes: config.max_frame_bytes,
             heartbeat_secs: config.agent_heartbeat_secs,
@@ -337,6 +390,7 @@ pub async fn start_with_auditor(
         shutdown,
         tasks,
         endpoint,
+        auditor,
         otlp: None,
     })
 }

@@ -44,19 +44,45 @@ struct Cli {
     /// refused it (exits non-zero if the write succeeds). For verifying a deployment.
     #[arg(long, env = "LOGRELAY_RELAY_SANDBOX_SELF_CHECK_DIR")]
     sandbox_self_check_dir: Option<PathBuf>,
+    /// Format of the diagnostic logs on stderr: `text` (coloured only when stderr is a
+    /// terminal and `NO_COLOR` is unset) or `json` (one object per line). The audit trail on
+    /// stdout is always JSON lines.
+    #[arg(long, env = "LOGRELAY_RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// How diagnostic logs are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `fields`, `target`).
+    Json,
+}
+
+/// Diagnostic logs go to stderr, so stdout carries the audit trail alone (JSON lines).
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LOGRELAY_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .init(),
+        LogFormat::Json => logs.json().with_ansi(false).init(),
+    }
 }
 
 /// Loads everything from disk, forbids the process to write files, then starts the runtime:
 /// every runtime thread is created after the restriction and inherits it.
 fn main() -> anyhow::Result<()> {
     logrelay_tls::install_provider();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LOGRELAY_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let mut cli = Cli::parse();
+    init_logging(cli.log_format);
     let wss = match (&cli.config.wss_cert_file, &cli.config.wss_key_file) {
         (Some(c), Some(k)) => Some(logrelay_tls::Identity::from_pem_files(c, k)?),
         _ => None,
@@ -108,6 +134,7 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("building the runtime")?;
     runtime.block_on(async move {
+        let stop = terminated();
         let relay = logrelay_relay::start(cli.config, tls)
             .await
             .context("starting relay")?;
@@ -120,22 +147,30 @@ fn main() -> anyhow::Result<()> {
                 Err(e) => tracing::info!(error = %e, "sandbox self-check: file write refused"),
             }
         }
-        terminated().await;
+        stop.await;
         tracing::info!("shutting down");
         relay.shutdown().await;
         Ok(())
     })
 }
 
-/// Resolves on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
-async fn terminated() {
+/// Installs the SIGTERM (Kubernetes) and SIGINT (Ctrl-C) handlers at once, so a signal that
+/// arrives from here on means a clean shutdown; the future resolves on either.
+fn terminated() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
     }
 }

@@ -28,6 +28,8 @@ pub struct RelayMetrics {
     pub agents_connected: Gauge,
     /// Sessions connected.
     pub sessions_connected: Gauge,
+    /// Session connections in their handshake (first bytes, TLS, request head).
+    pub pending_handshakes: Gauge,
     /// Streams known (announced by connected agents, or orphaned but watched).
     pub streams: Gauge,
     /// Filtered rings: one per (stream, line filter) that live subscriptions watch.
@@ -85,6 +87,43 @@ impl Collector for AuditFailed {
     }
 }
 
+/// `audit_suppressed_total`, `audit_overflowed_total` and `audit_offenders`: the audit
+/// aggregation's counts, read from the [`Auditor`] at each scrape.
+#[derive(Debug)]
+struct AuditAggregation(Arc<OnceLock<Arc<Auditor>>>);
+
+impl Collector for AuditAggregation {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let auditor = self.0.get();
+        for (name, help, value) in [
+            (
+                "audit_suppressed",
+                "Refusals and limit hits counted into a later audit line instead of one of their own",
+                auditor.map_or(0, |a| a.suppressed()),
+            ),
+            (
+                "audit_overflowed",
+                "Refusals and limit hits folded into the audit's others bucket (offender table full)",
+                auditor.map_or(0, |a| a.overflowed()),
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        let offenders = prometheus_client::metrics::gauge::ConstGauge::new(
+            auditor.map_or(0, |a| i64::try_from(a.offenders()).unwrap_or(i64::MAX)),
+        );
+        let metric = encoder.encode_descriptor(
+            "audit_offenders",
+            "Offenders (by reason) the audit aggregation tracks now",
+            None,
+            offenders.metric_type(),
+        )?;
+        offenders.encode(metric)
+    }
+}
+
 /// Label naming a limit.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Limit {
@@ -122,6 +161,7 @@ impl RelayMetrics {
             registry: Registry::default(),
             agents_connected: Gauge::default(),
             sessions_connected: Gauge::default(),
+            pending_handshakes: Gauge::default(),
             streams: Gauge::default(),
             filtered_rings: Gauge::default(),
             lines_received: Counter::default(),
@@ -150,6 +190,11 @@ impl RelayMetrics {
             "sessions_connected",
             "Sessions connected",
             m.sessions_connected.clone(),
+        );
+        r.register(
+            "pending_handshakes",
+            "Session connections in their handshake",
+            m.pending_handshakes.clone(),
         );
         r.register("streams", "Streams known to the relay", m.streams.clone());
         r.register(
@@ -229,6 +274,7 @@ impl RelayMetrics {
             m.sessions_refused.clone(),
         );
         r.register_collector(Box::new(AuditFailed(m.audit.clone())));
+        r.register_collector(Box::new(AuditAggregation(m.audit.clone())));
         Self { registry: r, ..m }
     }
 

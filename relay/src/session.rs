@@ -86,11 +86,11 @@ pub async fn serve(socket: WebSocket, identity: SessionIdentity, ctx: SessionCtx
     let session = match hub.add_session(&org, identity.claims.clone()) {
         Ok(s) => s,
         Err(refusal) => {
-            auditor.limit(
+            auditor.limit_at(
                 &Actor::session(0, identity.claims.as_deref()),
                 Some(&org),
                 "sessions_per_org",
-                None,
+                Some(identity.remote),
             );
             let (mut sink, _) = socket.split();
             let frame = Message::Close(Some(CloseFrame {
@@ -120,6 +120,7 @@ pub async fn serve(socket: WebSocket, identity: SessionIdentity, ctx: SessionCtx
     });
     let (mut sink, mut stream) = socket.split();
     let last_seen = Arc::new(std::sync::Mutex::new(tokio::time::Instant::now()));
+    let remote = identity.remote;
 
     let reader = {
         let session = session.clone();
@@ -131,12 +132,29 @@ pub async fn serve(socket: WebSocket, identity: SessionIdentity, ctx: SessionCtx
         async move {
             let mut bucket = TokenBucket::new(config.requests_per_sec);
             while let Some(msg) = stream.next().await {
-                let Ok(msg) = msg else { break };
+                let msg = match msg {
+                    Ok(msg) => msg,
+                    Err(e) if message_too_big(&e) => {
+                        metrics.limit_hit("session_message_bytes");
+                        auditor.limit_at(
+                            &actor,
+                            Some(&session.org),
+                            "session_message_bytes",
+                            Some(remote),
+                        );
+                        return Some((
+                            close::LIMIT,
+                            "message too big (see --max-session-message-bytes)".to_owned(),
+                        ));
+                    }
+                    Err(_) => return None,
+                };
                 let now = tokio::time::Instant::now();
                 *last_seen.lock().expect("last_seen lock") = now;
                 match msg {
                     Message::Text(_) if !bucket.take(now) => {
                         metrics.limit_hit("session_requests_per_sec");
+                        auditor.limit(&actor, Some(&session.org), "session_requests_per_sec", None);
                         session.push_event(
                             &error(
                                 ErrorCode::LimitExceeded,
@@ -173,12 +191,13 @@ pub async fn serve(socket: WebSocket, identity: SessionIdentity, ctx: SessionCtx
                     Message::Ping(_) | Message::Pong(_) => {}
                 }
             }
+            None
         }
     };
 
     let writer = write_loop(&mut sink, &session, &metrics, config, &last_seen);
     let close_reason = tokio::select! {
-        () = reader => None,
+        c = reader => c,
         c = writer => c,
         () = async {
             match expiry {
@@ -200,6 +219,13 @@ pub async fn serve(socket: WebSocket, identity: SessionIdentity, ctx: SessionCtx
     let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
     hub.remove_session(&session);
     tracing::info!(session = session.id, "session disconnected");
+}
+
+/// True when a read failed because the message (or a frame) exceeds the size limit.
+fn message_too_big(e: &axum::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|e| e.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
 }
 
 /// Token bucket: `rate` tokens per second, holding at most `2 × rate`.

@@ -44,11 +44,12 @@ fn a_write_after_start_up_is_refused_in_every_thread() {
         .arg(dir.path())
         .env("LOGRELAY_LOG", "info")
         .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    // Diagnostic logs are on stderr (stdout carries the audit trail only).
+    let stdout = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::sync_channel(1024);
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {

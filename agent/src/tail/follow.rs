@@ -29,22 +29,29 @@ use crate::fingerprint::{FileId, Fingerprint};
 use crate::format::Format;
 use crate::rotate::{self, Action, Listed, ListedKind, RotationKey, Seen, Sibling};
 
+use super::gz::{Check, GzFile, GzReader};
 use super::reader::{RecordReader, TailLine, detect_prefix};
 
 /// Bytes read per `pread`.
 pub const READ_CHUNK: usize = 64 * 1024;
 /// Finished files a follower keeps open (for backfills reaching back into them).
 const KEEP_FINISHED: usize = 4;
+/// Listings tried for one that the look at the log path agrees with ([`Follower::snapshot`]).
+const SNAPSHOT_TRIES: usize = 8;
 
 /// An open log file, shareable between a follower and backward searches.
 #[derive(Debug, Clone)]
 pub struct HeldFile {
     /// Identity when opened.
     pub id: FileId,
-    /// Fingerprint of its first bytes (extended as it grows).
+    /// Fingerprint of its first bytes (extended as it grows; of the compressed bytes for a
+    /// compressed file).
     pub fp: Fingerprint,
     /// The open file.
     pub file: Arc<File>,
+    /// Set for a gzip-compressed rotated file: its content is read through a decoder
+    /// ([`super::gz`]), and offsets and sizes are of the uncompressed content.
+    pub gz: Option<Arc<GzFile>>,
 }
 
 impl HeldFile {
@@ -59,18 +66,44 @@ impl HeldFile {
             id: FileId::of(&meta),
             fp: Fingerprint::read(&file)?,
             file: Arc::new(file),
+            gz: None,
         })
     }
 
-    /// Its size now.
+    /// Opens the gzip-compressed rotated file at `path`. Nothing is inflated yet.
+    pub fn open_gz(path: &Path) -> std::io::Result<Self> {
+        Ok(Self {
+            gz: Some(Arc::default()),
+            ..Self::open(path)?
+        })
+    }
+
+    /// Its size now; for a compressed file, of its content (inflated whole the first time,
+    /// and 0 if it is damaged: nothing of it is read).
     pub fn size(&self) -> std::io::Result<u64> {
-        Ok(self.file.metadata()?.len())
+        match &self.gz {
+            None => Ok(self.file.metadata()?.len()),
+            Some(gz) => Ok(gz.size(&self.file)),
+        }
     }
 
     /// Its format, from its first bytes (`None` while empty).
     pub fn format(&self) -> std::io::Result<Option<Format>> {
         let mut buf = [0u8; super::reader::DETECT_BYTES];
-        let n = read_full_at(&self.file, &mut buf, 0)?;
+        let n = match &self.gz {
+            None => read_full_at(&self.file, &mut buf, 0)?,
+            Some(_) => {
+                let mut r = GzReader::new(self.file.clone());
+                let mut n = 0;
+                while n < buf.len() {
+                    match r.read(&mut buf[n..]) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => n += k,
+                    }
+                }
+                n
+            }
+        };
         Ok(detect_prefix(&buf[..n]))
     }
 }
@@ -107,6 +140,86 @@ struct Link {
     offset: u64,
     /// Size at the last look (growth detection while it is the current file).
     last_size: u64,
+    /// The decoder of a compressed file, once reading it started.
+    inflate: Option<GzReader>,
+    /// A compressed file found unreadable was reported: it reads as empty.
+    unreadable: bool,
+}
+
+impl Link {
+    fn new(held: HeldFile, key: Option<RotationKey>, offset: u64, last_size: u64) -> Self {
+        Self {
+            held,
+            key,
+            offset,
+            last_size,
+            inflate: None,
+            unreadable: false,
+        }
+    }
+
+    /// Reads the next bytes of a compressed file into `buf`, after skipping to its offset
+    /// (inflating at most `budget` bytes per call while skipping).
+    fn read_gz(&mut self, gz: &GzFile, buf: &mut [u8], budget: u64) -> GzStep {
+        if self.unreadable {
+            return GzStep::Read(0);
+        }
+        let size = match gz.check(&self.held.file) {
+            Check::Sound { size } => *size,
+            Check::Damaged { bytes, reason } => {
+                self.unreadable = true;
+                return GzStep::Unreadable {
+                    bytes: *bytes,
+                    reason: reason.clone(),
+                };
+            }
+        };
+        let file = &self.held.file;
+        let inflate = self
+            .inflate
+            .get_or_insert_with(|| GzReader::new(file.clone()));
+        if inflate.pos() > self.offset {
+            *inflate = GzReader::new(file.clone());
+        }
+        let result = if inflate.pos() < self.offset {
+            let before = inflate.pos();
+            match inflate.skip_to(self.offset, buf, budget) {
+                Ok(true) if inflate.pos() < self.offset => Ok(0),
+                Ok(true) => inflate.read(buf),
+                Ok(false) => return GzStep::Skipped(inflate.pos() - before),
+                Err(e) => Err(e),
+            }
+        } else {
+            inflate.read(buf)
+        };
+        match result {
+            Ok(n) => GzStep::Read(n),
+            // Checked sound, so changed since: what was not read of it is lost.
+            Err(e) => {
+                self.unreadable = true;
+                self.inflate = None;
+                GzStep::Unreadable {
+                    bytes: size.saturating_sub(self.offset),
+                    reason: e.to_string(),
+                }
+            }
+        }
+    }
+}
+
+/// One step of reading a compressed file.
+enum GzStep {
+    /// Read this many bytes (0 at its end).
+    Read(usize),
+    /// Skipped this many bytes toward the offset to read at; not there yet.
+    Skipped(u64),
+    /// It cannot be read (any more).
+    Unreadable {
+        /// Uncompressed bytes not read (0 when unknown).
+        bytes: u64,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// What one [`Follower::poll`] did.
@@ -133,6 +246,16 @@ pub enum Event {
         at_seq: u64,
         /// Bytes lost (0 when unknown).
         bytes: u64,
+    },
+    /// A compressed file of the chain could not be read (truncated, corrupt): its content
+    /// (what was not read of it) is missing just before line `at_seq`.
+    Unreadable {
+        /// Sequence number of the next line.
+        at_seq: u64,
+        /// Uncompressed bytes missing (0 when unknown).
+        bytes: u64,
+        /// What is wrong with it.
+        reason: String,
     },
 }
 
@@ -201,22 +324,33 @@ impl Follower {
         for (i, held) in chain.into_iter().enumerate() {
             let size = held.size()?;
             me.seen.ids.insert(held.id);
-            me.chain.push_back(Link {
-                held,
-                key: None,
-                offset: if i == 0 { offset } else { 0 },
-                last_size: size,
-            });
+            let offset = if i == 0 { offset } else { 0 };
+            me.chain.push_back(Link::new(held, None, offset, size));
         }
-        // Everything listed now is history: only later rotations matter.
-        let current = std::fs::metadata(me.path()).ok().map(|m| FileId::of(&m));
-        for l in me.list()? {
-            me.seen.names.insert(l.name.clone());
+        let (listing, current) = me.snapshot(me.look())?;
+        for l in &listing {
             if let ListedKind::Plain { id, .. } = l.kind {
-                me.seen.ids.insert(id);
                 for link in me.chain.iter_mut().filter(|k| k.held.id == id) {
                     link.key = Some(l.key.clone());
                 }
+            }
+        }
+        // What is listed now is history, older than the chain, unless the chain's newest file
+        // was rotated away since it was gathered: siblings newer than it appeared after, and
+        // are left for the first poll to read (or count lost).
+        let newest = me
+            .chain
+            .back()
+            .filter(|l| Some(l.held.id) != current)
+            .and_then(|l| l.key.clone());
+        for l in listing {
+            if newest.as_ref().is_some_and(|k| l.key > *k) {
+                me.dir_stamp = None;
+                continue;
+            }
+            me.seen.names.insert(l.name);
+            if let ListedKind::Plain { id, .. } = l.kind {
+                me.seen.ids.insert(id);
             }
         }
         me.seen.current = current.filter(|c| me.holds(*c));
@@ -292,17 +426,36 @@ impl Follower {
         self.chain.iter().any(|l| l.held.id == id)
     }
 
-    /// Looks for rotations, then reads up to about `max_bytes`, appending lines to `out`.
-    pub fn poll(&mut self, out: &mut Vec<TailLine>, max_bytes: u64) -> std::io::Result<Progress> {
-        let current = std::fs::metadata(self.path())
+    /// The identity of the file at the log path now.
+    fn look(&self) -> Option<FileId> {
+        std::fs::metadata(self.path())
             .ok()
             .filter(|m| m.is_file())
-            .map(|m| FileId::of(&m));
+            .map(|m| FileId::of(&m))
+    }
+
+    /// Looks for rotations, then reads up to about `max_bytes`, appending lines to `out`.
+    pub fn poll(&mut self, out: &mut Vec<TailLine>, max_bytes: u64) -> std::io::Result<Progress> {
+        let current = self.look();
+        self.poll_from(current, out, max_bytes)
+    }
+
+    /// [`Self::poll`], the log path having been looked at (`current`) just before.
+    fn poll_from(
+        &mut self,
+        mut current: Option<FileId>,
+        out: &mut Vec<TailLine>,
+        max_bytes: u64,
+    ) -> std::io::Result<Progress> {
         let shrunk = self.check_truncation(current)?;
         if current != self.seen.current || shrunk.is_some() || self.dir_changed() {
-            self.rotated(out, current, shrunk.flatten())?;
+            current = self.rotated(out, current, shrunk.flatten())?;
         }
-        for link in self.chain.iter_mut().filter(|l| !l.held.fp.is_complete()) {
+        for link in self
+            .chain
+            .iter_mut()
+            .filter(|l| !l.held.fp.is_complete() && l.held.gz.is_none())
+        {
             link.held.fp = Fingerprint::read(&link.held.file)?;
         }
         if let Some(id) = current
@@ -314,12 +467,7 @@ impl Follower {
             self.seen.ids.insert(id);
             self.seen.current = Some(id);
             self.events.push(Event::Opened(held.clone()));
-            self.chain.push_back(Link {
-                held,
-                key: None,
-                offset: 0,
-                last_size: size,
-            });
+            self.chain.push_back(Link::new(held, None, 0, size));
         }
         self.read(out, max_bytes, current)
     }
@@ -335,7 +483,27 @@ impl Follower {
             let Some(head) = self.chain.front_mut() else {
                 return Ok(Progress::Idle(total));
             };
-            let n = head.held.file.read_at(&mut self.buf, head.offset)?;
+            let n = match head.held.gz.clone() {
+                None => head.held.file.read_at(&mut self.buf, head.offset)?,
+                Some(gz) => match head.read_gz(&gz, &mut self.buf, max_bytes - total) {
+                    GzStep::Read(n) => n,
+                    GzStep::Skipped(n) => {
+                        total += n;
+                        if total >= max_bytes {
+                            return Ok(Progress::More(total));
+                        }
+                        continue;
+                    }
+                    GzStep::Unreadable { bytes, reason } => {
+                        self.events.push(Event::Unreadable {
+                            at_seq: self.reader.next_seq(),
+                            bytes,
+                            reason,
+                        });
+                        0
+                    }
+                },
+            };
             if n > 0 {
                 head.offset += n as u64;
                 self.reader.feed(&self.buf[..n], out);
@@ -399,7 +567,7 @@ impl Follower {
             .position(|l| Some(l.held.id) == current)
             .filter(|i| *i > 0);
         for index in [Some(0), at_path].into_iter().flatten() {
-            let Some(link) = self.chain.get_mut(index) else {
+            let Some(link) = self.chain.get_mut(index).filter(|l| l.held.gz.is_none()) else {
                 continue;
             };
             if index > 0 && found.is_some() {
@@ -498,14 +666,40 @@ impl Follower {
         Ok(out)
     }
 
+    /// Lists the siblings, and returns the listing with the identity of the file at the path,
+    /// taken so that they agree: the path was the same file before and after the listing.
+    ///
+    /// A rotation between a look at the path and the listing shows the file renamed in the
+    /// listing while the older look calls it the file at the path (it would then be read, as
+    /// the current file, after the files rotated after it); one between the listing and a later
+    /// look hides the renamed file from the listing while the path already holds a newer one
+    /// (which would be read before it). Rotations come seconds apart, so a few tries settle it;
+    /// if they do not, the last look is taken.
+    fn snapshot(
+        &mut self,
+        mut current: Option<FileId>,
+    ) -> std::io::Result<(Vec<Listed>, Option<FileId>)> {
+        for _ in 0..SNAPSHOT_TRIES {
+            let listing = self.list()?;
+            let after = self.look();
+            if after == current {
+                return Ok((listing, current));
+            }
+            current = after;
+        }
+        Ok((self.list()?, current))
+    }
+
+    /// Applies what the listing shows; returns the identity of the file at the path, as of the
+    /// listing ([`Self::snapshot`]).
     fn rotated(
         &mut self,
         out: &mut Vec<TailLine>,
         current: Option<FileId>,
         truncation: Option<Truncation>,
-    ) -> std::io::Result<()> {
+    ) -> std::io::Result<Option<FileId>> {
         let truncated_at = truncation.map(|t| t.at);
-        let listing = self.list()?;
+        let (listing, current) = self.snapshot(current)?;
         let previous = self.seen.current;
         for l in &listing {
             if let ListedKind::Plain { id, .. } = l.kind {
@@ -619,14 +813,10 @@ impl Follower {
         for (held, key) in strangers {
             let size = held.size()?;
             self.events.push(Event::Opened(held.clone()));
-            self.chain.push_back(Link {
-                held,
-                key,
-                offset: 0,
-                last_size: size,
-            });
+            self.chain.push_back(Link::new(held, key, 0, size));
         }
-        self.reorder(out, current)
+        self.reorder(out, current)?;
+        Ok(current)
     }
 
     /// Sorts the chain in rotation order: rotated files by their names' order, the file at the
@@ -657,7 +847,7 @@ impl Follower {
 
     /// True when the head does not hold the bytes of `copy` (a copy of it): it was truncated.
     fn head_differs_from(&self, copy: &HeldFile) -> std::io::Result<bool> {
-        let Some(head) = self.chain.front() else {
+        let Some(head) = self.chain.front().filter(|h| h.held.gz.is_none()) else {
             return Ok(false);
         };
         let copy_size = copy.size()?;
@@ -688,7 +878,7 @@ impl Follower {
         let Some(head) = self.chain.front() else {
             return Ok(false);
         };
-        if head.held.fp.len == 0 {
+        if head.held.fp.len == 0 || head.held.gz.is_some() {
             return Ok(false);
         }
         let renamed_before = match (&head.key, key) {
@@ -710,12 +900,7 @@ impl Follower {
         head.held.fp = Fingerprint::read(&head.held.file)?;
         head.last_size = head.held.size()?;
         self.events.push(Event::Opened(copy.clone()));
-        self.chain.push_front(Link {
-            held: copy,
-            key: None,
-            offset: from,
-            last_size: size,
-        });
+        self.chain.push_front(Link::new(copy, None, from, size));
         Ok(())
     }
 
@@ -823,5 +1008,103 @@ mod tests {
         got.extend(drain(&mut f));
         got.extend(drain(&mut f));
         assert_eq!(got.len(), 200, "{:?}", got.last());
+    }
+
+    /// A kubelet-style log: `0.log` written by a CRI writer, renamed away at each rotation.
+    struct Kubelet {
+        dir: tempfile::TempDir,
+        file: File,
+        n: usize,
+        rotations: usize,
+    }
+
+    impl Kubelet {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let file = File::create(dir.path().join("0.log")).unwrap();
+            Self {
+                dir,
+                file,
+                n: 0,
+                rotations: 0,
+            }
+        }
+
+        fn path(&self) -> PathBuf {
+            self.dir.path().join("0.log")
+        }
+
+        fn write(&mut self, lines: usize) {
+            for _ in 0..lines {
+                self.file.write_all(cri(self.n).as_bytes()).unwrap();
+                self.n += 1;
+            }
+        }
+
+        fn rotate(&mut self) {
+            self.rotations += 1;
+            let name = format!("0.log.20240101-0000{:02}", self.rotations);
+            std::fs::rename(self.path(), self.dir.path().join(name)).unwrap();
+            self.file = File::create(self.path()).unwrap();
+        }
+
+        fn id(&self) -> FileId {
+            FileId::of(&std::fs::metadata(self.path()).unwrap())
+        }
+    }
+
+    fn ino(files: &[super::super::seek::ChainFile]) -> Vec<u64> {
+        files.iter().map(|f| f.held.id.ino).collect()
+    }
+
+    /// A poll looks at the path, then lists the directory. Rotations between the two looks
+    /// (here: three, forced by handing the poll its first look) must not put the renamed file
+    /// after the ones rotated after it: the follower's files are the order backfills walk back
+    /// in, so they must be the order lines were numbered in.
+    #[test]
+    fn rotations_between_the_look_at_the_path_and_the_listing_keep_the_rotation_order() {
+        let mut log = Kubelet::new();
+        log.write(50);
+        let mut f = Follower::from_start(&log.path(), 0, 1 << 20).unwrap();
+        assert_eq!(drain(&mut f).len(), 50);
+        log.write(20);
+        let first = log.id();
+        let mut ids = vec![first.ino];
+        for _ in 0..3 {
+            log.rotate();
+            ids.push(log.id().ino);
+            log.write(20);
+        }
+        // The poll's look at the path came before the rotations.
+        let mut out = Vec::new();
+        f.poll_from(Some(first), &mut out, 1 << 20).unwrap();
+        let mut got: Vec<String> = out
+            .drain(..)
+            .map(|l| String::from_utf8_lossy(&l.message).trim_end().to_owned())
+            .collect();
+        got.extend(drain(&mut f));
+        let want: Vec<String> = (50..130).map(|n| format!("line {n}")).collect();
+        assert_eq!(got, want);
+        assert_eq!(ino(&f.files()), ids, "files in rotation order");
+    }
+
+    /// A follower is built from files gathered a moment before (a plan, a checkpoint): files
+    /// rotated in between, newer than the newest of them, are read, not taken for history.
+    #[test]
+    fn files_rotated_between_gathering_the_chain_and_following_are_read() {
+        let mut log = Kubelet::new();
+        log.write(10);
+        let held = HeldFile::open(&log.path()).unwrap();
+        let mut ids = vec![held.id.ino];
+        for _ in 0..2 {
+            log.rotate();
+            ids.push(log.id().ino);
+            log.write(10);
+        }
+        let mut f = Follower::new(&log.path(), vec![held], 0, 0, 1 << 20).unwrap();
+        let got = drain(&mut f);
+        let want: Vec<String> = (0..30).map(|n| format!("line {n}")).collect();
+        assert_eq!(got, want);
+        assert_eq!(ino(&f.files()), ids);
     }
 }

@@ -10,12 +10,21 @@
 //! previous record of that stream is not a partial one (so no line is open across it). Walking
 //! back, each record is classified by the file's own parser; the start of a file is clean, and so
 //! is the end of a complete (rotated) file, where open lines are emitted flagged partial.
+//!
+//! A compressed rotated file cannot be read backwards: it is scanned forward instead
+//! (`back_in_gz`), with the forward reader itself, whose clean points are then exact, keeping
+//! nothing but counters (two passes for `tail: N`: count the lines, then find the point `N`
+//! before the end). A damaged one holds no lines: the walk goes on past it, and the forward
+//! read reports it as a gap.
 
 use std::os::unix::fs::FileExt;
 
 use crate::format::Parser;
 
+use super::reader::TailLine;
+
 use super::follow::{HeldFile, READ_CHUNK};
+use super::gz::GzReader;
 use super::reader::{PARTIAL_WINDOW, RECORD_SLACK, RecordReader};
 
 /// A file of a stream, oldest first in a chain.
@@ -230,6 +239,9 @@ fn back_in_file(
     want: Want,
     max_line_bytes: usize,
 ) -> std::io::Result<(u64, u64, bool)> {
+    if held.gz.is_some() {
+        return back_in_gz(held, end, flush, want, max_line_bytes);
+    }
     let mut back = Back::new(held, end, max_line_bytes)?;
     let mut goal = match want {
         Want::Lines(n) => n,
@@ -299,6 +311,110 @@ fn back_in_file(
             return Ok((start, lines, false));
         }
     }
+}
+
+/// [`back_in_file`] for a compressed file: scans `[0, end)` forward with the forward reader.
+///
+/// `Since(t)`: the start is the clean point just before the last line stamped before `t`
+/// (every line after it is included). `Lines(n)`: a first pass counts the lines, a second
+/// finds the last clean point with at least `n` lines after it. A damaged file holds no lines.
+fn back_in_gz(
+    held: &HeldFile,
+    end: u64,
+    flush: bool,
+    want: Want,
+    max_line_bytes: usize,
+) -> std::io::Result<(u64, u64, bool)> {
+    let end = end.min(held.size()?);
+    if end == 0 {
+        return Ok((0, 0, false));
+    }
+    let format = held.format()?;
+    match want {
+        Want::Since(t) => {
+            let mut start = None;
+            let total = scan_gz(held, end, flush, format, max_line_bytes, |before, line| {
+                if line.timestamp_ns < t {
+                    start = Some(before);
+                }
+                true
+            })?;
+            let (offset, seq) = start.unwrap_or((0, 0));
+            Ok((offset, total - seq, start.is_some()))
+        }
+        Want::Lines(n) => {
+            let total = scan_gz(held, end, flush, format, max_line_bytes, |_, _| true)?;
+            if total < n {
+                return Ok((0, total, false));
+            }
+            if n == 0 {
+                return Ok((end, 0, true));
+            }
+            // The last clean point with `total - n` lines or fewer before it.
+            let target = total - n;
+            let mut start = (0, 0);
+            scan_gz(held, end, flush, format, max_line_bytes, |before, _| {
+                if before.1 <= target {
+                    start = before;
+                }
+                before.1 <= target
+            })?;
+            Ok((start.0, total - start.1, true))
+        }
+    }
+}
+
+/// Reads a compressed file from its start to `end` with a [`RecordReader`] fed record by
+/// record, and calls `each(clean, line)` for every line it emits, `clean` being the reader's
+/// latest clean point `(offset, lines before it)` before the record that completed the line,
+/// until `each` returns false. Returns the lines in `[0, end)` (flushed at `end` if `flush`),
+/// or as far as it went. Plain-text lines (and unparsed records) count as stamped before any
+/// time, as the backward walk takes them.
+fn scan_gz(
+    held: &HeldFile,
+    end: u64,
+    flush: bool,
+    format: Option<crate::format::Format>,
+    max_line_bytes: usize,
+    mut each: impl FnMut((u64, u64), &TailLine) -> bool,
+) -> std::io::Result<u64> {
+    let mut reader = RecordReader::new(max_line_bytes, format, 0, 0).with_clock(|| i64::MIN);
+    let mut inflate = GzReader::new(held.file.clone());
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut out = Vec::new();
+    let mut pos = 0u64;
+    while pos < end {
+        let want = ((end - pos) as usize).min(buf.len());
+        let n = inflate
+            .read(&mut buf[..want])
+            .map_err(std::io::Error::other)?;
+        if n == 0 {
+            break;
+        }
+        pos += n as u64;
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            let cut = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
+            let before = reader.clean_point().unwrap_or((0, 0));
+            reader.feed(&rest[..cut], &mut out);
+            rest = &rest[cut..];
+            for line in out.drain(..) {
+                if !each(before, &line) {
+                    return Ok(reader.next_seq());
+                }
+            }
+        }
+    }
+    if flush {
+        let before = reader.clean_point().unwrap_or((0, 0));
+        reader.end_of_file(&mut out, None);
+        for line in out.drain(..) {
+            if !each(before, &line) {
+                break;
+            }
+        }
+    }
+    Ok(reader.next_seq())
 }
 
 /// The newest clean point of the newest file of `files` (the chain's current end).

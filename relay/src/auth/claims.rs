@@ -71,7 +71,8 @@ impl Claims {
     /// Parses and checks the payload of a token whose signature has been verified.
     ///
     /// Checks, in order: shape, `exp` present, `exp` (plus skew) not past, `nbf` and `iat` (minus
-    /// skew) not in the future, `iss` and `aud` when configured, `sub` present, `org` present.
+    /// skew) not in the future, `exp` within `max_lifetime_secs` of now (plus skew) and of
+    /// `iat`, `iss` and `aud` when configured, `sub` present, `org` present.
     pub(super) fn from_payload(
         payload: &[u8],
         config: &AuthConfig,
@@ -91,6 +92,7 @@ impl Claims {
                 });
             }
         }
+        check_lifetime(exp, raw.iat.map(|t| t.0), config, now_unix_secs)?;
         if let Some(want) = &config.issuer
             && raw.iss.as_ref() != Some(want)
         {
@@ -125,6 +127,32 @@ impl Claims {
             exp,
         })
     }
+}
+
+/// Refuses a token that would live longer than `max_lifetime_secs`: measured from now (the
+/// clock skew allowed on top) and from its own `iat` when it has one.
+fn check_lifetime(
+    exp: i64,
+    iat: Option<i64>,
+    config: &AuthConfig,
+    now_unix_secs: i64,
+) -> Result<(), AuthError> {
+    let max = i64::try_from(config.max_lifetime_secs).unwrap_or(i64::MAX);
+    let skew = i64::from(config.clock_skew_secs);
+    let too_long = |from: &'static str| AuthError::LifetimeTooLong {
+        exp,
+        max_secs: config.max_lifetime_secs,
+        from,
+    };
+    if exp.saturating_sub(now_unix_secs) > max.saturating_add(skew) {
+        return Err(too_long("now"));
+    }
+    if let Some(iat) = iat
+        && exp.saturating_sub(iat) > max
+    {
+        return Err(too_long("iat"));
+    }
+    Ok(())
 }
 
 /// Refuses once `now` reaches `exp + skew` (RFC 7519 §4.1.4: "on or after").

@@ -98,11 +98,13 @@ fn expiry_and_not_before_respect_the_clock_skew_exactly() {
         );
     }
 
-    // NumericDate may be fractional; huge values saturate instead of overflowing.
+    // NumericDate may be fractional; huge values saturate instead of overflowing (and are then
+    // refused for their lifetime, see below).
     let mut c = claims(0);
     c["exp"] = json!(NOW as f64 + 0.9);
     assert!(v.verify(&ed.token(&c), NOW + skew - 1).is_ok());
     c["exp"] = json!(u64::MAX);
+    c.as_object_mut().unwrap().remove("iat");
     assert!(v.verify(&ed.token(&c), i64::MAX - 1).is_ok());
     let strict = Verifier::new(
         AuthConfig {
@@ -114,6 +116,74 @@ fn expiry_and_not_before_respect_the_clock_skew_exactly() {
     assert!(matches!(
         strict.verify(&ed.token(&claims(NOW)), NOW),
         Err(AuthError::Expired { .. })
+    ));
+}
+
+#[test]
+fn a_token_that_would_never_expire_is_refused_for_its_lifetime() {
+    let ed = Signer::ed25519(Some("k"));
+    let v = verifier(&[&ed]);
+    let max = DEFAULT_MAX_LIFETIME_SECS as i64;
+    let skew = i64::from(DEFAULT_CLOCK_SKEW_SECS);
+    let verify = |exp: Value, iat: Option<i64>| {
+        let mut c = claims(0);
+        c["exp"] = exp;
+        match iat {
+            Some(iat) => c["iat"] = json!(iat),
+            None => {
+                c.as_object_mut().unwrap().remove("iat");
+            }
+        }
+        v.verify(&ed.token(&c), NOW)
+    };
+    for huge in [json!(1e300), json!(u64::MAX), json!(i64::MAX)] {
+        let refused = verify(huge.clone(), None).unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                AuthError::LifetimeTooLong {
+                    exp: i64::MAX,
+                    max_secs: DEFAULT_MAX_LIFETIME_SECS,
+                    from: "now"
+                }
+            ),
+            "{huge}: {refused:?}"
+        );
+        assert_eq!(refused.reason(), "token_lifetime_too_long");
+        assert_eq!(refused.http_status(), 401);
+        assert!(refused.to_string().contains("86400 s"), "{refused}");
+    }
+    // Measured from now, with the clock skew on top: exactly at the limit passes.
+    assert!(verify(json!(NOW + max + skew), None).is_ok());
+    assert!(matches!(
+        verify(json!(NOW + max + skew + 1), None),
+        Err(AuthError::LifetimeTooLong { from: "now", .. })
+    ));
+    // Measured from the token's own `iat`, without skew: an old long-lived token is refused
+    // even near its end.
+    assert!(verify(json!(NOW + 60), Some(NOW + 60 - max)).is_ok());
+    assert!(matches!(
+        verify(json!(NOW + 60), Some(NOW + 59 - max)),
+        Err(AuthError::LifetimeTooLong { from: "iat", .. })
+    ));
+    assert!(matches!(
+        verify(json!(NOW + 60), Some(i64::MIN)),
+        Err(AuthError::LifetimeTooLong { from: "iat", .. })
+    ));
+    // The limit is configurable.
+    let hour = Verifier::new(
+        AuthConfig {
+            max_lifetime_secs: 3600,
+            ..AuthConfig::default()
+        },
+        KeySet::from_jwks(jwks(&[&ed]).as_bytes()).unwrap(),
+    );
+    let t = |exp: i64| ed.token(&json!({"sub": "a", "org": "acme", "exp": exp}));
+    assert!(hour.verify(&t(NOW + 3600), NOW).is_ok());
+    assert!(hour.verify(&t(NOW + 3600 + skew), NOW).is_ok());
+    assert!(matches!(
+        hour.verify(&t(NOW + 3601 + skew), NOW),
+        Err(AuthError::LifetimeTooLong { max_secs: 3600, .. })
     ));
 }
 
@@ -804,4 +874,89 @@ proptest! {
         }
         prop_assert_eq!(selector_allowed(&claims, &selector).is_ok(), reachable);
     }
+}
+
+/// The "Session tokens" section of docs/security.md.
+fn session_tokens_doc() -> String {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/security.md"))
+        .unwrap();
+    let start = doc.find("\n## Session tokens").expect("the section exists");
+    let rest = &doc[start + 1..];
+    let end = rest[3..].find("\n## ").map_or(rest.len(), |i| i + 3);
+    rest[..end].to_owned()
+}
+
+#[test]
+fn the_example_payloads_in_docs_security_md_are_accepted() {
+    let doc = session_tokens_doc();
+    let ed = Signer::ed25519(Some("k"));
+    let v = Verifier::new(
+        AuthConfig {
+            issuer: Some("https://id.example.com".into()),
+            audience: Some("logrelay".into()),
+            ..AuthConfig::default()
+        },
+        KeySet::from_jwks(jwks(&[&ed]).as_bytes()).unwrap(),
+    );
+    let examples: Vec<Value> = doc
+        .split("```json\n")
+        .skip(1)
+        .map(|block| serde_json::from_str(block.split("```").next().unwrap()).unwrap())
+        .collect();
+    assert!(examples.len() >= 4, "{examples:?}");
+    let mut roles_seen = std::collections::HashSet::new();
+    let mut scopes_seen = std::collections::HashSet::new();
+    for mut payload in examples {
+        // Current times, the rest exactly as documented.
+        payload["iat"] = json!(NOW - 10);
+        payload["exp"] = json!(NOW + 3600);
+        if payload.get("nbf").is_some() {
+            payload["nbf"] = json!(NOW - 10);
+        }
+        let claims = v
+            .verify(&ed.token(&payload), NOW)
+            .unwrap_or_else(|e| panic!("{payload}: {e}"));
+        assert_eq!(claims.org, payload["org"].as_str().unwrap());
+        assert_eq!(claims.sub, payload["sub"].as_str().unwrap());
+        assert_eq!(
+            claims.roles.len(),
+            payload["roles"].as_array().unwrap().len()
+        );
+        for b in &claims.roles {
+            assert!(b.role.can_read(), "{payload}");
+            roles_seen.insert(b.role);
+            scopes_seen.insert(std::mem::discriminant(&b.scope));
+        }
+    }
+    assert_eq!(roles_seen.len(), 3, "an example for each role");
+    assert_eq!(scopes_seen.len(), 3, "an example for each scope");
+}
+
+#[test]
+fn the_refused_payload_fragments_in_docs_security_md_are_malformed() {
+    let doc = session_tokens_doc();
+    let ed = Signer::ed25519(Some("k"));
+    let v = verifier(&[&ed]);
+    let table = doc
+        .split("| payload fragment | why |")
+        .nth(1)
+        .expect("the table of refused fragments");
+    let mut checked = 0;
+    for row in table.lines().skip(2).take_while(|l| l.starts_with('|')) {
+        let cell = row.split(" | ").next().unwrap().trim_start_matches("| ");
+        for fragment in cell.split(", ") {
+            let fragment = fragment.trim_matches('`');
+            let patch: serde_json::Map<String, Value> =
+                serde_json::from_str(&format!("{{{fragment}}}")).unwrap();
+            let mut payload = claims(NOW + 60);
+            for (k, val) in patch {
+                payload[k] = val;
+            }
+            match v.verify(&ed.token(&payload), NOW) {
+                Err(AuthError::Malformed(_)) => checked += 1,
+                other => panic!("{fragment}: expected malformed, got {other:?}"),
+            }
+        }
+    }
+    assert!(checked >= 7, "{checked}");
 }
