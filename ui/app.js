@@ -1,806 +1,1158 @@
-// logrelay live viewer: one WebSocket session to this page's own origin (`/v1/subscribe`),
-// decoding the relay's JSON events and binary batches (docs/protocol.md §2 and §3).
+// logrelay live viewer: wires the picker, the session, the merged buffer, the virtualized view
+// and the charts together (docs/viewer.md). The decisions live in the pure modules (batch, ansi,
+// lines, url, format); this file moves data between them and the page.
 //
-// Rules this file keeps (docs/security.md, "The browser viewer"):
-// - Log text and labels reach the page through `textContent` only, never as markup.
+// Rules this page keeps (docs/security.md, "The browser viewer"):
+// - Log text, labels and every message from the relay reach the page through `textContent` and
+//   class names only, never as markup.
 // - The bearer token lives in this script's memory and in the token field. It is read from the
 //   URL fragment (`#token=…`, which browsers never send to a server), removed from the address
 //   bar at once, sent only as a WebSocket subprotocol entry, and never stored.
-// - The page holds at most `max_lines` entries (default 10,000); older ones are dropped and
-//   counted.
-'use strict';
+// - The buffer is bounded in lines and bytes; the oldest entries are dropped and counted.
 
-(() => {
-  // ---- configuration -----------------------------------------------------------------------
+import { decodeBatch, nanos, KIND_GAP, FLAG_BACKFILL, FLAG_COUNT_UNKNOWN, LINE_STDERR, LINE_PARTIAL, LINE_TRUNCATED, LINE_SYSTEM } from './batch.js';
+import { segments, cut } from './ansi.js';
+import { LineBuffer, LINE, MARK, plain, matcher, indexOf } from './lines.js';
+import { LogView } from './view.js';
+import { Session } from './session.js';
+import { Picker, Catalog } from './picker.js';
+import { Charts } from './charts.js';
+import { decode, encode, selectionKey, selectionLabel, SELECTOR_FIELDS, MAX_SELECTIONS } from './url.js';
+import {
+  rfc3339, shortTime, formatBytes, count, plural, ago, jsonLine, levelClass,
+  GAP_REASONS, END_REASONS,
+} from './format.js';
 
-  /** Selector fields of a log subscription, in form order (wire/src/selector.rs). */
-  const SELECTOR_FIELDS = [
-    'namespace', 'pod', 'pod_regex', 'container', 'container_regex',
-    'project', 'domain', 'run', 'action', 'attempt',
-  ];
-  /** The fields that also select a pod's resource stream (its container is `resources`). */
-  const METRICS_FIELDS = [
-    'namespace', 'pod', 'pod_regex', 'project', 'domain', 'run', 'action', 'attempt',
-  ];
-  const DEFAULT_TAIL = 1000;
-  const LOG_SUB = 'logs';
-  const METRICS_SUB = 'metrics';
+const $ = (id) => document.getElementById(id);
+const MiB = 1024 * 1024;
+/** Per-stream resume subscriptions after a reconnect, at most (each counts against the relay's limit). */
+const MAX_RESUMES = 40;
+/**
+ * How long a reconnect waits for the streams it resumes to be announced again before the
+ * selections are subscribed anyway (an agent notices a relay that died within its QUIC idle
+ * timeout, 15 s, then reconnects).
+ */
+const RESUME_WAIT_MS = 30000;
+/** Pending lines beyond which a batch is merged at once (a hidden tab gets no animation frames). */
+const FLUSH_NOW_AT = 5000;
+/** Colour classes `c0`…`c9`. */
+const COLOURS = 10;
 
-  /** WebSocket close codes (wire/src/session.rs `close`, docs/protocol.md §3.6). */
-  const CLOSE_CODES = {
-    1000: 'closed',
-    1001: 'relay shutting down',
-    1002: 'protocol error',
-    1006: 'connection lost',
-    1009: 'message too large',
-    1011: 'relay error',
-    4001: 'unauthenticated',
-    4003: 'forbidden',
-    4004: 'token expired',
-    4008: 'limit reached',
-    4009: 'slow consumer',
-    4010: 'ping timeout',
+// ---- state --------------------------------------------------------------------------------
+
+const S = decode(location.search);
+let token = '';
+const buffer = new LineBuffer({ maxLines: S.maxLines, maxBytes: S.maxMiB * MiB });
+/** Selections: `{id, sel, key}`; subscription ids `l<id>` (logs) and `m<id>` (resources). */
+let selections = [];
+let nextSel = 1;
+let nextSub = 1;
+let session = null;
+/** What belongs to one connection (relay ids change with every session and relay). */
+let conn = null;
+/** A reconnect: when the connection was lost, and whether lines were held then. */
+let lost = null;
+let lastLineAt = 0;
+let welcomedOnce = false;
+const colourIds = new Map();
+const metricsCatalog = new Catalog();
+
+function colourOf(key) {
+  let c = colourIds.get(key);
+  if (c === undefined) {
+    c = colourIds.size % COLOURS;
+    colourIds.set(key, c);
+  }
+  return c;
+}
+
+/** A stream's identity across reconnects and relay restarts (relay ids change). */
+function streamKey(l) {
+  return JSON.stringify([l.org, l.cluster, l.node, l.namespace, l.pod, l.pod_uid, l.container, l.restart, l.kind || 'log']);
+}
+
+/** The selector of exactly one stream (for a resume with `since_seq`, which is per stream). */
+function exactSelector(l) {
+  const sel = {};
+  for (const f of ['cluster', 'node', 'namespace', 'pod', 'pod_uid', 'container']) if (l[f]) sel[f] = l[f];
+  sel.restart = l.restart || 0;
+  return sel;
+}
+
+function newConn() {
+  return {
+    /** Relay stream id → `{kind: 'log'|'res'|'scrape', src?, labels}`. */
+    streams: new Map(),
+    /** Subscription id → `{type: 'logs'|'res'|'resume'|'scrape', sel?, srcKey?, container?}`. */
+    subs: new Map(),
+    resuming: false,
+    /** Streams being resumed after a reconnect: key → subscription id, until attached. */
+    pendingResume: new Map(),
+    resumeTimer: null,
+    welcomedAt: 0,
   };
-  /** Close codes after which reconnecting may help (never auth failures or limits). */
-  const RETRY_CODES = new Set([1001, 1006, 1011, 1012, 1013, 4009, 4010]);
+}
 
-  const GAP_REASONS = {
-    slow_consumer: 'this viewer fell behind the relay',
-    agent_buffer_full: 'the agent\'s buffer was full',
-    not_retained: 'no longer held',
-    epoch_lost: 'the agent lost its numbering (it restarted)',
-  };
+// ---- page elements --------------------------------------------------------------------------
 
-  // ---- the batch format (docs/protocol.md §2, wire/src/batch.rs) --------------------------
+const logEl = $('log');
+const banner = $('banner');
+const bannerText = $('banner-text');
+const retryButton = $('banner-retry');
+const statusEl = $('status');
+const errorEl = $('error');
+const evictedEl = $('evicted');
+const newLinesButton = $('newlines');
+const followButton = $('follow');
+const searchInput = $('search');
+const hitsEl = $('hits');
+const chipsEl = $('chips');
+const sourceFilterButton = $('source-filter');
+const tokenInput = $('token');
+const countsEl = $('counts');
 
-  const HEADER_LEN = 40;
-  const LINE_HEADER_LEN = 13;
-  const MAGIC = 0x4c; // 'L'
-  const VERSION = 1;
-  const KIND_LOG = 1;
-  const KIND_GAP = 3;
-  const FLAG_BACKFILL = 1;
-  const LINE_STDERR = 1;
-  const LINE_PARTIAL = 2;
-  const LINE_TRUNCATED = 4;
-  const LINE_SYSTEM = 8;
-  const U64_MAX = (1n << 64n) - 1n;
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
 
-  /**
-   * Decodes one binary message. Checks what `BatchHeader::parse`, `batch::lines` and
-   * `batch::gap_bytes` check, and throws an Error naming the fault otherwise.
-   * Sequence numbers, epochs and timestamps are BigInts (exact).
-   */
-  function decodeBatch(buffer) {
-    const bytes = new Uint8Array(buffer);
-    if (bytes.length < HEADER_LEN) {
-      throw new Error(`batch of ${bytes.length} bytes is shorter than its ${HEADER_LEN}-byte header`);
+function nowNs() {
+  return Date.now() * 1e6;
+}
+
+// ---- rows ---------------------------------------------------------------------------------------
+
+/** Text pieces of a message with search hits marked (`mark`, `mark cur` for the current hit). */
+function messagePieces(text, isCurrent) {
+  const segs = segments(text);
+  const ranges = buffer.search ? buffer.search.ranges(segs.map((s) => s.text).join('')) : [];
+  const tag = isCurrent ? 'mark cur' : 'mark';
+  return cut(segs, ranges.map(([a, b]) => [a, b, tag]));
+}
+
+function appendPieces(parent, pieces) {
+  for (const p of pieces) {
+    if (!p.cls && !p.tag) {
+      parent.append(p.text);
+      continue;
     }
-    if (bytes[0] !== MAGIC) throw new Error(`bad batch magic 0x${bytes[0].toString(16)}`);
-    if (bytes[1] !== VERSION) throw new Error(`unsupported batch version ${bytes[1]}`);
-    const kind = bytes[2];
-    if (kind !== KIND_LOG && kind !== KIND_GAP) throw new Error(`unknown batch kind ${kind}`);
-    const view = new DataView(buffer);
-    const header = {
-      kind,
-      flags: bytes[3],
-      stream: Number(view.getBigUint64(4, true)),
-      epoch: view.getBigUint64(12, true),
-      firstSeq: view.getBigUint64(20, true),
-      count: view.getUint32(28, true),
-      bodyLen: view.getUint32(32, true),
-    };
-    if (header.firstSeq + BigInt(header.count) > U64_MAX) {
-      throw new Error('sequence numbers of the batch overflow');
-    }
-    if (header.bodyLen !== bytes.length - HEADER_LEN) {
-      throw new Error(`batch body is ${bytes.length - HEADER_LEN} bytes but the header says ${header.bodyLen}`);
-    }
-    if (kind === KIND_GAP) {
-      if (header.bodyLen !== 8) throw new Error('gap batch body is not 8 bytes');
-      return { header, gapBytes: view.getBigUint64(HEADER_LEN, true), lines: [] };
-    }
-    const lines = [];
-    let at = HEADER_LEN;
-    for (let index = 0; index < header.count; index++) {
-      if (bytes.length - at < LINE_HEADER_LEN) throw new Error(`line record ${index} is malformed`);
-      const timestampNs = view.getBigInt64(at, true);
-      const flags = bytes[at + 8];
-      const len = view.getUint32(at + 9, true);
-      const start = at + LINE_HEADER_LEN;
-      if (bytes.length - start < len) throw new Error(`line record ${index} is malformed`);
-      lines.push({
-        seq: header.firstSeq + BigInt(index),
-        timestampNs,
-        flags,
-        message: bytes.subarray(start, start + len),
-      });
-      at = start + len;
-    }
-    if (at !== bytes.length) throw new Error(`line record ${header.count} is malformed`);
-    return { header, gapBytes: 0n, lines };
+    const s = el(p.tag ? 'mark' : 'span', [p.cls, p.tag === 'mark cur' ? 'cur' : ''].filter(Boolean).join(' ') || undefined, p.text);
+    parent.append(s);
   }
+}
 
-  // ---- formatting ---------------------------------------------------------------------------
+function plainPieces(text, isCurrent) {
+  const ranges = buffer.search ? buffer.search.ranges(text) : [];
+  const tag = isCurrent ? 'mark cur' : 'mark';
+  return cut([{ text, cls: '' }], ranges.map(([a, b]) => [a, b, tag]));
+}
 
-  const utf8 = new TextDecoder('utf-8', { fatal: false });
-
-  /** Message text without its terminator (LF, CRLF or CR). */
-  function messageText(bytes) {
-    let end = bytes.length;
-    if (end > 0 && bytes[end - 1] === 0x0a) end--;
-    if (end > 0 && bytes[end - 1] === 0x0d) end--;
-    return utf8.decode(bytes.subarray(0, end));
+/** A JSON line as `LEVEL message key=value …`, parts separated by spaces (where lines wrap). */
+function jsonMessage(msg, json, isCurrent) {
+  msg.classList.add('json');
+  const parts = [];
+  if (json.level !== null) {
+    const lvl = el('span', `lvl lvl-${levelClass(json.level)}`);
+    appendPieces(lvl, plainPieces(json.level, isCurrent));
+    parts.push(lvl);
   }
-
-  /** RFC 3339 UTC with nanoseconds, like `wire::time::rfc3339_nanos`. */
-  function rfc3339(ns) {
-    const second = ns >= 0n ? ns / 1000000000n : (ns - 999999999n) / 1000000000n;
-    const frac = ns - second * 1000000000n;
-    const date = new Date(Number(second) * 1000);
-    if (Number.isNaN(date.getTime())) return String(ns);
-    return `${date.toISOString().slice(0, 19)}.${frac.toString().padStart(9, '0')}Z`;
+  if (json.message !== null) {
+    const m = el('span', 'jmsg');
+    appendPieces(m, plainPieces(json.message, isCurrent));
+    parts.push(m);
   }
-
-  /** Milliseconds shown in the log view: `2024-01-02 03:04:05.123`. */
-  function shortTime(ns) {
-    const full = rfc3339(ns);
-    return full.length >= 23 ? `${full.slice(0, 10)} ${full.slice(11, 23)}` : full;
+  for (const [k, v] of json.fields) {
+    const f = el('span', 'jf');
+    const value = el('span', 'jv');
+    appendPieces(value, plainPieces(v, isCurrent));
+    f.append(el('span', 'jk', k), '=', value);
+    parts.push(f);
   }
+  parts.forEach((p, i) => (i ? msg.append(' ', p) : msg.append(p)));
+  msg.title = json.pretty;
+}
 
-  function formatBytes(n) {
-    const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
-    let v = Number(n);
-    let u = 0;
-    while (Math.abs(v) >= 1024 && u < units.length - 1) {
-      v /= 1024;
-      u++;
-    }
-    const text = u === 0 ? String(v) : v.toFixed(1).replace(/\.0$/, '');
-    return `${text} ${units[u]}`;
-  }
-
-  function formatCores(v) {
-    return String(Number(v.toFixed(3)));
-  }
-
-  function plural(n, one, many) {
-    return `${n} ${n === 1n || n === 1 ? one : many}`;
-  }
-
-  function streamName(labels) {
-    return labels ? `${labels.pod}/${labels.container}` : '?';
-  }
-
-  /** A stream's identity across reconnects and relay restarts (relay ids change). */
-  function streamKey(labels) {
-    return JSON.stringify([
-      labels.org, labels.cluster, labels.node, labels.namespace, labels.pod, labels.pod_uid,
-      labels.container, labels.restart, labels.kind,
-    ]);
-  }
-
-  // ---- page elements -------------------------------------------------------------------------
-
-  const $ = (id) => document.getElementById(id);
-  const form = $('selector');
-  const logEl = $('log');
-  const statusEl = $('status');
-  const errorEl = $('error');
-  const droppedEl = $('dropped');
-  const jumpEl = $('jump');
-  const metricsEl = $('metrics');
-  const metricsRows = $('metrics-rows');
-  const stopButton = $('stop');
-
-  const query = new URLSearchParams(location.search);
-  const maxLines = (() => {
-    const n = Number.parseInt(query.get('max_lines') || '', 10);
-    return Number.isFinite(n) && n >= 10 && n <= 1000000 ? n : 10000;
-  })();
-
-  // ---- state ---------------------------------------------------------------------------------
-
-  /**
-   * Per stream (keyed by labels): what is shown, for ordering and duplicates. `shown[head..]`
-   * holds `{seq, el}` of the stream's lines on the page in sequence order (the oldest are
-   * dropped by moving `head`, so dropping is O(1)).
-   */
-  const streamsByKey = new Map();
-  /** Relay stream id → stream state, for the current connection. */
-  let streamsById = new Map();
-  /** Log line element → its stream state (to forget it when it is dropped). */
-  const lineStream = new WeakMap();
-  let droppedEntries = 0;
-  /** Autoscroll: on until the user scrolls away from the newest line. */
-  let following = true;
-  let scrollScheduled = false;
-  /** Where this script last scrolled the view to (its own scroll events are not the user's). */
-  let autoTop = -1;
-
-  let socket = null;
-  let generation = 0;
-  let params = null;
-  let token = '';
-  let retryMs = 1000;
-  let retryTimer = null;
-
-  function setStatus(text, kind) {
-    statusEl.textContent = text;
-    statusEl.className = `status ${kind || ''}`;
-  }
-
-  function showError(text) {
-    for (const existing of errorEl.children) {
-      if (existing.textContent === text) return;
-    }
-    const item = document.createElement('div');
-    item.textContent = text;
-    errorEl.append(item);
-    while (errorEl.childElementCount > 5) errorEl.firstElementChild.remove();
-    errorEl.hidden = false;
-  }
-
-  function clearErrors() {
-    errorEl.replaceChildren();
-    errorEl.hidden = true;
-  }
-
-  // ---- the log view --------------------------------------------------------------------------
-
-  function logStreamCount() {
-    let n = 0;
-    for (const st of streamsById.values()) if (st.kind === 'log') n++;
-    return n;
-  }
-
-  function span(cls, text) {
-    const s = document.createElement('span');
-    s.className = cls;
-    s.textContent = text;
-    return s;
-  }
-
-  function lineElement(st, line, backfill) {
-    const stderr = (line.flags & LINE_STDERR) !== 0;
-    const el = document.createElement('div');
-    const classes = ['line', stderr ? 'stderr' : 'stdout'];
-    if (line.flags & LINE_SYSTEM) classes.push('system');
-    if (line.flags & LINE_PARTIAL) classes.push('partial');
-    if (line.flags & LINE_TRUNCATED) classes.push('truncated');
-    if (backfill) classes.push('backfill');
-    el.className = classes.join(' ');
-    const ts = span('ts', shortTime(line.timestampNs));
-    ts.title = rfc3339(line.timestampNs);
-    el.append(
-      ts,
-      span('src', `[${st.name}]`),
-      span('fd', stderr ? 'err' : 'out'),
-      span('msg', messageText(line.message)),
-    );
-    if (line.flags & LINE_PARTIAL) el.append(span('flag', 'partial'));
-    if (line.flags & LINE_TRUNCATED) el.append(span('flag', 'truncated'));
-    return el;
-  }
-
-  function marker(kind, text) {
-    const el = document.createElement('div');
-    el.className = `marker ${kind}`;
-    el.textContent = text;
-    return el;
-  }
-
-  /** Appends entries at the end of the view. */
-  function append(nodes) {
-    if (nodes.length === 0) return;
-    const frag = document.createDocumentFragment();
-    frag.append(...nodes);
-    logEl.append(frag);
-    afterGrowth();
-  }
-
-  /**
-   * Places a stream's lines by sequence number: in order, each `(epoch, seq)` once. A joining
-   * viewer's backfill can arrive after live lines (docs/protocol.md §3.5), and a reconnect
-   * re-sends the backlog: both land where they belong, duplicates are skipped.
-   */
-  function placeLines(st, epoch, lines, backfill, tail) {
-    if (st.epoch !== epoch) {
-      st.epoch = epoch;
-      st.shown = [];
-      st.head = 0;
-      st.droppedThrough = -1n;
-    }
-    for (const line of lines) {
-      if (line.seq <= st.droppedThrough) continue;
-      const shown = st.shown;
-      const last = shown.length > st.head ? shown[shown.length - 1].seq : -1n;
-      const el = lineElement(st, line, backfill);
-      lineStream.set(el, st);
-      if (line.seq > last) {
-        shown.push({ seq: line.seq, el });
-        tail.push(el);
-        continue;
-      }
-      let lo = st.head;
-      let hi = shown.length - 1;
-      while (lo < hi) {
-        const mid = (lo + hi) >> 1;
-        if (shown[mid].seq < line.seq) lo = mid + 1;
-        else hi = mid;
-      }
-      if (shown[lo].seq === line.seq) continue;
-      shown[lo].el.before(el);
-      shown.splice(lo, 0, { seq: line.seq, el });
-    }
-  }
-
-  /** Drops the oldest entries beyond the bound, keeping a paused view where it was. */
-  function afterGrowth() {
-    const excess = logEl.childElementCount - maxLines;
-    if (excess > 0) {
-      const before = following ? 0 : logEl.scrollHeight;
-      for (let i = 0; i < excess; i++) {
-        const el = logEl.firstElementChild;
-        const st = lineStream.get(el);
-        if (st) forgetLine(st, el);
-        el.remove();
-      }
-      droppedEntries += excess;
-      droppedEl.textContent =
-        `${droppedEntries} older ${droppedEntries === 1 ? 'entry' : 'entries'} dropped from view ` +
-        `(this page keeps the newest ${maxLines}).`;
-      droppedEl.hidden = false;
-      if (!following) {
-        logEl.scrollTop -= before - logEl.scrollHeight;
-        autoTop = logEl.scrollTop;
-      }
-    }
-    if (following) {
-      if (!scrollScheduled) {
-        scrollScheduled = true;
-        requestAnimationFrame(() => {
-          scrollScheduled = false;
-          if (following) scrollToEnd();
-        });
-      }
-    } else {
-      jumpEl.hidden = false;
-    }
-  }
-
-  /** The stream's oldest line on the page is `el` (a stream's lines are in page order). */
-  function forgetLine(st, el) {
-    const shown = st.shown;
-    let at = st.head;
-    if (shown[at]?.el !== el) {
-      at = shown.indexOf(shown.find((s) => s.el === el));
-      if (at < st.head) return; // a line of an earlier epoch
-    }
-    if (shown[at].seq > st.droppedThrough) st.droppedThrough = shown[at].seq;
-    if (at === st.head) {
-      st.head++;
-      if (st.head > 1024 && st.head * 2 > shown.length) {
-        st.shown = shown.slice(st.head);
-        st.head = 0;
-      }
-    } else {
-      shown.splice(at, 1);
-    }
-  }
-
-  function scrollToEnd() {
-    logEl.scrollTop = logEl.scrollHeight;
-    autoTop = logEl.scrollTop;
-  }
-
-  // Lines arriving between this script's scroll and its event must not pause autoscroll: only
-  // a scroll to somewhere else (the user's) decides, by where it ends.
-  logEl.addEventListener('scroll', () => {
-    if (Math.abs(logEl.scrollTop - autoTop) < 1) return;
-    autoTop = -1;
-    following = logEl.scrollHeight - logEl.scrollTop - logEl.clientHeight < 8;
-    jumpEl.hidden = following;
-  });
-
-  jumpEl.addEventListener('click', () => {
-    following = true;
-    jumpEl.hidden = true;
-    scrollToEnd();
-  });
-
-  function clearView() {
-    logEl.replaceChildren();
-    for (const st of streamsByKey.values()) {
-      const shown = st.shown;
-      if (shown.length > st.head && shown[shown.length - 1].seq > st.droppedThrough) {
-        st.droppedThrough = shown[shown.length - 1].seq;
-      }
-      st.shown = [];
-      st.head = 0;
-    }
-    droppedEntries = 0;
-    droppedEl.hidden = true;
-    following = true;
-    jumpEl.hidden = true;
-  }
-
-  // ---- the metrics panel ---------------------------------------------------------------------
-
-  /** `name{labels} value [timestamp]` → [series, value]; comments and junk → null. */
-  function parseSample(text) {
-    if (text.startsWith('#')) return null;
-    let i = 0;
-    while (i < text.length && /[A-Za-z0-9_:]/.test(text[i])) i++;
-    if (i === 0) return null;
-    if (text[i] === '{') {
-      let quoted = false;
-      for (i++; i < text.length; i++) {
-        const c = text[i];
-        if (quoted && c === '\\') i++;
-        else if (c === '"') quoted = !quoted;
-        else if (!quoted && c === '}') break;
-      }
-      i++;
-    }
-    const series = text.slice(0, i);
-    const value = Number.parseFloat(text.slice(i).trim().split(/\s+/)[0]
-      .replace(/^\+Inf$/, 'Infinity').replace(/^-Inf$/, '-Infinity'));
-    return Number.isNaN(value) && !/NaN/.test(text.slice(i)) ? null : [series, value];
-  }
-
-  function metricsRow(st) {
-    if (st.row) return st.row;
-    const row = document.createElement('tr');
-    row.dataset.pod = `${st.labels.namespace}/${st.labels.pod}`;
-    const cells = {};
-    for (const name of ['pod', 'cpu', 'cpuLimit', 'memory', 'memoryLimit', 'sampled']) {
-      cells[name] = document.createElement('td');
-      cells[name].className = name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
-      row.append(cells[name]);
-    }
-    const l = st.labels;
-    cells.pod.textContent = `${l.namespace}/${l.pod}`;
-    cells.pod.title = `node ${l.node}, uid ${l.pod_uid}`;
-    st.row = row;
-    st.cells = cells;
-    st.values = new Map();
-    metricsRows.append(row);
-    metricsEl.hidden = false;
+/** A row of the log view, built with `textContent` and classes only. */
+function buildRow(e, isCurrent) {
+  const src = e.src;
+  if (e.t === MARK) {
+    const row = el('div', `row mark m-${e.cls}${src ? ` c${src.colour}` : ''}`);
+    if (src) row.append(el('span', 'src', src.name));
+    row.append(el('span', 'mtext', e.text));
     return row;
   }
-
-  function setCell(cell, value, format) {
-    if (value === undefined) {
-      cell.textContent = '–';
-      delete cell.dataset.value;
-    } else {
-      cell.textContent = format(value);
-      cell.dataset.value = String(value);
-    }
+  const stderr = (e.flags & LINE_STDERR) !== 0;
+  const classes = ['row', 'line', `c${src.colour}`, stderr ? 'stderr' : 'stdout'];
+  if (e.flags & LINE_SYSTEM) classes.push('system');
+  if (buffer.isHit(e)) classes.push('hit');
+  if (isCurrent) classes.push('current');
+  const row = el('div', classes.join(' '));
+  const ts = el('span', 'ts', shortTime(e.ts / 1e6, S.ts === 'utc' ? 'utc' : 'local'));
+  ts.title = `${rfc3339(e.hi, e.lo)} · #${e.seq}`;
+  const name = el('span', 'src', src.name);
+  name.title = src.title;
+  const fd = el('span', 'fd', stderr ? 'err' : 'out');
+  const msg = el('span', 'msg');
+  let json;
+  if (S.json) {
+    if (e.json === undefined) e.json = jsonLine(plain(e));
+    json = e.json;
   }
+  if (json) jsonMessage(msg, json, isCurrent);
+  else appendPieces(msg, messagePieces(e.text, isCurrent));
+  row.append(ts, name, fd, msg);
+  if (e.flags & LINE_PARTIAL) row.append(el('span', 'flag', 'partial'));
+  if (e.flags & LINE_TRUNCATED) row.append(el('span', 'flag', 'truncated'));
+  return row;
+}
 
-  function updateMetrics(st, lines) {
-    metricsRow(st);
-    let newest = null;
-    for (const line of lines) {
-      const sample = parseSample(messageText(line.message));
-      if (!sample) continue;
-      st.values.set(sample[0], sample[1]);
-      newest = line.timestampNs;
-    }
-    if (newest === null) return;
-    const v = (name) => st.values.get(name);
-    setCell(st.cells.cpu, v('pod_cpu_usage_cores'), formatCores);
-    setCell(st.cells.cpuLimit, v('pod_cpu_limit_cores'), formatCores);
-    setCell(st.cells.memory, v('pod_memory_working_set_bytes'), formatBytes);
-    setCell(st.cells.memoryLimit, v('pod_memory_limit_bytes'), formatBytes);
-    st.cells.sampled.textContent = shortTime(newest);
-    st.cells.sampled.title = rfc3339(newest);
-    st.row.classList.remove('ended');
+const view = new LogView({
+  scroller: logEl,
+  viewport: $('viewport'),
+  spacer: $('spacer'),
+  buffer,
+  build: buildRow,
+  onChange: () => requestFrame(),
+  onMode({ following, newLines }) {
+    followButton.textContent = following ? 'Pause' : 'Follow';
+    followButton.setAttribute('aria-pressed', String(!following));
+    followButton.title = following ? 'Pause: keep buffering, stop moving (space)' : 'Follow the newest lines (f)';
+    logEl.classList.toggle('paused', !following);
+    newLinesButton.hidden = following;
+    newLinesButton.textContent = newLines > 0
+      ? `↓ ${plural(newLines, 'new line', 'new lines')}`
+      : '↓ paused: follow the newest lines';
+  },
+});
+
+// ---- per-frame work: one flush and one render per animation frame -------------------------
+
+/**
+ * For the performance test (docs/viewer.md): frame work times (ms) of the last 8192 frames, lines
+ * merged, and the longest handling of one batch (ms).
+ */
+const perf = { frameMs: new Float64Array(8192), frames: 0, flushedLines: 0, batchMaxMs: 0 };
+window.__logrelayViewer = perf;
+
+let frameScheduled = false;
+function requestFrame() {
+  if (frameScheduled) return;
+  frameScheduled = true;
+  requestAnimationFrame(frame);
+}
+
+function frame() {
+  frameScheduled = false;
+  const t0 = performance.now();
+  merge();
+  view.render();
+  showCounts();
+  perf.frameMs[perf.frames % perf.frameMs.length] = performance.now() - t0;
+  perf.frames++;
+}
+
+/** Merges what arrived into the buffer. */
+function merge() {
+  const result = buffer.flush();
+  if (result) {
+    perf.flushedLines += result.added;
+    view.update(result);
   }
+}
 
-  // ---- the session ---------------------------------------------------------------------------
+function flushIfLarge() {
+  if (buffer.pendingCount >= FLUSH_NOW_AT) merge();
+  requestFrame();
+}
 
-  function readForm() {
-    const data = new FormData(form);
-    const selector = {};
-    for (const f of SELECTOR_FIELDS) {
-      const v = String(data.get(f) || '').trim();
-      if (v) selector[f] = v;
-    }
-    const tailText = String(data.get('tail') || '').trim();
-    const tail = tailText === '' ? DEFAULT_TAIL : Number(tailText);
-    return {
-      selector,
-      tail: Number.isInteger(tail) && tail >= 0 && tail <= 4294967295 ? tail : DEFAULT_TAIL,
-      contains: String(data.get('contains') || ''),
-      follow: data.get('follow') !== null,
-    };
+/** Sets an element's text only when it changes (no needless layout work every frame). */
+function setText(element, text) {
+  if (element.textContent !== text) element.textContent = text;
+}
+
+function showCounts() {
+  const hits = buffer.search
+    ? `${view.current && !view.current.ev && buffer.isHit(view.current) ? `${hitOrdinal(view.current)} / ` : ''}${count(buffer.hits)} ${buffer.hits === 1 ? 'hit' : 'hits'}`
+    : '';
+  setText(hitsEl, hits);
+  if (buffer.evictedLines > 0) {
+    evictedEl.hidden = false;
+    setText(evictedEl, `${plural(buffer.evictedLines, 'older line', 'older lines')} ` +
+      `(${formatBytes(buffer.evictedBytes)}) dropped by this viewer to stay within ` +
+      `${count(buffer.maxLines)} lines and ${formatBytes(buffer.maxBytes)} — not a gap in the stream.`);
+  } else {
+    evictedEl.hidden = true;
   }
+  let lines = 0;
+  for (const s of buffer.sources.values()) lines += s.lines;
+  setText(countsEl, `${plural(lines, 'line', 'lines')} held`);
+}
 
-  /** The address bar names the view (never the token), so the link can be shared. */
-  function shareableUrl(p) {
-    const q = new URLSearchParams();
-    for (const [k, v] of Object.entries(p.selector)) q.set(k, v);
-    if (p.tail !== DEFAULT_TAIL) q.set('tail', String(p.tail));
-    if (p.contains) q.set('contains', p.contains);
-    if (!p.follow) q.set('follow', 'false');
-    if (maxLines !== 10000) q.set('max_lines', String(maxLines));
-    const s = q.toString();
-    return `${location.pathname}${s ? `?${s}` : ''}`;
+function hitOrdinal(entry) {
+  const list = buffer.list;
+  const at = indexOf(list, entry);
+  if (at < 0) return '?';
+  let n = 0;
+  for (let i = 0; i <= at; i++) if (buffer.isHit(list[i])) n++;
+  return count(n);
+}
+
+setInterval(() => {
+  $('last-line').textContent = lastLineAt ? `last line received ${ago(Date.now() - lastLineAt)} ago` : '';
+  if (banner.dataset.phase === 'retrying' && banner.dataset.retryAt) {
+    const left = Math.max(0, Number(banner.dataset.retryAt) - Date.now());
+    bannerText.textContent = `${banner.dataset.base} Reconnecting in ${Math.ceil(left / 1000)} s…`;
   }
+}, 1000);
 
-  function subscribeRequests(p) {
-    const logs = {
-      op: 'subscribe',
-      id: LOG_SUB,
-      selector: p.selector,
-      tail: p.tail,
-      follow: p.follow,
-    };
-    if (p.contains) logs.contains = p.contains;
-    const metricsSelector = { kind: 'metrics', container: 'resources' };
-    for (const f of METRICS_FIELDS) if (p.selector[f] !== undefined) metricsSelector[f] = p.selector[f];
-    // tail > 0: a viewer joining a watched pod gets the newest kept sample at once (§2.6).
-    const metrics = {
-      op: 'subscribe', id: METRICS_SUB, selector: metricsSelector, tail: 1, follow: p.follow,
-    };
-    return [logs, metrics];
-  }
+// ---- the connection banner and errors ---------------------------------------------------------
 
-  function watchingText() {
-    const logs = logStreamCount();
-    const pods = streamsById.size - logs;
-    return `Watching ${plural(logs, 'log stream', 'log streams')}` +
-      `${pods ? ` and the resources of ${plural(pods, 'pod', 'pods')}` : ''}.`;
-  }
+function setBanner(phase, text) {
+  banner.dataset.phase = phase;
+  banner.className = `banner ${phase}`;
+  bannerText.textContent = text;
+  retryButton.hidden = phase !== 'retrying';
+}
 
-  function connect() {
-    clearTimeout(retryTimer);
-    retryTimer = null;
-    const gen = ++generation;
-    const url = `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}/v1/subscribe`;
-    const protocols = token ? ['logrelay.v1', `bearer.${token}`] : ['logrelay.v1'];
-    let ws;
-    try {
-      ws = new WebSocket(url, protocols);
-    } catch (e) {
-      setStatus(`Cannot connect: ${e.message}`, 'bad');
-      return;
-    }
-    ws.binaryType = 'arraybuffer';
-    socket = ws;
-    streamsById = new Map();
-    let welcomed = false;
-    setStatus('Connecting…', 'busy');
-    stopButton.disabled = false;
+function showError(text) {
+  for (const existing of errorEl.children) if (existing.textContent === text) return;
+  errorEl.append(el('div', null, text));
+  while (errorEl.childElementCount > 5) errorEl.firstElementChild.remove();
+  errorEl.hidden = false;
+}
 
-    ws.onopen = () => {
-      if (gen !== generation) return;
-      for (const req of subscribeRequests(params)) ws.send(JSON.stringify(req));
-    };
-    ws.onmessage = (msg) => {
-      if (gen !== generation) return;
-      if (typeof msg.data === 'string') {
-        let event;
-        try {
-          event = JSON.parse(msg.data);
-        } catch (e) {
-          showError(`Unreadable event from the relay: ${e.message}`);
-          return;
-        }
-        if (event.event === 'welcome') {
-          welcomed = true;
-          retryMs = 1000;
-        }
-        onEvent(event);
-      } else {
-        onBatch(msg.data);
-      }
-    };
-    ws.onclose = (ev) => {
-      if (gen !== generation) return;
-      socket = null;
-      stopButton.disabled = true;
-      const name = CLOSE_CODES[ev.code] || 'closed';
-      const reason = ev.reason ? `: ${ev.reason}` : '';
-      let text = `Disconnected (${ev.code} ${name})${reason}.`;
-      if (!welcomed && ev.code === 1006) {
-        text = 'The relay refused the session or cannot be reached (1006). Without a valid ' +
-          'token a relay answers HTTP 401 before the upgrade: check the token.';
-      }
-      if (ev.code === 4001 || ev.code === 4003 || ev.code === 4004 || ev.code === 4008) {
-        showError(text);
-      }
-      if (welcomed && RETRY_CODES.has(ev.code)) {
-        const wait = retryMs;
-        retryMs = Math.min(retryMs * 2, 30000);
-        text += ` Reconnecting in ${Math.round(wait / 1000)} s.`;
-        retryTimer = setTimeout(() => {
-          if (gen === generation) connect();
-        }, wait);
-      }
-      setStatus(text, 'bad');
-    };
-  }
+function clearErrors() {
+  errorEl.replaceChildren();
+  errorEl.hidden = true;
+}
 
-  function stop() {
-    generation++;
-    clearTimeout(retryTimer);
-    retryTimer = null;
-    if (socket) socket.close(1000, 'viewer stopped');
-    socket = null;
-    stopButton.disabled = true;
-    setStatus('Stopped.', 'idle');
-  }
+function logStreams() {
+  let n = 0;
+  if (!conn) return 0;
+  for (const st of conn.streams.values()) if (st.kind === 'log') n++;
+  return n;
+}
 
-  function streamState(id) {
-    let st = streamsById.get(id);
-    if (!st) {
-      // A batch always follows its `stream` event; this only guards against a broken relay.
-      st = { key: `#${id}`, labels: null, kind: 'log', name: `stream ${id}`, epoch: null, shown: [], head: 0, droppedThrough: -1n };
-      streamsById.set(id, st);
-    }
-    return st;
-  }
+function watchingText() {
+  const logs = logStreams();
+  let pods = 0;
+  for (const st of conn ? conn.streams.values() : []) if (st.kind === 'res') pods++;
+  return `Watching ${plural(logs, 'log stream', 'log streams')}` +
+    `${pods ? ` and the resources of ${plural(pods, 'pod', 'pods')}` : ''}.`;
+}
 
-  function onEvent(e) {
-    switch (e.event) {
-      case 'welcome':
-        setStatus(`Connected to the relay as org ${e.org}.`, 'ok');
-        break;
-      case 'subscribed':
-        if (e.id === LOG_SUB) setStatus(watchingText(), 'ok');
-        break;
-      case 'stream': {
-        if (streamsById.has(e.stream)) break; // repeated on re-announcement: idempotent
-        const key = streamKey(e.labels);
-        let st = streamsByKey.get(key);
-        if (!st) {
-          st = { key, epoch: null, shown: [], head: 0, droppedThrough: -1n };
-          streamsByKey.set(key, st);
-        }
-        st.labels = e.labels;
-        st.kind = e.labels.kind === 'metrics' ? 'metrics' : 'log';
-        st.name = streamName(e.labels);
-        streamsById.set(e.stream, st);
-        if (st.kind === 'metrics') {
-          metricsRow(st);
-        } else {
-          logEl.classList.toggle('multi', logStreamCount() > 1);
-          const l = e.labels;
-          append([marker('stream', `stream ${st.name} (namespace ${l.namespace}, node ${l.node}, restart ${l.restart})`)]);
-        }
-        setStatus(watchingText(), 'ok');
-        break;
-      }
-      case 'gap': {
-        const st = streamState(e.stream);
-        const why = GAP_REASONS[e.reason] || e.reason;
-        const what = e.exact === false
-          ? 'lines missed, how many is unknown'
-          : `${plural(e.lines, 'line', 'lines')} (${formatBytes(e.bytes)}) missed`;
-        append([marker('gap', `${st.name}: ${what}: ${why}.`)]);
-        break;
-      }
-      case 'renumbered': {
-        const st = streamState(e.stream);
-        if (st.kind === 'log') append([marker('live', `${st.name}: renumbered by its agent, nothing missed.`)]);
-        break;
-      }
-      case 'live': {
-        const st = streamState(e.stream);
-        if (st.kind === 'log') append([marker('live', `${st.name}: backlog complete, live from here.`)]);
-        break;
-      }
-      case 'end': {
-        const st = streamState(e.stream);
-        if (st.kind === 'metrics') {
-          if (st.row) st.row.classList.add('ended');
-        } else {
-          append([marker('end', `${st.name}: ${e.reason === 'complete' ? 'backlog read' : `ended (${e.reason})`}.`)]);
-        }
-        streamsById.delete(e.stream);
-        logEl.classList.toggle('multi', logStreamCount() > 1);
-        if (!params.follow && e.reason === 'complete' && logStreamCount() === 0) {
-          setStatus('Backlog read. Not following: tick follow and press Watch to see new lines.', 'ok');
-        }
-        break;
-      }
-      case 'paused': {
-        const st = streamState(e.stream);
-        const why = e.reason === 'agent_disconnected' ? 'its node agent disconnected' : e.reason;
-        if (st.kind === 'log') append([marker('gap', `${st.name}: paused, ${why}; waiting for it to come back.`)]);
-        break;
-      }
-      case 'resumed': {
-        const st = streamState(e.stream);
-        if (st.kind === 'log') append([marker('live', `${st.name}: agent back, resumed.`)]);
-        break;
-      }
-      case 'error': {
-        const which = e.id === METRICS_SUB ? 'pod resources: ' : '';
-        const text = `${which}${e.code}: ${e.message}`;
-        showError(text);
-        setStatus(`The relay refused a request: ${e.message}`, 'bad');
-        break;
-      }
-      default:
-        break; // unsubscribed, streams, and events of later versions
-    }
-  }
+function setStatus(text, kind) {
+  statusEl.textContent = text;
+  statusEl.className = `status ${kind || ''}`;
+}
 
-  function onBatch(buffer) {
-    let batch;
-    try {
-      batch = decodeBatch(buffer);
-    } catch (e) {
-      showError(`Unreadable batch from the relay: ${e.message}`);
-      return;
-    }
-    const { header } = batch;
-    const st = streamState(header.stream);
-    if (header.kind === KIND_GAP) {
-      const lost = batch.gapBytes > 0n ? ` (${formatBytes(batch.gapBytes)})` : '';
-      const text = header.count > 0
-        ? `${st.name}: ${plural(header.count, 'line', 'lines')}${lost} lost at the agent ` +
-          `(its buffer was full), seq ${header.firstSeq}–${header.firstSeq + BigInt(header.count) - 1n}.`
-        : `${st.name}: ${formatBytes(batch.gapBytes)} rotated away before the agent read them.`;
-      append([marker('gap', text)]);
-      return;
-    }
-    if (st.kind === 'metrics') {
-      updateMetrics(st, batch.lines);
-      return;
-    }
-    const tail = [];
-    placeLines(st, header.epoch, batch.lines, (header.flags & FLAG_BACKFILL) !== 0, tail);
-    if (tail.length) append(tail);
-    else afterGrowth();
-  }
+function updateSourceColumn() {
+  const many = buffer.sources.size > 1;
+  const shown = S.src === 'on' || (S.src === 'auto' && many);
+  logEl.classList.toggle('no-src', !shown);
+  $('src-col').checked = shown;
+  const longest = Math.max(4, ...[...buffer.sources.values()].map((s) => s.name.length));
+  document.documentElement.style.setProperty('--src-ch', `${Math.min(40, longest)}ch`);
+}
 
-  function start() {
-    params = readForm();
-    token = String(new FormData(form).get('token') || '').trim();
-    history.replaceState(null, '', shareableUrl(params));
-    generation++;
-    if (socket) socket.close(1000, 'viewer changed its selection');
-    socket = null;
-    streamsByKey.clear();
-    metricsRows.replaceChildren();
-    metricsEl.hidden = true;
-    logEl.classList.remove('multi');
-    clearErrors();
-    clearView();
-    retryMs = 1000;
-    connect();
-  }
+// ---- subscriptions ---------------------------------------------------------------------------
 
-  // ---- start-up ------------------------------------------------------------------------------
+function sourceFilterFields(req) {
+  if (S.contains) req.contains = S.contains;
+  if (S.matches) req.matches = S.matches;
+  return req;
+}
 
-  form.addEventListener('submit', (ev) => {
-    ev.preventDefault();
-    start();
+function subscribeSelection(s, sinceNs) {
+  const logs = sourceFilterFields({
+    op: 'subscribe', id: `l${s.id}`, selector: s.sel, tail: S.tail, follow: S.follow,
   });
-  stopButton.addEventListener('click', stop);
-  $('clear').addEventListener('click', clearView);
-
-  for (const f of [...SELECTOR_FIELDS, 'tail', 'contains']) {
-    const v = query.get(f);
-    if (v !== null) form.elements[f].value = v;
+  if (sinceNs !== undefined) logs.since_ns = sinceNs;
+  conn.subs.set(logs.id, { type: 'logs', sel: s.key });
+  session.send(logs);
+  // The pod resources of the same selection (container `resources`); `tail: 1` gets the newest
+  // kept sample at once when the pod is already watched.
+  const metricsSelector = { kind: 'metrics', container: 'resources' };
+  for (const f of SELECTOR_FIELDS) {
+    if (f !== 'container' && f !== 'container_regex' && s.sel[f] !== undefined) metricsSelector[f] = s.sel[f];
   }
-  const follow = query.get('follow');
-  if (follow !== null) form.elements.follow.checked = !/^(false|0|no|off)$/i.test(follow);
+  conn.subs.set(`m${s.id}`, { type: 'res', sel: s.key });
+  session.send({ op: 'subscribe', id: `m${s.id}`, selector: metricsSelector, tail: 1, follow: S.follow });
+}
 
-  // The token may come in the fragment, which the browser never sends; drop it from the
-  // address bar (and history) at once.
-  const fragment = new URLSearchParams(location.hash.slice(1));
-  if (fragment.has('token')) {
-    form.elements.token.value = fragment.get('token');
-    history.replaceState(null, '', `${location.pathname}${location.search}`);
+function subscribeScrape(container) {
+  const entry = [...metricsCatalog.streams.values()].find((e) => e.labels.container === container);
+  const id = `x${nextSub++}`;
+  const selector = { kind: 'metrics', container };
+  if (entry && entry.labels.node) selector.node = entry.labels.node;
+  conn.subs.set(id, { type: 'scrape', container });
+  session.send({ op: 'subscribe', id, selector, tail: 1, follow: true });
+}
+
+function unsubscribeSelection(s) {
+  if (!conn || !session) return;
+  for (const id of [`l${s.id}`, `m${s.id}`]) {
+    if (conn.subs.delete(id)) session.send({ op: 'unsubscribe', id });
   }
+}
 
-  // A link that names a view opens it live.
-  if (location.search.length > 1 || form.elements.token.value) start();
-})();
+/** Streams to resume after a reconnect: watched through a selection still held, not ended. */
+function resumable() {
+  const keys = new Set(selections.map((s) => s.key));
+  return [...buffer.sources.values()]
+    .filter((s) => s.epoch !== null && !s.ended && [...s.sels].some((k) => keys.has(k)))
+    .sort((a, b) => b.lastTs - a.lastTs)
+    .slice(0, MAX_RESUMES);
+}
+
+/**
+ * After a reconnect, one subscription per stream held, with the exact selector of that stream
+ * and `since_seq` just after its newest line (a `since_seq` applies per stream). They are
+ * standing: a stream whose agent is not back yet is attached when it is announced again.
+ */
+function sendResume(src) {
+  const id = `r${nextSub++}`;
+  conn.subs.set(id, { type: 'resume', srcKey: src.key, sels: [...src.sels] });
+  conn.pendingResume.set(src.key, id);
+  session.send(sourceFilterFields({
+    op: 'subscribe',
+    id,
+    selector: exactSelector(src.labels),
+    since_seq: { epoch: BigInt(src.epoch), seq: src.hwm + 1 },
+    since_ns: nanos(src.lastHi, src.lastLo) + 1n,
+    tail: 0,
+    follow: true,
+  }));
+}
+
+/**
+ * The selections' own subscriptions go out once every resumed stream is attached (so none of
+ * them reaches a stream first, without `since_seq`), or after RESUME_WAIT_MS: streams not back
+ * by then are left to the selections, from just after their newest line.
+ */
+function finishResume() {
+  if (!conn || !conn.resuming) return;
+  conn.resuming = false;
+  clearTimeout(conn.resumeTimer);
+  let since = BigInt(Math.max(0, lost.at - 2000)) * 1000000n;
+  for (const [key, id] of conn.pendingResume) {
+    const src = buffer.sources.get(key);
+    conn.subs.delete(id);
+    session.send({ op: 'unsubscribe', id });
+    if (!src) continue;
+    const after = nanos(src.lastHi, src.lastLo) + 1n;
+    if (after < since) since = after;
+    buffer.addMarker(src, 'pause', `${src.name}: not back ${RESUME_WAIT_MS / 1000} s after the reconnect; ` +
+      'its lines follow when its agent announces it again.', nowNs());
+  }
+  conn.pendingResume.clear();
+  // Streams that appeared meanwhile get what they wrote since shortly before the connection
+  // was lost; the streams resumed above repeat nothing (each (epoch, seq) is shown once).
+  for (const s of selections) subscribeSelection(s, since);
+  for (const c of S.scrapes) subscribeScrape(c);
+  setStatus(selections.length ? watchingText() : 'Pick pods, containers or runs on the left.', 'ok');
+  requestFrame();
+}
+
+// ---- events -------------------------------------------------------------------------------------
+
+function onOpen(welcome) {
+  welcomedOnce = true;
+  conn = newConn();
+  conn.welcomedAt = Date.now();
+  // Relay ids are per session: forget them (the catalog and charts refill at once).
+  picker.catalog.clear();
+  metricsCatalog.clear();
+  session.send({ op: 'list', id: 'cat', selector: {}, watch: true });
+  session.send({ op: 'list', id: 'catm', selector: { kind: 'metrics' }, watch: true });
+  if (lost) {
+    const away = ((Date.now() - lost.at) / 1000).toFixed(1);
+    const todo = resumable();
+    buffer.addMarker(null, 'conn', `Reconnected to the relay after ${away} s (org ${welcome.org}); ` +
+      `resuming ${plural(todo.length, 'stream', 'streams')} from where each stopped.`, nowNs());
+    conn.resuming = true;
+    for (const src of todo) sendResume(src);
+    conn.resumeTimer = setTimeout(finishResume, RESUME_WAIT_MS);
+    if (!todo.length) finishResume();
+    requestFrame();
+  } else {
+    for (const s of selections) subscribeSelection(s);
+    for (const c of S.scrapes) subscribeScrape(c);
+  }
+  setStatus(selections.length ? watchingText() : 'Pick pods, containers or runs on the left.', 'ok');
+}
+
+function onState(st) {
+  if (st.phase === 'connecting') {
+    setBanner('connecting', st.attempt ? `Reconnecting to the relay (attempt ${st.attempt})…` : 'Connecting to the relay…');
+  } else if (st.phase === 'open') {
+    setBanner('open', `Connected to the relay as org ${st.org}.`);
+  } else if (st.phase === 'retrying') {
+    if (st.wasOpen || !lost) {
+      lost = { at: Date.now() };
+      buffer.addMarker(null, 'conn', `Connection to the relay lost (${st.text}); reconnecting.`, nowNs());
+      requestFrame();
+    }
+    if (conn) clearTimeout(conn.resumeTimer);
+    conn = null;
+    const base = `Connection lost (${st.text}). Attempt ${st.attempt}.`;
+    banner.dataset.base = base;
+    banner.dataset.retryAt = String(Date.now() + st.retryInMs);
+    setBanner('retrying', `${base} Reconnecting in ${Math.ceil(st.retryInMs / 1000)} s…`);
+    setStatus('Disconnected: lines written meanwhile will be resumed from where each stream stopped.', 'bad');
+  } else if (st.phase === 'refused') {
+    setBanner('refused', st.text);
+    setStatus(st.text, 'bad');
+    if (st.code === 4004 || st.code === 4001 || st.code === 4003 || st.code === 4008) showError(st.text);
+  }
+}
+
+function onEvent(e) {
+  if (!conn) return;
+  switch (e.event) {
+    case 'streams':
+    case 'catalog': {
+      const cat = e.id === 'cat' ? picker.catalog : e.id === 'catm' ? metricsCatalog : null;
+      if (!cat) break;
+      if (e.event === 'streams') cat.replace(e.streams);
+      else cat.apply(e);
+      if (cat === picker.catalog) {
+        picker.schedule();
+      } else {
+        showScrapeSources();
+      }
+      break;
+    }
+    case 'stream':
+      onStream(e);
+      break;
+    case 'gap': {
+      const st = conn.streams.get(e.stream);
+      if (!st || st.kind !== 'log') break;
+      const src = st.src;
+      const why = GAP_REASONS[e.reason] || e.reason;
+      // `exact: false` (protocol.md §3.4): the count is a lower bound, or unknown when 0.
+      const text = e.rest_of_epoch || e.reason === 'epoch_lost'
+        ? `${src.name}: lines from #${e.from.seq} on (of the numbering before) will not come: ${why}; how many is unknown.`
+        : e.exact === false
+          ? (e.lines > 0
+            ? `${src.name}: at least ${plural(e.lines, 'line', 'lines')} missed (the exact number is unknown), from #${e.from.seq}: ${why}.`
+            : `${src.name}: lines missed from #${e.from.seq}, how many is unknown: ${why}.`)
+          : `${src.name}: ${plural(e.lines, 'line', 'lines')} (${formatBytes(e.bytes)}) missed, #${e.from.seq}–#${e.from.seq + e.lines - 1}: ${why}.`;
+      buffer.addMarker(src, 'gap', text, nowNs());
+      requestFrame();
+      break;
+    }
+    case 'renumbered': {
+      // The agent restarted and went on right after the last line held: nothing missed.
+      const st = conn.streams.get(e.stream);
+      if (!st || st.kind !== 'log') break;
+      buffer.addMarker(st.src, 'live', `${st.src.name}: renumbered by its agent (it restarted); nothing missed.`, nowNs());
+      requestFrame();
+      break;
+    }
+    case 'paused': {
+      const st = conn.streams.get(e.stream);
+      if (!st || st.kind !== 'log') break;
+      const why = e.reason === 'agent_disconnected' ? 'its node agent disconnected' : e.reason;
+      buffer.addMarker(st.src, 'pause', `${st.src.name}: paused, ${why}; waiting for it to come back.`, nowNs());
+      requestFrame();
+      break;
+    }
+    case 'resumed': {
+      const st = conn.streams.get(e.stream);
+      if (!st || st.kind !== 'log') break;
+      buffer.addMarker(st.src, 'live', `${st.src.name}: its agent is back; resumed.`, nowNs());
+      requestFrame();
+      break;
+    }
+    case 'end': {
+      const st = conn.streams.get(e.stream);
+      if (!st) break;
+      conn.streams.delete(e.stream);
+      if (st.kind === 'res') charts.ended(st.labels);
+      if (st.kind !== 'log') break;
+      if (e.reason !== 'complete') st.src.ended = e.reason;
+      const why = END_REASONS[e.reason] || e.reason;
+      buffer.addMarker(st.src, e.reason === 'complete' ? 'live' : 'end', `${st.src.name}: ended, ${why}.`, nowNs());
+      requestFrame();
+      if (!S.follow && logStreams() === 0) setStatus('Backlog read. Not following: these lines are what the files held.', 'ok');
+      else setStatus(watchingText(), 'ok');
+      break;
+    }
+    case 'error': {
+      const owner = e.id ? conn.subs.get(e.id) : null;
+      const sel = owner && owner.sel ? selections.find((s) => s.key === owner.sel) : null;
+      const which = sel ? `${selectionLabel(sel.sel)}${owner.type === 'res' ? ' (pod resources)' : ''}: ` : '';
+      const text = `${which}${e.code}: ${e.message}`;
+      showError(text);
+      buffer.addMarker(null, 'error', `The relay refused a request: ${text}`, nowNs());
+      setStatus(`The relay refused a request: ${e.message}`, 'bad');
+      requestFrame();
+      break;
+    }
+    default:
+      break; // subscribed, unsubscribed, live, and events of later versions
+  }
+}
+
+function onStream(e) {
+  const owner = conn.subs.get(e.id);
+  const l = e.labels;
+  if (l.kind === 'metrics') {
+    const kind = l.container === 'resources' ? 'res' : 'scrape';
+    conn.streams.set(e.stream, { kind, labels: l });
+    if (kind === 'res') charts.resources(l);
+    else charts.scrapeSource(l);
+    setStatus(watchingText(), 'ok');
+    return;
+  }
+  const key = streamKey(l);
+  const src = buffer.source(key, {
+    labels: l,
+    name: `${l.pod}/${l.container}`,
+    title: `${l.namespace}/${l.pod}/${l.container} · node ${l.node} · restart ${l.restart}`,
+    colour: colourOf(`${l.namespace}/${l.pod}/${l.container}`),
+    sels: new Set(),
+  });
+  src.labels = l;
+  src.ended = false;
+  if (owner && owner.sel) src.sels.add(owner.sel);
+  if (owner && owner.sels) for (const k of owner.sels) src.sels.add(k);
+  if (owner && owner.type === 'resume' && conn.pendingResume.get(owner.srcKey) === e.id) {
+    conn.pendingResume.delete(owner.srcKey);
+    if (conn.resuming && conn.pendingResume.size === 0) finishResume();
+  }
+  conn.streams.set(e.stream, { kind: 'log', src, labels: l });
+  updateSourceColumn();
+  setStatus(watchingText(), 'ok');
+}
+
+function onBatch(data) {
+  if (!conn) return;
+  const t0 = performance.now();
+  takeBatch(data);
+  const ms = performance.now() - t0;
+  if (ms > perf.batchMaxMs) perf.batchMaxMs = ms;
+}
+
+function takeBatch(data) {
+  let batch;
+  try {
+    batch = decodeBatch(data);
+  } catch (err) {
+    showError(`Unreadable batch from the relay: ${err.message}`);
+    return;
+  }
+  const { header } = batch;
+  const st = conn.streams.get(header.stream);
+  if (!st) return; // a batch always follows its `stream` event; only a broken relay skips it
+  if (st.kind === 'res') {
+    charts.resourceLines(st.labels, batch.lines);
+    return;
+  }
+  if (st.kind === 'scrape') {
+    charts.scrapeLines(st.labels, batch.lines);
+    refreshSeriesList();
+    return;
+  }
+  const src = st.src;
+  if (header.kind === KIND_GAP) {
+    const lost = batch.gapBytes > 0 ? ` (${formatBytes(batch.gapBytes)})` : '';
+    const uncounted = (header.flags & FLAG_COUNT_UNKNOWN) !== 0;
+    const text = header.count > 0 && uncounted
+      ? `${src.name}: at least ${plural(header.count, 'line', 'lines')}${lost} lost at the agent (the exact number is unknown), from #${header.firstSeq}.`
+      : header.count > 0
+      ? `${src.name}: ${plural(header.count, 'line', 'lines')}${lost} lost at the agent, ` +
+        `#${header.firstSeq}–#${header.firstSeq + header.count - 1}: its send buffer was full.`
+      : `${src.name}: ${formatBytes(batch.gapBytes)} of the log rotated away before the agent read them; how many lines is unknown.`;
+    buffer.addMarker(src, 'gap', text, nowNs());
+    requestFrame();
+    return;
+  }
+  const backfill = (header.flags & FLAG_BACKFILL) !== 0;
+  let added = 0;
+  for (const line of batch.lines) if (buffer.addLine(src, header.epoch, line, backfill)) added++;
+  if (added) lastLineAt = Date.now();
+  flushIfLarge();
+}
+
+// ---- selections, filters, modes ----------------------------------------------------------------
+
+function syncUrl() {
+  S.selections = selections.map((s) => s.sel);
+  history.replaceState(null, '', `${location.pathname}${encode(S)}`);
+}
+
+function renderChips() {
+  const chips = [];
+  for (const s of selections) {
+    const chip = el('span', 'chip');
+    chip.dataset.sel = s.key;
+    chip.append(el('span', null, selectionLabel(s.sel)));
+    const x = el('button', 'x', '×');
+    x.type = 'button';
+    x.title = 'Remove from the view';
+    x.setAttribute('aria-label', `remove ${selectionLabel(s.sel)}`);
+    x.addEventListener('click', () => removeSelection(s));
+    chip.append(x);
+    chips.push(chip);
+  }
+  if (S.contains || S.matches) {
+    const chip = el('span', 'chip filter');
+    chip.append(el('span', null, `filtered at the source: ${S.matches ? `/${S.matches}/` : `"${S.contains}"`}`));
+    const x = el('button', 'x', '×');
+    x.type = 'button';
+    x.title = 'Stop filtering at the source';
+    x.addEventListener('click', () => setSourceFilter('', ''));
+    chip.append(x);
+    chips.push(chip);
+  }
+  if (!chips.length) chips.push(el('span', 'hint', 'Nothing selected: pick pods, containers or runs on the left (click: only it; tick or Ctrl-click: add to the merged view).'));
+  chipsEl.replaceChildren(...chips);
+  sourceFilterButton.setAttribute('aria-pressed', String(Boolean(S.contains || S.matches)));
+  sourceFilterButton.textContent = S.contains || S.matches ? 'Unfilter source' : 'Filter at source';
+  picker.setSelected(selections.map((s) => s.sel));
+}
+
+function addSelection(sel) {
+  const key = selectionKey(sel);
+  if (selections.some((s) => s.key === key) || selections.length >= MAX_SELECTIONS) return;
+  const s = { id: nextSel++, sel, key };
+  selections.push(s);
+  if (conn && session && session.open && !conn.resuming) subscribeSelection(s);
+  else if (!session) startSession();
+  syncUrl();
+  renderChips();
+}
+
+function removeSelection(s) {
+  selections = selections.filter((x) => x !== s);
+  unsubscribeSelection(s);
+  const keys = new Set(selections.map((x) => x.key));
+  // Lines of streams no other selection watches leave the view; so do their resume subscriptions.
+  buffer.removeSources((src) => ![...src.sels].some((k) => keys.has(k)));
+  for (const src of buffer.sources.values()) for (const k of [...src.sels]) if (!keys.has(k)) src.sels.delete(k);
+  if (conn) {
+    for (const [id, owner] of [...conn.subs]) {
+      if (owner.type === 'resume' && !buffer.sources.has(owner.srcKey)) {
+        conn.subs.delete(id);
+        session.send({ op: 'unsubscribe', id });
+      }
+    }
+    for (const [id, st] of [...conn.streams]) if (st.kind === 'log' && !buffer.sources.has(st.src.key)) conn.streams.delete(id);
+  }
+  charts.retain((podKey) => selections.some((x) => podMatches(x.sel, podKey)));
+  view.refresh();
+  updateSourceColumn();
+  syncUrl();
+  renderChips();
+  requestFrame();
+  if (conn) setStatus(selections.length ? watchingText() : 'Pick pods, containers or runs on the left.', 'ok');
+}
+
+function podMatches(sel, podKey) {
+  const [ns, pod] = podKey.split('/');
+  if (sel.namespace && sel.namespace !== ns) return false;
+  if (sel.pod && sel.pod !== pod) return false;
+  return true;
+}
+
+/** The picker: a click shows only that; a tick (or Ctrl/Shift-click) adds it or takes it out. */
+function onPick(sel, additive) {
+  const key = selectionKey(sel);
+  const existing = selections.find((s) => s.key === key);
+  if (additive) {
+    if (existing) removeSelection(existing);
+    else addSelection(sel);
+    return;
+  }
+  if (existing && selections.length === 1) return;
+  selections = [{ id: nextSel++, sel, key }];
+  syncUrl();
+  renderChips();
+  restart();
+}
+
+function setSourceFilter(contains, matches) {
+  S.contains = contains;
+  S.matches = matches;
+  syncUrl();
+  renderChips();
+  restart();
+}
+
+function applySearch() {
+  let m = null;
+  searchInput.classList.remove('invalid');
+  try {
+    m = matcher(S.q, { regex: S.regex, caseSensitive: S.caseSensitive });
+  } catch (err) {
+    searchInput.classList.add('invalid');
+    searchInput.title = `Not a regular expression: ${err.message}`;
+  }
+  buffer.setSearch(m, S.only);
+  view.current = null;
+  view.restyle();
+  if (S.only && view.following) view.follow();
+  requestFrame();
+}
+
+function jumpHit(dir) {
+  if (!buffer.search) {
+    searchInput.focus();
+    return;
+  }
+  const list = buffer.list;
+  let from;
+  if (view.current && !view.current.ev) {
+    from = indexOf(list, view.current);
+  } else {
+    // From what is on screen: the first hit at or below its top (or above its bottom).
+    from = dir > 0 ? view.topIndex() - 1 : Math.min(list.length, view.topIndex() + view.visibleRows);
+  }
+  const i = buffer.nextHit(from, dir);
+  if (i >= 0) view.reveal(i);
+  requestFrame();
+}
+
+function setMode() {
+  logEl.classList.toggle('wrap', S.wrap);
+  logEl.classList.toggle('no-ts', S.ts === 'off');
+  $('ts-mode').value = S.ts;
+  $('wrap').checked = S.wrap;
+  $('json').checked = S.json;
+  $('case').setAttribute('aria-pressed', String(S.caseSensitive));
+  $('regex').setAttribute('aria-pressed', String(S.regex));
+  $('only').setAttribute('aria-pressed', String(S.only));
+  updateSourceColumn();
+  view.measure();
+  view.restyle();
+  requestFrame();
+}
+
+// ---- copy and download ----------------------------------------------------------------------
+
+/** What the view holds (all lines, or only the hits when "only matching" is on), as text. */
+function viewText() {
+  const out = [];
+  for (const e of buffer.list) {
+    if (e.t === MARK) {
+      out.push(`# ${e.text}`);
+      continue;
+    }
+    const l = e.src.labels;
+    out.push(`${rfc3339(e.hi, e.lo)} ${l.namespace}/${l.pod}/${l.container} ${(e.flags & LINE_STDERR) ? 'stderr' : 'stdout'} ${plain(e)}`);
+  }
+  return out.length ? `${out.join('\n')}\n` : '';
+}
+window.__logrelayViewText = viewText;
+
+async function copyView() {
+  const text = viewText();
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch {
+    const area = el('textarea');
+    area.value = text;
+    document.body.append(area);
+    area.select();
+    document.execCommand('copy');
+    area.remove();
+  }
+  setStatus(`Copied ${plural(buffer.list.length, 'entry', 'entries')} to the clipboard.`, 'ok');
+}
+
+function downloadView() {
+  const blob = new Blob([viewText()], { type: 'text/plain' });
+  const a = el('a');
+  a.href = URL.createObjectURL(blob);
+  a.download = `logrelay-${new Date().toISOString().replace(/[:.]/g, '-')}.log`;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+}
+
+// ---- scraped series chooser ---------------------------------------------------------------------
+
+function showScrapeSources() {
+  const select = $('scrape-source');
+  const names = [...new Set([...metricsCatalog.streams.values()]
+    .map((e) => e.labels.container).filter((c) => c.startsWith('scrape:')))].sort();
+  const current = select.value;
+  const options = [el('option', null, names.length ? 'a scrape target…' : 'no scrape targets')];
+  options[0].value = '';
+  for (const n of names) {
+    const o = el('option', null, n.slice('scrape:'.length));
+    o.value = n;
+    options.push(o);
+  }
+  select.replaceChildren(...options);
+  select.value = names.includes(current) ? current : '';
+  $('series-box').hidden = names.length === 0;
+  if (names.length) $('metrics').hidden = false;
+}
+
+let seriesListScheduled = false;
+function refreshSeriesList() {
+  if (seriesListScheduled) return;
+  seriesListScheduled = true;
+  setTimeout(() => {
+    seriesListScheduled = false;
+    const container = $('scrape-source').value;
+    const list = $('series-list');
+    const src = charts.sources.get(container);
+    if (!src) {
+      list.replaceChildren();
+      return;
+    }
+    const q = $('series-search').value.trim().toLowerCase();
+    const names = [...src.names.keys()].filter((n) => !q || n.toLowerCase().includes(q)).sort().slice(0, 200);
+    const items = names.map((series) => {
+      const id = `${container}|${series}`;
+      const b = el('button', `series${charts.picked.has(id) ? ' picked' : ''}`, series);
+      b.type = 'button';
+      b.dataset.series = id;
+      b.addEventListener('click', () => toggleSeries(id));
+      return b;
+    });
+    list.replaceChildren(...items);
+  }, 300);
+}
+
+function toggleSeries(id) {
+  const on = charts.toggle(id);
+  S.series = on ? [...S.series.filter((x) => x !== id), id] : S.series.filter((x) => x !== id);
+  syncUrl();
+  refreshSeriesList();
+}
+
+// ---- the session ---------------------------------------------------------------------------------
+
+function startSession() {
+  if (session) session.close('viewer changed its view');
+  conn = null;
+  lost = null;
+  session = new Session({
+    token,
+    handlers: { open: onOpen, event: onEvent, batch: onBatch, state: onState },
+  });
+  session.connect();
+}
+
+/** A new view: the buffer, charts and errors start empty and every subscription anew. */
+function restart() {
+  buffer.clear();
+  charts.clear();
+  clearErrors();
+  view.current = null;
+  view.follow();
+  view.restyle();
+  applySearch();
+  updateSourceColumn();
+  startSession();
+  requestFrame();
+}
+
+const picker = new Picker({
+  root: $('picker-tree'),
+  search: $('picker-search'),
+  summary: $('picker-summary'),
+  onPick,
+});
+
+const charts = new Charts({
+  panel: $('metrics'),
+  table: $('metrics-rows'),
+  cpu: $('chart-cpu'),
+  mem: $('chart-mem'),
+  picked: $('series-charts'),
+  // A pod's colour is that of its first container seen in the log view.
+  colourOf: (podKey) => {
+    for (const [key, c] of colourIds) if (key.startsWith(`${podKey}/`)) return c;
+    return colourOf(`${podKey}/`);
+  },
+});
+
+// ---- controls and keyboard --------------------------------------------------------------------
+
+followButton.addEventListener('click', () => {
+  if (view.following) view.pause();
+  else view.follow();
+  requestFrame();
+});
+newLinesButton.addEventListener('click', () => {
+  view.follow();
+  requestFrame();
+});
+retryButton.addEventListener('click', () => session && session.retryNow());
+
+let searchTimer = null;
+searchInput.addEventListener('input', () => {
+  clearTimeout(searchTimer);
+  searchTimer = setTimeout(() => {
+    S.q = searchInput.value;
+    syncUrl();
+    applySearch();
+  }, 150);
+});
+searchInput.addEventListener('keydown', (ev) => {
+  if (ev.key === 'Enter') {
+    ev.preventDefault();
+    clearTimeout(searchTimer);
+    if (S.q !== searchInput.value) {
+      S.q = searchInput.value;
+      syncUrl();
+      applySearch();
+    }
+    jumpHit(ev.shiftKey ? -1 : 1);
+  } else if (ev.key === 'Escape') {
+    searchInput.blur();
+    logEl.focus();
+  }
+});
+for (const [id, key] of [['case', 'caseSensitive'], ['regex', 'regex'], ['only', 'only']]) {
+  $(id).addEventListener('click', () => {
+    S[key] = !S[key];
+    syncUrl();
+    setMode();
+    applySearch();
+  });
+}
+$('next').addEventListener('click', () => jumpHit(1));
+$('prev').addEventListener('click', () => jumpHit(-1));
+sourceFilterButton.addEventListener('click', () => {
+  if (S.contains || S.matches) {
+    setSourceFilter('', '');
+    return;
+  }
+  const q = searchInput.value;
+  if (!q) {
+    searchInput.focus();
+    setStatus('Type a text or a regular expression in the search box first, then filter at the source.', 'bad');
+    return;
+  }
+  if (S.regex) setSourceFilter('', S.caseSensitive ? q : `(?i)${q}`);
+  else if (S.caseSensitive) setSourceFilter(q, '');
+  else setSourceFilter('', `(?i)${q.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`);
+});
+$('ts-mode').addEventListener('change', (ev) => {
+  S.ts = ev.target.value;
+  syncUrl();
+  setMode();
+});
+$('src-col').addEventListener('change', (ev) => {
+  S.src = ev.target.checked ? 'on' : 'off';
+  syncUrl();
+  setMode();
+});
+$('wrap').addEventListener('change', (ev) => {
+  S.wrap = ev.target.checked;
+  syncUrl();
+  setMode();
+});
+$('json').addEventListener('change', (ev) => {
+  S.json = ev.target.checked;
+  syncUrl();
+  setMode();
+});
+$('copy').addEventListener('click', copyView);
+$('download').addEventListener('click', downloadView);
+$('clear').addEventListener('click', () => {
+  buffer.clearLines();
+  view.current = null;
+  view.follow();
+  view.refresh();
+  requestFrame();
+});
+$('scrape-source').addEventListener('change', (ev) => {
+  const c = ev.target.value;
+  if (c && !S.scrapes.includes(c)) {
+    S.scrapes.push(c);
+    syncUrl();
+    if (conn && !conn.resuming) subscribeScrape(c);
+  }
+  refreshSeriesList();
+});
+$('series-search').addEventListener('input', refreshSeriesList);
+$('help-button').addEventListener('click', () => {
+  $('help').hidden = !$('help').hidden;
+});
+$('help-close').addEventListener('click', () => {
+  $('help').hidden = true;
+});
+
+tokenInput.addEventListener('change', () => {
+  token = tokenInput.value.trim();
+  restart();
+});
+
+const adv = $('adv');
+adv.addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  const data = new FormData(adv);
+  const sel = {};
+  for (const f of SELECTOR_FIELDS) {
+    const v = String(data.get(f) || '').trim();
+    if (v) sel[f] = v;
+  }
+  const tail = Number(String(data.get('tail') || '').trim() || S.tail);
+  if (Number.isInteger(tail) && tail >= 0 && tail <= 4294967295) S.tail = tail;
+  S.follow = data.get('follow') !== null;
+  const additive = ev.submitter && ev.submitter.value === 'add';
+  if (Object.keys(sel).length) onPick(sel, additive && !selections.some((s) => s.key === selectionKey(sel)));
+  else syncUrl();
+});
+
+document.addEventListener('keydown', (ev) => {
+  const t = ev.target;
+  const typing = t instanceof HTMLInputElement || t instanceof HTMLTextAreaElement || t instanceof HTMLSelectElement;
+  if (ev.key === 'Escape') {
+    $('help').hidden = true;
+    return;
+  }
+  if (typing || ev.ctrlKey || ev.metaKey || ev.altKey) return;
+  const act = {
+    '/': () => searchInput.focus(),
+    n: () => jumpHit(1),
+    N: () => jumpHit(-1),
+    ' ': () => (view.following ? view.pause() : view.follow()),
+    p: () => (view.following ? view.pause() : view.follow()),
+    f: () => view.follow(),
+    End: () => view.follow(),
+    w: () => { S.wrap = !S.wrap; syncUrl(); setMode(); },
+    t: () => { S.ts = { local: 'utc', utc: 'off', off: 'local' }[S.ts]; syncUrl(); setMode(); },
+    s: () => { S.src = $('src-col').checked ? 'off' : 'on'; syncUrl(); setMode(); },
+    j: () => { S.json = !S.json; syncUrl(); setMode(); },
+    '?': () => { $('help').hidden = !$('help').hidden; },
+  }[ev.key];
+  if (!act) return;
+  ev.preventDefault();
+  act();
+  requestFrame();
+});
+
+// ---- start-up -----------------------------------------------------------------------------------
+
+// The token may come in the fragment, which the browser never sends; drop it from the address
+// bar (and history) at once.
+const fragment = new URLSearchParams(location.hash.slice(1));
+if (fragment.has('token')) {
+  token = fragment.get('token').trim();
+  tokenInput.value = token;
+}
+for (const sel of S.selections) selections.push({ id: nextSel++, sel, key: selectionKey(sel) });
+searchInput.value = S.q;
+adv.elements.tail.value = String(S.tail);
+adv.elements.follow.checked = S.follow;
+if (selections.length === 1) for (const f of SELECTOR_FIELDS) if (S.selections[0][f]) adv.elements[f].value = S.selections[0][f];
+history.replaceState(null, '', `${location.pathname}${encode(S)}`);
+setMode();
+renderChips();
+applySearch();
+for (const id of S.series) charts.toggle(id);
+startSession();
+requestFrame();

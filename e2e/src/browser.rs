@@ -72,6 +72,9 @@ impl Chromium {
                     "--disable-dev-shm-usage",
                     "--remote-debugging-address=127.0.0.1",
                     "--remote-debugging-port=0",
+                    // The viewer's three columns, as on a laptop screen.
+                    "--window-size=1400,900",
+                    "--hide-scrollbars",
                 ])
                 .arg(format!("--user-data-dir={}", profile.path().display()))
                 .arg("about:blank")
@@ -298,6 +301,124 @@ impl Page {
         Ok(r["result"]["value"].clone())
     }
 
+    /// Evaluates `expression`, waiting for the promise it gives (an `import()`, an async
+    /// function): its value (JSON), or the exception's text.
+    pub async fn evaluate_async(&mut self, expression: &str) -> Result<Value, String> {
+        let r = self
+            .call(
+                "Runtime.evaluate",
+                json!({ "expression": expression, "returnByValue": true, "awaitPromise": true }),
+            )
+            .await;
+        if let Some(d) = r.get("exceptionDetails") {
+            return Err(d["exception"]["description"]
+                .as_str()
+                .or_else(|| d["text"].as_str())
+                .unwrap_or("exception")
+                .to_owned());
+        }
+        Ok(r["result"]["value"].clone())
+    }
+
+    /// Presses a key as a keyboard does (`"/"`, `"n"`, `" "`, `"Enter"`, `"Escape"`), on the
+    /// focused element.
+    pub async fn press(&mut self, key: &str) {
+        let (code, text) = match key {
+            "Enter" => (13, Some("\r")),
+            "Escape" => (27, None),
+            "End" => (35, None),
+            " " => (32, Some(" ")),
+            k if k.chars().count() == 1 => {
+                let c = k.chars().next().expect("one char");
+                (c.to_ascii_uppercase() as u32, Some(k))
+            }
+            k => panic!("no key code for {k}"),
+        };
+        let mut down = json!({ "type": "keyDown", "key": key, "windowsVirtualKeyCode": code });
+        if let Some(t) = text {
+            down["text"] = json!(t);
+        }
+        self.call("Input.dispatchKeyEvent", down).await;
+        self.call(
+            "Input.dispatchKeyEvent",
+            json!({ "type": "keyUp", "key": key, "windowsVirtualKeyCode": code }),
+        )
+        .await;
+    }
+
+    /// Types `text` into the focused element, as an input method does.
+    pub async fn type_text(&mut self, text: &str) {
+        self.call("Input.insertText", json!({ "text": text })).await;
+    }
+
+    /// Clicks the centre of the first element matching `selector` with the mouse.
+    pub async fn click(&mut self, selector: &str) {
+        let at = self
+            .wait_for(
+                &format!("{selector} on screen"),
+                &format!(
+                    "(() => {{ const e = document.querySelector({sel}); if (!e) return null; \
+                       e.scrollIntoView({{block: 'nearest'}}); const r = e.getBoundingClientRect(); \
+                       return r.width > 0 ? [r.x + r.width / 2, r.y + r.height / 2] : null; }})()",
+                    sel = json!(selector)
+                ),
+            )
+            .await;
+        let (x, y) = (at[0].clone(), at[1].clone());
+        for kind in ["mousePressed", "mouseReleased"] {
+            self.call(
+                "Input.dispatchMouseEvent",
+                json!({ "type": kind, "x": x, "y": y, "button": "left", "clickCount": 1 }),
+            )
+            .await;
+        }
+    }
+
+    /// Lets the page download files into `dir` (headless Chromium refuses downloads otherwise).
+    pub async fn allow_downloads(&mut self, dir: &std::path::Path) {
+        let session = self.session.take();
+        self.call(
+            "Browser.setDownloadBehavior",
+            json!({ "behavior": "allow", "downloadPath": dir.to_string_lossy() }),
+        )
+        .await;
+        self.session = session;
+    }
+
+    /// Runs `source` in every document this page loads from now on, before the page's own
+    /// scripts (DevTools' own injection: no page policy applies to it).
+    pub async fn before_each_document(&mut self, source: &str) {
+        self.call(
+            "Page.addScriptToEvaluateOnNewDocument",
+            json!({ "source": source }),
+        )
+        .await;
+    }
+
+    /// Emulates the system's colour scheme (`"light"` or `"dark"`).
+    pub async fn color_scheme(&mut self, scheme: &str) {
+        self.call(
+            "Emulation.setEmulatedMedia",
+            json!({ "features": [{ "name": "prefers-color-scheme", "value": scheme }] }),
+        )
+        .await;
+    }
+
+    /// A PNG of the page as it is on screen.
+    pub async fn screenshot(&mut self) -> Vec<u8> {
+        let r = self
+            .call("Page.captureScreenshot", json!({ "format": "png" }))
+            .await;
+        base64_decode(r["data"].as_str().expect("screenshot data"))
+    }
+
+    /// Bytes of the page's JavaScript heap in use, after a full garbage collection.
+    pub async fn heap_used_after_gc(&mut self) -> u64 {
+        self.call("HeapProfiler.collectGarbage", json!({})).await;
+        let r = self.call("Runtime.getHeapUsage", json!({})).await;
+        r["usedSize"].as_f64().expect("usedSize") as u64
+    }
+
     /// Evaluates `expression` until it gives a truthy value (not `null`, `false`, `0`, `""` or
     /// `undefined`), and returns it; panics after [`PAGE_DEADLINE`] with what the page shows.
     pub async fn wait_for(&mut self, what: &str, expression: &str) -> Value {
@@ -337,5 +458,40 @@ impl Page {
                 );
             }
         }
+    }
+}
+
+/// Standard base64 (DevTools sends screenshots so).
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0);
+    for v in text.bytes().filter_map(value) {
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_decodes_what_devtools_sends() {
+        assert_eq!(super::base64_decode("aGVsbG8gd29ybGQ="), b"hello world");
+        assert_eq!(super::base64_decode("iVBORw0KGgo="), b"\x89PNG\r\n\x1a\n");
     }
 }

@@ -20,6 +20,7 @@ pub mod browser;
 mod exporter;
 pub mod ledger;
 pub mod procs;
+pub mod viewer;
 pub mod writer;
 pub use browser::{Chromium, Page};
 pub use exporter::{NodeExporter, free_port};

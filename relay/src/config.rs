@@ -23,7 +23,7 @@ pub struct RelayConfig {
         default_value = "127.0.0.1:8080"
     )]
     pub http_addr: SocketAddr,
-    /// Serve the browser live viewer (`/`, `/ui/app.js`, `/ui/style.css`) on the session
+    /// Serve the browser live viewer (`/` and its files under `/ui/`) on the session
     /// listener, beside `/v1/subscribe`. `--ui false`: those paths answer 404.
     #[arg(long, env = "LOGRELAY_RELAY_UI", default_value_t = true, action = clap::ArgAction::Set)]
     pub ui: bool,

@@ -1,13 +1,13 @@
-//! The browser live viewer: the three static files of `ui/`, compiled into the binary and served
+//! The browser live viewer: the static files of `ui/`, compiled into the binary and served
 //! from the session listener, so the page and `/v1/subscribe` share one origin.
 //!
 //! | Path | File |
 //! | --- | --- |
 //! | `GET /` | `ui/index.html` |
-//! | `GET /ui/app.js` | `ui/app.js` |
-//! | `GET /ui/style.css` | `ui/style.css` |
+//! | `GET /ui/<name>` | every file of [`ASSETS`]: the page's ES modules (`app.js`, `batch.js`, …), `style.css`, and the vendored uPlot (`vendor/uPlot.iife.min.js`, `vendor/uPlot.min.css`) |
 //!
-//! The relay reads no file for this (the files are `include_str!`ed) and writes none. Every
+//! The relay reads no file for this (the files are `include_str!`ed) and writes none; uPlot is
+//! vendored from npm by `scripts/ui-vendor`, so building the relay never needs npm. Every
 //! response carries a strict Content-Security-Policy ([`CONTENT_SECURITY_POLICY`]: only this
 //! origin's script, style and WebSocket, no inline code, no framing), `nosniff`, no referrer, and
 //! an `ETag` with `Cache-Control: no-cache`, so a browser revalidates and a new relay build is
@@ -16,13 +16,14 @@
 //! With `--ui false` none of these routes exist (404).
 
 use axum::Router;
+use axum::extract::Path;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 /// `ui/index.html`.
 pub const INDEX_HTML: &str = include_str!("../../ui/index.html");
-/// `ui/app.js`.
+/// `ui/app.js`, the page's entry module.
 pub const APP_JS: &str = include_str!("../../ui/app.js");
 /// `ui/style.css`.
 pub const STYLE_CSS: &str = include_str!("../../ui/style.css");
@@ -33,11 +34,18 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
      style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; \
      form-action 'none'; frame-ancestors 'none'";
 
+const JS: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
+
 /// One embedded file.
 #[derive(Debug, Clone, Copy)]
-struct Asset {
-    body: &'static str,
-    content_type: &'static str,
+pub struct Asset {
+    /// Its path under `/ui/`.
+    pub name: &'static str,
+    /// Its content.
+    pub body: &'static str,
+    /// Its `Content-Type`.
+    pub content_type: &'static str,
     etag: &'static str,
 }
 
@@ -62,9 +70,10 @@ const fn etag(body: &str) -> [u8; 18] {
 }
 
 macro_rules! asset {
-    ($body:expr, $content_type:expr) => {{
+    ($name:expr, $body:expr, $content_type:expr) => {{
         const TAG: [u8; 18] = etag($body);
         Asset {
+            name: $name,
             body: $body,
             content_type: $content_type,
             etag: match std::str::from_utf8(&TAG) {
@@ -75,21 +84,51 @@ macro_rules! asset {
     }};
 }
 
-const INDEX: Asset = asset!(INDEX_HTML, "text/html; charset=utf-8");
-const APP: Asset = asset!(APP_JS, "text/javascript; charset=utf-8");
-const STYLE: Asset = asset!(STYLE_CSS, "text/css; charset=utf-8");
+macro_rules! module {
+    ($name:literal) => {
+        asset!($name, include_str!(concat!("../../ui/", $name)), JS)
+    };
+}
+
+const INDEX: Asset = asset!("", INDEX_HTML, "text/html; charset=utf-8");
+
+/// Every file served under `/ui/`.
+pub const ASSETS: [Asset; 13] = [
+    asset!("app.js", APP_JS, JS),
+    module!("ansi.js"),
+    module!("batch.js"),
+    module!("charts.js"),
+    module!("format.js"),
+    module!("lines.js"),
+    module!("picker.js"),
+    module!("session.js"),
+    module!("url.js"),
+    module!("view.js"),
+    asset!("style.css", STYLE_CSS, CSS),
+    asset!(
+        "vendor/uPlot.iife.min.js",
+        include_str!("../../ui/vendor/uPlot.iife.min.js"),
+        JS
+    ),
+    asset!(
+        "vendor/uPlot.min.css",
+        include_str!("../../ui/vendor/uPlot.min.css"),
+        CSS
+    ),
+];
 
 /// The viewer's routes, to merge into the session router.
 pub fn router() -> Router {
     Router::new()
         .route("/", get(|h: HeaderMap| async move { serve(INDEX, &h) }))
         .route(
-            "/ui/app.js",
-            get(|h: HeaderMap| async move { serve(APP, &h) }),
-        )
-        .route(
-            "/ui/style.css",
-            get(|h: HeaderMap| async move { serve(STYLE, &h) }),
+            "/ui/{*name}",
+            get(|Path(name): Path<String>, h: HeaderMap| async move {
+                match ASSETS.iter().find(|a| a.name == name) {
+                    Some(a) => serve(*a, &h),
+                    None => StatusCode::NOT_FOUND.into_response(),
+                }
+            }),
         )
 }
 
@@ -129,21 +168,56 @@ fn serve(asset: Asset, request: &HeaderMap) -> Response {
 mod tests {
     use super::*;
 
+    /// Our own modules (not the vendored library).
+    fn own_js() -> impl Iterator<Item = &'static Asset> {
+        ASSETS
+            .iter()
+            .filter(|a| a.content_type == JS && !a.name.starts_with("vendor/"))
+    }
+
     #[test]
     fn etags_are_quoted_hex_and_differ_per_file() {
-        for a in [INDEX, APP, STYLE] {
+        let mut seen = std::collections::HashSet::new();
+        for a in ASSETS.iter().chain([&INDEX]) {
             assert_eq!(a.etag.len(), 18);
             assert!(a.etag.starts_with('"') && a.etag.ends_with('"'));
             assert!(a.etag[1..17].bytes().all(|b| b.is_ascii_hexdigit()));
+            assert!(seen.insert(a.etag), "{} shares its etag", a.name);
         }
-        assert_ne!(INDEX.etag, APP.etag);
-        assert_ne!(APP.etag, STYLE.etag);
+    }
+
+    #[test]
+    fn every_module_the_page_imports_is_served() {
+        let names: Vec<&str> = ASSETS.iter().map(|a| a.name).collect();
+        for a in own_js() {
+            for line in a.body.lines() {
+                let Some(from) = line.split(" from '").nth(1) else {
+                    continue;
+                };
+                let target = from.split('\'').next().unwrap_or_default();
+                let target = target.strip_prefix("./").unwrap_or(target);
+                assert!(
+                    names.contains(&target),
+                    "{} imports {target}, which is not served",
+                    a.name
+                );
+            }
+        }
+        // And every served module is imported by some other one (no dead files).
+        for a in own_js().filter(|a| a.name != "app.js") {
+            let imported = own_js().any(|b| b.body.contains(&format!("from './{}'", a.name)));
+            assert!(imported, "{} is served but imported by no module", a.name);
+        }
     }
 
     #[test]
     fn the_page_loads_only_its_own_files() {
-        assert!(INDEX_HTML.contains(r#"<script src="/ui/app.js" defer></script>"#));
+        assert!(INDEX_HTML.contains(r#"<script type="module" src="/ui/app.js"></script>"#));
+        assert!(
+            INDEX_HTML.contains(r#"<script src="/ui/vendor/uPlot.iife.min.js" defer></script>"#)
+        );
         assert!(INDEX_HTML.contains(r#"<link rel="stylesheet" href="/ui/style.css">"#));
+        assert!(INDEX_HTML.contains(r#"<link rel="stylesheet" href="/ui/vendor/uPlot.min.css">"#));
         // Nothing the CSP would block: no inline script, style or handler, nothing external.
         for forbidden in [
             "<style",
@@ -163,23 +237,77 @@ mod tests {
             !name.is_empty() && rest[name.len()..].starts_with('=')
         });
         assert!(handler.is_none(), "index.html has an inline event handler");
-        // Data reaches the page as text, never as markup.
-        for forbidden in [
-            "innerHTML",
-            "outerHTML",
-            "insertAdjacentHTML",
-            "document.write",
-            "eval(",
-        ] {
-            assert!(!APP_JS.contains(forbidden), "app.js uses `{forbidden}`");
+        // Data reaches the page as text, never as markup; nothing is stored; nothing is
+        // fetched from elsewhere. (The vendored uPlot too: it builds its DOM with textContent.)
+        for a in ASSETS.iter().filter(|a| a.content_type == JS) {
+            for forbidden in [
+                "innerHTML",
+                "outerHTML",
+                "insertAdjacentHTML",
+                "document.write",
+                "eval(",
+                "new Function",
+                "localStorage",
+                "sessionStorage",
+                "document.cookie",
+                "indexedDB",
+            ] {
+                assert!(!a.body.contains(forbidden), "{} uses `{forbidden}`", a.name);
+            }
         }
-        for forbidden in [
-            "localStorage",
-            "sessionStorage",
-            "document.cookie",
-            "indexedDB",
-        ] {
-            assert!(!APP_JS.contains(forbidden), "app.js uses `{forbidden}`");
+        for a in own_js() {
+            for forbidden in ["http://", "https://", "setAttribute('style'", "cssText"] {
+                assert!(!a.body.contains(forbidden), "{} uses `{forbidden}`", a.name);
+            }
         }
+    }
+
+    /// The vendored uPlot is the version `ui/package-lock.json` pins, byte for byte what
+    /// `scripts/ui-vendor` took from that npm tarball (whose sha512 `npm ci` checked against the
+    /// lockfile): the checksums it recorded hold for the embedded files.
+    #[test]
+    fn the_vendored_chart_library_is_the_locked_version() {
+        let lock: serde_json::Value =
+            serde_json::from_str(include_str!("../../ui/package-lock.json")).expect("lockfile");
+        let locked = lock["packages"]["node_modules/uplot"]["version"]
+            .as_str()
+            .expect("uplot in the lockfile");
+        assert!(
+            lock["packages"]["node_modules/uplot"]["integrity"]
+                .as_str()
+                .is_some_and(|i| i.starts_with("sha512-")),
+            "the lockfile pins the tarball's integrity"
+        );
+        let package: serde_json::Value =
+            serde_json::from_str(include_str!("../../ui/package.json")).expect("package.json");
+        assert_eq!(package["dependencies"]["uplot"], locked, "exact pin");
+        let js = ASSETS
+            .iter()
+            .find(|a| a.name == "vendor/uPlot.iife.min.js")
+            .expect("vendored");
+        assert!(
+            js.body
+                .lines()
+                .next()
+                .is_some_and(|l| l.contains(&format!("(v{locked})"))),
+            "the vendored file names version {locked}"
+        );
+        let sums = include_str!("../../ui/vendor/SHA256SUMS");
+        let mut checked = 0;
+        for line in sums.lines() {
+            let (sum, name) = line.split_once("  ").expect("sha256sum format");
+            let asset = ASSETS
+                .iter()
+                .find(|a| a.name == format!("vendor/{name}"))
+                .unwrap_or_else(|| panic!("{name} is embedded"));
+            let digest = ring::digest::digest(&ring::digest::SHA256, asset.body.as_bytes());
+            let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(
+                hex, sum,
+                "{name} differs from what scripts/ui-vendor recorded"
+            );
+            checked += 1;
+        }
+        assert_eq!(checked, 2);
     }
 }

@@ -111,6 +111,25 @@ async fn the_viewer_is_served_with_a_strict_policy() {
 }
 
 #[tokio::test]
+async fn every_file_of_the_page_is_served_embedded_with_the_same_policy() {
+    let relay = relay(RelayConfig::loopback()).await;
+    for asset in ui::ASSETS {
+        let path = format!("/ui/{}", asset.name);
+        let r = get(relay.http_addr, &path).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.body, asset.body, "{path} is the embedded file");
+        assert_eq!(r.headers["content-type"], asset.content_type, "{path}");
+        assert_eq!(
+            r.headers["content-security-policy"],
+            ui::CONTENT_SECURITY_POLICY,
+            "{path}"
+        );
+        assert_eq!(r.headers["x-content-type-options"], "nosniff", "{path}");
+    }
+    relay.shutdown().await;
+}
+
+#[tokio::test]
 async fn an_unchanged_file_is_revalidated_without_its_body() {
     let relay = relay(RelayConfig::loopback()).await;
     let first = get(relay.http_addr, "/ui/app.js").await;
