@@ -95,7 +95,10 @@ async fn main() -> ExitCode {
             }
         },
         Command::Demo(args) => {
+            // Diagnostics on stderr: stdout carries only the demo's own instructions.
             tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_env("LOGRELAY_LOG")
                         .unwrap_or_else(|_| "warn".into()),
