@@ -1006,9 +1006,9 @@ impl ServedAgent {
             .wanted(stream)
     }
 
-    /// Called with every batch the agent sends for `stream` (lines `first..end_seq`): records
-    /// the stream's top and publishes the batch if some other relay leases it. True if it was
-    /// queued for NATS.
+    /// Called with every batch the agent sends for `stream` (lines `first..end_seq`): numbers
+    /// it, records the stream's top, and publishes it if some other relay leases it. True if it
+    /// was queued for NATS.
     pub fn publish(&self, stream: Token, first: SeqPos, end_seq: u64, batch: &[u8]) -> bool {
         let inner = &self.backplane.inner;
         let header = {
@@ -1019,9 +1019,8 @@ impl ServedAgent {
                 epoch: first.epoch,
                 seq: end_seq,
             });
-            if !wanted {
-                return false;
-            }
+            // Every batch is numbered, published or not: a relay whose lease lapsed (NATS was
+            // away) and came back sees what it was not sent as an exact gap.
             p.pub_seq += 1;
             let header = DataHeader {
                 relay: inner.relay,
@@ -1032,6 +1031,9 @@ impl ServedAgent {
                 end_seq,
             };
             p.bytes += batch.len() as u64;
+            if !wanted {
+                return false;
+            }
             header
         };
         if codec::DATA_HEADER_BYTES + batch.len() > self.backplane.max_message_bytes() {

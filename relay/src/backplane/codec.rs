@@ -13,8 +13,8 @@
 //! | 6 | 2 | header length: where the batch starts; a later version appends fields, which this one skips |
 //! | 8 | 16 | publishing relay ([`Token`]) |
 //! | 24 | 8 | connection epoch of the agent at that relay |
-//! | 32 | 8 | `pub_seq`: number of this message on its subject from this origin, from 1 |
-//! | 40 | 8 | `bytes_before`: batch bytes published on the subject by this origin before this one |
+//! | 32 | 8 | `pub_seq`: number of this batch of the stream at this origin, from 1 (every batch is numbered, published or not) |
+//! | 40 | 8 | `bytes_before`: bytes of the stream's batches at this origin before this one |
 //! | 48 | 8 | epoch of the batch's lines |
 //! | 56 | 8 | first sequence number |
 //! | 64 | 8 | end sequence number (one past the last line) |
