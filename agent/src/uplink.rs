@@ -379,7 +379,18 @@ impl Uplink {
         for (_, d) in demands {
             d.task.abort();
         }
-        result
+        // A relay that drains closes the connection with code 10; the control stream may be the
+        // first to notice (as "connection lost"): the connection's own reason decides.
+        match conn.close_reason() {
+            Some(quinn::ConnectionError::ApplicationClosed(c))
+                if result.is_err() && c.error_code == quinn::VarInt::from_u32(RELAY_MOVE) =>
+            {
+                Err(UplinkError::Connection(
+                    quinn::ConnectionError::ApplicationClosed(c),
+                ))
+            }
+            _ => result,
+        }
     }
 
     fn params(&self) -> TailParams {
