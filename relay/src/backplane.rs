@@ -34,7 +34,7 @@ pub mod lease;
 pub mod queue;
 pub mod subject;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -1128,20 +1128,30 @@ async fn serve_demand(
                     }
                 };
                 let (relay, streams) = lease;
+                // Stream ids are looked up only among this agent's announced streams: a lease
+                // on anything else is answered `known: false` and holds nothing here.
+                let known: Vec<bool> = {
+                    let local = inner.local.lock().expect("local lock");
+                    let announced: HashSet<Token> = local
+                        .get(&tokens.agent)
+                        .map(|a| a.streams.iter().map(|x| x.stream).collect())
+                        .unwrap_or_default();
+                    streams.iter().map(|s| announced.contains(s)).collect()
+                };
+                let leased: Vec<Token> = streams
+                    .iter()
+                    .zip(&known)
+                    .filter_map(|(s, k)| k.then_some(*s))
+                    .collect();
                 let mut st = state.lock().expect("served lock");
                 let before = st.leases.len();
-                let changes = st.leases.lease(inner.clock.now_ms(), relay, tokens.agent, &streams);
+                let changes = st.leases.lease(inner.clock.now_ms(), relay, tokens.agent, &leased);
                 let delta = st.leases.len() as i64 - before as i64;
                 let tops = streams
                     .iter()
-                    .map(|s| {
+                    .zip(known)
+                    .map(|(s, known)| {
                         let p = st.streams.get(s).copied().unwrap_or_default();
-                        let known = inner
-                            .local
-                            .lock()
-                            .expect("local lock")
-                            .get(&tokens.agent)
-                            .is_some_and(|a| a.streams.iter().any(|x| x.stream == *s));
                         StreamTop { stream: *s, known, top: p.top, pub_seq: p.pub_seq, bytes: p.bytes }
                     })
                     .collect();
