@@ -143,4 +143,5 @@ export const CLOSE_CODES = {
   4008: 'limit reached',
   4009: 'slow consumer',
   4010: 'ping timeout',
+  4012: 'relay draining, reconnecting to another relay',
 };

@@ -7,6 +7,9 @@ import { CLOSE_CODES } from './format.js';
 /** Close codes after which reconnecting cannot help: say why and stop. */
 const FINAL_CODES = new Set([4001, 4003, 4004, 4008]);
 
+/** The relay drains (a rolling update): reconnect at once, the load balancer picks another. */
+export const RECONNECT_CODE = 4012;
+
 /** Requests sent at once, then per second: under the relay's default 20/s (burst 40). */
 const REQUEST_BURST = 16;
 const REQUESTS_PER_SEC = 10;
@@ -113,7 +116,8 @@ export class Session {
         });
         return;
       }
-      const wait = retryDelay(this.attempt, Math.random());
+      // A draining relay asked for it: at once (a little jitter spreads the sessions).
+      const wait = ev.code === RECONNECT_CODE ? Math.round(Math.random() * 250) : retryDelay(this.attempt, Math.random());
       this.attempt++;
       this.h.state({ phase: 'retrying', code: ev.code, text: why, retryInMs: wait, attempt: this.attempt, wasOpen: welcomed });
       this.retryTimer = setTimeout(() => {

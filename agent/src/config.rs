@@ -9,13 +9,16 @@ pub struct AgentConfig {
     /// Directory kubelet writes pod logs to (`<ns>_<pod>_<uid>/<container>/<restart>.log`).
     #[arg(long, env = "LOGRELAY_AGENT_PODS_DIR", default_value = "/var/log/pods")]
     pub pods_dir: PathBuf,
-    /// Relay QUIC address, `host:port` (resolved at every connection attempt).
+    /// Relay QUIC address, `host:port`, resolved at every connection attempt. Repeat the flag
+    /// (space-separated in the environment), or give a name resolving to several addresses,
+    /// for several relays: the agent dials one and moves to the next when it dies or drains.
     #[arg(
-        long,
+        long = "relay-addr",
         env = "LOGRELAY_AGENT_RELAY_ADDR",
+        value_delimiter = ' ',
         default_value = "127.0.0.1:4433"
     )]
-    pub relay_addr: String,
+    pub relay_addrs: Vec<String>,
     /// Name the relay's certificate must carry.
     #[arg(long, env = "LOGRELAY_AGENT_RELAY_NAME", default_value = "localhost")]
     pub relay_name: String,
@@ -196,7 +199,7 @@ impl AgentConfig {
     pub fn new(pods_dir: PathBuf, relay_addr: SocketAddr) -> Self {
         Self {
             pods_dir,
-            relay_addr: relay_addr.to_string(),
+            relay_addrs: vec![relay_addr.to_string()],
             relay_name: "localhost".into(),
             node_name: "local".into(),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),

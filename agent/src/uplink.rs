@@ -29,8 +29,14 @@ use crate::config::AgentConfig;
 use crate::metrics::AgentMetrics;
 use crate::tail::{self, BatchSink, Ended, SinkClosed, TailParams};
 
+pub mod relays;
+
 /// Application error code used when the agent resets a data stream on `cancel`.
 pub const CANCELLED: u32 = 1;
+
+/// The relay's QUIC close code for "I am draining: reconnect to another relay" (the relay's
+/// `ingest::codes::MOVE`).
+pub const RELAY_MOVE: u32 = 10;
 
 /// Why a connection to the relay ended.
 #[derive(Debug, thiserror::Error)]
@@ -114,31 +120,66 @@ impl Uplink {
         self.client.clone()
     }
 
-    /// Connects, serves, reconnects, until shutdown.
+    /// Connects, serves, reconnects, until shutdown. With several relays, each new attempt
+    /// goes to the next one after the relay it was on ([`relays::pick`]); a relay that drains
+    /// (QUIC close code 10) is left at once, without backoff.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut attempt = 0u32;
+        let seed = fastrand::usize(..);
+        let mut last: Option<SocketAddr> = None;
         loop {
             let started = tokio::time::Instant::now();
-            let result = tokio::select! {
-                r = self.connect_and_serve() => r,
-                () = crate::stopped(&mut shutdown) => break,
+            let candidates = self.resolve().await;
+            let addr = relays::pick(&candidates, last, seed);
+            let result = match addr {
+                Some(addr) => {
+                    last = Some(addr);
+                    tokio::select! {
+                        r = self.connect_and_serve(addr) => r,
+                        () = crate::stopped(&mut shutdown) => break,
+                    }
+                }
+                None => Err(UplinkError::Connect(format!(
+                    "{} resolve to nothing",
+                    self.config.relay_addrs.join(" ")
+                ))),
             };
             self.metrics.relay_connected.set(0);
             self.tailer.set_connected(false);
             self.metrics.reconnects.inc();
-            if let Err(e) = result {
-                tracing::warn!(error = %e, relay = %self.config.relay_addr, "relay connection ended");
+            let ended = match &result {
+                Err(UplinkError::Connection(quinn::ConnectionError::ApplicationClosed(c)))
+                    if c.error_code == quinn::VarInt::from_u32(RELAY_MOVE) =>
+                {
+                    relays::Ended::Moved
+                }
+                _ => relays::Ended::Lost,
+            };
+            match &result {
+                Err(e) if ended == relays::Ended::Moved => {
+                    tracing::info!(error = %e, relay = ?addr, "relay drains: moving to another relay");
+                }
+                Err(e) => tracing::warn!(error = %e, relay = ?addr, "relay connection ended"),
+                Ok(()) => {}
             }
             if started.elapsed() > Duration::from_secs(10) {
                 attempt = 0;
             }
-            let delay = backoff(
-                attempt,
-                self.config.reconnect_min_ms,
-                self.config.reconnect_max_ms,
-                fastrand::f64(),
-            );
-            attempt = attempt.saturating_add(1);
+            let delay = if relays::backs_off(ended) {
+                attempt = attempt.saturating_add(1);
+                backoff(
+                    attempt - 1,
+                    self.config.reconnect_min_ms,
+                    self.config.reconnect_max_ms,
+                    fastrand::f64(),
+                )
+            } else {
+                // A new local port: a UDP load balancer in front of the relays hashes the new
+                // flow afresh instead of sending it to the draining relay. A little jitter
+                // spreads the agents of a draining relay over time.
+                self.rebind();
+                Duration::from_millis(fastrand::u64(0..=self.config.reconnect_min_ms))
+            };
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 () = crate::stopped(&mut shutdown) => break,
@@ -147,16 +188,38 @@ impl Uplink {
         self.endpoint.close(0u32.into(), b"agent shutting down");
     }
 
-    async fn connect_and_serve(&self) -> Result<(), UplinkError> {
-        let addr = tokio::net::lookup_host(&self.config.relay_addr)
-            .await
-            .map_err(|e| {
-                UplinkError::Connect(format!("resolving {}: {e}", self.config.relay_addr))
-            })?
-            .next()
-            .ok_or_else(|| {
-                UplinkError::Connect(format!("{} resolves to nothing", self.config.relay_addr))
-            })?;
+    /// Every address the `--relay-addr` values resolve to now ([`relays::candidates`]).
+    async fn resolve(&self) -> Vec<SocketAddr> {
+        let mut all = Vec::new();
+        for name in &self.config.relay_addrs {
+            match tokio::net::lookup_host(name).await {
+                Ok(addrs) => all.extend(addrs),
+                Err(e) => tracing::warn!(relay = %name, error = %e, "cannot resolve relay address"),
+            }
+        }
+        relays::candidates(all)
+    }
+
+    /// Moves the endpoint to a new local UDP port (same address family).
+    fn rebind(&self) {
+        let Ok(local) = self.endpoint.local_addr() else {
+            return;
+        };
+        let any = SocketAddr::new(
+            if local.is_ipv6() {
+                std::net::Ipv6Addr::UNSPECIFIED.into()
+            } else {
+                std::net::Ipv4Addr::UNSPECIFIED.into()
+            },
+            0,
+        );
+        match std::net::UdpSocket::bind(any).and_then(|s| self.endpoint.rebind(s)) {
+            Ok(()) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot move to a new local port"),
+        }
+    }
+
+    async fn connect_and_serve(&self, addr: SocketAddr) -> Result<(), UplinkError> {
         let addr = match (addr, self.endpoint.local_addr()) {
             (SocketAddr::V4(v4), Ok(SocketAddr::V6(_))) => {
                 SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())
@@ -204,7 +267,7 @@ impl Uplink {
                     )));
                 }
                 let acks = features.iter().any(|f| f == features::ACK);
-                tracing::info!(relay = %self.config.relay_addr, %org, %cluster, acks, "connected to relay");
+                tracing::info!(relay = %addr, %org, %cluster, acks, "connected to relay");
                 (heartbeat_secs.max(1), acks)
             }
             Some(RelayMsg::Error { code, message }) => {
@@ -316,7 +379,18 @@ impl Uplink {
         for (_, d) in demands {
             d.task.abort();
         }
-        result
+        // A relay that drains closes the connection with code 10; the control stream may be the
+        // first to notice (as "connection lost"): the connection's own reason decides.
+        match conn.close_reason() {
+            Some(quinn::ConnectionError::ApplicationClosed(c))
+                if result.is_err() && c.error_code == quinn::VarInt::from_u32(RELAY_MOVE) =>
+            {
+                Err(UplinkError::Connection(
+                    quinn::ConnectionError::ApplicationClosed(c),
+                ))
+            }
+            _ => result,
+        }
     }
 
     fn params(&self) -> TailParams {

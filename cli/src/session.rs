@@ -44,9 +44,9 @@ pub fn read_error(e: ClientError) -> Result<SessionEnd, CliError> {
     match e {
         ClientError::Closed { code, reason } => match code {
             close::TOKEN_EXPIRED => Ok(SessionEnd::Lost(format!("token expired ({reason})"))),
-            close::SHUTDOWN | close::SLOW_CONSUMER | close::PING_TIMEOUT => Ok(SessionEnd::Lost(
-                format!("the relay closed the session: {code} {reason}"),
-            )),
+            close::SHUTDOWN | close::SLOW_CONSUMER | close::PING_TIMEOUT | close::RECONNECT => Ok(
+                SessionEnd::Lost(format!("the relay closed the session: {code} {reason}")),
+            ),
             close::UNAUTHENTICATED | close::FORBIDDEN => Err(CliError::Auth(format!(
                 "the relay closed the session: {code} {reason}"
             ))),
@@ -156,6 +156,7 @@ mod tests {
         };
         for code in [
             close::SHUTDOWN,
+            close::RECONNECT,
             close::TOKEN_EXPIRED,
             close::SLOW_CONSUMER,
             close::PING_TIMEOUT,

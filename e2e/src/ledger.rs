@@ -217,6 +217,10 @@ pub struct ClientState {
     pub sessions: u32,
     /// When each session was found closed.
     pub disconnects: Vec<Instant>,
+    /// The WebSocket close code of each session the relay closed.
+    pub close_codes: Vec<u16>,
+    /// The relay URL of each session opened, in order.
+    pub urls: Vec<String>,
     /// When each line count was first reached: arrival time of the last batch.
     pub last_batch_at: Option<Instant>,
 }
@@ -250,9 +254,15 @@ impl ResumingClient {
     /// Connects to `url` (retrying until the relay answers) and subscribes to `selector` with
     /// `tail` lines of backlog.
     pub fn start(url: String, selector: Selector, tail: u32) -> Self {
+        Self::start_any(vec![url], selector, tail)
+    }
+
+    /// Like [`Self::start`] with several relays: each reconnection goes to the next URL (a
+    /// session whose relay died or drains reconnects to another relay).
+    pub fn start_any(urls: Vec<String>, selector: Selector, tail: u32) -> Self {
         let state = Arc::new(Mutex::new(ClientState::default()));
         let changed = Arc::new(Notify::new());
-        let task = tokio::spawn(run(url, selector, tail, state.clone(), changed.clone()));
+        let task = tokio::spawn(run(urls, selector, tail, state.clone(), changed.clone()));
         Self {
             state,
             changed,
@@ -301,23 +311,29 @@ impl ResumingClient {
 }
 
 async fn run(
-    url: String,
+    urls: Vec<String>,
     selector: Selector,
     tail: u32,
     state: Arc<Mutex<ClientState>>,
     changed: Arc<Notify>,
 ) {
+    let mut at = 0usize;
     loop {
-        let mut client = loop {
-            match Client::connect(&url, None, None).await {
-                Ok(c) => break c,
-                // The relay is not (yet) back: try again shortly.
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        let (mut client, url) = loop {
+            let url = &urls[at % urls.len()];
+            match Client::connect(url, None, None).await {
+                Ok(c) => break (c, url.clone()),
+                // The relay is not (yet) back, or gone: try the next one shortly.
+                Err(_) => {
+                    at += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
             }
         };
         let since_seq = {
             let mut st = state.lock().expect("client state");
             st.sessions += 1;
+            st.urls.push(url);
             st.ledger.resume_point()
         };
         let subscribe = Request::Subscribe {
@@ -330,8 +346,19 @@ async fn run(
             contains: None,
             matches: None,
         };
+        let mut closed = None;
         if client.send(&subscribe).await.is_ok() {
-            while let Ok(Some(item)) = client.next().await {
+            loop {
+                let item = match client.next().await {
+                    Ok(Some(item)) => item,
+                    Ok(None) => break,
+                    Err(e) => {
+                        if let logrelay::client::ClientError::Closed { code, .. } = e {
+                            closed = Some(code);
+                        }
+                        break;
+                    }
+                };
                 let mut st = state.lock().expect("client state");
                 let now = Instant::now();
                 match &item {
@@ -343,11 +370,12 @@ async fn run(
                 changed.notify_waiters();
             }
         }
-        state
-            .lock()
-            .expect("client state")
-            .disconnects
-            .push(Instant::now());
+        {
+            let mut st = state.lock().expect("client state");
+            st.disconnects.push(Instant::now());
+            st.close_codes.extend(closed);
+        }
+        at += 1;
         changed.notify_waiters();
     }
 }

@@ -19,6 +19,7 @@
 pub mod browser;
 mod exporter;
 pub mod ledger;
+pub mod nats;
 pub mod procs;
 pub mod viewer;
 pub mod writer;

@@ -236,6 +236,25 @@ impl Proc {
     fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
+
+    /// SIGTERM, without waiting.
+    fn sigterm(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
+    }
+
+    /// Waits (up to the deadline) for the process to exit; its exit status.
+    async fn exited(&mut self) -> std::process::ExitStatus {
+        let child = self.child.as_mut().expect("a running process");
+        let status = eventually("the process to exit", || {
+            let s = child.try_wait().ok().flatten();
+            async move { s }
+        })
+        .await;
+        self.child = None;
+        status
+    }
 }
 
 impl Drop for Proc {
@@ -285,7 +304,8 @@ impl RelayProcess {
             proc: Proc {
                 program: binaries().relay.clone(),
                 args,
-                log: files.dir().join("relay.log"),
+                // Several relays of one test each keep their own log.
+                log: files.dir().join(format!("relay-{}.log", quic.port())),
                 child: None,
                 starts: 0,
             },
@@ -321,6 +341,16 @@ impl RelayProcess {
     /// The process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.proc.pid()
+    }
+
+    /// SIGTERM without waiting: the relay drains (see [`Self::exited`]).
+    pub fn sigterm(&self) {
+        self.proc.sigterm();
+    }
+
+    /// Waits for the process to exit (after [`Self::sigterm`]); its exit status.
+    pub async fn exited(&mut self) -> std::process::ExitStatus {
+        self.proc.exited().await
     }
 
     /// `ws://…/v1/subscribe`.

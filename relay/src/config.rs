@@ -259,6 +259,14 @@ pub struct RelayConfig {
         default_value_t = 1024
     )]
     pub audit_max_offenders: usize,
+    /// On SIGTERM the relay drains: it stops accepting, tells its agents to reconnect to
+    /// another relay (QUIC close code 10) and its sessions likewise (WebSocket close code
+    /// 4012), then exits once they have gone or after this many seconds.
+    #[arg(long, env = "LOGRELAY_RELAY_DRAIN_SECS", default_value_t = 20)]
+    pub drain_secs: u64,
+    /// The NATS backplane between relays (off without `--nats-url`).
+    #[command(flatten)]
+    pub backplane: crate::backplane::BackplaneConfig,
 }
 
 /// What happens to a session that falls behind a stream's ring.
@@ -320,6 +328,8 @@ impl RelayConfig {
             audit_otlp_endpoint: None,
             audit_aggregate_secs: 60,
             audit_max_offenders: 1024,
+            drain_secs: 20,
+            backplane: crate::backplane::BackplaneConfig::default(),
         }
     }
 

@@ -53,6 +53,8 @@ pub struct SessionApp {
     pub write_buffer_bytes: usize,
     /// Shutdown signal.
     pub shutdown: watch::Receiver<bool>,
+    /// Drain signal: sessions are told to reconnect to another relay (close code 4012).
+    pub drain: watch::Receiver<bool>,
     /// Serve the browser viewer (`/`, `/ui/*`).
     pub ui: bool,
     /// Origins besides the relay's own whose pages may open sessions ([`crate::origin`]).
@@ -253,6 +255,7 @@ async fn subscribe(
                     auditor: app.auditor,
                     config: app.session,
                     shutdown: app.shutdown,
+                    drain: app.drain,
                 },
             )
             .await;
@@ -420,8 +423,9 @@ impl SocketOptions {
     }
 }
 
-/// Serves `router` on `listener`, over TLS when `tls` is set, until shutdown. Every accepted
-/// connection goes through `gate` first.
+/// Serves `router` on `listener`, over TLS when `tls` is set, until shutdown or drain (the
+/// listener is closed then, so new connections are refused and go to another relay). Every
+/// accepted connection goes through `gate` first.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -429,6 +433,7 @@ pub async fn serve(
     options: SocketOptions,
     gate: Arc<Gate>,
     mut shutdown: watch::Receiver<bool>,
+    mut drain: watch::Receiver<bool>,
 ) {
     loop {
         let (tcp, remote) = tokio::select! {
@@ -440,6 +445,7 @@ pub async fn serve(
                 }
             },
             () = crate::stopped(&mut shutdown) => return,
+            () = crate::stopped(&mut drain) => return,
         };
         let accepted_at = tokio::time::Instant::now();
         // The configuration in force now: a reload applies to the next handshakes.

@@ -21,6 +21,7 @@ use logrelay_wire::frame::{self, DataPreamble, FrameDecoder};
 use tokio::sync::{mpsc, watch};
 
 use crate::audit::{Actor, Auditor};
+use crate::backplane::Backplane;
 use crate::hub::{AgentViolation, DemandSink, Hub, Unresolved};
 use crate::metrics::RelayMetrics;
 
@@ -45,6 +46,8 @@ pub mod codes {
     pub const VIOLATION: u32 = 8;
     /// A newer connection of the same agent (org, cluster, node) took over.
     pub const SUPERSEDED: u32 = 9;
+    /// The relay is draining (a rolling update): reconnect at once, to another relay.
+    pub const MOVE: u32 = 10;
 }
 
 /// How often each agent is told what its live demands' watchers have been handed (`ack`).
@@ -196,14 +199,20 @@ impl Offences {
     }
 }
 
-/// Accepts agent connections until shutdown.
+/// Accepts agent connections until shutdown; refuses new ones while draining.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the serve functions' shared signature is being restructured (issue 13)"
+)]
 pub async fn run(
     endpoint: quinn::Endpoint,
     hub: Arc<Hub>,
     metrics: Arc<RelayMetrics>,
     auditor: Arc<Auditor>,
     config: IngestConfig,
+    backplane: Option<Backplane>,
     mut shutdown: watch::Receiver<bool>,
+    drain: watch::Receiver<bool>,
 ) {
     let connections = Arc::new(Connections::default());
     loop {
@@ -212,11 +221,18 @@ pub async fn run(
             () = crate::stopped(&mut shutdown) => break,
         };
         let Some(incoming) = incoming else { break };
+        if *drain.borrow() {
+            // Draining: new agents go to another relay.
+            incoming.refuse();
+            continue;
+        }
         let hub = hub.clone();
         let metrics = metrics.clone();
         let auditor = auditor.clone();
         let shutdown = shutdown.clone();
+        let drain = drain.clone();
         let connections = connections.clone();
+        let backplane = backplane.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             match incoming.await {
@@ -227,8 +243,9 @@ pub async fn run(
                         auditor,
                         config,
                         connections,
+                        backplane,
                     };
-                    if let Err(e) = serve_agent(conn, ctx, shutdown).await {
+                    if let Err(e) = serve_agent(conn, ctx, shutdown, drain).await {
                         tracing::info!(%remote, error = %e, "agent connection closed");
                     }
                 }
@@ -246,12 +263,14 @@ struct AgentCtx {
     auditor: Arc<Auditor>,
     config: IngestConfig,
     connections: Arc<Connections>,
+    backplane: Option<Backplane>,
 }
 
 async fn serve_agent(
     conn: quinn::Connection,
     ctx: AgentCtx,
     mut shutdown: watch::Receiver<bool>,
+    mut drain: watch::Receiver<bool>,
 ) -> Result<(), IngestError> {
     let AgentCtx {
         hub,
@@ -259,6 +278,7 @@ async fn serve_agent(
         auditor,
         config,
         connections,
+        backplane,
     } = ctx;
     let id = conn
         .peer_identity()
@@ -369,6 +389,12 @@ async fn serve_agent(
         );
         hub.remove_agent(old);
     }
+    // On the backplane: the agent's demand subject (leases from other relays reach this relay
+    // while it holds the agent) and its streams in the shared catalog.
+    let mut shared = match &backplane {
+        Some(bp) => SharedAgent::start(bp, &id.org, &id.cluster, &node).await,
+        None => None,
+    };
     let mut ack_tick = tokio::time::interval(ACK_INTERVAL);
     ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut acked: HashMap<u64, SeqPos> = HashMap::new();
@@ -396,7 +422,11 @@ async fn serve_agent(
             msg = next_msg(&mut recv, &mut decoder) => match msg {
                 Ok(Some(AgentMsg::CatalogAdd { streams })) => {
                     tracing::debug!(agent, added = streams.len(), "catalog add");
+                    let announced = shared.as_ref().map(|_| streams.clone());
                     let refused = hub.catalog_add(agent, streams);
+                    if let (Some(s), Some(announced)) = (shared.as_mut(), announced) {
+                        s.announce(&id.org, &id.cluster, announced, &refused);
+                    }
                     let mut failed = None;
                     for r in refused {
                         offences.limit(r.limit);
@@ -420,7 +450,12 @@ async fn serve_agent(
                         break Err(e);
                     }
                 }
-                Ok(Some(AgentMsg::CatalogRemove { streams })) => hub.catalog_remove(agent, streams),
+                Ok(Some(AgentMsg::CatalogRemove { streams })) => {
+                    if let Some(s) = shared.as_mut() {
+                        s.withdraw(&streams);
+                    }
+                    hub.catalog_remove(agent, streams);
+                }
                 Ok(Some(AgentMsg::OpenFailed { demand, code, message })) => {
                     if let Err(v) = hub.open_failed(agent, demand, code, &message) {
                         offences.violation(v, "open_failed");
@@ -459,9 +494,15 @@ async fn serve_agent(
                 conn.close(codes::SHUTDOWN.into(), b"relay shutting down");
                 break Ok(());
             }
+            () = crate::stopped(&mut drain) => {
+                conn.close(codes::MOVE.into(), b"relay draining: reconnect to another relay");
+                break Ok(());
+            }
             e = conn.closed() => break Err(e.into()),
         }
     };
+    // Withdrawn from the shared catalog, demand subject unsubscribed.
+    drop(shared);
     hub.remove_agent(agent);
     connections.release(&key, agent);
     data.abort();
@@ -492,6 +533,85 @@ async fn serve_agent(
             Err(refuse(&conn, &mut send, &mut out, e, &metrics).await)
         }
         other => other,
+    }
+}
+
+/// One agent's presence on the backplane: its demand subject served and its streams shared.
+/// Remote demand (publishing a stream's batches while another relay leases it) is wired by the
+/// hub ([`crate::backplane::Owner`]); until then a lease is answered and counted
+/// (`logrelay_relay_backplane_remote_wants`) but opens nothing at the agent.
+struct SharedAgent {
+    served: crate::backplane::ServedAgent,
+    backplane: Backplane,
+    /// The agent's stream ids and their tokens.
+    tokens: HashMap<u64, crate::backplane::subject::Token>,
+}
+
+/// Leases are not yet turned into demands (the hub core's next step); they are logged.
+#[derive(Debug)]
+struct LeasesLogged;
+
+impl crate::backplane::Owner for LeasesLogged {
+    fn changed(&self, change: crate::backplane::lease::Change) {
+        tracing::debug!(?change, "backplane: remote lease changed");
+    }
+}
+
+impl SharedAgent {
+    async fn start(bp: &Backplane, org: &str, cluster: &str, node: &str) -> Option<Self> {
+        let tokens = bp.subjects().agent(org, cluster, node);
+        let epoch = bp.next_conn_epoch(&tokens);
+        match bp
+            .serve_agent(org, cluster, node, epoch, Arc::new(LeasesLogged))
+            .await
+        {
+            Ok(served) => Some(Self {
+                served,
+                backplane: bp.clone(),
+                tokens: HashMap::new(),
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, %org, %cluster, %node, "backplane: agent not shared");
+                None
+            }
+        }
+    }
+
+    /// Shares the streams the hub accepted, labelled with the certificate's org and cluster.
+    fn announce(
+        &mut self,
+        org: &str,
+        cluster: &str,
+        streams: Vec<control::StreamInfo>,
+        refused: &[crate::hub::CatalogRefusal],
+    ) {
+        let added: Vec<_> = streams
+            .into_iter()
+            .filter(|s| !refused.iter().any(|r| r.streams.contains(&s.id)))
+            .map(|s| {
+                let labels = logrelay_wire::labels::Labels {
+                    org: org.to_owned(),
+                    cluster: cluster.to_owned(),
+                    ..s.labels
+                };
+                let token = self.backplane.subjects().stream(&labels);
+                self.tokens.insert(s.id, token);
+                (token, labels)
+            })
+            .collect();
+        if !added.is_empty() {
+            self.backplane.announce(&self.served, added);
+        }
+    }
+
+    fn withdraw(&mut self, gone: &[control::StreamGone]) {
+        let tokens: Vec<_> = gone
+            .iter()
+            .filter_map(|g| self.tokens.remove(&g.id))
+            .collect();
+        if !tokens.is_empty() {
+            self.backplane.withdraw(&self.served, tokens);
+        }
     }
 }
 

@@ -14,6 +14,7 @@ pub mod admin;
 pub mod admission;
 pub mod audit;
 pub mod auth;
+pub mod backplane;
 pub mod config;
 pub mod http;
 pub mod hub;
@@ -89,6 +90,9 @@ pub enum StartError {
     /// The audit trail could not be started.
     #[error("cannot start the audit trail: {0}")]
     Audit(std::io::Error),
+    /// The NATS backplane's configuration is unusable.
+    #[error(transparent)]
+    Backplane(#[from] backplane::BackplaneError),
 }
 
 /// A running relay.
@@ -104,8 +108,12 @@ pub struct RelayHandle {
     pub metrics: Arc<metrics::RelayMetrics>,
     /// True when sessions use WSS.
     pub wss: bool,
+    /// The NATS backplane, when `--nats-url` is set.
+    pub backplane: Option<backplane::Backplane>,
     ui: bool,
     shutdown: watch::Sender<bool>,
+    drain: watch::Sender<bool>,
+    ready: watch::Sender<bool>,
     tasks: JoinSet<()>,
     endpoint: quinn::Endpoint,
     auditor: Arc<audit::Auditor>,
@@ -113,9 +121,47 @@ pub struct RelayHandle {
 }
 
 impl RelayHandle {
+    /// Drains the relay (a rolling update): `/readyz` answers 503, new agents and sessions are
+    /// refused, connected agents are told to reconnect to another relay (QUIC close code
+    /// [`ingest::codes::MOVE`]) and sessions likewise (WebSocket close code
+    /// [`logrelay_wire::session::close::RECONNECT`]). Returns once every agent and session has
+    /// gone (true) or `deadline` passed (false); [`RelayHandle::shutdown`] then ends the rest.
+    pub async fn drain(&self, deadline: Duration) -> bool {
+        let _ = self.ready.send(false);
+        let _ = self.drain.send(true);
+        tracing::info!(
+            deadline_secs = deadline.as_secs(),
+            "draining: agents and sessions told to move"
+        );
+        let gone = tokio::time::timeout(deadline, async {
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            loop {
+                tick.tick().await;
+                if self.metrics.agents_connected.get() == 0
+                    && self.metrics.sessions_connected.get() == 0
+                {
+                    return;
+                }
+            }
+        })
+        .await
+        .is_ok();
+        if !gone {
+            tracing::warn!(
+                agents = self.metrics.agents_connected.get(),
+                sessions = self.metrics.sessions_connected.get(),
+                "drain deadline passed: closing what is left"
+            );
+        }
+        gone
+    }
+
     /// Closes every connection and waits until the listeners are released.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
+        if let Some(bp) = self.backplane.take() {
+            bp.close(Duration::from_secs(1)).await;
+        }
         while self.tasks.join_next().await.is_some() {}
         self.endpoint
             .close(ingest::codes::SHUTDOWN.into(), b"relay shutting down");
@@ -219,8 +265,14 @@ pub async fn start_with_auditor(
         max_keys: config.audit_max_offenders.max(1),
     });
     metrics.report_audit(auditor.clone());
+    let backplane = if config.backplane.enabled() {
+        Some(backplane::Backplane::connect(&config.backplane, metrics.backplane.clone()).await?)
+    } else {
+        None
+    };
     let hub = hub::Hub::new(config.hub(), metrics.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let (drain, drain_rx) = watch::channel(false);
     let (ready_tx, ready_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
 
@@ -340,6 +392,7 @@ pub async fn start_with_auditor(
         max_message_bytes: config.max_session_message_bytes,
         write_buffer_bytes: config.session_write_buffer_bytes,
         shutdown: shutdown_rx.clone(),
+        drain: drain_rx.clone(),
         ui: config.ui,
         allowed_origins: config.allowed_origins.clone(),
         gate: gate.clone(),
@@ -356,6 +409,7 @@ pub async fn start_with_auditor(
         socket_options,
         gate,
         shutdown_rx.clone(),
+        drain_rx.clone(),
     ));
     // Summary lines of the audit aggregation, once their interval is over.
     let mut audit_shutdown = shutdown_rx.clone();
@@ -392,13 +446,11 @@ pub async fn start_with_auditor(
             heartbeat_secs: config.agent_heartbeat_secs,
             max_violations: config.max_agent_violations,
         },
+        backplane.clone(),
         shutdown_rx,
+        drain_rx,
     ));
     let _ = ready_tx.send(true);
-    // Keep readiness alive for the life of the relay.
-    tasks.spawn(async move {
-        ready_tx.closed().await;
-    });
     tracing::info!(%quic_addr, %http_addr, %admin_addr, wss = is_wss, "relay listening");
     Ok(RelayHandle {
         quic_addr,
@@ -406,8 +458,11 @@ pub async fn start_with_auditor(
         admin_addr,
         metrics,
         wss: is_wss,
+        backplane,
         ui: config.ui,
         shutdown,
+        drain,
+        ready: ready_tx,
         tasks,
         endpoint,
         auditor,

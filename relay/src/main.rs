@@ -145,8 +145,9 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("building the runtime")?;
+    let drain_secs = cli.config.drain_secs;
     runtime.block_on(async move {
-        let stop = terminated();
+        let mut signals = Signals::install();
         let relay = logrelay_relay::start(cli.config, tls)
             .await
             .context("starting relay")?;
@@ -159,22 +160,39 @@ fn main() -> anyhow::Result<()> {
                 Err(e) => tracing::info!(error = %e, "sandbox self-check: file write refused"),
             }
         }
-        stop.await;
+        signals.next().await;
+        // Drain (a rolling update): agents and sessions are told to move to another relay;
+        // a second signal cuts the drain short.
+        tokio::select! {
+            _ = relay.drain(std::time::Duration::from_secs(drain_secs)) => {}
+            () = signals.next() => tracing::warn!("second signal: drain cut short"),
+        }
         tracing::info!("shutting down");
         relay.shutdown().await;
         Ok(())
     })
 }
 
-/// Installs the SIGTERM (Kubernetes) and SIGINT (Ctrl-C) handlers at once, so a signal that
-/// arrives from here on means a clean shutdown; the future resolves on either.
-fn terminated() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    async move {
-        match (term, int) {
-            (Ok(mut term), Ok(mut int)) => {
+/// The SIGTERM (Kubernetes) and SIGINT (Ctrl-C) handlers, installed at once, so a signal that
+/// arrives from then on means a clean shutdown.
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        Self {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
+        }
+    }
+
+    /// Resolves at the next SIGTERM or SIGINT.
+    async fn next(&mut self) {
+        match (&mut self.term, &mut self.int) {
+            (Some(term), Some(int)) => {
                 tokio::select! {
                     _ = term.recv() => {}
                     _ = int.recv() => {}

@@ -77,6 +77,8 @@ pub struct RelayMetrics {
     pub sessions_refused: Family<RefusalReason, Counter>,
     /// Malformed input (frames, batches, session messages), by offender.
     pub protocol_errors: Family<Offender, Counter>,
+    /// The NATS backplane's metrics (`logrelay_relay_backplane_*`).
+    pub backplane: BackplaneMetrics,
     /// The audit trail whose losses `audit_failed_total` reports (set once at start-up).
     audit: Arc<OnceLock<Arc<Auditor>>>,
 }
@@ -205,8 +207,11 @@ impl RelayMetrics {
             protocol_errors: Family::default(),
             sessions_refused: Family::default(),
             tls_reloads: Family::default(),
+            backplane: BackplaneMetrics::default(),
             audit: Arc::new(OnceLock::new()),
         };
+        m.backplane
+            .register(r.sub_registry_with_prefix("backplane"));
         r.register(
             "agents_connected",
             "Agents connected",
@@ -394,6 +399,228 @@ impl RelayMetrics {
     /// Counts one malformed input.
     pub fn protocol_error(&self, peer: &'static str) {
         self.protocol_errors.get_or_create(&Offender { peer }).inc();
+    }
+}
+
+/// Label of the backplane's message and byte counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MessageKind {
+    /// `data` (batches) or `control` (leases, replies, catalog, heartbeats).
+    pub kind: &'static str,
+}
+
+/// Label of `backplane_gaps_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GapReason {
+    /// `backplane_lost` (a hole in what NATS delivered), `backplane_slow_consumer` (the NATS
+    /// client dropped messages of a subscription that fell behind).
+    pub reason: &'static str,
+}
+
+/// The NATS backplane's metrics, `logrelay_relay_backplane_*` (docs/operations.md). Exported
+/// by every relay; all stay 0 without `--nats-url`.
+#[derive(Debug, Clone)]
+pub struct BackplaneMetrics {
+    /// 1 when the relay is configured with a backplane (`--nats-url`).
+    pub enabled: Gauge,
+    /// 1 while connected to a NATS server.
+    pub connected: Gauge,
+    /// Connections (re)established after a loss.
+    pub reconnects: Counter,
+    /// Messages received, by kind.
+    pub messages_in: Family<MessageKind, Counter>,
+    /// Payload bytes received, by kind.
+    pub bytes_in: Family<MessageKind, Counter>,
+    /// Messages handed to NATS, by kind.
+    pub messages_out: Family<MessageKind, Counter>,
+    /// Payload bytes handed to NATS, by kind.
+    pub bytes_out: Family<MessageKind, Counter>,
+    /// Messages dropped from the queue toward NATS (full), and their bytes.
+    pub dropped_messages: Counter,
+    /// Bytes of those messages.
+    pub dropped_bytes: Counter,
+    /// Bytes waiting in the queue toward NATS.
+    pub queue_bytes: Gauge,
+    /// Stream subscriptions held (one per remote stream a local session watches).
+    pub subscriptions: Gauge,
+    /// Leases other relays hold on streams of this relay's agents.
+    pub remote_wants: Gauge,
+    /// Holes found in what NATS delivered, by reason.
+    pub gaps: Family<GapReason, Counter>,
+    /// Lines inside those holes (a lower bound where a hole is not exact).
+    pub gap_lines: Counter,
+    /// Slow-consumer events of the NATS client (a subscription's buffer was full).
+    pub slow_consumer_events: Counter,
+    /// Messages that could not be decoded.
+    pub decode_errors: Counter,
+    /// Streams of other relays in the shared catalog.
+    pub remote_streams: Gauge,
+    /// Other relays heard within the expiry.
+    pub remote_relays: Gauge,
+    /// Time from a lease request to its reply (or no-responders), seconds.
+    pub request_seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for BackplaneMetrics {
+    fn default() -> Self {
+        Self {
+            enabled: Gauge::default(),
+            connected: Gauge::default(),
+            reconnects: Counter::default(),
+            messages_in: Family::default(),
+            bytes_in: Family::default(),
+            messages_out: Family::default(),
+            bytes_out: Family::default(),
+            dropped_messages: Counter::default(),
+            dropped_bytes: Counter::default(),
+            queue_bytes: Gauge::default(),
+            subscriptions: Gauge::default(),
+            remote_wants: Gauge::default(),
+            gaps: Family::default(),
+            gap_lines: Counter::default(),
+            slow_consumer_events: Counter::default(),
+            decode_errors: Counter::default(),
+            remote_streams: Gauge::default(),
+            remote_relays: Gauge::default(),
+            request_seconds: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.000_25, 2.0, 14),
+            ),
+        }
+    }
+}
+
+impl BackplaneMetrics {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "enabled",
+            "1 when a NATS backplane is configured",
+            self.enabled.clone(),
+        );
+        r.register(
+            "connected",
+            "1 while connected to NATS",
+            self.connected.clone(),
+        );
+        r.register(
+            "reconnects",
+            "NATS connections re-established after a loss",
+            self.reconnects.clone(),
+        );
+        r.register(
+            "messages_in",
+            "Backplane messages received, by kind",
+            self.messages_in.clone(),
+        );
+        r.register(
+            "bytes_in",
+            "Backplane payload bytes received, by kind",
+            self.bytes_in.clone(),
+        );
+        r.register(
+            "messages_out",
+            "Backplane messages handed to NATS, by kind",
+            self.messages_out.clone(),
+        );
+        r.register(
+            "bytes_out",
+            "Backplane payload bytes handed to NATS, by kind",
+            self.bytes_out.clone(),
+        );
+        r.register(
+            "dropped_messages",
+            "Messages dropped from the full queue toward NATS",
+            self.dropped_messages.clone(),
+        );
+        r.register(
+            "dropped_bytes",
+            "Bytes of messages dropped from the full queue toward NATS",
+            self.dropped_bytes.clone(),
+        );
+        r.register(
+            "queue_bytes",
+            "Bytes waiting in the queue toward NATS",
+            self.queue_bytes.clone(),
+        );
+        r.register(
+            "subscriptions",
+            "Stream subscriptions held on NATS",
+            self.subscriptions.clone(),
+        );
+        r.register(
+            "remote_wants",
+            "Leases other relays hold on this relay's streams",
+            self.remote_wants.clone(),
+        );
+        r.register(
+            "gaps",
+            "Holes found in what NATS delivered, by reason",
+            self.gaps.clone(),
+        );
+        r.register(
+            "gap_lines",
+            "Lines inside holes found in what NATS delivered",
+            self.gap_lines.clone(),
+        );
+        r.register(
+            "slow_consumer_events",
+            "NATS client slow-consumer events",
+            self.slow_consumer_events.clone(),
+        );
+        r.register(
+            "decode_errors",
+            "Backplane messages that could not be decoded",
+            self.decode_errors.clone(),
+        );
+        r.register(
+            "remote_streams",
+            "Streams of other relays in the shared catalog",
+            self.remote_streams.clone(),
+        );
+        r.register(
+            "remote_relays",
+            "Other relays heard within the expiry",
+            self.remote_relays.clone(),
+        );
+        r.register(
+            "request_seconds",
+            "Backplane lease request latency",
+            self.request_seconds.clone(),
+        );
+        for kind in ["data", "control"] {
+            for f in [
+                &self.messages_in,
+                &self.bytes_in,
+                &self.messages_out,
+                &self.bytes_out,
+            ] {
+                let _ = f.get_or_create(&MessageKind { kind });
+            }
+        }
+        for reason in ["backplane_lost", "backplane_slow_consumer"] {
+            let _ = self.gaps.get_or_create(&GapReason { reason });
+        }
+    }
+
+    /// Counts one message in.
+    pub fn message_in(&self, kind: &'static str, bytes: usize) {
+        self.messages_in.get_or_create(&MessageKind { kind }).inc();
+        self.bytes_in
+            .get_or_create(&MessageKind { kind })
+            .inc_by(bytes as u64);
+    }
+
+    /// Counts one message out.
+    pub fn message_out(&self, kind: &'static str, bytes: usize) {
+        self.messages_out.get_or_create(&MessageKind { kind }).inc();
+        self.bytes_out
+            .get_or_create(&MessageKind { kind })
+            .inc_by(bytes as u64);
+    }
+
+    /// Counts one hole.
+    pub fn gap(&self, reason: &'static str, lines: u64) {
+        self.gaps.get_or_create(&GapReason { reason }).inc();
+        self.gap_lines.inc_by(lines);
     }
 }
 

@@ -71,6 +71,8 @@ pub struct SessionCtx {
     pub config: SessionConfig,
     /// Shutdown signal.
     pub shutdown: watch::Receiver<bool>,
+    /// Drain signal: close with [`close::RECONNECT`] so the client reconnects elsewhere.
+    pub drain: watch::Receiver<bool>,
 }
 
 /// Serves one upgraded WebSocket until it closes.
@@ -81,6 +83,7 @@ pub async fn serve(socket: WebSocket, identity: SessionIdentity, ctx: SessionCtx
         auditor,
         config,
         mut shutdown,
+        mut drain,
     } = ctx;
     let org = identity.org.clone();
     let session = match hub.add_session(&org, identity.claims.clone()) {
@@ -206,6 +209,7 @@ pub async fn serve(socket: WebSocket, identity: SessionIdentity, ctx: SessionCtx
             }
         } => Some((close::TOKEN_EXPIRED, "token expired".to_owned())),
         () = crate::stopped(&mut shutdown) => Some((close::SHUTDOWN, "relay shutting down".to_owned())),
+        () = crate::stopped(&mut drain) => Some((close::RECONNECT, "relay draining: reconnect to another relay".to_owned())),
     };
     if let Some((code, reason)) = close_reason {
         tracing::info!(session = session.id, code, %reason, "closing session");

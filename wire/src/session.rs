@@ -240,6 +240,9 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4009;
     /// No pong within the timeout.
     pub const PING_TIMEOUT: u16 = 4010;
+    /// The relay is draining (a rolling update): reconnect at once, to any relay, and resume
+    /// with `since_seq`. Nothing was lost by this close.
+    pub const RECONNECT: u16 = 4012;
 }
 
 #[cfg(test)]
