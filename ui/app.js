@@ -20,7 +20,7 @@ import { Charts } from './charts.js';
 import { decode, encode, selectionKey, selectionLabel, SELECTOR_FIELDS, MAX_SELECTIONS } from './url.js';
 import {
   rfc3339, shortTime, formatBytes, count, plural, ago, jsonLine, levelClass,
-  GAP_REASONS, END_REASONS,
+  GAP_REASONS, PAUSE_REASONS, END_REASONS,
 } from './format.js';
 
 const $ = (id) => document.getElementById(id);
@@ -556,7 +556,7 @@ function onEvent(e) {
     case 'paused': {
       const st = conn.streams.get(e.stream);
       if (!st || st.kind !== 'log') break;
-      const why = e.reason === 'agent_disconnected' ? 'its node agent disconnected' : e.reason;
+      const why = PAUSE_REASONS[e.reason] || e.reason;
       buffer.addMarker(st.src, 'pause', `${st.src.name}: paused, ${why}; waiting for it to come back.`, nowNs());
       requestFrame();
       break;

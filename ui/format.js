@@ -109,22 +109,29 @@ export function jsonLine(text) {
   return { level, message, fields, pretty: JSON.stringify(obj, null, 2) };
 }
 
+// The tables below name exactly the words of the relay's protocol (`logrelay_wire::reason`
+// and `logrelay_wire::code`); a test of the relay (`ui::tests`) compares them.
+
 /** Why lines were missed, in plain language (docs/protocol.md §3.4). */
 export const GAP_REASONS = {
   slow_consumer: 'this page fell behind the relay (its connection was too slow for the stream)',
   epoch_lost: 'the agent no longer holds them (it restarted, or stopped following the file)',
-  agent_buffer_full: 'the agent\'s send buffer was full',
-  not_retained: 'the relay no longer held them',
+};
+
+/** Why a stream paused, in plain language. */
+export const PAUSE_REASONS = {
+  agent_disconnected: 'its node agent disconnected',
 };
 
 /** Why a stream ended, in plain language. */
 export const END_REASONS = {
   container_removed: 'the container is gone',
-  complete: 'its backlog was read (not following)',
-  agent_unavailable: 'its node agent is not connected',
-  refused: 'the agent refused the filter',
   labels_changed: 'it was relabelled and continues as a new stream',
   agent_disconnected: 'its node agent went away',
+  complete: 'its backlog was read (not following)',
+  agent_unavailable: 'its node agent is not connected',
+  demand_limit: 'the relay\'s demand limit for its agent was reached (subscribe again later)',
+  refused: 'the agent refused the filter',
 };
 
 /** WebSocket close codes (docs/protocol.md §3.6). */

@@ -4,8 +4,9 @@
 
 import { CLOSE_CODES } from './format.js';
 
-/** Close codes after which reconnecting cannot help: say why and stop. */
-const FINAL_CODES = new Set([4001, 4003, 4004, 4008]);
+/** Close codes after which reconnecting cannot help: say why and stop (the relay's
+ * `Retry::Never`, and `Retry::NewCredentials`: the page cannot get a new token). */
+const FINAL_CODES = new Set([1002, 4001, 4003, 4004, 4008]);
 
 /** The relay drains (a rolling update): reconnect at once, the load balancer picks another. */
 export const RECONNECT_CODE = 4012;

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use logrelay_wire::control::{StreamGone, StreamInfo};
 use logrelay_wire::labels::Labels;
+use logrelay_wire::reason::EndReason;
 use tokio::sync::watch;
 
 use crate::metrics::AgentMetrics;
@@ -117,7 +118,7 @@ impl Catalog {
                 inner.by_source.remove(&entry.source);
                 diff.removed.push(StreamGone {
                     id: old,
-                    reason: "labels_changed".into(),
+                    reason: EndReason::LabelsChanged,
                 });
             }
             let id = match inner.by_source.get(&entry.source) {
@@ -147,7 +148,7 @@ impl Catalog {
                 inner.by_source.remove(&e.source);
                 diff.removed.push(StreamGone {
                     id,
-                    reason: "container_removed".into(),
+                    reason: EndReason::ContainerRemoved,
                 });
             }
         }
@@ -210,11 +211,10 @@ pub fn reconcile(sent: &BTreeMap<u64, Labels>, now: &BTreeMap<u64, Entry>) -> Di
             .map(|(id, labels)| StreamGone {
                 id: *id,
                 reason: if relabelled.contains(&place(labels)) {
-                    "labels_changed"
+                    EndReason::LabelsChanged
                 } else {
-                    "container_removed"
-                }
-                .into(),
+                    EndReason::ContainerRemoved
+                },
             })
             .collect(),
         added,
@@ -262,7 +262,7 @@ mod tests {
             d.removed,
             [StreamGone {
                 id: 1,
-                reason: "labels_changed".into()
+                reason: EndReason::LabelsChanged
             }]
         );
         assert_eq!(d.added.len(), 1);
@@ -302,7 +302,7 @@ mod tests {
             d.removed,
             [StreamGone {
                 id: 1,
-                reason: "labels_changed".into()
+                reason: EndReason::LabelsChanged
             }]
         );
         assert_eq!(d.added.len(), 1);

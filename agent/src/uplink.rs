@@ -34,9 +34,8 @@ pub mod relays;
 /// Application error code used when the agent resets a data stream on `cancel`.
 pub const CANCELLED: u32 = 1;
 
-/// The relay's QUIC close code for "I am draining: reconnect to another relay" (the relay's
-/// `ingest::codes::MOVE`).
-pub const RELAY_MOVE: u32 = 10;
+/// The relay's QUIC close code for "I am draining: reconnect to another relay".
+pub const RELAY_MOVE: u32 = logrelay_wire::code::AppCode::Move.code();
 
 /// Why a connection to the relay ended.
 #[derive(Debug, thiserror::Error)]

@@ -343,12 +343,12 @@ mod tests {
             Event::Live { stream: 1 },
             Event::Paused {
                 stream: 1,
-                reason: "agent_disconnected".into(),
+                reason: logrelay_wire::reason::PauseReason::AgentDisconnected,
             },
             Event::Resumed { stream: 1 },
             Event::End {
                 stream: 1,
-                reason: "complete".into(),
+                reason: logrelay_wire::reason::EndReason::Complete,
             },
             Event::Unsubscribed { id: "a".into() },
             Event::Streams {

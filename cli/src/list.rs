@@ -300,7 +300,7 @@ impl Lister {
                             continue;
                         };
                         if let Some(e) = self.known.remove(&labels) {
-                            text.push_str(&self.row(&e, Change::Removed, Some(&r.reason)));
+                            text.push_str(&self.row(&e, Change::Removed, Some(r.reason.as_str())));
                         }
                     }
                     if let Some(end) = ended(out.write(text.as_bytes()))? {

@@ -15,6 +15,7 @@ use logrelay_wire::batch::{self, BatchHeader, Kind};
 use logrelay_wire::control::{ErrorCode, SeqPos};
 use logrelay_wire::labels::{Labels, StreamKind};
 use logrelay_wire::pattern::LinePattern;
+use logrelay_wire::reason::{EndReason, GapReason, PauseReason};
 use logrelay_wire::session::{Event, Request};
 use regex::bytes::Regex;
 
@@ -457,7 +458,7 @@ impl Tail {
                         &format!(
                             "{} paused: {}; waiting for it to come back",
                             st.view.name,
-                            reason_words(&reason)
+                            pause_words(&reason)
                         ),
                     );
                 }
@@ -472,10 +473,10 @@ impl Tail {
                     conn.attached.remove(&key);
                     if let Some(st) = self.streams.get_mut(&key) {
                         st.done = true;
-                        if reason != "complete" {
+                        if reason != EndReason::Complete {
                             notice(
                                 "tail",
-                                &format!("{} ended: {}", st.view.name, reason_words(&reason)),
+                                &format!("{} ended: {}", st.view.name, end_words(&reason)),
                             );
                         }
                     }
@@ -650,7 +651,7 @@ impl Tail {
 
 /// A relay `gap` event in words; an unknown count is said to be unknown, never "0 lines".
 pub fn relay_gap(
-    reason: &str,
+    reason: &GapReason,
     lines: u64,
     bytes: u64,
     exact: bool,
@@ -669,8 +670,10 @@ pub fn relay_gap(
         (true, l, b) => format!("{l} lines ({b} bytes)"),
     };
     match reason {
-        "slow_consumer" => format!("{what} skipped: this client fell behind the relay ({reason})"),
-        _ => format!("{what} missed ({reason})"),
+        GapReason::SlowConsumer => {
+            format!("{what} skipped: this client fell behind the relay ({reason})")
+        }
+        GapReason::EpochLost | GapReason::Other(_) => format!("{what} missed ({reason})"),
     }
 }
 
@@ -703,15 +706,28 @@ pub fn hole_words(h: &Hole) -> String {
     }
 }
 
-/// An end or pause reason in words.
-pub fn reason_words(reason: &str) -> String {
+/// A pause reason in words.
+pub fn pause_words(reason: &PauseReason) -> String {
     match reason {
-        "agent_disconnected" => "its agent disconnected".into(),
-        "container_removed" => "the container is gone".into(),
-        "labels_changed" => "its labels changed (it goes on under its new labels)".into(),
-        "agent_unavailable" => "its agent is not connected".into(),
-        "refused" => "the agent refused the filter".into(),
-        other => other.replace('_', " "),
+        PauseReason::AgentDisconnected => "its agent disconnected".into(),
+        PauseReason::Other(other) => other.replace('_', " "),
+    }
+}
+
+/// An end reason in words.
+pub fn end_words(reason: &EndReason) -> String {
+    match reason {
+        EndReason::AgentDisconnected => "its agent disconnected".into(),
+        EndReason::ContainerRemoved => "the container is gone".into(),
+        EndReason::LabelsChanged => "its labels changed (it goes on under its new labels)".into(),
+        EndReason::AgentUnavailable => "its agent is not connected".into(),
+        EndReason::Refused => "the agent refused the filter".into(),
+        EndReason::DemandLimit => {
+            "its agent serves the most demands the relay allows (demand_limit); try again later"
+                .into()
+        }
+        EndReason::Complete => "its backlog was read".into(),
+        EndReason::Other(other) => other.replace('_', " "),
     }
 }
 
@@ -722,10 +738,10 @@ mod tests {
     #[test]
     fn gaps_say_exact_counts_and_unknown_ones_plainly() {
         assert_eq!(
-            relay_gap("slow_consumer", 1200, 98304, true, false, 5),
+            relay_gap(&GapReason::SlowConsumer, 1200, 98304, true, false, 5),
             "1200 lines (98304 bytes) skipped: this client fell behind the relay (slow_consumer)"
         );
-        let lost = relay_gap("epoch_lost", 0, 0, false, true, 42);
+        let lost = relay_gap(&GapReason::EpochLost, 0, 0, false, true, 42);
         assert!(!lost.contains("0 lines"), "{lost}");
         assert_eq!(
             lost,
@@ -737,7 +753,7 @@ mod tests {
         );
         assert!(agent_gap(0, 10, false).starts_with("an unknown number of lines (10 bytes)"));
         // A count that is only a lower bound says so.
-        let bound = relay_gap("slow_consumer", 7, 0, false, false, 5);
+        let bound = relay_gap(&GapReason::SlowConsumer, 7, 0, false, false, 5);
         assert!(bound.starts_with("at least 7 lines"), "{bound}");
         assert!(agent_gap(3, 0, false).starts_with("at least 3 lines"));
         assert_eq!(

@@ -25,7 +25,7 @@ use serde_json::json;
 /// The victim's epoch, and the attacker's.
 const VICTIM_EPOCH: u64 = 0x5EC7_1C71;
 const ATTACKER_EPOCH: u64 = 0xBAD_BAD;
-/// STOP_SENDING / connection close code for a violation (`ingest::codes::VIOLATION`).
+/// STOP_SENDING / connection close code for a violation (`logrelay_wire::code::AppCode::Violation`).
 const VIOLATION: u32 = 8;
 /// `--max-agent-violations` (default): the next one closes the connection.
 const MAX_VIOLATIONS: u32 = 16;
@@ -537,7 +537,7 @@ async fn a_hostile_agent_presenting_other_connections_ids_reaches_nothing_and_is
                 .send(&AgentMsg::CatalogRemove {
                     streams: vec![StreamGone {
                         id: 1 + rng.next() % 3,
-                        reason: "container_removed".into(),
+                        reason: logrelay_wire::reason::EndReason::ContainerRemoved,
                     }],
                 })
                 .await;

@@ -26,7 +26,7 @@ fn changes(s: &Subscriber) -> Changes {
         {
             assert_eq!(id, "w");
             added.extend(a.iter().map(|e| (e.stream, e.labels.pod.clone(), e.live)));
-            removed.extend(r.iter().map(|r| (r.stream, r.reason.clone())));
+            removed.extend(r.iter().map(|r| (r.stream, r.reason.to_string())));
         }
     }
     (added, removed)

@@ -152,7 +152,7 @@ async fn watchers_are_told_when_a_container_goes_away() {
             _ => None,
         })
         .unwrap();
-    assert!(!reason.is_empty());
+    assert!(!reason.as_str().is_empty());
     eventually("the relay forgets the stream", || async {
         (relay.metric("logrelay_relay_streams").await == 0.0).then_some(())
     })

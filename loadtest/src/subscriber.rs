@@ -131,7 +131,7 @@ pub async fn run_relay(sub: Subscriber, ready: mpsc::Sender<()>, mut stop: watch
                         let _ = ready.send(()).await;
                     }
                 }
-                Ok(Event::Gap { lines, reason, .. }) => sub.stats.gap(&reason, lines),
+                Ok(Event::Gap { lines, reason, .. }) => sub.stats.gap(reason.as_str(), lines),
                 Ok(Event::Error { code, message, .. }) => {
                     sub.stats
                         .fail(format!("error event {}: {message}", code.as_str()));

@@ -332,6 +332,10 @@ impl Aggregation {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the aggregation's shell gives it the time"
+    )]
     fn now(&self) -> Duration {
         tokio::time::Instant::now().saturating_duration_since(self.origin)
     }
@@ -372,6 +376,10 @@ pub struct Auditor {
 
 impl Auditor {
     /// An auditor writing to `sink`.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "audit lines carry the wall-clock time"
+    )]
     pub fn new(sink: Arc<dyn AuditSink>) -> Self {
         Self {
             buf: Mutex::new(Vec::with_capacity(1024)),
@@ -416,6 +424,7 @@ impl Auditor {
 
     /// Aggregates refusals and limit hits from now on ([`aggregate`]). The first configuration
     /// given wins; false if aggregation was already on.
+    #[allow(clippy::disallowed_methods, reason = "the aggregation's time zero")]
     pub fn aggregate(&self, config: AggregateConfig) -> bool {
         self.aggregation
             .set(Aggregation {

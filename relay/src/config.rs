@@ -4,9 +4,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::hub::HubConfig;
+use crate::hub::{BACKFILL_BATCHES, CoreConfig, HubConfig, MAX_SESSION_EVENT_BYTES, REOPEN_AFTER};
 
-/// Relay configuration. Units are in the field names.
+/// Relay configuration. Units are in the field names. Each default is written once, on its
+/// flag: [`Default`] and [`RelayConfig::loopback`] take them from there.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RelayConfig {
     /// UDP address of the QUIC listener for agents.
@@ -184,7 +185,7 @@ pub struct RelayConfig {
     #[arg(
         long,
         env = "LOGRELAY_RELAY_TOKEN_CLOCK_SKEW_SECS",
-        default_value_t = 60
+        default_value_t = crate::auth::DEFAULT_CLOCK_SKEW_SECS
     )]
     pub token_clock_skew_secs: u32,
     /// Longest lifetime accepted for a session token, in seconds: a token whose `exp` lies
@@ -192,7 +193,7 @@ pub struct RelayConfig {
     #[arg(
         long,
         env = "LOGRELAY_RELAY_MAX_TOKEN_LIFETIME_SECS",
-        default_value_t = 86_400
+        default_value_t = crate::auth::DEFAULT_MAX_LIFETIME_SECS
     )]
     pub max_token_lifetime_secs: u64,
     /// Development only: HS256 shared secret for session tokens (at least 32 bytes). Refused
@@ -278,58 +279,28 @@ pub enum SlowConsumerPolicy {
     Disconnect,
 }
 
+impl Default for RelayConfig {
+    /// The flags' defaults, as `--help` shows them (the environment is not read).
+    fn default() -> Self {
+        use clap::{Args, FromArgMatches};
+        let command = Self::augment_args(clap::Command::new("logrelay-relay"))
+            .mut_args(|a| a.env(None::<&'static str>));
+        let matches = command
+            .try_get_matches_from(["logrelay-relay"])
+            .expect("every flag has a default or is optional");
+        Self::from_arg_matches(&matches).expect("the defaults parse")
+    }
+}
+
 impl RelayConfig {
-    /// Loopback defaults on ephemeral ports (tests, the demo).
+    /// The defaults on loopback, every listener on an ephemeral port (tests, the demo).
     pub fn loopback() -> Self {
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
         Self {
             quic_addr: any,
             http_addr: any,
-            ui: true,
-            allowed_origins: Vec::new(),
             admin_addr: any,
-            wss_cert_file: None,
-            wss_key_file: None,
-            anonymous_org: None,
-            ring_bytes: 4 * 1024 * 1024,
-            linger_secs: 5,
-            max_subscriptions_per_session: 64,
-            max_frame_bytes: logrelay_wire::frame::DEFAULT_MAX_FRAME_BYTES,
-            max_session_message_bytes: 64 * 1024,
-            session_flush_bytes: 256 * 1024,
-            ping_secs: 15,
-            agent_heartbeat_secs: 5,
-            agent_keep_alive_ms: logrelay_tls::QUIC_KEEP_ALIVE_MS,
-            agent_idle_timeout_ms: logrelay_tls::QUIC_IDLE_TIMEOUT_MS,
-            memory_budget_bytes: 256 * 1024 * 1024,
-            slow_consumer: SlowConsumerPolicy::DropOldest,
-            max_sessions_per_org: 1000,
-            max_demands_per_agent: 2048,
-            max_demands_per_org: 16384,
-            max_streams_per_agent: 10_000,
-            max_streams_per_org: 100_000,
-            max_label_bytes_per_stream: 4096,
-            max_label_bytes_per_agent: 8 * 1024 * 1024,
-            max_agent_violations: 16,
-            session_requests_per_sec: 20,
-            session_send_buffer_bytes: 0,
-            session_write_buffer_bytes: 64 * 1024,
-            token_jwks_file: None,
-            token_issuer: None,
-            token_audience: None,
-            token_clock_skew_secs: 60,
-            max_token_lifetime_secs: 86_400,
-            dev_token_secret: None,
-            max_pending_handshakes: 1024,
-            max_pending_handshakes_per_source: 64,
-            max_sessions_per_source: 256,
-            first_byte_timeout_ms: 3000,
-            handshake_timeout_secs: 10,
-            audit_otlp_endpoint: None,
-            audit_aggregate_secs: 60,
-            audit_max_offenders: 1024,
-            drain_secs: 20,
-            backplane: crate::backplane::BackplaneConfig::default(),
+            ..Self::default()
         }
     }
 
@@ -341,19 +312,42 @@ impl RelayConfig {
     /// The hub's share of the configuration.
     pub fn hub(&self) -> HubConfig {
         HubConfig {
+            core: CoreConfig {
+                linger: Duration::from_secs(self.linger_secs),
+                reopen_after: REOPEN_AFTER,
+                max_subscriptions_per_session: self.max_subscriptions_per_session,
+                max_sessions_per_org: self.max_sessions_per_org,
+                max_demands_per_agent: self.max_demands_per_agent,
+                max_demands_per_org: self.max_demands_per_org,
+                max_streams_per_agent: self.max_streams_per_agent,
+                max_streams_per_org: self.max_streams_per_org,
+                max_label_bytes_per_stream: self.max_label_bytes_per_stream,
+                max_label_bytes_per_agent: self.max_label_bytes_per_agent,
+            },
             ring_bytes: self.ring_bytes,
-            linger: Duration::from_secs(self.linger_secs),
-            max_subscriptions_per_session: self.max_subscriptions_per_session,
-            backfill_batches: 16,
-            max_session_event_bytes: 1024 * 1024,
             memory_budget_bytes: self.memory_budget_bytes,
-            max_sessions_per_org: self.max_sessions_per_org,
-            max_demands_per_agent: self.max_demands_per_agent,
-            max_demands_per_org: self.max_demands_per_org,
-            max_streams_per_agent: self.max_streams_per_agent,
-            max_streams_per_org: self.max_streams_per_org,
-            max_label_bytes_per_stream: self.max_label_bytes_per_stream,
-            max_label_bytes_per_agent: self.max_label_bytes_per_agent,
+            backfill_batches: BACKFILL_BATCHES,
+            max_session_event_bytes: MAX_SESSION_EVENT_BYTES,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_the_flags_defaults_and_ignore_the_environment() {
+        let d = RelayConfig::default();
+        assert_eq!(d.quic_addr, "127.0.0.1:4433".parse().unwrap());
+        assert_eq!(d.ring_bytes, 4 * 1024 * 1024);
+        assert_eq!(d.linger_secs, 5);
+        assert_eq!(d.token_clock_skew_secs, 60);
+        assert_eq!(d.max_token_lifetime_secs, 86_400);
+        assert_eq!(d.slow_consumer, SlowConsumerPolicy::DropOldest);
+        assert!(d.ui && d.allowed_origins.is_empty() && d.anonymous_org.is_none());
+        let l = RelayConfig::loopback();
+        assert_eq!(l.quic_addr.port(), 0);
+        assert_eq!(l.max_demands_per_org, d.max_demands_per_org);
     }
 }

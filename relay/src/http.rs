@@ -94,6 +94,10 @@ async fn close_after_reply(mut response: Response) -> Response {
     response
 }
 
+#[allow(
+    clippy::disallowed_methods,
+    reason = "token expiry is checked against wall-clock time"
+)]
 fn now_unix_secs() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -447,6 +451,10 @@ pub async fn serve(
             () = crate::stopped(&mut shutdown) => return,
             () = crate::stopped(&mut drain) => return,
         };
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "the accept loop times handshakes"
+        )]
         let accepted_at = tokio::time::Instant::now();
         // The configuration in force now: a reload applies to the next handshakes.
         let acceptor = tls.as_ref().map(|shared| {

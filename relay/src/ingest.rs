@@ -14,41 +14,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use logrelay_tls::AgentId;
+use logrelay_tls::AgentId as AgentIdentity;
 use logrelay_wire::batch::{BatchHeader, Kind};
+use logrelay_wire::code::AppCode;
 use logrelay_wire::control::{self, AgentMsg, ErrorCode, RelayMsg, SeqPos, features};
 use logrelay_wire::frame::{self, DataPreamble, FrameDecoder};
+use logrelay_wire::reason::DisconnectReason;
 use tokio::sync::{mpsc, watch};
 
 use crate::audit::{Actor, Auditor};
 use crate::backplane::Backplane;
 use crate::hub::{AgentViolation, DemandSink, Hub, Unresolved};
+use crate::ids::{AgentId, DemandId};
 use crate::metrics::RelayMetrics;
 
-/// QUIC application error codes the relay closes connections and stops streams with.
-pub mod codes {
-    /// Normal close (shutdown).
-    pub const OK: u32 = 0;
-    /// The peer broke the protocol.
-    pub const PROTOCOL: u32 = 1;
-    /// The certificate names no org.
-    pub const FORBIDDEN: u32 = 3;
-    /// The relay is shutting down.
-    pub const SHUTDOWN: u32 = 4;
-    /// A data stream for a demand that no longer exists.
-    pub const UNKNOWN_DEMAND: u32 = 5;
-    /// The relay cancelled the demand this data stream serves.
-    pub const CANCELLED: u32 = 6;
-    /// The agent's control queue overflowed; reconnect and resynchronise.
-    pub const OVERLOADED: u32 = 7;
-    /// The agent presented an id or stream that is not its own: STOP_SENDING on that data
-    /// stream, or connection close (a control-stream violation, or too many of them).
-    pub const VIOLATION: u32 = 8;
-    /// A newer connection of the same agent (org, cluster, node) took over.
-    pub const SUPERSEDED: u32 = 9;
-    /// The relay is draining (a rolling update): reconnect at once, to another relay.
-    pub const MOVE: u32 = 10;
-}
+/// Messages queued toward one agent connection; policy when full: the connection is reset
+/// ([`AppCode::Overloaded`]), the agent reconnects and the relay re-sends its demands.
+pub const AGENT_QUEUE_MESSAGES: usize = 4096;
 
 /// How often each agent is told what its live demands' watchers have been handed (`ack`).
 pub const ACK_INTERVAL: Duration = Duration::from_millis(250);
@@ -57,7 +39,7 @@ pub const ACK_INTERVAL: Duration = Duration::from_millis(250);
 /// the same agent supersedes the older one at once (an agent restarted faster than the idle
 /// timeout would otherwise leave its old connection looking alive).
 #[derive(Debug, Default)]
-pub struct Connections(std::sync::Mutex<HashMap<AgentKey, (u64, quinn::Connection)>>);
+pub struct Connections(std::sync::Mutex<HashMap<AgentKey, (AgentId, quinn::Connection)>>);
 
 /// An agent's identity: org and cluster from its certificate, node from its `hello`.
 type AgentKey = (String, String, String);
@@ -67,9 +49,9 @@ impl Connections {
     fn claim(
         &self,
         key: AgentKey,
-        agent: u64,
+        agent: AgentId,
         conn: &quinn::Connection,
-    ) -> Option<(u64, quinn::Connection)> {
+    ) -> Option<(AgentId, quinn::Connection)> {
         self.0
             .lock()
             .expect("connections lock")
@@ -77,7 +59,7 @@ impl Connections {
     }
 
     /// Forgets `key` if agent `agent` still holds it.
-    fn release(&self, key: &AgentKey, agent: u64) {
+    fn release(&self, key: &AgentKey, agent: AgentId) {
         let mut map = self.0.lock().expect("connections lock");
         if map.get(key).is_some_and(|(a, _)| *a == agent) {
             map.remove(key);
@@ -176,10 +158,10 @@ impl Offences {
     /// A data stream's violation: stops that stream and, past the most allowed, closes the
     /// connection.
     fn stop(&self, recv: &mut quinn::RecvStream, v: AgentViolation) {
-        let _ = recv.stop(codes::VIOLATION.into());
+        let _ = recv.stop(AppCode::Violation.code().into());
         if self.violation(v, "data_stream") {
             self.conn.close(
-                codes::VIOLATION.into(),
+                AppCode::Violation.code().into(),
                 format!(
                     "more than {} violations (ids or streams not this connection's)",
                     self.max_violations
@@ -253,7 +235,7 @@ pub async fn run(
             }
         });
     }
-    endpoint.close(codes::SHUTDOWN.into(), b"relay shutting down");
+    endpoint.close(AppCode::Shutdown.code().into(), b"relay shutting down");
 }
 
 /// What serving one agent connection needs.
@@ -286,7 +268,7 @@ async fn serve_agent(
             i.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
                 .ok()
         })
-        .and_then(|chain| chain.first().and_then(AgentId::from_cert));
+        .and_then(|chain| chain.first().and_then(AgentIdentity::from_cert));
     let Some(id) = id else {
         auditor.deny(
             &Actor::agent(0, None),
@@ -296,7 +278,10 @@ async fn serve_agent(
             Some(conn.remote_address()),
             "no_identity",
         );
-        conn.close(codes::FORBIDDEN.into(), b"certificate names no org/cluster");
+        conn.close(
+            AppCode::Forbidden.code().into(),
+            b"certificate names no org/cluster",
+        );
         return Err(IngestError::NoIdentity);
     };
     let (mut send, mut recv) = tokio::time::timeout(Duration::from_secs(10), conn.accept_bi())
@@ -369,22 +354,22 @@ async fn serve_agent(
     )
     .await?;
 
-    let (tx, mut rx) = mpsc::channel::<RelayMsg>(4096);
+    let (tx, mut rx) = mpsc::channel::<RelayMsg>(AGENT_QUEUE_MESSAGES);
     let reset = Arc::new(tokio::sync::Notify::new());
     let agent = hub.add_agent(&id.org, &id.cluster, tx, reset.clone());
     let mut heartbeat =
         tokio::time::interval(Duration::from_secs(u64::from(config.heartbeat_secs.max(1))));
-    let actor = Actor::agent(agent, Some(&id.uri()));
+    let actor = Actor::agent(agent.get(), Some(&id.uri()));
     auditor.agent_connect(&actor, &id.org, &id.cluster, &node, conn.remote_address());
-    tracing::info!(agent, org = %id.org, cluster = %id.cluster, %node, remote = %conn.remote_address(), "agent connected");
+    tracing::info!(%agent, org = %id.org, cluster = %id.cluster, %node, remote = %conn.remote_address(), "agent connected");
     // The same agent back before its old connection timed out (it restarted): the old one is
     // closed now, and its watchers are told `paused` before this one announces anything.
     let key = (id.org.clone(), id.cluster.clone(), node.clone());
     if let Some((old, old_conn)) = connections.claim(key.clone(), agent, &conn) {
         metrics.agents_superseded.inc();
-        tracing::info!(agent, superseded = old, org = %id.org, cluster = %id.cluster, %node, "a newer connection of the agent supersedes the old one");
+        tracing::info!(%agent, superseded = %old, org = %id.org, cluster = %id.cluster, %node, "a newer connection of the agent supersedes the old one");
         old_conn.close(
-            codes::SUPERSEDED.into(),
+            AppCode::Superseded.code().into(),
             b"superseded by a newer connection of the same agent",
         );
         hub.remove_agent(old);
@@ -397,7 +382,7 @@ async fn serve_agent(
     };
     let mut ack_tick = tokio::time::interval(ACK_INTERVAL);
     ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut acked: HashMap<u64, SeqPos> = HashMap::new();
+    let mut acked: HashMap<DemandId, SeqPos> = HashMap::new();
 
     let offences = Arc::new(Offences {
         conn: conn.clone(),
@@ -421,7 +406,7 @@ async fn serve_agent(
         tokio::select! {
             msg = next_msg(&mut recv, &mut decoder) => match msg {
                 Ok(Some(AgentMsg::CatalogAdd { streams })) => {
-                    tracing::debug!(agent, added = streams.len(), "catalog add");
+                    tracing::debug!(%agent, added = streams.len(), "catalog add");
                     let announced = shared.as_ref().map(|_| streams.clone());
                     let refused = hub.catalog_add(agent, streams);
                     if let (Some(s), Some(announced)) = (shared.as_mut(), announced) {
@@ -430,7 +415,7 @@ async fn serve_agent(
                     let mut failed = None;
                     for r in refused {
                         offences.limit(r.limit);
-                        tracing::info!(agent, limit = r.limit, refused = r.streams.len(), "catalog streams refused");
+                        tracing::info!(%agent, limit = r.limit, refused = r.streams.len(), "catalog streams refused");
                         let msg = RelayMsg::CatalogRefused {
                             message: format!(
                                 "{} streams refused: the limit {} is reached",
@@ -457,7 +442,7 @@ async fn serve_agent(
                     hub.catalog_remove(agent, streams);
                 }
                 Ok(Some(AgentMsg::OpenFailed { demand, code, message })) => {
-                    if let Err(v) = hub.open_failed(agent, demand, code, &message) {
+                    if let Err(v) = hub.open_failed(agent, DemandId::from(demand), code, &message) {
                         offences.violation(v, "open_failed");
                         break Err(IngestError::Violation {
                             kind: v.kind(),
@@ -487,15 +472,15 @@ async fn serve_agent(
                 }
             }
             () = reset.notified() => {
-                conn.close(codes::OVERLOADED.into(), b"control queue overflow; reconnect");
+                conn.close(AppCode::Overloaded.code().into(), b"control queue overflow; reconnect");
                 break Ok(());
             }
             () = crate::stopped(&mut shutdown) => {
-                conn.close(codes::SHUTDOWN.into(), b"relay shutting down");
+                conn.close(AppCode::Shutdown.code().into(), b"relay shutting down");
                 break Ok(());
             }
             () = crate::stopped(&mut drain) => {
-                conn.close(codes::MOVE.into(), b"relay draining: reconnect to another relay");
+                conn.close(AppCode::Move.code().into(), b"relay draining: reconnect to another relay");
                 break Ok(());
             }
             e = conn.closed() => break Err(e.into()),
@@ -507,9 +492,9 @@ async fn serve_agent(
     connections.release(&key, agent);
     data.abort();
     let reason = match &result {
-        Ok(()) => "closed",
-        Err(IngestError::Protocol { .. }) => "protocol_error",
-        Err(IngestError::Violation { .. }) => "violation",
+        Ok(()) => DisconnectReason::Closed,
+        Err(IngestError::Protocol { .. }) => DisconnectReason::ProtocolError,
+        Err(IngestError::Violation { .. }) => DisconnectReason::Violation,
         // Closed from elsewhere: by its data streams' violations, or else by a newer
         // connection of the same agent.
         Err(IngestError::Handshake(quinn::ConnectionError::LocallyClosed)) => {
@@ -518,16 +503,16 @@ async fn serve_agent(
                 .load(std::sync::atomic::Ordering::Relaxed)
                 > config.max_violations
             {
-                "violation"
+                DisconnectReason::Violation
             } else {
-                "superseded"
+                DisconnectReason::Superseded
             }
         }
-        Err(IngestError::Handshake(quinn::ConnectionError::TimedOut)) => "timeout",
-        Err(_) => "connection_lost",
+        Err(IngestError::Handshake(quinn::ConnectionError::TimedOut)) => DisconnectReason::Timeout,
+        Err(_) => DisconnectReason::ConnectionLost,
     };
-    auditor.agent_disconnect(&actor, &id.org, &id.cluster, reason);
-    tracing::info!(agent, org = %id.org, cluster = %id.cluster, "agent disconnected");
+    auditor.agent_disconnect(&actor, &id.org, &id.cluster, reason.label());
+    tracing::info!(%agent, org = %id.org, cluster = %id.cluster, "agent disconnected");
     match result {
         Err(e @ (IngestError::Protocol { .. } | IngestError::Violation { .. })) => {
             Err(refuse(&conn, &mut send, &mut out, e, &metrics).await)
@@ -619,8 +604,8 @@ impl SharedAgent {
 /// been handed since the last `ack` ([`Hub::acks`]).
 async fn send_acks(
     hub: &Hub,
-    agent: u64,
-    acked: &mut HashMap<u64, SeqPos>,
+    agent: AgentId,
+    acked: &mut HashMap<DemandId, SeqPos>,
     send: &mut quinn::SendStream,
     out: &mut BytesMut,
     metrics: &RelayMetrics,
@@ -629,6 +614,7 @@ async fn send_acks(
     acked.retain(|d, _| now.iter().any(|(n, _)| n == d));
     for (demand, through) in now {
         if acked.insert(demand, through) != Some(through) {
+            let demand = demand.get();
             write_msg(send, out, &RelayMsg::Ack { demand, through }).await?;
             metrics.acks_sent.inc();
         }
@@ -647,10 +633,12 @@ async fn refuse(
     let (code, quic_code, message) = match &err {
         IngestError::Protocol { code, message } => {
             metrics.protocol_error("agent");
-            (*code, codes::PROTOCOL, message)
+            (*code, AppCode::Protocol, message)
         }
         // Counted and audited where it was found.
-        IngestError::Violation { message, .. } => (ErrorCode::Forbidden, codes::VIOLATION, message),
+        IngestError::Violation { message, .. } => {
+            (ErrorCode::Forbidden, AppCode::Violation, message)
+        }
         _ => return err,
     };
     let _ = write_msg(
@@ -663,7 +651,7 @@ async fn refuse(
     )
     .await;
     let _ = send.finish();
-    conn.close(quic_code.into(), message.as_bytes());
+    conn.close(quic_code.code().into(), message.as_bytes());
     err
 }
 
@@ -712,7 +700,7 @@ async fn next_msg(
 async fn accept_data(
     conn: quinn::Connection,
     hub: Arc<Hub>,
-    agent: u64,
+    agent: AgentId,
     metrics: Arc<RelayMetrics>,
     offences: Arc<Offences>,
     config: IngestConfig,
@@ -731,8 +719,8 @@ async fn accept_data(
                 }
                 Err(DataError::Protocol(d, e)) => {
                     metrics.protocol_error("agent");
-                    tracing::info!(agent, demand = ?d, error = %e, "data stream stopped");
-                    let _ = recv.stop(codes::PROTOCOL.into());
+                    tracing::info!(%agent, demand = ?d, error = %e, "data stream stopped");
+                    let _ = recv.stop(AppCode::Protocol.code().into());
                     d
                 }
             };
@@ -747,19 +735,19 @@ async fn accept_data(
 #[derive(Debug)]
 enum DataError {
     /// Malformed: stopped with `PROTOCOL`.
-    Protocol(Option<u64>, IngestError),
+    Protocol(Option<DemandId>, IngestError),
     /// Not the connection's own: stopped with `VIOLATION`, counted and audited.
-    Violation(Option<u64>, AgentViolation),
+    Violation(Option<DemandId>, AgentViolation),
 }
 
 /// Reads one data stream of connection `agent` into its sink. Returns the demand id it served.
 async fn serve_data(
     recv: &mut quinn::RecvStream,
     hub: &Arc<Hub>,
-    agent: u64,
+    agent: AgentId,
     metrics: &RelayMetrics,
     config: IngestConfig,
-) -> Result<Option<u64>, DataError> {
+) -> Result<Option<DemandId>, DataError> {
     let mut preamble = [0u8; DataPreamble::LEN];
     if recv.read_exact(&mut preamble).await.is_err() {
         return Ok(None);
@@ -767,20 +755,18 @@ async fn serve_data(
     let demand = DataPreamble::decode(&preamble)
         .map_err(|e| DataError::Protocol(None, protocol(ErrorCode::BadRequest, e.to_string())))?
         .demand;
+    let demand = DemandId::from(demand);
     let fail = |e: IngestError| DataError::Protocol(Some(demand), e);
     let (sink, cancelled) = match hub.resolve(agent, demand) {
         Ok(resolved) => resolved,
         Err(Unresolved::Gone) => {
-            let _ = recv.stop(codes::UNKNOWN_DEMAND.into());
+            let _ = recv.stop(AppCode::UnknownDemand.code().into());
             return Ok(None);
         }
         // Not its own: nothing of the demand is touched.
         Err(Unresolved::Violation(v)) => return Err(DataError::Violation(None, v)),
     };
-    let expected_stream = match &sink {
-        DemandSink::Live(l) => l.id,
-        DemandSink::Backfill { stream, .. } => *stream,
-    };
+    let expected_stream = sink.stream().get();
     let mut decoder = FrameDecoder::new(config.max_frame_bytes);
     loop {
         while let Some(batch) = decoder
@@ -788,7 +774,7 @@ async fn serve_data(
             .map_err(|e| fail(protocol(ErrorCode::FrameTooLarge, e.to_string())))?
         {
             if cancelled.load(std::sync::atomic::Ordering::Relaxed) {
-                let _ = recv.stop(codes::CANCELLED.into());
+                let _ = recv.stop(AppCode::Cancelled.code().into());
                 return Ok(None);
             }
             let h = BatchHeader::parse(&batch)
@@ -818,7 +804,7 @@ async fn serve_data(
                     if tx.send(batch).await.is_err() {
                         return Ok(Some(demand));
                     }
-                    session.notify.notify_one();
+                    session.wake();
                 }
             }
         }

@@ -2,8 +2,10 @@
 //!
 //! Pipeline stages, one module each:
 //! * [`ingest`] accepts agents over QUIC (mTLS; org and cluster from the certificate);
-//! * [`hub`] holds streams, demands and sessions, with one bounded [`ring`] per stream;
-//! * [`session`] serves WebSocket sessions, one writer per session draining all it watches;
+//! * [`hub`] decides who reads which stream from where (a pure core and a thin shell);
+//! * [`fanout`] is the bounded [`ring`] of each stream that ingest pushes to and session
+//!   writers drain, without the hub;
+//! * [`session`] serves WebSocket sessions, one writer per session draining its outbox;
 //! * [`http`] is the session listener (WS/WSS), which also serves the browser viewer [`ui`];
 //!   [`admin`] serves `/metrics`, `/healthz`, `/readyz`, and [`metrics`] owns every metric name.
 //!
@@ -16,8 +18,10 @@ pub mod audit;
 pub mod auth;
 pub mod backplane;
 pub mod config;
+pub mod fanout;
 pub mod http;
 pub mod hub;
+pub mod ids;
 pub mod ingest;
 pub mod metrics;
 pub mod origin;
@@ -123,7 +127,7 @@ pub struct RelayHandle {
 impl RelayHandle {
     /// Drains the relay (a rolling update): `/readyz` answers 503, new agents and sessions are
     /// refused, connected agents are told to reconnect to another relay (QUIC close code
-    /// [`ingest::codes::MOVE`]) and sessions likewise (WebSocket close code
+    /// [`AppCode::Move`](logrelay_wire::code::AppCode::Move)) and sessions likewise (WebSocket close code
     /// [`logrelay_wire::session::close::RECONNECT`]). Returns once every agent and session has
     /// gone (true) or `deadline` passed (false); [`RelayHandle::shutdown`] then ends the rest.
     pub async fn drain(&self, deadline: Duration) -> bool {
@@ -163,8 +167,10 @@ impl RelayHandle {
             bp.close(Duration::from_secs(1)).await;
         }
         while self.tasks.join_next().await.is_some() {}
-        self.endpoint
-            .close(ingest::codes::SHUTDOWN.into(), b"relay shutting down");
+        self.endpoint.close(
+            logrelay_wire::code::AppCode::Shutdown.code().into(),
+            b"relay shutting down",
+        );
         self.endpoint.wait_idle().await;
         // Summary lines still held, and what the stdout queue has not written yet.
         let auditor = self.auditor.clone();
@@ -339,7 +345,6 @@ pub async fn start_with_auditor(
     let session_cfg = session::SessionConfig {
         flush_bytes: config.session_flush_bytes,
         ping: Duration::from_secs(config.ping_secs.max(1)),
-        max_event_bytes: config.hub().max_session_event_bytes,
         slow_consumer: config.slow_consumer,
         requests_per_sec: config.session_requests_per_sec,
     };

@@ -22,7 +22,9 @@ struct Slot {
 }
 
 /// A watcher's position: the index of the next batch it will read, and what it has consumed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The default is the start of a ring that has held nothing (what [`Ring::cursor_at_end`] of
+/// a new ring gives).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Cursor {
     index: u64,
     lines: u64,

@@ -310,4 +310,80 @@ mod tests {
         }
         assert_eq!(checked, 2);
     }
+    /// The keys of the object literal `const <name> = { … };` in `module`.
+    fn js_table(module: &str, name: &str) -> Vec<String> {
+        let body = ASSETS
+            .iter()
+            .find(|a| a.name == module)
+            .map(|a| a.body)
+            .unwrap_or_else(|| panic!("{module} is served"));
+        let start = body
+            .find(&format!("const {name} = {{"))
+            .unwrap_or_else(|| panic!("{module} defines {name}"));
+        let rest = &body[start..];
+        let table = &rest[rest.find('{').unwrap() + 1..rest.find("};").unwrap()];
+        table
+            .lines()
+            .filter_map(|l| l.trim().split_once(':'))
+            .map(|(k, _)| k.trim().to_owned())
+            .collect()
+    }
+
+    fn sorted(words: impl IntoIterator<Item = String>) -> Vec<String> {
+        let mut w: Vec<String> = words.into_iter().collect();
+        w.sort();
+        w
+    }
+
+    #[test]
+    fn the_viewer_names_exactly_the_words_of_the_protocol() {
+        use logrelay_wire::code::{CloseCode, Retry};
+        use logrelay_wire::reason::{EndReason, GapReason, PauseReason};
+        assert_eq!(
+            sorted(js_table("format.js", "GAP_REASONS")),
+            sorted(GapReason::ALL.iter().map(|w| w.as_str().to_owned()))
+        );
+        assert_eq!(
+            sorted(js_table("format.js", "PAUSE_REASONS")),
+            sorted(PauseReason::ALL.iter().map(|w| w.as_str().to_owned()))
+        );
+        assert_eq!(
+            sorted(js_table("format.js", "END_REASONS")),
+            sorted(EndReason::ALL.iter().map(|w| w.as_str().to_owned()))
+        );
+        // Close codes: every one the relay uses, plus the standard ones a browser reports
+        // itself (1000, 1006, …, all below the application range 4000–4999).
+        let codes: Vec<u16> = js_table("format.js", "CLOSE_CODES")
+            .iter()
+            .map(|k| k.parse().expect("a close code"))
+            .collect();
+        for c in CloseCode::ALL {
+            assert!(codes.contains(&c.code()), "CLOSE_CODES lacks {c}");
+        }
+        for n in codes.iter().filter(|n| **n >= 4000) {
+            assert!(
+                CloseCode::ALL.iter().any(|c| c.code() == *n),
+                "CLOSE_CODES names {n}, which the relay does not use"
+            );
+        }
+        // The viewer stops after the codes a reconnect cannot help with.
+        let session = ASSETS.iter().find(|a| a.name == "session.js").unwrap().body;
+        let line = session
+            .lines()
+            .find(|l| l.starts_with("const FINAL_CODES = new Set(["))
+            .expect("session.js defines FINAL_CODES");
+        let inner = &line[line.find('[').unwrap() + 1..line.find(']').unwrap()];
+        let mut finals: Vec<u16> = inner
+            .split(',')
+            .map(|n| n.trim().parse().expect("a close code"))
+            .collect();
+        finals.sort_unstable();
+        let mut expected: Vec<u16> = CloseCode::ALL
+            .iter()
+            .filter(|c| matches!(c.retry(), Retry::Never | Retry::NewCredentials))
+            .map(|c| c.code())
+            .collect();
+        expected.sort_unstable();
+        assert_eq!(finals, expected);
+    }
 }

@@ -2,6 +2,7 @@
 //! the audit trail alone, JSON lines that `jq -c 'select(.kind == "audit")'` reads to the end;
 //! diagnostic logs go to stderr, without colour codes when stderr is not a terminal, and as
 //! JSON lines with `--log-format json`.
+#![allow(clippy::disallowed_methods, reason = "tests time real processes")]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -1,5 +1,6 @@
 //! The browser viewer's routes on a real relay's session listener: the three embedded files with
 //! their headers, revalidation, the `--ui false` switch, and the accept loop's limits.
+#![allow(clippy::disallowed_methods, reason = "tests time real processes")]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -4,7 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::code::Retry;
 use crate::labels::Labels;
+use crate::reason::EndReason;
 
 /// Sequence position in a stream: an epoch and a line number within it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -29,8 +31,8 @@ pub struct StreamInfo {
 pub struct StreamGone {
     /// Agent-local stream id.
     pub id: u64,
-    /// Why it ended (`container_removed`, `pod_removed`, …).
-    pub reason: String,
+    /// Why it ended: `container_removed`, `labels_changed`, or a code of the agent's own.
+    pub reason: EndReason,
 }
 
 /// What an `open` asks the agent to send.
@@ -230,6 +232,35 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code.
+    pub const ALL: &'static [Self] = &[
+        Self::BadRequest,
+        Self::UnsupportedVersion,
+        Self::UnknownStream,
+        Self::Forbidden,
+        Self::Unauthenticated,
+        Self::LimitExceeded,
+        Self::OutOfOrder,
+        Self::FrameTooLarge,
+        Self::ShuttingDown,
+        Self::Internal,
+    ];
+
+    /// Whether sending the same request again can succeed.
+    pub fn retry(self) -> Retry {
+        match self {
+            Self::LimitExceeded | Self::Internal => Retry::Later,
+            Self::ShuttingDown => Retry::Reconnect,
+            Self::Unauthenticated => Retry::NewCredentials,
+            Self::BadRequest
+            | Self::UnsupportedVersion
+            | Self::UnknownStream
+            | Self::Forbidden
+            | Self::OutOfOrder
+            | Self::FrameTooLarge => Retry::Never,
+        }
+    }
+
     /// The code as it appears on the wire.
     pub fn as_str(self) -> &'static str {
         match self {

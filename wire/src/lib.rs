@@ -16,10 +16,12 @@
 #![forbid(unsafe_code)]
 
 pub mod batch;
+pub mod code;
 pub mod control;
 pub mod frame;
 pub mod labels;
 pub mod pattern;
+pub mod reason;
 pub mod selector;
 pub mod session;
 pub mod time;

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::control::{ErrorCode, SeqPos};
 use crate::labels::Labels;
 use crate::pattern::LinePattern;
+use crate::reason::{EndReason, GapReason, PauseReason};
 use crate::selector::Selector;
 
 /// Longest subscription id a client may choose.
@@ -91,8 +92,9 @@ pub struct StreamEntry {
 pub struct StreamRemoved {
     /// Relay stream id.
     pub stream: u64,
-    /// Why (`container_removed`, `agent_disconnected`, …).
-    pub reason: String,
+    /// Why: the reason of its `end` (`container_removed`, `labels_changed`, …), or
+    /// `agent_disconnected` (its agent went away and nobody watched it).
+    pub reason: EndReason,
 }
 
 /// Relay → session.
@@ -134,8 +136,8 @@ pub enum Event {
         lines: u64,
         /// Bytes missing: exact when `exact` is true, otherwise the least it can be.
         bytes: u64,
-        /// Why (`slow_consumer`, `epoch_lost`, …).
-        reason: String,
+        /// Why.
+        reason: GapReason,
         /// Set when everything of `from.epoch` from `from.seq` on is lost for good (the
         /// numbering the agent held is gone; what follows is in a new epoch). Absent (false)
         /// otherwise.
@@ -169,8 +171,8 @@ pub enum Event {
     Paused {
         /// Relay stream id.
         stream: u64,
-        /// Why (`agent_disconnected`).
-        reason: String,
+        /// Why.
+        reason: PauseReason,
     },
     /// The agent of a paused stream is back; the stream continues where it was (a `gap`
     /// event says what, if anything, could not be recovered).
@@ -182,8 +184,8 @@ pub enum Event {
     End {
         /// Relay stream id.
         stream: u64,
-        /// Why (`container_removed`, `agent_disconnected`, …).
-        reason: String,
+        /// Why.
+        reason: EndReason,
     },
     /// A subscription was removed.
     Unsubscribed {
@@ -222,27 +224,30 @@ pub enum Event {
     },
 }
 
-/// WebSocket close codes the relay uses (4000–4999 is the application range).
+/// WebSocket close codes the relay uses, as numbers ([`crate::code::CloseCode`] has their
+/// meaning and whether to reconnect).
 pub mod close {
+    use crate::code::CloseCode;
+
     /// The relay is shutting down (standard "going away").
-    pub const SHUTDOWN: u16 = 1001;
+    pub const SHUTDOWN: u16 = CloseCode::Shutdown.code();
     /// The session violated the protocol.
-    pub const PROTOCOL: u16 = 1002;
+    pub const PROTOCOL: u16 = CloseCode::Protocol.code();
     /// No valid credentials.
-    pub const UNAUTHENTICATED: u16 = 4001;
+    pub const UNAUTHENTICATED: u16 = CloseCode::Unauthenticated.code();
     /// Credentials valid but not for this.
-    pub const FORBIDDEN: u16 = 4003;
+    pub const FORBIDDEN: u16 = CloseCode::Forbidden.code();
     /// The session's token expired.
-    pub const TOKEN_EXPIRED: u16 = 4004;
+    pub const TOKEN_EXPIRED: u16 = CloseCode::TokenExpired.code();
     /// A configured limit was crossed.
-    pub const LIMIT: u16 = 4008;
+    pub const LIMIT: u16 = CloseCode::Limit.code();
     /// The session could not keep up and the policy is `disconnect`.
-    pub const SLOW_CONSUMER: u16 = 4009;
+    pub const SLOW_CONSUMER: u16 = CloseCode::SlowConsumer.code();
     /// No pong within the timeout.
-    pub const PING_TIMEOUT: u16 = 4010;
+    pub const PING_TIMEOUT: u16 = CloseCode::PingTimeout.code();
     /// The relay is draining (a rolling update): reconnect at once, to any relay, and resume
     /// with `since_seq`. Nothing was lost by this close.
-    pub const RECONNECT: u16 = 4012;
+    pub const RECONNECT: u16 = CloseCode::Reconnect.code();
 }
 
 #[cfg(test)]
@@ -275,7 +280,7 @@ mod tests {
     fn events_are_tagged() {
         let e = Event::End {
             stream: 4,
-            reason: "pod_removed".into(),
+            reason: EndReason::parse("pod_removed"),
         };
         assert_eq!(
             serde_json::to_string(&e).unwrap(),
@@ -291,11 +296,10 @@ mod tests {
             lines: 0,
             bytes: 0,
             reason: if rest_of_epoch {
-                "epoch_lost"
+                GapReason::EpochLost
             } else {
-                "slow_consumer"
-            }
-            .into(),
+                GapReason::SlowConsumer
+            },
             rest_of_epoch,
             exact: !rest_of_epoch,
         };
@@ -380,7 +384,7 @@ mod tests {
             added: Vec::new(),
             removed: vec![StreamRemoved {
                 stream: 3,
-                reason: "container_removed".into(),
+                reason: EndReason::ContainerRemoved,
             }],
         };
         assert_eq!(

@@ -275,6 +275,10 @@ impl OtlpAuditExporter {
         }
 
         let mut record = self.logger.create_log_record();
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "a record's timestamp is the wall-clock time of its export"
+        )]
         let now = SystemTime::now();
         record.set_timestamp(now);
         record.set_observed_timestamp(now);
