@@ -44,11 +44,13 @@
 //! ([`Tailer::run`]) re-opens a follower whose file grew but which read nothing for
 //! `stall_after` (`logrelay_agent_stalls_total`), and releases what stopped followers held.
 
+pub mod file;
 pub mod follow;
 pub mod gz;
 pub mod reader;
 pub mod seek;
 pub mod wake;
+pub mod walk;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -70,11 +72,11 @@ use tokio::time::Instant;
 use crate::budget::{Budget, Gap, Item, Queue};
 use crate::fingerprint::FileId;
 use crate::metrics::AgentMetrics;
-use crate::rotate::{self, Sibling};
 
-pub use follow::{Follower, HeldFile, Progress};
+pub use file::{ChainFile, HeldFile, chain_files};
+pub use follow::{Follower, Progress};
 pub use reader::{RecordReader, TailLine};
-pub use seek::{ChainFile, Position, Want};
+pub use seek::{Position, Want};
 
 /// Sequence number of the first line after a new epoch's anchor; the backlog counts down from it.
 pub const SEQ_BASE: u64 = 1 << 32;
@@ -502,50 +504,6 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TailError + '_ {
 
 fn new_epoch() -> u64 {
     fastrand::u64(1..1 << 53)
-}
-
-/// The files of the stream at `path` (resolved through a symlink), oldest first: rotated copies
-/// in rotation order, plain or gzip-compressed, then the file at the path.
-pub fn chain_files(path: &Path) -> std::io::Result<Vec<ChainFile>> {
-    let real = std::fs::canonicalize(path)?;
-    let dir = real.parent().unwrap_or(Path::new("."));
-    let base = real
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| std::io::Error::other("log path has no file name"))?;
-    let current = HeldFile::open(&real)?;
-    let mut rotated = Vec::new();
-    for e in std::fs::read_dir(dir)?.flatten() {
-        let Ok(name) = e.file_name().into_string() else {
-            continue;
-        };
-        let held = match rotate::classify(base, &name) {
-            Some(Sibling::Rotated(key)) => HeldFile::open(&e.path()).map(|h| (key, false, h)),
-            Some(Sibling::Compressed(key)) => HeldFile::open_gz(&e.path()).map(|h| (key, true, h)),
-            None => continue,
-        };
-        if let Ok(held) = held
-            && held.2.id != current.id
-        {
-            rotated.push(held);
-        }
-    }
-    // A file being compressed is there twice for a moment (`<name>`, `<name>.gz`): the plain
-    // one, complete, is read.
-    rotated.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
-    rotated.dedup_by(|later, earlier| later.0 == earlier.0);
-    let mut files: Vec<ChainFile> = rotated
-        .into_iter()
-        .map(|(_, _, held)| ChainFile {
-            held,
-            complete: true,
-        })
-        .collect();
-    files.push(ChainFile {
-        held: current,
-        complete: false,
-    });
-    Ok(files)
 }
 
 impl Tailer {
