@@ -72,6 +72,7 @@ use tokio::time::Instant;
 use crate::budget::{Budget, Gap, Item, Queue};
 use crate::fingerprint::FileId;
 use crate::metrics::AgentMetrics;
+use crate::sink::{BatchSink, SinkClosed};
 
 pub use file::{ChainFile, HeldFile, chain_files};
 pub use follow::{Follower, Progress};
@@ -97,17 +98,6 @@ pub struct TailParams {
     /// Poll interval while following an idle file.
     pub follow_poll: Duration,
 }
-
-/// Where batches go.
-pub trait BatchSink {
-    /// Sends one encoded batch; an error means the receiver is gone.
-    fn send(&mut self, batch: Bytes) -> impl Future<Output = Result<(), SinkClosed>> + Send;
-}
-
-/// The receiver of a demand went away.
-#[derive(Debug, Clone, Copy, thiserror::Error)]
-#[error("receiver closed")]
-pub struct SinkClosed;
 
 /// How serving a demand ended, when it did not fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,7 +129,7 @@ pub enum TailError {
 }
 
 /// Tuning of the [`Tailer`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TailerConfig {
     /// Bytes of encoded batches queued toward the relay, over all followed streams.
     pub queue_budget_bytes: usize,
@@ -155,26 +145,31 @@ pub struct TailerConfig {
     pub drain_linger: Duration,
 }
 
+/// Default of `--follow-poll-ms`.
+pub const DEFAULT_FOLLOW_POLL_MS: u64 = 10;
+/// Default of `--max-batch-bytes`.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 64 * 1024;
+/// Default of `--max-line-bytes`.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 1024 * 1024;
+/// Default of `--queue-budget-bytes`.
+pub const DEFAULT_QUEUE_BUDGET_BYTES: usize = 64 * 1024 * 1024;
+/// Default of `--stall-after-ms`.
+pub const DEFAULT_STALL_AFTER_MS: u64 = 5_000;
+/// Default of `--detach-linger-ms`.
+pub const DEFAULT_DETACH_LINGER_MS: u64 = 10_000;
+/// Default of `--resume-grace-ms`.
+pub const DEFAULT_RESUME_GRACE_MS: u64 = 30_000;
+/// Default of `--drain-linger-ms`.
+pub const DEFAULT_DRAIN_LINGER_MS: u64 = 1_000;
+
 impl Default for TailerConfig {
     fn default() -> Self {
         Self {
-            queue_budget_bytes: 64 << 20,
-            stall_after: Duration::from_secs(5),
-            detach_linger: Duration::from_secs(10),
-            resume_grace: Duration::from_secs(30),
-            drain_linger: Duration::from_secs(1),
-        }
-    }
-}
-
-impl From<&crate::config::AgentConfig> for TailerConfig {
-    fn from(c: &crate::config::AgentConfig) -> Self {
-        Self {
-            queue_budget_bytes: c.queue_budget_bytes,
-            stall_after: Duration::from_millis(c.stall_after_ms.max(1)),
-            detach_linger: Duration::from_millis(c.detach_linger_ms),
-            resume_grace: Duration::from_millis(c.resume_grace_ms),
-            drain_linger: Duration::from_millis(c.drain_linger_ms),
+            queue_budget_bytes: DEFAULT_QUEUE_BUDGET_BYTES,
+            stall_after: Duration::from_millis(DEFAULT_STALL_AFTER_MS),
+            detach_linger: Duration::from_millis(DEFAULT_DETACH_LINGER_MS),
+            resume_grace: Duration::from_millis(DEFAULT_RESUME_GRACE_MS),
+            drain_linger: Duration::from_millis(DEFAULT_DRAIN_LINGER_MS),
         }
     }
 }
@@ -1013,7 +1008,7 @@ impl Tailer {
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                () = crate::stopped(&mut shutdown) => break,
+                () = crate::shutdown::stopped(&mut shutdown) => break,
             }
             self.sweep();
         }

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use logrelay_agent::metrics::AgentMetrics;
-use logrelay_agent::tail::{BatchSink, SinkClosed, TailParams, Tailer, TailerConfig};
+use logrelay_agent::sink::{BatchSink, SinkClosed};
+use logrelay_agent::tail::{TailParams, Tailer, TailerConfig};
 use logrelay_wire::batch::{self, BatchHeader, FLAG_CONTINUES, Kind};
 use logrelay_wire::control::{Demand, LineMark, SeqPos};
 use tokio::sync::{mpsc, watch};

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use logrelay_agent::catalog::{Catalog, Source};
+use logrelay_agent::AgentConfig;
+use logrelay_agent::discover::{self, Catalog, Source};
 use logrelay_agent::metrics::AgentMetrics;
-use logrelay_agent::tail::{BatchSink, SinkClosed, TailParams, Tailer, TailerConfig};
-use logrelay_agent::{AgentConfig, discover};
+use logrelay_agent::sink::{BatchSink, SinkClosed};
+use logrelay_agent::tail::{TailParams, Tailer, TailerConfig};
 use logrelay_wire::batch;
 use logrelay_wire::control::Demand;
 use tokio::sync::{mpsc, watch};
@@ -40,10 +41,11 @@ fn start(pods: &Path, rescan_ms: u64, resync_ms: u64) -> Agent {
         ..AgentConfig::new(pods.to_path_buf(), "127.0.0.1:1".parse().unwrap())
     };
     let (stop, stop_rx) = watch::channel(false);
-    tokio::spawn(discover::run(
-        config,
+    tokio::spawn(discover::logs::run(
+        config.logs(),
         catalog.clone(),
         tailer.clone(),
+        None,
         stop_rx.clone(),
     ));
     tokio::spawn(tailer.clone().run(stop_rx));
@@ -226,8 +228,8 @@ async fn a_stream_announced_before_its_pods_metadata_is_announced_again_with_it(
         ..AgentConfig::new(pods.path().to_path_buf(), "127.0.0.1:1".parse().unwrap())
     };
     let (_stop, stop_rx) = watch::channel(false);
-    tokio::spawn(discover::run_with(
-        config,
+    tokio::spawn(discover::logs::run(
+        config.logs(),
         catalog.clone(),
         tailer,
         Some(index.clone()),

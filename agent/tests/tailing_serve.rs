@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use logrelay_agent::metrics::AgentMetrics;
-use logrelay_agent::tail::{
-    BatchSink, Ended, SEQ_BASE, SinkClosed, TailError, TailParams, Tailer, TailerConfig,
-};
+use logrelay_agent::sink::{BatchSink, SinkClosed};
+use logrelay_agent::tail::{Ended, SEQ_BASE, TailError, TailParams, Tailer, TailerConfig};
 use logrelay_wire::batch::{self, BatchHeader, Kind};
 use logrelay_wire::control::{Demand, SeqPos};
 use tokio::sync::{mpsc, oneshot};

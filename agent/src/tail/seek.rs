@@ -176,7 +176,7 @@ fn back_in_file(
     let mut records = Records::new(held, end, max_line_bytes)?;
     let mut walk = Walk::new(end, want);
     loop {
-        match walk.next() {
+        match walk.step() {
             Step::Record => {
                 let rec = records.before(walk.low())?;
                 walk.push(rec);

@@ -173,7 +173,7 @@ impl Walk {
     }
 
     /// What the walk needs next.
-    pub fn next(&mut self) -> Step {
+    pub fn step(&mut self) -> Step {
         loop {
             match self.phase {
                 Phase::Want => {
@@ -360,7 +360,7 @@ mod tests {
     fn walk(file: &File, want: Want, drop: usize) -> ((u64, u64, bool), u64) {
         let mut w = Walk::new(file.size, want);
         loop {
-            match w.next() {
+            match w.step() {
                 Step::Record => {
                     assert!(w.low() > 0, "a record is asked for only above 0");
                     w.push(file.before(w.low()));
