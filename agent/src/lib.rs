@@ -3,7 +3,7 @@
 //! Pipeline stages, one module each, with arrows pointing down only (`scripts/import-cycles`
 //! checks that no module imports its way back):
 //!
-//! 1. pure parsers and decisions: [`format`] (CRI, Docker json-file, plain; partial lines
+//! 1. pure parsers and decisions: [`format`](mod@format) (CRI, Docker json-file, plain; partial lines
 //!    reassembled; [`cri`] is its borrow-only CRI face), [`rotate`], `tail::reader`,
 //!    `tail::walk`, `tail::plan`, `tail::policy`, `tail::filter`, `tail::encode`,
 //!    `scrape::exposition`, `scrape::encode`, `cgroup::files`;

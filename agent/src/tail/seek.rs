@@ -25,20 +25,10 @@ use crate::format::Parser;
 
 use super::file::{ChainFile, HeldFile, READ_CHUNK, read_full_at};
 use super::gz::GzReader;
+pub use super::plan::Position;
 use super::reader::{RECORD_SLACK, RecordReader, TailLine};
 pub use super::walk::Want;
 use super::walk::{Rec, Step, Walk};
-
-/// A clean point: file (index in the chain), offset, and the sequence number of the line there.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Position {
-    /// Index in the chain.
-    pub index: usize,
-    /// Byte offset in that file.
-    pub offset: u64,
-    /// Sequence number of the next line.
-    pub seq: u64,
-}
 
 /// Reads a file's records backwards, one at a time, for a [`Walk`].
 struct Records<'a> {
