@@ -191,6 +191,7 @@ impl PodIndex {
 pub mod client {
     use std::collections::HashMap;
     use std::sync::Arc;
+    use std::time::Duration;
 
     use futures_util::StreamExt;
     use k8s_openapi::api::core::v1::Pod;

@@ -6,18 +6,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use logrelay_agent::AgentConfig;
 use logrelay_agent::discover::{self, Catalog, Source};
 use logrelay_agent::metrics::AgentMetrics;
-use logrelay_agent::sink::{BatchSink, SinkClosed};
 use logrelay_agent::tail::{TailParams, Tailer, TailerConfig};
 use logrelay_wire::batch;
 use logrelay_wire::control::Demand;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-const DEADLINE: Duration = Duration::from_secs(20);
+mod support;
+use support::{ChanSink, DEADLINE};
 
 struct Agent {
     catalog: Arc<Catalog>,
@@ -133,14 +132,6 @@ async fn a_restart_is_a_new_stream_with_its_restart_label() {
         ],
         "a restart is a stream of its own; a rotated file is not"
     );
-}
-
-struct ChanSink(mpsc::Sender<Bytes>);
-
-impl BatchSink for ChanSink {
-    async fn send(&mut self, b: Bytes) -> Result<(), SinkClosed> {
-        self.0.send(b).await.map_err(|_| SinkClosed)
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,8 @@ use logrelay_agent::metrics::AgentMetrics;
 use logrelay_agent::tail::{Tailer, TailerConfig};
 use tokio::sync::watch;
 
-const DEADLINE: Duration = Duration::from_secs(20);
+mod support;
+use support::DEADLINE;
 
 /// A pod as the API server returns it (trimmed of fields the agent does not read).
 fn pod(name: &str, uid: &str, rv: u32, labels: &str) -> String {
