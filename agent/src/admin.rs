@@ -10,6 +10,9 @@ use tokio::sync::watch;
 
 use crate::metrics::AgentMetrics;
 
+/// Default of `--admin-addr`.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:9601";
+
 /// Serves the admin endpoints until shutdown.
 pub async fn serve(
     listener: tokio::net::TcpListener,

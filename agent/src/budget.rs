@@ -1,11 +1,12 @@
 //! One byte budget for everything queued toward the relay.
 //!
 //! Each followed stream reads into its own [`Queue`] of encoded batches; a demand's data stream
-//! drains it. Every queue draws on one [`Budget`]: when a push takes the total over it, the
-//! *oldest* queued batch of the whole agent is dropped (full policy: drop oldest), and the queue
-//! it came from remembers the loss as one contiguous [`Gap`] (lines, bytes, sequence range) that
-//! its reader gets, in band, before the next batch. Following never waits for the relay: while
-//! it is slow or unreachable, reading goes on into the budget.
+//! drains it. Every queue draws on one [`Budget`]: a push that would take the total over it
+//! first drops the *oldest* queued batches of the whole agent until it fits (full policy: drop
+//! oldest), so the budget is never exceeded, even for a moment. The queue a batch was dropped
+//! from remembers the loss as one contiguous [`Gap`] (lines, bytes, sequence range) that its
+//! reader gets, in band, before the next batch. Following never waits for the relay: while it
+//! is slow or unreachable, reading goes on into the budget.
 //!
 //! A batch sent is not forgotten at once when the relay acknowledges deliveries (`ack`): a
 //! reader that *retains* ([`Queue::next_retained`]) leaves it in the queue, behind a mark,
@@ -130,26 +131,35 @@ impl Budget {
         q
     }
 
-    /// Drops oldest batches until the budget holds. The caller holds no queue lock; queue locks
-    /// are taken one at a time under the list lock, so evictions never deadlock.
-    fn enforce(&self) {
-        if self.used() <= self.capacity {
-            return;
-        }
+    /// Makes room for `len` more bytes and takes them, under the list lock that every taking
+    /// holds: the oldest batches of the whole agent are dropped until they fit (full policy:
+    /// drop oldest). Returns false when they cannot fit even with nothing else queued (a batch
+    /// larger than the budget): nothing is taken then. Queue locks are taken one at a time
+    /// under the list lock (the caller holds none), so evictions never deadlock; and since
+    /// bytes are only ever taken here, `used` never exceeds the capacity, whoever looks.
+    fn admit(&self, len: usize, insert: impl FnOnce()) -> bool {
         let queues = self.queues.lock().expect("budget lock");
-        while self.used() > self.capacity {
+        while self.used().saturating_add(len) > self.capacity {
             let oldest = queues
                 .iter()
                 .filter_map(Weak::upgrade)
                 .filter_map(|q| q.head_tick().map(|t| (t, q)))
                 .min_by_key(|(t, _)| *t);
-            let Some((_, q)) = oldest else { break };
+            let Some((_, q)) = oldest else {
+                return false;
+            };
             // A kept batch (sent, not yet acknowledged) is lost only if a resume reaches back
             // into it: counted then ([`Queue::skip_to`]).
             if let Some((lines, bytes, false)) = q.drop_oldest() {
                 self.count_dropped(lines, bytes);
             }
         }
+        // Taken before the batch is queued: a reader that takes it at once gives back bytes
+        // that were taken.
+        self.used.fetch_add(len, Ordering::Relaxed);
+        insert();
+        drop(queues);
+        true
     }
 
     fn count_dropped(&self, lines: u64, bytes: u64) {
@@ -160,22 +170,34 @@ impl Budget {
 }
 
 impl Queue {
-    /// Queues a batch of lines `[first_seq, end_seq)`; may drop the oldest batches of any queue.
+    /// Queues a batch of lines `[first_seq, end_seq)`; may drop the oldest batches of any queue
+    /// to make room first. A batch larger than the whole budget is dropped at once, after
+    /// everything older (told as a gap, like any drop).
     pub fn push(&self, batch: Bytes, first_seq: u64, end_seq: u64, lines: u32) {
         let len = batch.len();
-        {
+        let mut batch = Some(batch);
+        let admitted = self.budget.admit(len, || {
             let mut inner = self.inner.lock().expect("queue lock");
             inner.bytes += len;
             inner.items.push_back(Item::Batch(Queued {
-                batch,
+                batch: batch.take().expect("inserted once"),
                 first_seq,
                 end_seq,
                 lines,
                 tick: self.budget.tick.fetch_add(1, Ordering::Relaxed),
             }));
+        });
+        if !admitted {
+            self.budget.count_dropped(u64::from(lines), len as u64);
+            self.push_gap(Gap {
+                first_seq,
+                end_seq,
+                lines: u64::from(lines),
+                bytes: len as u64,
+                counted: true,
+            });
+            return;
         }
-        self.budget.used.fetch_add(len, Ordering::Relaxed);
-        self.budget.enforce();
         self.ready.notify_one();
     }
 
@@ -464,6 +486,47 @@ mod tests {
         assert_eq!(budget.used(), 0);
     }
 
+    /// Followers push from their own tasks while the watchdog reads `used` for the gauge: no
+    /// observer ever sees more than the capacity, however pushes, pops and evictions interleave.
+    #[test]
+    fn the_budget_is_never_exceeded_as_seen_from_another_thread() {
+        const CAP: usize = 1000;
+        let budget = Budget::new(CAP);
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = {
+            let (budget, done) = (budget.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut most = 0;
+                while !done.load(Ordering::Relaxed) {
+                    most = most.max(budget.used());
+                }
+                most
+            })
+        };
+        let pushers: Vec<_> = (0..3)
+            .map(|t| {
+                let q = budget.queue();
+                std::thread::spawn(move || {
+                    let mut seq = 0;
+                    for i in 0..20_000u64 {
+                        q.push(batch(100 + (i as usize * 7 + t) % 300), seq, seq + 3, 3);
+                        seq += 3;
+                        if i % 5 == 0 {
+                            q.pop();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for p in pushers {
+            p.join().unwrap();
+        }
+        done.store(true, Ordering::Relaxed);
+        let most = watcher.join().unwrap();
+        assert!(most <= CAP, "used {most} bytes of a {CAP}-byte budget");
+        assert!(budget.dropped().0 > 0, "the budget was full");
+    }
+
     /// The `(first_seq, end_seq, is_gap)` of every item a reader takes from now on.
     fn drain(q: &Queue) -> Vec<(u64, u64, bool)> {
         std::iter::from_fn(|| q.pop())
@@ -618,7 +681,7 @@ mod tests {
                 let first = next_seq[q];
                 next_seq[q] += u64::from(lines);
                 queues[q].push(batch(len), first, next_seq[q], lines);
-                prop_assert!(budget.used() <= cap.max(len));
+                prop_assert!(budget.used() <= cap);
                 // Pop a little from queue 0 now and then.
                 if len % 3 == 0 {
                     while let Some(item) = queues[0].pop() {

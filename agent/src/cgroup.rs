@@ -38,10 +38,29 @@ use crate::metrics::AgentMetrics;
 use crate::scrape::encode::{NameFilter, ResultEncoder};
 use crate::scrape::exposition::{Family, MetricType, Sample};
 use crate::scrape::periodic::{self, Collector, Schedule, SourceState};
-use crate::tail::{BatchSink, SinkClosed};
+use crate::sink::{BatchSink, SinkClosed};
 
 /// The `container` label of a pod's resources stream.
 pub const RESOURCES_CONTAINER: &str = "resources";
+
+/// Default of `--cgroup-root`: where the cgroup v2 hierarchy is mounted.
+pub const DEFAULT_ROOT: &str = "/sys/fs/cgroup";
+/// Default of `--containers-dir`: kubelet's container log symlinks.
+pub const DEFAULT_CONTAINERS_DIR: &str = "/var/log/containers";
+/// Default of `--resources-interval-ms`.
+pub const DEFAULT_INTERVAL_MS: u64 = 5_000;
+
+/// Where and how often pods' resource usage is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourcesConfig {
+    /// Mount point of the cgroup v2 hierarchy.
+    pub cgroup_root: PathBuf,
+    /// kubelet's container log symlinks (`<pod>_<ns>_<container>-<id>.log`), read for
+    /// container names.
+    pub containers_dir: PathBuf,
+    /// Time between samples of a watched pod.
+    pub interval: Duration,
+}
 
 /// One cgroup's usage; `None` where the file is missing or unreadable.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -162,16 +181,10 @@ impl Hash for PodResources {
     }
 }
 
-/// Every pod under `cgroup_root`, labelled like its log streams: node, and namespace and pod
+/// Every pod under the cgroup root, labelled like its log streams: node, and namespace and pod
 /// from the `<ns>_<pod>_<uid>` directory under `pods_dir` when there is one.
-pub fn scan(
-    cgroup_root: &Path,
-    pods_dir: &Path,
-    containers_dir: &Path,
-    node: &str,
-    interval: Duration,
-) -> Vec<(Labels, PodResources)> {
-    let pods = find_pods(cgroup_root);
+pub fn scan(config: &ResourcesConfig, pods_dir: &Path, node: &str) -> Vec<(Labels, PodResources)> {
+    let pods = find_pods(&config.cgroup_root);
     if pods.is_empty() {
         return Vec::new();
     }
@@ -194,7 +207,8 @@ pub fn scan(
                 kind: StreamKind::Metrics,
                 ..Labels::default()
             };
-            let res = PodResources::new(p.uid, p.dir, containers_dir.to_owned(), interval);
+            let res =
+                PodResources::new(p.uid, p.dir, config.containers_dir.clone(), config.interval);
             (labels, res)
         })
         .collect()

@@ -6,29 +6,22 @@
 //! list's `resourceVersion`, list again when the watch expires or fails) and keeps each pod's
 //! labels, annotations, IP and declared ports by UID in a [`PodIndex`]. Discovery then maps
 //! configured pod labels (or annotations) onto the task identity of every stream of that pod
-//! ([`TaskLabels`]): `project`, `domain`, `run`, `action`, `attempt`. A pod's streams are
-//! announced once its metadata is known, or after [`METADATA_WAIT`] without it, so short-lived
-//! pods are not missed ([`with_identity`]). The same index feeds the scrape targets of pods
-//! annotated for Prometheus ([`crate::scrape::target::pod_targets`]).
+//! ([`TaskLabels`]): `project`, `domain`, `run`, `action`, `attempt`
+//! ([`crate::discover::identity`]). The same index feeds the scrape targets of pods annotated
+//! for Prometheus ([`crate::scrape::target::pod_targets`]).
 //!
 //! The mapping and the index are pure; only [`client`] (feature `k8s`) does I/O.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::RwLock;
-use std::time::Duration;
 
 use logrelay_wire::labels::Labels;
 use tokio::sync::Notify;
 
-use crate::catalog::Entry;
-
 /// The default task identity mapping: the labels Flyte puts on task pods.
 pub const DEFAULT_TASK_LABELS: &str =
     "project=project,domain=domain,run=execution-id,action=node-id,attempt=attempt";
-
-/// How long discovery holds a new pod's streams back waiting for its metadata.
-pub const METADATA_WAIT: Duration = Duration::from_secs(2);
 
 /// A pod's metadata, as read from the API.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -193,62 +186,6 @@ impl PodIndex {
     }
 }
 
-/// Pods seen without metadata, for [`with_identity`].
-#[derive(Debug, Default)]
-pub struct MetadataWait {
-    first_seen: HashMap<String, tokio::time::Instant>,
-    holding: bool,
-}
-
-impl MetadataWait {
-    /// True while some pod's entries are held back (so its scan should run again soon).
-    pub fn holding(&self) -> bool {
-        self.holding
-    }
-}
-
-/// Adds task identity from pod metadata to `scanned` entries (any group). The entries of a pod
-/// whose metadata has not arrived are held back until it does, for at most [`METADATA_WAIT`]
-/// after `wait` first saw that pod; after that they are passed on without task identity, and
-/// stay passed on.
-pub fn with_identity(
-    scanned: &[Entry],
-    index: &PodIndex,
-    mapping: &TaskLabels,
-    wait: &mut MetadataWait,
-) -> Vec<Entry> {
-    let mut out = Vec::with_capacity(scanned.len());
-    let mut first_seen = HashMap::new();
-    let mut holding = false;
-    for e in scanned {
-        let uid = &e.labels.pod_uid;
-        match index.get(uid) {
-            Some(meta) => {
-                let mut e = e.clone();
-                mapping.apply(&meta, &mut e.labels);
-                out.push(e);
-            }
-            None => {
-                let since = *wait
-                    .first_seen
-                    .get(uid)
-                    .unwrap_or(&tokio::time::Instant::now());
-                first_seen.insert(uid.clone(), since);
-                if since.elapsed() < METADATA_WAIT {
-                    holding = true;
-                } else {
-                    out.push(e.clone());
-                }
-            }
-        }
-    }
-    *wait = MetadataWait {
-        first_seen,
-        holding,
-    };
-    out
-}
-
 /// The Kubernetes API client side (feature `k8s`).
 #[cfg(feature = "k8s")]
 pub mod client {
@@ -374,37 +311,48 @@ pub mod client {
             };
             let result = tokio::select! {
                 r = round => r,
-                () = crate::stopped(&mut shutdown) => return,
+                () = crate::shutdown::stopped(&mut shutdown) => return,
             };
             if let Err(e) = result {
                 tracing::warn!(error = %e, %node, "pod watch failed; listing again");
             }
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                () = crate::stopped(&mut shutdown) => return,
+                () = crate::shutdown::stopped(&mut shutdown) => return,
             }
             delay = (delay * 2).min(Duration::from_secs(30));
         }
     }
 }
 
-/// Starts the pod watch when `--kube-pods` is set; the index discovery reads, if any.
+/// The pod watch's configuration.
+#[derive(Debug, Clone, Default)]
+pub struct KubeConfig {
+    /// Watch this node's pods (`--kube-pods`); nothing happens otherwise.
+    pub enabled: bool,
+    /// Kubernetes API URL; the in-cluster service account, else kubeconfig, when `None`.
+    pub api_url: Option<String>,
+    /// This node's name: only its pods are watched.
+    pub node: String,
+}
+
+/// Starts the pod watch when it is enabled; the index discovery reads, if any.
 pub async fn start(
-    config: &crate::config::AgentConfig,
+    config: &KubeConfig,
     tasks: &mut tokio::task::JoinSet<()>,
     shutdown: &tokio::sync::watch::Receiver<bool>,
 ) -> Option<std::sync::Arc<PodIndex>> {
-    if !config.kube_pods {
+    if !config.enabled {
         return None;
     }
     #[cfg(feature = "k8s")]
     {
-        match client::connect(config.kube_api_url.as_deref()).await {
+        match client::connect(config.api_url.as_deref()).await {
             Ok(c) => {
                 let index = std::sync::Arc::new(PodIndex::default());
                 tasks.spawn(client::run(
                     c,
-                    config.node_name.clone(),
+                    config.node.clone(),
                     index.clone(),
                     shutdown.clone(),
                 ));
@@ -427,63 +375,6 @@ pub async fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::Source;
-
-    fn log_entry(uid: &str) -> Entry {
-        Entry {
-            labels: Labels {
-                pod_uid: uid.into(),
-                ..Labels::default()
-            },
-            source: Source::Log {
-                path: format!("/pods/{uid}/c/0.log").into(),
-            },
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn entries_wait_for_metadata_at_most_a_while_then_stay() {
-        let index = PodIndex::default();
-        index.upsert(
-            "known".into(),
-            PodMeta {
-                labels: [("project".to_owned(), "p".to_owned())].into(),
-                ..PodMeta::default()
-            },
-        );
-        let mapping: TaskLabels = "project=project".parse().unwrap();
-        let scanned = [log_entry("known"), log_entry("unknown")];
-        let mut wait = MetadataWait::default();
-        let uids = |out: &[Entry]| -> Vec<String> {
-            out.iter().map(|e| e.labels.pod_uid.clone()).collect()
-        };
-
-        let out = with_identity(&scanned, &index, &mapping, &mut wait);
-        assert_eq!(uids(&out), ["known"]);
-        assert_eq!(out[0].labels.project.as_deref(), Some("p"));
-        assert!(wait.holding());
-
-        tokio::time::advance(METADATA_WAIT).await;
-        let out = with_identity(&scanned, &index, &mapping, &mut wait);
-        assert_eq!(uids(&out), ["known", "unknown"], "released after the wait");
-        assert!(!wait.holding());
-        tokio::time::advance(Duration::from_secs(1)).await;
-        let out = with_identity(&scanned, &index, &mapping, &mut wait);
-        assert_eq!(
-            uids(&out),
-            ["known", "unknown"],
-            "a released pod is not held back again (its stream would flap)"
-        );
-
-        index.upsert("unknown".into(), PodMeta::default());
-        let out = with_identity(&scanned, &index, &mapping, &mut wait);
-        assert_eq!(uids(&out), ["known", "unknown"]);
-        let mut next = vec![log_entry("new")];
-        next.extend(scanned);
-        let out = with_identity(&next, &index, &mapping, &mut wait);
-        assert_eq!(uids(&out), ["known", "unknown"], "a new pod waits");
-        assert!(wait.holding());
-    }
 
     #[test]
     fn mapping_reads_labels_and_annotations() {

@@ -1,16 +1,26 @@
 //! The logrelay agent: one per node.
 //!
-//! Pipeline stages, one module each:
-//! * [`discover`] finds container logs under the pods directory and keeps the [`catalog`];
-//! * [`uplink`] dials the relay over QUIC, announces the catalog and serves `open`/`cancel`;
-//! * [`tail`] serves one demand: backlog (read backwards), then follow across rotations
-//!   ([`rotate`], [`fingerprint`]) into one byte [`budget`], encoding batches once
-//!   ([`logrelay_wire::batch`]) in the format subscribers read;
-//! * [`format`] parses CRI, Docker json-file and plain logs and reassembles partial lines
-//!   (pure; [`cri`] is its borrow-only CRI face);
-//! * [`scrape`] scrapes Prometheus endpoints and [`cgroup`] samples pod resource usage, as
-//!   `metrics` streams discovered by [`scrape::sources`], read only while watched;
-//! * [`admin`] serves `/metrics` and `/healthz`; [`metrics`] owns every metric name.
+//! Pipeline stages, one module each, with arrows pointing down only (`scripts/import-cycles`
+//! checks that no module imports its way back):
+//!
+//! 1. pure parsers and decisions: [`format`](mod@format) (CRI, Docker json-file, plain; partial lines
+//!    reassembled; [`cri`] is its borrow-only CRI face), [`rotate`], `tail::reader`,
+//!    `tail::walk`, `tail::plan`, `tail::policy`, `tail::filter`, `tail::encode`,
+//!    `scrape::exposition`, `scrape::encode`, `cgroup::files`;
+//! 2. blocking file I/O: `tail::file`, `tail::follow` (a chain of files across rotations),
+//!    `tail::seek` (backwards from a clean point), `tail::gz`, [`fingerprint`], and the
+//!    [`blocking`] pool demands take turns on;
+//! 3. ports: [`sink`] (where a demand's batches go), [`budget`] (the agent-wide byte budget
+//!    every followed stream's queue draws on), [`metrics`] (every metric name), [`shutdown`];
+//! 4. stages: [`tail`] serves log demands (backlog, follow across rotations, resume, into the
+//!    budget, encoding batches once in the format subscribers read), [`scrape`] and [`cgroup`]
+//!    serve metrics demands, [`kube`] watches this node's pods, and [`discover`] finds log
+//!    streams and metrics sources into the catalog;
+//! 5. [`uplink`]: dials the relay over QUIC ([`tls_reload`]), announces the catalog and serves
+//!    `open`/`cancel` from the stages;
+//! 6. root: [`config`] builds each stage's own config from the flags (a stage never sees
+//!    [`AgentConfig`]), and [`start`] wires the stages; [`admin`] serves `/metrics` and
+//!    `/healthz`.
 //!
 //! Nothing is read from a log file unless the relay asked for it.
 #![forbid(unsafe_code)]
@@ -18,7 +28,6 @@
 pub mod admin;
 pub mod blocking;
 pub mod budget;
-pub mod catalog;
 pub mod cgroup;
 pub mod config;
 pub mod cri;
@@ -29,6 +38,8 @@ pub mod kube;
 pub mod metrics;
 pub mod rotate;
 pub mod scrape;
+pub mod shutdown;
+pub mod sink;
 pub mod tail;
 pub mod tls_reload;
 pub mod uplink;
@@ -40,17 +51,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 pub use config::AgentConfig;
-
-/// TLS material of an agent: its client certificate and the CAs it trusts for the relay.
-#[derive(Debug)]
-pub struct AgentTls {
-    /// Client certificate and key presented to the relay.
-    pub identity: logrelay_tls::Identity,
-    /// Roots the relay's certificate must chain to.
-    pub relay_roots: rustls::RootCertStore,
-    /// The files this material came from, watched and reloaded when they change.
-    pub reload: Option<tls_reload::AgentTlsFiles>,
-}
+pub use tls_reload::AgentTls;
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -96,12 +97,13 @@ impl AgentHandle {
 /// Starts discovery, the uplink and the admin listener.
 pub async fn start(config: AgentConfig, tls: AgentTls) -> Result<AgentHandle, StartError> {
     logrelay_tls::install_provider();
-    scrape::sources::check_credentials(&config)?;
+    let sources = config.metrics_sources();
+    scrape::check_credentials(&sources.scrape, &sources.targets)?;
     let metrics = Arc::new(metrics::AgentMetrics::new());
     metrics
         .queue_budget_bytes
         .set(i64::try_from(config.queue_budget_bytes).unwrap_or(i64::MAX));
-    let catalog = Arc::new(catalog::Catalog::new(metrics.clone()));
+    let catalog = Arc::new(discover::Catalog::new(metrics.clone()));
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
 
@@ -114,18 +116,18 @@ pub async fn start(config: AgentConfig, tls: AgentTls) -> Result<AgentHandle, St
     let admin_addr = admin.local_addr().map_err(StartError::Endpoint)?;
     tasks.spawn(admin::serve(admin, metrics.clone(), shutdown_rx.clone()));
 
-    let tailer = tail::Tailer::new(tail::TailerConfig::from(&config), metrics.clone());
+    let tailer = tail::Tailer::new(config.tailer(), metrics.clone());
     tasks.spawn(tailer.clone().run(shutdown_rx.clone()));
-    let pods = kube::start(&config, &mut tasks, &shutdown_rx).await;
-    tasks.spawn(discover::run_with(
-        config.clone(),
+    let pods = kube::start(&config.kube(), &mut tasks, &shutdown_rx).await;
+    tasks.spawn(discover::logs::run(
+        config.logs(),
         catalog.clone(),
         tailer.clone(),
         pods.clone(),
         shutdown_rx.clone(),
     ));
-    tasks.spawn(scrape::sources::run(
-        config.clone(),
+    tasks.spawn(discover::metrics::run(
+        sources,
         catalog.clone(),
         metrics.clone(),
         pods,
@@ -134,9 +136,8 @@ pub async fn start(config: AgentConfig, tls: AgentTls) -> Result<AgentHandle, St
 
     let reload = tls.reload.clone();
     let client = tls_reload::client_config(tls)?;
-    let uplink = uplink::Uplink::new(config, client, catalog, metrics.clone())
-        .map_err(StartError::Endpoint)?
-        .with_tailer(tailer);
+    let uplink = uplink::Uplink::new(config.uplink(), client, catalog, tailer, metrics.clone())
+        .map_err(StartError::Endpoint)?;
     if let Some(files) = reload {
         tasks.spawn(tls_reload::watch_files(
             files,
@@ -153,9 +154,4 @@ pub async fn start(config: AgentConfig, tls: AgentTls) -> Result<AgentHandle, St
         shutdown,
         tasks,
     })
-}
-
-/// Resolves once `shutdown` turns true (or its sender is gone).
-pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|s| *s).await;
 }

@@ -4,7 +4,7 @@
 //! # Streams
 //!
 //! Each scrape target and each pod's resource usage is one stream of kind `metrics` in the
-//! catalog, owned by the [`sources`] discovery loop ([`crate::catalog::Group::Metrics`]). For a
+//! catalog, owned by the metrics discovery loop ([`crate::discover::metrics`]). For a
 //! metrics stream the `container` label names the source inside its pod:
 //!
 //! | source | labels |
@@ -43,7 +43,6 @@ pub mod encode;
 pub mod exposition;
 pub mod http;
 pub mod periodic;
-pub mod sources;
 pub mod target;
 
 use std::hash::{Hash, Hasher};
@@ -57,7 +56,7 @@ use self::exposition::{Family, Limits};
 use self::periodic::{Collector, Schedule, SourceState};
 pub use self::target::{ScrapeDefaults, StaticTarget, TargetSpec};
 use crate::metrics::AgentMetrics;
-use crate::tail::{BatchSink, SinkClosed};
+use crate::sink::{BatchSink, SinkClosed};
 
 /// Bodies larger than this are parsed on the blocking pool rather than on the runtime.
 const PARSE_INLINE_BYTES: usize = 256 * 1024;
@@ -259,6 +258,31 @@ pub async fn serve<S: BatchSink>(
         metrics,
     )
     .await
+}
+
+/// Checks the scrape credentials once, at start-up, and warns about unsafe ones: every static
+/// target's CA and token files, and the agent-wide CA files annotated pods would use
+/// (`defaults`). The first file that cannot be used is the error.
+pub fn check_credentials(
+    defaults: &ScrapeDefaults,
+    targets: &[StaticTarget],
+) -> Result<(), auth::CredentialsError> {
+    auth::check_ca_files(&defaults.auth)?;
+    if defaults.auth.insecure_skip_verify {
+        tracing::warn!(
+            "--scrape-insecure-skip-verify: TLS certificates of https scrape targets \
+             (annotated pods, and static targets without insecure_skip_verify=false) are NOT \
+             verified"
+        );
+    }
+    for target in targets {
+        let spec = target.spec(defaults);
+        auth::check(&spec.url, &spec.auth)?;
+        for warning in auth::warnings(&spec.url, &spec.auth) {
+            tracing::warn!(target_url = %spec.url, "{warning}");
+        }
+    }
+    Ok(())
 }
 
 /// Unix time in nanoseconds (0 before 1970, saturating after 2262).

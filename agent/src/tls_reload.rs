@@ -11,6 +11,17 @@ use tokio::sync::watch;
 
 use crate::metrics::AgentMetrics;
 
+/// TLS material of an agent: its client certificate and the CAs it trusts for the relay.
+#[derive(Debug)]
+pub struct AgentTls {
+    /// Client certificate and key presented to the relay.
+    pub identity: logrelay_tls::Identity,
+    /// Roots the relay's certificate must chain to.
+    pub relay_roots: rustls::RootCertStore,
+    /// The files this material came from, watched and reloaded when they change.
+    pub reload: Option<AgentTlsFiles>,
+}
+
 /// The files behind an agent's TLS material.
 #[derive(Debug, Clone)]
 pub struct AgentTlsFiles {
@@ -26,8 +37,8 @@ pub struct AgentTlsFiles {
 
 impl AgentTlsFiles {
     /// Loads the files.
-    pub fn load(&self) -> Result<crate::AgentTls, logrelay_tls::TlsError> {
-        Ok(crate::AgentTls {
+    pub fn load(&self) -> Result<AgentTls, logrelay_tls::TlsError> {
+        Ok(AgentTls {
             identity: logrelay_tls::Identity::from_pem_files(&self.cert_file, &self.key_file)?,
             relay_roots: logrelay_tls::roots_from_pem_file(&self.ca_file)?,
             reload: None,
@@ -46,7 +57,7 @@ impl AgentTlsFiles {
 
 /// The QUIC client configuration: mTLS with `identity`, trusting `relay_roots`, transport
 /// keep-alives ([`logrelay_tls::quic_client_transport`]).
-pub fn client_config(tls: crate::AgentTls) -> Result<quinn::ClientConfig, logrelay_tls::TlsError> {
+pub fn client_config(tls: AgentTls) -> Result<quinn::ClientConfig, logrelay_tls::TlsError> {
     let mut client = logrelay_tls::quic_client(tls.identity, tls.relay_roots)?;
     client.transport_config(Arc::new(logrelay_tls::quic_client_transport()));
     Ok(client)
@@ -73,7 +84,7 @@ pub async fn watch_files(
     logrelay_tls::reload::watch_files(
         files.watched(),
         files.interval,
-        crate::stopped(&mut shutdown),
+        crate::shutdown::stopped(&mut shutdown),
         reload,
     )
     .await;

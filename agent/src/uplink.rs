@@ -24,10 +24,10 @@ use tokio::sync::oneshot;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
-use crate::catalog::{self, Catalog};
-use crate::config::AgentConfig;
+use crate::discover::catalog::{self, Catalog};
 use crate::metrics::AgentMetrics;
-use crate::tail::{self, BatchSink, Ended, SinkClosed, TailParams};
+use crate::sink::{BatchSink, SinkClosed};
+use crate::tail::{self, Ended, TailParams};
 
 pub mod relays;
 
@@ -36,6 +36,35 @@ pub const CANCELLED: u32 = 1;
 
 /// The relay's QUIC close code for "I am draining: reconnect to another relay".
 pub const RELAY_MOVE: u32 = logrelay_wire::code::AppCode::Move.code();
+
+/// Default of `--relay-addr`.
+pub const DEFAULT_RELAY_ADDR: &str = "127.0.0.1:4433";
+/// Default of `--relay-name`.
+pub const DEFAULT_RELAY_NAME: &str = "localhost";
+/// Default of `--reconnect-min-ms`.
+pub const DEFAULT_RECONNECT_MIN_MS: u64 = 100;
+/// Default of `--reconnect-max-ms`.
+pub const DEFAULT_RECONNECT_MAX_MS: u64 = 10_000;
+
+/// The uplink's configuration.
+#[derive(Debug, Clone)]
+pub struct UplinkConfig {
+    /// Relay QUIC addresses, `host:port` (each resolved at every connection attempt): the
+    /// uplink dials one and moves to the next when it dies or drains.
+    pub relay_addrs: Vec<String>,
+    /// Name the relay's certificate must carry.
+    pub relay_name: String,
+    /// This node's name, told in `hello`.
+    pub node: String,
+    /// First reconnect delay (doubles up to `reconnect_max_ms`), milliseconds.
+    pub reconnect_min_ms: u64,
+    /// Longest reconnect delay, milliseconds.
+    pub reconnect_max_ms: u64,
+    /// QUIC keep-alive PINGs and idle timeout of the relay connection.
+    pub timers: logrelay_tls::QuicTimers,
+    /// Tuning of every demand served.
+    pub params: TailParams,
+}
 
 /// Why a connection to the relay ended.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +100,7 @@ pub struct Uplink {
     client: SharedClientConfig,
     /// Keep-alive and idle timeout of the relay connection.
     transport: Arc<quinn::TransportConfig>,
-    config: AgentConfig,
+    config: UplinkConfig,
     endpoint: quinn::Endpoint,
     catalog: Arc<Catalog>,
     metrics: Arc<AgentMetrics>,
@@ -79,24 +108,20 @@ pub struct Uplink {
 }
 
 impl Uplink {
-    /// Creates the client endpoint.
+    /// Creates the client endpoint; log demands are served through `tailer` (shared with
+    /// discovery and its watchdog).
     pub fn new(
-        config: AgentConfig,
+        config: UplinkConfig,
         client: quinn::ClientConfig,
         catalog: Arc<Catalog>,
+        tailer: Arc<tail::Tailer>,
         metrics: Arc<AgentMetrics>,
     ) -> std::io::Result<Self> {
         // Dual-stack where the host has IPv6, IPv4 only where it does not.
         let v6: SocketAddr = "[::]:0".parse().expect("literal");
         let v4: SocketAddr = "0.0.0.0:0".parse().expect("literal");
         let endpoint = quinn::Endpoint::client(v6).or_else(|_| quinn::Endpoint::client(v4))?;
-        let tailer = tail::Tailer::new(tail::TailerConfig::from(&config), metrics.clone());
-        let transport = Arc::new(logrelay_tls::quic_client_transport_with(
-            logrelay_tls::QuicTimers::from_millis(
-                config.relay_keep_alive_ms,
-                config.relay_idle_timeout_ms,
-            ),
-        ));
+        let transport = Arc::new(logrelay_tls::quic_client_transport_with(config.timers));
         Ok(Self {
             client: Arc::new(std::sync::RwLock::new(client)),
             transport,
@@ -106,12 +131,6 @@ impl Uplink {
             metrics,
             tailer,
         })
-    }
-
-    /// Serves log demands through `tailer` (shared with discovery and its watchdog).
-    pub fn with_tailer(mut self, tailer: Arc<tail::Tailer>) -> Self {
-        self.tailer = tailer;
-        self
     }
 
     /// The client configuration used for the next connection (certificate reload swaps it).
@@ -135,7 +154,7 @@ impl Uplink {
                     last = Some(addr);
                     tokio::select! {
                         r = self.connect_and_serve(addr) => r,
-                        () = crate::stopped(&mut shutdown) => break,
+                        () = crate::shutdown::stopped(&mut shutdown) => break,
                     }
                 }
                 None => Err(UplinkError::Connect(format!(
@@ -181,7 +200,7 @@ impl Uplink {
             };
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                () = crate::stopped(&mut shutdown) => break,
+                () = crate::shutdown::stopped(&mut shutdown) => break,
             }
         }
         self.endpoint.close(0u32.into(), b"agent shutting down");
@@ -241,7 +260,7 @@ impl Uplink {
         control
             .send(&AgentMsg::Hello {
                 protocol: logrelay_wire::PROTOCOL_VERSION,
-                node: self.config.node_name.clone(),
+                node: self.config.node.clone(),
                 agent_version: env!("CARGO_PKG_VERSION").into(),
                 features: vec![features::ACK.into()],
             })
@@ -320,7 +339,7 @@ impl Uplink {
                                 stream_ref,
                                 spec: demand_spec,
                                 source: entry.source,
-                                params: self.params(),
+                                params: self.config.params,
                                 metrics: self.metrics.clone(),
                                 tailer: self.tailer.clone(),
                             };
@@ -389,14 +408,6 @@ impl Uplink {
                 ))
             }
             _ => result,
-        }
-    }
-
-    fn params(&self) -> TailParams {
-        TailParams {
-            max_batch_bytes: self.config.max_batch_bytes,
-            max_line_bytes: self.config.max_line_bytes,
-            follow_poll: Duration::from_millis(self.config.follow_poll_ms.max(1)),
         }
     }
 }

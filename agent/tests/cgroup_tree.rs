@@ -162,13 +162,12 @@ fn pods_of_both_drivers_are_found_and_labelled_like_their_logs() {
     assert_eq!(uids, [UID_B, UID_C, UID_A]);
     assert_eq!(found[2].dir, node.pod_a_dir());
 
-    let streams = cgroup::scan(
-        node.cgroups.path(),
-        node.pods.path(),
-        node.containers.path(),
-        "node-1",
-        Duration::from_secs(5),
-    );
+    let resources = cgroup::ResourcesConfig {
+        cgroup_root: node.cgroups.path().to_owned(),
+        containers_dir: node.containers.path().to_owned(),
+        interval: Duration::from_secs(5),
+    };
+    let streams = cgroup::scan(&resources, node.pods.path(), "node-1");
     let labels: Vec<_> = streams
         .iter()
         .map(|(l, _)| (l.namespace.as_str(), l.pod.as_str(), l.pod_uid.as_str()))

@@ -6,32 +6,15 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
-use logrelay_agent::metrics::AgentMetrics;
-use logrelay_agent::tail::{BatchSink, SinkClosed, TailParams, Tailer, TailerConfig};
+use logrelay_agent::tail::{TailParams, Tailer, TailerConfig};
 use logrelay_wire::batch::{self, BatchHeader, FLAG_CONTINUES, Kind};
 use logrelay_wire::control::{Demand, LineMark, SeqPos};
 use tokio::sync::{mpsc, watch};
 
-const DEADLINE: Duration = Duration::from_secs(20);
-
-struct ChanSink(mpsc::Sender<Bytes>);
-
-impl BatchSink for ChanSink {
-    async fn send(&mut self, batch: Bytes) -> Result<(), SinkClosed> {
-        self.0.send(batch).await.map_err(|_| SinkClosed)
-    }
-}
-
-fn params() -> TailParams {
-    TailParams {
-        max_batch_bytes: 1024,
-        max_line_bytes: 1 << 20,
-        follow_poll: Duration::from_millis(5),
-    }
-}
+mod support;
+use support::{ChanSink, DEADLINE, line_text, tailer};
 
 /// A container log written as a runtime does: every line of one write carries one timestamp.
 struct Log {
@@ -162,23 +145,19 @@ impl Served {
     }
 }
 
-fn tailer() -> (Arc<Tailer>, Arc<AgentMetrics>) {
-    let metrics = Arc::new(AgentMetrics::new());
-    (
-        Tailer::new(TailerConfig::default(), metrics.clone()),
-        metrics,
-    )
-}
-
-fn text(i: usize) -> String {
-    format!("line {i}\n")
+/// Batches of 1 KiB.
+fn params() -> TailParams {
+    TailParams {
+        max_batch_bytes: 1024,
+        ..support::params()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_was_sent_but_not_acknowledged_is_sent_again_from_the_queue_on_resume() {
     let mut log = Log::new();
     log.write_at(1, 100);
-    let (tailer, metrics) = tailer();
+    let (tailer, metrics) = tailer(TailerConfig::default());
     let (acks, acks_rx) = watch::channel(None);
     let mut first = Served::start(
         &tailer,
@@ -229,7 +208,7 @@ async fn what_was_sent_but_not_acknowledged_is_sent_again_from_the_queue_on_resu
         .into_iter()
         .filter(|(s, _)| *s >= base + 40)
         .collect();
-    let want: Vec<(u64, String)> = (40..150).map(|i| (base + i as u64, text(i))).collect();
+    let want: Vec<(u64, String)> = (40..150).map(|i| (base + i as u64, line_text(i))).collect();
     assert_eq!(
         got, want,
         "every line from the resume point, once, in order"
@@ -242,7 +221,7 @@ async fn what_was_sent_but_not_acknowledged_is_sent_again_from_the_queue_on_resu
     // And it follows on.
     log.write_at(3, 5);
     resumed.until_seq(base + 154).await;
-    assert_eq!(resumed.lines().last().unwrap().1, text(154));
+    assert_eq!(resumed.lines().last().unwrap().1, line_text(154));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,7 +233,7 @@ async fn a_restarted_agent_starts_its_new_epoch_right_after_the_relays_last_line
     log.write_at(3, 2);
     // A fresh agent (it restarted: no epoch held). The relay holds up to the second line
     // stamped 2 s (line 4), in an epoch this agent never had.
-    let (tailer, _) = tailer();
+    let (tailer, _) = tailer(TailerConfig::default());
     let resume = Demand {
         since_seq: Some(SeqPos { epoch: 77, seq: 5 }),
         since_ns: Some(stamp(2) + 1),
@@ -270,7 +249,7 @@ async fn a_restarted_agent_starts_its_new_epoch_right_after_the_relays_last_line
     let texts: Vec<String> = served.lines().into_iter().map(|(_, t)| t).collect();
     assert_eq!(
         texts,
-        (5..9).map(text).collect::<Vec<_>>(),
+        (5..9).map(line_text).collect::<Vec<_>>(),
         "right after line 4"
     );
     assert_ne!(served.epoch(), 77, "a new numbering");
@@ -286,17 +265,17 @@ async fn a_restarted_agent_starts_its_new_epoch_right_after_the_relays_last_line
     );
     log.write_at(4, 1);
     served.until_lines(5).await;
-    assert_eq!(served.lines().last().unwrap().1, text(9));
+    assert_eq!(served.lines().last().unwrap().1, line_text(9));
 
     // When the files no longer reach back before that stamp, it cannot tell what was lost:
     // the lines come, unflagged.
     let mut short = Log::new();
     short.write_at(2, 4);
     short.write_at(3, 2);
-    let (restarted, _) = self::tailer();
+    let (restarted, _) = self::tailer(TailerConfig::default());
     let mut served = Served::start(&restarted, short.path(), resume, None);
     served.until_lines(4).await;
     let texts: Vec<String> = served.lines().into_iter().map(|(_, t)| t).collect();
-    assert_eq!(texts, (2..6).map(text).collect::<Vec<_>>());
+    assert_eq!(texts, (2..6).map(line_text).collect::<Vec<_>>());
     assert_eq!(served.got[0].flags & FLAG_CONTINUES, 0);
 }

@@ -6,17 +6,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use logrelay_agent::catalog::{Catalog, Source};
+use logrelay_agent::AgentConfig;
+use logrelay_agent::discover::{self, Catalog, Source};
 use logrelay_agent::metrics::AgentMetrics;
-use logrelay_agent::tail::{BatchSink, SinkClosed, TailParams, Tailer, TailerConfig};
-use logrelay_agent::{AgentConfig, discover};
+use logrelay_agent::tail::{TailParams, Tailer, TailerConfig};
 use logrelay_wire::batch;
 use logrelay_wire::control::Demand;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-const DEADLINE: Duration = Duration::from_secs(20);
+mod support;
+use support::{ChanSink, DEADLINE};
 
 struct Agent {
     catalog: Arc<Catalog>,
@@ -40,10 +40,11 @@ fn start(pods: &Path, rescan_ms: u64, resync_ms: u64) -> Agent {
         ..AgentConfig::new(pods.to_path_buf(), "127.0.0.1:1".parse().unwrap())
     };
     let (stop, stop_rx) = watch::channel(false);
-    tokio::spawn(discover::run(
-        config,
+    tokio::spawn(discover::logs::run(
+        config.logs(),
         catalog.clone(),
         tailer.clone(),
+        None,
         stop_rx.clone(),
     ));
     tokio::spawn(tailer.clone().run(stop_rx));
@@ -133,14 +134,6 @@ async fn a_restart_is_a_new_stream_with_its_restart_label() {
     );
 }
 
-struct ChanSink(mpsc::Sender<Bytes>);
-
-impl BatchSink for ChanSink {
-    async fn send(&mut self, b: Bytes) -> Result<(), SinkClosed> {
-        self.0.send(b).await.map_err(|_| SinkClosed)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_pod_is_drained_then_forgotten() {
     let pods = tempfile::tempdir().unwrap();
@@ -226,8 +219,8 @@ async fn a_stream_announced_before_its_pods_metadata_is_announced_again_with_it(
         ..AgentConfig::new(pods.path().to_path_buf(), "127.0.0.1:1".parse().unwrap())
     };
     let (_stop, stop_rx) = watch::channel(false);
-    tokio::spawn(discover::run_with(
-        config,
+    tokio::spawn(discover::logs::run(
+        config.logs(),
         catalog.clone(),
         tailer,
         Some(index.clone()),

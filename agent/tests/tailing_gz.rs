@@ -6,36 +6,19 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use logrelay_agent::metrics::AgentMetrics;
-use logrelay_agent::tail::{BatchSink, SEQ_BASE, SinkClosed, TailParams, Tailer, TailerConfig};
-use logrelay_wire::batch::{self, BatchHeader, Kind};
+use logrelay_agent::tail::{SEQ_BASE, Tailer, TailerConfig};
 use logrelay_wire::control::{Demand, SeqPos};
 use tokio::sync::mpsc;
 
-const DEADLINE: Duration = Duration::from_secs(20);
+mod support;
+use support::{ChanSink, DEADLINE, Got, decode, line_text, lines, params, tailer};
+
 /// 2024-01-01T00:00:00Z.
 const T0: i64 = 1_704_067_200_000_000_000;
-
-struct ChanSink(mpsc::Sender<Bytes>);
-
-impl BatchSink for ChanSink {
-    async fn send(&mut self, batch: Bytes) -> Result<(), SinkClosed> {
-        self.0.send(batch).await.map_err(|_| SinkClosed)
-    }
-}
-
-fn params() -> TailParams {
-    TailParams {
-        max_batch_bytes: 4096,
-        max_line_bytes: 1 << 20,
-        follow_poll: Duration::from_millis(5),
-    }
-}
 
 /// The timestamp of line `i`: one millisecond apart from [`T0`].
 fn stamp(i: usize) -> i64 {
@@ -50,10 +33,6 @@ fn rfc3339(i: usize) -> String {
         s / 60 % 60,
         s % 60
     )
-}
-
-fn line_text(i: usize) -> String {
-    format!("line {i}\n")
 }
 
 /// A container's log directory as kubelet keeps it, written by a CRI runtime.
@@ -141,56 +120,6 @@ fn gzip_command(dir: &Path, name: &str) {
         .status()
         .expect("the gzip command runs");
     assert!(status.success());
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Got {
-    /// Epoch, sequence number, message.
-    Line(u64, u64, String),
-    /// Epoch, first missing sequence number, lines, bytes.
-    Gap(u64, u64, u32, u64),
-}
-
-fn decode(b: &[u8]) -> Vec<Got> {
-    let h = BatchHeader::parse(b).unwrap();
-    match h.kind {
-        Kind::Gap => vec![Got::Gap(
-            h.epoch,
-            h.first_seq,
-            h.count,
-            batch::gap_bytes(b).unwrap(),
-        )],
-        Kind::Log => batch::lines(b)
-            .unwrap()
-            .1
-            .into_iter()
-            .map(|l| {
-                Got::Line(
-                    h.epoch,
-                    l.seq,
-                    String::from_utf8_lossy(l.message).into_owned(),
-                )
-            })
-            .collect(),
-    }
-}
-
-/// `(seq, message)` of the lines, and the gaps as `(first_seq, lines, bytes)`, in order.
-fn lines(got: &[Got]) -> Vec<(u64, String)> {
-    got.iter()
-        .filter_map(|g| match g {
-            Got::Line(_, s, m) => Some((*s, m.clone())),
-            Got::Gap(..) => None,
-        })
-        .collect()
-}
-
-fn tailer() -> (Arc<Tailer>, Arc<AgentMetrics>) {
-    let metrics = Arc::new(AgentMetrics::new());
-    (
-        Tailer::new(TailerConfig::default(), metrics.clone()),
-        metrics,
-    )
 }
 
 /// Serves a demand that ends by itself (`follow: false`) and returns everything it sent.
@@ -288,7 +217,7 @@ async fn tail_reaches_back_across_plain_and_compressed_rotated_files() {
     assert!(pod.at(&format!("{}.gz", names[0].0)).exists());
     assert!(pod.at(&format!("{}.gz", names[1].0)).exists());
     assert!(!pod.at(&names[1].0).exists());
-    let (tailer, metrics) = tailer();
+    let (tailer, metrics) = tailer(TailerConfig::default());
 
     // 320 lines: all of 0.log and the plain rotated file, 70 from the file `gzip` compressed.
     let got = read_once(&tailer, &pod.path(), tail(320)).await;
@@ -304,7 +233,7 @@ async fn tail_reaches_back_across_plain_and_compressed_rotated_files() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn since_finds_its_start_inside_a_compressed_file() {
     let (pod, _) = kubelet_pod();
-    let (tailer, _) = tailer();
+    let (tailer, _) = tailer(TailerConfig::default());
     // Line 150 is in the middle of the file the system `gzip` compressed.
     let got = read_once(
         &tailer,
@@ -352,7 +281,7 @@ async fn a_damaged_compressed_file_is_an_exact_gap_and_the_rest_is_read() {
         // What the damaged file held, before it was compressed.
         let r2_bytes = names[1].1;
         damage(&pod, &names[1].0, cut);
-        let (tailer, metrics) = tailer();
+        let (tailer, metrics) = tailer(TailerConfig::default());
 
         // Everything there is: the lines of the good files, and where the damaged one was, a gap
         // (no line count: its lines were never counted; its bytes when its trailer was reached).
@@ -411,7 +340,7 @@ async fn a_resume_in_a_new_epoch_by_time_reaches_into_a_compressed_file() {
     // The relay re-opens a stream after the agent restarted: `since_seq` names an epoch this
     // agent never had, `since_ns` is just after the newest line the relay held.
     let (mut pod, _) = kubelet_pod();
-    let (tailer, _) = tailer();
+    let (tailer, _) = tailer(TailerConfig::default());
     let lost_epoch = 12_345;
     let mut live = Live::start(
         &tailer,
@@ -446,7 +375,7 @@ async fn a_resume_in_a_new_epoch_by_time_reaches_into_a_compressed_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backfill_up_to_a_join_point_reads_a_compressed_file_as_the_follower_did() {
     let (pod, _) = kubelet_pod();
-    let (tailer, _) = tailer();
+    let (tailer, _) = tailer(TailerConfig::default());
     // The live demand's backlog starts inside the oldest, compressed, file.
     let mut live = Live::start(
         &tailer,
@@ -517,7 +446,7 @@ async fn tail_reaches_into_docker_json_rotations_compressed_by_number() {
     let link = dir.path().join("0.log");
     std::os::unix::fs::symlink(&log, &link).unwrap();
 
-    let (tailer, _) = tailer();
+    let (tailer, _) = tailer(TailerConfig::default());
     let got = read_once(&tailer, &link, tail(100)).await;
     let texts: Vec<String> = lines(&got).into_iter().map(|(_, m)| m).collect();
     assert_eq!(texts, (30..130).map(line_text).collect::<Vec<_>>());

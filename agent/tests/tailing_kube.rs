@@ -10,14 +10,15 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::routing::get;
-use logrelay_agent::catalog::{Catalog, Source};
+use logrelay_agent::AgentConfig;
+use logrelay_agent::discover::{self, Catalog, Source};
 use logrelay_agent::kube::{PodIndex, client};
 use logrelay_agent::metrics::AgentMetrics;
 use logrelay_agent::tail::{Tailer, TailerConfig};
-use logrelay_agent::{AgentConfig, discover};
 use tokio::sync::watch;
 
-const DEADLINE: Duration = Duration::from_secs(20);
+mod support;
+use support::DEADLINE;
 
 /// A pod as the API server returns it (trimmed of fields the agent does not read).
 fn pod(name: &str, uid: &str, rv: u32, labels: &str) -> String {
@@ -181,8 +182,8 @@ async fn streams_carry_task_identity_from_pod_labels() {
         kube_pods: true,
         ..AgentConfig::new(pods.path().to_path_buf(), "127.0.0.1:1".parse().unwrap())
     };
-    tokio::spawn(discover::run_with(
-        config,
+    tokio::spawn(discover::logs::run(
+        config.logs(),
         catalog.clone(),
         tailer,
         Some(index.clone()),

@@ -9,32 +9,14 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use logrelay_agent::metrics::AgentMetrics;
-use logrelay_agent::tail::{
-    BatchSink, Ended, SEQ_BASE, SinkClosed, TailError, TailParams, Tailer, TailerConfig,
-};
-use logrelay_wire::batch::{self, BatchHeader, Kind};
+use logrelay_agent::tail::{Ended, SEQ_BASE, TailError, TailParams, Tailer, TailerConfig};
+use logrelay_wire::batch::{self};
 use logrelay_wire::control::{Demand, SeqPos};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-const DEADLINE: Duration = Duration::from_secs(20);
-
-struct ChanSink(mpsc::Sender<Bytes>);
-
-impl BatchSink for ChanSink {
-    async fn send(&mut self, batch: Bytes) -> Result<(), SinkClosed> {
-        self.0.send(batch).await.map_err(|_| SinkClosed)
-    }
-}
-
-fn params() -> TailParams {
-    TailParams {
-        max_batch_bytes: 4096,
-        max_line_bytes: 1 << 20,
-        follow_poll: Duration::from_millis(5),
-    }
-}
+mod support;
+use support::{ChanSink, DEADLINE, Got, decode, line_text, lines, params, tailer};
 
 /// A container log directory with a CRI writer.
 struct Log {
@@ -93,54 +75,6 @@ impl Log {
     fn path(&self) -> &Path {
         &self.path
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Got {
-    Line(u64, u64, String),
-    Gap(u64, u64, u32, u64),
-}
-
-fn decode(b: &[u8]) -> Vec<Got> {
-    let h = BatchHeader::parse(b).unwrap();
-    match h.kind {
-        Kind::Gap => vec![Got::Gap(
-            h.epoch,
-            h.first_seq,
-            h.count,
-            batch::gap_bytes(b).unwrap(),
-        )],
-        Kind::Log => batch::lines(b)
-            .unwrap()
-            .1
-            .into_iter()
-            .map(|l| {
-                Got::Line(
-                    h.epoch,
-                    l.seq,
-                    String::from_utf8_lossy(l.message).into_owned(),
-                )
-            })
-            .collect(),
-    }
-}
-
-fn lines(got: &[Got]) -> Vec<(u64, String)> {
-    got.iter()
-        .filter_map(|g| match g {
-            Got::Line(_, s, m) => Some((*s, m.clone())),
-            Got::Gap(..) => None,
-        })
-        .collect()
-}
-
-fn line_text(i: usize) -> String {
-    format!("line {i}\n")
-}
-
-fn tailer(config: TailerConfig) -> (Arc<Tailer>, Arc<AgentMetrics>) {
-    let metrics = Arc::new(AgentMetrics::new());
-    (Tailer::new(config, metrics.clone()), metrics)
 }
 
 /// `tail: n`, read once.

@@ -18,7 +18,7 @@ use logrelay_wire::control::Demand;
 
 use super::encode::{NameFilter, ResultEncoder};
 use crate::metrics::AgentMetrics;
-use crate::tail::{BatchSink, SinkClosed};
+use crate::sink::{BatchSink, SinkClosed};
 
 /// Results kept per source for backfill while it is watched.
 pub const KEPT_RESULTS: usize = 2;

@@ -18,7 +18,8 @@
 //! container port), `prometheus.io/path` (default `/metrics`), `prometheus.io/scheme` (`http`,
 //! or `https` when the agent has a CA for scrapes or skips verification). [`pod_targets`] is
 //! that mapping; the pods come from the kube metadata watch ([`crate::kube::PodIndex`],
-//! `--kube-pods`, the `k8s` feature) and [`super::sources`] turns them into catalog entries.
+//! `--kube-pods`, the `k8s` feature) and [`crate::discover::metrics`] turns them into catalog
+//! entries.
 //! Pods never get the bearer token: any pod that can be annotated would receive it.
 
 use std::path::PathBuf;
@@ -71,13 +72,22 @@ pub struct ScrapeDefaults {
     pub auth: ScrapeAuth,
 }
 
+/// Default of `--scrape-interval-ms`.
+pub const DEFAULT_INTERVAL_MS: u64 = 15_000;
+/// Default of `--scrape-timeout-ms`.
+pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+/// Default of `--scrape-sample-limit`: no limit.
+pub const DEFAULT_SAMPLE_LIMIT: usize = 0;
+/// Default of `--scrape-max-body-bytes`.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
 impl Default for ScrapeDefaults {
     fn default() -> Self {
         Self {
-            interval: Duration::from_secs(15),
-            timeout: Duration::from_secs(10),
-            sample_limit: 0,
-            max_body_bytes: 16 * 1024 * 1024,
+            interval: Duration::from_millis(DEFAULT_INTERVAL_MS),
+            timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
+            sample_limit: DEFAULT_SAMPLE_LIMIT,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             auth: ScrapeAuth::default(),
         }
     }

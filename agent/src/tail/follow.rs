@@ -22,105 +22,19 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::fingerprint::{FileId, Fingerprint};
-use crate::format::Format;
 use crate::rotate::{self, Action, Listed, ListedKind, RotationKey, Seen, Sibling};
 
+use super::file::{ChainFile, HeldFile, READ_CHUNK, read_full_at};
 use super::gz::{Check, GzFile, GzReader};
-use super::reader::{RecordReader, TailLine, detect_prefix};
+use super::reader::{RecordReader, TailLine};
 
-/// Bytes read per `pread`.
-pub const READ_CHUNK: usize = 64 * 1024;
 /// Finished files a follower keeps open (for backfills reaching back into them).
 const KEEP_FINISHED: usize = 4;
 /// Listings tried for one that the look at the log path agrees with ([`Follower::snapshot`]).
 const SNAPSHOT_TRIES: usize = 8;
-
-/// An open log file, shareable between a follower and backward searches.
-#[derive(Debug, Clone)]
-pub struct HeldFile {
-    /// Identity when opened.
-    pub id: FileId,
-    /// Fingerprint of its first bytes (extended as it grows; of the compressed bytes for a
-    /// compressed file).
-    pub fp: Fingerprint,
-    /// The open file.
-    pub file: Arc<File>,
-    /// Set for a gzip-compressed rotated file: its content is read through a decoder
-    /// ([`super::gz`]), and offsets and sizes are of the uncompressed content.
-    pub gz: Option<Arc<GzFile>>,
-}
-
-impl HeldFile {
-    /// Opens `path` and records its identity.
-    pub fn open(path: &Path) -> std::io::Result<Self> {
-        let file = File::open(path)?;
-        let meta = file.metadata()?;
-        if !meta.is_file() {
-            return Err(std::io::Error::other("not a regular file"));
-        }
-        Ok(Self {
-            id: FileId::of(&meta),
-            fp: Fingerprint::read(&file)?,
-            file: Arc::new(file),
-            gz: None,
-        })
-    }
-
-    /// Opens the gzip-compressed rotated file at `path`. Nothing is inflated yet.
-    pub fn open_gz(path: &Path) -> std::io::Result<Self> {
-        Ok(Self {
-            gz: Some(Arc::default()),
-            ..Self::open(path)?
-        })
-    }
-
-    /// Its size now; for a compressed file, of its content (inflated whole the first time,
-    /// and 0 if it is damaged: nothing of it is read).
-    pub fn size(&self) -> std::io::Result<u64> {
-        match &self.gz {
-            None => Ok(self.file.metadata()?.len()),
-            Some(gz) => Ok(gz.size(&self.file)),
-        }
-    }
-
-    /// Its format, from its first bytes (`None` while empty).
-    pub fn format(&self) -> std::io::Result<Option<Format>> {
-        let mut buf = [0u8; super::reader::DETECT_BYTES];
-        let n = match &self.gz {
-            None => read_full_at(&self.file, &mut buf, 0)?,
-            Some(_) => {
-                let mut r = GzReader::new(self.file.clone());
-                let mut n = 0;
-                while n < buf.len() {
-                    match r.read(&mut buf[n..]) {
-                        Ok(0) | Err(_) => break,
-                        Ok(k) => n += k,
-                    }
-                }
-                n
-            }
-        };
-        Ok(detect_prefix(&buf[..n]))
-    }
-}
-
-/// Reads as much of `buf` as the file has at `offset`.
-pub fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match file.read_at(&mut buf[got..], offset + got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
-}
 
 /// The head was found truncated in place.
 #[derive(Debug, Clone, Copy)]
@@ -259,14 +173,6 @@ pub enum Event {
     },
 }
 
-impl PartialEq for HeldFile {
-    fn eq(&self, other: &Self) -> bool {
-        self.id == other.id && self.fp == other.fp
-    }
-}
-
-impl Eq for HeldFile {}
-
 /// Follows one log path; see the module doc.
 #[derive(Debug)]
 pub struct Follower {
@@ -381,11 +287,11 @@ impl Follower {
     }
 
     /// Every file followed, oldest first: the last few finished ones, then the chain.
-    pub fn files(&self) -> Vec<super::seek::ChainFile> {
-        let mut out: Vec<super::seek::ChainFile> = self
+    pub fn files(&self) -> Vec<ChainFile> {
+        let mut out: Vec<ChainFile> = self
             .finished
             .iter()
-            .map(|held| super::seek::ChainFile {
+            .map(|held| ChainFile {
                 held: held.clone(),
                 complete: true,
             })
@@ -395,12 +301,12 @@ impl Follower {
     }
 
     /// The files still to read, oldest first, the head first: all but the newest are complete.
-    pub fn chain(&self) -> Vec<super::seek::ChainFile> {
+    pub fn chain(&self) -> Vec<ChainFile> {
         let n = self.chain.len();
         self.chain
             .iter()
             .enumerate()
-            .map(|(i, l)| super::seek::ChainFile {
+            .map(|(i, l)| ChainFile {
                 held: l.held.clone(),
                 complete: i + 1 < n,
             })
@@ -1053,7 +959,7 @@ mod tests {
         }
     }
 
-    fn ino(files: &[super::super::seek::ChainFile]) -> Vec<u64> {
+    fn ino(files: &[super::ChainFile]) -> Vec<u64> {
         files.iter().map(|f| f.held.id.ino).collect()
     }
 

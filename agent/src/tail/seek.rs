@@ -8,8 +8,10 @@
 //! *clean point* early enough and counts, with that same reader, how many lines lie between it and
 //! where it started. A clean point is a record boundary where, for stdout and stderr alike, the
 //! previous record of that stream is not a partial one (so no line is open across it). Walking
-//! back, each record is classified by the file's own parser; the start of a file is clean, and so
-//! is the end of a complete (rotated) file, where open lines are emitted flagged partial.
+//! back, each record is read once and classified by the file's own parser, and the decisions —
+//! how far back, which boundary is clean — are the pure [`super::walk`]'s, linear in the
+//! records read; the start of a file is clean, and so is the end of a complete (rotated) file,
+//! where open lines are emitted flagged partial.
 //!
 //! A compressed rotated file cannot be read backwards: it is scanned forward instead
 //! (`back_in_gz`), with the forward reader itself, whose clean points are then exact, keeping
@@ -21,52 +23,15 @@ use std::os::unix::fs::FileExt;
 
 use crate::format::Parser;
 
-use super::reader::TailLine;
-
-use super::follow::{HeldFile, READ_CHUNK};
+use super::file::{ChainFile, HeldFile, READ_CHUNK, read_full_at};
 use super::gz::GzReader;
-use super::reader::{PARTIAL_WINDOW, RECORD_SLACK, RecordReader};
+pub use super::plan::Position;
+use super::reader::{RECORD_SLACK, RecordReader, TailLine};
+pub use super::walk::Want;
+use super::walk::{Rec, Step, Walk};
 
-/// A file of a stream, oldest first in a chain.
-#[derive(Debug, Clone)]
-pub struct ChainFile {
-    /// The open file.
-    pub held: HeldFile,
-    /// Rotated away: nothing more will be written to it.
-    pub complete: bool,
-}
-
-/// A clean point: file (index in the chain), offset, and the sequence number of the line there.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Position {
-    /// Index in the chain.
-    pub index: usize,
-    /// Byte offset in that file.
-    pub offset: u64,
-    /// Sequence number of the next line.
-    pub seq: u64,
-}
-
-/// How far back to go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Want {
-    /// At least this many lines.
-    Lines(u64),
-    /// Back past a line older than this Unix time (ns), so every later one is included.
-    Since(i64),
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Rec {
-    start: u64,
-    /// 0 = stdout, 1 = stderr; `None` for a record that did not parse (belongs to no stream).
-    stream: Option<usize>,
-    partial: bool,
-    ts: i64,
-}
-
-/// Walks back over one file's record boundaries.
-struct Back<'a> {
+/// Reads a file's records backwards, one at a time, for a [`Walk`].
+struct Records<'a> {
     held: &'a HeldFile,
     parser: Parser,
     max_record: usize,
@@ -74,12 +39,9 @@ struct Back<'a> {
     chunk: Vec<u8>,
     chunk_start: u64,
     scratch: Vec<u8>,
-    /// Start of the earliest record found so far.
-    low: u64,
-    recs: Vec<Rec>,
 }
 
-impl<'a> Back<'a> {
+impl<'a> Records<'a> {
     fn new(held: &'a HeldFile, end: u64, max_line_bytes: usize) -> std::io::Result<Self> {
         let format = held.format()?;
         Ok(Self {
@@ -92,13 +54,7 @@ impl<'a> Back<'a> {
             chunk: Vec::new(),
             chunk_start: end,
             scratch: Vec::new(),
-            low: end,
-            recs: Vec::new(),
         })
-    }
-
-    fn at_start(&self) -> bool {
-        self.low == 0
     }
 
     /// The largest `p < before` holding `\n`.
@@ -117,7 +73,7 @@ impl<'a> Back<'a> {
             }
             let start = hi.saturating_sub(READ_CHUNK as u64);
             self.chunk.resize((hi - start) as usize, 0);
-            let n = super::follow::read_full_at(&self.held.file, &mut self.chunk, start)?;
+            let n = read_full_at(&self.held.file, &mut self.chunk, start)?;
             self.chunk.truncate(n);
             self.chunk_start = start;
             if n == 0 {
@@ -126,21 +82,25 @@ impl<'a> Back<'a> {
         }
     }
 
-    /// Adds the record before `low`; false at the start of the file.
-    fn step(&mut self) -> std::io::Result<bool> {
-        if self.low == 0 {
-            return Ok(false);
-        }
-        let end = self.low;
+    /// The record that ends at `end` (> 0), classified by the file's parser.
+    fn before(&mut self, end: u64) -> std::io::Result<Rec> {
         let start = match self.prev_newline(end - 1)? {
             Some(p) => p + 1,
             None => 0,
         };
         let len = ((end - start) as usize).min(self.max_record);
-        self.scratch.resize(len, 0);
-        let n = self.held.file.read_at(&mut self.scratch, start)?;
-        self.scratch.truncate(n);
-        let rec = match self.parser.classify(&self.scratch) {
+        let cached = start >= self.chunk_start
+            && start + len as u64 <= self.chunk_start + self.chunk.len() as u64;
+        let raw = if cached {
+            let at = (start - self.chunk_start) as usize;
+            &self.chunk[at..at + len]
+        } else {
+            self.scratch.resize(len, 0);
+            let n = self.held.file.read_at(&mut self.scratch, start)?;
+            self.scratch.truncate(n);
+            &self.scratch[..]
+        };
+        Ok(match self.parser.classify(raw) {
             Ok((ts, stderr, partial)) => Rec {
                 start,
                 stream: Some(usize::from(stderr)),
@@ -153,47 +113,7 @@ impl<'a> Back<'a> {
                 partial: false,
                 ts: i64::MIN,
             },
-        };
-        self.recs.push(rec);
-        self.low = start;
-        Ok(true)
-    }
-
-    /// Index `k` into the boundaries `P_0 = end, P_k = recs[k-1].start` of the newest clean one
-    /// with at least `k_min` records after it, if it can be decided from what was collected.
-    ///
-    /// At a boundary `b`, a stream is closed when its last record before `b` is not partial, or
-    /// ended more than [`PARTIAL_WINDOW`] bytes before `b` (the reader then ended the line), or
-    /// when it has no record at all before `b` (the start of the file, or nothing within the
-    /// window).
-    fn clean_boundary(&self, k_min: usize, end: u64) -> Option<usize> {
-        // Per stream, the newest record older than the boundary: (where it ended, partial).
-        let mut last: [Option<(u64, bool)>; 2] = [None; 2];
-        let mut best = None;
-        for k in (0..=self.recs.len()).rev() {
-            let b = self.boundary(k, end);
-            let closed = |s: usize| match last[s] {
-                Some((q, partial)) => !partial || b - q > PARTIAL_WINDOW,
-                None => self.at_start() || b - self.low > PARTIAL_WINDOW,
-            };
-            if k >= k_min && closed(0) && closed(1) {
-                best = Some(k);
-            }
-            if k > 0
-                && let Rec {
-                    stream: Some(s),
-                    partial,
-                    ..
-                } = self.recs[k - 1]
-            {
-                last[s] = Some((self.boundary(k - 1, end), partial));
-            }
-        }
-        best
-    }
-
-    fn boundary(&self, k: usize, end: u64) -> u64 {
-        if k == 0 { end } else { self.recs[k - 1].start }
+        })
     }
 }
 
@@ -213,7 +133,7 @@ fn count_lines(
     let mut n = 0;
     while pos < end {
         let want = ((end - pos) as usize).min(buf.len());
-        let got = super::follow::read_full_at(&held.file, &mut buf[..want], pos)?;
+        let got = read_full_at(&held.file, &mut buf[..want], pos)?;
         if got == 0 {
             break;
         }
@@ -231,7 +151,8 @@ fn count_lines(
 
 /// Walks back in one file from `end` (a clean point, or the end of a complete file when
 /// `flush`). Returns the clean point found, the lines between it and `end`, and whether the
-/// want was met (else the start of the file was reached first).
+/// want was met (else the start of the file was reached first). Reads each record once, and
+/// counts the lines of each byte once ([`Walk`]).
 fn back_in_file(
     held: &HeldFile,
     end: u64,
@@ -242,73 +163,19 @@ fn back_in_file(
     if held.gz.is_some() {
         return back_in_gz(held, end, flush, want, max_line_bytes);
     }
-    let mut back = Back::new(held, end, max_line_bytes)?;
-    let mut goal = match want {
-        Want::Lines(n) => n,
-        Want::Since(_) => 0,
-    };
+    let mut records = Records::new(held, end, max_line_bytes)?;
+    let mut walk = Walk::new(end, want);
     loop {
-        // Collect until the goal can be met, then look for a clean boundary.
-        let k_min = loop {
-            let k = match want {
-                Want::Lines(_) => {
-                    let mut done = 0u64;
-                    let mut k = None;
-                    if goal == 0 {
-                        k = Some(0);
-                    }
-                    for (i, r) in back.recs.iter().enumerate() {
-                        if k.is_some() {
-                            break;
-                        }
-                        if r.stream.is_none() || !r.partial {
-                            done += 1;
-                        }
-                        if done >= goal {
-                            k = Some(i + 1);
-                        }
-                    }
-                    k
-                }
-                Want::Since(t) => back
-                    .recs
-                    .iter()
-                    .position(|r| (r.stream.is_none() || !r.partial) && r.ts < t)
-                    .map(|i| i + 1),
-            };
-            match k {
-                Some(k) => break Some(k),
-                None if back.at_start() => break None,
-                None => {
-                    back.step()?;
-                }
+        match walk.step() {
+            Step::Record => {
+                let rec = records.before(walk.low())?;
+                walk.push(rec);
             }
-        };
-        let k = loop {
-            let k_min = k_min.unwrap_or(back.recs.len());
-            if let Some(k) = back.clean_boundary(k_min, end) {
-                break k;
+            Step::Count { from, to } => {
+                let lines = count_lines(held, from, to, flush && to == end, max_line_bytes)?;
+                walk.counted(lines);
             }
-            if !back.step()? {
-                break back.recs.len();
-            }
-        };
-        let start = back.boundary(k, end);
-        let lines = count_lines(held, start, end, flush, max_line_bytes)?;
-        let met = match want {
-            Want::Lines(n) => lines >= n,
-            Want::Since(_) => k_min.is_some(),
-        };
-        if met || start == 0 {
-            return Ok((start, lines, met));
-        }
-        // Fewer lines than records suggested (the tails of truncated lines are dropped): more.
-        goal += match want {
-            Want::Lines(n) => n - lines,
-            Want::Since(_) => 0,
-        };
-        if !back.step()? {
-            return Ok((start, lines, false));
+            Step::Done { start, lines, met } => return Ok((start, lines, met)),
         }
     }
 }
@@ -428,8 +295,8 @@ pub fn end_point(files: &[ChainFile], max_line_bytes: usize) -> std::io::Result<
         return Ok((index, size));
     }
     // The last record boundary, then back to a clean one.
-    let mut back = Back::new(&f.held, size, max_line_bytes)?;
-    let end = match back.prev_newline(size)? {
+    let mut records = Records::new(&f.held, size, max_line_bytes)?;
+    let end = match records.prev_newline(size)? {
         Some(p) => p + 1,
         None => 0,
     };
@@ -492,7 +359,7 @@ mod tests {
             let seq = out.last().map_or(from.seq, |l: &TailLine| l.seq + 1);
             let mut r = RecordReader::new(1 << 20, fmt, off, seq);
             let mut buf = vec![0; f.held.size().unwrap() as usize];
-            super::super::follow::read_full_at(&f.held.file, &mut buf, 0).unwrap();
+            read_full_at(&f.held.file, &mut buf, 0).unwrap();
             r.feed(&buf[off as usize..], &mut out);
             if f.complete {
                 r.end_of_file(&mut out, None);

@@ -1,13 +1,14 @@
-//! Discovery of metrics sources: static scrape targets and pod resource usage.
+//! Discovery of metrics sources: static scrape targets, pods annotated for Prometheus, and pod
+//! resource usage.
 //!
-//! Owns [`Group::Metrics`] of the catalog. Rescans every `metrics_rescan_ms`; a rescan lists
-//! directories only and reads no metric: sources are read only while a demand is open.
+//! Owns [`Group::Metrics`] of the catalog. Rescans every `rescan`; a rescan lists directories
+//! only and reads no metric: sources are read only while a demand is open.
 //!
 //! With the kube metadata watch (`--kube-pods`, [`crate::kube`]) the rescan also runs whenever
 //! the pod index changes: pods annotated `prometheus.io/scrape` become scrape targets
-//! ([`pod_entries`], through [`super::target::pod_targets`]) labelled with the pod and its task
-//! identity, and pods' resource streams get that task identity too (held back at most
-//! [`crate::kube::METADATA_WAIT`] for it, as log streams are).
+//! ([`pod_entries`], through [`crate::scrape::target::pod_targets`]) labelled with the pod and
+//! its task identity, and pods' resource streams get that task identity too (held back at most
+//! [`super::identity::METADATA_WAIT`] for it, as log streams are).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -17,55 +18,36 @@ use std::time::Duration;
 use logrelay_wire::labels::{Labels, StreamKind};
 use tokio::sync::{Notify, watch};
 
-use super::target::{PodMeta, PodSkip, ScrapeAuth, pod_targets};
-use super::{ScrapeDefaults, Target, TargetSpec, auth};
-use crate::catalog::{Catalog, Entry, Group, Source};
 use crate::cgroup;
-use crate::config::AgentConfig;
-use crate::kube::{MetadataWait, PodIndex, TaskLabels, with_identity};
+use crate::kube::{PodIndex, TaskLabels};
 use crate::metrics::{AgentMetrics, SkipReason};
+use crate::scrape::target::{PodMeta, PodSkip, pod_targets};
+use crate::scrape::{ScrapeDefaults, StaticTarget, Target, TargetSpec};
 
-/// Scrape defaults from the configuration.
-pub fn defaults(config: &AgentConfig) -> ScrapeDefaults {
-    let mut ca_files: Vec<PathBuf> = config.scrape_ca_file.iter().cloned().collect();
-    if config.scrape_ca_cluster {
-        ca_files.push(PathBuf::from(auth::CLUSTER_CA_FILE));
-    }
-    ScrapeDefaults {
-        interval: Duration::from_millis(config.scrape_interval_ms.max(1)),
-        timeout: Duration::from_millis(config.scrape_timeout_ms.max(1)),
-        sample_limit: config.scrape_sample_limit,
-        max_body_bytes: config.scrape_max_body_bytes.max(1),
-        auth: ScrapeAuth {
-            ca_files,
-            server_name: None,
-            insecure_skip_verify: config.scrape_insecure_skip_verify,
-            bearer_token_file: config.scrape_bearer_token_file.clone(),
-        },
-    }
-}
+use super::catalog::{Catalog, Entry, Group, Source};
+use super::identity::{MetadataWait, with_identity};
 
-/// Checks the scrape credentials once, at start-up, and warns about unsafe ones: every static
-/// target's CA and token files, and the agent-wide CA files annotated pods would use. The first
-/// file that cannot be used is the error.
-pub fn check_credentials(config: &AgentConfig) -> Result<(), auth::CredentialsError> {
-    let d = defaults(config);
-    auth::check_ca_files(&d.auth)?;
-    if d.auth.insecure_skip_verify {
-        tracing::warn!(
-            "--scrape-insecure-skip-verify: TLS certificates of https scrape targets \
-             (annotated pods, and static targets without insecure_skip_verify=false) are NOT \
-             verified"
-        );
-    }
-    for target in &config.scrape_targets {
-        let spec = target.spec(&d);
-        auth::check(&spec.url, &spec.auth)?;
-        for warning in auth::warnings(&spec.url, &spec.auth) {
-            tracing::warn!(target_url = %spec.url, "{warning}");
-        }
-    }
-    Ok(())
+/// Default of `--metrics-rescan-ms`.
+pub const DEFAULT_RESCAN_MS: u64 = 2_000;
+
+/// The metrics sources loop's configuration.
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    /// This node's name, in every stream's labels.
+    pub node: String,
+    /// Time between rescans.
+    pub rescan: Duration,
+    /// Static scrape targets.
+    pub targets: Vec<StaticTarget>,
+    /// What targets (static and annotated pods) take when they set nothing of their own.
+    pub scrape: ScrapeDefaults,
+    /// Each pod's resource usage as a stream (`None`: not offered).
+    pub resources: Option<cgroup::ResourcesConfig>,
+    /// Where kubelet writes pod logs: its `<ns>_<pod>_<uid>` directories name the pods of
+    /// resource streams.
+    pub pods_dir: PathBuf,
+    /// Pod labels (or annotations) mapped onto task identity, with a pod index.
+    pub task_labels: TaskLabels,
 }
 
 /// The catalog entries of static scrape targets.
@@ -129,22 +111,20 @@ pub fn pod_entries(
 /// Rescans periodically (and whenever the pod index changes) and updates the catalog's
 /// metrics group, until shutdown.
 pub async fn run(
-    config: AgentConfig,
+    config: MetricsConfig,
     catalog: Arc<Catalog>,
     metrics: Arc<AgentMetrics>,
     pods: Option<Arc<PodIndex>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let d = defaults(&config);
     // Every skip reason is exported (at 0) from the start, with or without the pod watch.
     record_skips(&metrics, &mut HashMap::new(), Vec::new());
     let statics: Vec<(Labels, TargetSpec)> = config
-        .scrape_targets
+        .targets
         .iter()
-        .map(|t| (t.labels(&config.node_name), t.spec(&d)))
+        .map(|t| (t.labels(&config.node), t.spec(&config.scrape)))
         .collect();
-    let interval = Duration::from_millis(config.resources_interval_ms.max(1));
-    let mut tick = tokio::time::interval(Duration::from_millis(config.metrics_rescan_ms.max(10)));
+    let mut tick = tokio::time::interval(config.rescan.max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Pods whose resources wait for their metadata.
     let mut waiting = MetadataWait::default();
@@ -156,22 +136,16 @@ pub async fn run(
         tokio::select! {
             _ = tick.tick() => {}
             () = pods_changed => {}
-            () = crate::stopped(&mut shutdown) => return,
+            () = crate::shutdown::stopped(&mut shutdown) => return,
         }
-        let resources = if config.resources {
-            let (root, pods_dir, containers) = (
-                config.cgroup_root.clone(),
-                config.pods_dir.clone(),
-                config.containers_dir.clone(),
-            );
-            let node = config.node_name.clone();
-            tokio::task::spawn_blocking(move || {
-                cgroup::scan(&root, &pods_dir, &containers, &node, interval)
-            })
-            .await
-            .unwrap_or_default()
-        } else {
-            Vec::new()
+        let resources = match config.resources.clone() {
+            Some(res) => {
+                let (pods_dir, node) = (config.pods_dir.clone(), config.node.clone());
+                tokio::task::spawn_blocking(move || cgroup::scan(&res, &pods_dir, &node))
+                    .await
+                    .unwrap_or_default()
+            }
+            None => Vec::new(),
         };
         let mut found = target_entries(statics.clone());
         let resources = resource_entries(resources);
@@ -184,9 +158,9 @@ pub async fn run(
             ));
             let (targets, skipped) = pod_entries(
                 &index.snapshot(),
-                &config.node_name,
+                &config.node,
                 &config.task_labels,
-                &d,
+                &config.scrape,
             );
             metrics.scrape_pod_targets.set(targets.len() as i64);
             record_skips(&metrics, &mut skips_logged, skipped);
@@ -251,63 +225,6 @@ mod tests {
             ip: Some("10.0.0.7".parse().unwrap()),
             ports: Vec::new(),
         }
-    }
-
-    #[test]
-    fn scrape_tls_flags_become_every_targets_defaults() {
-        let mut c = AgentConfig::new("/pods".into(), "127.0.0.1:1".parse().unwrap());
-        assert_eq!(defaults(&c).auth, ScrapeAuth::default());
-        c.scrape_ca_file = Some("/etc/scrape-ca.pem".into());
-        c.scrape_ca_cluster = true;
-        c.scrape_insecure_skip_verify = true;
-        c.scrape_bearer_token_file = Some("/run/token".into());
-        assert_eq!(
-            defaults(&c).auth,
-            ScrapeAuth {
-                ca_files: vec![
-                    "/etc/scrape-ca.pem".into(),
-                    "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt".into()
-                ],
-                server_name: None,
-                insecure_skip_verify: true,
-                bearer_token_file: Some("/run/token".into()),
-            }
-        );
-    }
-
-    #[test]
-    fn a_static_target_whose_files_cannot_be_used_stops_the_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut c = AgentConfig::new("/pods".into(), "127.0.0.1:1".parse().unwrap());
-        let missing = dir.path().join("token");
-        c.scrape_targets = vec![
-            format!(
-                "http://127.0.0.1:9/metrics,bearer_token_file={}",
-                missing.display()
-            )
-            .parse()
-            .unwrap(),
-        ];
-        let err = check_credentials(&c).unwrap_err();
-        assert!(
-            err.to_string().starts_with(&format!(
-                "cannot use bearer token file {}: ",
-                missing.display()
-            )),
-            "{err}"
-        );
-        std::fs::write(&missing, "t0k\n").unwrap();
-        check_credentials(&c).unwrap();
-        c.scrape_targets = vec!["https://127.0.0.1:9/metrics".parse().unwrap()];
-        assert!(matches!(
-            check_credentials(&c),
-            Err(auth::CredentialsError::NoCa { .. })
-        ));
-        c.scrape_ca_file = Some(dir.path().join("no-ca.pem"));
-        assert!(matches!(
-            check_credentials(&c),
-            Err(auth::CredentialsError::CaFile { .. })
-        ));
     }
 
     #[test]
