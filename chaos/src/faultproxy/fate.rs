@@ -78,8 +78,8 @@ pub struct Faults {
     pub burst: Option<Burst>,
     /// Every datagram waits this long.
     pub delay: Duration,
-    /// Plus a uniform extra wait in `[0, jitter]` (datagrams overtake each other when it is
-    /// larger than the gaps between them).
+    /// Plus a uniform extra wait in `[0, jitter]`. Jitter keeps the order (a datagram never
+    /// leaves before the one ahead of it, as behind a queue); `reorder_ratio` reorders.
     pub jitter: Duration,
     /// Chance that a datagram is held back by `reorder_by` more, so that those behind it
     /// overtake it.
@@ -143,6 +143,8 @@ pub struct Decider {
     in_burst: bool,
     /// `[from, until)` of the blackhole, if one is set.
     blackhole: Option<(Duration, Duration)>,
+    /// Due time of the last datagram forwarded in order (jitter never overtakes it).
+    last_due: Duration,
 }
 
 impl Decider {
@@ -153,6 +155,7 @@ impl Decider {
             rng: SplitMix64::new(seed),
             in_burst: false,
             blackhole: None,
+            last_due: Duration::ZERO,
         }
     }
 
@@ -208,10 +211,13 @@ impl Decider {
         if self.rng.chance(f.loss_ratio) {
             return Fate::Dropped(DropCause::Loss);
         }
-        let mut due = now + f.delay + self.rng.up_to(f.jitter);
+        let mut due = (now + f.delay + self.rng.up_to(f.jitter)).max(self.last_due);
         let reordered = self.rng.chance(f.reorder_ratio);
         if reordered {
+            // Held back: those behind it overtake it, and they do not wait for it.
             due += f.reorder_by;
+        } else {
+            self.last_due = due;
         }
         let copy_due = self
             .rng
@@ -452,27 +458,30 @@ mod tests {
     }
 
     #[test]
-    fn delay_and_jitter_stay_within_their_bounds() {
+    fn delay_and_jitter_stay_within_their_bounds_and_keep_the_order() {
         let f = Faults {
             delay: 20 * MS,
             jitter: 10 * MS,
             ..Faults::default()
         };
         let mut d = Decider::new(f, 9);
-        let mut overtaken = 0;
         let mut last_due = Duration::ZERO;
+        let mut waits = std::collections::BTreeSet::new();
+        // Datagrams 100 µs apart (they queue up behind each other), then 20 ms apart.
         for i in 0..10_000u32 {
-            let now = Duration::from_micros(u64::from(i) * 100);
+            let spacing = if i < 5_000 { 100 } else { 20_000 };
+            let now = Duration::from_micros(u64::from(i) * spacing);
             let Fate::Forward { due, .. } = d.decide(now) else {
                 panic!("nothing is lost");
             };
             assert!(due >= now + 20 * MS && due <= now + 30 * MS, "{due:?}");
-            if due < last_due {
-                overtaken += 1;
+            assert!(due >= last_due, "jitter never reorders");
+            if i >= 5_000 {
+                waits.insert((due - now).as_millis());
             }
             last_due = due;
         }
-        assert!(overtaken > 1000, "jitter larger than the spacing reorders");
+        assert!(waits.len() >= 8, "the wait varies: {waits:?}");
     }
 
     #[test]
