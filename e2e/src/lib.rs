@@ -12,20 +12,22 @@
 //! Every wait has a deadline; nothing sleeps to synchronise. [`Chromium`] drives a real headless
 //! browser for the live viewer's tests. [`procs`] runs the relay and the agent as separate
 //! processes with certificate files (to kill and restart them), [`writer`] writes a container
-//! log at a steady rate with kubelet's rotation, and [`ledger`] accounts for a stream line by
-//! line through a client that resumes after a relay restart.
+//! log at a steady rate with kubelet's rotation, [`ledger`] accounts for a stream line by
+//! line through a client that resumes after a relay restart, and [`faultproxy`] puts loss,
+//! delay, reordering, duplication, blackholes and NAT rebinding between agent and relay (the
+//! last three live in the `logrelay-chaos` crate, which `loadtest` shares).
 #![forbid(unsafe_code)]
 
 pub mod browser;
 mod exporter;
-pub mod ledger;
 pub mod nats;
 pub mod procs;
 pub mod viewer;
-pub mod writer;
 pub use browser::{Chromium, Page};
 pub use exporter::{NodeExporter, free_port};
+pub use faultproxy::{Direction, FaultProxy, Faults, ProxyConfig};
 pub use ledger::{Ledger, ResumingClient, Tally};
+pub use logrelay_chaos::{faultproxy, ledger, writer};
 pub use procs::{AgentProcess, PkiFiles, RelayProcess};
 pub use writer::{KubeletWriter, WriterConfig};
 

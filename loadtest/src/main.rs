@@ -6,13 +6,16 @@
 //! loadtest run --quick --json target/loadtest-quick.json     # CI smoke run, < 60 s
 //! loadtest run --scenario my.toml --json out.json
 //! loadtest presets [NAME]                                      # list, or print one as TOML
+//! loadtest chaos --duration 30m --json target/loadtest/chaos.json  # the chaos soak
 //! ```
 //!
 //! The relay and the agents run as child processes (this binary's hidden `serve-relay` and
 //! `serve-agent` subcommands) so that their CPU and memory are measured apart; producers and
-//! subscribers run in this process. See `docs/benchmarks.md`.
+//! subscribers run in this process. `chaos` runs the production binaries instead, kills them
+//! at random and puts a fault proxy between them ([`chaos`]). See `docs/benchmarks.md`.
 #![forbid(unsafe_code)]
 
+mod chaos;
 mod chart;
 mod children;
 mod corpus;
@@ -56,6 +59,10 @@ enum Command {
         #[arg(required = true)]
         reports: Vec<PathBuf>,
     },
+    /// The chaos soak: kills, network faults and session churn under kubelet-style logging;
+    /// fails unless every line written is delivered once, in order, or reported in an exact
+    /// gap, and the relay's and agent's RSS stay flat.
+    Chaos(ChaosArgs),
     /// List the presets, or print one as a TOML scenario.
     Presets {
         /// Preset to print.
@@ -114,6 +121,49 @@ struct RunArgs {
     no_progress: bool,
 }
 
+#[derive(Debug, clap::Args)]
+struct ChaosArgs {
+    /// How long the chaos lasts (`90s`, `2m`, `30m`, `1h`); the drain at the end comes on top.
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    duration: std::time::Duration,
+    /// Seed of the schedule (kills, network faults, session churn) and of the fault proxy.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Containers written and watched.
+    #[arg(long, default_value_t = 4)]
+    pods: usize,
+    /// Lines per second written, over all pods.
+    #[arg(long, default_value_t = 8_000)]
+    rate_lines_per_sec: u32,
+    /// `0.log` is rotated at this size (older rotated files gzip-compressed, 5 kept).
+    #[arg(long, default_value_t = 1 << 20)]
+    rotate_bytes: u64,
+    /// The largest RSS slope of the relay or the agent that passes, KiB per minute (either
+    /// way).
+    #[arg(long, default_value_t = 1024.0)]
+    max_rss_slope_kib_per_min: f64,
+    /// RSS samples left out at the start of each process life, seconds.
+    #[arg(long, default_value_t = 30.0)]
+    rss_warmup_secs: f64,
+    /// Directory of `logrelay-relay` and `logrelay-agent` (default: beside loadtest, built
+    /// first by cargo when run through `cargo run`).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// JSON report (the processes' logs go beside it: `chaos-relay.log`, `chaos-agent.log`).
+    #[arg(long, default_value = "target/loadtest/chaos.json")]
+    json: PathBuf,
+    /// Markdown summary (default: beside the JSON, `.md`).
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+    /// No progress line.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    chaos::plan::parse_duration(s).map_err(|e| e.to_string())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -129,6 +179,7 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Run(args) => run(args).await,
+            Command::Chaos(args) => run_chaos(args).await,
             Command::Presets { name } => presets(name.as_deref()),
             Command::Median { reports } => median(&reports),
             Command::ServeRelay => children::serve_relay().await,
@@ -176,6 +227,56 @@ fn median(paths: &[PathBuf]) -> anyhow::Result<()> {
         );
     }
     print!("{}", summary::markdown(&reports));
+    Ok(())
+}
+
+fn command_line() -> String {
+    std::env::args()
+        .enumerate()
+        .map(|(i, a)| if i == 0 { "loadtest".to_owned() } else { a })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+async fn run_chaos(args: ChaosArgs) -> anyhow::Result<()> {
+    let logs_dir = args
+        .json
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let opts = chaos::ChaosOptions {
+        duration: args.duration,
+        seed: args.seed,
+        pods: args.pods,
+        rate_lines_per_sec: args.rate_lines_per_sec,
+        rotate_bytes: args.rotate_bytes,
+        bin_dir: args.bin_dir,
+        logs_dir,
+        max_rss_slope_bytes_per_min: args.max_rss_slope_kib_per_min * 1024.0,
+        rss_warmup_secs: args.rss_warmup_secs,
+        progress: !args.no_progress,
+        command: command_line(),
+    };
+    let report = chaos::run(&opts).await?;
+    let md_path = args.markdown.unwrap_or_else(|| beside(&args.json, "md"));
+    for p in [&args.json, &md_path] {
+        if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+    }
+    std::fs::write(&args.json, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", args.json.display()))?;
+    let md = report.markdown();
+    std::fs::write(&md_path, &md).with_context(|| format!("writing {}", md_path.display()))?;
+    println!("{md}");
+    println!(
+        "report: {}  summary: {}",
+        args.json.display(),
+        md_path.display()
+    );
+    if !report.passed {
+        anyhow::bail!("the chaos soak failed: {}", report.failures.join("; "));
+    }
     Ok(())
 }
 
