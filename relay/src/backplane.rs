@@ -266,6 +266,10 @@ impl Clock {
     }
 }
 
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the backplane shell stamps its messages; the pure modules are given times"
+)]
 fn unix_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -554,6 +558,7 @@ impl Backplane {
             .await
             .map_err(|e| BackplaneError::Connect(e.to_string()))?;
         metrics.enabled.set(1);
+        #[allow(clippy::disallowed_methods, reason = "the backplane shell's time zero")]
         let clock = Clock(tokio::time::Instant::now());
         let inner = Arc::new(Inner {
             client,
@@ -1256,6 +1261,7 @@ async fn lease_once(inner: &Inner, agent: AgentTokens, streams: Vec<Token>) {
         agent: agent.agent,
         streams: streams.clone(),
     });
+    #[allow(clippy::disallowed_methods, reason = "the shell times a NATS request")]
     let started = tokio::time::Instant::now();
     inner.metrics.message_out("control", msg.len());
     let answer = inner
