@@ -105,6 +105,22 @@ fn now_unix_secs() -> i64 {
         .unwrap_or(0)
 }
 
+impl SessionApp {
+    /// Counts a session refused before its upgrade (`logrelay_relay_sessions_refused_total`)
+    /// and audits it as a denied `session_connect` from `remote`.
+    fn refused(&self, remote: SocketAddr, reason: &'static str) {
+        self.metrics.session_refused(reason);
+        self.auditor.deny(
+            &Actor::session(0, None),
+            None,
+            "session_connect",
+            None,
+            Some(remote),
+            reason,
+        );
+    }
+}
+
 fn refuse(status: StatusCode, reason: &str) -> Response {
     (status, format!("{reason}\n")).into_response()
 }
@@ -125,34 +141,17 @@ async fn subscribe(
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     if !crate::origin::allowed(origin, host, &app.allowed_origins) {
-        app.metrics.session_refused("origin");
-        app.auditor.deny(
-            &Actor::session(0, None),
-            None,
-            "session_connect",
-            None,
-            Some(remote),
-            "origin",
-        );
+        app.refused(remote, "origin");
         return refuse(
             StatusCode::FORBIDDEN,
             "forbidden: this page's origin may not open sessions (see --allowed-origin)",
         );
     }
-    let anonymous = Actor::session(0, None);
     // Credentials that are present but unusable are refused, never taken as "no token".
     let offered = authorization.is_some()
         || protocols.is_some_and(|p| p.contains(auth::BEARER_PROTOCOL_PREFIX));
     if offered && bearer.is_none() {
-        app.metrics.session_refused("malformed");
-        app.auditor.deny(
-            &anonymous,
-            None,
-            "session_connect",
-            None,
-            Some(remote),
-            "malformed",
-        );
+        app.refused(remote, "malformed");
         return refuse(
             StatusCode::UNAUTHORIZED,
             "unauthenticated: malformed credentials (expected `Authorization: Bearer <jwt>` or \
@@ -168,30 +167,14 @@ async fn subscribe(
                 remote,
             },
             Err(e) => {
-                app.metrics.session_refused(e.reason());
-                app.auditor.deny(
-                    &anonymous,
-                    None,
-                    "session_connect",
-                    None,
-                    Some(remote),
-                    e.reason(),
-                );
+                app.refused(remote, e.reason());
                 let status =
                     StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
                 return refuse(status, &format!("unauthenticated: {e}"));
             }
         },
         (Some(_), None, _) => {
-            app.metrics.session_refused("tokens_not_accepted");
-            app.auditor.deny(
-                &anonymous,
-                None,
-                "session_connect",
-                None,
-                Some(remote),
-                "tokens_not_accepted",
-            );
+            app.refused(remote, "tokens_not_accepted");
             return refuse(
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated: this relay has no token key set configured",
@@ -204,15 +187,7 @@ async fn subscribe(
             remote,
         },
         (None, _, None) => {
-            app.metrics.session_refused("token_missing");
-            app.auditor.deny(
-                &anonymous,
-                None,
-                "session_connect",
-                None,
-                Some(remote),
-                "token_missing",
-            );
+            app.refused(remote, "token_missing");
             return refuse(
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated: a bearer token is required (Authorization header or \
