@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::session::outbox::SlowConsumerPolicy;
+
 use crate::hub::{BACKFILL_BATCHES, CoreConfig, HubConfig, MAX_SESSION_EVENT_BYTES, REOPEN_AFTER};
 
 /// Relay configuration. Units are in the field names. Each default is written once, on its
@@ -268,15 +270,6 @@ pub struct RelayConfig {
     /// The NATS backplane between relays (off without `--nats-url`).
     #[command(flatten)]
     pub backplane: crate::backplane::BackplaneConfig,
-}
-
-/// What happens to a session that falls behind a stream's ring.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SlowConsumerPolicy {
-    /// Skip to the oldest batch still held and send a `gap` event (lines, bytes, range).
-    DropOldest,
-    /// Close the session with code 4009 and a reason.
-    Disconnect,
 }
 
 impl Default for RelayConfig {

@@ -14,11 +14,19 @@ use logrelay_wire::reason::{EndReason, GapReason};
 use logrelay_wire::session::Event;
 use tokio::sync::{Notify, mpsc};
 
-use crate::config::SlowConsumerPolicy;
 use crate::fanout::LiveStream;
 use crate::ids::{SessionId, StreamId};
 use crate::metrics::{DropReason, RelayMetrics};
 use crate::ring::{Cursor, Lag};
+
+/// What happens to a session that falls behind a stream's ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SlowConsumerPolicy {
+    /// Skip to the oldest batch still held and send a `gap` event (lines, bytes, range).
+    DropOldest,
+    /// Close the session with code 4009 and a reason.
+    Disconnect,
+}
 
 /// Batches of one demand served for one watch alone (a backfill, or a one-off read).
 #[derive(Debug)]
