@@ -94,6 +94,20 @@ pub struct TailParams {
     pub follow_poll: Duration,
 }
 
+/// One demand on one log, as [`Tailer::serve`] and its variants take it: where to read, what
+/// the relay asked for, the reference stamped into every batch, and the tuning.
+#[derive(Debug, Clone, Copy)]
+pub struct Job<'a> {
+    /// The log file (the path discovery found; rotated files are found beside it).
+    pub path: &'a std::path::Path,
+    /// The demand as the relay sent it.
+    pub spec: &'a logrelay_wire::control::Demand,
+    /// Stamped into every batch: the relay's reference for this demand.
+    pub stream_ref: u64,
+    /// Batch size, line size and poll interval.
+    pub params: TailParams,
+}
+
 /// How serving a demand ended, when it did not fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ended {

@@ -592,7 +592,17 @@ async fn serve_source<S: BatchSink>(
     match source {
         catalog::Source::Log { path } => {
             tailer
-                .serve_acked(path, spec, stream_ref, params, sink, cancelled, acks)
+                .serve_acked(
+                    tail::Job {
+                        path,
+                        spec,
+                        stream_ref,
+                        params,
+                    },
+                    sink,
+                    cancelled,
+                    acks,
+                )
                 .await
         }
         catalog::Source::Scrape { target } => {

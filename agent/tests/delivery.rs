@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use logrelay_agent::tail::{TailParams, Tailer, TailerConfig};
+use logrelay_agent::tail::{Job, TailParams, Tailer, TailerConfig};
 use logrelay_wire::batch::{self, BatchHeader, FLAG_CONTINUES, Kind};
 use logrelay_wire::control::{Demand, LineMark, SeqPos};
 use tokio::sync::{mpsc, watch};
@@ -89,10 +89,12 @@ impl Served {
             let mut sink = ChanSink(tx);
             let _ = tailer
                 .serve_acked(
-                    &path,
-                    &spec,
-                    1,
-                    params(),
+                    Job {
+                        path: &path,
+                        spec: &spec,
+                        stream_ref: 1,
+                        params: params(),
+                    },
                     &mut sink,
                     std::future::pending(),
                     acks,

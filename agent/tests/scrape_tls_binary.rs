@@ -3,13 +3,12 @@
 //! `insecure_skip_verify=true`), and an `https://` target without a CA, or a CA or token file
 //! that cannot be used, stops the agent at start-up with the reason.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::Stdio;
 
-use logrelay_tls::{AgentId, DevPki, pem};
+mod support;
+
+use support::binary::{Started, agent_command, started};
 
 /// How a run ended.
 enum Outcome {
@@ -21,30 +20,8 @@ enum Outcome {
 
 /// Runs the agent (its relay unreachable) with `args` and `env` until it says it runs or exits.
 fn run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Outcome {
-    logrelay_tls::install_provider();
-    let pki = DevPki::new().unwrap();
-    let agent = pki
-        .agent(&AgentId {
-            org: "acme".into(),
-            cluster: "c1".into(),
-        })
-        .unwrap();
-    let path = |name: &str| dir.join(name).display().to_string();
-    std::fs::write(path("ca.pem"), pki.ca_pem()).unwrap();
-    std::fs::write(path("agent.crt"), pem("CERTIFICATE", &agent.chain[0])).unwrap();
-    std::fs::write(
-        path("agent.key"),
-        pem("PRIVATE KEY", agent.key.secret_der()),
-    )
-    .unwrap();
-    let _ = std::fs::create_dir(path("pods"));
-    let mut command = Command::new(env!("CARGO_BIN_EXE_logrelay-agent"));
+    let mut command = agent_command(dir);
     command
-        .args(["--ca-file", &path("ca.pem")])
-        .args(["--cert-file", &path("agent.crt")])
-        .args(["--key-file", &path("agent.key")])
-        .args(["--pods-dir", &path("pods")])
-        .args(["--relay-addr", "127.0.0.1:9", "--admin-addr", "127.0.0.1:0"])
         .args(["--resources", "false"])
         .args(args)
         .env("NO_COLOR", "1")
@@ -57,33 +34,13 @@ fn run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Outcome {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
+    match started(&mut child) {
+        Started::Running(lines, _) => {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            Outcome::Running(lines)
         }
-    });
-    let mut lines = Vec::new();
-    loop {
-        match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(line) => {
-                let running = line.contains("agent running");
-                lines.push(line);
-                if running {
-                    child.kill().unwrap();
-                    child.wait().unwrap();
-                    return Outcome::Running(lines);
-                }
-            }
-            // stderr closed: the process ended.
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let status = child.wait().unwrap();
-                assert!(!status.success(), "an agent that stops by itself fails");
-                return Outcome::Exited(lines);
-            }
-            Err(e) => panic!("the agent neither started nor stopped ({e}): {lines:#?}"),
-        }
+        Started::Exited(lines) => Outcome::Exited(lines),
     }
 }
 

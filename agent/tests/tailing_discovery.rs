@@ -9,7 +9,7 @@ use std::time::Duration;
 use logrelay_agent::AgentConfig;
 use logrelay_agent::discover::{self, Catalog, Source};
 use logrelay_agent::metrics::AgentMetrics;
-use logrelay_agent::tail::{TailParams, Tailer, TailerConfig};
+use logrelay_agent::tail::{Job, TailParams, Tailer, TailerConfig};
 use logrelay_wire::batch;
 use logrelay_wire::control::Demand;
 use tokio::sync::{mpsc, watch};
@@ -152,17 +152,19 @@ async fn a_removed_pod_is_drained_then_forgotten() {
         tokio::spawn(async move {
             tailer
                 .serve(
-                    &path,
-                    &Demand {
-                        tail: Some(10),
-                        follow: true,
-                        ..Demand::default()
-                    },
-                    1,
-                    TailParams {
-                        max_batch_bytes: 64 * 1024,
-                        max_line_bytes: 1 << 20,
-                        follow_poll: Duration::from_millis(5),
+                    Job {
+                        path: &path,
+                        spec: &Demand {
+                            tail: Some(10),
+                            follow: true,
+                            ..Demand::default()
+                        },
+                        stream_ref: 1,
+                        params: TailParams {
+                            max_batch_bytes: 64 * 1024,
+                            max_line_bytes: 1 << 20,
+                            follow_poll: Duration::from_millis(5),
+                        },
                     },
                     &mut ChanSink(tx),
                 )

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use logrelay_agent::tail::{SEQ_BASE, Tailer, TailerConfig};
+use logrelay_agent::tail::{Job, SEQ_BASE, Tailer, TailerConfig};
 use logrelay_wire::control::{Demand, SeqPos};
 use tokio::sync::mpsc;
 
@@ -127,7 +127,15 @@ async fn read_once(tailer: &Arc<Tailer>, path: &Path, spec: Demand) -> Vec<Got> 
     let (tx, mut rx) = mpsc::channel(1 << 16);
     tokio::time::timeout(
         DEADLINE,
-        tailer.serve(path, &spec, 7, params(), &mut ChanSink(tx)),
+        tailer.serve(
+            Job {
+                path,
+                spec: &spec,
+                stream_ref: 7,
+                params: params(),
+            },
+            &mut ChanSink(tx),
+        ),
     )
     .await
     .expect("the read ends within the deadline")
@@ -151,7 +159,15 @@ impl Live {
         let (tailer, path) = (tailer.clone(), path.to_path_buf());
         tokio::spawn(async move {
             let _ = tailer
-                .serve(&path, &spec, 7, params(), &mut ChanSink(tx))
+                .serve(
+                    Job {
+                        path: &path,
+                        spec: &spec,
+                        stream_ref: 7,
+                        params: params(),
+                    },
+                    &mut ChanSink(tx),
+                )
                 .await;
         });
         Self {

@@ -9,7 +9,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use logrelay_agent::tail::{Ended, SEQ_BASE, TailError, TailParams, Tailer, TailerConfig};
+use logrelay_agent::tail::{Ended, Job, SEQ_BASE, TailError, TailParams, Tailer, TailerConfig};
 use logrelay_wire::batch::{self};
 use logrelay_wire::control::{Demand, SeqPos};
 use tokio::sync::{mpsc, oneshot};
@@ -158,7 +158,15 @@ fn serve_with(
     let path = path.to_path_buf();
     tokio::spawn(async move {
         let _ = tailer
-            .serve(&path, &spec, 7, params, &mut ChanSink(tx))
+            .serve(
+                Job {
+                    path: &path,
+                    spec: &spec,
+                    stream_ref: 7,
+                    params,
+                },
+                &mut ChanSink(tx),
+            )
             .await;
     });
     Served {
@@ -191,7 +199,16 @@ fn serve_cancellable(tailer: &Arc<Tailer>, path: &Path, spec: Demand) -> Cancell
             let _ = cancelled.await;
         };
         tailer
-            .serve_until(&path, &spec, 7, params(), &mut ChanSink(tx), cancelled)
+            .serve_until(
+                Job {
+                    path: &path,
+                    spec: &spec,
+                    stream_ref: 7,
+                    params: params(),
+                },
+                &mut ChanSink(tx),
+                cancelled,
+            )
             .await
     });
     let served = Served {
@@ -376,7 +393,15 @@ fn serve_manual(
     let (tailer, path) = (tailer.clone(), path.to_path_buf());
     let fut = Box::pin(async move {
         tailer
-            .serve(&path, &spec, 7, params(), &mut ChanSink(tx))
+            .serve(
+                Job {
+                    path: &path,
+                    spec: &spec,
+                    stream_ref: 7,
+                    params: params(),
+                },
+                &mut ChanSink(tx),
+            )
             .await
     });
     (fut, rx)

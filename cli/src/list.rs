@@ -11,7 +11,7 @@ use logrelay_wire::session::{Event, Request, StreamEntry};
 use crate::client::{Client, Raw};
 use crate::config::ConnectArgs;
 use crate::exit::CliError;
-use crate::output::{Out, WriteError};
+use crate::output::{self, Out};
 use crate::select::SelectorArgs;
 use crate::session::{self, SessionEnd};
 
@@ -217,17 +217,7 @@ pub async fn run(args: ListArgs) -> Result<(), CliError> {
         lister.session(client, &mut out).await
     })
     .await;
-    match out.flush() {
-        Ok(()) => r,
-        Err(e) => r.and(e.into_result()),
-    }
-}
-
-fn ended(r: Result<(), WriteError>) -> Result<Option<SessionEnd>, CliError> {
-    match r {
-        Ok(()) => Ok(None),
-        Err(e) => e.into_result().map(|()| Some(SessionEnd::Done)),
-    }
+    output::flushed(r, &mut out)
 }
 
 impl Lister {
@@ -272,10 +262,10 @@ impl Lister {
                     if pending == 0 {
                         answers.sort_by(|a, b| sort_key(&a.labels).cmp(&sort_key(&b.labels)));
                         let text = self.listed(std::mem::take(&mut answers));
-                        if let Some(end) = ended(out.write(text.as_bytes()))? {
+                        if let Some(end) = session::written(out.write(text.as_bytes()))? {
                             return Ok(end);
                         }
-                        if let Some(end) = ended(out.flush())? {
+                        if let Some(end) = session::written(out.flush())? {
                             return Ok(end);
                         }
                         if !self.args.watch {
@@ -303,10 +293,10 @@ impl Lister {
                             text.push_str(&self.row(&e, Change::Removed, Some(r.reason.as_str())));
                         }
                     }
-                    if let Some(end) = ended(out.write(text.as_bytes()))? {
+                    if let Some(end) = session::written(out.write(text.as_bytes()))? {
                         return Ok(end);
                     }
-                    if let Some(end) = ended(out.flush())? {
+                    if let Some(end) = session::written(out.flush())? {
                         return Ok(end);
                     }
                 }

@@ -41,6 +41,15 @@ impl WriteError {
     }
 }
 
+/// A command's `result` once standard output is flushed: a failed flush fails the command,
+/// unless the reader went away.
+pub fn flushed(result: Result<(), CliError>, out: &mut Out) -> Result<(), CliError> {
+    match out.flush() {
+        Ok(()) => result,
+        Err(e) => result.and(e.into_result()),
+    }
+}
+
 enum Sink {
     Line(LineWriter<File>),
     Block(BufWriter<File>),

@@ -10,7 +10,7 @@ use logrelay_wire::session::close;
 use crate::client::{Client, ClientError};
 use crate::config::Connection;
 use crate::exit::CliError;
-use crate::output::notice;
+use crate::output::{WriteError, notice};
 
 /// First wait before a reconnection.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -27,6 +27,14 @@ pub fn backoff(attempt: u32, jitter: f64) -> Duration {
         .min(BACKOFF_MAX);
     cap.mul_f64(jitter.clamp(0.0, 1.0))
         .max(BACKOFF_MIN.min(cap))
+}
+
+/// Ends a session on a write error: the reader going away ends the command normally.
+pub fn written(r: Result<(), WriteError>) -> Result<Option<SessionEnd>, CliError> {
+    match r {
+        Ok(()) => Ok(None),
+        Err(e) => e.into_result().map(|()| Some(SessionEnd::Done)),
+    }
 }
 
 /// How a session ended, when it did not fail.

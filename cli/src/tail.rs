@@ -23,7 +23,7 @@ use crate::client::{Client, Raw};
 use crate::config::ConnectArgs;
 use crate::exit::CliError;
 use crate::format::{ColorMode, Formatter, LineFilter, OutputFormat, StreamView, TimestampZone};
-use crate::output::{Out, WriteError, notice};
+use crate::output::{self, Out, notice};
 use crate::resume::{Hole, Tracker, Verdict};
 use crate::select::{SelectorArgs, exact};
 use crate::session::{self, SessionEnd};
@@ -296,18 +296,7 @@ pub async fn run(args: TailArgs) -> Result<(), CliError> {
         tail.session(client, &mut out).await
     })
     .await;
-    match out.flush() {
-        Ok(()) => result,
-        Err(e) => result.and(e.into_result()),
-    }
-}
-
-/// Ends a session on a write error: the reader going away ends the command normally.
-fn written(r: Result<(), WriteError>) -> Result<Option<SessionEnd>, CliError> {
-    match r {
-        Ok(()) => Ok(None),
-        Err(e) => e.into_result().map(|()| Some(SessionEnd::Done)),
-    }
+    output::flushed(result, &mut out)
 }
 
 impl Tail {
@@ -336,7 +325,7 @@ impl Tail {
                 }
                 Some(Err(e)) => return session::read_error(e),
                 None => {
-                    if let Some(end) = written(out.flush())? {
+                    if let Some(end) = session::written(out.flush())? {
                         return Ok(end);
                     }
                     let pacing = !conn.queue.is_empty();
@@ -627,11 +616,11 @@ impl Tail {
                     if let Some(hole) = hole {
                         // What came before goes out first, so the notice sits where the
                         // hole is.
-                        if let Some(end) = written(out.write(&self.buf))? {
+                        if let Some(end) = session::written(out.write(&self.buf))? {
                             return Ok(Some(end));
                         }
                         self.buf.clear();
-                        if let Some(end) = written(out.flush())? {
+                        if let Some(end) = session::written(out.flush())? {
                             return Ok(Some(end));
                         }
                         notice(
@@ -645,7 +634,7 @@ impl Tail {
                 self.fmt.line(&mut self.buf, &st.view, h.epoch, l);
             }
         }
-        written(out.write(&self.buf))
+        session::written(out.write(&self.buf))
     }
 }
 

@@ -21,7 +21,7 @@ use crate::client::{Client, Raw};
 use crate::config::ConnectArgs;
 use crate::exit::CliError;
 use crate::list::table;
-use crate::output::{Out, WriteError};
+use crate::output::{self, Out};
 use crate::select::SelectorArgs;
 use crate::session::{self, SessionEnd};
 
@@ -345,17 +345,7 @@ pub async fn run(args: TopArgs) -> Result<(), CliError> {
         top.session(client, &mut out).await
     })
     .await;
-    match out.flush() {
-        Ok(()) => r,
-        Err(e) => r.and(e.into_result()),
-    }
-}
-
-fn ended(r: Result<(), WriteError>) -> Result<Option<SessionEnd>, CliError> {
-    match r {
-        Ok(()) => Ok(None),
-        Err(e) => e.into_result().map(|()| Some(SessionEnd::Done)),
-    }
+    output::flushed(r, &mut out)
 }
 
 impl Top {
@@ -437,10 +427,10 @@ impl Top {
     ) -> Result<Option<SessionEnd>, CliError> {
         if self.args.output == TopFormat::Json {
             let text = json(&labels, &s, &self.filter);
-            if let Some(end) = ended(out.write(text.as_bytes()))? {
+            if let Some(end) = session::written(out.write(text.as_bytes()))? {
                 return Ok(Some(end));
             }
-            return ended(out.flush());
+            return session::written(out.flush());
         }
         if out.is_terminal() {
             self.latest.insert(key(&labels), (labels, s));
@@ -450,10 +440,10 @@ impl Top {
         let header: &[&str] = if self.header_printed { &[] } else { &HEADER };
         self.header_printed = true;
         let text = table(header, &rows, &mut self.widths);
-        if let Some(end) = ended(out.write(text.as_bytes()))? {
+        if let Some(end) = session::written(out.write(text.as_bytes()))? {
             return Ok(Some(end));
         }
-        ended(out.flush())
+        session::written(out.flush())
     }
 
     /// Redraws the whole table (terminal only).
@@ -468,10 +458,10 @@ impl Top {
             .collect();
         let mut widths = Vec::new();
         let text = format!("\x1b[H\x1b[2J{}", table(&HEADER, &rows, &mut widths));
-        if let Some(end) = ended(out.write(text.as_bytes()))? {
+        if let Some(end) = session::written(out.write(text.as_bytes()))? {
             return Ok(Some(end));
         }
-        ended(out.flush())
+        session::written(out.flush())
     }
 }
 

@@ -2,27 +2,15 @@
 //! org, JSON output, colours only on a terminal, `| head`, `top` on a recorded cgroup tree,
 //! contexts, completions and exit codes.
 
+mod support;
+
 use std::process::{Output, Stdio};
 
 use logrelay_e2e::*;
 use logrelay_relay::RelayConfig;
 use logrelay_relay::auth::testkit::{Signer, jwks};
 use serde_json::{Value, json};
-
-fn logrelay(args: &[&str]) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_logrelay"));
-    cmd.args(args)
-        .env_remove("LOGRELAY_URL")
-        .env_remove("LOGRELAY_TOKEN")
-        .env_remove("LOGRELAY_CONTEXT")
-        .env("LOGRELAY_CONFIG", "/dev/null")
-        .env_remove("NO_COLOR")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    cmd
-}
+use support::logrelay;
 
 async fn output(
     what: &str,

@@ -2,24 +2,11 @@
 //! agent and workload, prints where to look on stdout (and nothing else there), `logrelay list`
 //! and `logrelay tail` read the sample pods through it, the viewer is served, and Ctrl-C stops it.
 
-use std::process::Stdio;
+mod support;
 
 use logrelay_e2e::*;
+use support::logrelay;
 use tokio::io::{AsyncBufReadExt, BufReader};
-
-fn logrelay(args: &[&str]) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_logrelay"));
-    cmd.args(args)
-        .env_remove("LOGRELAY_URL")
-        .env_remove("LOGRELAY_TOKEN")
-        .env_remove("LOGRELAY_CONTEXT")
-        .env("LOGRELAY_CONFIG", "/dev/null")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    cmd
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_serves_its_pods_to_list_tail_and_the_viewer_and_stops_on_ctrl_c() {

@@ -1,18 +1,14 @@
 //! `logrelay tail` as a user runs it: a real binary against a real relay and agent.
 
-use std::process::Stdio;
+mod support;
 
 use logrelay_e2e::*;
+use support::logrelay;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 fn tail_cmd(args: &[&str]) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_logrelay"));
-    cmd.arg("tail")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    let mut cmd = logrelay(&["tail"]);
+    cmd.args(args);
     cmd
 }
 

@@ -23,7 +23,7 @@ use super::follow::Progress;
 use super::stream::{self, Encoding, Shared, Slot, Stream};
 use super::task::{self, Context, POLL_BYTES, gaps_of, next_item};
 use super::wake::Wakes;
-use super::{Ended, TailError, TailParams, TailerConfig};
+use super::{Ended, Job, TailError, TailParams, TailerConfig};
 
 /// Every followed stream of the agent; see the module doc of [`super`].
 #[derive(Debug)]
@@ -148,13 +148,10 @@ impl Tailer {
     /// is stopped after `detach_linger`. Use [`Self::serve_until`] to tell a cancel apart.
     pub async fn serve<S: BatchSink>(
         self: &Arc<Self>,
-        path: &Path,
-        spec: &Demand,
-        stream_ref: u64,
-        params: TailParams,
+        job: Job<'_>,
         sink: &mut S,
     ) -> Result<(), TailError> {
-        self.serve_until(path, spec, stream_ref, params, sink, std::future::pending())
+        self.serve_until(job, sink, std::future::pending())
             .await
             .map(|_| ())
     }
@@ -166,39 +163,30 @@ impl Tailer {
     /// checkpoint with the same numbering.
     pub async fn serve_until<S: BatchSink>(
         self: &Arc<Self>,
-        path: &Path,
-        spec: &Demand,
-        stream_ref: u64,
-        params: TailParams,
+        job: Job<'_>,
         sink: &mut S,
         cancelled: impl Future<Output = ()>,
     ) -> Result<Ended, TailError> {
-        self.serve_acked(path, spec, stream_ref, params, sink, cancelled, None)
-            .await
+        self.serve_acked(job, sink, cancelled, None).await
     }
 
     /// Like [`Self::serve_until`]; with `acks` (the relay acknowledges what its sessions were
     /// handed: `ack`), a followed stream's batches are kept in its queue once sent, until an
     /// acknowledgement covers them, so that a resume after a lost connection sends again what
     /// was in flight ([`Queue::skip_to`]).
-    #[allow(clippy::too_many_arguments, reason = "one demand's whole context")]
     pub async fn serve_acked<S: BatchSink>(
         self: &Arc<Self>,
-        path: &Path,
-        spec: &Demand,
-        stream_ref: u64,
-        params: TailParams,
+        job: Job<'_>,
         sink: &mut S,
         cancelled: impl Future<Output = ()>,
         acks: Option<watch::Receiver<Option<SeqPos>>>,
     ) -> Result<Ended, TailError> {
         let mut cancelled = std::pin::pin!(cancelled);
-        if spec.follow {
-            self.serve_follow(path, spec, stream_ref, params, sink, cancelled, acks)
-                .await
+        if job.spec.follow {
+            self.serve_follow(job, sink, cancelled, acks).await
         } else {
             tokio::select! {
-                r = self.serve_once(path, spec, stream_ref, params, sink) => r.map(|()| Ended::Complete),
+                r = self.serve_once(job, sink) => r.map(|()| Ended::Complete),
                 () = &mut cancelled => Ok(Ended::Cancelled),
             }
         }
@@ -207,12 +195,15 @@ impl Tailer {
     /// A backfill: read from the planned start to `until` (or to the current end) and finish.
     async fn serve_once<S: BatchSink>(
         self: &Arc<Self>,
-        path: &Path,
-        spec: &Demand,
-        stream_ref: u64,
-        params: TailParams,
+        job: Job<'_>,
         sink: &mut S,
     ) -> Result<(), TailError> {
+        let Job {
+            path,
+            spec,
+            stream_ref,
+            params,
+        } = job;
         // The numbering a join or resume names, if this agent has it; else a one-off read.
         let epoch = spec.until.or(spec.since_seq).map(|p| p.epoch);
         let stream = epoch
@@ -290,17 +281,19 @@ impl Tailer {
     /// A live demand: attach to (or start) the stream's follower and drain its queue, until
     /// `cancelled` (which stops the follower). With `acks`, what is sent stays queued until
     /// acknowledged.
-    #[allow(clippy::too_many_arguments, reason = "one demand's whole context")]
     async fn serve_follow<S: BatchSink>(
         self: &Arc<Self>,
-        path: &Path,
-        spec: &Demand,
-        stream_ref: u64,
-        params: TailParams,
+        job: Job<'_>,
         sink: &mut S,
         mut cancelled: std::pin::Pin<&mut impl Future<Output = ()>>,
         mut acks: Option<watch::Receiver<Option<SeqPos>>>,
     ) -> Result<Ended, TailError> {
+        let Job {
+            path,
+            spec,
+            stream_ref,
+            params,
+        } = job;
         let stream = self.stream(path, spec);
         let (queue, shared, generation, epoch) = match self.attach(&stream, spec, stream_ref) {
             Some(a) => a,

@@ -2,6 +2,8 @@
 //! tailer, and decoding what was sent.
 #![allow(dead_code, reason = "each test file uses some of these")]
 
+pub mod binary;
+
 use std::sync::Arc;
 use std::time::Duration;
 
