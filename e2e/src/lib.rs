@@ -219,6 +219,33 @@ impl TestRelay {
         Self { handle, audit }
     }
 
+    /// A relay that verifies EdDSA tokens signed by a new key (kid `k1`, returned) and has no
+    /// anonymous org; `config` sets the rest (its `token_jwks_file` is set here, to a key set in
+    /// the returned directory, which must live as long as the relay).
+    pub async fn with_tokens(
+        pki: &TestPki,
+        config: RelayConfig,
+    ) -> (
+        Self,
+        logrelay_relay::auth::testkit::Signer,
+        tempfile::TempDir,
+    ) {
+        use logrelay_relay::auth::testkit::{Signer, jwks};
+        let signer = Signer::ed25519(Some("k1"));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, jwks(&[&signer])).expect("write the key set");
+        let relay = Self::start_exactly(
+            pki,
+            RelayConfig {
+                token_jwks_file: Some(path),
+                ..config
+            },
+        )
+        .await;
+        (relay, signer, dir)
+    }
+
     /// The audit events so far, parsed.
     pub fn audit_events(&self) -> Vec<serde_json::Value> {
         self.audit.with(|buf| {

@@ -7,9 +7,34 @@
 //! let held = v.wait_held("3 lines", |h| h.lines().count() >= 3).await;
 //! ```
 
+use logrelay::demo::Workload;
 use serde_json::Value;
 
 use crate::browser::{Chromium, Page};
+use crate::{PodsDir, TestAgent, TestPki, TestRelay};
+
+/// An agent of org `dev` on the demo `workload`'s pods, cgroups and containers, as the viewer's
+/// tests watch it: resources every 500 ms, and the relay's own `/metrics` scraped (as a
+/// `name=relay` target) every `scrape_interval_ms`.
+pub async fn demo_agent(
+    pki: &TestPki,
+    relay: &TestRelay,
+    workload: &Workload,
+    scrape_interval_ms: u64,
+) -> TestAgent {
+    let pods_dir = workload.pods_dir();
+    let relay_metrics = format!("http://{}/metrics,name=relay", relay.handle.admin_addr);
+    TestAgent::start_with(pki, &PodsDir::new(), relay.quic_addr(), |c| {
+        c.pods_dir = pods_dir;
+        c.cgroup_root = workload.cgroup_root();
+        c.containers_dir = workload.containers_dir();
+        c.resources_interval_ms = 500;
+        c.metrics_rescan_ms = 50;
+        c.scrape_targets = vec![relay_metrics.parse().expect("a scrape target")];
+        c.scrape_interval_ms = scrape_interval_ms;
+    })
+    .await
+}
 
 /// One entry of the view: a log line or a marker (gap, end, pause, connection, error).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use logrelay::client::{Client, ClientError};
 use logrelay_e2e::*;
 use logrelay_relay::RelayConfig;
-use logrelay_relay::auth::testkit::{Signer, jwks};
 use logrelay_tls::AgentId;
 use logrelay_wire::session::{Event, Request, close};
 use serde_json::{Value, json};
@@ -261,14 +260,9 @@ async fn agent_tls_refusals_are_audited_per_source_and_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_that_would_never_expire_is_refused_with_a_reason() {
     let pki = TestPki::new();
-    let signer = Signer::ed25519(Some("k1"));
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("keys.jwks");
-    std::fs::write(&path, jwks(&[&signer])).unwrap();
-    let relay = TestRelay::start_exactly(
+    let (relay, signer, _keys) = TestRelay::with_tokens(
         &pki,
         RelayConfig {
-            token_jwks_file: Some(path),
             max_token_lifetime_secs: 3600,
             ..RelayConfig::loopback()
         },

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use logrelay_e2e::*;
 use logrelay_relay::RelayConfig;
-use logrelay_relay::auth::testkit::{Signer, jwks};
+use logrelay_relay::auth::testkit::Signer;
 use logrelay_wire::batch::{BatchBuilder, LineFlags};
 use logrelay_wire::control::{self, AgentMsg, ErrorCode, RelayMsg, SeqPos, StreamGone, StreamInfo};
 use logrelay_wire::frame::{self, DataPreamble, FrameDecoder};
@@ -357,21 +357,15 @@ impl Rng {
 }
 
 async fn relay_with_tokens(pki: &TestPki) -> (TestRelay, Signer, tempfile::TempDir) {
-    let signer = Signer::ed25519(Some("k1"));
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("jwks.json");
-    std::fs::write(&path, jwks(&[&signer])).unwrap();
-    let relay = TestRelay::start_exactly(
+    TestRelay::with_tokens(
         pki,
         RelayConfig {
-            token_jwks_file: Some(path),
             // Aggregated audit summaries every second, so the test sees them soon.
             audit_aggregate_secs: 1,
             ..RelayConfig::loopback()
         },
     )
-    .await;
-    (relay, signer, dir)
+    .await
 }
 
 async fn session(relay: &TestRelay, signer: &Signer, org: &str) -> Subscriber {

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use logrelay::client::ClientError;
 use logrelay_e2e::*;
 use logrelay_relay::RelayConfig;
-use logrelay_relay::auth::testkit::{Signer, jwks};
+use logrelay_relay::auth::testkit::Signer;
 use logrelay_wire::labels::Labels;
 use logrelay_wire::selector::Selector;
 use logrelay_wire::session::{Event, Request, close};
@@ -22,20 +22,14 @@ fn now() -> i64 {
 
 /// A relay that verifies EdDSA tokens signed by the returned key and has no anonymous org.
 async fn token_relay(pki: &TestPki, skew_secs: u32) -> (TestRelay, Signer, tempfile::TempDir) {
-    let signer = Signer::ed25519(Some("k1"));
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("jwks.json");
-    std::fs::write(&path, jwks(&[&signer])).unwrap();
-    let relay = TestRelay::start_exactly(
+    TestRelay::with_tokens(
         pki,
         RelayConfig {
-            token_jwks_file: Some(path),
             token_clock_skew_secs: skew_secs,
             ..RelayConfig::loopback()
         },
     )
-    .await;
-    (relay, signer, dir)
+    .await
 }
 
 fn labels(org: &str, pod: &str, domain: Option<&str>, project: Option<&str>) -> Labels {

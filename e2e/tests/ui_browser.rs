@@ -7,10 +7,9 @@
 use std::io::Write;
 
 use logrelay::demo::Workload;
-use logrelay_e2e::viewer::Viewer;
+use logrelay_e2e::viewer::{Viewer, demo_agent};
 use logrelay_e2e::*;
 use logrelay_relay::RelayConfig;
-use logrelay_relay::auth::testkit::{Signer, jwks};
 use logrelay_wire::labels::Labels;
 use serde_json::json;
 
@@ -79,18 +78,7 @@ async fn the_picker_lists_the_demo_pods_and_a_picked_pod_shows_its_containers_an
     for _ in 0..5 {
         workload.tick(4, 0.2).unwrap();
     }
-    let pods_dir = workload.pods_dir();
-    let relay_metrics = format!("http://{}/metrics,name=relay", relay.handle.admin_addr);
-    let _agent = TestAgent::start_with(&pki, &PodsDir::new(), relay.quic_addr(), |c| {
-        c.pods_dir = pods_dir.clone();
-        c.cgroup_root = workload.cgroup_root();
-        c.containers_dir = workload.containers_dir();
-        c.resources_interval_ms = 500;
-        c.metrics_rescan_ms = 50;
-        c.scrape_targets = vec![relay_metrics.parse().unwrap()];
-        c.scrape_interval_ms = 500;
-    })
-    .await;
+    let _agent = demo_agent(&pki, &relay, &workload, 500).await;
     let running = tokio::spawn(workload.run(20));
 
     // Nothing typed: the page lists what runs.
@@ -787,15 +775,10 @@ async fn an_invalid_pod_regex_is_shown_to_the_user() {
 async fn a_token_in_the_fragment_opens_the_session_and_is_kept_only_in_memory() {
     let browser = Chromium::launch().await;
     let pki = TestPki::new();
-    let signer = Signer::ed25519(Some("k1"));
-    let keys = tempfile::tempdir().unwrap();
-    let jwks_path = keys.path().join("jwks.json");
-    std::fs::write(&jwks_path, jwks(&[&signer])).unwrap();
     // No anonymous org: a session without a valid token is refused.
-    let relay = TestRelay::start_exactly(
+    let (relay, signer, _keys) = TestRelay::with_tokens(
         &pki,
         RelayConfig {
-            token_jwks_file: Some(jwks_path),
             ..RelayConfig::loopback()
         },
     )
@@ -872,14 +855,9 @@ fn task_stream(project: &str, domain: &str, run: &str, action: &str, pod: &str) 
 async fn the_picker_groups_tasks_by_run_and_lists_only_what_the_token_may_read() {
     let browser = Chromium::launch().await;
     let pki = TestPki::new();
-    let signer = Signer::ed25519(Some("k1"));
-    let keys = tempfile::tempdir().unwrap();
-    let jwks_path = keys.path().join("jwks.json");
-    std::fs::write(&jwks_path, jwks(&[&signer])).unwrap();
-    let relay = TestRelay::start_exactly(
+    let (relay, signer, _keys) = TestRelay::with_tokens(
         &pki,
         RelayConfig {
-            token_jwks_file: Some(jwks_path),
             ..RelayConfig::loopback()
         },
     )

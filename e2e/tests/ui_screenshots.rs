@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 
 use logrelay::demo::Workload;
-use logrelay_e2e::viewer::Viewer;
+use logrelay_e2e::viewer::{Viewer, demo_agent};
 use logrelay_e2e::*;
 
 fn out_dir() -> PathBuf {
@@ -31,18 +31,7 @@ async fn screenshots_of_the_main_views() {
     for _ in 0..30 {
         workload.tick(2, 0.1).unwrap();
     }
-    let pods_dir = workload.pods_dir();
-    let relay_metrics = format!("http://{}/metrics,name=relay", relay.handle.admin_addr);
-    let _agent = TestAgent::start_with(&pki, &PodsDir::new(), relay.quic_addr(), |c| {
-        c.pods_dir = pods_dir.clone();
-        c.cgroup_root = workload.cgroup_root();
-        c.containers_dir = workload.containers_dir();
-        c.resources_interval_ms = 500;
-        c.metrics_rescan_ms = 50;
-        c.scrape_targets = vec![relay_metrics.parse().unwrap()];
-        c.scrape_interval_ms = 1000;
-    })
-    .await;
+    let _agent = demo_agent(&pki, &relay, &workload, 1000).await;
     let running = tokio::spawn(workload.run(20));
     let base = relay.handle.ui_url().unwrap();
     let views = [
