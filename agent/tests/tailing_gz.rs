@@ -10,12 +10,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use logrelay_agent::tail::{Job, SEQ_BASE, Tailer, TailerConfig};
+use logrelay_agent::tail::{SEQ_BASE, Tailer, TailerConfig};
 use logrelay_wire::control::{Demand, SeqPos};
 use tokio::sync::mpsc;
 
 mod support;
-use support::{ChanSink, DEADLINE, Got, decode, line_text, lines, params, tailer};
+use support::{ChanSink, DEADLINE, Got, decode, job, line_text, lines, tailer};
 
 /// 2024-01-01T00:00:00Z.
 const T0: i64 = 1_704_067_200_000_000_000;
@@ -125,21 +125,10 @@ fn gzip_command(dir: &Path, name: &str) {
 /// Serves a demand that ends by itself (`follow: false`) and returns everything it sent.
 async fn read_once(tailer: &Arc<Tailer>, path: &Path, spec: Demand) -> Vec<Got> {
     let (tx, mut rx) = mpsc::channel(1 << 16);
-    tokio::time::timeout(
-        DEADLINE,
-        tailer.serve(
-            Job {
-                path,
-                spec: &spec,
-                stream_ref: 7,
-                params: params(),
-            },
-            &mut ChanSink(tx),
-        ),
-    )
-    .await
-    .expect("the read ends within the deadline")
-    .expect("the read succeeds");
+    tokio::time::timeout(DEADLINE, tailer.serve(job(path, &spec), &mut ChanSink(tx)))
+        .await
+        .expect("the read ends within the deadline")
+        .expect("the read succeeds");
     let mut got = Vec::new();
     while let Ok(b) = rx.try_recv() {
         got.extend(decode(&b));
@@ -158,17 +147,7 @@ impl Live {
         let (tx, rx) = mpsc::channel(1024);
         let (tailer, path) = (tailer.clone(), path.to_path_buf());
         tokio::spawn(async move {
-            let _ = tailer
-                .serve(
-                    Job {
-                        path: &path,
-                        spec: &spec,
-                        stream_ref: 7,
-                        params: params(),
-                    },
-                    &mut ChanSink(tx),
-                )
-                .await;
+            let _ = tailer.serve(job(&path, &spec), &mut ChanSink(tx)).await;
         });
         Self {
             rx,

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 mod support;
-use support::{ChanSink, DEADLINE, Got, decode, line_text, lines, params, tailer};
+use support::{ChanSink, DEADLINE, Got, decode, job, line_text, lines, params, tailer};
 
 /// A container log directory with a CRI writer.
 struct Log {
@@ -199,16 +199,7 @@ fn serve_cancellable(tailer: &Arc<Tailer>, path: &Path, spec: Demand) -> Cancell
             let _ = cancelled.await;
         };
         tailer
-            .serve_until(
-                Job {
-                    path: &path,
-                    spec: &spec,
-                    stream_ref: 7,
-                    params: params(),
-                },
-                &mut ChanSink(tx),
-                cancelled,
-            )
+            .serve_until(job(&path, &spec), &mut ChanSink(tx), cancelled)
             .await
     });
     let served = Served {
@@ -391,19 +382,7 @@ fn serve_manual(
 ) -> (Manual, mpsc::Receiver<Bytes>) {
     let (tx, rx) = mpsc::channel(1024);
     let (tailer, path) = (tailer.clone(), path.to_path_buf());
-    let fut = Box::pin(async move {
-        tailer
-            .serve(
-                Job {
-                    path: &path,
-                    spec: &spec,
-                    stream_ref: 7,
-                    params: params(),
-                },
-                &mut ChanSink(tx),
-            )
-            .await
-    });
+    let fut = Box::pin(async move { tailer.serve(job(&path, &spec), &mut ChanSink(tx)).await });
     (fut, rx)
 }
 

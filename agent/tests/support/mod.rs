@@ -10,8 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use logrelay_agent::metrics::AgentMetrics;
 use logrelay_agent::sink::{BatchSink, SinkClosed};
-use logrelay_agent::tail::{TailParams, Tailer, TailerConfig};
+use logrelay_agent::tail::{Job, TailParams, Tailer, TailerConfig};
 use logrelay_wire::batch::{self, BatchHeader, Kind};
+use logrelay_wire::control::Demand;
 use tokio::sync::mpsc;
 
 /// How long any wait of a test may take on a loaded machine.
@@ -32,6 +33,16 @@ pub fn params() -> TailParams {
         max_batch_bytes: 4096,
         max_line_bytes: 1 << 20,
         follow_poll: Duration::from_millis(5),
+    }
+}
+
+/// `spec` on the log at `path`, stamped with reference 7, with [`params`].
+pub fn job<'a>(path: &'a std::path::Path, spec: &'a Demand) -> Job<'a> {
+    Job {
+        path,
+        spec,
+        stream_ref: 7,
+        params: params(),
     }
 }
 
