@@ -76,6 +76,7 @@ function exactSelector(l) {
   const sel = {};
   for (const f of ['cluster', 'node', 'namespace', 'pod', 'pod_uid', 'container']) if (l[f]) sel[f] = l[f];
   sel.restart = l.restart || 0;
+  if (l.kind && l.kind !== 'log') sel.kind = l.kind;
   return sel;
 }
 
@@ -184,7 +185,8 @@ function buildRow(e, isCurrent) {
     return row;
   }
   const stderr = (e.flags & LINE_STDERR) !== 0;
-  const classes = ['row', 'line', `c${src.colour}`, stderr ? 'stderr' : 'stdout'];
+  const event = src.labels && src.labels.kind === 'events';
+  const classes = ['row', 'line', `c${src.colour}`, event ? 'event' : stderr ? 'stderr' : 'stdout'];
   if (e.flags & LINE_SYSTEM) classes.push('system');
   if (buffer.isHit(e)) classes.push('hit');
   if (isCurrent) classes.push('current');
@@ -193,7 +195,7 @@ function buildRow(e, isCurrent) {
   ts.title = `${rfc3339(e.hi, e.lo)} · #${e.seq}`;
   const name = el('span', 'src', src.name);
   name.title = src.title;
-  const fd = el('span', 'fd', stderr ? 'err' : 'out');
+  const fd = el('span', 'fd', event ? 'evt' : stderr ? 'err' : 'out');
   const msg = el('span', 'msg');
   let json;
   if (S.json) {
@@ -380,6 +382,18 @@ function subscribeSelection(s, sinceNs) {
   }
   conn.subs.set(`m${s.id}`, { type: 'res', sel: s.key });
   session.send({ op: 'subscribe', id: `m${s.id}`, selector: metricsSelector, tail: 1, follow: S.follow });
+  // The Kubernetes events of the same pods (kind `events`, container `events`), interleaved
+  // with their logs and marked (agents with `--kube-pods`; nothing otherwise).
+  const eventsSelector = { kind: 'events' };
+  for (const f of SELECTOR_FIELDS) {
+    if (f !== 'container' && f !== 'container_regex' && s.sel[f] !== undefined) eventsSelector[f] = s.sel[f];
+  }
+  const events = sourceFilterFields({
+    op: 'subscribe', id: `e${s.id}`, selector: eventsSelector, tail: S.tail, follow: S.follow,
+  });
+  if (sinceNs !== undefined) events.since_ns = sinceNs;
+  conn.subs.set(events.id, { type: 'logs', sel: s.key });
+  session.send(events);
 }
 
 function subscribeScrape(container) {
@@ -393,7 +407,7 @@ function subscribeScrape(container) {
 
 function unsubscribeSelection(s) {
   if (!conn || !session) return;
-  for (const id of [`l${s.id}`, `m${s.id}`]) {
+  for (const id of [`l${s.id}`, `m${s.id}`, `e${s.id}`]) {
     if (conn.subs.delete(id)) session.send({ op: 'unsubscribe', id });
   }
 }

@@ -10,7 +10,13 @@
 //! ([`crate::discover::identity`]). The same index feeds the scrape targets of pods annotated
 //! for Prometheus ([`crate::scrape::target::pod_targets`]).
 //!
-//! The mapping and the index are pure; only [`client`] (feature `k8s`) does I/O.
+//! The same index names the pods whose Kubernetes events are offered as streams
+//! ([`events`]: read only while watched).
+//!
+//! The mapping and the index are pure; only [`client`] and [`events`]' client (feature `k8s`)
+//! do I/O.
+
+pub mod events;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -125,6 +131,8 @@ pub struct PodIndex {
     version: std::sync::atomic::AtomicU64,
     /// Woken whenever the index changes (a hint; see [`PodIndex::version`]).
     pub changed: Notify,
+    /// The API for the pods' events streams; set when the pod watch runs.
+    pub events: std::sync::OnceLock<std::sync::Arc<events::EventsApi>>,
 }
 
 impl PodIndex {
@@ -350,6 +358,9 @@ pub async fn start(
         match client::connect(config.api_url.as_deref()).await {
             Ok(c) => {
                 let index = std::sync::Arc::new(PodIndex::default());
+                let _ = index.events.set(std::sync::Arc::new(events::EventsApi {
+                    client: Some(c.clone()),
+                }));
                 tasks.spawn(client::run(
                     c,
                     config.node.clone(),

@@ -70,6 +70,10 @@ pub struct AgentMetrics {
     pub scrape_pod_targets: Gauge,
     /// Pods annotated `prometheus.io/scrape: "true"` that give no target, by reason.
     pub scrape_pods_skipped: Family<SkipReason, Gauge>,
+    /// Kubernetes events read for watched pods' `events` streams (only while watched).
+    pub kube_events: Counter,
+    /// Kubernetes events (or watch lines) that could not be read, skipped.
+    pub kube_events_malformed: Counter,
 }
 
 impl AgentMetrics {
@@ -103,6 +107,8 @@ impl AgentMetrics {
             resource_samples: Counter::default(),
             scrape_pod_targets: Gauge::default(),
             scrape_pods_skipped: Family::default(),
+            kube_events: Counter::default(),
+            kube_events_malformed: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("streams", "Streams in the catalog", m.streams.clone());
@@ -230,6 +236,16 @@ impl AgentMetrics {
             "queue_dropped_bytes",
             "Batch bytes dropped from full queues toward the relay",
             m.queue_dropped_bytes.clone(),
+        );
+        registry.register(
+            "kube_events",
+            "Kubernetes events read for watched pods' events streams",
+            m.kube_events.clone(),
+        );
+        registry.register(
+            "kube_events_malformed",
+            "Kubernetes events or watch lines that could not be read, skipped",
+            m.kube_events_malformed.clone(),
         );
         Self { registry, ..m }
     }

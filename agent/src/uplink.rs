@@ -466,7 +466,7 @@ async fn next_msg(
 /// whose `contains` lists metric names instead.
 fn refusal(source: &catalog::Source, spec: &control::Demand) -> Option<String> {
     match source {
-        catalog::Source::Log { .. } => tail::check_filter(spec)
+        catalog::Source::Log { .. } | catalog::Source::Events { .. } => tail::check_filter(spec)
             .err()
             .map(|e| format!("line filter `matches`: {e}")),
         catalog::Source::Scrape { .. } | catalog::Source::Resources { .. } => spec
@@ -621,6 +621,29 @@ async fn serve_source<S: BatchSink>(
                 crate::cgroup::serve(pod, spec, stream_ref, params.max_batch_bytes, sink, metrics);
             until_cancelled(serve, cancelled).await
         }
+        #[cfg(feature = "k8s")]
+        catalog::Source::Events { pod } => {
+            let serve = crate::kube::events::client::serve(
+                pod,
+                spec,
+                stream_ref,
+                params.max_batch_bytes,
+                sink,
+                metrics,
+            );
+            tokio::select! {
+                r = serve => match r {
+                    Ok(()) => Ok(Ended::Complete),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "events demand ended");
+                        Ok(Ended::Cancelled)
+                    }
+                },
+                () = cancelled => Ok(Ended::Cancelled),
+            }
+        }
+        #[cfg(not(feature = "k8s"))]
+        catalog::Source::Events { .. } => Ok(Ended::Cancelled),
     }
 }
 

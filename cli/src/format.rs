@@ -2,13 +2,14 @@
 //! clock), so every format is tested byte for byte.
 //!
 //! - `default`: `[pod/container] ` (when prefixed; coloured per pod and container when colours
-//!   are on), the timestamp when asked, the message with its terminator.
+//!   are on), `[event] ` on the lines of a pod's Kubernetes events (kind `events`, prefixed or
+//!   not), the timestamp when asked, the message with its terminator.
 //! - `raw`: the message bytes exactly as written, nothing added but a missing `\n`.
 //! - `json`: one object per line: `timestamp`, `labels`, `stream` (`stdout`/`stderr`), `epoch`,
 //!   `seq`, `message` (terminator removed), and `partial` / `truncated` when set.
 
 use logrelay_wire::batch::{Line, LineFlags};
-use logrelay_wire::labels::Labels;
+use logrelay_wire::labels::{Labels, StreamKind};
 use logrelay_wire::time::rfc3339_nanos;
 use regex::bytes::Regex;
 
@@ -79,6 +80,11 @@ fn colour_of(namespace: &str, pod: &str, container: &str) -> &'static str {
     }
     PALETTE[(h % PALETTE.len() as u64) as usize]
 }
+
+/// What marks the lines of an events stream in the default format (after the prefix).
+pub const EVENT_MARK: &str = "[event] ";
+/// [`EVENT_MARK`] with colours on (bold yellow).
+const EVENT_MARK_COLOR: &str = "\x1b[1;33m[event]\x1b[0m ";
 
 /// What a stream's lines are printed with, computed once per stream.
 #[derive(Debug, Clone)]
@@ -161,6 +167,18 @@ impl Formatter {
             .into_bytes(),
             (OutputFormat::Default, true, false) => format!("{name} ").into_bytes(),
             _ => Vec::new(),
+        };
+        // A pod's Kubernetes events are marked, prefixed or not, so they stand out among logs.
+        let prefix = if self.format == OutputFormat::Default && labels.kind == StreamKind::Events {
+            let mut p = prefix;
+            p.extend_from_slice(if self.color {
+                EVENT_MARK_COLOR.as_bytes()
+            } else {
+                EVENT_MARK.as_bytes()
+            });
+            p
+        } else {
+            prefix
         };
         let labels_json = if self.format == OutputFormat::Json {
             serde_json::to_string(labels).expect("labels serialize")
@@ -303,6 +321,32 @@ mod tests {
         let mut out = Vec::new();
         f.line(&mut out, &f.view(&labels()), 42, l);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn event_lines_are_marked_prefixed_or_not() {
+        let events = Labels {
+            container: "events".into(),
+            kind: StreamKind::Events,
+            ..labels()
+        };
+        let l = line(b"{\"reason\":\"FailedScheduling\"}\n", LineFlags::SYSTEM);
+        let mut out = Vec::new();
+        let f = formatter(OutputFormat::Default);
+        f.line(&mut out, &f.view(&events), 1, &l);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "[cart/events] [event] {\"reason\":\"FailedScheduling\"}\n"
+        );
+        let mut f = formatter(OutputFormat::Default);
+        f.prefix = false;
+        let mut out = Vec::new();
+        f.line(&mut out, &f.view(&events), 1, &l);
+        assert!(out.starts_with(b"[event] {"));
+        let f = formatter(OutputFormat::Raw);
+        let mut out = Vec::new();
+        f.line(&mut out, &f.view(&events), 1, &l);
+        assert!(out.starts_with(b"{"), "raw stays raw");
     }
 
     #[test]

@@ -44,13 +44,15 @@ pub enum ListFormat {
 /// `list --kind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum KindArg {
-    /// Log and metrics streams.
+    /// Log, metrics and events streams.
     #[default]
     All,
     /// Container logs only.
     Log,
     /// Metrics streams only (scrape targets, pod resources).
     Metrics,
+    /// Pods' Kubernetes events streams only.
+    Events,
 }
 
 /// Arguments of `logrelay list`.
@@ -121,6 +123,7 @@ pub fn cells(e: &StreamEntry, wide: bool) -> Vec<String> {
         match l.kind {
             StreamKind::Log => "log".into(),
             StreamKind::Metrics => "metrics".into(),
+            StreamKind::Events => "events".into(),
         },
         if e.live { "yes" } else { "no" }.into(),
     ];
@@ -223,9 +226,10 @@ pub async fn run(args: ListArgs) -> Result<(), CliError> {
 impl Lister {
     fn kinds(&self) -> Vec<StreamKind> {
         match self.args.kind {
-            KindArg::All => vec![StreamKind::Log, StreamKind::Metrics],
+            KindArg::All => vec![StreamKind::Log, StreamKind::Metrics, StreamKind::Events],
             KindArg::Log => vec![StreamKind::Log],
             KindArg::Metrics => vec![StreamKind::Metrics],
+            KindArg::Events => vec![StreamKind::Events],
         }
     }
 
@@ -404,7 +408,7 @@ fn sort_key(l: &Labels) -> (&str, &str, &str, u32, bool, &str) {
         &l.pod,
         &l.container,
         l.restart,
-        l.kind == StreamKind::Metrics,
+        l.kind != StreamKind::Log,
         &l.node,
     )
 }

@@ -62,7 +62,7 @@ impl SelectorArgs {
             run: self.run.clone(),
             action: self.action.clone(),
             attempt: self.attempt.clone(),
-            kind: (kind == StreamKind::Metrics).then_some(StreamKind::Metrics),
+            kind: (kind != StreamKind::Log).then_some(kind),
             ..Selector::default()
         }
     }

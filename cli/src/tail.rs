@@ -35,6 +35,8 @@ pub const PACE_BURST: u32 = 20;
 pub const PACE_PER_SEC: u32 = 10;
 /// Id of the watched list of a `tail` session.
 const LIST_ID: &str = "streams";
+/// Id of the watched list of the events streams (`--events`).
+const EVENTS_LIST_ID: &str = "events";
 
 const EXAMPLES: &str = "\
 Examples:
@@ -51,7 +53,10 @@ Examples:
   logrelay tail -n shop -o json | jq -r 'select(.stream == \"stderr\") .message'
 
   # What is there now, then exit
-  logrelay tail -n shop --no-follow";
+  logrelay tail -n shop --no-follow
+
+  # A task's logs and its pods' Kubernetes events (why is it not starting?), interleaved
+  logrelay tail --project flytesnacks --run f3a --events";
 
 /// Arguments of `logrelay tail`.
 #[derive(Debug, Clone, clap::Args)]
@@ -66,6 +71,11 @@ pub struct TailArgs {
     /// Watch metrics streams (scrape targets, pod resources) instead of logs.
     #[arg(long)]
     pub metrics: bool,
+    /// Also follow the Kubernetes events of the selected pods (streams of kind `events`,
+    /// container `events`; agents with `--kube-pods`), interleaved with their logs, each line
+    /// marked `[event]`. `--container`/`--container-regex` select log streams only.
+    #[arg(long, conflicts_with = "metrics")]
+    pub events: bool,
     /// Lines of backlog per stream to print first [default: 1000, or 0 with --since: every
     /// line since then].
     #[arg(long, value_name = "N")]
@@ -125,6 +135,15 @@ impl TailArgs {
     /// The selector these arguments describe.
     pub fn selector(&self) -> logrelay_wire::selector::Selector {
         self.select.selector(self.kind())
+    }
+
+    /// The selector of the events streams of the selected pods (`--events`).
+    pub fn events_selector(&self) -> logrelay_wire::selector::Selector {
+        logrelay_wire::selector::Selector {
+            container: None,
+            container_regex: None,
+            ..self.select.selector(StreamKind::Events)
+        }
     }
 
     fn kind(&self) -> StreamKind {
@@ -307,6 +326,13 @@ impl Tail {
             id: Some(LIST_ID.into()),
             watch: !self.args.no_follow,
         });
+        if self.args.events {
+            conn.queue.push_back(Request::List {
+                selector: self.args.events_selector(),
+                id: Some(EVENTS_LIST_ID.into()),
+                watch: !self.args.no_follow,
+            });
+        }
         let gone = crate::output::reader_gone();
         tokio::pin!(gone);
         loop {
@@ -387,7 +413,16 @@ impl Tail {
                     self.attach(conn, entry.labels);
                 }
             }
-            Event::Catalog { id, added, .. } if id == LIST_ID => {
+            Event::Streams {
+                id: Some(id),
+                streams,
+            } if id == EVENTS_LIST_ID => {
+                conn.answered(Some(EVENTS_LIST_ID));
+                for entry in streams {
+                    self.attach(conn, entry.labels);
+                }
+            }
+            Event::Catalog { id, added, .. } if id == LIST_ID || id == EVENTS_LIST_ID => {
                 for entry in added {
                     self.attach(conn, entry.labels);
                 }
@@ -510,6 +545,10 @@ impl Tail {
         let done = self.args.no_follow
             && conn.listed
             && conn.queue.is_empty()
+            && !conn
+                .awaiting
+                .iter()
+                .any(|r| request_id(r) == Some(EVENTS_LIST_ID))
             && self.streams.values().all(|s| s.done);
         Ok(done.then_some(SessionEnd::Done))
     }

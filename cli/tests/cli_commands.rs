@@ -650,3 +650,80 @@ async fn completions_help_and_exit_codes() {
     assert_eq!(unreachable.status.code(), Some(5), "{unreachable:?}");
     assert!(stderr(&unreachable).contains("cannot connect"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_events_interleaves_a_pods_kubernetes_events_marked() {
+    use logrelay_wire::labels::{Labels, StreamKind};
+    let pki = TestPki::new();
+    let relay = TokenRelay::start(&pki).await;
+    let pod = |container: &str, kind| Labels {
+        namespace: "shop".into(),
+        pod: "cart".into(),
+        pod_uid: "u1".into(),
+        container: container.into(),
+        kind,
+        ..Labels::default()
+    };
+    let _agent = FakeAgent::start(
+        &pki,
+        relay.relay.quic_addr(),
+        "acme",
+        "c1",
+        vec![
+            (pod("main", StreamKind::Log), vec!["hello\n".into()]),
+            (
+                pod("events", StreamKind::Events),
+                vec![r#"{"reason":"BackOff","type":"Warning"}"#.to_owned() + "\n"],
+            ),
+        ],
+    )
+    .await;
+    let url = relay.url();
+    let token = relay.token_file("acme");
+    // Follows (the fake agent keeps its streams open) and reads the first `n` lines printed.
+    let first_lines = async |events: bool, n: usize| -> Vec<String> {
+        use tokio::io::AsyncBufReadExt;
+        let mut args = vec![
+            "tail",
+            "--url",
+            &url,
+            "--token-file",
+            &token,
+            "-n",
+            "shop",
+            "-p",
+            "cart",
+            "-c",
+            "main",
+            "--prefix",
+            "--color",
+            "never",
+        ];
+        if events {
+            args.push("--events");
+        }
+        let mut child = logrelay(&args).spawn().expect("spawn tail");
+        let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut lines = Vec::new();
+        within("tail prints its lines", async {
+            while lines.len() < n {
+                lines.push(out.next_line().await.unwrap().expect("a line"));
+            }
+        })
+        .await;
+        lines.sort();
+        lines
+    };
+    assert_eq!(
+        first_lines(true, 2).await,
+        [
+            r#"[cart/events] [event] {"reason":"BackOff","type":"Warning"}"#,
+            "[cart/main] hello",
+        ]
+    );
+    assert_eq!(
+        first_lines(false, 1).await,
+        ["[cart/main] hello"],
+        "only the log without --events"
+    );
+}

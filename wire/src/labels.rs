@@ -11,6 +11,8 @@ pub enum StreamKind {
     Log,
     /// A metrics source.
     Metrics,
+    /// A pod's Kubernetes events, one JSON line per event (agents with `--kube-pods`).
+    Events,
 }
 
 /// The labels of one stream.
@@ -36,7 +38,7 @@ pub struct Labels {
     pub container: String,
     /// Container restart count (the `<restart>.log` file name).
     pub restart: u32,
-    /// Log or metrics.
+    /// Log, metrics or events.
     pub kind: StreamKind,
     /// Task identity: project.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -30,6 +30,12 @@ pub enum Source {
         /// Where to read, and its state across demands.
         pod: Arc<crate::cgroup::PodResources>,
     },
+    /// A pod's Kubernetes events, watched in the API only while watched
+    /// ([`crate::kube::events`]).
+    Events {
+        /// Which pod, and its numbering across demands.
+        pod: Arc<crate::kube::events::PodEvents>,
+    },
 }
 
 /// Which discovery loop owns a source: each replaces only its own part of the catalog.
@@ -39,6 +45,8 @@ pub enum Group {
     Logs,
     /// Metrics sources (scrape targets, pod resource usage).
     Metrics,
+    /// Pods' Kubernetes events (one stream per pod of the pod watch).
+    Events,
 }
 
 impl Source {
@@ -47,6 +55,7 @@ impl Source {
         match self {
             Self::Log { .. } => Group::Logs,
             Self::Scrape { .. } | Self::Resources { .. } => Group::Metrics,
+            Self::Events { .. } => Group::Events,
         }
     }
 }

@@ -8,7 +8,8 @@
 //! the pod index changes: pods annotated `prometheus.io/scrape` become scrape targets
 //! ([`pod_entries`], through [`crate::scrape::target::pod_targets`]) labelled with the pod and
 //! its task identity, and pods' resource streams get that task identity too (held back at most
-//! [`super::identity::METADATA_WAIT`] for it, as log streams are).
+//! [`super::identity::METADATA_WAIT`] for it, as log streams are). Each pod of the index also
+//! gets an `events` stream ([`event_entries`], [`crate::kube::events`]) in [`Group::Events`].
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -108,6 +109,40 @@ pub fn pod_entries(
     (found, skipped)
 }
 
+/// The `events` streams of the pods of the index (kind `events`, container `events`), labelled
+/// like their log streams.
+pub fn event_entries(
+    pods: &[(String, PodMeta)],
+    node: &str,
+    mapping: &TaskLabels,
+    api: &Arc<crate::kube::events::EventsApi>,
+) -> Vec<Entry> {
+    pods.iter()
+        .map(|(uid, meta)| {
+            let mut labels = Labels {
+                node: node.to_owned(),
+                namespace: meta.namespace.clone(),
+                pod: meta.name.clone(),
+                pod_uid: uid.clone(),
+                container: crate::kube::events::CONTAINER.to_owned(),
+                kind: StreamKind::Events,
+                ..Labels::default()
+            };
+            mapping.apply(meta, &mut labels);
+            Entry {
+                labels,
+                source: Source::Events {
+                    pod: Arc::new(crate::kube::events::PodEvents::new(
+                        uid.clone(),
+                        meta.namespace.clone(),
+                        api.clone(),
+                    )),
+                },
+            }
+        })
+        .collect()
+}
+
 /// Rescans periodically (and whenever the pod index changes) and updates the catalog's
 /// metrics group, until shutdown.
 pub async fn run(
@@ -165,6 +200,14 @@ pub async fn run(
             metrics.scrape_pod_targets.set(targets.len() as i64);
             record_skips(&metrics, &mut skips_logged, skipped);
             found.extend(targets);
+            if let Some(api) = index.events.get() {
+                let events =
+                    event_entries(&index.snapshot(), &config.node, &config.task_labels, api);
+                let diff = catalog.replace(Group::Events, events);
+                for s in &diff.added {
+                    tracing::debug!(stream = s.id, pod = %s.labels.pod, "events stream discovered");
+                }
+            }
         } else {
             found.extend(resources);
         }
