@@ -40,7 +40,7 @@ pub use self::core::{AgentViolation, CatalogRefusal, CoreConfig, Refusal, Unreso
 use self::core::{Core, Time};
 pub use self::shell::{DemandSink, Shell};
 use crate::auth::Claims;
-use crate::ids::{AgentId, DemandId};
+use crate::ids::{AgentId, AgentStreamId, DemandId, StreamId};
 use crate::metrics::RelayMetrics;
 use crate::session::outbox::Outbox;
 
@@ -187,6 +187,20 @@ impl Hub {
     pub fn demand_finished(&self, agent: AgentId, demand: DemandId) {
         let (mut shell, now) = self.lock();
         shell.demand_finished(now, agent, demand);
+    }
+
+    /// Another relay now leases (`leased`) a stream of `agent`'s connection (its own id
+    /// `local`), or no longer does: the lease holds the stream's live demand open like a
+    /// watcher, and its end lets it linger.
+    pub fn remote_lease(&self, agent: AgentId, local: AgentStreamId, leased: bool) {
+        let (mut shell, now) = self.lock();
+        shell.remote_lease(now, agent, local, leased);
+    }
+
+    /// The agent's own id of ring `ring`, if `agent`'s connection serves it as a stream (not a
+    /// filtered ring): what the backplane publishes its batches under.
+    pub fn agent_stream(&self, agent: AgentId, ring: StreamId) -> Option<AgentStreamId> {
+        self.lock().0.agent_stream(agent, ring)
     }
 
     // ---- sessions --------------------------------------------------------------------------

@@ -21,12 +21,13 @@
 //!   exactly like a stream's ring.
 //! * Every id an agent presents is looked up only among its own connection's.
 //!
-//! Inputs still to come fit the same shape (issue #14): a remote relay wanting a stream is a
-//! watcher that is not a session; a lease expiring is a [`Timer`]; a backplane batch arriving
-//! with a sequence hole is an input that tells the ring's watchers with a `gap` event.
+//! * Another relay leasing a stream (the backplane, issue #14) is a watcher that is not a
+//!   session ([`Core::remote_lease`]): it opens the stream's live demand like a first watcher,
+//!   and its end lets the demand linger like the last watcher leaving.
 
 mod catalog;
 mod demands;
+mod remote;
 mod watch;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -451,6 +452,9 @@ struct RingState {
     rings: BTreeMap<LineFilter, StreamId>,
     /// When the linger armed as its last watcher left ends.
     linger: Option<Time>,
+    /// Another relay leases the stream (backplane): a watcher that is not a session, holding
+    /// its live demand open like one. Only a stream's own ring, never a filtered one.
+    remote: bool,
 }
 
 impl RingState {
@@ -463,7 +467,14 @@ impl RingState {
             filtered: None,
             rings: BTreeMap::new(),
             linger: None,
+            remote: false,
         }
+    }
+
+    /// Whether something holds its live demand open: a session watching it, or a remote
+    /// lease.
+    fn held(&self) -> bool {
+        !self.watchers.is_empty() || self.remote
     }
 
     /// The live demand that resumes this ring where it ended, with its line filter.
@@ -739,6 +750,8 @@ impl Core {
                     continue;
                 };
                 s.agent = None;
+                // Leases were the connection's (the next one is leased anew).
+                s.remote = false;
                 if let Some(d) = s.live_demand.take() {
                     self.forget_demand(d);
                 }

@@ -21,7 +21,7 @@ use super::core::{
 };
 use crate::auth::Claims;
 use crate::fanout::LiveStream;
-use crate::ids::{AgentId, DemandId, SessionId, StreamId};
+use crate::ids::{AgentId, AgentStreamId, DemandId, SessionId, StreamId};
 use crate::metrics::RelayMetrics;
 use crate::ring::Cursor;
 use crate::session::outbox::{Backfill, Outbox};
@@ -443,6 +443,18 @@ impl Shell {
     /// A demand's data stream ended (finished, reset or failed) ([`Core::demand_finished`]).
     pub fn demand_finished(&mut self, now: Time, agent: AgentId, demand: DemandId) {
         self.input(now, |core, _, now| core.demand_finished(now, agent, demand));
+    }
+
+    /// Another relay leases a stream of `agent`'s connection, or stopped ([`Core::remote_lease`]).
+    pub fn remote_lease(&mut self, now: Time, agent: AgentId, local: AgentStreamId, leased: bool) {
+        self.input(now, |core, rings, now| {
+            core.remote_lease(now, rings, agent, local, leased);
+        });
+    }
+
+    /// The agent's own id of ring `ring` if `agent` serves it as a stream ([`Core::agent_stream`]).
+    pub fn agent_stream(&self, agent: AgentId, ring: StreamId) -> Option<AgentStreamId> {
+        self.core.agent_stream(agent, ring)
     }
 
     // ---- sessions --------------------------------------------------------------------------

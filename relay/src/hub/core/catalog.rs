@@ -109,7 +109,7 @@ impl Core {
             }
             let s = self.rings.get(&id).expect("present");
             // Reconnect: resume what watchers had, from where the ring ended.
-            if !s.watchers.is_empty() && s.live_demand.is_none() {
+            if s.held() && s.live_demand.is_none() {
                 let resume = s.resume_demand(rings.resume(id));
                 self.open_live(id, resume);
             }

@@ -572,7 +572,7 @@ impl Core {
         let Some(s) = self.rings.get_mut(&sid) else {
             return;
         };
-        if !s.watchers.remove(&session) || !s.watchers.is_empty() {
+        if !s.watchers.remove(&session) || s.held() {
             return;
         }
         if s.agent.is_none() {
@@ -604,7 +604,7 @@ impl Core {
         let Some(s) = self.rings.get_mut(&id) else {
             return;
         };
-        if s.linger != Some(at) || !s.watchers.is_empty() {
+        if s.linger != Some(at) || s.held() {
             return;
         }
         s.linger = None;
