@@ -113,6 +113,9 @@ words! {
         /// The agent serving the stream went away (its connection closed, timed out, or was
         /// superseded).
         AgentDisconnected = "agent_disconnected",
+        /// The stream's agent is held by another relay, and the relays' backplane (NATS) is
+        /// unreachable or that relay does not answer: `resumed` follows when it does.
+        BackplaneUnavailable = "backplane_unavailable",
     }
 }
 

@@ -91,6 +91,12 @@ impl Core {
             .collect();
         for id in ids {
             let s = self.rings.get_mut(&id).expect("present");
+            if let Some(r) = s.remote.take() {
+                // The agent of another relay's stream is here now: served locally, resumed
+                // where the ring ended.
+                self.forget_remote(id, r);
+            }
+            let s = self.rings.get_mut(&id).expect("present");
             let previous = s.agent.replace((agent, local));
             let watched = !s.watchers.is_empty();
             if previous.is_none() && !is_new && watched {
@@ -320,6 +326,9 @@ impl Core {
         }
         if let Some(d) = s.live_demand {
             self.forget_demand(d);
+        }
+        if let Some(r) = s.remote {
+            self.forget_remote(id, r);
         }
         self.out.push(Effect::RingClosed { ring: id });
         match s.filtered {
