@@ -1099,3 +1099,109 @@ fn a_remote_lease_holds_the_live_demand_like_a_watcher_and_lingers_when_it_ends(
         "no lease on the new connection yet"
     );
 }
+
+#[test]
+fn another_relays_stream_is_listed_by_org_wanted_while_watched_and_taken_over_locally() {
+    use super::core::{Effect, RemoteState};
+    use crate::backplane::subject::{AgentTokens, Token};
+    let hub = hub();
+    let agent = AgentTokens {
+        org: Token([1; 16]),
+        cluster: Token([2; 16]),
+        agent: Token([3; 16]),
+    };
+    let stream = Token([4; 16]);
+    let mut labels = info(1, "p", "acme").labels;
+    labels.cluster = "c1".into();
+    let catalog = |hub: &TestHub, present: bool| {
+        let now = hub.now();
+        let streams = if present {
+            vec![(agent, stream, labels.clone())]
+        } else {
+            Vec::new()
+        };
+        hub.shell.borrow_mut().remote_catalog(now, streams);
+    };
+    let effects = |hub: &TestHub| hub.shell.borrow_mut().take_log();
+    catalog(&hub, true);
+
+    // Listed for its org only (the org the owner took from the agent's certificate).
+    let s = hub.add_session("acme", None).unwrap();
+    let evil = hub.add_session("evil", None).unwrap();
+    assert_eq!(hub.list(&s, &sel("p")).len(), 1);
+    assert!(hub.list(&s, &sel("p"))[0].live);
+    assert!(hub.list(&evil, &sel("p")).is_empty());
+    hub.subscribe(&evil, "e", Selector::default(), follow(0))
+        .unwrap();
+    assert!(
+        !effects(&hub)
+            .iter()
+            .any(|e| matches!(e, Effect::Want { .. })),
+        "another org's subscription wants nothing"
+    );
+
+    // The first watcher wants it, once; the owner's answers pause and resume it.
+    hub.subscribe(&s, "a", sel("p"), follow(0)).unwrap();
+    let s2 = hub.add_session("acme", None).unwrap();
+    hub.subscribe(&s2, "b", sel("p"), follow(0)).unwrap();
+    let wants = effects(&hub)
+        .into_iter()
+        .filter(|e| matches!(e, Effect::Want { stream: t, .. } if *t == stream))
+        .count();
+    assert_eq!(wants, 1);
+    take_events(&s);
+    let state = |st| {
+        let now = hub.now();
+        hub.shell
+            .borrow_mut()
+            .remote_state(now, agent.agent, stream, st);
+    };
+    state(RemoteState::Unavailable);
+    state(RemoteState::Unavailable);
+    state(RemoteState::Flowing);
+    let told: Vec<Event> = take_events(&s)
+        .into_iter()
+        .filter(|e| matches!(e, Event::Paused { .. } | Event::Resumed { .. }))
+        .collect();
+    assert!(
+        matches!(&told[..], [Event::Paused { reason, .. }, Event::Resumed { .. }]
+            if *reason == logrelay_wire::reason::PauseReason::BackplaneUnavailable),
+        "{told:?}"
+    );
+
+    // Released only after the last watcher left and the linger passed.
+    hub.unsubscribe(&s, "a");
+    hub.unsubscribe(&s2, "b");
+    hub.advance(4);
+    assert!(
+        !effects(&hub)
+            .iter()
+            .any(|e| matches!(e, Effect::Release { .. }))
+    );
+    hub.advance(2);
+    assert!(
+        effects(&hub)
+            .iter()
+            .any(|e| matches!(e, Effect::Release { stream: t, .. } if *t == stream))
+    );
+
+    // Watched again, then its agent comes to this relay: served here (an `open` at the
+    // agent), the remote want released.
+    hub.subscribe(&s, "c", sel("p"), follow(0)).unwrap();
+    effects(&hub);
+    let (tx, mut rx) = mpsc::channel(16);
+    let local = hub.add_agent("acme", "c1", tx, Arc::new(Notify::new()));
+    hub.catalog_add(local, vec![info(1, "p", "")]);
+    let log = effects(&hub);
+    assert!(
+        log.iter()
+            .any(|e| matches!(e, Effect::Release { stream: t, .. } if *t == stream)),
+        "{log:?}"
+    );
+    opened(&mut rx);
+    assert_eq!(hub.list(&s, &sel("p")).len(), 1);
+
+    // It leaves the shared catalog: a stream served here stays.
+    catalog(&hub, false);
+    assert_eq!(hub.list(&s, &sel("p")).len(), 1);
+}
