@@ -32,7 +32,7 @@ impl RemoteCtx {
             hub: self.hub.clone(),
             live,
             agent: agent.agent,
-            state: AtomicU8::new(FLOWING),
+            state: AtomicU8::new(UNKNOWN),
         });
         let bp = self.backplane.clone();
         let hub = self.hub.clone();
@@ -55,6 +55,8 @@ impl RemoteCtx {
 const FLOWING: u8 = 0;
 const AWAY: u8 = 1;
 const UNAVAILABLE: u8 = 2;
+/// Nothing told yet: the first answer or batch is told to the hub.
+const UNKNOWN: u8 = u8::MAX;
 
 /// Feeds one wanted stream's ring.
 struct RemoteFeed {

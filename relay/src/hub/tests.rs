@@ -1204,4 +1204,21 @@ fn another_relays_stream_is_listed_by_org_wanted_while_watched_and_taken_over_lo
     // It leaves the shared catalog: a stream served here stays.
     catalog(&hub, false);
     assert_eq!(hub.list(&s, &sel("p")).len(), 1);
+
+    // Its agent leaves this relay (watchers paused) for another one: wanted from there, and
+    // the owner's first answer resumes the watchers.
+    hub.remove_agent(local);
+    take_events(&s);
+    catalog(&hub, true);
+    assert!(
+        effects(&hub)
+            .iter()
+            .any(|e| matches!(e, Effect::Want { stream: t, .. } if *t == stream))
+    );
+    state(RemoteState::Flowing);
+    assert!(
+        take_events(&s)
+            .iter()
+            .any(|e| matches!(e, Event::Resumed { .. })),
+    );
 }

@@ -98,8 +98,17 @@ impl Core {
                         // Served here (or by the first relay that announced it).
                         continue;
                     }
-                    s.remote = Some(remote);
                     let watched = !s.watchers.is_empty();
+                    s.remote = Some(Remote {
+                        // Its watchers were told `paused` when its agent left this relay:
+                        // the owner's first answer tells them `resumed`.
+                        state: if watched {
+                            RemoteState::Away
+                        } else {
+                            RemoteState::Flowing
+                        },
+                        ..remote
+                    });
                     self.by_remote.insert(key, sid);
                     self.listed(sid);
                     if watched {
