@@ -121,6 +121,7 @@ export const GAP_REASONS = {
 /** Why a stream paused, in plain language. */
 export const PAUSE_REASONS = {
   agent_disconnected: 'its node agent disconnected',
+  backplane_unavailable: 'its node agent is on another relay, which cannot be reached now',
 };
 
 /** Why a stream ended, in plain language. */

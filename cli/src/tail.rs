@@ -738,6 +738,9 @@ pub fn hole_words(h: &Hole) -> String {
 pub fn pause_words(reason: &PauseReason) -> String {
     match reason {
         PauseReason::AgentDisconnected => "its agent disconnected".into(),
+        PauseReason::BackplaneUnavailable => {
+            "its agent is on another relay, which cannot be reached now".into()
+        }
         PauseReason::Other(other) => other.replace('_', " "),
     }
 }

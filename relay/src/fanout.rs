@@ -93,6 +93,11 @@ impl LiveStream {
         self.ring.lock().expect("ring lock").read(cursor, max_bytes)
     }
 
+    /// The end of the last batch received.
+    pub fn last_end(&self) -> Option<SeqPos> {
+        self.ring.lock().expect("ring lock").last_end()
+    }
+
     /// Cursors at the oldest batch held and at the end, taken together.
     pub fn ends(&self) -> (Cursor, Cursor) {
         let ring = self.ring.lock().expect("ring lock");

@@ -20,6 +20,7 @@
 //! [`LiveStream`]: crate::fanout::LiveStream
 
 pub mod core;
+mod remote;
 mod shell;
 
 #[cfg(test)]
@@ -37,10 +38,13 @@ use logrelay_wire::session::StreamEntry;
 use tokio::sync::{Notify, mpsc};
 
 pub use self::core::{AgentViolation, CatalogRefusal, CoreConfig, Refusal, Unresolved};
-use self::core::{Core, Time};
+use self::core::{Core, RemoteState, Time};
+use self::remote::{CatalogFeed, RemoteCtx};
 pub use self::shell::{DemandSink, Shell};
 use crate::auth::Claims;
-use crate::ids::{AgentId, DemandId};
+use crate::backplane::Backplane;
+use crate::backplane::subject::Token;
+use crate::ids::{AgentId, AgentStreamId, DemandId, StreamId};
 use crate::metrics::RelayMetrics;
 use crate::session::outbox::Outbox;
 
@@ -187,6 +191,55 @@ impl Hub {
     pub fn demand_finished(&self, agent: AgentId, demand: DemandId) {
         let (mut shell, now) = self.lock();
         shell.demand_finished(now, agent, demand);
+    }
+
+    /// Another relay now leases (`leased`) a stream of `agent`'s connection (its own id
+    /// `local`), or no longer does: the lease holds the stream's live demand open like a
+    /// watcher, and its end lets it linger.
+    pub fn remote_lease(&self, agent: AgentId, local: AgentStreamId, leased: bool) {
+        let (mut shell, now) = self.lock();
+        shell.remote_lease(now, agent, local, leased);
+    }
+
+    /// The agent's own id of ring `ring`, if `agent`'s connection serves it as a stream (not a
+    /// filtered ring): what the backplane publishes its batches under.
+    pub fn agent_stream(&self, agent: AgentId, ring: StreamId) -> Option<AgentStreamId> {
+        self.lock().0.agent_stream(agent, ring)
+    }
+
+    // ---- other relays (the backplane) -------------------------------------------------------
+
+    /// Serves other relays' streams through `backplane` from now on: the shared catalog is
+    /// followed (`list`, subscriptions), and a stream one of this relay's sessions watches is
+    /// wanted over NATS and fed into its ring here.
+    pub fn attach_backplane(self: &Arc<Self>, backplane: &Backplane) {
+        self.lock().0.set_remote(RemoteCtx {
+            backplane: backplane.clone(),
+            hub: Arc::downgrade(self),
+        });
+        backplane.watch_catalog(Arc::new(CatalogFeed {
+            hub: Arc::downgrade(self),
+            backplane: backplane.clone(),
+        }));
+        self.remote_catalog(backplane);
+    }
+
+    /// Takes in the shared catalog as it is now.
+    fn remote_catalog(&self, backplane: &Backplane) {
+        let streams = backplane
+            .remote_streams()
+            .into_iter()
+            .map(|r| (r.agent, r.stream, r.labels))
+            .collect();
+        let (mut shell, now) = self.lock();
+        shell.remote_catalog(now, streams);
+    }
+
+    /// Where a wanted stream of another relay's agent stands: its watchers are told `paused`
+    /// and `resumed` as it changes.
+    fn remote_state(&self, agent: Token, stream: Token, state: RemoteState) {
+        let (mut shell, now) = self.lock();
+        shell.remote_state(now, agent, stream, state);
     }
 
     // ---- sessions --------------------------------------------------------------------------

@@ -28,6 +28,10 @@ use crate::hub::{AgentViolation, DemandSink, Hub, Unresolved};
 use crate::ids::{AgentId, DemandId};
 use crate::metrics::RelayMetrics;
 
+mod shared;
+
+use self::shared::{Publisher, SharedAgent};
+
 /// Messages queued toward one agent connection; policy when full: the connection is reset
 /// ([`AppCode::Overloaded`]), the agent reconnects and the relay re-sends its demands.
 pub const AGENT_QUEUE_MESSAGES: usize = 4096;
@@ -377,7 +381,7 @@ async fn serve_agent(
     // On the backplane: the agent's demand subject (leases from other relays reach this relay
     // while it holds the agent) and its streams in the shared catalog.
     let mut shared = match &backplane {
-        Some(bp) => SharedAgent::start(bp, &id.org, &id.cluster, &node).await,
+        Some(bp) => SharedAgent::start(bp, &hub, agent, &id.org, &id.cluster, &node).await,
         None => None,
     };
     let mut ack_tick = tokio::time::interval(ACK_INTERVAL);
@@ -401,6 +405,7 @@ async fn serve_agent(
         metrics.clone(),
         offences.clone(),
         config,
+        shared.as_ref().map(SharedAgent::publisher),
     ));
     let result = loop {
         tokio::select! {
@@ -521,85 +526,6 @@ async fn serve_agent(
     }
 }
 
-/// One agent's presence on the backplane: its demand subject served and its streams shared.
-/// Remote demand (publishing a stream's batches while another relay leases it) is wired by the
-/// hub ([`crate::backplane::Owner`]); until then a lease is answered and counted
-/// (`logrelay_relay_backplane_remote_wants`) but opens nothing at the agent.
-struct SharedAgent {
-    served: crate::backplane::ServedAgent,
-    backplane: Backplane,
-    /// The agent's stream ids and their tokens.
-    tokens: HashMap<u64, crate::backplane::subject::Token>,
-}
-
-/// Leases are not yet turned into demands (the hub core's next step); they are logged.
-#[derive(Debug)]
-struct LeasesLogged;
-
-impl crate::backplane::Owner for LeasesLogged {
-    fn changed(&self, change: crate::backplane::lease::Change) {
-        tracing::debug!(?change, "backplane: remote lease changed");
-    }
-}
-
-impl SharedAgent {
-    async fn start(bp: &Backplane, org: &str, cluster: &str, node: &str) -> Option<Self> {
-        let tokens = bp.subjects().agent(org, cluster, node);
-        let epoch = bp.next_conn_epoch(&tokens);
-        match bp
-            .serve_agent(org, cluster, node, epoch, Arc::new(LeasesLogged))
-            .await
-        {
-            Ok(served) => Some(Self {
-                served,
-                backplane: bp.clone(),
-                tokens: HashMap::new(),
-            }),
-            Err(e) => {
-                tracing::warn!(error = %e, %org, %cluster, %node, "backplane: agent not shared");
-                None
-            }
-        }
-    }
-
-    /// Shares the streams the hub accepted, labelled with the certificate's org and cluster.
-    fn announce(
-        &mut self,
-        org: &str,
-        cluster: &str,
-        streams: Vec<control::StreamInfo>,
-        refused: &[crate::hub::CatalogRefusal],
-    ) {
-        let added: Vec<_> = streams
-            .into_iter()
-            .filter(|s| !refused.iter().any(|r| r.streams.contains(&s.id)))
-            .map(|s| {
-                let labels = logrelay_wire::labels::Labels {
-                    org: org.to_owned(),
-                    cluster: cluster.to_owned(),
-                    ..s.labels
-                };
-                let token = self.backplane.subjects().stream(&labels);
-                self.tokens.insert(s.id, token);
-                (token, labels)
-            })
-            .collect();
-        if !added.is_empty() {
-            self.backplane.announce(&self.served, added);
-        }
-    }
-
-    fn withdraw(&mut self, gone: &[control::StreamGone]) {
-        let tokens: Vec<_> = gone
-            .iter()
-            .filter_map(|g| self.tokens.remove(&g.id))
-            .collect();
-        if !tokens.is_empty() {
-            self.backplane.withdraw(&self.served, tokens);
-        }
-    }
-}
-
 /// Tells the agent, for each of its live demands whose position moved, what every watcher has
 /// been handed since the last `ack` ([`Hub::acks`]).
 async fn send_acks(
@@ -704,14 +630,17 @@ async fn accept_data(
     metrics: Arc<RelayMetrics>,
     offences: Arc<Offences>,
     config: IngestConfig,
+    publisher: Option<Publisher>,
 ) {
     while let Ok(recv) = conn.accept_uni().await {
         let hub = hub.clone();
         let metrics = metrics.clone();
         let offences = offences.clone();
+        let publisher = publisher.clone();
         tokio::spawn(async move {
             let mut recv = recv;
-            let demand = match serve_data(&mut recv, &hub, agent, &metrics, config).await {
+            let data = serve_data(&mut recv, &hub, agent, &metrics, config, publisher.as_ref());
+            let demand = match data.await {
                 Ok(d) => d,
                 Err(DataError::Violation(d, v)) => {
                     offences.stop(&mut recv, v);
@@ -747,6 +676,7 @@ async fn serve_data(
     agent: AgentId,
     metrics: &RelayMetrics,
     config: IngestConfig,
+    publisher: Option<&Publisher>,
 ) -> Result<Option<DemandId>, DataError> {
     let mut preamble = [0u8; DataPreamble::LEN];
     if recv.read_exact(&mut preamble).await.is_err() {
@@ -767,6 +697,14 @@ async fn serve_data(
         Err(Unresolved::Violation(v)) => return Err(DataError::Violation(None, v)),
     };
     let expected_stream = sink.stream().get();
+    // A stream's live ring (not a filtered ring, not a backfill): every batch is handed to the
+    // backplane, which numbers it and publishes it while another relay leases the stream.
+    let publish = match (&sink, publisher) {
+        (DemandSink::Live(live), Some(p)) => hub
+            .agent_stream(agent, live.id())
+            .and_then(|local| p.stream(local)),
+        _ => None,
+    };
     let mut decoder = FrameDecoder::new(config.max_frame_bytes);
     loop {
         while let Some(batch) = decoder
@@ -798,6 +736,13 @@ async fn serve_data(
                 DemandSink::Live(live) => {
                     // A gap notice's count is of missing lines: it holds none.
                     let lines = if h.kind == Kind::Log { h.count } else { 0 };
+                    if let Some((p, token)) = publisher.zip(publish) {
+                        let first = SeqPos {
+                            epoch: h.epoch,
+                            seq: h.first_seq,
+                        };
+                        p.publish(token, first, end.seq, &batch);
+                    }
                     live.push(batch, lines, end);
                 }
                 DemandSink::Backfill { tx, session, .. } => {

@@ -277,6 +277,10 @@ pub async fn start_with_auditor(
         None
     };
     let hub = hub::Hub::new(config.hub(), metrics.clone());
+    if let Some(bp) = &backplane {
+        // Sessions here see and watch the streams of agents on every relay.
+        hub.attach_backplane(bp);
+    }
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (drain, drain_rx) = watch::channel(false);
     let (ready_tx, ready_rx) = watch::channel(false);

@@ -113,6 +113,9 @@ words! {
         /// The agent serving the stream went away (its connection closed, timed out, or was
         /// superseded).
         AgentDisconnected = "agent_disconnected",
+        /// The stream's agent is held by another relay, and the relays' backplane (NATS) is
+        /// unreachable or that relay does not answer: `resumed` follows when it does.
+        BackplaneUnavailable = "backplane_unavailable",
     }
 }
 
@@ -199,11 +202,15 @@ mod tests {
             serde_json::from_str::<EndReason>(r#""demand_limit""#).unwrap(),
             EndReason::DemandLimit
         );
-        let later: PauseReason = serde_json::from_str(r#""backplane_unavailable""#).unwrap();
-        assert_eq!(later, PauseReason::Other("backplane_unavailable".into()));
+        assert_eq!(
+            serde_json::from_str::<PauseReason>(r#""backplane_unavailable""#).unwrap(),
+            PauseReason::BackplaneUnavailable
+        );
+        let later: PauseReason = serde_json::from_str(r#""relay_overloaded""#).unwrap();
+        assert_eq!(later, PauseReason::Other("relay_overloaded".into()));
         assert_eq!(
             serde_json::to_string(&later).unwrap(),
-            r#""backplane_unavailable""#
+            r#""relay_overloaded""#
         );
         assert!(GapReason::EpochLost == "epoch_lost");
         assert_eq!(EndReason::Complete.to_string(), "complete");

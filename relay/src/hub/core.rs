@@ -21,12 +21,13 @@
 //!   exactly like a stream's ring.
 //! * Every id an agent presents is looked up only among its own connection's.
 //!
-//! Inputs still to come fit the same shape (issue #14): a remote relay wanting a stream is a
-//! watcher that is not a session; a lease expiring is a [`Timer`]; a backplane batch arriving
-//! with a sequence hole is an input that tells the ring's watchers with a `gap` event.
+//! * Another relay leasing a stream (the backplane, issue #14) is a watcher that is not a
+//!   session ([`Core::remote_lease`]): it opens the stream's live demand like a first watcher,
+//!   and its end lets the demand linger like the last watcher leaving.
 
 mod catalog;
 mod demands;
+mod remote;
 mod watch;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -42,6 +43,7 @@ use logrelay_wire::selector::Selector;
 use logrelay_wire::session::{Event, StreamEntry, StreamRemoved};
 
 use crate::auth::{Claims, authorize};
+use crate::backplane::subject::{AgentTokens, Token};
 use crate::ids::{AgentId, AgentStreamId, DemandId, SessionId, StreamId, SubId};
 use crate::ring::{Cursor, Ring};
 
@@ -253,8 +255,49 @@ pub enum Effect {
         /// When.
         at: Time,
     },
+    /// Want a stream of another relay's agent over the backplane: its batches feed ring
+    /// `ring`, its owner's answers come back as [`Core::remote_state`].
+    Want {
+        /// The ring.
+        ring: StreamId,
+        /// The agent's tokens.
+        agent: AgentTokens,
+        /// The stream's token.
+        stream: Token,
+    },
+    /// Release a wanted stream of another relay's agent.
+    Release {
+        /// The agent's token.
+        agent: Token,
+        /// The stream's token.
+        stream: Token,
+    },
     /// Something to count.
     Count(Count),
+}
+
+/// Where a wanted stream of another relay's agent stands, as its owner's answers tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteState {
+    /// The relay holding the agent answers: batches flow.
+    Flowing,
+    /// No relay holds the agent now (watchers: `paused` `agent_disconnected`).
+    Away,
+    /// The backplane is unreachable or the owner does not answer (watchers: `paused`
+    /// `backplane_unavailable`).
+    Unavailable,
+}
+
+/// A stream of another relay's agent, as this relay's core holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Remote {
+    agent: AgentTokens,
+    stream: Token,
+    /// The shared catalog lists it now (otherwise it is kept for its watchers only).
+    in_catalog: bool,
+    /// Wanted over the backplane now.
+    wanted: bool,
+    state: RemoteState,
 }
 
 /// A counter the shell increments.
@@ -451,6 +494,12 @@ struct RingState {
     rings: BTreeMap<LineFilter, StreamId>,
     /// When the linger armed as its last watcher left ends.
     linger: Option<Time>,
+    /// Another relay leases the stream (backplane): a watcher that is not a session, holding
+    /// its live demand open like one. Only a stream's own ring, never a filtered one.
+    leased: bool,
+    /// A stream of an agent another relay holds (the shared catalog), fed over the backplane
+    /// while wanted.
+    remote: Option<Remote>,
 }
 
 impl RingState {
@@ -463,7 +512,15 @@ impl RingState {
             filtered: None,
             rings: BTreeMap::new(),
             linger: None,
+            leased: false,
+            remote: None,
         }
+    }
+
+    /// Whether something holds its live demand open: a session watching it, or a remote
+    /// lease.
+    fn held(&self) -> bool {
+        !self.watchers.is_empty() || self.leased
     }
 
     /// The live demand that resumes this ring where it ended, with its line filter.
@@ -485,7 +542,7 @@ impl RingState {
         StreamEntry {
             stream: id.get(),
             labels: self.labels.clone(),
-            live: self.agent.is_some(),
+            live: self.agent.is_some() || self.remote.is_some_and(|r| r.in_catalog),
         }
     }
 }
@@ -541,6 +598,8 @@ pub struct Core {
     rings: BTreeMap<StreamId, RingState>,
     /// Streams (not filtered rings) by their labels.
     by_labels: HashMap<Labels, StreamId>,
+    /// Streams of other relays' agents, by (agent token, stream token).
+    by_remote: HashMap<(Token, Token), StreamId>,
     agents: BTreeMap<AgentId, AgentState>,
     sessions: BTreeMap<SessionId, watch::SessionState>,
     sessions_per_org: HashMap<String, usize>,
@@ -580,6 +639,7 @@ impl Core {
             next_id: 0,
             rings: BTreeMap::new(),
             by_labels: HashMap::new(),
+            by_remote: HashMap::new(),
             agents: BTreeMap::new(),
             sessions: BTreeMap::new(),
             sessions_per_org: HashMap::new(),
@@ -739,6 +799,8 @@ impl Core {
                     continue;
                 };
                 s.agent = None;
+                // Leases were the connection's (the next one is leased anew).
+                s.leased = false;
                 if let Some(d) = s.live_demand.take() {
                     self.forget_demand(d);
                 }

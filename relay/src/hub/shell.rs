@@ -10,18 +10,21 @@ use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use logrelay_wire::control::{Demand, ErrorCode, RelayMsg, SeqPos, StreamGone, StreamInfo};
+use logrelay_wire::labels::Labels;
 use logrelay_wire::selector::Selector;
 use logrelay_wire::session::StreamEntry;
 use tokio::sync::{Notify, mpsc};
 
 use super::HubConfig;
 use super::core::{
-    AgentViolation, CatalogRefusal, Core, Count, Effect, Refusal, Resume, RingView, Target, Time,
-    Unresolved,
+    AgentViolation, CatalogRefusal, Core, Count, Effect, Refusal, RemoteState, Resume, RingView,
+    Target, Time, Unresolved,
 };
+use super::remote::RemoteCtx;
 use crate::auth::Claims;
+use crate::backplane::subject::{AgentTokens, Token};
 use crate::fanout::LiveStream;
-use crate::ids::{AgentId, DemandId, SessionId, StreamId};
+use crate::ids::{AgentId, AgentStreamId, DemandId, SessionId, StreamId};
 use crate::metrics::RelayMetrics;
 use crate::ring::Cursor;
 use crate::session::outbox::{Backfill, Outbox};
@@ -118,6 +121,8 @@ pub struct Shell {
     sinks: HashMap<DemandId, Sink>,
     agents: HashMap<AgentId, AgentLink>,
     sessions: HashMap<SessionId, Weak<Outbox>>,
+    /// The backplane, for other relays' streams (`None`: this relay works alone).
+    remote: Option<RemoteCtx>,
     /// Every effect carried out (tests look).
     #[cfg(test)]
     log: Vec<Effect>,
@@ -140,6 +145,7 @@ impl Shell {
             sinks: HashMap::new(),
             agents: HashMap::new(),
             sessions: HashMap::new(),
+            remote: None,
             #[cfg(test)]
             log: Vec::new(),
         }
@@ -300,6 +306,20 @@ impl Shell {
                     sink.cancelled.store(true, Ordering::Relaxed);
                 }
             }
+            Effect::Want {
+                ring,
+                agent,
+                stream,
+            } => {
+                if let (Some(ctx), Some(live)) = (&self.remote, self.rings.get(&ring)) {
+                    ctx.want(agent, stream, live.clone());
+                }
+            }
+            Effect::Release { agent, stream } => {
+                if let Some(ctx) = &self.remote {
+                    ctx.release(&agent, &stream);
+                }
+            }
             Effect::ArmTimer { .. } => self.timer.notify_one(),
             Effect::Count(Count::DemandOpened) => {
                 self.metrics.demands_opened.inc();
@@ -443,6 +463,33 @@ impl Shell {
     /// A demand's data stream ended (finished, reset or failed) ([`Core::demand_finished`]).
     pub fn demand_finished(&mut self, now: Time, agent: AgentId, demand: DemandId) {
         self.input(now, |core, _, now| core.demand_finished(now, agent, demand));
+    }
+
+    /// Another relay leases a stream of `agent`'s connection, or stopped ([`Core::remote_lease`]).
+    pub fn remote_lease(&mut self, now: Time, agent: AgentId, local: AgentStreamId, leased: bool) {
+        self.input(now, |core, rings, now| {
+            core.remote_lease(now, rings, agent, local, leased);
+        });
+    }
+
+    /// Other relays' streams are wanted and released through `ctx` from now on.
+    pub(super) fn set_remote(&mut self, ctx: RemoteCtx) {
+        self.remote = Some(ctx);
+    }
+
+    /// The shared catalog now ([`Core::remote_catalog`]).
+    pub fn remote_catalog(&mut self, now: Time, streams: Vec<(AgentTokens, Token, Labels)>) {
+        self.input(now, |core, rings, _| core.remote_catalog(rings, streams));
+    }
+
+    /// Where a wanted stream of another relay stands ([`Core::remote_state`]).
+    pub fn remote_state(&mut self, now: Time, agent: Token, stream: Token, state: RemoteState) {
+        self.input(now, |core, _, _| core.remote_state(agent, stream, state));
+    }
+
+    /// The agent's own id of ring `ring` if `agent` serves it as a stream ([`Core::agent_stream`]).
+    pub fn agent_stream(&self, agent: AgentId, ring: StreamId) -> Option<AgentStreamId> {
+        self.core.agent_stream(agent, ring)
     }
 
     // ---- sessions --------------------------------------------------------------------------

@@ -1022,3 +1022,203 @@ async fn the_hub_cancels_after_the_linger_on_its_timer_task() {
     hub.remove_session(&s);
     hub.remove_agent(agent);
 }
+
+impl TestHub {
+    fn remote_lease(&self, agent: AgentId, local: u64, leased: bool) {
+        let now = self.now();
+        self.shell.borrow_mut().remote_lease(
+            now,
+            agent,
+            crate::ids::AgentStreamId::from(local),
+            leased,
+        );
+    }
+}
+
+#[test]
+fn a_remote_lease_holds_the_live_demand_like_a_watcher_and_lingers_when_it_ends() {
+    let hub = hub();
+    let (agent, mut rx) = agent(&hub, vec![info(5, "p", "")]);
+    // Another connection's stream id, or one never announced: nothing.
+    let (other, mut other_rx) = self::agent(&hub, vec![info(6, "q", "")]);
+    hub.remote_lease(agent, 6, true);
+    hub.remote_lease(other, 5, true);
+    hub.remote_lease(agent, 99, true);
+    assert!(rx.try_recv().is_err() && other_rx.try_recv().is_err());
+
+    // The first lease opens the live demand, from now on; the ring is the stream's own.
+    hub.remote_lease(agent, 5, true);
+    let (demand, stream_ref, spec) = opened(&mut rx);
+    assert!(spec.follow && spec.tail.is_none() && spec.since_seq.is_none());
+    let Some((DemandSink::Live(live), _)) = hub.resolve_any(demand) else {
+        panic!("live demand")
+    };
+    assert_eq!(live.id().get(), stream_ref);
+    let shell = hub.shell.borrow();
+    assert_eq!(
+        shell.agent_stream(agent, live.id()).map(|l| l.get()),
+        Some(5)
+    );
+    assert_eq!(shell.agent_stream(other, live.id()), None);
+    drop(shell);
+
+    // A local watcher comes and goes: the lease still holds the demand, nothing is re-opened.
+    let s = hub.add_session("acme", None).unwrap();
+    hub.subscribe(&s, "a", sel("p"), follow(0)).unwrap();
+    assert!(hub.unsubscribe(&s, "a"));
+    hub.advance(60);
+    assert!(rx.try_recv().is_err(), "the lease holds the demand");
+
+    // The lease ends: the demand lingers, a new lease keeps it, the next end cancels it.
+    hub.remote_lease(agent, 5, false);
+    hub.advance(4);
+    hub.remote_lease(agent, 5, true);
+    hub.advance(10);
+    assert!(rx.try_recv().is_err(), "leased again within the linger");
+    hub.remote_lease(agent, 5, false);
+    hub.advance(4);
+    assert!(rx.try_recv().is_err(), "still lingering");
+    hub.advance(2);
+    assert_eq!(rx.try_recv().unwrap(), RelayMsg::Cancel { demand });
+
+    // A lease on a stream whose demand ended is re-opened after reopen_after; the agent's
+    // disconnection forgets the lease (the next connection is leased anew).
+    hub.remote_lease(agent, 5, true);
+    let (demand, _, _) = opened(&mut rx);
+    hub.resolve_any(demand).expect("live");
+    hub.demand_finished(agent, demand);
+    hub.advance(2);
+    let (again, _, _) = opened(&mut rx);
+    hub.remove_agent(agent);
+    assert!(hub.resolve_any(again).is_none());
+    let (tx, mut rx2) = mpsc::channel(16);
+    let back = hub.add_agent("acme", "c1", tx, Arc::new(Notify::new()));
+    hub.catalog_add(back, vec![info(5, "p", "")]);
+    assert!(
+        rx2.try_recv().is_err(),
+        "no lease on the new connection yet"
+    );
+}
+
+#[test]
+fn another_relays_stream_is_listed_by_org_wanted_while_watched_and_taken_over_locally() {
+    use super::core::{Effect, RemoteState};
+    use crate::backplane::subject::{AgentTokens, Token};
+    let hub = hub();
+    let agent = AgentTokens {
+        org: Token([1; 16]),
+        cluster: Token([2; 16]),
+        agent: Token([3; 16]),
+    };
+    let stream = Token([4; 16]);
+    let mut labels = info(1, "p", "acme").labels;
+    labels.cluster = "c1".into();
+    let catalog = |hub: &TestHub, present: bool| {
+        let now = hub.now();
+        let streams = if present {
+            vec![(agent, stream, labels.clone())]
+        } else {
+            Vec::new()
+        };
+        hub.shell.borrow_mut().remote_catalog(now, streams);
+    };
+    let effects = |hub: &TestHub| hub.shell.borrow_mut().take_log();
+    catalog(&hub, true);
+
+    // Listed for its org only (the org the owner took from the agent's certificate).
+    let s = hub.add_session("acme", None).unwrap();
+    let evil = hub.add_session("evil", None).unwrap();
+    assert_eq!(hub.list(&s, &sel("p")).len(), 1);
+    assert!(hub.list(&s, &sel("p"))[0].live);
+    assert!(hub.list(&evil, &sel("p")).is_empty());
+    hub.subscribe(&evil, "e", Selector::default(), follow(0))
+        .unwrap();
+    assert!(
+        !effects(&hub)
+            .iter()
+            .any(|e| matches!(e, Effect::Want { .. })),
+        "another org's subscription wants nothing"
+    );
+
+    // The first watcher wants it, once; the owner's answers pause and resume it.
+    hub.subscribe(&s, "a", sel("p"), follow(0)).unwrap();
+    let s2 = hub.add_session("acme", None).unwrap();
+    hub.subscribe(&s2, "b", sel("p"), follow(0)).unwrap();
+    let wants = effects(&hub)
+        .into_iter()
+        .filter(|e| matches!(e, Effect::Want { stream: t, .. } if *t == stream))
+        .count();
+    assert_eq!(wants, 1);
+    take_events(&s);
+    let state = |st| {
+        let now = hub.now();
+        hub.shell
+            .borrow_mut()
+            .remote_state(now, agent.agent, stream, st);
+    };
+    state(RemoteState::Unavailable);
+    state(RemoteState::Unavailable);
+    state(RemoteState::Flowing);
+    let told: Vec<Event> = take_events(&s)
+        .into_iter()
+        .filter(|e| matches!(e, Event::Paused { .. } | Event::Resumed { .. }))
+        .collect();
+    assert!(
+        matches!(&told[..], [Event::Paused { reason, .. }, Event::Resumed { .. }]
+            if *reason == logrelay_wire::reason::PauseReason::BackplaneUnavailable),
+        "{told:?}"
+    );
+
+    // Released only after the last watcher left and the linger passed.
+    hub.unsubscribe(&s, "a");
+    hub.unsubscribe(&s2, "b");
+    hub.advance(4);
+    assert!(
+        !effects(&hub)
+            .iter()
+            .any(|e| matches!(e, Effect::Release { .. }))
+    );
+    hub.advance(2);
+    assert!(
+        effects(&hub)
+            .iter()
+            .any(|e| matches!(e, Effect::Release { stream: t, .. } if *t == stream))
+    );
+
+    // Watched again, then its agent comes to this relay: served here (an `open` at the
+    // agent), the remote want released.
+    hub.subscribe(&s, "c", sel("p"), follow(0)).unwrap();
+    effects(&hub);
+    let (tx, mut rx) = mpsc::channel(16);
+    let local = hub.add_agent("acme", "c1", tx, Arc::new(Notify::new()));
+    hub.catalog_add(local, vec![info(1, "p", "")]);
+    let log = effects(&hub);
+    assert!(
+        log.iter()
+            .any(|e| matches!(e, Effect::Release { stream: t, .. } if *t == stream)),
+        "{log:?}"
+    );
+    opened(&mut rx);
+    assert_eq!(hub.list(&s, &sel("p")).len(), 1);
+
+    // It leaves the shared catalog: a stream served here stays.
+    catalog(&hub, false);
+    assert_eq!(hub.list(&s, &sel("p")).len(), 1);
+
+    // Its agent leaves this relay (watchers paused) for another one: wanted from there, and
+    // the owner's first answer resumes the watchers.
+    hub.remove_agent(local);
+    take_events(&s);
+    catalog(&hub, true);
+    assert!(
+        effects(&hub)
+            .iter()
+            .any(|e| matches!(e, Effect::Want { stream: t, .. } if *t == stream))
+    );
+    state(RemoteState::Flowing);
+    assert!(
+        take_events(&s)
+            .iter()
+            .any(|e| matches!(e, Event::Resumed { .. })),
+    );
+}

@@ -91,6 +91,12 @@ impl Core {
             .collect();
         for id in ids {
             let s = self.rings.get_mut(&id).expect("present");
+            if let Some(r) = s.remote.take() {
+                // The agent of another relay's stream is here now: served locally, resumed
+                // where the ring ended.
+                self.forget_remote(id, r);
+            }
+            let s = self.rings.get_mut(&id).expect("present");
             let previous = s.agent.replace((agent, local));
             let watched = !s.watchers.is_empty();
             if previous.is_none() && !is_new && watched {
@@ -109,7 +115,7 @@ impl Core {
             }
             let s = self.rings.get(&id).expect("present");
             // Reconnect: resume what watchers had, from where the ring ended.
-            if !s.watchers.is_empty() && s.live_demand.is_none() {
+            if s.held() && s.live_demand.is_none() {
                 let resume = s.resume_demand(rings.resume(id));
                 self.open_live(id, resume);
             }
@@ -320,6 +326,9 @@ impl Core {
         }
         if let Some(d) = s.live_demand {
             self.forget_demand(d);
+        }
+        if let Some(r) = s.remote {
+            self.forget_remote(id, r);
         }
         self.out.push(Effect::RingClosed { ring: id });
         match s.filtered {

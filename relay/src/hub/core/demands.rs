@@ -169,7 +169,7 @@ impl Core {
                     return;
                 }
                 s.live_demand = None;
-                if s.watchers.is_empty() || s.agent.is_none() {
+                if !s.held() || s.agent.is_none() {
                     return;
                 }
                 self.arm(now.plus(self.config.reopen_after), Timer::Reopen(id));
@@ -186,7 +186,7 @@ impl Core {
         let Some(s) = self.rings.get(&id) else {
             return;
         };
-        if s.live_demand.is_some() || s.watchers.is_empty() || s.agent.is_none() {
+        if s.live_demand.is_some() || !s.held() || s.agent.is_none() {
             return;
         }
         let resume = s.resume_demand(rings.resume(id));

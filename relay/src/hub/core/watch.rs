@@ -247,6 +247,21 @@ impl Core {
         demand: &Demand,
     ) -> Option<CapHit> {
         let s = self.rings.get(&sid)?;
+        if s.remote.is_some() && (!demand.follow || LineFilter::of(demand).is_some()) {
+            // Another relay's stream is fed as its live ring only.
+            self.send_session(
+                session,
+                Event::Error {
+                    code: ErrorCode::BadRequest,
+                    message: format!(
+                        "stream {sid} is held by another relay: line filters and one-off reads \
+                         of it are not served across relays yet"
+                    ),
+                    id: Some(sub.as_str().to_owned()),
+                },
+            );
+            return None;
+        }
         if !demand.follow {
             let labels = s.labels.clone();
             return self.add_private_watch(session, sid, labels, sub, demand);
@@ -375,6 +390,9 @@ impl Core {
         if let Some(at) = s.linger.take() {
             // A watcher is back before the linger ended: the demand stays.
             self.timers.remove(&(at, Timer::Linger(sid)));
+        }
+        if live_demand.is_none() && !has_agent {
+            self.want(sid);
         }
         if live_demand.is_none() && has_agent {
             self.open_live(
@@ -572,10 +590,10 @@ impl Core {
         let Some(s) = self.rings.get_mut(&sid) else {
             return;
         };
-        if !s.watchers.remove(&session) || !s.watchers.is_empty() {
+        if !s.watchers.remove(&session) || s.held() {
             return;
         }
-        if s.agent.is_none() {
+        if s.agent.is_none() && s.remote.is_none_or(|r| !r.in_catalog) {
             // Its agent is gone: nothing to linger for. A stream stays while one of its
             // filtered rings is watched; a filtered ring's stream goes with it if unwatched.
             let parent = s.filtered.as_ref().map(|(p, _)| *p);
@@ -604,13 +622,23 @@ impl Core {
         let Some(s) = self.rings.get_mut(&id) else {
             return;
         };
-        if s.linger != Some(at) || !s.watchers.is_empty() {
+        if s.linger != Some(at) || s.held() {
             return;
         }
         s.linger = None;
         let demand = s.live_demand.take();
         let agent = s.agent;
         let filtered = s.filtered.is_some();
+        let remote = s.remote.filter(|r| r.wanted);
+        if let Some(r) = s.remote.as_mut() {
+            r.wanted = false;
+        }
+        if let Some(r) = remote {
+            self.out.push(Effect::Release {
+                agent: r.agent.agent,
+                stream: r.stream,
+            });
+        }
         self.out.push(Effect::RingEmptied { ring: id });
         if let Some(d) = demand {
             self.forget_demand(d);

@@ -1,0 +1,355 @@
+//! Any relay serves any session (issue 14): relays as processes (the binaries, production
+//! mode) sharing one `nats-server` started by the test. An agent on relay A; a session on relay
+//! B sees its stream in `list` and every line in order; nothing crosses NATS while nobody on
+//! another relay watches; a session of another org sees nothing of it; and when relay A is
+//! killed the watcher on B is told `paused`, then `resumed` once the agent moved, with every
+//! line or an exact gap.
+
+use logrelay_e2e::nats::NatsServer;
+use logrelay_e2e::*;
+use logrelay_relay::config::RelayConfig;
+use logrelay_wire::reason::PauseReason;
+use logrelay_wire::session::{Event, Request};
+
+fn selector() -> logrelay_wire::selector::Selector {
+    logrelay_e2e::selector("ns", "app", "main")
+}
+
+/// Flags of a relay on `nats` with quick heartbeats, leases and expiry, and a 1 s linger.
+fn nats_flags(nats: &NatsServer, id: &str) -> Vec<String> {
+    [
+        "--nats-url",
+        &nats.url(),
+        "--relay-id",
+        id,
+        "--nats-heartbeat-ms",
+        "200",
+        "--nats-relay-expiry-ms",
+        "1500",
+        "--nats-lease-refresh-ms",
+        "300",
+        "--nats-lease-ttl-ms",
+        "1000",
+        "--linger-secs",
+        "1",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+async fn relay(files: &PkiFiles, flags: &[String]) -> RelayProcess {
+    let r = RelayProcess::start(files, &flags.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    eventually("the relay is connected to NATS", || async {
+        (r.metric("logrelay_relay_backplane_connected").await == 1.0).then_some(())
+    })
+    .await;
+    r
+}
+
+/// `logrelay_relay_backplane_messages_out_total{kind="data"}` of a relay.
+async fn data_out(r: &RelayProcess) -> f64 {
+    let (_, body) = http_get(r.admin, "/metrics").await;
+    body.lines()
+        .find_map(|l| {
+            l.strip_prefix("logrelay_relay_backplane_messages_out_total{kind=\"data\"} ")
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// The data subjects nats-server has subscriptions on.
+async fn data_subscriptions(nats: &NatsServer) -> Vec<String> {
+    nats.subscribed_subjects()
+        .await
+        .into_iter()
+        .filter(|s| s.contains(".data."))
+        .collect()
+}
+
+/// The stream's messages a session received, as numbers (`line-N`).
+fn numbers(s: &Subscriber, stream: u64) -> Vec<u64> {
+    s.messages(stream)
+        .iter()
+        .filter_map(|m| m.trim().strip_prefix("line-")?.parse().ok())
+        .collect()
+}
+
+/// Sends `list` and returns the streams of the answer.
+async fn list(s: &mut Subscriber) -> Vec<logrelay_wire::session::StreamEntry> {
+    s.client
+        .send(&Request::List {
+            selector: selector(),
+            id: None,
+            watch: false,
+        })
+        .await
+        .expect("send list");
+    let at = s.events.len();
+    s.until("the list", |s| {
+        s.events[at..]
+            .iter()
+            .any(|e| matches!(e, Event::Streams { .. }))
+    })
+    .await;
+    s.events[at..]
+        .iter()
+        .find_map(|e| match e {
+            Event::Streams { streams, .. } => Some(streams.clone()),
+            _ => None,
+        })
+        .expect("streams")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_on_relay_b_sees_every_line_of_an_agent_on_relay_a_and_only_while_it_watches() {
+    let nats = NatsServer::start().await;
+    let files = PkiFiles::write(&TestPki::new(), "dev", "test");
+    let a = relay(&files, &nats_flags(&nats, "relay-a")).await;
+    let b = relay(&files, &nats_flags(&nats, "relay-b")).await;
+    let pods = PodsDir::new();
+    let mut log = pods.container("ns", "app", "main");
+    let _agent = AgentProcess::start(&files, pods.path(), a.quic, &[]).await;
+    eventually("relay B holds relay A's stream", || async {
+        (b.metric("logrelay_relay_backplane_remote_streams").await >= 1.0).then_some(())
+    })
+    .await;
+
+    // A session of another org on a third relay (in the test process, same NATS) knows the
+    // stream is there but never sees it: each relay checks its own sessions' org.
+    let mut other = RelayConfig {
+        anonymous_org: Some("evil".into()),
+        ..RelayConfig::loopback()
+    };
+    other.backplane = nats.backplane("relay-c");
+    other.backplane.nats_subject_prefix = "logrelay".into();
+    let c = TestRelay::start_exactly(&TestPki::new(), other).await;
+    eventually("relay C holds relay A's stream", || async {
+        (c.metric("logrelay_relay_backplane_remote_streams").await >= 1.0).then_some(())
+    })
+    .await;
+    let mut evil = c.subscriber().await;
+    assert!(
+        list(&mut evil).await.is_empty(),
+        "another org lists nothing"
+    );
+    let everything = logrelay_wire::selector::Selector::default();
+    evil.subscribe("all", &everything, Some(100)).await;
+
+    // A watcher on relay A only: batches flow into A, none onto NATS.
+    let mut local = Subscriber::connect(&a.subscribe_url()).await;
+    local.subscribe("a", &selector(), Some(0)).await;
+    local
+        .until("A's stream", |s| s.stream_of("a").is_some())
+        .await;
+    let on_a = local.stream_of("a").unwrap();
+    let mut next = 0u64;
+    let mut write = |n: u64, log: &mut logrelay::demo::CriWriter| {
+        let lines: Vec<Vec<u8>> = (next..next + n)
+            .map(|i| format!("line-{i}\n").into_bytes())
+            .collect();
+        log.write_lines(lines.iter().map(Vec::as_slice)).unwrap();
+        next += n;
+        next
+    };
+    // The agent follows from its open on: write until the watcher on A has lines.
+    loop {
+        let upto = write(20, &mut log);
+        let got = tokio::time::timeout(std::time::Duration::from_millis(500), async {
+            while numbers(&local, on_a).last().is_none_or(|&l| l + 1 < upto) {
+                local.recv().await.expect("session open");
+            }
+        })
+        .await;
+        if got.is_ok() {
+            break;
+        }
+    }
+    assert!(data_subscriptions(&nats).await.is_empty());
+    assert_eq!(
+        data_out(&a).await,
+        0.0,
+        "nothing published while nobody on B watches"
+    );
+
+    // A session on relay B lists the stream (org `dev`, from the agent's certificate) and
+    // watches it: every line from its first on, in order, no gap.
+    let mut remote = Subscriber::connect(&b.subscribe_url()).await;
+    let listed = list(&mut remote).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].labels.org, "dev");
+    assert_eq!(listed[0].labels.pod, "app");
+    assert!(listed[0].live);
+    remote.subscribe("b", &selector(), Some(0)).await;
+    remote
+        .until("B's stream", |s| s.stream_of("b").is_some())
+        .await;
+    let on_b = remote.stream_of("b").unwrap();
+    eventually("relay A publishes for relay B", || async {
+        (a.metric("logrelay_relay_backplane_remote_wants").await >= 1.0).then_some(())
+    })
+    .await;
+    let start = write(0, &mut log);
+    let mut upto = start;
+    for _ in 0..10 {
+        upto = write(100, &mut log);
+    }
+    remote
+        .until("every line on B", |s| {
+            numbers(s, on_b).last().is_some_and(|&l| l + 1 >= upto)
+        })
+        .await;
+    let got = numbers(&remote, on_b);
+    let first = got[0];
+    assert!(
+        first <= start,
+        "B has the lines from when it watched: {first} > {start}"
+    );
+    let expected: Vec<u64> = (first..upto).collect();
+    assert_eq!(got, expected, "every line, in order, once");
+    assert!(
+        !remote.events.iter().any(|e| matches!(e, Event::Gap { .. })),
+        "{:?}",
+        remote.events
+    );
+    assert!(data_out(&a).await > 0.0);
+    assert_eq!(
+        data_subscriptions(&nats).await.len(),
+        1,
+        "one data subject, B's"
+    );
+
+    // The session of another org saw nothing of it.
+    let before = local.total_lines();
+    local
+        .until("A's watcher is past", |s| s.total_lines() > before.min(1))
+        .await;
+    while let Ok(Some(_)) =
+        tokio::time::timeout(std::time::Duration::from_millis(1), evil.recv()).await
+    {}
+    assert_eq!(evil.total_lines(), 0);
+    assert!(
+        evil.events
+            .iter()
+            .all(|e| !matches!(e, Event::Stream { .. })),
+        "{:?}",
+        evil.events
+    );
+
+    // B's watcher leaves: after the linger B releases, A stops publishing (A's own watcher
+    // still reads every line).
+    drop(remote);
+    eventually("B no longer subscribes the data subject", || async {
+        data_subscriptions(&nats).await.is_empty().then_some(())
+    })
+    .await;
+    eventually("A no longer publishes", || async {
+        (a.metric("logrelay_relay_backplane_remote_wants").await == 0.0).then_some(())
+    })
+    .await;
+    let published = data_out(&a).await;
+    let upto = write(200, &mut log);
+    local
+        .until("A's watcher has every line", |s| {
+            numbers(s, on_a).last().is_some_and(|&l| l + 1 >= upto)
+        })
+        .await;
+    assert_eq!(data_out(&a).await, published, "nothing more crossed NATS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_a_killed_its_watcher_on_b_is_paused_then_resumed_with_every_line_or_an_exact_gap() {
+    let nats = NatsServer::start().await;
+    let files = PkiFiles::write(&TestPki::new(), "dev", "test");
+    let mut relays = [
+        relay(&files, &nats_flags(&nats, "relay-a")).await,
+        relay(&files, &nats_flags(&nats, "relay-b")).await,
+    ];
+    let pods = PodsDir::new();
+    let writer = KubeletWriter::start(
+        pods.path(),
+        "ns",
+        "app",
+        "main",
+        WriterConfig {
+            lines_per_sec: 2_000,
+            ..WriterConfig::default()
+        },
+    );
+    // The agent knows both relays and starts at a random one: that one is "A", the other
+    // holds the watcher.
+    let other = relays[1].quic.to_string();
+    let agent = AgentProcess::start(
+        &files,
+        pods.path(),
+        relays[0].quic,
+        &["--relay-addr", &other],
+    )
+    .await;
+    let on = eventually("the agent connected to one relay", || async {
+        for (i, r) in relays.iter().enumerate() {
+            if r.metric("logrelay_relay_agents_connected").await == 1.0 {
+                return Some(i);
+            }
+        }
+        None
+    })
+    .await;
+    let watcher = &relays[1 - on];
+    eventually("the watcher's relay holds the stream", || async {
+        (watcher
+            .metric("logrelay_relay_backplane_remote_streams")
+            .await
+            >= 1.0)
+            .then_some(())
+    })
+    .await;
+    let client = ResumingClient::start(watcher.subscribe_url(), selector(), 0);
+    client
+        .until("lines across relays", |s| s.ledger.delivered.len() >= 1_000)
+        .await;
+
+    relays[on].kill();
+    let killed = std::time::Instant::now();
+    client
+        .until("paused", |s| {
+            s.event_after(killed, |e| matches!(e, Event::Paused { .. }))
+                .is_some()
+        })
+        .await;
+    client
+        .until("resumed", |s| {
+            s.event_after(killed, |e| matches!(e, Event::Resumed { .. }))
+                .is_some()
+        })
+        .await;
+    let paused = client.with(|s| {
+        s.events.iter().find_map(|(_, e)| match e {
+            Event::Paused { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+    });
+    assert_eq!(paused, Some(PauseReason::AgentDisconnected));
+    let target = client.with(|s| s.ledger.delivered.len()) + 1_000;
+    client
+        .until("lines after the move", |s| {
+            s.ledger.delivered.len() >= target
+        })
+        .await;
+    let written = writer.stop();
+    let first = client.with(|s| s.ledger.first_line()).expect("lines");
+    let done = client
+        .until_within(DEADLINE, |s| {
+            s.ledger.tally_range(first, written).delivered
+                + s.ledger.tally_range(first, written).gapped
+                >= written - first
+        })
+        .await;
+    let tally = client.with(|s| s.ledger.tally_range(first, written));
+    println!("written {written} from {first}, tally {tally:?}");
+    assert!(
+        done && tally.missing == 0 && tally.inexact_gaps == 0 && tally.duplicates == 0,
+        "{tally:?}\nagent log:\n{}",
+        agent.output()
+    );
+}

@@ -1,0 +1,184 @@
+//! The hub's wanting side on the backplane: other relays' streams in the catalog, and the
+//! batches of a wanted one fed into its ring here, in order, with the agent's sequence numbers
+//! and epoch, and every hole in what NATS delivered turned into an exact gap notice.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Weak};
+
+use bytes::{Bytes, BytesMut};
+use logrelay_wire::batch::{self, BatchHeader, FLAG_COUNT_UNKNOWN, Kind};
+use logrelay_wire::control::SeqPos;
+
+use super::Hub;
+use super::core::RemoteState;
+use crate::backplane::codec::DataHeader;
+use crate::backplane::holes::Hole;
+use crate::backplane::subject::{AgentTokens, Token};
+use crate::backplane::{Answer, Backplane, CatalogSink, RemoteSink, catalog};
+use crate::fanout::LiveStream;
+
+/// What the shell needs to want and release other relays' streams.
+#[derive(Debug, Clone)]
+pub(super) struct RemoteCtx {
+    pub(super) backplane: Backplane,
+    pub(super) hub: Weak<Hub>,
+}
+
+impl RemoteCtx {
+    /// Wants `stream` of `agent`, its batches fed into `live` (in the background: the
+    /// subscription is a NATS round trip).
+    pub(super) fn want(&self, agent: AgentTokens, stream: Token, live: Arc<LiveStream>) {
+        let sink = Arc::new(RemoteFeed {
+            hub: self.hub.clone(),
+            live,
+            agent: agent.agent,
+            state: AtomicU8::new(UNKNOWN),
+        });
+        let bp = self.backplane.clone();
+        let hub = self.hub.clone();
+        tokio::spawn(async move {
+            if let Err(e) = bp.want(agent, stream, sink).await {
+                tracing::warn!(error = %e, "backplane: a remote stream could not be wanted");
+                if let Some(hub) = hub.upgrade() {
+                    hub.remote_state(agent.agent, stream, RemoteState::Unavailable);
+                }
+            }
+        });
+    }
+
+    /// Releases `stream` of `agent`.
+    pub(super) fn release(&self, agent: &Token, stream: &Token) {
+        self.backplane.release(agent, stream);
+    }
+}
+
+const FLOWING: u8 = 0;
+const AWAY: u8 = 1;
+const UNAVAILABLE: u8 = 2;
+/// Nothing told yet: the first answer or batch is told to the hub.
+const UNKNOWN: u8 = u8::MAX;
+
+/// Feeds one wanted stream's ring.
+struct RemoteFeed {
+    hub: Weak<Hub>,
+    live: Arc<LiveStream>,
+    agent: Token,
+    /// The last state told to the hub (the hub is told only of changes).
+    state: AtomicU8,
+}
+
+impl RemoteFeed {
+    /// Tells the hub where the stream stands, if that changed.
+    fn tell(&self, stream: Token, state: RemoteState) {
+        let code = match state {
+            RemoteState::Flowing => FLOWING,
+            RemoteState::Away => AWAY,
+            RemoteState::Unavailable => UNAVAILABLE,
+        };
+        if self.state.swap(code, Ordering::Relaxed) != code
+            && let Some(hub) = self.hub.upgrade()
+        {
+            hub.remote_state(self.agent, stream, state);
+        }
+    }
+
+    /// A gap notice of `lines` lines from `from`, in this ring's stream.
+    fn gap(&self, from: SeqPos, lines: u64, bytes: u64, exact: bool) {
+        let count = u32::try_from(lines).unwrap_or(u32::MAX);
+        let flags = if exact && u64::from(count) == lines {
+            0
+        } else {
+            FLAG_COUNT_UNKNOWN
+        };
+        let notice = batch::encode_gap_flagged(
+            self.live.id().get(),
+            from.epoch,
+            from.seq,
+            count,
+            bytes,
+            flags,
+        );
+        self.live.push(
+            notice,
+            0,
+            SeqPos {
+                epoch: from.epoch,
+                seq: from.seq + u64::from(count),
+            },
+        );
+    }
+}
+
+impl RemoteSink for RemoteFeed {
+    fn batch(&self, stream: Token, _header: &DataHeader, batch: Bytes, _repeated: u64) {
+        let Ok(h) = BatchHeader::parse(&batch) else {
+            tracing::warn!("backplane: a batch that does not parse is dropped");
+            return;
+        };
+        self.tell(stream, RemoteState::Flowing);
+        // Continuity with what the ring holds, by sequence number in the agent's epoch: lines
+        // already held (the agent resent them after moving) are not pushed again, lines
+        // skipped (published before this relay wanted them again, or lost) are an exact gap.
+        if let Some(last) = self.live.last_end()
+            && last.epoch == h.epoch
+        {
+            if h.end_seq() <= last.seq && h.count > 0 {
+                return;
+            }
+            if h.first_seq > last.seq {
+                self.gap(last, h.first_seq - last.seq, 0, true);
+            }
+        }
+        // Stamped with this relay's id of the stream.
+        let mut out = BytesMut::from(&batch[..]);
+        out[4..12].copy_from_slice(&self.live.id().get().to_le_bytes());
+        let lines = if h.kind == Kind::Log { h.count } else { 0 };
+        self.live.push(
+            out.freeze(),
+            lines,
+            SeqPos {
+                epoch: h.epoch,
+                seq: h.end_seq(),
+            },
+        );
+    }
+
+    fn hole(&self, _stream: Token, hole: Hole, reason: &'static str) {
+        tracing::debug!(?hole, reason, "backplane: hole in a remote stream");
+        // Where the ring already holds past the hole's start (a batch after it told of it by
+        // sequence number), nothing more is told.
+        if self
+            .live
+            .last_end()
+            .is_some_and(|l| l.epoch == hole.from.epoch && l.seq > hole.from.seq)
+        {
+            return;
+        }
+        if hole.lines > 0 || !hole.exact {
+            self.gap(hole.from, hole.lines, hole.bytes, hole.exact);
+        }
+    }
+
+    fn answer(&self, stream: Token, answer: Answer) {
+        let state = match answer {
+            Answer::Top { .. } => RemoteState::Flowing,
+            Answer::Away => RemoteState::Away,
+            Answer::Unavailable => RemoteState::Unavailable,
+        };
+        self.tell(stream, state);
+    }
+}
+
+/// Keeps the hub's copy of the shared catalog in step.
+pub(super) struct CatalogFeed {
+    pub(super) hub: Weak<Hub>,
+    pub(super) backplane: Backplane,
+}
+
+impl CatalogSink for CatalogFeed {
+    fn changed(&self, _changes: Vec<catalog::Change>) {
+        if let Some(hub) = self.hub.upgrade() {
+            hub.remote_catalog(&self.backplane);
+        }
+    }
+}
