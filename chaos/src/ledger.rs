@@ -182,7 +182,16 @@ pub struct Ledger {
     highest: Option<u64>,
     /// The first line number delivered.
     first: Option<u64>,
+    /// What happened, in order, for locating a fault: the first [`NOTES`] notes (sessions,
+    /// subscriptions with their `since_seq`, events, gap batches, where redeliveries began).
+    pub notes: Vec<String>,
+    /// Whether the last line recorded was a redelivery (a run of them is noted once).
+    redelivering: bool,
 }
+
+/// Notes a [`Ledger`] keeps (each stamped with the seconds since the first note of this
+/// process).
+pub const NOTES: usize = 200;
 
 /// What a [`Ledger`] adds up to against what was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,6 +270,15 @@ impl Tally {
 }
 
 impl Ledger {
+    /// Adds a note (see [`Ledger::notes`]); notes beyond [`NOTES`] are left out.
+    pub fn note(&mut self, note: String) {
+        static FIRST: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        if self.notes.len() < NOTES {
+            let t = FIRST.get_or_init(Instant::now).elapsed().as_secs_f64();
+            self.notes.push(format!("{t:.2} s: {note}"));
+        }
+    }
+
     /// Records one message from the relay.
     pub fn record(&mut self, item: &Incoming) {
         match item {
@@ -282,7 +300,19 @@ impl Ledger {
                         .or_insert(i128::from(l.seq) - i128::from(i));
                     if !self.delivered.insert(i) {
                         self.redelivered += 1;
+                        if !self.redelivering {
+                            self.redelivering = true;
+                            let note = format!(
+                                "line {i} again as ({}, {}) (highest had {:?})",
+                                l.epoch, l.seq, self.highest
+                            );
+                            self.note(note);
+                        }
                         continue;
+                    }
+                    if std::mem::take(&mut self.redelivering) {
+                        let note = format!("new line {i} as ({}, {})", l.epoch, l.seq);
+                        self.note(note);
                     }
                     if self.highest.is_some_and(|h| i < h) {
                         self.out_of_order += 1;
@@ -297,15 +327,38 @@ impl Ledger {
                 lines,
                 exact,
                 ..
-            } => self.agent_gaps.push(AgentGap {
-                epoch: *epoch,
-                first_seq: *first_seq,
-                lines: u64::from(*lines),
-                exact: *exact,
-            }),
-            Incoming::Event(e @ Event::Gap { .. }) => self.relay_gaps.push(e.clone()),
+            } => {
+                self.agent_gaps.push(AgentGap {
+                    epoch: *epoch,
+                    first_seq: *first_seq,
+                    lines: u64::from(*lines),
+                    exact: *exact,
+                });
+                let note = format!(
+                    "agent gap ({epoch}, {first_seq}) lines {lines} exact {exact} \
+                     (highest had {:?})",
+                    self.highest
+                );
+                self.note(note);
+            }
+            Incoming::Event(e @ Event::Gap { .. }) => {
+                self.relay_gaps.push(e.clone());
+                let note = format!("{e:?} (highest had {:?})", self.highest);
+                self.note(note);
+            }
             Incoming::Event(Event::Renumbered { from, to, .. }) => {
                 self.renumbered.push((*from, *to));
+                let note = format!(
+                    "renumbered {from:?} -> {to:?} (highest had {:?})",
+                    self.highest
+                );
+                self.note(note);
+            }
+            Incoming::Event(
+                e @ (Event::Paused { .. } | Event::Resumed { .. } | Event::End { .. }),
+            ) => {
+                let note = format!("{e:?} (highest had {:?})", self.highest);
+                self.note(note);
             }
             Incoming::Event(_) => {}
         }
@@ -569,12 +622,19 @@ async fn run(
     let subscribe = |state: &Mutex<ClientState>| {
         let mut st = state.lock().expect("client state");
         st.subscriptions += 1;
+        let since_seq = st.ledger.resume_point();
+        let note = format!(
+            "session {} subscribes since_seq {since_seq:?} (highest had {:?})",
+            st.sessions,
+            st.ledger.highest_line()
+        );
+        st.ledger.note(note);
         Request::Subscribe {
             id: format!("a{}", st.subscriptions),
             selector: selector.clone(),
             tail: Some(tail),
             since_ns: None,
-            since_seq: st.ledger.resume_point(),
+            since_seq,
             follow: true,
             contains: None,
             matches: None,
@@ -660,6 +720,8 @@ async fn run(
         st.disconnects.push(Instant::now());
         st.close_codes.extend(closed);
         if let Some(why) = ended {
+            let note = format!("session {} ended: {why}", st.sessions);
+            st.ledger.note(note);
             st.error(why);
         }
         drop(st);

@@ -304,6 +304,7 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         });
         if !tally.is_exact() {
             failures.push(format!("{pod}: {tally:?}"));
+            figures.notes = c.with(|s| s.ledger.notes.clone());
         }
         total_tally.add(&tally);
         for (k, v) in std::mem::take(&mut figures.gapped_by_reason) {

@@ -11,8 +11,10 @@
 //!   sends nothing. Without `until`, a `since_seq` in the epoch held resumes from a checkpoint;
 //!   anything else is a one-off read in an epoch of its own.
 //! * A **live** demand that could not take a running follower over ([`plan_follow`]) resumes
-//!   from a checkpoint when its `since_seq` names the epoch held, else starts a new epoch:
-//!   reaching back for its `tail` or `since`, or, continuing what the relay holds
+//!   from a checkpoint when its `since_seq` names the epoch held; without such a position (and
+//!   without `after_line`) it stays in the epoch held, reaching back for its `tail` or `since`
+//!   from the newest checkpoint, so that a resume in that epoch still finds it; else it starts
+//!   a new epoch: reaching back for its `tail` or `since`, or, continuing what the relay holds
 //!   (`after_line`), back past the last line stamped before the relay's last line.
 
 use std::collections::VecDeque;
@@ -236,6 +238,16 @@ pub fn plan_once(held: &Held, spec: &Demand) -> Once {
 pub enum Follow {
     /// A resume in the epoch held, from a checkpoint.
     Resume(Plan),
+    /// On in the epoch held, from its newest checkpoint `from`, walking back `want` first
+    /// (none: from `from` on).
+    Held {
+        /// The newest checkpoint in a held file.
+        from: Position,
+        /// How far back.
+        want: Option<Want>,
+        /// The plan, its start to be replaced by where the walk ends.
+        plan: Plan,
+    },
     /// A new epoch of the files at the log path now, reaching back from its anchor.
     NewEpoch {
         /// How far back.
@@ -246,9 +258,38 @@ pub enum Follow {
 }
 
 /// Plans a live demand that could not take a running follower over; see the module doc.
-pub fn plan_follow(held: &Held, spec: &Demand) -> Follow {
+/// `keep_held`: whether a demand naming no position may go on in the epoch held (not when
+/// planning again a new epoch the log rotated under).
+///
+/// Staying in the epoch held is what keeps a relay restart from costing lines: the first
+/// watcher of the restarted relay may well ask for a `tail` before a resuming session asks
+/// for its `since_seq` in that epoch; a new epoch would forget the one it resumes.
+pub fn plan_follow(held: &Held, spec: &Demand, keep_held: bool) -> Follow {
     if let Some(plan) = held.resume(spec.since_seq) {
         return Follow::Resume(plan);
+    }
+    if keep_held
+        && spec.after_line.is_none()
+        && held.epoch != 0
+        && let Some(from) = held.checkpoint_before(u64::MAX)
+    {
+        let reach = Reach::of(spec.tail, spec.since_ns);
+        let from_seq = match reach {
+            Reach::Anchor => from.seq,
+            Reach::Lines(n) => from.seq.saturating_sub(n),
+            Reach::Since(_) => 0,
+        };
+        return Follow::Held {
+            from,
+            want: reach.want(),
+            plan: Plan {
+                epoch: held.epoch,
+                start: from,
+                from_seq,
+                until_seq: None,
+                after: None,
+            },
+        };
     }
     // Continuing what the relay holds: from the last line stamped before its last line's.
     match spec.after_line {
@@ -463,7 +504,7 @@ mod tests {
     }
 
     #[test]
-    fn a_live_demand_resumes_in_the_epoch_held_or_starts_a_new_one() {
+    fn a_live_demand_resumes_or_goes_on_in_the_epoch_held_or_starts_a_new_one() {
         let h = held();
         let resume = Demand {
             follow: true,
@@ -471,7 +512,7 @@ mod tests {
             ..Demand::default()
         };
         assert_eq!(
-            plan_follow(&h, &resume),
+            plan_follow(&h, &resume, true),
             Follow::Resume(Plan {
                 epoch: 7,
                 start: pos(1, 400, 150),
@@ -486,8 +527,49 @@ mod tests {
             since_seq: at(3, 160),
             ..Demand::default()
         };
+        // No position in the epoch held: on in it, 100 lines back from its newest checkpoint.
         assert_eq!(
-            plan_follow(&h, &tail),
+            plan_follow(&h, &tail, true),
+            Follow::Held {
+                from: pos(1, 900, 180),
+                want: Some(Want::Lines(100)),
+                plan: Plan {
+                    epoch: 7,
+                    start: pos(1, 900, 180),
+                    from_seq: 80,
+                    until_seq: None,
+                    after: None,
+                },
+            }
+        );
+        let now = Demand {
+            follow: true,
+            ..Demand::default()
+        };
+        assert_eq!(
+            plan_follow(&h, &now, true),
+            Follow::Held {
+                from: pos(1, 900, 180),
+                want: None,
+                plan: Plan {
+                    epoch: 7,
+                    start: pos(1, 900, 180),
+                    from_seq: 180,
+                    until_seq: None,
+                    after: None,
+                },
+            }
+        );
+        // Planning a new epoch again, or nothing held: a new epoch.
+        assert_eq!(
+            plan_follow(&h, &tail, false),
+            Follow::NewEpoch {
+                reach: Reach::Lines(100),
+                after: None
+            }
+        );
+        assert_eq!(
+            plan_follow(&Held::default(), &tail, true),
             Follow::NewEpoch {
                 reach: Reach::Lines(100),
                 after: None
@@ -501,7 +583,7 @@ mod tests {
             ..Demand::default()
         };
         assert_eq!(
-            plan_follow(&h, &after),
+            plan_follow(&h, &after, true),
             Follow::NewEpoch {
                 reach: Reach::Since(5_000),
                 after: Some(After {

@@ -206,16 +206,29 @@ pub fn plan_once(
 }
 
 /// A live demand's plan and the files it reads ([`plan::plan_follow`], carried out): a new
-/// epoch becomes the stream's, with its first checkpoints. Blocking.
+/// epoch becomes the stream's, with its first checkpoints. `keep_held` as there. Blocking.
 pub fn plan_follow(
     stream: &Stream,
     spec: &Demand,
+    keep_held: bool,
     max_line: usize,
 ) -> std::io::Result<(Plan, Vec<ChainFile>)> {
     let (reach, after) = {
         let st = stream.state.lock().expect("stream lock");
-        match plan::plan_follow(&st.held(), spec) {
+        match plan::plan_follow(&st.held(), spec, keep_held) {
             Follow::Resume(plan) => return Ok((plan, st.files.clone())),
+            Follow::Held {
+                from,
+                want,
+                mut plan,
+            } => {
+                let files = st.files.clone();
+                drop(st);
+                if let Some(want) = want {
+                    plan.start = seek::back(&files, from, want, max_line)?;
+                }
+                return Ok((plan, files));
+            }
             Follow::NewEpoch { reach, after } => (reach, after),
         }
     };

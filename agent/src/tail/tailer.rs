@@ -434,11 +434,14 @@ impl Tailer {
         let mut attempt = 0;
         let (plan, filter, follower, enc) = loop {
             attempt += 1;
+            let held_epoch = stream.state.lock().expect("stream lock").epoch;
             let (plan, files) = {
                 let stream = stream.clone();
                 let spec = spec.clone();
+                // Planning again (below) is for a new epoch: it stays new.
+                let keep_held = attempt == 1;
                 tokio::task::spawn_blocking(move || {
-                    stream::plan_follow(&stream, &spec, params.max_line_bytes)
+                    stream::plan_follow(&stream, &spec, keep_held, params.max_line_bytes)
                 })
                 .await
                 .map_err(|e| io_err(&path)(std::io::Error::other(e)))?
@@ -463,7 +466,7 @@ impl Tailer {
             // rotated meanwhile are newer than the plan's chain: plan again, or they would be
             // skipped. The file at the path still being the plan's newest proves no rotation
             // came between the plan's listing and the follower's.
-            let fresh = spec.since_seq.is_none_or(|p| p.epoch != plan.epoch);
+            let fresh = plan.epoch != held_epoch;
             let newest = files.last().map(|f| f.held.id);
             let at_path = std::fs::metadata(&real).ok().map(|m| FileId::of(&m));
             if !fresh || newest == at_path || attempt == 5 {

@@ -69,6 +69,10 @@ pub struct StreamFigures {
     pub subscriptions: u32,
     /// Lines reported missing, by reason (`agent` for the agent's gap batches).
     pub gapped_by_reason: BTreeMap<String, u64>,
+    /// A stream that failed: what its checker saw happen, in order (sessions, subscriptions
+    /// with their `since_seq`, events, gaps, where redeliveries began), to locate the fault.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl StreamFigures {

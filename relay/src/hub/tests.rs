@@ -1222,3 +1222,28 @@ fn another_relays_stream_is_listed_by_org_wanted_while_watched_and_taken_over_lo
             .any(|e| matches!(e, Event::Resumed { .. })),
     );
 }
+
+#[test]
+fn a_resume_waiting_for_its_stream_opens_the_live_demand_before_a_tail_does() {
+    // A restarted relay: two sessions subscribe before the agent is back, the first with a
+    // `tail`, the second resuming with `since_seq`. The live demand must carry the resume, or
+    // the agent would start a new epoch and the resumed one would be lost (the chaos soak's
+    // `epoch_lost` after a relay kill).
+    let hub = hub();
+    let tail = hub.add_session("acme", None).unwrap();
+    hub.subscribe(&tail, "t", sel("p"), follow(500)).unwrap();
+    let resuming = hub.add_session("acme", None).unwrap();
+    let since = SeqPos {
+        epoch: 7,
+        seq: 9_032,
+    };
+    let resume = Demand {
+        since_seq: Some(since),
+        ..follow(1_000_000)
+    };
+    hub.subscribe(&resuming, "r", sel("p"), resume).unwrap();
+    let (_, mut rx) = agent(&hub, vec![info(1, "p", "")]);
+    let (_, _, spec) = opened(&mut rx);
+    assert_eq!(spec.since_seq, Some(since), "{spec:?}");
+    assert!(rx.try_recv().is_err(), "one demand for both watchers");
+}

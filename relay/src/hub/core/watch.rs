@@ -214,23 +214,28 @@ impl Core {
     }
 
     /// A new stream `sid` (labelled `labels`): every matching standing subscription attaches.
+    /// Those resuming (`since_seq`) attach first, the earliest position first: the first watch
+    /// opens the live demand, and a resume must reach the agent in it (a watch attaching after
+    /// shares what that demand sends). Were a `tail` first, the agent would start a new epoch
+    /// and forget the resumed one (its follower and queue: what a relay restart must not lose).
     pub(super) fn attach_standing(&mut self, rings: &dyn RingView, sid: StreamId, labels: &Labels) {
-        let sessions: Vec<SessionId> = self.sessions.keys().copied().collect();
-        for session in sessions {
-            let ss = &self.sessions[&session];
+        let mut watches: Vec<(SessionId, SubId, Demand)> = Vec::new();
+        for (&session, ss) in &self.sessions {
             if !ss.may_read(labels) {
                 continue;
             }
-            let subs: Vec<(SubId, Demand)> = ss
-                .subs
-                .iter()
-                .filter(|(_, spec)| spec.selector.matches(labels))
-                .map(|(id, spec)| (id.clone(), spec.demand.clone()))
-                .collect();
-            for (id, demand) in subs {
-                tracing::debug!(%session, sub = %id, stream = %sid, "new stream matches subscription");
-                self.add_watch(rings, session, sid, &id, &demand);
-            }
+            watches.extend(
+                ss.subs
+                    .iter()
+                    .filter(|(_, spec)| spec.selector.matches(labels))
+                    .map(|(id, spec)| (session, id.clone(), spec.demand.clone())),
+            );
+        }
+        // Stable: otherwise in session order, as before.
+        watches.sort_by_key(|(_, _, d)| d.since_seq.map_or((1, 0), |p| (0, p.seq)));
+        for (session, id, demand) in watches {
+            tracing::debug!(%session, sub = %id, stream = %sid, "new stream matches subscription");
+            self.add_watch(rings, session, sid, &id, &demand);
         }
     }
 
