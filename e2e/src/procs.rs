@@ -444,6 +444,16 @@ impl AgentProcess {
         self.proc.terminate();
     }
 
+    /// SIGSTOP: it stays connected as far as the kernel is concerned, and answers nothing
+    /// (until [`Self::kill`]).
+    pub fn freeze(&self) {
+        if let Some(pid) = self.proc.pid() {
+            let _ = Command::new("kill")
+                .args(["-STOP", &pid.to_string()])
+                .status();
+        }
+    }
+
     /// One metric from `/metrics`.
     pub async fn metric(&self, name: &str) -> f64 {
         metric(self.admin, name).await

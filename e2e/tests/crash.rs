@@ -435,3 +435,117 @@ async fn a_tail_watcher_ahead_of_the_resume_after_a_relay_restart_costs_no_line(
     assert_eq!(tally.renumbered, 0, "the agent kept its numbering: {why}");
     assert!(ledger.relay_gaps.is_empty(), "no gap event: {why}");
 }
+
+/// Reads `client` into `ledger` until it brings a `stream` event (its subscription attached).
+async fn attached(client: &mut logrelay::client::Client, ledger: &mut Ledger) {
+    within("the subscription's stream event", async {
+        loop {
+            let item = client.next().await.expect("read").expect("open session");
+            ledger.record(&item);
+            if matches!(
+                item,
+                logrelay::client::Incoming::Event(Event::Stream { .. })
+            ) {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_racing_an_agent_kill_is_a_renumbering_not_a_loss() {
+    // The chaos soak's seeds 2 and 3: a client resubscribed with `since_seq` just as the agent
+    // was killed; its backfill went to the dying connection and sent nothing, and the resume
+    // was then judged against the first batch of the restarted agent's new epoch: `epoch_lost`
+    // of unknown count, although that epoch continued the old one exactly.
+    let t0 = Instant::now();
+    let step = |what: &str| eprintln!("{:>7.2} s: {what}", t0.elapsed().as_secs_f64());
+    let files = PkiFiles::write(&TestPki::new(), "dev", "test");
+    let relay = RelayProcess::start(&files, &[]).await;
+    let url = relay.subscribe_url();
+    let pods = PodsDir::new();
+    let mut ledger = Ledger::default();
+    // Subscribed before the first line: the backlog reaches back to line 0.
+    let mut client = resume(&url, &ledger).await;
+    let writer = KubeletWriter::start(
+        pods.path(),
+        "ns",
+        "app",
+        "main",
+        WriterConfig {
+            lines_per_sec: RATE,
+            // Plain rotated files: the restarted agent walks back into them.
+            rotate_bytes: 4 << 20,
+            ..WriterConfig::default()
+        },
+    );
+    let mut agent = AgentProcess::start(&files, pods.path(), relay.quic, &[]).await;
+    assert!(
+        pump(&mut client, &mut ledger, |l| l.delivered.len() >= 3_000).await,
+        "the first second of lines\nagent log:\n{}",
+        agent.output()
+    );
+    // Another session keeps the stream watched while the client comes and goes.
+    let mut keeper = Subscriber::connect(&url).await;
+    keeper.subscribe("k", &selector(), Some(0)).await;
+    step("the first second of lines");
+
+    // The agent stops answering (it is about to die): the ring ends where it is, and the
+    // client reads all of it.
+    agent.freeze();
+    loop {
+        let received = relay.metric("logrelay_relay_lines_received_total").await as usize;
+        assert!(
+            pump(&mut client, &mut ledger, |l| l.delivered.len() >= received).await,
+            "the client reads what the relay received ({received} lines)"
+        );
+        if relay.metric("logrelay_relay_lines_received_total").await as usize == received {
+            break;
+        }
+    }
+    step("the client has all the relay received");
+    // It resumes after the last line it had (the end of the ring): the relay asks the frozen
+    // agent for that backfill, which never comes.
+    drop(client);
+    let mut client = resume(&url, &ledger).await;
+    attached(&mut client, &mut ledger).await;
+    step("the client resubscribed");
+    agent.kill();
+    agent.start_again().await;
+    step("the agent restarted");
+    let had = ledger.delivered.len();
+    let flowing = pump(&mut client, &mut ledger, |l| {
+        l.delivered.len() >= had + 3_000
+    })
+    .await;
+    let written = writer.stop();
+    let complete = pump(&mut client, &mut ledger, |l| {
+        let t = l.tally(written);
+        t.missing == 0 && t.delivered + t.gapped >= written
+    })
+    .await;
+    step("every line accounted for");
+    let tally = ledger.tally(written);
+    let why = format!(
+        "{tally:?}\nflowing {flowing}, complete {complete}\nnotes: {:#?}\nagent log:\n{}\nrelay \
+         log:\n{}",
+        ledger.notes,
+        agent.output(),
+        relay.output()
+    );
+    eprintln!(
+        "a resume racing an agent kill: written {}, delivered {}, gapped {}, renumbered {}, \
+         repeats dropped {}, gap events {:?}",
+        tally.written,
+        tally.delivered,
+        tally.gapped,
+        tally.renumbered,
+        tally.duplicates,
+        ledger.relay_gaps
+    );
+    assert!(tally.is_exact(), "{why}");
+    assert_eq!(tally.gapped, 0, "no line lost: {why}");
+    assert!(ledger.relay_gaps.is_empty(), "no gap event: {why}");
+    assert_eq!(tally.renumbered, 1, "a new numbering, told as such: {why}");
+}

@@ -204,6 +204,9 @@ pub enum Effect {
         /// The `since_seq` the next batch of the ring answers (no backfill: the live demand
         /// carries the subscription's).
         resume: Option<SeqPos>,
+        /// Whether its batches number every line of the epoch (no line filter), so that a
+        /// resume's position can be checked, not only its epoch.
+        dense: bool,
     },
     /// A further demand served for a session's existing watch of `key` alone (another
     /// subscription's backlog), read after what the watch has queued and before the ring.
@@ -216,6 +219,8 @@ pub enum Effect {
         demand: DemandId,
         /// The `since_seq` it answers.
         resume: Option<SeqPos>,
+        /// Whether its batches number every line of the epoch (no line filter).
+        dense: bool,
     },
     /// A one-off read: the session's watch `view` of stream `ring`, served by `demand` alone.
     WatchOnce {
@@ -227,6 +232,8 @@ pub enum Effect {
         demand: DemandId,
         /// The `since_seq` it answers.
         resume: Option<SeqPos>,
+        /// Whether its batches number every line of the epoch (no line filter).
+        dense: bool,
     },
     /// A session stops watching `key`.
     Unwatch {

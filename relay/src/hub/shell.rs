@@ -253,23 +253,26 @@ impl Shell {
                 backfill,
                 backfill_resume,
                 resume,
+                dense,
             } => {
                 let (Some(o), Some(live)) = (self.outbox(session), self.rings.get(&ring).cloned())
                 else {
                     return;
                 };
-                let backfill = backfill.map(|d| self.watch_sink(d, ring, &o, backfill_resume));
+                let backfill =
+                    backfill.map(|d| self.watch_sink(d, ring, &o, backfill_resume, dense));
                 live.attach(session, o.waker().clone(), from.last_end);
-                o.watch_ring(ring, live, from, backfill, resume);
+                o.watch_ring(ring, live, from, backfill, resume, dense);
             }
             Effect::Backfill {
                 session,
                 key,
                 demand,
                 resume,
+                dense,
             } => {
                 if let Some(o) = self.outbox(session) {
-                    let backfill = self.watch_sink(demand, key, &o, resume);
+                    let backfill = self.watch_sink(demand, key, &o, resume, dense);
                     o.add_backfill(key, backfill);
                 }
             }
@@ -278,9 +281,10 @@ impl Shell {
                 view,
                 demand,
                 resume,
+                dense,
             } => {
                 if let Some(o) = self.outbox(session) {
-                    let backfill = self.watch_sink(demand, view, &o, resume);
+                    let backfill = self.watch_sink(demand, view, &o, resume, dense);
                     o.watch_once(view, backfill);
                 }
             }
@@ -335,8 +339,9 @@ impl Shell {
         stream: StreamId,
         session: &Arc<Outbox>,
         resume: Option<SeqPos>,
+        dense: bool,
     ) -> Backfill {
-        let (tx, backfill) = Backfill::channel(self.config.backfill_batches, resume);
+        let (tx, backfill) = Backfill::channel(self.config.backfill_batches, resume, dense);
         let sink = Sink {
             cancelled: Arc::new(AtomicBool::new(false)),
             to: SinkTo::Watch {

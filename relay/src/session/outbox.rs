@@ -35,13 +35,20 @@ pub struct Backfill {
     rx: mpsc::Receiver<Bytes>,
     /// The `since_seq` it asked for, until its first batch shows whether that epoch was held.
     resume: Option<SeqPos>,
+    /// Whether its batches number every line (no line filter): a resume's position is checked.
+    dense: bool,
 }
 
 impl Backfill {
-    /// A queue of `batches` for a demand asking for `resume`; its sending end for ingest.
-    pub fn channel(batches: usize, resume: Option<SeqPos>) -> (mpsc::Sender<Bytes>, Self) {
+    /// A queue of `batches` for a demand asking for `resume` (`dense`: without a line filter);
+    /// its sending end for ingest.
+    pub fn channel(
+        batches: usize,
+        resume: Option<SeqPos>,
+        dense: bool,
+    ) -> (mpsc::Sender<Bytes>, Self) {
         let (tx, rx) = mpsc::channel(batches.max(1));
-        (tx, Self { rx, resume })
+        (tx, Self { rx, resume, dense })
     }
 }
 
@@ -66,6 +73,9 @@ struct Watch {
     /// A `since_seq` the next batch of the ring answers: whether the agent still held its
     /// epoch shows in that batch's epoch.
     resume: Option<SeqPos>,
+    /// Whether the ring's batches number every line (no line filter): a resume's position is
+    /// checked, not only its epoch.
+    dense: bool,
 }
 
 #[derive(Debug, Default)]
@@ -146,7 +156,8 @@ impl Outbox {
     }
 
     /// The session starts reading `stream`'s ring (its watch `key`) at `cursor`, after the
-    /// batches of `backfill`; `resume` is the `since_seq` the ring's next batch answers.
+    /// batches of `backfill`; `resume` is the `since_seq` the ring's next batch answers
+    /// (`dense`: the ring has no line filter).
     pub fn watch_ring(
         &self,
         key: StreamId,
@@ -154,11 +165,13 @@ impl Outbox {
         cursor: Cursor,
         backfill: Option<Backfill>,
         resume: Option<SeqPos>,
+        dense: bool,
     ) {
         let watch = Watch {
             source: Source::Ring { stream, cursor },
             backfills: backfill.into_iter().collect(),
             resume,
+            dense,
         };
         self.lock().watches.insert(key, watch);
         self.wake();
@@ -173,10 +186,12 @@ impl Outbox {
 
     /// A one-off read under its own id `key`, served by `backfill` alone; it ends with it.
     pub fn watch_once(&self, key: StreamId, backfill: Backfill) {
+        let dense = backfill.dense;
         let watch = Watch {
             source: Source::Once,
             backfills: VecDeque::from([backfill]),
             resume: None,
+            dense,
         };
         self.lock().watches.insert(key, watch);
         self.wake();
@@ -220,8 +235,9 @@ impl Outbox {
                     match b.rx.try_recv() {
                         Ok(batch) => {
                             let resume = b.resume.take().or_else(|| watch.resume.take());
-                            if let Some(from) = resume.filter(|r| !in_epoch(&batch, r.epoch)) {
-                                epoch_lost(&mut out, key, from, metrics);
+                            if let Some(from) = resume {
+                                let dense = b.dense;
+                                answer_resume(&mut out, key, from, &batch, None, dense, metrics);
                             }
                             count(&batch, &mut out);
                             out.messages.push(Message::Binary(batch));
@@ -260,11 +276,15 @@ impl Outbox {
             let mut breaks = read.epoch_breaks.into_iter().peekable();
             for (i, (batch, lines)) in read.batches.into_iter().enumerate() {
                 let switched = breaks.next_if(|(at, _)| *at == i).map(|(_, from)| from);
-                // A resume is judged by its own epoch; otherwise the ring says where one ended,
-                // and the batch after the break whether its agent continued it exactly.
+                // A resume is judged by its own position (and, where the ring changed epochs
+                // right at it, by whether the agent continued); otherwise the ring says where
+                // one ended, and the batch after the break whether its agent continued it
+                // exactly.
                 match watch.resume.take() {
-                    Some(r) if !in_epoch(&batch, r.epoch) => epoch_lost(&mut out, key, r, metrics),
-                    Some(_) => {}
+                    Some(r) => {
+                        let dense = watch.dense;
+                        answer_resume(&mut out, key, r, &batch, switched, dense, metrics);
+                    }
                     None => {
                         if let Some(from) = switched {
                             match continues(&batch) {
@@ -420,11 +440,79 @@ fn event_message(event: &Event) -> Message {
     ))
 }
 
-/// Whether `batch` belongs to `epoch` (a batch whose header does not parse is not judged).
-fn in_epoch(batch: &Bytes, epoch: u64) -> bool {
-    BatchHeader::parse(batch)
-        .ok()
-        .is_none_or(|h| h.epoch == epoch)
+/// Queues, in line with the data, what a session resuming at `resume` (`since_seq`) must
+/// know before `batch`, the first one served after it: `switched` is where the ring it reads
+/// left another epoch just before `batch` (the end of what that ring held of it), if it did.
+///
+/// - `batch` in the resumed epoch: the lines from `resume` up to its first line, if any, never
+///   reached the relay (the demand that was to bring them ended with its agent connection), an
+///   exact `resume_lost` gap. Only where batches number every line (`dense`: no line filter,
+///   whose batches leave lines out).
+/// - `batch` opening an epoch that continues the ring's old one ([`FLAG_CONTINUES`]), which
+///   ended at or after `resume` in the resumed epoch: the lines between `resume` and that end
+///   are an exact `resume_lost` gap (none when the session had the whole ring), then
+///   `renumbered`.
+/// - Otherwise, in another epoch: `epoch_lost` from `resume`.
+///
+/// A batch whose header does not parse is not judged.
+fn answer_resume(
+    out: &mut Drained,
+    stream: StreamId,
+    resume: SeqPos,
+    batch: &Bytes,
+    switched: Option<SeqPos>,
+    dense: bool,
+    metrics: &RelayMetrics,
+) {
+    let Ok(h) = BatchHeader::parse(batch) else {
+        return;
+    };
+    if h.epoch == resume.epoch {
+        if dense {
+            resume_lost(out, stream, resume, h.first_seq, metrics);
+        }
+        return;
+    }
+    match (switched, continues(batch)) {
+        // Without `dense`, lines between `resume` and `end` cannot be counted (nor told absent).
+        (Some(end), Some(to))
+            if end.epoch == resume.epoch
+                && (end.seq == resume.seq || dense && end.seq > resume.seq) =>
+        {
+            resume_lost(out, stream, resume, end.seq, metrics);
+            renumbered(out, stream, end, to, metrics);
+        }
+        _ => epoch_lost(out, stream, resume, metrics),
+    }
+}
+
+/// Queues an exact `resume_lost` gap for the lines from `resume` up to (not including) `until`
+/// of the resumed epoch, if there are any.
+fn resume_lost(
+    out: &mut Drained,
+    stream: StreamId,
+    resume: SeqPos,
+    until: u64,
+    metrics: &RelayMetrics,
+) {
+    let Some(lines) = until.checked_sub(resume.seq).filter(|&n| n > 0) else {
+        return;
+    };
+    metrics
+        .dropped_lines
+        .get_or_create(&DropReason {
+            reason: GapReason::ResumeLost.label(),
+        })
+        .inc_by(lines);
+    out.messages.push(event_message(&Event::Gap {
+        stream: stream.get(),
+        from: resume,
+        lines,
+        bytes: 0,
+        reason: GapReason::ResumeLost,
+        rest_of_epoch: false,
+        exact: true,
+    }));
 }
 
 /// Queues, in line with the data, the news that the rest of an epoch is lost: from `from`

@@ -298,3 +298,162 @@ async fn a_resume_into_an_epoch_the_agent_no_longer_holds_is_reported() {
     assert!(texts(&d).iter().all(|(_, t)| !t.contains("gap")));
     assert_eq!(binaries(&d).len(), 1);
 }
+
+/// The relay's events about numbering (`gap`, `renumbered`) in a drain, and the number of
+/// binary messages after the last of them.
+fn numbering(d: &Drained) -> (Vec<String>, usize) {
+    let all = texts(d);
+    let kept: Vec<(usize, String)> = all
+        .into_iter()
+        .filter(|(_, t)| t.contains(r#""event":"gap""#) || t.contains(r#""event":"renumbered""#))
+        .collect();
+    let after = kept.last().map_or(0, |(at, _)| at + 1);
+    let batches = d.messages[after..]
+        .iter()
+        .filter(|m| matches!(m, Message::Binary(_)))
+        .count();
+    (kept.into_iter().map(|(_, t)| t).collect(), batches)
+}
+
+#[tokio::test]
+async fn a_resume_ahead_of_what_the_ring_holds_of_its_epoch_is_an_exact_gap() {
+    let demand = Demand {
+        since_seq: Some(SeqPos { epoch: 8, seq: 5 }),
+        follow: true,
+        ..Demand::default()
+    };
+    let (sessions, live, metrics) = watched_with(1, 1 << 20, &demand);
+    let cfg = config(SlowConsumerPolicy::DropOldest);
+    // The ring's first batch is in the resumed epoch, but starts 4 lines after `since_seq`.
+    live.push(
+        log_batch(live.id().get(), 8, 9),
+        1,
+        SeqPos { epoch: 8, seq: 10 },
+    );
+    let d = drain(&sessions[0], &metrics, cfg);
+    let want = format!(
+        r#"{{"event":"gap","stream":{},"from":{{"epoch":8,"seq":5}},"lines":4,"bytes":0,"reason":"resume_lost","exact":true}}"#,
+        live.id().get()
+    );
+    assert_eq!(numbering(&d), (vec![want], 1), "the gap, then the batch");
+    let lost = metrics
+        .dropped_lines
+        .get_or_create(&crate::metrics::DropReason {
+            reason: "resume_lost",
+        })
+        .get();
+    assert_eq!((lost, metrics.epochs_lost.get()), (4, 0));
+
+    // A line filter leaves lines out of its batches: nothing can be told from the position.
+    let demand = Demand {
+        contains: Some("line".into()),
+        ..demand
+    };
+    let (sessions, live, metrics) = watched_with(1, 1 << 20, &demand);
+    live.push(
+        log_batch(live.id().get(), 8, 9),
+        1,
+        SeqPos { epoch: 8, seq: 10 },
+    );
+    let d = drain(&sessions[0], &metrics, cfg);
+    assert_eq!(numbering(&d), (vec![], 1));
+}
+
+/// A resume at `since` reaching the relay just as the stream's agent dies: its backfill is
+/// asked of the dying connection and ends with nothing, the agent comes back and continues the
+/// ring's epoch in a new one. What the resuming session is told.
+fn resume_racing_an_agent_restart(since: u64) -> (Vec<String>, usize, u64) {
+    let metrics = Arc::new(RelayMetrics::new());
+    let mut hub_config = RelayConfig::loopback().hub();
+    hub_config.backfill_batches = 4;
+    let hub = Hub::new(hub_config, metrics.clone());
+    let stream = StreamInfo {
+        id: 1,
+        labels: Labels {
+            pod: "p".into(),
+            ..Labels::default()
+        },
+    };
+    let (tx, mut rx) = mpsc::channel(16);
+    let agent = hub.add_agent("acme", "c", tx, Arc::new(Notify::new()));
+    hub.catalog_add(agent, vec![stream.clone()]);
+    let live_demand = Demand {
+        follow: true,
+        ..Demand::default()
+    };
+    let keeper = hub.add_session("acme", None).unwrap();
+    hub.subscribe(&keeper, "k", Selector::default(), live_demand.clone())
+        .unwrap();
+    let Ok(RelayMsg::Open { demand, .. }) = rx.try_recv() else {
+        panic!("the first watcher opens the stream")
+    };
+    let Ok((DemandSink::Live(live), _)) = hub.resolve(agent, demand.into()) else {
+        panic!("live demand")
+    };
+    live.push(
+        log_batch(live.id().get(), 1, 9),
+        1,
+        SeqPos { epoch: 1, seq: 10 },
+    );
+    // The resume: a backfill up to the ring's end is asked of the agent, which never answers.
+    let resumer = hub.add_session("acme", None).unwrap();
+    let resume = Demand {
+        since_seq: Some(SeqPos {
+            epoch: 1,
+            seq: since,
+        }),
+        ..live_demand
+    };
+    hub.subscribe(&resumer, "r", Selector::default(), resume)
+        .unwrap();
+    let Ok(RelayMsg::Open { demand_spec, .. }) = rx.try_recv() else {
+        panic!("a backfill")
+    };
+    assert_eq!(demand_spec.until, Some(SeqPos { epoch: 1, seq: 10 }));
+    // The agent dies (its backfill with it) and comes back without the epoch.
+    hub.remove_agent(agent);
+    let (tx, mut rx) = mpsc::channel(16);
+    let agent = hub.add_agent("acme", "c", tx, Arc::new(Notify::new()));
+    hub.catalog_add(agent, vec![stream]);
+    let Ok(RelayMsg::Open { demand, .. }) = rx.try_recv() else {
+        panic!("the ring is opened again")
+    };
+    let Ok((DemandSink::Live(again), _)) = hub.resolve(agent, demand.into()) else {
+        panic!("live demand")
+    };
+    assert!(Arc::ptr_eq(&live, &again), "the same ring");
+    // It picked up right after the last line the ring held.
+    let first = flagged_batch(
+        live.id().get(),
+        2,
+        100,
+        logrelay_wire::batch::FLAG_CONTINUES,
+    );
+    live.push(first, 1, SeqPos { epoch: 2, seq: 101 });
+    let d = drain(&resumer, &metrics, config(SlowConsumerPolicy::DropOldest));
+    let (events, batches) = numbering(&d);
+    (events, batches, metrics.epochs_lost.get())
+}
+
+#[tokio::test]
+async fn a_resume_racing_an_agent_restart_is_a_renumbering_where_the_new_epoch_continues() {
+    let renumbered = r#""event":"renumbered","stream":"#;
+    // The session had the whole ring: nothing lost.
+    let (events, batches, lost) = resume_racing_an_agent_restart(10);
+    assert_eq!((events.len(), batches, lost), (1, 1, 0), "{events:?}");
+    assert!(
+        events[0].contains(renumbered)
+            && events[0].ends_with(r#""from":{"epoch":1,"seq":10},"to":{"epoch":2,"seq":100}}"#),
+        "{events:?}"
+    );
+    // It had 3 lines less: those, which its backfill was to bring, are an exact gap.
+    let (events, batches, lost) = resume_racing_an_agent_restart(7);
+    assert_eq!((events.len(), batches, lost), (2, 1, 0), "{events:?}");
+    assert!(
+        events[0].contains(
+            r#""from":{"epoch":1,"seq":7},"lines":3,"bytes":0,"reason":"resume_lost","exact":true"#
+        ),
+        "{events:?}"
+    );
+    assert!(events[1].contains(renumbered), "{events:?}");
+}

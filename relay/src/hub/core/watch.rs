@@ -271,6 +271,8 @@ impl Core {
             let labels = s.labels.clone();
             return self.add_private_watch(session, sid, labels, sub, demand);
         }
+        // Without a line filter, batches number every line: a resume's position is checked.
+        let dense = LineFilter::of(demand).is_none();
         // A line filter: the stream's ring for that filter, shared by whoever asks for it,
         // and from here on served like the stream's own ring under its id.
         let sid = match LineFilter::of(demand) {
@@ -329,6 +331,7 @@ impl Core {
                     key: sid,
                     demand,
                     resume,
+                    dense,
                 });
             }
             return None;
@@ -389,6 +392,7 @@ impl Core {
             backfill: backfill.map(|(d, _)| d),
             backfill_resume: backfill.and_then(|(_, r)| r),
             resume,
+            dense,
         });
         let s = self.rings.get_mut(&sid).expect("present");
         s.watchers.insert(session);
@@ -455,6 +459,7 @@ impl Core {
         demand: &Demand,
     ) -> Option<CapHit> {
         let view = self.stream_id();
+        let dense = LineFilter::of(demand).is_none();
         let capped = self.cap_hit(sid);
         let opened = match capped {
             Some(_) => None,
@@ -506,6 +511,7 @@ impl Core {
                     view,
                     demand,
                     resume,
+                    dense,
                 });
             }
         }
