@@ -554,7 +554,7 @@ function onEvent(e) {
           ? (e.lines > 0
             ? `${src.name}: at least ${plural(e.lines, 'line', 'lines')} missed (the exact number is unknown), from #${e.from.seq}: ${why}.`
             : `${src.name}: lines missed from #${e.from.seq}, how many is unknown: ${why}.`)
-          : `${src.name}: ${plural(e.lines, 'line', 'lines')} (${formatBytes(e.bytes)}) missed, #${e.from.seq}–#${e.from.seq + e.lines - 1}: ${why}.`;
+          : `${src.name}: ${plural(e.lines, 'line', 'lines')}${e.bytes ? ` (${formatBytes(e.bytes)})` : ''} missed, #${e.from.seq}–#${e.from.seq + e.lines - 1}: ${why}.`;
       buffer.addMarker(src, 'gap', text, nowNs());
       requestFrame();
       break;
