@@ -116,7 +116,7 @@ export function jsonLine(text) {
 export const GAP_REASONS = {
   slow_consumer: 'this page fell behind the relay (its connection was too slow for the stream)',
   epoch_lost: 'the agent no longer holds them (it restarted, or stopped following the file)',
-  resume_lost: 'they were on their way when the agent went away (its connection ended before they reached the relay)',
+  backfill_lost: 'they were on their way when the agent went away (its connection ended before they reached the relay)',
 };
 
 /** Why a stream paused, in plain language. */

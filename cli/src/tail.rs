@@ -701,7 +701,7 @@ pub fn relay_gap(
         GapReason::SlowConsumer => {
             format!("{what} skipped: this client fell behind the relay ({reason})")
         }
-        GapReason::EpochLost | GapReason::ResumeLost | GapReason::Other(_) => {
+        GapReason::EpochLost | GapReason::BackfillLost | GapReason::Other(_) => {
             format!("{what} missed ({reason})")
         }
     }

@@ -15,7 +15,7 @@ use crate::audit::Auditor;
 /// Label of `dropped_lines_total`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DropReason {
-    /// `slow_consumer` (a session fell behind the ring), `resume_lost` (lines between a
+    /// `slow_consumer` (a session fell behind the ring), `backfill_lost` (lines between a
     /// resume's `since_seq` and the first line served that never reached the relay).
     pub reason: &'static str,
 }
@@ -339,7 +339,7 @@ impl RelayMetrics {
         r.register_collector(Box::new(AuditAggregation(m.audit.clone())));
         // Label values known up front are exported at 0 from the start: a series that first
         // appears at 1 shows no `increase()`, so an alert on its first event would never fire.
-        for reason in ["slow_consumer", "resume_lost"] {
+        for reason in ["slow_consumer", "backfill_lost"] {
             let _ = m.dropped_lines.get_or_create(&DropReason { reason });
         }
         for result in ["ok", "error"] {

@@ -103,10 +103,10 @@ words! {
         /// The agent no longer holds the epoch (it restarted, or stopped following the file):
         /// nothing more of it comes, and how much was lost is unknown (`exact: false`).
         EpochLost = "epoch_lost",
-        /// A resume (`since_seq`) whose lines up to the first one served never reached the
-        /// relay (the demand meant to bring them ended with its agent connection): `lines` is
-        /// exact, `bytes` 0 (the relay never held them).
-        ResumeLost = "resume_lost",
+        /// Lines of a backlog that never reached the relay: the demand meant to bring them (a
+        /// joining watcher's backfill, or a resume's) ended with its agent connection before
+        /// them. `lines` is exact, `bytes` 0 (the relay never held them).
+        BackfillLost = "backfill_lost",
     }
 }
 

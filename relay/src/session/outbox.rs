@@ -37,6 +37,8 @@ pub struct Backfill {
     resume: Option<SeqPos>,
     /// Whether its batches number every line (no line filter): a resume's position is checked.
     dense: bool,
+    /// The end of the last batch it brought.
+    reached: Option<SeqPos>,
 }
 
 impl Backfill {
@@ -48,7 +50,16 @@ impl Backfill {
         dense: bool,
     ) -> (mpsc::Sender<Bytes>, Self) {
         let (tx, rx) = mpsc::channel(batches.max(1));
-        (tx, Self { rx, resume, dense })
+        let reached = None;
+        (
+            tx,
+            Self {
+                rx,
+                resume,
+                dense,
+                reached,
+            },
+        )
     }
 }
 
@@ -234,6 +245,12 @@ impl Outbox {
                 while let Some(b) = watch.backfills.front_mut() {
                     match b.rx.try_recv() {
                         Ok(batch) => {
+                            if let Ok(h) = BatchHeader::parse(&batch) {
+                                b.reached = Some(SeqPos {
+                                    epoch: h.epoch,
+                                    seq: h.end_seq(),
+                                });
+                            }
                             let resume = b.resume.take().or_else(|| watch.resume.take());
                             if let Some(from) = resume {
                                 let dense = b.dense;
@@ -247,6 +264,17 @@ impl Outbox {
                             let done = watch.backfills.pop_front().expect("front exists");
                             // It sent nothing: the next batch shows whether the epoch was held.
                             watch.resume = watch.resume.or(done.resume);
+                            // It ended short of where the session reads the ring (the join
+                            // point; the ring waits for its backfills): what lay between never
+                            // came (its agent connection ended).
+                            if let (Some(reached), Source::Ring { cursor, .. }) =
+                                (done.reached, &watch.source)
+                                && let Some(join) = cursor.last_end
+                                && done.dense
+                                && reached.epoch == join.epoch
+                            {
+                                backfill_lost(&mut out, key, reached, join.seq, metrics);
+                            }
                             if watch.backfills.is_empty() {
                                 if once {
                                     complete.push(key);
@@ -446,11 +474,11 @@ fn event_message(event: &Event) -> Message {
 ///
 /// - `batch` in the resumed epoch: the lines from `resume` up to its first line, if any, never
 ///   reached the relay (the demand that was to bring them ended with its agent connection), an
-///   exact `resume_lost` gap. Only where batches number every line (`dense`: no line filter,
+///   exact `backfill_lost` gap. Only where batches number every line (`dense`: no line filter,
 ///   whose batches leave lines out).
 /// - `batch` opening an epoch that continues the ring's old one ([`FLAG_CONTINUES`]), which
 ///   ended at or after `resume` in the resumed epoch: the lines between `resume` and that end
-///   are an exact `resume_lost` gap (none when the session had the whole ring), then
+///   are an exact `backfill_lost` gap (none when the session had the whole ring), then
 ///   `renumbered`.
 /// - Otherwise, in another epoch: `epoch_lost` from `resume`.
 ///
@@ -469,7 +497,7 @@ fn answer_resume(
     };
     if h.epoch == resume.epoch {
         if dense {
-            resume_lost(out, stream, resume, h.first_seq, metrics);
+            backfill_lost(out, stream, resume, h.first_seq, metrics);
         }
         return;
     }
@@ -479,16 +507,16 @@ fn answer_resume(
             if end.epoch == resume.epoch
                 && (end.seq == resume.seq || dense && end.seq > resume.seq) =>
         {
-            resume_lost(out, stream, resume, end.seq, metrics);
+            backfill_lost(out, stream, resume, end.seq, metrics);
             renumbered(out, stream, end, to, metrics);
         }
         _ => epoch_lost(out, stream, resume, metrics),
     }
 }
 
-/// Queues an exact `resume_lost` gap for the lines from `resume` up to (not including) `until`
-/// of the resumed epoch, if there are any.
-fn resume_lost(
+/// Queues an exact `backfill_lost` gap for the lines from `resume` up to (not including) `until`
+/// of its epoch, if there are any.
+fn backfill_lost(
     out: &mut Drained,
     stream: StreamId,
     resume: SeqPos,
@@ -501,7 +529,7 @@ fn resume_lost(
     metrics
         .dropped_lines
         .get_or_create(&DropReason {
-            reason: GapReason::ResumeLost.label(),
+            reason: GapReason::BackfillLost.label(),
         })
         .inc_by(lines);
     out.messages.push(event_message(&Event::Gap {
@@ -509,7 +537,7 @@ fn resume_lost(
         from: resume,
         lines,
         bytes: 0,
-        reason: GapReason::ResumeLost,
+        reason: GapReason::BackfillLost,
         rest_of_epoch: false,
         exact: true,
     }));

@@ -332,14 +332,14 @@ async fn a_resume_ahead_of_what_the_ring_holds_of_its_epoch_is_an_exact_gap() {
     );
     let d = drain(&sessions[0], &metrics, cfg);
     let want = format!(
-        r#"{{"event":"gap","stream":{},"from":{{"epoch":8,"seq":5}},"lines":4,"bytes":0,"reason":"resume_lost","exact":true}}"#,
+        r#"{{"event":"gap","stream":{},"from":{{"epoch":8,"seq":5}},"lines":4,"bytes":0,"reason":"backfill_lost","exact":true}}"#,
         live.id().get()
     );
     assert_eq!(numbering(&d), (vec![want], 1), "the gap, then the batch");
     let lost = metrics
         .dropped_lines
         .get_or_create(&crate::metrics::DropReason {
-            reason: "resume_lost",
+            reason: "backfill_lost",
         })
         .get();
     assert_eq!((lost, metrics.epochs_lost.get()), (4, 0));
@@ -451,9 +451,80 @@ async fn a_resume_racing_an_agent_restart_is_a_renumbering_where_the_new_epoch_c
     assert_eq!((events.len(), batches, lost), (2, 1, 0), "{events:?}");
     assert!(
         events[0].contains(
-            r#""from":{"epoch":1,"seq":7},"lines":3,"bytes":0,"reason":"resume_lost","exact":true"#
+            r#""from":{"epoch":1,"seq":7},"lines":3,"bytes":0,"reason":"backfill_lost","exact":true"#
         ),
         "{events:?}"
     );
     assert!(events[1].contains(renumbered), "{events:?}");
+}
+
+#[tokio::test]
+async fn a_backfill_cut_short_by_its_agent_connection_is_an_exact_gap_before_the_ring() {
+    let metrics = Arc::new(RelayMetrics::new());
+    let mut hub_config = RelayConfig::loopback().hub();
+    hub_config.backfill_batches = 4;
+    let hub = Hub::new(hub_config, metrics.clone());
+    let stream = StreamInfo {
+        id: 1,
+        labels: Labels {
+            pod: "p".into(),
+            ..Labels::default()
+        },
+    };
+    let (tx, mut rx) = mpsc::channel(16);
+    let agent = hub.add_agent("acme", "c", tx, Arc::new(Notify::new()));
+    hub.catalog_add(agent, vec![stream]);
+    let follow = Demand {
+        follow: true,
+        ..Demand::default()
+    };
+    let keeper = hub.add_session("acme", None).unwrap();
+    hub.subscribe(&keeper, "k", Selector::default(), follow.clone())
+        .unwrap();
+    let Ok(RelayMsg::Open { demand, .. }) = rx.try_recv() else {
+        panic!("the first watcher opens the stream")
+    };
+    let Ok((DemandSink::Live(live), _)) = hub.resolve(agent, demand.into()) else {
+        panic!("live demand")
+    };
+    live.push(
+        log_batch(live.id().get(), 1, 9),
+        1,
+        SeqPos { epoch: 1, seq: 10 },
+    );
+    // A late joiner asks for the last 10 lines: a backfill up to the ring's end (seq 10).
+    let joiner = hub.add_session("acme", None).unwrap();
+    let tail = Demand {
+        tail: Some(10),
+        ..follow
+    };
+    hub.subscribe(&joiner, "j", Selector::default(), tail)
+        .unwrap();
+    let Ok(RelayMsg::Open { demand, .. }) = rx.try_recv() else {
+        panic!("a backfill")
+    };
+    let Ok((DemandSink::Backfill { tx, .. }, _)) = hub.resolve(agent, demand.into()) else {
+        panic!("a backfill's sink")
+    };
+    // It brings lines 3 (one batch), then its agent connection ends.
+    tx.send(log_batch(live.id().get(), 1, 3)).await.unwrap();
+    drop(tx);
+    hub.remove_agent(agent);
+    live.push(
+        log_batch(live.id().get(), 1, 10),
+        1,
+        SeqPos { epoch: 1, seq: 11 },
+    );
+    let d = drain(&joiner, &metrics, config(SlowConsumerPolicy::DropOldest));
+    let want = format!(
+        r#"{{"event":"gap","stream":{},"from":{{"epoch":1,"seq":4}},"lines":6,"bytes":0,"reason":"backfill_lost","exact":true}}"#,
+        live.id().get()
+    );
+    let (events, _) = numbering(&d);
+    assert_eq!(events, vec![want]);
+    assert_eq!(
+        binaries(&d).len(),
+        2,
+        "the backfill's batch, then the ring's"
+    );
 }
