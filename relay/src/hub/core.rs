@@ -25,6 +25,7 @@
 //!   session ([`Core::remote_lease`]): it opens the stream's live demand like a first watcher,
 //!   and its end lets the demand linger like the last watcher leaving.
 
+pub mod backfill;
 mod catalog;
 mod demands;
 mod remote;
