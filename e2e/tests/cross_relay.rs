@@ -353,3 +353,177 @@ async fn relay_a_killed_its_watcher_on_b_is_paused_then_resumed_with_every_line_
         agent.output()
     );
 }
+
+/// Writes lines `line-N` for N from `*next` on, `n` of them; returns the next N.
+fn write_lines(log: &mut logrelay::demo::CriWriter, next: &mut u64, n: u64) -> u64 {
+    let lines: Vec<Vec<u8>> = (*next..*next + n)
+        .map(|i| format!("line-{i}\n").into_bytes())
+        .collect();
+    log.write_lines(lines.iter().map(Vec::as_slice)).unwrap();
+    *next += n;
+    *next
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_on_relay_b_gets_exactly_the_last_lines_from_relay_as_ring_then_live() {
+    let nats = NatsServer::start().await;
+    let files = PkiFiles::write(&TestPki::new(), "dev", "test");
+    let a = relay(&files, &nats_flags(&nats, "relay-a")).await;
+    let b = relay(&files, &nats_flags(&nats, "relay-b")).await;
+    let pods = PodsDir::new();
+    let mut log = pods.container("ns", "app", "main");
+    let _agent = AgentProcess::start(&files, pods.path(), a.quic, &[]).await;
+    eventually("relay B holds relay A's stream", || async {
+        (b.metric("logrelay_relay_backplane_remote_streams").await >= 1.0).then_some(())
+    })
+    .await;
+
+    // A watcher on relay A: A's ring takes in the stream.
+    let mut local = Subscriber::connect(&a.subscribe_url()).await;
+    local.subscribe("a", &selector(), Some(0)).await;
+    local
+        .until("A's stream", |s| s.stream_of("a").is_some())
+        .await;
+    let on_a = local.stream_of("a").unwrap();
+    let mut next = 0u64;
+    loop {
+        let upto = write_lines(&mut log, &mut next, 20);
+        let got = tokio::time::timeout(std::time::Duration::from_millis(500), async {
+            while numbers(&local, on_a).last().is_none_or(|&l| l + 1 < upto) {
+                local.recv().await.expect("session open");
+            }
+        })
+        .await;
+        if got.is_ok() {
+            break;
+        }
+    }
+    let upto = write_lines(&mut log, &mut next, 1_000);
+    local
+        .until("A's watcher has every line", |s| {
+            numbers(s, on_a).last().is_some_and(|&l| l + 1 >= upto)
+        })
+        .await;
+
+    // The first session on relay B, with `tail: 500`: B's ring is empty, the backlog comes
+    // from A's ring, then live, each line once.
+    let mut first = Subscriber::connect(&b.subscribe_url()).await;
+    first.subscribe("f", &selector(), Some(500)).await;
+    first
+        .until("the backlog from A", |s| {
+            s.stream_of("f")
+                .is_some_and(|id| numbers(s, id).len() >= 500)
+        })
+        .await;
+    let on_b = first.stream_of("f").unwrap();
+    eventually("relay A publishes for relay B", || async {
+        (a.metric("logrelay_relay_backplane_remote_wants").await >= 1.0).then_some(())
+    })
+    .await;
+    let upto2 = write_lines(&mut log, &mut next, 300);
+    first
+        .until("the live lines", |s| {
+            numbers(s, on_b).last().is_some_and(|&l| l + 1 >= upto2)
+        })
+        .await;
+    assert_eq!(
+        numbers(&first, on_b),
+        (upto - 500..upto2).collect::<Vec<_>>(),
+        "the last 500 lines, then live, once each"
+    );
+
+    // A late joiner on B while B's ring flows: its backlog ends exactly where it starts
+    // reading B's ring.
+    let mut late = Subscriber::connect(&b.subscribe_url()).await;
+    late.subscribe("l", &selector(), Some(500)).await;
+    late.until("the backlog", |s| {
+        s.stream_of("l")
+            .is_some_and(|id| numbers(s, id).len() >= 500)
+    })
+    .await;
+    let upto3 = write_lines(&mut log, &mut next, 300);
+    late.until("the live lines", |s| {
+        numbers(s, on_b).last().is_some_and(|&l| l + 1 >= upto3)
+    })
+    .await;
+    assert_eq!(
+        numbers(&late, on_b),
+        (upto2 - 500..upto3).collect::<Vec<_>>(),
+        "the last 500 lines, then live, once each"
+    );
+    for s in [&first, &late] {
+        assert!(
+            !s.events.iter().any(|e| matches!(e, Event::Gap { .. })),
+            "{:?}",
+            s.events
+        );
+        assert!(
+            s.events.iter().any(|e| matches!(e, Event::Live { .. })),
+            "{:?}",
+            s.events
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_relay_is_killed_resumes_on_another_relay_from_the_owners_ring_every_line_once()
+ {
+    let nats = NatsServer::start().await;
+    let files = PkiFiles::write(&TestPki::new(), "dev", "test");
+    let a = relay(&files, &nats_flags(&nats, "relay-a")).await;
+    let b = relay(&files, &nats_flags(&nats, "relay-b")).await;
+    let mut c = relay(&files, &nats_flags(&nats, "relay-c")).await;
+    let pods = PodsDir::new();
+    let writer = KubeletWriter::start(
+        pods.path(),
+        "ns",
+        "app",
+        "main",
+        WriterConfig {
+            lines_per_sec: 2_000,
+            ..WriterConfig::default()
+        },
+    );
+    let agent = AgentProcess::start(&files, pods.path(), a.quic, &[]).await;
+    for r in [&b, &c] {
+        eventually("the relay holds relay A's stream", || async {
+            (r.metric("logrelay_relay_backplane_remote_streams").await >= 1.0).then_some(())
+        })
+        .await;
+    }
+    // The session starts on relay C and, when C dies, reconnects to relay B with
+    // `since_seq`: B has never watched the stream, the lines C's session missed come from
+    // relay A's ring.
+    let client =
+        ResumingClient::start_any(vec![c.subscribe_url(), b.subscribe_url()], selector(), 0);
+    client
+        .until("lines across relays", |s| s.ledger.delivered.len() >= 1_000)
+        .await;
+    c.kill();
+    client
+        .until("the session is on relay B", |s| s.urls.len() >= 2)
+        .await;
+    let target = client.with(|s| s.ledger.delivered.len()) + 2_000;
+    client
+        .until("lines on relay B", |s| s.ledger.delivered.len() >= target)
+        .await;
+    let written = writer.stop();
+    let first = client.with(|s| s.ledger.first_line()).expect("lines");
+    let done = client
+        .until_within(DEADLINE, |s| {
+            let t = s.ledger.tally_range(first, written);
+            t.delivered + t.gapped >= written - first
+        })
+        .await;
+    let tally = client.with(|s| s.ledger.tally_range(first, written));
+    println!("written {written} from {first}, tally {tally:?}");
+    assert!(
+        done && tally.missing == 0 && tally.gapped == 0 && tally.duplicates == 0,
+        "{tally:?}\nagent log:\n{}",
+        agent.output()
+    );
+    assert!(
+        b.metric("logrelay_relay_backplane_remote_streams").await >= 1.0,
+        "B still holds the stream"
+    );
+}

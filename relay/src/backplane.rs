@@ -49,7 +49,10 @@ use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 
 use crate::metrics::BackplaneMetrics;
-use codec::{CatalogAgent, CatalogOp, CatalogStream, Control, DataHeader, StreamTop};
+pub use codec::BackfillAsk;
+use codec::{
+    BackfillReply, CatalogAgent, CatalogOp, CatalogStream, Control, DataHeader, StreamTop,
+};
 use config::options;
 pub use config::{BackplaneConfig, host_name};
 use holes::{Hole, Seen, Top, Tracker};
@@ -113,6 +116,38 @@ pub trait Owner: Send + Sync + 'static {
     /// open at the agent) or lost its last ([`Change::Stop`]: the hub may cancel it after its
     /// linger, unless local sessions watch it).
     fn changed(&self, change: Change);
+    /// Another relay asks for lines of `stream` (a token this agent announced): what the
+    /// stream's ring answers, within `budget` bytes of batches; `None` when the ring is not
+    /// held here (the stream is not this connection's).
+    fn backfill(&self, stream: Token, ask: &BackfillAsk, budget: usize) -> Option<BackfillPart> {
+        let _ = (stream, ask, budget);
+        None
+    }
+}
+
+/// One reply's worth of a backfill, as the owner's ring answers it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackfillPart {
+    /// Batches and gap notices, oldest first.
+    pub batches: Vec<Bytes>,
+    /// One past the last line answered, if any.
+    pub next: Option<SeqPos>,
+    /// More follows: ask again from `next`.
+    pub more: bool,
+}
+
+/// Why a backfill request got no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackfillError {
+    /// No relay holds the agent now.
+    #[error("no relay holds the agent")]
+    Away,
+    /// NATS is unreachable or the owner did not answer in time.
+    #[error("backfill request failed: {0}")]
+    Unavailable(String),
+    /// The answer could not be read.
+    #[error("unreadable backfill reply: {0}")]
+    Codec(#[from] codec::CodecError),
 }
 
 /// What the owner answered about a wanted stream.
@@ -376,14 +411,7 @@ impl Backplane {
     /// Largest message published: `--nats-max-message-bytes`, capped at the server's
     /// `max_payload` once connected.
     pub fn max_message_bytes(&self) -> usize {
-        let server = self.inner.client.max_payload();
-        if server > 0 {
-            self.inner.max_payload.store(server, Ordering::Relaxed);
-        }
-        match self.inner.max_payload.load(Ordering::Relaxed) {
-            0 => self.inner.config.nats_max_message_bytes,
-            m => m.min(self.inner.config.nats_max_message_bytes),
-        }
+        max_message_bytes(&self.inner)
     }
 
     /// Hands a message to the queue toward NATS.
@@ -642,6 +670,55 @@ impl Backplane {
         self.inner.wants_wake.notify_one();
     }
 
+    /// Asks the relay holding `agent` for lines of `stream` from its ring (one request, one
+    /// reply of at most [`Backplane::max_message_bytes`]; a long backlog takes several, each
+    /// from the previous reply's `next`).
+    pub async fn backfill(
+        &self,
+        agent: &AgentTokens,
+        stream: Token,
+        ask: BackfillAsk,
+    ) -> Result<BackfillReply, BackfillError> {
+        let inner = &self.inner;
+        let max = self.max_message_bytes();
+        let msg = codec::encode_control(&Control::Backfill {
+            v: u32::from(codec::VERSION),
+            relay: inner.relay,
+            agent: agent.agent,
+            stream,
+            ask,
+            max_bytes: max as u64,
+        });
+        #[allow(clippy::disallowed_methods, reason = "the shell times a NATS request")]
+        let started = tokio::time::Instant::now();
+        inner.metrics.message_out("control", msg.len());
+        let answer = inner
+            .client
+            .send_request(
+                inner.subjects.demand(agent),
+                async_nats::Request::new()
+                    .payload(msg)
+                    .timeout(Some(Duration::from_millis(
+                        inner.config.nats_request_timeout_ms.max(1),
+                    ))),
+            )
+            .await;
+        inner
+            .metrics
+            .request_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let reply = answer.map_err(|e| match e.kind() {
+            async_nats::RequestErrorKind::NoResponders => BackfillError::Away,
+            _ => BackfillError::Unavailable(e.to_string()),
+        })?;
+        inner.metrics.message_in("control", reply.payload.len());
+        codec::decode_backfill_reply(&reply.payload, max.max(64 * 1024))
+            .inspect_err(|_| {
+                inner.metrics.decode_errors.inc();
+            })
+            .map_err(BackfillError::from)
+    }
+
     /// Streams wanted now.
     pub fn wanted(&self) -> usize {
         self.inner
@@ -682,6 +759,18 @@ impl Backplane {
             .lock()
             .expect("sinks lock")
             .push(sink);
+    }
+}
+
+/// [`Backplane::max_message_bytes`].
+fn max_message_bytes(inner: &Inner) -> usize {
+    let server = inner.client.max_payload();
+    if server > 0 {
+        inner.max_payload.store(server, Ordering::Relaxed);
+    }
+    match inner.max_payload.load(Ordering::Relaxed) {
+        0 => inner.config.nats_max_message_bytes,
+        m => m.min(inner.config.nats_max_message_bytes),
     }
 }
 

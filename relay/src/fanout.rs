@@ -28,6 +28,11 @@ pub struct LiveStream {
     /// Per watching session, the end of what its writer has handed to the socket (`None`:
     /// nothing yet, from the ring's start): what the agent may forget ([`Self::ack_point`]).
     delivered: Mutex<HashMap<SessionId, Option<SeqPos>>>,
+    /// Where the ring's content starts, once known: the first batch pushed since it was made
+    /// or emptied, or (for another relay's stream) the owner's position when this relay
+    /// wanted it (`Some(None)`: the owner held nothing). A backlog fetched from the owner ends
+    /// there.
+    base: tokio::sync::watch::Sender<Option<Option<SeqPos>>>,
 }
 
 impl LiveStream {
@@ -47,6 +52,35 @@ impl LiveStream {
             metrics,
             budget_bytes,
             delivered: Mutex::new(HashMap::new()),
+            base: tokio::sync::watch::Sender::new(None),
+        }
+    }
+
+    /// Sets where the ring's content starts, unless that is known already.
+    pub fn set_base(&self, at: Option<SeqPos>) {
+        self.base.send_if_modified(|b| {
+            if b.is_some() {
+                return false;
+            }
+            *b = Some(at);
+            true
+        });
+    }
+
+    /// Forgets where the ring's content starts (it is to be learnt again), if it is empty.
+    pub fn forget_base(&self) {
+        if self.last_end().is_none() {
+            self.base.send_replace(None);
+        }
+    }
+
+    /// Where the ring's content starts, once known (`None`: the owner held nothing when this
+    /// relay wanted it). Pends until then; `None` as well if the ring is gone.
+    pub async fn base(&self) -> Option<SeqPos> {
+        let mut rx = self.base.subscribe();
+        match rx.wait_for(Option::is_some).await {
+            Ok(b) => b.flatten(),
+            Err(_) => None,
         }
     }
 
@@ -59,6 +93,14 @@ impl LiveStream {
     /// oldest batches, to stay within the ring's size and the relay-wide memory budget.
     pub fn push(&self, batch: Bytes, lines: u32, end: SeqPos) -> u64 {
         let len = batch.len() as i64;
+        if self.base.borrow().is_none()
+            && let Ok(h) = logrelay_wire::batch::BatchHeader::parse(&batch)
+        {
+            self.set_base(Some(SeqPos {
+                epoch: h.epoch,
+                seq: h.first_seq,
+            }));
+        }
         let dropped_lines = {
             let mut ring = self.ring.lock().expect("ring lock");
             let (mut dropped, dropped_bytes) = ring.push(batch, lines, end);
@@ -96,6 +138,12 @@ impl LiveStream {
     /// The end of the last batch received.
     pub fn last_end(&self) -> Option<SeqPos> {
         self.ring.lock().expect("ring lock").last_end()
+    }
+
+    /// The batches held, oldest first (the very `Bytes`), and the end of what the ring let go.
+    pub fn held(&self) -> (Vec<Bytes>, Option<SeqPos>) {
+        let ring = self.ring.lock().expect("ring lock");
+        (ring.batches(), ring.floor())
     }
 
     /// Cursors at the oldest batch held and at the end, taken together.
@@ -161,6 +209,7 @@ impl LiveStream {
         let mut ring = self.ring.lock().expect("ring lock");
         self.metrics.buffered_bytes.dec_by(ring.held_bytes() as i64);
         *ring = Ring::new(self.capacity_bytes);
+        self.base.send_replace(None);
     }
 }
 

@@ -207,6 +207,21 @@ impl Hub {
         self.lock().0.agent_stream(agent, ring)
     }
 
+    /// Another relay's backfill request for stream `local` of `agent`'s connection: what its
+    /// ring answers ([`core::backfill::select`]) within `budget` bytes of batches; `None` if
+    /// that connection has no such ring.
+    pub fn backfill_from_ring(
+        &self,
+        agent: AgentId,
+        local: AgentStreamId,
+        ask: &crate::backplane::BackfillAsk,
+        budget: usize,
+    ) -> Option<core::backfill::Selection> {
+        let live = self.lock().0.ring_of(agent, local)?;
+        let (batches, floor) = live.held();
+        Some(core::backfill::select(&batches, floor, ask, budget))
+    }
+
     // ---- other relays (the backplane) -------------------------------------------------------
 
     /// Serves other relays' streams through `backplane` from now on: the shared catalog is

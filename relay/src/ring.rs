@@ -201,6 +201,11 @@ impl Ring {
         self.floor
     }
 
+    /// The batches held, oldest first (the very `Bytes` pushed).
+    pub fn batches(&self) -> Vec<Bytes> {
+        self.slots.iter().map(|s| s.batch.clone()).collect()
+    }
+
     /// Bytes held.
     pub fn held_bytes(&self) -> usize {
         self.held_bytes

@@ -22,6 +22,26 @@
 //! `pub_seq` and `bytes_before` let a receiver name a hole exactly (messages, lines, bytes),
 //! whatever NATS dropped ([`super::holes`]).
 //!
+//! **Backfill reply** (the answer to [`Control::Backfill`] on a demand subject): kind 2, a
+//! header of at least [`BACKFILL_HEADER_BYTES`], then batches, each behind its length (`u32`),
+//! taken from the owner's ring as the agent encoded them (the first and last trimmed to the
+//! range asked), with gap notices where the owner cannot supply lines:
+//!
+//! | offset | bytes | field |
+//! | --- | --- | --- |
+//! | 0 | 3 | magic `LRB` |
+//! | 3 | 1 | version ([`VERSION`]) |
+//! | 4 | 1 | kind (2: backfill reply) |
+//! | 5 | 1 | flags: 1 more follows (ask again from `next`), 2 stream unknown at the owner |
+//! | 6 | 2 | header length |
+//! | 8 | 16 | answering relay ([`Token`]) |
+//! | 24 | 8 | its connection epoch of the agent |
+//! | 32 | 8 | `next`: epoch (0 with seq 0: nothing) |
+//! | 40 | 8 | `next`: sequence number, one past the last line answered |
+//!
+//! A reply is at most the `max_bytes` the request names (itself at most NATS `max_payload`):
+//! a long backlog is fetched in several requests, each from the `next` of the previous reply.
+//!
 //! **Control** (`<p>.demand.…`, `<p>.catalog.…`, `<p>.relay.…`): one JSON object tagged by
 //! `type`, with `v` (the backplane version, [`VERSION`]). Unknown fields are ignored, so a later
 //! minor change adds fields; a message of another `v` is refused. Every message is bounded:
@@ -41,8 +61,17 @@ pub const VERSION: u8 = 1;
 /// Bytes of the data header this version writes.
 pub const DATA_HEADER_BYTES: usize = 72;
 
+/// Bytes of the backfill reply header this version writes.
+pub const BACKFILL_HEADER_BYTES: usize = 48;
+
+/// Bytes a batch takes in a backfill reply besides its own (its length).
+pub const BACKFILL_FRAME_BYTES: usize = 4;
+
 const MAGIC: &[u8; 3] = b"LRB";
 const KIND_BATCH: u8 = 1;
+const KIND_BACKFILL: u8 = 2;
+const FLAG_MORE: u8 = 1;
+const FLAG_UNKNOWN: u8 = 2;
 
 /// A message the backplane cannot read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -123,8 +152,9 @@ pub fn encode_data(header: &DataHeader, batch: &[u8]) -> Bytes {
     out.freeze()
 }
 
-/// Reads a data message: its header and the batch, a slice of `msg` (no copy).
-pub fn decode_data(msg: &Bytes) -> Result<(DataHeader, Bytes), CodecError> {
+/// Checks a binary message's magic, version and kind; returns its header length (at least
+/// `min_header`, and within the message).
+fn binary_prelude(msg: &[u8], kind: u8, min_header: usize) -> Result<usize, CodecError> {
     if msg.len() < 8 {
         return Err(CodecError::Short(msg.len()));
     }
@@ -134,11 +164,11 @@ pub fn decode_data(msg: &Bytes) -> Result<(DataHeader, Bytes), CodecError> {
     if msg[3] != VERSION {
         return Err(CodecError::Version(u32::from(msg[3])));
     }
-    if msg[4] != KIND_BATCH {
+    if msg[4] != kind {
         return Err(CodecError::Kind(msg[4]));
     }
     let header_len = usize::from(u16::from_le_bytes([msg[6], msg[7]]));
-    if header_len < DATA_HEADER_BYTES {
+    if header_len < min_header {
         return Err(CodecError::Inconsistent(
             "header length below this version's",
         ));
@@ -146,6 +176,12 @@ pub fn decode_data(msg: &Bytes) -> Result<(DataHeader, Bytes), CodecError> {
     if msg.len() < header_len {
         return Err(CodecError::Short(msg.len()));
     }
+    Ok(header_len)
+}
+
+/// Reads a data message: its header and the batch, a slice of `msg` (no copy).
+pub fn decode_data(msg: &Bytes) -> Result<(DataHeader, Bytes), CodecError> {
+    let header_len = binary_prelude(msg, KIND_BATCH, DATA_HEADER_BYTES)?;
     let u64_at = |at: usize| u64::from_le_bytes(msg[at..at + 8].try_into().expect("8 bytes"));
     let mut relay = [0u8; 16];
     relay.copy_from_slice(&msg[8..24]);
@@ -167,6 +203,115 @@ pub fn decode_data(msg: &Bytes) -> Result<(DataHeader, Bytes), CodecError> {
         return Err(CodecError::Inconsistent("pub_seq starts at 1"));
     }
     Ok((header, msg.slice(header_len..)))
+}
+
+/// What a backfill request asks of one stream: the lines a session's `tail`, `since_ns` or
+/// `since_seq` names (as the agent would read them), before `until`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct BackfillAsk {
+    /// The last `tail` lines before `until` (or before the owner's end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<u32>,
+    /// Lines written at or after this time (ns since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_ns: Option<i64>,
+    /// Lines from this position on (the `next` of a previous reply, or a session's resume).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_seq: Option<SeqPos>,
+    /// Stop before this position (where the asking relay's ring takes over); unset: at the
+    /// owner's end when it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<SeqPos>,
+}
+
+/// One reply to a backfill request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackfillReply {
+    /// The relay that answered.
+    pub relay: Token,
+    /// Its connection epoch of the agent.
+    pub conn_epoch: u64,
+    /// False: the owner has no such stream of the agent (nothing follows).
+    pub known: bool,
+    /// More lines follow: ask again with `since_seq` set to `next`.
+    pub more: bool,
+    /// One past the last line answered (`None`: nothing answered, nothing held).
+    pub next: Option<SeqPos>,
+    /// Batches and gap notices, oldest first, stamped with the owner's stream id.
+    pub batches: Vec<Bytes>,
+}
+
+/// Writes a backfill reply. The caller keeps it within its limit: the header plus
+/// [`BACKFILL_FRAME_BYTES`] and the length of each batch.
+pub fn encode_backfill_reply(reply: &BackfillReply) -> Bytes {
+    let body: usize = reply
+        .batches
+        .iter()
+        .map(|b| BACKFILL_FRAME_BYTES + b.len())
+        .sum();
+    let mut out = BytesMut::with_capacity(BACKFILL_HEADER_BYTES + body);
+    out.put_slice(MAGIC);
+    out.put_u8(VERSION);
+    out.put_u8(KIND_BACKFILL);
+    let mut flags = 0;
+    if reply.more {
+        flags |= FLAG_MORE;
+    }
+    if !reply.known {
+        flags |= FLAG_UNKNOWN;
+    }
+    out.put_u8(flags);
+    out.put_u16_le(BACKFILL_HEADER_BYTES as u16);
+    out.put_slice(&reply.relay.0);
+    out.put_u64_le(reply.conn_epoch);
+    let next = reply.next.unwrap_or(SeqPos { epoch: 0, seq: 0 });
+    out.put_u64_le(next.epoch);
+    out.put_u64_le(next.seq);
+    for b in &reply.batches {
+        out.put_u32_le(u32::try_from(b.len()).expect("batches are far below 4 GiB"));
+        out.put_slice(b);
+    }
+    out.freeze()
+}
+
+/// Reads a backfill reply of at most `max_bytes`; its batches are slices of `msg` (no copy).
+pub fn decode_backfill_reply(msg: &Bytes, max_bytes: usize) -> Result<BackfillReply, CodecError> {
+    if msg.len() > max_bytes {
+        return Err(CodecError::TooLarge {
+            len: msg.len(),
+            max: max_bytes,
+        });
+    }
+    let header_len = binary_prelude(msg, KIND_BACKFILL, BACKFILL_HEADER_BYTES)?;
+    let u64_at = |at: usize| u64::from_le_bytes(msg[at..at + 8].try_into().expect("8 bytes"));
+    let mut relay = [0u8; 16];
+    relay.copy_from_slice(&msg[8..24]);
+    let next = SeqPos {
+        epoch: u64_at(32),
+        seq: u64_at(40),
+    };
+    let mut batches = Vec::new();
+    let mut at = header_len;
+    while at < msg.len() {
+        if msg.len() - at < BACKFILL_FRAME_BYTES {
+            return Err(CodecError::Short(msg.len()));
+        }
+        let len = u32::from_le_bytes(msg[at..at + 4].try_into().expect("4 bytes")) as usize;
+        at += BACKFILL_FRAME_BYTES;
+        if msg.len() - at < len {
+            return Err(CodecError::Short(msg.len()));
+        }
+        batches.push(msg.slice(at..at + len));
+        at += len;
+    }
+    Ok(BackfillReply {
+        relay: Token(relay),
+        conn_epoch: u64_at(24),
+        known: msg[5] & FLAG_UNKNOWN == 0,
+        more: msg[5] & FLAG_MORE != 0,
+        next: (next != SeqPos { epoch: 0, seq: 0 }).then_some(next),
+        batches,
+    })
 }
 
 /// Where a stream stands at the relay holding its agent (the answer to a lease).
@@ -261,6 +406,24 @@ pub enum Control {
         /// Where each stream asked for stands.
         streams: Vec<StreamTop>,
     },
+    /// Request on an agent's demand subject: lines of one of its streams from the owner's
+    /// ring, answered with one backfill reply (binary, see the module's doc) of at most
+    /// `max_bytes`.
+    Backfill {
+        /// Version.
+        v: u32,
+        /// The asking relay.
+        relay: Token,
+        /// The agent.
+        agent: Token,
+        /// The stream.
+        stream: Token,
+        /// What is asked.
+        ask: BackfillAsk,
+        /// The largest reply the asking relay takes (the owner answers at most its own
+        /// limit).
+        max_bytes: u64,
+    },
     /// Catalog change or snapshot part of one relay.
     Catalog {
         /// Version.
@@ -300,6 +463,7 @@ impl Control {
         match self {
             Self::Lease { v, .. }
             | Self::LeaseReply { v, .. }
+            | Self::Backfill { v, .. }
             | Self::Catalog { v, .. }
             | Self::Heartbeat { v, .. } => *v,
         }
@@ -558,6 +722,69 @@ mod tests {
             decode_control(&encode_control(&reply), 1024).unwrap(),
             reply
         );
+    }
+
+    #[test]
+    fn a_backfill_request_and_its_reply_travel_unchanged() {
+        let ask = Control::Backfill {
+            v: 1,
+            relay: token(1),
+            agent: token(2),
+            stream: token(3),
+            ask: BackfillAsk {
+                tail: Some(500),
+                since_seq: Some(SeqPos { epoch: 4, seq: 9 }),
+                ..BackfillAsk::default()
+            },
+            max_bytes: 1 << 20,
+        };
+        assert_eq!(decode_control(&encode_control(&ask), 1024).unwrap(), ask);
+        let reply = BackfillReply {
+            relay: token(5),
+            conn_epoch: 6,
+            known: true,
+            more: true,
+            next: Some(SeqPos { epoch: 4, seq: 30 }),
+            batches: vec![
+                Bytes::from_static(b"one"),
+                Bytes::new(),
+                Bytes::from_static(b"three"),
+            ],
+        };
+        let msg = encode_backfill_reply(&reply);
+        assert_eq!(
+            msg.len(),
+            BACKFILL_HEADER_BYTES + 3 * BACKFILL_FRAME_BYTES + 8
+        );
+        let back = decode_backfill_reply(&msg, msg.len()).unwrap();
+        assert_eq!(back, reply);
+        // Slices of the message, not copies.
+        assert_eq!(back.batches[2].as_ptr(), msg[msg.len() - 5..].as_ptr());
+        let unknown = BackfillReply {
+            known: false,
+            more: false,
+            next: None,
+            batches: Vec::new(),
+            ..reply.clone()
+        };
+        assert_eq!(
+            decode_backfill_reply(&encode_backfill_reply(&unknown), 1024).unwrap(),
+            unknown
+        );
+        // Refused: too large, cut short, another kind.
+        assert!(matches!(
+            decode_backfill_reply(&msg, msg.len() - 1),
+            Err(CodecError::TooLarge { .. })
+        ));
+        assert_eq!(
+            decode_backfill_reply(&msg.slice(..msg.len() - 1), 1024),
+            Err(CodecError::Short(msg.len() - 1))
+        );
+        assert_eq!(
+            decode_backfill_reply(&encode_data(&header(), b"x"), 1024),
+            Err(CodecError::Kind(KIND_BATCH))
+        );
+        assert_eq!(decode_data(&msg), Err(CodecError::Kind(KIND_BACKFILL)));
     }
 
     fn agent(n: u8, streams: usize, pod_bytes: usize) -> CatalogAgent {

@@ -158,6 +158,10 @@ pub(super) async fn serve_demand(
                 inner.metrics.message_in("control", msg.payload.len());
                 let lease = match codec::decode_control(&msg.payload, max) {
                     Ok(Control::Lease { relay, agent, streams, .. }) if agent == tokens.agent => (relay, streams),
+                    Ok(Control::Backfill { agent, stream, ask, max_bytes, .. }) if agent == tokens.agent => {
+                        answer_backfill(&inner, &tokens, conn_epoch, owner.as_ref(), msg.reply, stream, &ask, max_bytes);
+                        continue;
+                    }
                     Ok(other) => {
                         tracing::debug!(?other, "backplane: unexpected message on a demand subject");
                         continue;
@@ -222,6 +226,52 @@ pub(super) async fn serve_demand(
             owner.changed(c);
         }
     }
+}
+
+/// Answers a backfill request for `stream` of the served agent from its ring, through the
+/// queue toward NATS (after what was published before it).
+#[allow(clippy::too_many_arguments, reason = "one request's parts")]
+fn answer_backfill(
+    inner: &Inner,
+    tokens: &AgentTokens,
+    conn_epoch: u64,
+    owner: &dyn Owner,
+    reply: Option<async_nats::Subject>,
+    stream: Token,
+    ask: &BackfillAsk,
+    max_bytes: u64,
+) {
+    let Some(reply) = reply else {
+        return;
+    };
+    // The stream is looked up only among this agent's announced streams.
+    let announced = inner
+        .local
+        .lock()
+        .expect("local lock")
+        .get(&tokens.agent)
+        .is_some_and(|a| a.streams.iter().any(|s| s.stream == stream));
+    let limit = usize::try_from(max_bytes)
+        .unwrap_or(usize::MAX)
+        .min(max_message_bytes(inner));
+    let budget = limit.saturating_sub(codec::BACKFILL_HEADER_BYTES);
+    let part = announced
+        .then(|| owner.backfill(stream, ask, budget))
+        .flatten();
+    let answer = BackfillReply {
+        relay: inner.relay,
+        conn_epoch,
+        known: part.is_some(),
+        more: part.as_ref().is_some_and(|p| p.more),
+        next: part.as_ref().and_then(|p| p.next),
+        batches: part.map(|p| p.batches).unwrap_or_default(),
+    };
+    send(
+        inner,
+        reply.to_string(),
+        codec::encode_backfill_reply(&answer),
+        false,
+    );
 }
 
 /// Receives one wanted stream's batches, finds holes, hands them on.

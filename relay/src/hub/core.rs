@@ -25,6 +25,7 @@
 //!   session ([`Core::remote_lease`]): it opens the stream's live demand like a first watcher,
 //!   and its end lets the demand linger like the last watcher leaving.
 
+pub mod backfill;
 mod catalog;
 mod demands;
 mod remote;
@@ -271,6 +272,31 @@ pub enum Effect {
         agent: AgentTokens,
         /// The stream's token.
         stream: Token,
+    },
+    /// A watch of another relay's stream wants its backlog: fetched over the backplane from
+    /// the ring of the relay holding the agent ([`backfill::select`]) and read by the watch
+    /// before its ring, up to `ask.until` (unset: where this relay's ring starts, once the
+    /// first batch or the owner's first answer tells).
+    RemoteBackfill {
+        /// The session.
+        session: SessionId,
+        /// The watch (and ring).
+        key: StreamId,
+        /// The agent's tokens.
+        agent: AgentTokens,
+        /// The stream's token.
+        stream: Token,
+        /// What is asked.
+        ask: crate::backplane::BackfillAsk,
+        /// The `since_seq` it answers.
+        resume: Option<SeqPos>,
+        /// Its batches number every line (no line filter): the resume's position is checked.
+        dense: bool,
+        /// The watch exists already (another subscription's backlog): read after what it has
+        /// queued. Otherwise the [`Effect::WatchRing`] that follows reads it first.
+        joined: bool,
+        /// The ring is not wanted yet: where it starts is still to be learnt from this want.
+        fresh: bool,
     },
     /// Release a wanted stream of another relay's agent.
     Release {

@@ -11,11 +11,15 @@ use logrelay_wire::control::SeqPos;
 
 use super::Hub;
 use super::core::RemoteState;
+use super::core::backfill::{missing, restamp};
+use crate::backplane::BackfillAsk;
 use crate::backplane::codec::DataHeader;
 use crate::backplane::holes::Hole;
 use crate::backplane::subject::{AgentTokens, Token};
 use crate::backplane::{Answer, Backplane, CatalogSink, RemoteSink, catalog};
 use crate::fanout::LiveStream;
+use crate::session::outbox::Outbox;
+use tokio::sync::mpsc;
 
 /// What the shell needs to want and release other relays' streams.
 #[derive(Debug, Clone)]
@@ -46,11 +50,122 @@ impl RemoteCtx {
         });
     }
 
+    /// Fetches the backlog `ask` of `stream` of `agent` from the owner's ring, one reply after
+    /// the other, into a watch's queue `tx` (batches stamped with `live`'s id), up to
+    /// `ask.until` or, unset, where `live` starts (once known); then closes the queue (the
+    /// watch goes `live`). What cannot be fetched (the owner or NATS went away) is told as a
+    /// gap, exact when the range is known.
+    pub(super) fn backfill(
+        &self,
+        agent: AgentTokens,
+        stream: Token,
+        ask: BackfillAsk,
+        live: Arc<LiveStream>,
+        tx: mpsc::Sender<Bytes>,
+        session: Weak<Outbox>,
+    ) {
+        let bp = self.backplane.clone();
+        tokio::spawn(async move {
+            let key = live.id().get();
+            let mut ask = ask;
+            if ask.until.is_none() {
+                let base = tokio::select! {
+                    b = live.base() => b,
+                    () = tx.closed() => return,
+                };
+                match base {
+                    Some(b) => ask.until = Some(b),
+                    // The owner held nothing when this relay wanted the stream.
+                    None => return,
+                }
+            }
+            drop(live);
+            let until = ask.until;
+            let mut reached = ask.since_seq;
+            let mut short = 0u32;
+            loop {
+                let reply = match bp.backfill(&agent, stream, ask).await {
+                    Ok(r) if r.known => r,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "backplane: a backfill stopped");
+                        if let Some((from, lines, exact)) = missing(reached, until) {
+                            let flags = if exact { 0 } else { FLAG_COUNT_UNKNOWN };
+                            let gap = batch::encode_gap_flagged(
+                                key,
+                                from.epoch,
+                                from.seq,
+                                u32::try_from(lines).unwrap_or(u32::MAX),
+                                0,
+                                flags,
+                            );
+                            if tx.send(gap).await.is_ok()
+                                && let Some(o) = session.upgrade()
+                            {
+                                o.wake();
+                            }
+                        }
+                        break;
+                    }
+                };
+                for b in &reply.batches {
+                    if tx.send(restamp(b, key, true)).await.is_err() {
+                        return;
+                    }
+                    if let Some(o) = session.upgrade() {
+                        o.wake();
+                    }
+                }
+                reached = reply.next.or(reached);
+                // Short of `until` without more to come: the owner's ring had not taken in
+                // its last batch yet when it answered; asked again a few times.
+                let behind = matches!((reached, until), (Some(r), Some(u)) if r.epoch == u.epoch && r.seq < u.seq);
+                if reply.more || (behind && short < BACKFILL_RETRIES) {
+                    if !reply.more {
+                        short += 1;
+                        tokio::time::sleep(BACKFILL_RETRY).await;
+                    }
+                    ask = BackfillAsk {
+                        tail: None,
+                        since_ns: None,
+                        since_seq: reached,
+                        until,
+                    };
+                    if reached.is_none() {
+                        break;
+                    }
+                    continue;
+                }
+                if behind && let Some((from, lines, exact)) = missing(reached, until) {
+                    let flags = if exact { 0 } else { FLAG_COUNT_UNKNOWN };
+                    let gap = batch::encode_gap_flagged(
+                        key,
+                        from.epoch,
+                        from.seq,
+                        u32::try_from(lines).unwrap_or(u32::MAX),
+                        0,
+                        flags,
+                    );
+                    let _ = tx.send(gap).await;
+                }
+                break;
+            }
+            if let Some(o) = session.upgrade() {
+                o.wake();
+            }
+        });
+    }
+
     /// Releases `stream` of `agent`.
     pub(super) fn release(&self, agent: &Token, stream: &Token) {
         self.backplane.release(agent, stream);
     }
 }
+
+/// Times a backfill that came back short of where the ring starts is asked again.
+const BACKFILL_RETRIES: u32 = 20;
+/// Wait before asking again.
+const BACKFILL_RETRY: std::time::Duration = std::time::Duration::from_millis(25);
 
 const FLOWING: u8 = 0;
 const AWAY: u8 = 1;
@@ -160,6 +275,12 @@ impl RemoteSink for RemoteFeed {
     }
 
     fn answer(&self, stream: Token, answer: Answer) {
+        if let Answer::Top { top, .. } = &answer
+            && self.live.last_end().is_none()
+        {
+            // Nothing received yet: the batches to come start where the owner stands now.
+            self.live.set_base(top.top);
+        }
         let state = match answer {
             Answer::Top { .. } => RemoteState::Flowing,
             Answer::Away => RemoteState::Away,

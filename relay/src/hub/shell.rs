@@ -123,6 +123,9 @@ pub struct Shell {
     sessions: HashMap<SessionId, Weak<Outbox>>,
     /// The backplane, for other relays' streams (`None`: this relay works alone).
     remote: Option<RemoteCtx>,
+    /// Backlogs of other relays' streams for watches about to be made
+    /// ([`Effect::RemoteBackfill`], then [`Effect::WatchRing`]).
+    remote_backfills: HashMap<(SessionId, StreamId), Backfill>,
     /// Every effect carried out (tests look).
     #[cfg(test)]
     log: Vec<Effect>,
@@ -146,6 +149,7 @@ impl Shell {
             agents: HashMap::new(),
             sessions: HashMap::new(),
             remote: None,
+            remote_backfills: HashMap::new(),
             #[cfg(test)]
             log: Vec::new(),
         }
@@ -259,8 +263,9 @@ impl Shell {
                 else {
                     return;
                 };
-                let backfill =
-                    backfill.map(|d| self.watch_sink(d, ring, &o, backfill_resume, dense));
+                let backfill = backfill
+                    .map(|d| self.watch_sink(d, ring, &o, backfill_resume, dense))
+                    .or_else(|| self.remote_backfills.remove(&(session, ring)));
                 live.attach(session, o.waker().clone(), from.last_end);
                 o.watch_ring(ring, live, from, backfill, resume, dense);
             }
@@ -317,6 +322,36 @@ impl Shell {
             } => {
                 if let (Some(ctx), Some(live)) = (&self.remote, self.rings.get(&ring)) {
                     ctx.want(agent, stream, live.clone());
+                }
+            }
+            Effect::RemoteBackfill {
+                session,
+                key,
+                agent,
+                stream,
+                ask,
+                resume,
+                dense,
+                joined,
+                fresh,
+            } => {
+                let (Some(ctx), Some(o), Some(live)) = (
+                    self.remote.clone(),
+                    self.outbox(session),
+                    self.rings.get(&key).cloned(),
+                ) else {
+                    return;
+                };
+                let (tx, backfill) = Backfill::channel(self.config.backfill_batches, resume, dense);
+                if fresh {
+                    // Where the ring starts is to be learnt from the want that follows.
+                    live.forget_base();
+                }
+                ctx.backfill(agent, stream, ask, live, tx, Arc::downgrade(&o));
+                if joined {
+                    o.add_backfill(key, backfill);
+                } else {
+                    self.remote_backfills.insert((session, key), backfill);
                 }
             }
             Effect::Release { agent, stream } => {
@@ -495,6 +530,12 @@ impl Shell {
     /// The agent's own id of ring `ring` if `agent` serves it as a stream ([`Core::agent_stream`]).
     pub fn agent_stream(&self, agent: AgentId, ring: StreamId) -> Option<AgentStreamId> {
         self.core.agent_stream(agent, ring)
+    }
+
+    /// The ring of stream `local` of `agent`'s connection ([`Core::ring_of`]).
+    pub fn ring_of(&self, agent: AgentId, local: AgentStreamId) -> Option<Arc<LiveStream>> {
+        let sid = self.core.ring_of(agent, local)?;
+        self.rings.get(&sid).cloned()
     }
 
     // ---- sessions --------------------------------------------------------------------------

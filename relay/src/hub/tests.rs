@@ -1247,3 +1247,100 @@ fn a_resume_waiting_for_its_stream_opens_the_live_demand_before_a_tail_does() {
     assert_eq!(spec.since_seq, Some(since), "{spec:?}");
     assert!(rx.try_recv().is_err(), "one demand for both watchers");
 }
+
+#[test]
+fn a_watch_of_another_relays_stream_asks_its_backlog_of_the_owners_ring_then_reads_the_ring() {
+    use super::core::Effect;
+    use crate::backplane::subject::{AgentTokens, Token};
+    let hub = hub();
+    let agent = AgentTokens {
+        org: Token([1; 16]),
+        cluster: Token([2; 16]),
+        agent: Token([3; 16]),
+    };
+    let stream = Token([4; 16]);
+    let mut labels = info(1, "p", "acme").labels;
+    labels.cluster = "c1".into();
+    let now = hub.now();
+    hub.shell
+        .borrow_mut()
+        .remote_catalog(now, vec![(agent, stream, labels)]);
+    let effects = |hub: &TestHub| hub.shell.borrow_mut().take_log();
+    effects(&hub);
+
+    // The first watcher, with a tail: its backlog up to where this relay's ring will start
+    // (not known yet: `until` unset, the ring's start to be learnt from the want), read
+    // before the ring; then the stream is wanted.
+    let s = hub.add_session("acme", None).unwrap();
+    hub.subscribe(&s, "a", sel("p"), follow(500)).unwrap();
+    let log = effects(&hub);
+    let order: Vec<&str> = log
+        .iter()
+        .filter_map(|e| match e {
+            Effect::RemoteBackfill { .. } => Some("backfill"),
+            Effect::WatchRing { .. } => Some("watch"),
+            Effect::Want { .. } => Some("want"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order, ["backfill", "watch", "want"], "{log:?}");
+    let Some(Effect::RemoteBackfill {
+        ask,
+        joined,
+        fresh,
+        resume,
+        stream: t,
+        ..
+    }) = log
+        .iter()
+        .find(|e| matches!(e, Effect::RemoteBackfill { .. }))
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        (ask.tail, ask.until, *joined, *fresh, *resume, *t),
+        (Some(500), None, false, true, None, stream)
+    );
+    // The ring's first batch is not the answer to a resume: the backlog's is.
+    assert!(log.iter().any(|e| matches!(
+        e,
+        Effect::WatchRing {
+            resume: None,
+            backfill: None,
+            ..
+        }
+    )));
+
+    // A session resuming with `since_seq` once the stream is wanted: the ring is wanted
+    // already, its start is what the backlog ends at; the backlog answers the resume.
+    let since = SeqPos { epoch: 9, seq: 40 };
+    let r = hub.add_session("acme", None).unwrap();
+    hub.subscribe(
+        &r,
+        "r",
+        sel("p"),
+        Demand {
+            since_seq: Some(since),
+            ..follow(0)
+        },
+    )
+    .unwrap();
+    let log = effects(&hub);
+    assert!(
+        log.iter().any(|e| matches!(e,
+            Effect::RemoteBackfill { ask, fresh: false, joined: false, resume: Some(r), .. }
+                if ask.since_seq == Some(since) && *r == since && ask.tail.is_none())),
+        "{log:?}"
+    );
+    assert!(!log.iter().any(|e| matches!(e, Effect::Want { .. })));
+
+    // A watcher that wants no backlog asks for none, and reads the ring from its end.
+    let live = hub.add_session("acme", None).unwrap();
+    hub.subscribe(&live, "l", sel("p"), follow(0)).unwrap();
+    let log = effects(&hub);
+    assert!(
+        !log.iter()
+            .any(|e| matches!(e, Effect::RemoteBackfill { .. }))
+    );
+    assert!(log.iter().any(|e| matches!(e, Effect::WatchRing { .. })));
+}

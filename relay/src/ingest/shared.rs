@@ -8,7 +8,7 @@ use logrelay_wire::control::{self, SeqPos};
 
 use crate::backplane::lease::Change;
 use crate::backplane::subject::Token;
-use crate::backplane::{Backplane, Owner, ServedAgent};
+use crate::backplane::{BackfillAsk, BackfillPart, Backplane, Owner, ServedAgent};
 use crate::hub::{CatalogRefusal, Hub};
 use crate::ids::{AgentId, AgentStreamId};
 
@@ -50,6 +50,27 @@ impl Owner for Leases {
         if let (Some(local), Some(hub)) = (local, self.hub.upgrade()) {
             hub.remote_lease(self.agent, AgentStreamId::from(local), leased);
         }
+    }
+
+    fn backfill(&self, stream: Token, ask: &BackfillAsk, budget: usize) -> Option<BackfillPart> {
+        // Only the streams this connection shared.
+        let local = self
+            .tokens
+            .lock()
+            .expect("tokens lock")
+            .iter()
+            .find_map(|(id, t)| (*t == stream).then_some(*id))?;
+        let sel = self.hub.upgrade()?.backfill_from_ring(
+            self.agent,
+            AgentStreamId::from(local),
+            ask,
+            budget,
+        )?;
+        Some(BackfillPart {
+            batches: sel.batches,
+            next: sel.next,
+            more: sel.more,
+        })
     }
 }
 

@@ -47,6 +47,14 @@ impl Core {
         }
     }
 
+    /// The ring of stream `local` of `agent`'s connection (its own streams only), unless it
+    /// has none: what another relay's backfill request is answered from.
+    pub fn ring_of(&self, agent: AgentId, local: AgentStreamId) -> Option<StreamId> {
+        let &(sid, _) = self.agents.get(&agent)?.streams.get(&local)?;
+        let s = self.rings.get(&sid)?;
+        (s.agent == Some((agent, local)) && s.filtered.is_none()).then_some(sid)
+    }
+
     /// The agent's own id of ring `ring`, if it is a stream (not a filtered ring) that
     /// `agent`'s connection serves now: what the backplane publishes it under.
     pub fn agent_stream(&self, agent: AgentId, ring: StreamId) -> Option<AgentStreamId> {

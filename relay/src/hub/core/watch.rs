@@ -303,6 +303,21 @@ impl Core {
             w.subs.insert(sub.clone());
             let read = rings.read_to(session, sid).unwrap_or(w.started);
             let until = read.filter(|_| wants_backlog)?;
+            if let Some(r) = self.rings.get(&sid).and_then(|s| s.remote) {
+                // Another relay's stream: its backlog comes from that relay's ring.
+                self.out.push(Effect::RemoteBackfill {
+                    session,
+                    key: sid,
+                    agent: r.agent,
+                    stream: r.stream,
+                    ask: backfill_ask(demand, Some(until)),
+                    resume: demand.since_seq,
+                    dense,
+                    joined: true,
+                    fresh: false,
+                });
+                return None;
+            }
             if let Some(hit) = self.cap_hit(sid) {
                 let message = format!(
                     "the backlog of stream {sid} was refused: {}; the subscription reads the \
@@ -338,6 +353,10 @@ impl Core {
         }
         // A ring the shell has not made yet is empty.
         let (start, end) = rings.ends(sid).unwrap_or_default();
+        if let Some(r) = self.rings.get(&sid).and_then(|s| s.remote) {
+            self.add_remote_watch(session, sid, sub, demand, r, end, wants_backlog);
+            return None;
+        }
         let (from, join) = match live_demand {
             // First watcher: the live demand itself carries the backlog.
             None => (end, None),
@@ -413,6 +432,68 @@ impl Core {
             );
         }
         None
+    }
+
+    /// Attaches another relay's stream `sid` to subscription `sub` of `session`: the watch
+    /// reads this relay's ring from its end (`end`), after its backlog (if it wants one)
+    /// fetched from the owner's ring up to exactly there; the stream is wanted.
+    #[allow(clippy::too_many_arguments, reason = "add_watch's parts")]
+    fn add_remote_watch(
+        &mut self,
+        session: SessionId,
+        sid: StreamId,
+        sub: &SubId,
+        demand: &Demand,
+        r: super::Remote,
+        end: crate::ring::Cursor,
+        wants_backlog: bool,
+    ) {
+        // Without a line filter, batches number every line: a resume's position is checked.
+        let dense = LineFilter::of(demand).is_none();
+        if wants_backlog {
+            self.out.push(Effect::RemoteBackfill {
+                session,
+                key: sid,
+                agent: r.agent,
+                stream: r.stream,
+                ask: backfill_ask(demand, end.last_end),
+                resume: demand.since_seq,
+                dense,
+                joined: false,
+                fresh: !r.wanted,
+            });
+        }
+        if let Some(ss) = self.sessions.get_mut(&session) {
+            ss.watches.insert(
+                sid,
+                WatchState {
+                    subs: BTreeSet::from([sub.clone()]),
+                    own: Vec::new(),
+                    private: false,
+                    started: end.last_end,
+                },
+            );
+        }
+        self.out.push(Effect::WatchRing {
+            session,
+            ring: sid,
+            from: end,
+            backfill: None,
+            backfill_resume: None,
+            // With a backlog, its first batch answers the `since_seq`.
+            resume: if wants_backlog {
+                None
+            } else {
+                demand.since_seq
+            },
+            dense,
+        });
+        let s = self.rings.get_mut(&sid).expect("present");
+        s.watchers.insert(session);
+        if let Some(at) = s.linger.take() {
+            self.timers.remove(&(at, Timer::Linger(sid)));
+        }
+        self.want(sid);
     }
 
     /// Notes `demand` as served for `session`'s watch `key` alone.
@@ -660,5 +741,15 @@ impl Core {
         if filtered {
             self.drop_ring(id, EndReason::Complete);
         }
+    }
+}
+
+/// What a subscription's backlog asks of another relay's ring, before `until`.
+fn backfill_ask(demand: &Demand, until: Option<SeqPos>) -> crate::backplane::BackfillAsk {
+    crate::backplane::BackfillAsk {
+        tail: demand.tail.filter(|n| *n > 0),
+        since_ns: demand.since_ns,
+        since_seq: demand.since_seq,
+        until,
     }
 }
