@@ -145,6 +145,7 @@ async fn a_pods_events_reach_its_watchers_with_its_task_identity_and_no_one_else
         c.kube_pods = true;
         c.kube_api_url = Some(api_url);
         c.metrics_rescan_ms = 50;
+        c.kube_label_allowlist = "node-id,absent".parse().unwrap();
     })
     .await;
     let url = relay.handle.subscribe_url();
@@ -157,6 +158,8 @@ async fn a_pods_events_reach_its_watchers_with_its_task_identity_and_no_one_else
         project: Some("flytesnacks".into()),
         run: Some("f3a".into()),
         kind: Some(StreamKind::Events),
+        // An allowlisted pod label (--kube-label-allowlist).
+        meta: [("label:node-id".to_owned(), "n0".to_owned())].into(),
         ..Selector::default()
     };
 
@@ -201,6 +204,11 @@ async fn a_pods_events_reach_its_watchers_with_its_task_identity_and_no_one_else
             listed.kind
         ),
         ("events", "f3a-n0-0", UID, StreamKind::Events)
+    );
+    assert_eq!(
+        listed.meta,
+        [("label:node-id".to_owned(), "n0".to_owned())].into(),
+        "only the allowlisted label the pod has"
     );
     assert_eq!(
         requests.load(Ordering::SeqCst),

@@ -183,8 +183,8 @@ pub enum RelayMsg {
         streams: Vec<u64>,
         /// Always `limit_exceeded` today.
         code: ErrorCode,
-        /// The limit: `label_bytes_per_stream`, `streams_per_agent`, `label_bytes_per_agent`
-        /// or `streams_per_org`.
+        /// The limit: `meta_per_stream`, `label_bytes_per_stream`, `streams_per_agent`,
+        /// `label_bytes_per_agent` or `streams_per_org`.
         limit: String,
         /// Human-readable reason.
         message: String,
