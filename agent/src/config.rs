@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::discover::logs::{self, LogsConfig};
 use crate::discover::metrics::{self, MetricsConfig};
-use crate::kube::{self, KubeConfig, TaskLabels};
+use crate::kube::{self, Allowlist, KubeConfig, TaskLabels};
 use crate::scrape::auth::CLUSTER_CA_FILE;
 use crate::scrape::target::{self, ScrapeAuth};
 use crate::scrape::{ScrapeDefaults, StaticTarget};
@@ -195,6 +195,14 @@ pub struct AgentConfig {
     /// action=<label>,attempt=<label>` (`annotation:<key>` reads an annotation instead).
     #[arg(long, env = "LOGRELAY_AGENT_TASK_LABELS", default_value = kube::DEFAULT_TASK_LABELS, help_heading = KUBE)]
     pub task_labels: TaskLabels,
+    /// Pod label keys whose values become stream labels `label:<key>`, usable in selectors'
+    /// `meta` (comma-separated, at most 16).
+    #[arg(long, env = "LOGRELAY_AGENT_KUBE_LABEL_ALLOWLIST", default_value = "", help_heading = KUBE)]
+    pub kube_label_allowlist: Allowlist,
+    /// Pod annotation keys whose values become stream labels `annotation:<key>`, usable in
+    /// selectors' `meta` (comma-separated, at most 16).
+    #[arg(long, env = "LOGRELAY_AGENT_KUBE_ANNOTATION_ALLOWLIST", default_value = "", help_heading = KUBE)]
+    pub kube_annotation_allowlist: Allowlist,
 
     // ----- Admin
     /// Address of the admin listener (`/metrics`, `/healthz`).
@@ -243,6 +251,8 @@ impl Default for AgentConfig {
             task_labels: kube::DEFAULT_TASK_LABELS
                 .parse()
                 .expect("the default mapping parses"),
+            kube_label_allowlist: Allowlist::default(),
+            kube_annotation_allowlist: Allowlist::default(),
             admin_addr: admin::DEFAULT_ADDR
                 .parse()
                 .expect("the default address parses"),
@@ -289,7 +299,7 @@ impl AgentConfig {
             node: self.node_name.clone(),
             rescan: Duration::from_millis(self.rescan_ms),
             resync: Duration::from_millis(self.resync_ms),
-            task_labels: self.task_labels.clone(),
+            task_labels: self.mapping(),
         }
     }
 
@@ -326,7 +336,16 @@ impl AgentConfig {
                 interval: Duration::from_millis(self.resources_interval_ms.max(1)),
             }),
             pods_dir: self.pods_dir.clone(),
-            task_labels: self.task_labels.clone(),
+            task_labels: self.mapping(),
+        }
+    }
+
+    /// How pod metadata becomes stream labels: task identity and the allowlists.
+    pub fn mapping(&self) -> TaskLabels {
+        TaskLabels {
+            label_allowlist: self.kube_label_allowlist.clone(),
+            annotation_allowlist: self.kube_annotation_allowlist.clone(),
+            ..self.task_labels.clone()
         }
     }
 
@@ -336,6 +355,7 @@ impl AgentConfig {
             enabled: self.kube_pods,
             api_url: self.kube_api_url.clone(),
             node: self.node_name.clone(),
+            mapping: self.mapping(),
         }
     }
 

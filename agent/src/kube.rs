@@ -22,7 +22,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::RwLock;
 
-use logrelay_wire::labels::Labels;
+use logrelay_wire::labels::{
+    Labels, MAX_META_BYTES, MAX_META_ENTRIES, META_ANNOTATION_PREFIX, META_LABEL_PREFIX,
+};
+use logrelay_wire::selector::MAX_VALUE_BYTES;
 use tokio::sync::Notify;
 
 /// The default task identity mapping: the labels Flyte puts on task pods.
@@ -57,7 +60,90 @@ pub struct DeclaredPort {
     pub protocol: String,
 }
 
-/// Where each task identity label comes from: a pod label key, or `annotation:<key>`.
+/// Longest pod label or annotation key an allowlist may name (a 253-byte prefix, `/`, a
+/// 63-byte name).
+pub const MAX_ALLOWLIST_KEY_BYTES: usize = 317;
+
+/// Pod label (or annotation) keys whose values become stream labels ([`Labels::meta`]), from
+/// `--kube-label-allowlist` / `--kube-annotation-allowlist`: comma-separated, at most
+/// [`MAX_META_ENTRIES`] keys of at most [`MAX_ALLOWLIST_KEY_BYTES`] each, in the order given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allowlist(pub Vec<String>);
+
+/// An allowlist that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadAllowlist {
+    /// More keys than a stream can carry.
+    #[error("an allowlist names at most {MAX_META_ENTRIES} keys, not {0}")]
+    TooMany(usize),
+    /// A key that is too long or contains whitespace.
+    #[error("bad allowlist key `{0}`: at most {MAX_ALLOWLIST_KEY_BYTES} bytes, no whitespace")]
+    Key(String),
+}
+
+impl std::str::FromStr for Allowlist {
+    type Err = BadAllowlist;
+
+    /// Parses `<key>,<key>,…`; empty means none. A key named twice counts once.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut keys: Vec<String> = Vec::new();
+        for key in s.split(',').map(str::trim).filter(|k| !k.is_empty()) {
+            if key.len() > MAX_ALLOWLIST_KEY_BYTES || key.chars().any(char::is_whitespace) {
+                return Err(BadAllowlist::Key(key.into()));
+            }
+            if !keys.iter().any(|k| k == key) {
+                keys.push(key.to_owned());
+            }
+        }
+        if keys.len() > MAX_META_ENTRIES {
+            return Err(BadAllowlist::TooMany(keys.len()));
+        }
+        Ok(Self(keys))
+    }
+}
+
+/// The allowlisted metadata of a pod as stream labels ([`Labels::meta`]): each allowlisted
+/// pod label the pod has as `label:<key>`, then each allowlisted annotation as
+/// `annotation:<key>`, in allowlist order. A value longer than [`MAX_VALUE_BYTES`] (a selector
+/// could not name it), and every entry once [`MAX_META_ENTRIES`] or [`MAX_META_BYTES`] would be
+/// passed, is left out; the second value counts them.
+pub fn stream_meta(
+    meta: &PodMeta,
+    labels: &Allowlist,
+    annotations: &Allowlist,
+) -> (BTreeMap<String, String>, usize) {
+    let mut out = BTreeMap::new();
+    let (mut bytes, mut left_out) = (0, 0);
+    let wanted = labels
+        .0
+        .iter()
+        .map(|k| (META_LABEL_PREFIX, k, meta.labels.get(k)))
+        .chain(
+            annotations
+                .0
+                .iter()
+                .map(|k| (META_ANNOTATION_PREFIX, k, meta.annotations.get(k))),
+        );
+    for (prefix, key, value) in wanted {
+        let Some(value) = value else { continue };
+        let key = format!("{prefix}{key}");
+        let size = key.len() + value.len();
+        if value.len() > MAX_VALUE_BYTES
+            || out.len() >= MAX_META_ENTRIES
+            || bytes + size > MAX_META_BYTES
+        {
+            left_out += 1;
+            continue;
+        }
+        bytes += size;
+        out.insert(key, value.clone());
+    }
+    (out, left_out)
+}
+
+/// How pod metadata becomes stream labels: where each task identity label comes from (a pod
+/// label key, or `annotation:<key>`), and the allowlisted labels and annotations copied as
+/// they are ([`stream_meta`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TaskLabels {
     /// Source of `project`.
@@ -70,6 +156,10 @@ pub struct TaskLabels {
     pub action: Option<String>,
     /// Source of `attempt`.
     pub attempt: Option<String>,
+    /// Pod labels copied as `label:<key>` (`--kube-label-allowlist`).
+    pub label_allowlist: Allowlist,
+    /// Pod annotations copied as `annotation:<key>` (`--kube-annotation-allowlist`).
+    pub annotation_allowlist: Allowlist,
 }
 
 /// A task label mapping that does not parse.
@@ -119,6 +209,7 @@ impl TaskLabels {
         labels.run = read(&self.run);
         labels.action = read(&self.action);
         labels.attempt = read(&self.attempt);
+        labels.meta = stream_meta(meta, &self.label_allowlist, &self.annotation_allowlist).0;
     }
 }
 
@@ -206,7 +297,31 @@ pub mod client {
     use kube::api::{Api, ListParams, WatchEvent, WatchParams};
     use tokio::sync::watch;
 
-    use super::{DeclaredPort, PodIndex, PodMeta};
+    use super::{DeclaredPort, PodIndex, PodMeta, TaskLabels, stream_meta};
+
+    /// Counts, for each pod version the watch reads, the allowlisted entries its streams' labels
+    /// leave out ([`stream_meta`]).
+    #[derive(Debug)]
+    pub struct LeftOut {
+        /// The allowlists.
+        pub mapping: TaskLabels,
+        /// Where `kube_meta_left_out` is counted.
+        pub metrics: Arc<crate::metrics::AgentMetrics>,
+    }
+
+    impl LeftOut {
+        fn count(&self, meta: &PodMeta) {
+            let (_, n) = stream_meta(
+                meta,
+                &self.mapping.label_allowlist,
+                &self.mapping.annotation_allowlist,
+            );
+            if n > 0 {
+                self.metrics.kube_meta_left_out.inc_by(n as u64);
+                tracing::warn!(pod = %meta.name, namespace = %meta.namespace, left_out = n, "allowlisted pod labels left out of its streams' labels (too long, or past the bounds)");
+            }
+        }
+    }
 
     /// Why the API could not be reached.
     #[derive(Debug, thiserror::Error)]
@@ -271,6 +386,7 @@ pub mod client {
         client: kube::Client,
         node: String,
         index: Arc<PodIndex>,
+        left_out: LeftOut,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let api: Api<Pod> = Api::all(client);
@@ -280,12 +396,13 @@ pub mod client {
             let round = async {
                 let list = api.list(&ListParams::default().fields(&selector)).await?;
                 let rv = list.metadata.resource_version.clone().unwrap_or_default();
-                index.replace(
-                    list.items
-                        .iter()
-                        .filter_map(meta)
-                        .collect::<HashMap<_, _>>(),
-                );
+                let pods = list
+                    .items
+                    .iter()
+                    .filter_map(meta)
+                    .collect::<HashMap<_, _>>();
+                pods.values().for_each(|m| left_out.count(m));
+                index.replace(pods);
                 let mut rv = rv;
                 loop {
                     let params = WatchParams::default().fields(&selector).timeout(290);
@@ -297,6 +414,7 @@ pub mod client {
                                     rv = v;
                                 }
                                 if let Some((uid, m)) = meta(&p) {
+                                    left_out.count(&m);
                                     index.upsert(uid, m);
                                 }
                             }
@@ -342,11 +460,15 @@ pub struct KubeConfig {
     pub api_url: Option<String>,
     /// This node's name: only its pods are watched.
     pub node: String,
+    /// The allowlists, to count what a pod's labels lose to the bounds
+    /// (`logrelay_agent_kube_meta_left_out_total`).
+    pub mapping: TaskLabels,
 }
 
 /// Starts the pod watch when it is enabled; the index discovery reads, if any.
 pub async fn start(
     config: &KubeConfig,
+    metrics: &std::sync::Arc<crate::metrics::AgentMetrics>,
     tasks: &mut tokio::task::JoinSet<()>,
     shutdown: &tokio::sync::watch::Receiver<bool>,
 ) -> Option<std::sync::Arc<PodIndex>> {
@@ -365,6 +487,10 @@ pub async fn start(
                     c,
                     config.node.clone(),
                     index.clone(),
+                    client::LeftOut {
+                        mapping: config.mapping.clone(),
+                        metrics: metrics.clone(),
+                    },
                     shutdown.clone(),
                 ));
                 Some(index)
@@ -377,7 +503,7 @@ pub async fn start(
     }
     #[cfg(not(feature = "k8s"))]
     {
-        let _ = (tasks, shutdown);
+        let _ = (tasks, shutdown, metrics);
         tracing::error!("--kube-pods needs an agent built with the `k8s` feature; ignored");
         None
     }
@@ -386,6 +512,79 @@ pub async fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allowlisted_labels_and_annotations_become_prefixed_stream_labels_within_bounds() {
+        let meta = PodMeta {
+            labels: [
+                ("team".to_owned(), "ml".to_owned()),
+                ("namespace".to_owned(), "spoof".to_owned()),
+                ("not-listed".to_owned(), "x".to_owned()),
+            ]
+            .into(),
+            annotations: [
+                ("owner".to_owned(), "alice".to_owned()),
+                ("huge".to_owned(), "v".repeat(MAX_VALUE_BYTES + 1)),
+            ]
+            .into(),
+            ..PodMeta::default()
+        };
+        let mut map: TaskLabels = "project=team".parse().unwrap();
+        map.label_allowlist = "team, namespace,absent".parse().unwrap();
+        map.annotation_allowlist = "owner,huge".parse().unwrap();
+        let mut labels = Labels {
+            namespace: "ns".into(),
+            ..Labels::default()
+        };
+        map.apply(&meta, &mut labels);
+        assert_eq!(
+            labels.meta,
+            BTreeMap::from([
+                ("annotation:owner".to_owned(), "alice".to_owned()),
+                ("label:namespace".to_owned(), "spoof".to_owned()),
+                ("label:team".to_owned(), "ml".to_owned()),
+            ])
+        );
+        assert_eq!(labels.namespace, "ns", "identity labels are not overridden");
+        assert_eq!(labels.project.as_deref(), Some("ml"));
+        assert!(labels.meta_is_valid());
+        let (_, left_out) = stream_meta(&meta, &map.label_allowlist, &map.annotation_allowlist);
+        assert_eq!(left_out, 1, "the value no selector could name");
+
+        // Bytes: entries past MAX_META_BYTES are left out, in allowlist order.
+        let big = PodMeta {
+            labels: (0..MAX_META_ENTRIES)
+                .map(|i| (format!("k{i:02}"), "v".repeat(200)))
+                .collect(),
+            ..PodMeta::default()
+        };
+        let all: Allowlist = (0..MAX_META_ENTRIES)
+            .map(|i| format!("k{i:02}"))
+            .collect::<Vec<_>>()
+            .join(",")
+            .parse()
+            .unwrap();
+        let (kept, left_out) = stream_meta(&big, &all, &Allowlist::default());
+        assert_eq!(
+            kept.len(),
+            9,
+            "9 entries of 212 bytes fit in {MAX_META_BYTES}"
+        );
+        assert_eq!(left_out, MAX_META_ENTRIES - 9);
+        assert!(kept.contains_key("label:k00") && !kept.contains_key("label:k15"));
+
+        // The flags' bounds.
+        let too_many = (0..=MAX_META_ENTRIES)
+            .map(|i| format!("k{i}"))
+            .collect::<Vec<_>>();
+        assert_eq!(
+            too_many.join(",").parse::<Allowlist>(),
+            Err(BadAllowlist::TooMany(MAX_META_ENTRIES + 1))
+        );
+        assert!("a b".parse::<Allowlist>().is_err());
+        assert_eq!("".parse::<Allowlist>(), Ok(Allowlist::default()));
+        assert_eq!("a,a".parse::<Allowlist>().unwrap().0, ["a"]);
+    }
 
     #[test]
     fn mapping_reads_labels_and_annotations() {

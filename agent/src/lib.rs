@@ -118,7 +118,7 @@ pub async fn start(config: AgentConfig, tls: AgentTls) -> Result<AgentHandle, St
 
     let tailer = tail::Tailer::new(config.tailer(), metrics.clone());
     tasks.spawn(tailer.clone().run(shutdown_rx.clone()));
-    let pods = kube::start(&config.kube(), &mut tasks, &shutdown_rx).await;
+    let pods = kube::start(&config.kube(), &metrics, &mut tasks, &shutdown_rx).await;
     tasks.spawn(discover::logs::run(
         config.logs(),
         catalog.clone(),

@@ -74,6 +74,9 @@ pub struct AgentMetrics {
     pub kube_events: Counter,
     /// Kubernetes events (or watch lines) that could not be read, skipped.
     pub kube_events_malformed: Counter,
+    /// Allowlisted pod labels and annotations left out of stream labels (a value over 253
+    /// bytes, or past 16 entries or 2048 bytes), counted per pod version read.
+    pub kube_meta_left_out: Counter,
 }
 
 impl AgentMetrics {
@@ -109,6 +112,7 @@ impl AgentMetrics {
             scrape_pods_skipped: Family::default(),
             kube_events: Counter::default(),
             kube_events_malformed: Counter::default(),
+            kube_meta_left_out: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("streams", "Streams in the catalog", m.streams.clone());
@@ -246,6 +250,11 @@ impl AgentMetrics {
             "kube_events_malformed",
             "Kubernetes events or watch lines that could not be read, skipped",
             m.kube_events_malformed.clone(),
+        );
+        registry.register(
+            "kube_meta_left_out",
+            "Allowlisted pod labels and annotations left out of stream labels (too long, or past the bounds)",
+            m.kube_meta_left_out.clone(),
         );
         Self { registry, ..m }
     }

@@ -262,7 +262,7 @@ impl Uplink {
                 protocol: logrelay_wire::PROTOCOL_VERSION,
                 node: self.config.node.clone(),
                 agent_version: env!("CARGO_PKG_VERSION").into(),
-                features: vec![features::ACK.into()],
+                features: vec![features::ACK.into(), features::EVENTS.into()],
             })
             .await?;
         let mut decoder = FrameDecoder::new(frame::DEFAULT_MAX_FRAME_BYTES);
@@ -270,7 +270,7 @@ impl Uplink {
             tokio::time::timeout(Duration::from_secs(10), next_msg(&mut recv, &mut decoder))
                 .await
                 .map_err(|_| UplinkError::Protocol("no welcome within 10 s".into()))??;
-        let (heartbeat_secs, acks) = match welcome {
+        let (heartbeat_secs, acks, events) = match welcome {
             Some(RelayMsg::Welcome {
                 protocol,
                 org,
@@ -285,8 +285,11 @@ impl Uplink {
                     )));
                 }
                 let acks = features.iter().any(|f| f == features::ACK);
-                tracing::info!(relay = %addr, %org, %cluster, acks, "connected to relay");
-                (heartbeat_secs.max(1), acks)
+                // A relay that does not name `events` cannot read such streams: they are not
+                // announced to it (it would refuse the whole `catalog_add`).
+                let events = features.iter().any(|f| f == features::EVENTS);
+                tracing::info!(relay = %addr, %org, %cluster, acks, events, "connected to relay");
+                (heartbeat_secs.max(1), acks, events)
             }
             Some(RelayMsg::Error { code, message }) => {
                 return Err(UplinkError::Relay { code, message });
@@ -379,7 +382,7 @@ impl Uplink {
                 }
                 changed = catalog_rx.changed() => {
                     if changed.is_err() { break Ok(()); }
-                    let now = self.catalog.snapshot();
+                    let now = catalog::readable(self.catalog.snapshot(), events);
                     let diff = catalog::reconcile(&sent, &now);
                     for s in &diff.removed { sent.remove(&s.id); }
                     for s in &diff.added { sent.insert(s.id, s.labels.clone()); }

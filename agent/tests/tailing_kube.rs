@@ -113,6 +113,14 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool, changed: &tokio
     .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
 }
 
+/// No allowlist: nothing to leave out.
+fn left_out() -> client::LeftOut {
+    client::LeftOut {
+        mapping: logrelay_agent::kube::TaskLabels::default(),
+        metrics: Arc::new(AgentMetrics::new()),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pods_of_this_node_are_listed_then_watched() {
     logrelay_tls::install_provider();
@@ -120,7 +128,13 @@ async fn the_pods_of_this_node_are_listed_then_watched() {
     let index = Arc::new(PodIndex::default());
     let (_stop, stop_rx) = watch::channel(false);
     let c = client::connect(Some(&url)).await.unwrap();
-    tokio::spawn(client::run(c, "node-1".into(), index.clone(), stop_rx));
+    tokio::spawn(client::run(
+        c,
+        "node-1".into(),
+        index.clone(),
+        left_out(),
+        stop_rx,
+    ));
     eventually(
         "the watch events",
         || {
@@ -156,6 +170,7 @@ async fn streams_carry_task_identity_from_pod_labels() {
         c,
         "node-1".into(),
         index.clone(),
+        left_out(),
         stop_rx.clone(),
     ));
 

@@ -145,6 +145,7 @@ async fn a_pods_events_reach_its_watchers_with_its_task_identity_and_no_one_else
         c.kube_pods = true;
         c.kube_api_url = Some(api_url);
         c.metrics_rescan_ms = 50;
+        c.kube_label_allowlist = "node-id,absent".parse().unwrap();
     })
     .await;
     let url = relay.handle.subscribe_url();
@@ -157,6 +158,8 @@ async fn a_pods_events_reach_its_watchers_with_its_task_identity_and_no_one_else
         project: Some("flytesnacks".into()),
         run: Some("f3a".into()),
         kind: Some(StreamKind::Events),
+        // An allowlisted pod label (--kube-label-allowlist).
+        meta: [("label:node-id".to_owned(), "n0".to_owned())].into(),
         ..Selector::default()
     };
 
@@ -201,6 +204,11 @@ async fn a_pods_events_reach_its_watchers_with_its_task_identity_and_no_one_else
             listed.kind
         ),
         ("events", "f3a-n0-0", UID, StreamKind::Events)
+    );
+    assert_eq!(
+        listed.meta,
+        [("label:node-id".to_owned(), "n0".to_owned())].into(),
+        "only the allowlisted label the pod has"
     );
     assert_eq!(
         requests.load(Ordering::SeqCst),
@@ -329,4 +337,115 @@ async fn a_pods_events_reach_its_watchers_with_its_task_identity_and_no_one_else
             .all(|e| !matches!(e, Event::Streams { streams, .. } if !streams.is_empty()))
     );
     assert_eq!(other.total_lines(), 0);
+}
+
+/// A relay that answers `hello` with `features` (a relay before `events` answers `ack` only),
+/// and hands each stream the agent announces to the test.
+async fn fake_relay(
+    pki: &TestPki,
+    features: &'static [&'static str],
+) -> (std::net::SocketAddr, mpsc::Receiver<StreamKind>) {
+    use logrelay_wire::control::{self, AgentMsg, RelayMsg, features::EVENTS};
+    use logrelay_wire::frame::{self, FrameDecoder};
+
+    let tls = pki.relay_tls();
+    let server = logrelay_tls::quic_server(tls.quic_identity, tls.agent_roots).unwrap();
+    let endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = endpoint.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let conn = endpoint.accept().await.unwrap().await.unwrap();
+        let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+        let mut decoder = FrameDecoder::new(frame::DEFAULT_MAX_FRAME_BYTES);
+        loop {
+            while let Ok(Some(body)) = decoder.next_frame() {
+                match control::decode::<AgentMsg>(&body).unwrap() {
+                    AgentMsg::Hello { features: f, .. } => {
+                        assert!(f.iter().any(|f| f == EVENTS), "the agent names events");
+                        let mut out = bytes::BytesMut::new();
+                        let welcome = RelayMsg::Welcome {
+                            protocol: logrelay_wire::PROTOCOL_VERSION,
+                            org: "dev".into(),
+                            cluster: "test".into(),
+                            max_frame_bytes: frame::DEFAULT_MAX_FRAME_BYTES,
+                            heartbeat_secs: 5,
+                            features: features.iter().map(|f| (*f).to_owned()).collect(),
+                        };
+                        frame::encode(&control::encode(&welcome), &mut out);
+                        send.write_all(&out).await.unwrap();
+                    }
+                    AgentMsg::CatalogAdd { streams } => {
+                        for s in streams {
+                            let _ = tx.send(s.labels.kind).await;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            match recv.read_chunk(64 * 1024, true).await {
+                Ok(Some(c)) => decoder.extend(&c.bytes),
+                _ => return,
+            }
+        }
+    });
+    (addr, rx)
+}
+
+/// The kinds an agent with `--kube-pods` announces to a relay answering `features`, once its
+/// catalog holds a log stream and the pod's events stream and then a second log stream.
+async fn kinds_announced_to(features: &'static [&'static str]) -> Vec<StreamKind> {
+    let api = Api {
+        pods: format!(
+            r#"{{"kind":"PodList","apiVersion":"v1","metadata":{{"resourceVersion":"100"}},"items":[{}]}}"#,
+            pod()
+        ),
+        events: String::new(),
+        event_requests: Arc::new(AtomicUsize::new(0)),
+        watch: Arc::new(Mutex::new(None)),
+    };
+    let app = Router::new()
+        .route("/api/v1/pods", get(pods))
+        .with_state(api);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let pki = TestPki::new();
+    let (relay, mut announced) = fake_relay(&pki, features).await;
+    let pods = PodsDir::new();
+    let _first = pods.container(NS, "other-pod", "main");
+    let agent = TestAgent::start_with(&pki, &pods, relay, |c| {
+        c.node_name = "node-1".into();
+        c.kube_pods = true;
+        c.kube_api_url = Some(api_url);
+        c.metrics_rescan_ms = 50;
+    })
+    .await;
+    eventually(
+        "the log stream and the events stream in the agent's catalog",
+        || async { (agent.metric("logrelay_agent_streams").await >= 2.0).then_some(()) },
+    )
+    .await;
+    // A change after both: its announcement follows whatever the relay is offered of them.
+    let _second = pods.container(NS, "third-pod", "main");
+    let mut kinds = Vec::new();
+    within("both log streams announced", async {
+        while kinds.iter().filter(|k| **k == StreamKind::Log).count() < 2 {
+            kinds.push(announced.recv().await.unwrap());
+        }
+    })
+    .await;
+    kinds
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_does_not_name_events_is_not_offered_events_streams() {
+    let kinds = kinds_announced_to(&["ack"]).await;
+    assert_eq!(kinds, [StreamKind::Log, StreamKind::Log], "{kinds:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_names_events_is_offered_them() {
+    let kinds = kinds_announced_to(&["ack", "events"]).await;
+    assert!(kinds.contains(&StreamKind::Events), "{kinds:?}");
 }

@@ -38,6 +38,7 @@ fuzz_target!(|data: &[u8]| {
         attempt: labels.attempt.clone(),
         pod_regex: None,
         container_regex: None,
+        meta: labels.meta.clone(),
     };
     assert!(exact.matches(&labels));
     assert_eq!(

@@ -108,6 +108,19 @@ pub enum IngestError {
     },
 }
 
+/// The features of protocol 1 this relay reads, answered in `welcome` when the agent names them.
+const READS: [&str; 2] = [features::ACK, features::EVENTS];
+
+/// The `welcome` answer to a `hello` naming `asked`: those of them this relay reads ([`READS`]),
+/// in its order. An agent announces `events` streams only when this names `events`.
+fn welcome_features(asked: &[String]) -> Vec<String> {
+    READS
+        .iter()
+        .filter(|f| asked.iter().any(|a| a == *f))
+        .map(|f| (*f).to_owned())
+        .collect()
+}
+
 fn protocol(code: ErrorCode, message: impl Into<String>) -> IngestError {
     IngestError::Protocol {
         code,
@@ -339,7 +352,8 @@ async fn serve_agent(
     };
     // Acknowledgements for an agent that keeps what it sent until told (and only for it: an
     // older agent would not know the message).
-    let acks = agent_features.iter().any(|f| f == features::ACK);
+    let answered = welcome_features(&agent_features);
+    let acks = answered.iter().any(|f| f == features::ACK);
     write_msg(
         &mut send,
         &mut out,
@@ -349,11 +363,7 @@ async fn serve_agent(
             cluster: id.cluster.clone(),
             max_frame_bytes: config.max_frame_bytes,
             heartbeat_secs: config.heartbeat_secs,
-            features: if acks {
-                vec![features::ACK.to_owned()]
-            } else {
-                Vec::new()
-            },
+            features: answered,
         },
     )
     .await?;
@@ -763,5 +773,22 @@ async fn serve_data(
             }
             Err(_) => return Ok(Some(demand)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn welcome_answers_the_features_it_reads_that_the_agent_named() {
+        let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            welcome_features(&names(&["events", "teleport", "ack"])),
+            names(&["ack", "events"])
+        );
+        // An agent that predates the word: not named back (it still may announce the kind).
+        assert_eq!(welcome_features(&names(&["ack"])), names(&["ack"]));
+        assert!(welcome_features(&[]).is_empty());
     }
 }

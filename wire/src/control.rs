@@ -85,6 +85,10 @@ pub mod features {
     /// The relay acknowledges live demands (`ack`), and the agent keeps what it sent until
     /// acknowledged. Both sides must name it.
     pub const ACK: &str = "ack";
+    /// Streams of kind `events` (protocol 2.7). The agent names it when it may announce them;
+    /// the relay answers it when it reads them, and only then does the agent announce them (a
+    /// relay that predates the kind would refuse the whole `catalog_add`).
+    pub const EVENTS: &str = "events";
 }
 
 /// Agent → relay.
@@ -179,8 +183,8 @@ pub enum RelayMsg {
         streams: Vec<u64>,
         /// Always `limit_exceeded` today.
         code: ErrorCode,
-        /// The limit: `label_bytes_per_stream`, `streams_per_agent`, `label_bytes_per_agent`
-        /// or `streams_per_org`.
+        /// The limit: `meta_per_stream`, `label_bytes_per_stream`, `streams_per_agent`,
+        /// `label_bytes_per_agent` or `streams_per_org`.
         limit: String,
         /// Human-readable reason.
         message: String,

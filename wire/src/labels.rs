@@ -1,6 +1,18 @@
 //! Labels of a stream, and how they are read off a kubelet log path.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
+
+/// Prefix of a [`Labels::meta`] key copied from a pod label (`label:<key>`).
+pub const META_LABEL_PREFIX: &str = "label:";
+/// Prefix of a [`Labels::meta`] key copied from a pod annotation (`annotation:<key>`).
+pub const META_ANNOTATION_PREFIX: &str = "annotation:";
+/// Most entries a stream's [`Labels::meta`] holds (the agent leaves out the rest).
+pub const MAX_META_ENTRIES: usize = 16;
+/// Most bytes (keys and values) of a stream's [`Labels::meta`] (the agent leaves out the
+/// entries past it).
+pub const MAX_META_BYTES: usize = 2048;
 
 /// What a stream carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -55,6 +67,29 @@ pub struct Labels {
     /// Task identity: attempt.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempt: Option<String>,
+    /// Pod labels and annotations the agent's operator allowlisted, under the key
+    /// `label:<key>` or `annotation:<key>` (so none can stand for an identity label above);
+    /// at most [`MAX_META_ENTRIES`] entries and [`MAX_META_BYTES`]. Omitted when empty.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub meta: BTreeMap<String, String>,
+}
+
+impl Labels {
+    /// True when `meta` keeps to its bounds and prefixes (what a relay accepts of an agent).
+    pub fn meta_is_valid(&self) -> bool {
+        self.meta.len() <= MAX_META_ENTRIES
+            && self
+                .meta
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+                <= MAX_META_BYTES
+            && self.meta.keys().all(|k| {
+                k.strip_prefix(META_LABEL_PREFIX)
+                    .or_else(|| k.strip_prefix(META_ANNOTATION_PREFIX))
+                    .is_some_and(|rest| !rest.is_empty())
+            })
+    }
 }
 
 /// The identity of a pod log directory `<namespace>_<pod>_<uid>`.

@@ -1,5 +1,7 @@
 //! Selectors: which streams a subscription wants.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::labels::{Labels, StreamKind};
@@ -63,6 +65,10 @@ pub struct Selector {
     /// Task identity: attempt.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempt: Option<String>,
+    /// Allowlisted pod labels and annotations ([`Labels::meta`]): the stream must have each
+    /// key with exactly this value. At most [`crate::labels::MAX_META_ENTRIES`] entries.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub meta: BTreeMap<String, String>,
 }
 
 /// Why a selector is refused.
@@ -71,6 +77,12 @@ pub enum SelectorError {
     /// A label value is longer than [`MAX_VALUE_BYTES`].
     #[error("selector value for `{0}` is longer than {MAX_VALUE_BYTES} bytes")]
     TooLong(&'static str),
+    /// `meta` names more keys than a stream can have.
+    #[error(
+        "selector `meta` names more than {} keys",
+        crate::labels::MAX_META_ENTRIES
+    )]
+    TooManyMeta,
 }
 
 impl Selector {
@@ -94,6 +106,16 @@ impl Selector {
             if v.as_ref().is_some_and(|v| v.len() > MAX_VALUE_BYTES) {
                 return Err(SelectorError::TooLong(name));
             }
+        }
+        if self.meta.len() > crate::labels::MAX_META_ENTRIES {
+            return Err(SelectorError::TooManyMeta);
+        }
+        if self
+            .meta
+            .iter()
+            .any(|(k, v)| k.len() > crate::labels::MAX_META_BYTES || v.len() > MAX_VALUE_BYTES)
+        {
+            return Err(SelectorError::TooLong("meta"));
         }
         Ok(())
     }
@@ -120,6 +142,7 @@ impl Selector {
             && eq_opt(&self.run, &labels.run)
             && eq_opt(&self.action, &labels.action)
             && eq_opt(&self.attempt, &labels.attempt)
+            && self.meta.iter().all(|(k, v)| labels.meta.get(k) == Some(v))
             && self
                 .pod_regex
                 .as_ref()
@@ -168,6 +191,31 @@ mod tests {
             ..Selector::default()
         };
         assert!(s.matches(&l));
+    }
+
+    #[test]
+    fn allowlisted_pod_labels_select_and_stay_apart_from_identity() {
+        let s: Selector =
+            serde_json::from_str(r#"{"namespace":"ns","meta":{"label:team":"ml"}}"#).unwrap();
+        let mut l = labels("ns", "p", "c");
+        assert!(!s.matches(&l), "a stream without the label");
+        l.meta.insert("label:team".into(), "ml".into());
+        assert!(s.matches(&l));
+        l.meta.insert("label:team".into(), "web".into());
+        assert!(!s.matches(&l));
+        // A pod label named like an identity label is only ever `label:<key>`.
+        l.meta.insert("label:namespace".into(), "other".into());
+        assert_eq!(l.namespace, "ns");
+        assert!(l.meta_is_valid());
+        l.meta.insert("namespace".into(), "other".into());
+        assert!(!l.meta_is_valid(), "no key outside the prefixes");
+        let many = Selector {
+            meta: (0..=crate::labels::MAX_META_ENTRIES)
+                .map(|i| (format!("label:k{i}"), "v".into()))
+                .collect(),
+            ..Selector::default()
+        };
+        assert_eq!(many.validate(), Err(SelectorError::TooManyMeta));
     }
 
     #[test]

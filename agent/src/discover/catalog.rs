@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use logrelay_wire::control::{StreamGone, StreamInfo};
-use logrelay_wire::labels::Labels;
+use logrelay_wire::labels::{Labels, StreamKind};
 use logrelay_wire::reason::EndReason;
 use tokio::sync::watch;
 
@@ -189,6 +189,17 @@ impl Catalog {
     }
 }
 
+/// The part of the catalog `now` a relay can read: all of it, or without the streams of kind
+/// `events` when the relay's `welcome` did not name [`features::EVENTS`].
+///
+/// [`features::EVENTS`]: logrelay_wire::control::features::EVENTS
+pub fn readable(mut now: BTreeMap<u64, Entry>, events: bool) -> BTreeMap<u64, Entry> {
+    if !events {
+        now.retain(|_, e| e.labels.kind != StreamKind::Events);
+    }
+    now
+}
+
 /// What to announce to a peer that has seen `sent`, given the current catalog. A stream gone
 /// while another appears in the same place (node, namespace, pod, UID, container, restart,
 /// kind) with other (task) labels is reported as `labels_changed`, else as `container_removed`.
@@ -283,6 +294,27 @@ mod tests {
             Diff::default(),
             "and stays put"
         );
+    }
+
+    #[test]
+    fn a_relay_that_does_not_read_events_is_not_offered_them() {
+        let c = Catalog::new(Arc::new(AgentMetrics::new()));
+        // (Its source does not matter here: only its kind.)
+        let mut ev = entry("e");
+        ev.labels.kind = StreamKind::Events;
+        c.replace(Group::Logs, vec![entry("a"), ev]);
+        let kinds = |events| {
+            readable(c.snapshot(), events)
+                .into_values()
+                .map(|e| e.labels.kind)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(kinds(true), [StreamKind::Log, StreamKind::Events]);
+        assert_eq!(kinds(false), [StreamKind::Log]);
+        // Nothing was sent: only the log stream is announced to such a relay.
+        let d = reconcile(&BTreeMap::new(), &readable(c.snapshot(), false));
+        assert_eq!(d.added.len(), 1);
+        assert_eq!(d.added[0].labels.kind, StreamKind::Log);
     }
 
     #[test]

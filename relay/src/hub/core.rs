@@ -481,6 +481,7 @@ fn label_bytes(l: &Labels) -> usize {
             .iter()
             .filter_map(|v| v.as_ref().map(String::len))
             .sum::<usize>()
+        + l.meta.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
 }
 
 /// A line filter pushed down to the agent: sessions asking a stream for the same one share

@@ -386,6 +386,37 @@ fn agent(hub: &TestHub, streams: Vec<StreamInfo>) -> (AgentId, mpsc::Receiver<Re
     (agent, rx)
 }
 
+#[test]
+fn allowlisted_pod_metadata_out_of_bounds_refuses_only_that_stream() {
+    let hub = hub_with(|_| {});
+    let (tx, _rx) = mpsc::channel(16);
+    let a = hub.add_agent("acme", "c1", tx, Arc::new(Notify::new()));
+    let with_meta = |id, pod: &str, meta: &[(&str, &str)]| {
+        let mut i = info(id, pod, "");
+        i.labels.meta = meta
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        i
+    };
+    let refused = hub.catalog_add(
+        a,
+        vec![
+            with_meta(1, "p1", &[("label:team", "ml")]),
+            with_meta(2, "p2", &[("namespace", "other")]),
+            with_meta(3, "p3", &[("annotation:big", &"v".repeat(3000))]),
+        ],
+    );
+    assert_eq!(
+        refused,
+        vec![CatalogRefusal {
+            limit: "meta_per_stream",
+            streams: vec![2, 3],
+        }]
+    );
+    assert_eq!(hub.metrics.streams.get(), 1);
+}
+
 fn info(id: u64, pod: &str, org: &str) -> StreamInfo {
     StreamInfo {
         id,

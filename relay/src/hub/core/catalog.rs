@@ -41,7 +41,13 @@ impl Core {
                     self.end_stream(old, EndReason::LabelsChanged);
                 }
             }
-            if let Some(limit) = self.catalog_cap(agent, &org_key, bytes) {
+            // Allowlisted pod metadata out of its bounds or prefixes (`meta_per_stream`).
+            let cap = if info.labels.meta_is_valid() {
+                self.catalog_cap(agent, &org_key, bytes)
+            } else {
+                Some("meta_per_stream")
+            };
+            if let Some(limit) = cap {
                 self.count(Count::LimitHit(limit));
                 match refused.iter_mut().find(|r| r.limit == limit) {
                     Some(r) => r.streams.push(info.id),
