@@ -5,6 +5,8 @@
 //! * [`faultproxy`]: a UDP proxy between agents and the relay that loses, delays, reorders,
 //!   duplicates and blackholes datagrams, and changes the agent's address (NAT rebinding);
 //!   deterministic for a seed, bounded in bytes, every drop counted.
+//! * [`procs`]: the production relay and agent binaries as child processes with certificate
+//!   files, on fixed loopback ports, to SIGKILL, SIGTERM, freeze and start again.
 //! * [`writer`]: a container log written at a steady rate with kubelet's rotation (rename,
 //!   reopen, gzip of older files); line `i` says `i`.
 //! * [`ledger`]: what one client got of one stream, line by line (delivered, reported missing
@@ -15,6 +17,7 @@
 
 pub mod faultproxy;
 pub mod ledger;
+pub mod procs;
 pub mod writer;
 
 pub use faultproxy::{Direction, FaultProxy, Faults, ProxyConfig, ProxyStats};

@@ -37,7 +37,7 @@ struct Scenario {
 
 impl Scenario {
     async fn start(agent_flags: &[&str], writer: WriterConfig) -> Self {
-        let files = PkiFiles::write(&TestPki::new(), "dev", "test");
+        let files = TestPki::new().files("dev", "test");
         let relay = RelayProcess::start(&files, &[]).await;
         let pods = PodsDir::new();
         // Subscribed before the first line: the backlog reaches back to line 0.
@@ -361,7 +361,7 @@ async fn a_tail_watcher_ahead_of_the_resume_after_a_relay_restart_costs_no_line(
     // epoch for it and forgot the one the client resumes: `epoch_lost`, and lines sent again.
     let t0 = Instant::now();
     let step = |what: &str| eprintln!("{:>7.2} s: {what}", t0.elapsed().as_secs_f64());
-    let files = PkiFiles::write(&TestPki::new(), "dev", "test");
+    let files = TestPki::new().files("dev", "test");
     let mut relay = RelayProcess::start(&files, &[]).await;
     let url = relay.subscribe_url();
     let pods = PodsDir::new();
@@ -461,7 +461,7 @@ async fn a_resume_racing_an_agent_kill_is_a_renumbering_not_a_loss() {
     // of unknown count, although that epoch continued the old one exactly.
     let t0 = Instant::now();
     let step = |what: &str| eprintln!("{:>7.2} s: {what}", t0.elapsed().as_secs_f64());
-    let files = PkiFiles::write(&TestPki::new(), "dev", "test");
+    let files = TestPki::new().files("dev", "test");
     let relay = RelayProcess::start(&files, &[]).await;
     let url = relay.subscribe_url();
     let pods = PodsDir::new();

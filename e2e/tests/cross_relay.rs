@@ -104,7 +104,7 @@ async fn list(s: &mut Subscriber) -> Vec<logrelay_wire::session::StreamEntry> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_on_relay_b_sees_every_line_of_an_agent_on_relay_a_and_only_while_it_watches() {
     let nats = NatsServer::start().await;
-    let files = PkiFiles::write(&TestPki::new(), "dev", "test");
+    let files = TestPki::new().files("dev", "test");
     let a = relay(&files, &nats_flags(&nats, "relay-a")).await;
     let b = relay(&files, &nats_flags(&nats, "relay-b")).await;
     let pods = PodsDir::new();
@@ -260,7 +260,7 @@ async fn a_session_on_relay_b_sees_every_line_of_an_agent_on_relay_a_and_only_wh
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_a_killed_its_watcher_on_b_is_paused_then_resumed_with_every_line_or_an_exact_gap() {
     let nats = NatsServer::start().await;
-    let files = PkiFiles::write(&TestPki::new(), "dev", "test");
+    let files = TestPki::new().files("dev", "test");
     let mut relays = [
         relay(&files, &nats_flags(&nats, "relay-a")).await,
         relay(&files, &nats_flags(&nats, "relay-b")).await,
@@ -367,7 +367,7 @@ fn write_lines(log: &mut logrelay::demo::CriWriter, next: &mut u64, n: u64) -> u
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_joiner_on_relay_b_gets_exactly_the_last_lines_from_relay_as_ring_then_live() {
     let nats = NatsServer::start().await;
-    let files = PkiFiles::write(&TestPki::new(), "dev", "test");
+    let files = TestPki::new().files("dev", "test");
     let a = relay(&files, &nats_flags(&nats, "relay-a")).await;
     let b = relay(&files, &nats_flags(&nats, "relay-b")).await;
     let pods = PodsDir::new();
@@ -469,7 +469,7 @@ async fn a_late_joiner_on_relay_b_gets_exactly_the_last_lines_from_relay_as_ring
 async fn a_session_whose_relay_is_killed_resumes_on_another_relay_from_the_owners_ring_every_line_once()
  {
     let nats = NatsServer::start().await;
-    let files = PkiFiles::write(&TestPki::new(), "dev", "test");
+    let files = TestPki::new().files("dev", "test");
     let a = relay(&files, &nats_flags(&nats, "relay-a")).await;
     let b = relay(&files, &nats_flags(&nats, "relay-b")).await;
     let mut c = relay(&files, &nats_flags(&nats, "relay-c")).await;

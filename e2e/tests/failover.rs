@@ -31,7 +31,7 @@ struct Relays {
 
 impl Relays {
     async fn start(n: usize, relay_flags: &[&str]) -> Self {
-        let files = PkiFiles::write(&TestPki::new(), "dev", "test");
+        let files = TestPki::new().files("dev", "test");
         let mut relays = Vec::new();
         for _ in 0..n {
             relays.push(RelayProcess::start(&files, relay_flags).await);
@@ -228,7 +228,7 @@ async fn the_agent_and_its_session_move_twice_drained_then_killed_and_no_line_is
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_relays_streams_reach_the_others_catalog_and_leave_it_when_the_relay_dies() {
     let nats = NatsServer::start().await;
-    let files = PkiFiles::write(&TestPki::new(), "dev", "test");
+    let files = TestPki::new().files("dev", "test");
     let flags = |id: &'static str| {
         vec![
             "--nats-url".to_owned(),

@@ -41,7 +41,7 @@ struct Pipeline {
 
 impl Pipeline {
     async fn start(seed: u64) -> Self {
-        let files = PkiFiles::write(&TestPki::new(), "dev", "test");
+        let files = TestPki::new().files("dev", "test");
         let relay = RelayProcess::start(&files, &[]).await;
         let proxy = FaultProxy::start(ProxyConfig::new(relay.quic, seed))
             .await
@@ -388,7 +388,7 @@ async fn throughput_under_one_percent_loss_is_reported() {
     const LINES: u64 = 20_000;
     // Moving the burst is what is measured: a debug build on a loaded machine takes its time.
     const LIMIT: Duration = Duration::from_secs(60);
-    let files = PkiFiles::write(&TestPki::new(), "dev", "test");
+    let files = TestPki::new().files("dev", "test");
     let relay = RelayProcess::start(&files, &[]).await;
     let proxy = FaultProxy::start(ProxyConfig::new(relay.quic, 10))
         .await

@@ -27,6 +27,7 @@ use tokio::time::Instant;
 
 use crate::procstat::{self, Machine};
 use crate::progress::Progress;
+use logrelay_tls::DevPki;
 use plan::{Action, Cadence, NetFault, RssSample, Target};
 use procs::{Agent, Binaries, PkiFiles, Relay};
 use report::{ChaosReport, Kill, LateJoiners, Memory, Network, Setup, StreamFigures};
@@ -76,11 +77,14 @@ pub struct ChaosOptions {
 /// Flags the agent runs with besides certificates, addresses and the pods directory: quick
 /// rescans so new rotations and pods are seen at once, and a reconnect backoff capped at 1 s
 /// so a soak spends its time in faults, not in backoff.
-fn agent_flags() -> Vec<String> {
-    ["--rescan-ms", "200", "--reconnect-max-ms", "1000"]
-        .map(String::from)
-        .to_vec()
-}
+const AGENT_FLAGS: [&str; 6] = [
+    "--node-name",
+    "chaos-node",
+    "--rescan-ms",
+    "200",
+    "--reconnect-max-ms",
+    "1000",
+];
 
 fn pod_name(i: usize) -> String {
     format!("chaos-{i}")
@@ -180,10 +184,18 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
     for l in [&relay_log, &agent_log] {
         let _ = std::fs::remove_file(l);
     }
-    let files = PkiFiles::write(ORG, "chaos")?;
+    let files = PkiFiles::write(&DevPki::new()?, ORG, "chaos", "loadtest-chaos-")?;
     let pods_dir = files.dir().join("pods");
     std::fs::create_dir_all(&pods_dir)?;
-    let mut relay = Relay::start(&bins, &files, ORG, relay_log.clone()).await?;
+    let mut relay = Relay::start(
+        &bins.relay,
+        &files,
+        ORG,
+        &[],
+        relay_log.clone(),
+        procs::log_filter(),
+    )
+    .await?;
     let proxy = FaultProxy::start(ProxyConfig::new(relay.quic, opts.seed))
         .await
         .context("starting the fault proxy")?;
@@ -204,12 +216,13 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         .map(|i| KubeletWriter::start(&pods_dir, NAMESPACE, &pod_name(i), "main", writer_config))
         .collect();
     let mut agent = Agent::start(
-        &bins,
+        &bins.agent,
         &files,
         &pods_dir,
         proxy.addr(),
-        &agent_flags(),
+        &AGENT_FLAGS,
         agent_log.clone(),
+        procs::log_filter(),
     )
     .await?;
     let soak = Arc::new(Soak {
@@ -391,7 +404,7 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
             rate_lines_per_sec: per_pod * pods as u32,
             rotate_bytes: opts.rotate_bytes,
             keep_rotated: writer_config.keep_rotated,
-            agent_flags: agent_flags(),
+            agent_flags: AGENT_FLAGS.map(String::from).to_vec(),
             cadence,
             rss_warmup_secs: opts.rss_warmup_secs,
             max_rss_slope_bytes_per_min: opts.max_rss_slope_bytes_per_min,
