@@ -395,7 +395,10 @@ mod tests {
         b.push(1_000, LineFlags::default(), b"a\n");
         assert_eq!(first_line_ns(&b.finish()), None);
         assert_eq!(first_line_ns(&encode_gap(7, 1, 10, 3, 0)), None);
-        assert_eq!(first_line_ns(&BatchBuilder::new(7, 1, 10, 0, 0).finish()), None);
+        assert_eq!(
+            first_line_ns(&BatchBuilder::new(7, 1, 10, 0, 0).finish()),
+            None
+        );
         assert_eq!(first_line_ns(b"not a batch"), None);
     }
 
