@@ -109,3 +109,49 @@ async fn lag_histograms_count_the_lines_that_flow() {
         Some(0.0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metrics_streams_batches_count_under_its_kind() {
+    let pki = TestPki::new();
+    let relay = TestRelay::start(&pki).await;
+    let pods = PodsDir::new();
+    let target = format!("http://{}/metrics,name=relay", relay.handle.admin_addr);
+    let _agent = TestAgent::start_with(&pki, &pods, relay.quic_addr(), |c| {
+        c.metrics_rescan_ms = 50;
+        c.resources = false;
+        c.scrape_targets = vec![target.parse().unwrap()];
+    })
+    .await;
+    let relay_admin = relay.handle.admin_addr;
+
+    let mut sub = relay.subscriber().await;
+    let selector = logrelay_wire::selector::Selector {
+        container: Some("scrape:relay".into()),
+        kind: Some(logrelay_wire::labels::StreamKind::Metrics),
+        ..Default::default()
+    };
+    sub.subscribe("m", &selector, None).await;
+    sub.until("a scrape", |s| s.total_lines() >= 1).await;
+    eventually("the scrape's batches count as kind metrics", || async {
+        let m = series(
+            relay_admin,
+            r#"logrelay_relay_delivery_lag_seconds_count{kind="metrics"}"#,
+        )
+        .await
+        .unwrap_or(0.0);
+        let i = series(
+            relay_admin,
+            r#"logrelay_relay_ingest_lag_seconds_count{kind="metrics"}"#,
+        )
+        .await
+        .unwrap_or(0.0);
+        (m >= 1.0 && i >= 1.0).then_some(())
+    })
+    .await;
+    for s in [
+        r#"logrelay_relay_delivery_lag_seconds_count{kind="log"}"#,
+        r#"logrelay_relay_ingest_lag_seconds_count{kind="log"}"#,
+    ] {
+        assert_eq!(series(relay_admin, s).await, Some(0.0), "{s}");
+    }
+}
