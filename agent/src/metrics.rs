@@ -77,6 +77,9 @@ pub struct AgentMetrics {
     /// Allowlisted pod labels and annotations left out of stream labels (a value over 253
     /// bytes, or past 16 entries or 2048 bytes), counted per pod version read.
     pub kube_meta_left_out: Counter,
+    /// Read lag of live log lines: the record's runtime timestamp to the follower's read
+    /// (CRI and Docker json-file only; see `tail::lag`).
+    pub read_lag: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl AgentMetrics {
@@ -113,6 +116,10 @@ impl AgentMetrics {
             kube_events: Counter::default(),
             kube_events_malformed: Counter::default(),
             kube_meta_left_out: Counter::default(),
+            read_lag: prometheus_client::metrics::histogram::Histogram::new(
+                // 1 ms, doubling, 17 buckets (to 65.536 s): the relay's lag buckets.
+                prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 17),
+            ),
             registry: Registry::default(),
         };
         registry.register("streams", "Streams in the catalog", m.streams.clone());
@@ -255,6 +262,11 @@ impl AgentMetrics {
             "kube_meta_left_out",
             "Allowlisted pod labels and annotations left out of stream labels (too long, or past the bounds)",
             m.kube_meta_left_out.clone(),
+        );
+        registry.register(
+            "read_lag_seconds",
+            "Time from a live log record's runtime timestamp to its read by the agent",
+            m.read_lag.clone(),
         );
         Self { registry, ..m }
     }

@@ -58,6 +58,7 @@ pub mod file;
 pub mod filter;
 pub mod follow;
 pub mod gz;
+pub mod lag;
 pub mod plan;
 pub mod policy;
 pub mod reader;

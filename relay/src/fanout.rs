@@ -20,6 +20,8 @@ use crate::ring::{self, Cursor, Ring};
 #[derive(Debug)]
 pub struct LiveStream {
     id: StreamId,
+    /// The lag histograms' label: what the stream carries.
+    kind: crate::metrics::LagKind,
     ring: Mutex<Ring>,
     capacity_bytes: usize,
     watchers: Mutex<Vec<(SessionId, Arc<Notify>)>>,
@@ -40,12 +42,14 @@ impl LiveStream {
     /// `budget_bytes` (`logrelay_relay_buffered_bytes`).
     pub fn new(
         id: StreamId,
+        kind: logrelay_wire::labels::StreamKind,
         capacity_bytes: usize,
         budget_bytes: usize,
         metrics: Arc<RelayMetrics>,
     ) -> Self {
         Self {
             id,
+            kind: crate::metrics::LagKind::of(kind),
             ring: Mutex::new(Ring::new(capacity_bytes)),
             capacity_bytes,
             watchers: Mutex::new(Vec::new()),
@@ -87,6 +91,11 @@ impl LiveStream {
     /// The ring's id (what its batches carry).
     pub fn id(&self) -> StreamId {
         self.id
+    }
+
+    /// The lag histograms' label of its batches.
+    pub fn lag_kind(&self) -> &crate::metrics::LagKind {
+        &self.kind
     }
 
     /// Appends a batch and wakes every watcher. Returns lines dropped from the ring: its own

@@ -753,7 +753,16 @@ async fn serve_data(
                         };
                         p.publish(token, first, end.seq, &batch);
                     }
+                    let first = logrelay_wire::batch::first_line_ns(&batch);
                     live.push(batch, lines, end);
+                    if let Some(first) = first {
+                        crate::metrics::LagMetrics::observe_at(
+                            &metrics.lag.ingest,
+                            live.lag_kind(),
+                            first,
+                            crate::metrics::wall_clock_ns(),
+                        );
+                    }
                 }
                 DemandSink::Backfill { tx, session, .. } => {
                     if tx.send(batch).await.is_err() {

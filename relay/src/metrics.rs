@@ -80,6 +80,8 @@ pub struct RelayMetrics {
     pub protocol_errors: Family<Offender, Counter>,
     /// The NATS backplane's metrics (`logrelay_relay_backplane_*`).
     pub backplane: BackplaneMetrics,
+    /// Lag histograms (`logrelay_relay_ingest_lag_seconds`, `…_delivery_lag_seconds`).
+    pub lag: LagMetrics,
     /// The audit trail whose losses `audit_failed_total` reports (set once at start-up).
     audit: Arc<OnceLock<Arc<Auditor>>>,
 }
@@ -209,8 +211,10 @@ impl RelayMetrics {
             sessions_refused: Family::default(),
             tls_reloads: Family::default(),
             backplane: BackplaneMetrics::default(),
+            lag: LagMetrics::default(),
             audit: Arc::new(OnceLock::new()),
         };
+        m.lag.register(&mut r);
         m.backplane
             .register(r.sub_registry_with_prefix("backplane"));
         r.register(
@@ -631,6 +635,111 @@ impl Default for RelayMetrics {
     }
 }
 
+/// Label of the lag histograms: the stream's kind.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LagKind {
+    /// `log`, `metrics` or `events`.
+    pub kind: &'static str,
+}
+
+impl LagKind {
+    /// The label of streams of `kind`.
+    pub fn of(kind: logrelay_wire::labels::StreamKind) -> Self {
+        use logrelay_wire::labels::StreamKind;
+        Self {
+            kind: match kind {
+                StreamKind::Log => "log",
+                StreamKind::Metrics => "metrics",
+                StreamKind::Events => "events",
+            },
+        }
+    }
+}
+
+/// Upper bounds of the lag histograms' buckets, seconds: 1 ms, doubling, 17 buckets (to
+/// 65.536 s), then `+Inf`.
+pub fn lag_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 17)
+}
+
+/// The wall clock, Unix nanoseconds: the lag histograms' end time.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the lag histograms compare the relay's wall clock with the agent's line times"
+)]
+pub fn wall_clock_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// A lag histogram per stream kind.
+pub type LagFamily = Family<
+    LagKind,
+    prometheus_client::metrics::histogram::Histogram,
+    fn() -> prometheus_client::metrics::histogram::Histogram,
+>;
+
+fn lag_histogram() -> prometheus_client::metrics::histogram::Histogram {
+    prometheus_client::metrics::histogram::Histogram::new(lag_buckets())
+}
+
+/// How late lines are, measured from the timestamp of a live log batch's first line (taken on
+/// the agent's node: the runtime's record time, or the agent's read time for plain text) on
+/// the relay's clock. See `docs/operations.md` (Lag) for what clock skew does to them.
+#[derive(Debug)]
+pub struct LagMetrics {
+    /// First line's timestamp → the batch pushed into its stream's ring (agent batches only).
+    pub ingest: LagFamily,
+    /// First line's timestamp → the batch handed to a session's socket (once per session).
+    pub delivery: LagFamily,
+}
+
+impl Default for LagMetrics {
+    fn default() -> Self {
+        let m = Self {
+            ingest: Family::new_with_constructor(lag_histogram),
+            delivery: Family::new_with_constructor(lag_histogram),
+        };
+        // Every kind is exported (empty) from the start.
+        for kind in ["log", "metrics", "events"] {
+            let _ = m.ingest.get_or_create(&LagKind { kind });
+            let _ = m.delivery.get_or_create(&LagKind { kind });
+        }
+        m
+    }
+}
+
+impl LagMetrics {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "ingest_lag_seconds",
+            "Time from a live batch's first line timestamp to its ring push, by stream kind",
+            self.ingest.clone(),
+        );
+        r.register(
+            "delivery_lag_seconds",
+            "Time from a live batch's first line timestamp to its write to a session, by stream kind",
+            self.delivery.clone(),
+        );
+    }
+
+    /// Observes at `now_ns` a line timestamp (`first`) of a batch of `kind` reaching a stage.
+    pub fn observe_at(family: &LagFamily, kind: &LagKind, first: i64, now_ns: i64) {
+        family
+            .get_or_create(kind)
+            .observe(logrelay_wire::time::lag_seconds(first, now_ns));
+    }
+
+    /// Observes the live batch `batch` of a stream of `kind` reaching a stage at `now_ns`
+    /// (nothing for gaps and backfill).
+    pub fn observe(family: &LagFamily, kind: LagKind, batch: &[u8], now_ns: i64) {
+        if let Some(first) = logrelay_wire::batch::first_line_ns(batch) {
+            Self::observe_at(family, &kind, first, now_ns);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io;
@@ -653,6 +762,53 @@ mod tests {
             .lines()
             .find(|l| l.starts_with("logrelay_relay_audit_failed_total "))
             .map(str::to_owned)
+    }
+
+    fn line_batch(ts: i64, flags: u8) -> bytes::Bytes {
+        let mut b = logrelay_wire::batch::BatchBuilder::new(1, 1, 0, flags, 0);
+        b.push(ts, logrelay_wire::batch::LineFlags::default(), b"x\n");
+        b.finish()
+    }
+
+    #[test]
+    fn lag_histograms_count_live_batches_in_their_kind_and_bucket() {
+        let m = RelayMetrics::new();
+        let text = m.render();
+        for kind in ["log", "metrics", "events"] {
+            for stage in ["ingest", "delivery"] {
+                let empty =
+                    format!("logrelay_relay_{stage}_lag_seconds_count{{kind=\"{kind}\"}} 0");
+                assert!(text.contains(&empty), "{empty} missing from\n{text}");
+            }
+        }
+        let s = 1_000_000_000;
+        // 2.5 s late: in the 4.096 s bucket, not in the 2.048 s one.
+        let log = LagKind::of(logrelay_wire::labels::StreamKind::Log);
+        LagMetrics::observe(
+            &m.lag.delivery,
+            log.clone(),
+            &line_batch(10 * s, 0),
+            12 * s + s / 2,
+        );
+        // A relay clock behind the agent's: observed as 0.
+        LagMetrics::observe(&m.lag.delivery, log.clone(), &line_batch(20 * s, 0), 19 * s);
+        // Backfill and gaps are not observed.
+        let backfill = line_batch(0, logrelay_wire::batch::FLAG_BACKFILL);
+        LagMetrics::observe(&m.lag.delivery, log.clone(), &backfill, 12 * s);
+        let gap = logrelay_wire::batch::encode_gap(1, 1, 0, 4, 0);
+        LagMetrics::observe(&m.lag.ingest, log, &gap, 12 * s);
+        let text = m.render();
+        for want in [
+            "logrelay_relay_delivery_lag_seconds_count{kind=\"log\"} 2",
+            "logrelay_relay_delivery_lag_seconds_sum{kind=\"log\"} 2.5",
+            "logrelay_relay_delivery_lag_seconds_bucket{le=\"0.001\",kind=\"log\"} 1",
+            "logrelay_relay_delivery_lag_seconds_bucket{le=\"2.048\",kind=\"log\"} 1",
+            "logrelay_relay_delivery_lag_seconds_bucket{le=\"4.096\",kind=\"log\"} 2",
+            "logrelay_relay_delivery_lag_seconds_bucket{le=\"65.536\",kind=\"log\"} 2",
+            "logrelay_relay_ingest_lag_seconds_count{kind=\"log\"} 0",
+        ] {
+            assert!(text.contains(want), "{want} missing from\n{text}");
+        }
     }
 
     #[test]

@@ -282,6 +282,8 @@ struct InFlightData<'a> {
         Arc<crate::fanout::LiveStream>,
         Option<logrelay_wire::control::SeqPos>,
     )>,
+    /// Stream kind and first line time of its live batches (the delivery lag).
+    lag: Vec<(crate::metrics::LagKind, i64)>,
 }
 
 /// Writes until the socket fails or the session must close; returns the close to send.
@@ -319,6 +321,7 @@ where
                     lines: d.lines,
                     bytes: d.bytes,
                     delivered: d.delivered,
+                    lag: d.lag,
                 });
                 pending.extend(d.messages);
             }
@@ -348,6 +351,10 @@ where
                 if let Some(done) = in_flight.take() {
                     metrics.lines_delivered.inc_by(done.lines);
                     metrics.bytes_delivered.inc_by(done.bytes);
+                    let now = crate::metrics::wall_clock_ns();
+                    for (kind, first) in &done.lag {
+                        crate::metrics::LagMetrics::observe_at(&metrics.lag.delivery, kind, *first, now);
+                    }
                     for (live, to) in done.delivered {
                         live.delivered(session.id(), to);
                     }
@@ -362,6 +369,10 @@ where
                         f.guard.release(caught.bytes);
                         f.lines = f.lines.saturating_sub(caught.lines);
                         f.bytes = f.bytes.saturating_sub(caught.bytes);
+                        if caught.bytes > 0 {
+                            // Which batches were taken out is not known: none is observed.
+                            f.lag.clear();
+                        }
                     }
                     if caught.close.is_some() {
                         return caught.close;

@@ -330,6 +330,18 @@ pub fn gap_bytes(batch: &[u8]) -> Result<u64, BatchError> {
     ))
 }
 
+/// The timestamp of the first line of a live log batch (Unix nanoseconds): what the relay's lag
+/// histograms measure from. `None` for a gap, a backfill ([`FLAG_BACKFILL`]), an empty batch, or
+/// bytes that are not a batch. Reads the header and the first 8 bytes of the body only.
+pub fn first_line_ns(batch: &[u8]) -> Option<i64> {
+    let h = BatchHeader::parse(batch).ok()?;
+    if h.kind != Kind::Log || h.count == 0 || h.flags & FLAG_BACKFILL != 0 {
+        return None;
+    }
+    let ts = batch.get(HEADER_LEN..HEADER_LEN + 8)?;
+    Some(i64::from_le_bytes(ts.try_into().expect("8 bytes")))
+}
+
 /// Decodes every line of a log batch, checking each record.
 pub fn lines(batch: &[u8]) -> Result<(BatchHeader, Vec<Line<'_>>), BatchError> {
     let h = BatchHeader::parse(batch)?;
@@ -367,6 +379,28 @@ pub fn lines(batch: &[u8]) -> Result<(BatchHeader, Vec<Line<'_>>), BatchError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn first_line_ns_is_the_first_line_of_a_live_log_batch_only() {
+        let mut b = BatchBuilder::new(7, 1, 10, 0, 0);
+        b.push(1_000, LineFlags::default(), b"a\n");
+        b.push(2_000, LineFlags::default(), b"b\n");
+        assert_eq!(first_line_ns(&b.finish()), Some(1_000));
+        // Negative (pre-1970) timestamps are read as they are.
+        let mut b = BatchBuilder::new(7, 1, 10, 0, 0);
+        b.push(-5, LineFlags::default(), b"");
+        assert_eq!(first_line_ns(&b.finish()), Some(-5));
+        // Backfill, gaps, empty batches and garbage have none.
+        let mut b = BatchBuilder::new(7, 1, 10, FLAG_BACKFILL, 0);
+        b.push(1_000, LineFlags::default(), b"a\n");
+        assert_eq!(first_line_ns(&b.finish()), None);
+        assert_eq!(first_line_ns(&encode_gap(7, 1, 10, 3, 0)), None);
+        assert_eq!(
+            first_line_ns(&BatchBuilder::new(7, 1, 10, 0, 0).finish()),
+            None
+        );
+        assert_eq!(first_line_ns(b"not a batch"), None);
+    }
 
     #[test]
     fn header_is_checked() {

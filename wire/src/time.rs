@@ -27,6 +27,14 @@ pub fn rfc3339_nanos(ns: i64) -> String {
     )
 }
 
+/// Seconds from `from_ns` to `to_ns` (Unix nanoseconds, possibly read on two machines' clocks),
+/// as the lag histograms observe them: a negative difference (the later clock is behind the
+/// earlier one by more than the true lag) is 0.
+pub fn lag_seconds(from_ns: i64, to_ns: i64) -> f64 {
+    let ns = i128::from(to_ns) - i128::from(from_ns);
+    if ns <= 0 { 0.0 } else { ns as f64 / 1e9 }
+}
+
 /// Proleptic Gregorian date `(year, month 1..=12, day 1..=31)` of a day count since
 /// 1970-01-01, negative before it (H. Hinnant, `civil_from_days`,
 /// <https://howardhinnant.github.io/date_algorithms.html#civil_from_days>).
@@ -47,6 +55,17 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lag_seconds_is_the_difference_clamped_at_zero() {
+        assert_eq!(lag_seconds(1_000_000_000, 3_500_000_000), 2.5);
+        assert_eq!(lag_seconds(5, 5), 0.0);
+        // A clock behind the other: 0, not a negative observation.
+        assert_eq!(lag_seconds(3_000_000_000, 1_000_000_000), 0.0);
+        // The extremes do not overflow.
+        assert!(lag_seconds(i64::MIN, i64::MAX) > 1e10);
+        assert_eq!(lag_seconds(i64::MAX, i64::MIN), 0.0);
+    }
 
     #[test]
     fn formats_like_rfc3339nano() {

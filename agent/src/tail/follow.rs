@@ -318,6 +318,11 @@ impl Follower {
         self.chain.front().map(|l| (l.held.id, l.offset))
     }
 
+    /// The format of the file being read, once known.
+    pub fn format(&self) -> Option<crate::format::Format> {
+        self.reader.format()
+    }
+
     /// Records that did not parse as their file's format, so far.
     pub fn parse_errors(&self) -> u64 {
         self.reader.parse_errors

@@ -92,6 +92,11 @@ impl RecordReader {
         }
     }
 
+    /// The format being read, once known.
+    pub fn format(&self) -> Option<Format> {
+        self.parser.format()
+    }
+
     /// Replaces the clock that stamps plain-text lines (tests).
     pub fn with_clock(mut self, clock: fn() -> i64) -> Self {
         self.clock = clock;

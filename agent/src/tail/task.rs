@@ -62,6 +62,7 @@ pub async fn follow_task(
     let mut lines = Vec::new();
     let mut out = Vec::new();
     let mut parse_errors = follower.parse_errors();
+    let mut read_lag = super::lag::ReadLag::default();
     // Registered before the first read, so no write after it goes unnoticed.
     let Some(wake) = cx.wakes.upgrade().map(|w| w.register(&stream.path)) else {
         return;
@@ -85,6 +86,13 @@ pub async fn follow_task(
             }
         };
         metrics.lines_read.inc_by(lines.len() as u64);
+        read_lag.poll(
+            follower.format(),
+            &lines,
+            super::reader::wall_clock_ns(),
+            !matches!(progress, Progress::More(_)),
+            |s| metrics.read_lag.observe(s),
+        );
         let errors = follower.parse_errors();
         metrics.parse_errors.inc_by(errors - parse_errors);
         parse_errors = errors;

@@ -177,6 +177,8 @@ pub enum Effect {
     RingOpened {
         /// Its id.
         ring: StreamId,
+        /// What its stream carries (the lag histograms' label).
+        kind: logrelay_wire::labels::StreamKind,
     },
     /// A ring lets its content go (its demand was cancelled after the linger).
     RingEmptied {

@@ -233,9 +233,10 @@ impl Shell {
                     o.wake();
                 }
             }
-            Effect::RingOpened { ring } => {
+            Effect::RingOpened { ring, kind } => {
                 let live = LiveStream::new(
                     ring,
+                    kind,
                     self.config.ring_bytes,
                     self.config.memory_budget_bytes,
                     self.metrics.clone(),

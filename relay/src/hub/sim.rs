@@ -285,7 +285,7 @@ impl World {
     fn observe(&mut self) -> Result<(), TestCaseError> {
         for e in self.shell.take_log() {
             match e {
-                Effect::RingOpened { ring } | Effect::RingEmptied { ring } => {
+                Effect::RingOpened { ring, .. } | Effect::RingEmptied { ring } => {
                     self.ring_end.insert(ring, None);
                     self.unwatched_since.entry(ring).or_insert(self.now);
                 }

@@ -323,6 +323,9 @@ impl Outbox {
                     }
                 }
                 budget = budget.saturating_sub(batch.len());
+                if let Some(first) = logrelay_wire::batch::first_line_ns(&batch) {
+                    out.lag.push((stream.lag_kind().clone(), first));
+                }
                 out.lines += u64::from(lines);
                 out.bytes += batch.len() as u64;
                 out.messages.push(Message::Binary(batch));
@@ -448,6 +451,9 @@ pub struct Drained {
     /// Rings read, with the end of what this drain took from each: once written, the session
     /// has been handed it ([`LiveStream::delivered`]).
     pub delivered: Vec<(Arc<LiveStream>, Option<SeqPos>)>,
+    /// The stream kind and first line time of each live batch taken from a ring, observed in
+    /// `logrelay_relay_delivery_lag_seconds` once written.
+    pub lag: Vec<(crate::metrics::LagKind, i64)>,
 }
 
 /// What [`Outbox::catch_up`] took out of the writer's pending messages.

@@ -68,7 +68,10 @@ impl Core {
                     self.by_labels.insert(labels.clone(), sid);
                     self.rings.insert(sid, RingState::new(labels.clone(), None));
                     self.streams += 1;
-                    self.out.push(Effect::RingOpened { ring: sid });
+                    self.out.push(Effect::RingOpened {
+                        ring: sid,
+                        kind: labels.kind,
+                    });
                     (sid, true)
                 }
             };

@@ -131,7 +131,10 @@ impl Core {
                     self.by_labels.insert(labels.clone(), sid);
                     self.by_remote.insert(key, sid);
                     self.streams += 1;
-                    self.out.push(Effect::RingOpened { ring: sid });
+                    self.out.push(Effect::RingOpened {
+                        ring: sid,
+                        kind: labels.kind,
+                    });
                     self.listed(sid);
                     self.attach_standing(rings, sid, &labels);
                 }

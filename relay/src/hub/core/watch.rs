@@ -513,6 +513,7 @@ impl Core {
         if let Some(&id) = s.rings.get(&filter) {
             return Some(id);
         }
+        let kind = s.labels.kind;
         let mut ring = RingState::new(s.labels.clone(), s.agent);
         ring.filtered = Some((sid, filter.clone()));
         let id = self.stream_id();
@@ -523,7 +524,7 @@ impl Core {
             .rings
             .insert(filter, id);
         self.filtered_rings += 1;
-        self.out.push(Effect::RingOpened { ring: id });
+        self.out.push(Effect::RingOpened { ring: id, kind });
         Some(id)
     }
 
