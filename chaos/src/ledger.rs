@@ -576,6 +576,18 @@ impl ResumingClient {
         f(&self.state.lock().expect("client state"))
     }
 
+    /// Lines delivered so far.
+    pub fn delivered(&self) -> usize {
+        self.with(|s| s.ledger.delivered.len())
+    }
+
+    /// Waits (at most [`DEADLINE`]) until `n` more lines than now were delivered.
+    pub async fn flowing(&self, n: usize, what: &str) {
+        let target = self.delivered() + n;
+        self.until(what, |s| s.ledger.delivered.len() >= target)
+            .await;
+    }
+
     /// Waits until `done` holds, at most `limit`; whether it did.
     pub async fn until_within(
         &self,

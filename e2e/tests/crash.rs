@@ -95,19 +95,6 @@ impl Scenario {
         )
     }
 
-    /// Lines delivered so far.
-    fn delivered(&self) -> usize {
-        self.client.with(|s| s.ledger.delivered.len())
-    }
-
-    /// Waits until `n` more lines than now were delivered.
-    async fn flowing(&self, n: usize, what: &str) {
-        let target = self.delivered() + n;
-        self.client
-            .until(what, |s| s.ledger.delivered.len() >= target)
-            .await;
-    }
-
     /// Stops writing and waits until every line written is delivered or reported missing (at
     /// most [`DEADLINE`]: what is still missing then was lost silently, and the tally says so).
     async fn finish(&mut self) -> Tally {
@@ -137,7 +124,7 @@ async fn a_relay_killed_and_restarted_under_load_costs_no_line() {
         },
     )
     .await;
-    s.flowing(3_000, "a second of lines").await;
+    s.client.flowing(3_000, "a second of lines").await;
 
     let killed = Instant::now();
     s.relay.kill();
@@ -153,7 +140,7 @@ async fn a_relay_killed_and_restarted_under_load_costs_no_line() {
     s.client
         .until("the client resumed", |c| c.sessions >= 2)
         .await;
-    s.flowing(6_000, "two more seconds of lines").await;
+    s.client.flowing(6_000, "two more seconds of lines").await;
     let rotations = s.writer.as_ref().map_or(0, KubeletWriter::rotations);
     let tally = s.finish().await;
     eprintln!(
@@ -184,14 +171,14 @@ async fn a_relay_down_longer_than_the_agents_budget_costs_an_exact_gap() {
         },
     )
     .await;
-    s.flowing(3_000, "a second of lines").await;
+    s.client.flowing(3_000, "a second of lines").await;
     s.relay.kill();
     stay_down(Duration::from_secs(2)).await;
     s.relay.start_again().await;
     s.client
         .until("the client resumed", |c| c.sessions >= 2)
         .await;
-    s.flowing(3_000, "a second more").await;
+    s.client.flowing(3_000, "a second more").await;
     let tally = s.finish().await;
     // The agent's metrics are refreshed every second.
     let agent = &s.agent;
@@ -234,7 +221,7 @@ async fn agent_crash(restart_at_once: bool) {
         },
     )
     .await;
-    s.flowing(3_000, "a second of lines").await;
+    s.client.flowing(3_000, "a second of lines").await;
     let is_paused =
         |e: &Event| matches!(e, Event::Paused { reason, .. } if reason == "agent_disconnected");
     let is_resumed = |e: &Event| matches!(e, Event::Resumed { .. });
@@ -266,7 +253,7 @@ async fn agent_crash(restart_at_once: bool) {
         .with(|c| c.event_after(killed, is_resumed))
         .unwrap();
     let resumed_after = resumed.saturating_duration_since(restarted);
-    s.flowing(3_000, "a second more").await;
+    s.client.flowing(3_000, "a second more").await;
     let tally = s.finish().await;
     eprintln!(
         "agent SIGKILL, restarted {}: paused {paused_after:?} after the kill, resumed \

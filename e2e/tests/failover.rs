@@ -100,10 +100,7 @@ impl Relays {
     }
 
     async fn flowing(&self, n: usize, what: &str) {
-        let target = self.client.with(|s| s.ledger.delivered.len()) + n;
-        self.client
-            .until(what, |s| s.ledger.delivered.len() >= target)
-            .await;
+        self.client.flowing(n, what).await;
     }
 
     /// Stops writing; every line written is delivered, once, in order, and none reported lost.

@@ -74,18 +74,6 @@ impl Pipeline {
         }
     }
 
-    fn delivered(&self) -> usize {
-        self.client.with(|s| s.ledger.delivered.len())
-    }
-
-    /// Waits until `n` more lines than now were delivered.
-    async fn flowing(&self, n: usize, what: &str) {
-        let target = self.delivered() + n;
-        self.client
-            .until(what, |s| s.ledger.delivered.len() >= target)
-            .await;
-    }
-
     /// Events other than `stream`, `subscribed`, `welcome` and `live`, after `since` (all
     /// with `None`).
     fn notable_events(&self, since: impl Into<Option<Instant>>) -> Vec<Event> {
@@ -157,14 +145,19 @@ fn summary(p: &ProxyStats) -> String {
 /// a second more; checks every line and that the session saw nothing but the pace.
 async fn under(name: &str, seed: u64, faults: Faults) {
     let mut p = Pipeline::start(seed).await;
-    p.flowing(HALF_SECOND, "half a second of lines").await;
+    p.client
+        .flowing(HALF_SECOND, "half a second of lines")
+        .await;
     let since = Instant::now();
     p.proxy.set_faults(Direction::Both, faults);
-    p.flowing(4 * HALF_SECOND, "two seconds of lines under the fault")
+    p.client
+        .flowing(4 * HALF_SECOND, "two seconds of lines under the fault")
         .await;
     let stats = p.proxy.stats();
     p.proxy.heal();
-    p.flowing(HALF_SECOND, "half a second more, healed").await;
+    p.client
+        .flowing(HALF_SECOND, "half a second more, healed")
+        .await;
     let tally = p.finish().await;
     let events = p.notable_events(since);
     eprintln!(
@@ -244,11 +237,15 @@ async fn duplicated_datagrams_deliver_no_line_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blackhole_shorter_than_the_idle_timeout_is_not_seen() {
     let mut p = Pipeline::start(7).await;
-    p.flowing(HALF_SECOND, "half a second of lines").await;
+    p.client
+        .flowing(HALF_SECOND, "half a second of lines")
+        .await;
     let since = Instant::now();
     // Half the idle timeout (1.2 s): QUIC's probes get through once it ends.
     p.proxy.blackhole(Duration::from_millis(600));
-    p.flowing(4 * HALF_SECOND, "two seconds of lines").await;
+    p.client
+        .flowing(4 * HALF_SECOND, "two seconds of lines")
+        .await;
     let stats = p.proxy.stats();
     let tally = p.finish().await;
     let events = p.notable_events(since);
@@ -271,7 +268,9 @@ async fn a_blackhole_shorter_than_the_idle_timeout_is_not_seen() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blackhole_longer_than_the_idle_timeout_is_paused_then_resumed_and_loses_nothing() {
     let mut p = Pipeline::start(8).await;
-    p.flowing(HALF_SECOND, "half a second of lines").await;
+    p.client
+        .flowing(HALF_SECOND, "half a second of lines")
+        .await;
     let is_paused =
         |e: &Event| matches!(e, Event::Paused { reason, .. } if reason == "agent_disconnected");
     let is_resumed = |e: &Event| matches!(e, Event::Resumed { .. });
@@ -288,7 +287,7 @@ async fn a_blackhole_longer_than_the_idle_timeout_is_paused_then_resumed_and_los
         .client
         .with(|c| c.event_after(paused, is_resumed))
         .unwrap();
-    p.flowing(2 * HALF_SECOND, "a second more").await;
+    p.client.flowing(2 * HALF_SECOND, "a second more").await;
     let stats = p.proxy.stats();
     let tally = p.finish().await;
     let events = p.notable_events(since);
@@ -322,13 +321,16 @@ async fn a_blackhole_longer_than_the_idle_timeout_is_paused_then_resumed_and_los
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nat_rebinding_is_not_seen_at_all() {
     let mut p = Pipeline::start(9).await;
-    p.flowing(HALF_SECOND, "half a second of lines").await;
+    p.client
+        .flowing(HALF_SECOND, "half a second of lines")
+        .await;
     let before = p.proxy.source_addrs();
     let since = Instant::now();
     let mut moves = Vec::new();
     for _ in 0..3 {
         moves.extend(p.proxy.rebind().expect("rebind"));
-        p.flowing(HALF_SECOND, "half a second of lines from the new address")
+        p.client
+            .flowing(HALF_SECOND, "half a second of lines from the new address")
             .await;
     }
     let relay = &p.relay;
