@@ -14,7 +14,7 @@
 use logrelay_e2e::nats::NatsServer;
 use logrelay_e2e::*;
 use logrelay_wire::reason::PauseReason;
-use logrelay_wire::session::Event;
+use logrelay_wire::session::{Event, Request};
 
 fn selector() -> logrelay_wire::selector::Selector {
     logrelay_e2e::selector("ns", "app", "main")
@@ -133,6 +133,30 @@ async fn every_line_once_or_in_an_exact_gap(
     }
 }
 
+/// The streams a `list` on `relay` answers.
+async fn list(relay: &RelayProcess) -> Vec<logrelay_wire::session::StreamEntry> {
+    let mut s = Subscriber::connect(&relay.subscribe_url()).await;
+    s.client
+        .send(&Request::List {
+            selector: selector(),
+            id: None,
+            watch: false,
+        })
+        .await
+        .expect("send list");
+    s.until("the list", |s| {
+        s.events.iter().any(|e| matches!(e, Event::Streams { .. }))
+    })
+    .await;
+    s.events
+        .iter()
+        .find_map(|e| match e {
+            Event::Streams { streams, .. } => Some(streams.clone()),
+            _ => None,
+        })
+        .expect("streams")
+}
+
 /// The reason of the first `paused` a client saw after `since`.
 fn paused_after(c: &ResumingClient, since: std::time::Instant) -> Option<PauseReason> {
     c.with(|s| {
@@ -200,6 +224,14 @@ async fn a_rolling_restart_of_three_relays_every_session_resumes_elsewhere_with_
             c.with(|s| s.sessions) >= 2,
             "every session was moved at least once"
         );
+    }
+    // After the three restarts, `list` on every relay shows the one stream, once, live, with
+    // the org of the agent's certificate: nothing stale is left of the agent's earlier relays.
+    for r in &relays {
+        let listed = list(r).await;
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!(listed[0].labels.org, "dev");
+        assert!(listed[0].live, "{listed:?}");
     }
     every_line_once_or_in_an_exact_gap(writer, &clients, || agent.output()).await;
 }

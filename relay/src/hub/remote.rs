@@ -285,8 +285,13 @@ impl RemoteSink for RemoteFeed {
         {
             return;
         }
-        if hole.lines > 0 || !hole.exact {
-            self.gap(hole.from, hole.lines, hole.bytes, hole.exact);
+        // Within one epoch the lines lost are known by sequence number (a remote stream is
+        // never line-filtered), even when their bytes are not (the agent moved to another
+        // relay, which published them before this relay followed it): the gap is exact. Only
+        // a loss spanning an epoch change has an unknown count.
+        let lines_exact = !hole.rest_of_epoch;
+        if hole.lines > 0 || !lines_exact {
+            self.gap(hole.from, hole.lines, hole.bytes, lines_exact);
         }
     }
 
