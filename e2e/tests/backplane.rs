@@ -215,7 +215,8 @@ fn publish(served: &ServedAgent, stream: Token, i: u64, len: usize) -> bool {
 
 async fn wants(b: &Backplane, agent: AgentTokens, stream: Token) -> Arc<Recorder> {
     let rec = Arc::new(Recorder::default());
-    b.want(agent, stream, rec.clone()).await.unwrap();
+    let ticket = b.want_ticket(&agent.agent, &stream);
+    b.want(agent, stream, ticket, rec.clone()).await.unwrap();
     rec
 }
 
@@ -385,6 +386,32 @@ async fn a_want_for_an_agent_nobody_holds_is_answered_away() {
         rec.answered(|a| *a == Answer::Away).then_some(())
     })
     .await;
+    b.close(DEADLINE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_want_that_completes_after_its_release_wants_nothing() {
+    let server = NatsServer::start().await;
+    let (b, b_metrics) = relay(server.backplane("relay-b")).await;
+    let agent = b.subjects().agent("acme", "prod", "nobody");
+    let stream = b.subjects().stream(&labels());
+    // Decided in this order: want, release; the want's subscription completes after both.
+    let ticket = b.want_ticket(&agent.agent, &stream);
+    b.release(&agent.agent, &stream);
+    let rec = Arc::new(Recorder::default());
+    b.want(agent, stream, ticket, rec).await.unwrap();
+    assert_eq!(b.wanted(), 0, "released: nothing wanted");
+    assert_eq!(b_metrics.subscriptions.get(), 0);
+    assert!(!b.ticket_stands(&agent.agent, &stream, ticket));
+    // A newer want replaces an older one still subscribing: only the newer takes effect.
+    let old = b.want_ticket(&agent.agent, &stream);
+    let new = b.want_ticket(&agent.agent, &stream);
+    let rec = Arc::new(Recorder::default());
+    b.want(agent, stream, old, rec.clone()).await.unwrap();
+    assert_eq!(b.wanted(), 0);
+    b.want(agent, stream, new, rec).await.unwrap();
+    assert_eq!(b.wanted(), 1);
+    assert_eq!(b_metrics.subscriptions.get(), 1);
     b.close(DEADLINE).await;
 }
 

@@ -256,6 +256,12 @@ struct Wanting {
     streams: HashMap<(Token, Token), Wanted>,
     /// The tokens of each wanted agent.
     agents: HashMap<Token, AgentTokens>,
+    /// Wants asked for and not yet subscribed (or whose subscription failed and is retried),
+    /// by ticket ([`Backplane::want_ticket`]): a release, or a newer want, ends a ticket, so
+    /// a want that completes after its release is dropped rather than kept for ever.
+    pending: HashMap<(Token, Token), u64>,
+    /// The last ticket given.
+    tickets: u64,
 }
 
 #[derive(Debug)]
@@ -352,6 +358,8 @@ impl Backplane {
                 wants: Wants::new(config.nats_lease_refresh_ms),
                 streams: HashMap::new(),
                 agents: HashMap::new(),
+                pending: HashMap::new(),
+                tickets: 0,
             }),
             wants_wake: Notify::new(),
             tasks: Mutex::new(Vec::new()),
@@ -604,24 +612,44 @@ impl Backplane {
 
     // ---- wanting side --------------------------------------------------------------------
 
-    /// Wants a stream of another relay's agent: subscribes its data subject first (so the
-    /// first batch cannot be missed), then leases it at once, and refreshes the lease until
-    /// [`Backplane::release`]. Batches, holes and answers go to `sink`.
+    /// A ticket for wanting `stream` of `agent`, taken when the want is decided (before any
+    /// await): [`Backplane::want`] with it does nothing once [`Backplane::release`] (or a newer
+    /// ticket) came in between, so a want and a release always end in the order they were
+    /// decided.
+    pub fn want_ticket(&self, agent: &Token, stream: &Token) -> u64 {
+        let mut w = self.inner.wanting.lock().expect("wanting lock");
+        w.tickets += 1;
+        let t = w.tickets;
+        w.pending.insert((*agent, *stream), t);
+        t
+    }
+
+    /// Whether `ticket` still stands (neither released nor replaced, nor done).
+    pub fn ticket_stands(&self, agent: &Token, stream: &Token, ticket: u64) -> bool {
+        let w = self.inner.wanting.lock().expect("wanting lock");
+        w.pending.get(&(*agent, *stream)) == Some(&ticket)
+    }
+
+    /// Wants a stream of another relay's agent under `ticket` ([`Backplane::want_ticket`]):
+    /// subscribes its data subject first (so the first batch cannot be missed), then leases
+    /// it at once, and refreshes the lease until [`Backplane::release`]. Batches, holes and
+    /// answers go to `sink`. A ticket that no longer stands (released meanwhile) wants nothing.
     pub async fn want(
         &self,
         agent: AgentTokens,
         stream: Token,
+        ticket: u64,
         sink: Arc<dyn RemoteSink>,
     ) -> Result<(), BackplaneError> {
-        if self
-            .inner
-            .wanting
-            .lock()
-            .expect("wanting lock")
-            .streams
-            .contains_key(&(agent.agent, stream))
         {
-            return Ok(());
+            let mut w = self.inner.wanting.lock().expect("wanting lock");
+            if w.pending.get(&(agent.agent, stream)) != Some(&ticket) {
+                return Ok(());
+            }
+            if w.streams.contains_key(&(agent.agent, stream)) {
+                w.pending.remove(&(agent.agent, stream));
+                return Ok(());
+            }
         }
         let subscriber = self
             .inner
@@ -629,6 +657,14 @@ impl Backplane {
             .subscribe(self.inner.subjects.data(&agent, stream))
             .await
             .map_err(|e| BackplaneError::Subscribe(e.to_string()))?;
+        {
+            let mut w = self.inner.wanting.lock().expect("wanting lock");
+            if w.pending.get(&(agent.agent, stream)) != Some(&ticket) {
+                // Released while subscribing: the subscription goes with `subscriber`.
+                return Ok(());
+            }
+            w.pending.remove(&(agent.agent, stream));
+        }
         let tracker = Arc::new(Mutex::new(Tracker::new()));
         let task = tokio::spawn(receive_data(
             self.inner.clone(),
@@ -661,6 +697,7 @@ impl Backplane {
     pub fn release(&self, agent: &Token, stream: &Token) {
         let removed = {
             let mut w = self.inner.wanting.lock().expect("wanting lock");
+            w.pending.remove(&(*agent, *stream));
             w.wants.release(*agent, *stream);
             w.streams.remove(&(*agent, *stream))
         };
@@ -838,11 +875,15 @@ async fn heartbeats(inner: Arc<Inner>) {
             }
         }
         n += 1;
-        let changes = inner
-            .remote
-            .lock()
-            .expect("remote lock")
-            .expire(inner.clock.now_ms());
+        let changes = {
+            let mut remote = inner.remote.lock().expect("remote lock");
+            let now = inner.clock.now_ms();
+            if !*inner.connected.borrow() {
+                // The silence is this relay's, not the others': they do not expire.
+                remote.deaf(now);
+            }
+            remote.expire(now)
+        };
         publish_catalog(&inner, changes);
     }
 }

@@ -279,6 +279,15 @@ impl RemoteCatalog {
         diff(before, after)
     }
 
+    /// This relay cannot hear anyone now (its NATS connection is down): no relay's silence
+    /// counts against it, each is taken as heard now, so that none expires while this relay
+    /// is deaf, and each has a whole expiry to be heard again once it hears.
+    pub fn deaf(&mut self, now_ms: u64) {
+        for e in self.relays.values_mut() {
+            e.last_heard_ms = e.last_heard_ms.max(now_ms);
+        }
+    }
+
     /// Relays silent for the expiry go, with their entries.
     pub fn expire(&mut self, now_ms: u64) -> Vec<Change> {
         let silent: Vec<Token> = self
@@ -371,6 +380,23 @@ mod tests {
         c.visible()
             .flat_map(|(a, e, _)| e.streams.keys().map(move |s| (a, *s)).collect::<Vec<_>>())
             .collect()
+    }
+
+    #[test]
+    fn no_relay_expires_while_this_relay_is_deaf_and_each_has_a_whole_expiry_after() {
+        let mut c = RemoteCatalog::new(t(0), 10_000, 100);
+        c.apply(0, t(1), CatalogOp::Add, 0, false, vec![agent(5, 1, &[50])]);
+        c.heard(1_000, t(1));
+        // NATS is down from 2 s to 30 s: nobody is heard, nobody expires.
+        for now in (2_000..=30_000).step_by(1_000) {
+            c.deaf(now);
+            assert_eq!(c.expire(now), [], "at {now}");
+        }
+        assert_eq!(c.len(), 1);
+        // Back: relay 1 has until 40 s to be heard again.
+        assert_eq!(c.expire(39_999), []);
+        assert_eq!(c.expire(40_000).len(), 1);
+        assert!(c.is_empty());
     }
 
     #[test]

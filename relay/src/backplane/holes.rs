@@ -23,11 +23,13 @@ pub struct Hole {
     pub from: SeqPos,
     /// Messages lost (0 when unknown: the origin changed).
     pub messages: u64,
-    /// Lines lost: exact when `exact`, otherwise at least this many.
+    /// Lines lost: exact unless `rest_of_epoch` (within one epoch they are known by sequence
+    /// number), otherwise at least this many.
     pub lines: u64,
     /// Bytes lost: exact when `exact`, otherwise at least this many.
     pub bytes: u64,
-    /// Whether `lines` and `bytes` are the exact loss.
+    /// Whether `lines` and `bytes` are both the exact loss (bytes are not known when the
+    /// origin changed: another relay published them).
     pub exact: bool,
     /// Everything of `from.epoch` from `from.seq` on is lost (the loss spans an epoch change).
     pub rest_of_epoch: bool,

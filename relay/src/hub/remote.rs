@@ -40,11 +40,21 @@ impl RemoteCtx {
         });
         let bp = self.backplane.clone();
         let hub = self.hub.clone();
+        // Taken now, in the hub's order: a release decided after this want ends it.
+        let ticket = bp.want_ticket(&agent.agent, &stream);
         tokio::spawn(async move {
-            if let Err(e) = bp.want(agent, stream, sink).await {
-                tracing::warn!(error = %e, "backplane: a remote stream could not be wanted");
-                if let Some(hub) = hub.upgrade() {
-                    hub.remote_state(agent.agent, stream, RemoteState::Unavailable);
+            let mut wait = WANT_RETRY_MIN;
+            while let Err(e) = bp.want(agent, stream, ticket, sink.clone()).await {
+                tracing::warn!(error = %e, "backplane: a remote stream could not be wanted; retrying");
+                let Some(h) = hub.upgrade() else {
+                    return;
+                };
+                h.remote_state(agent.agent, stream, RemoteState::Unavailable);
+                drop(h);
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(WANT_RETRY_MAX);
+                if !bp.ticket_stands(&agent.agent, &stream, ticket) {
+                    return;
                 }
             }
         });
@@ -162,6 +172,12 @@ impl RemoteCtx {
     }
 }
 
+/// First wait before a failed want (its NATS subscription) is tried again; it doubles up to
+/// [`WANT_RETRY_MAX`] while the want stands.
+const WANT_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(100);
+/// Longest wait between two tries of a failed want.
+const WANT_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Times a backfill that came back short of where the ring starts is asked again.
 const BACKFILL_RETRIES: u32 = 20;
 /// Wait before asking again.
@@ -269,8 +285,13 @@ impl RemoteSink for RemoteFeed {
         {
             return;
         }
-        if hole.lines > 0 || !hole.exact {
-            self.gap(hole.from, hole.lines, hole.bytes, hole.exact);
+        // Within one epoch the lines lost are known by sequence number (a remote stream is
+        // never line-filtered), even when their bytes are not (the agent moved to another
+        // relay, which published them before this relay followed it): the gap is exact. Only
+        // a loss spanning an epoch change has an unknown count.
+        let lines_exact = !hole.rest_of_epoch;
+        if hole.lines > 0 || !lines_exact {
+            self.gap(hole.from, hole.lines, hole.bytes, lines_exact);
         }
     }
 
