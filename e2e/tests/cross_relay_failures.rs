@@ -184,7 +184,7 @@ fn writer(pods: &PodsDir) -> KubeletWriter {
 async fn a_rolling_restart_of_three_relays_every_session_resumes_elsewhere_with_every_line_or_an_exact_gap()
  {
     let nats = NatsServer::start().await;
-    let files = PkiFiles::write(&TestPki::new(), "dev", "test");
+    let files = TestPki::new().files("dev", "test");
     let mut relays = three_relays(&files, &nats).await;
     let pods = PodsDir::new();
     let writer = writer(&pods);
@@ -240,7 +240,7 @@ async fn a_rolling_restart_of_three_relays_every_session_resumes_elsewhere_with_
 async fn nats_server_restarted_remote_watchers_are_paused_backplane_unavailable_then_resumed_the_owners_flow()
  {
     let mut nats = NatsServer::start().await;
-    let files = PkiFiles::write(&TestPki::new(), "dev", "test");
+    let files = TestPki::new().files("dev", "test");
     let relays = three_relays(&files, &nats).await;
     let pods = PodsDir::new();
     let writer = writer(&pods);
@@ -304,7 +304,7 @@ async fn nats_server_restarted_remote_watchers_are_paused_backplane_unavailable_
 async fn the_agents_relay_killed_of_three_the_agent_moves_and_the_sessions_elsewhere_are_paused_then_resumed()
  {
     let nats = NatsServer::start().await;
-    let files = PkiFiles::write(&TestPki::new(), "dev", "test");
+    let files = TestPki::new().files("dev", "test");
     let mut relays = three_relays(&files, &nats).await;
     let pods = PodsDir::new();
     let writer = writer(&pods);
