@@ -256,6 +256,7 @@ impl AgentMetrics {
             "Allowlisted pod labels and annotations left out of stream labels (too long, or past the bounds)",
             m.kube_meta_left_out.clone(),
         );
+        registry.register_collector(Box::new(logrelay_telemetry::SpanLossCollector));
         Self { registry, ..m }
     }
 

@@ -181,6 +181,12 @@ fn free_port(udp: bool) -> u16 {
     }
 }
 
+fn owned(env: &[(&str, &str)]) -> Vec<(String, String)> {
+    env.iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
 fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
@@ -191,6 +197,8 @@ struct Proc {
     program: PathBuf,
     args: Vec<String>,
     log: PathBuf,
+    /// Extra environment variables (e.g. `OTEL_*`).
+    env: Vec<(String, String)>,
     child: Option<Child>,
     starts: u32,
 }
@@ -210,6 +218,7 @@ impl Proc {
                 std::env::var("LOGRELAY_TEST_CHILD_LOG").unwrap_or_else(|_| "info".into()),
             )
             .env("NO_COLOR", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -278,6 +287,11 @@ pub struct RelayProcess {
 impl RelayProcess {
     /// Starts the relay with `files` and `extra` flags, and waits until it is ready.
     pub async fn start(files: &PkiFiles, extra: &[&str]) -> Self {
+        Self::start_with_env(files, extra, &[]).await
+    }
+
+    /// As [`Self::start`], with extra environment variables `env` (e.g. `OTEL_*`).
+    pub async fn start_with_env(files: &PkiFiles, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let (quic, http, admin) = (
             loopback(free_port(true)),
             loopback(free_port(false)),
@@ -306,6 +320,7 @@ impl RelayProcess {
                 args,
                 // Several relays of one test each keep their own log.
                 log: files.dir().join(format!("relay-{}.log", quic.port())),
+                env: owned(env),
                 child: None,
                 starts: 0,
             },
@@ -382,6 +397,17 @@ impl AgentProcess {
     /// `extra` flags (node `node-1`, quick rescans and reconnects unless overridden), and
     /// waits until it serves `/healthz`.
     pub async fn start(files: &PkiFiles, pods: &Path, relay: SocketAddr, extra: &[&str]) -> Self {
+        Self::start_with_env(files, pods, relay, extra, &[]).await
+    }
+
+    /// As [`Self::start`], with extra environment variables `env` (e.g. `OTEL_*`).
+    pub async fn start_with_env(
+        files: &PkiFiles,
+        pods: &Path,
+        relay: SocketAddr,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let admin = loopback(free_port(false));
         let mut args: Vec<String> = vec![
             "--relay-addr".into(),
@@ -415,6 +441,7 @@ impl AgentProcess {
                 program: binaries().agent.clone(),
                 args,
                 log: files.dir().join("agent.log"),
+                env: owned(env),
                 child: None,
                 starts: 0,
             },

@@ -388,7 +388,7 @@ pub fn start(
         .with_kind(kind.into())
         .with_attributes(attributes)
         .start_with_context(&installed.tracer, &cx);
-    Span(span.is_recording().then_some(span))
+    Span(Some(span))
 }
 
 /// The span kinds used here.
@@ -412,7 +412,8 @@ impl From<Kind> for SpanKind {
     }
 }
 
-/// A span being recorded, or nothing (tracing off, or not sampled). Ends when dropped.
+/// A span: recorded when tracing is on and it is sampled; carrying its context (for children
+/// and `traceparent`, sampled or not) whenever tracing is on. Ends when dropped.
 #[derive(Debug, Default)]
 pub struct Span(Option<opentelemetry_sdk::trace::Span>);
 
@@ -424,19 +425,20 @@ impl Span {
 
     /// Whether this span records (tracing on and sampled).
     pub fn is_recording(&self) -> bool {
-        self.0.is_some()
+        self.0.as_ref().is_some_and(|s| s.is_recording())
     }
 
-    /// Its context, to start children with, when it records.
+    /// Its context, to start children with (sampled or not), when tracing is on.
     pub fn context(&self) -> Option<SpanContext> {
-        self.0.as_ref().map(|s| s.span_context().clone())
-    }
-
-    /// Its W3C `traceparent`, when it records.
-    pub fn traceparent(&self) -> Option<String> {
         self.0
             .as_ref()
-            .map(|s| format_traceparent(s.span_context()))
+            .map(|s| s.span_context().clone())
+            .filter(SpanContext::is_valid)
+    }
+
+    /// Its W3C `traceparent` (sampled or not), when tracing is on.
+    pub fn traceparent(&self) -> Option<String> {
+        self.context().map(|sc| format_traceparent(&sc))
     }
 
     /// Sets an attribute.
@@ -601,6 +603,38 @@ impl SpanExporter for CountingExporter {
 
     fn set_resource(&mut self, resource: &Resource) {
         self.inner.set_resource(resource);
+    }
+}
+
+/// Prometheus collector of `trace_spans_dropped_total` and `trace_spans_failed_total` (under
+/// the registry's prefix): [`dropped`] and [`failed`] at each scrape, 0 while tracing is off.
+#[derive(Debug, Default)]
+pub struct SpanLossCollector;
+
+impl prometheus_client::collector::Collector for SpanLossCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        use prometheus_client::metrics::counter::ConstCounter;
+        for (name, help, value) in [
+            (
+                "trace_spans_dropped",
+                "Trace spans dropped because OTEL_BSP_MAX_QUEUE_SIZE spans were already in flight",
+                dropped(),
+            ),
+            (
+                "trace_spans_failed",
+                "Trace spans whose OTLP export failed",
+                failed(),
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        Ok(())
     }
 }
 
