@@ -535,13 +535,13 @@ fn is_lower_hex(s: &str) -> bool {
 /// The batch processor behind an in-flight bound: a span past it is dropped and counted, so
 /// ending a span never waits.
 #[derive(Debug)]
-struct Bounded {
-    inner: BatchSpanProcessor,
+struct Bounded<P = BatchSpanProcessor> {
+    inner: P,
     counters: Arc<Counters>,
     capacity: usize,
 }
 
-impl SpanProcessor for Bounded {
+impl<P: SpanProcessor> SpanProcessor for Bounded<P> {
     fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &Context) {
         self.inner.on_start(span, cx);
     }
@@ -752,6 +752,59 @@ mod tests {
         ] {
             assert!(parse_traceparent(bad).is_none(), "{bad:?}");
         }
+    }
+
+    /// A processor that keeps every span it is handed (an export that never finishes).
+    #[derive(Debug, Default)]
+    struct Stuck(std::sync::Mutex<Vec<String>>);
+
+    impl SpanProcessor for Stuck {
+        fn on_start(&self, _: &mut opentelemetry_sdk::trace::Span, _: &Context) {}
+        fn on_end(&self, span: SpanData) {
+            self.0.lock().unwrap().push(span.name.into_owned());
+        }
+        fn force_flush(&self) -> OTelSdkResult {
+            Ok(())
+        }
+        fn shutdown_with_timeout(&self, _: Duration) -> OTelSdkResult {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn spans_past_the_in_flight_bound_are_dropped_and_counted() {
+        let counters = Arc::new(Counters::default());
+        let stuck = Arc::new(Stuck::default());
+        #[derive(Debug)]
+        struct Shared(Arc<Stuck>);
+        impl SpanProcessor for Shared {
+            fn on_start(&self, s: &mut opentelemetry_sdk::trace::Span, cx: &Context) {
+                self.0.on_start(s, cx);
+            }
+            fn on_end(&self, span: SpanData) {
+                self.0.on_end(span);
+            }
+            fn force_flush(&self) -> OTelSdkResult {
+                Ok(())
+            }
+            fn shutdown_with_timeout(&self, _: Duration) -> OTelSdkResult {
+                Ok(())
+            }
+        }
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(Bounded {
+                inner: Shared(Arc::clone(&stuck)),
+                counters: Arc::clone(&counters),
+                capacity: 2,
+            })
+            .build();
+        let tracer = provider.tracer("t");
+        for name in ["a", "b", "c", "d"] {
+            tracer.start(name).end();
+        }
+        assert_eq!(*stuck.0.lock().unwrap(), ["a", "b"]);
+        assert_eq!(counters.dropped.load(Ordering::Relaxed), 2);
+        assert_eq!(counters.in_flight.load(Ordering::Relaxed), 2);
     }
 
     #[test]
