@@ -142,6 +142,14 @@ async fn until_stdin_closes(mut stdin: tokio::io::Stdin) {
     while matches!(stdin.read(&mut sink).await, Ok(n) if n > 0) {}
 }
 
+/// Environment variables every child gets on top of the harness's own (`--trace-ratio`).
+static CHILD_ENV: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+
+/// Sets the environment every child started from now on gets (the first call wins).
+pub fn set_child_env(env: Vec<(String, String)>) {
+    let _ = CHILD_ENV.set(env);
+}
+
 /// Sends a child's last spans (tracing is on when the harness runs with the `OTEL_*`
 /// variables set: the children inherit them).
 async fn flush_traces(telemetry: Option<logrelay_telemetry::Telemetry>) {
@@ -238,6 +246,7 @@ impl ChildProc {
     ) -> anyhow::Result<(Self, A)> {
         let mut child = tokio::process::Command::new(program)
             .args(args)
+            .envs(CHILD_ENV.get().into_iter().flatten().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
