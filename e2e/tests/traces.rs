@@ -136,6 +136,14 @@ async fn a_subscription_is_one_trace_across_relay_and_agent() {
     log.write_lines(lines.iter().map(|l| l.as_bytes())).unwrap();
     let agent = AgentProcess::start_with_env(&files, pods.path(), relay.quic, &[], &otel).await;
 
+    // The stream is in the relay's catalog first: the subscription's `subscribe` opens its
+    // demands (a stream that appears later for a standing subscription starts a trace of its
+    // own, docs/operations.md).
+    let r = &relay;
+    eventually("the stream in the relay's catalog", || async {
+        (r.metric("logrelay_relay_streams").await >= 1.0).then_some(())
+    })
+    .await;
     let mut s = Subscriber::connect(&relay.subscribe_url()).await;
     s.subscribe("t1", &selector("ns", "tracedpod", "main"), Some(20))
         .await;
