@@ -120,6 +120,17 @@ fn decode(body: &[u8], spans: &mut HashMap<String, Vec<Got>>, values: &mut Vec<S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_is_one_trace_across_relay_and_agent() {
+    one_trace(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standing_subscription_traces_the_stream_that_appears_later() {
+    one_trace(false).await;
+}
+
+/// One subscription, its stream already announced (`stream_first`) or appearing after the
+/// `subscribe`, read and then unsubscribed: its whole trace.
+async fn one_trace(stream_first: bool) {
     let (url, received) = collector();
     let otel = [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", url.as_str()),
@@ -134,19 +145,29 @@ async fn a_subscription_is_one_trace_across_relay_and_agent() {
     const CONTENT: &str = "line-content-must-never-be-in-a-span";
     let lines: Vec<String> = (0..20).map(|i| format!("{CONTENT} {i}\n")).collect();
     log.write_lines(lines.iter().map(|l| l.as_bytes())).unwrap();
-    let agent = AgentProcess::start_with_env(&files, pods.path(), relay.quic, &[], &otel).await;
-
-    // The stream is in the relay's catalog first: the subscription's `subscribe` opens its
-    // demands (a stream that appears later for a standing subscription starts a trace of its
-    // own, docs/operations.md).
+    let start_agent = || AgentProcess::start_with_env(&files, pods.path(), relay.quic, &[], &otel);
     let r = &relay;
-    eventually("the stream in the relay's catalog", || async {
-        (r.metric("logrelay_relay_streams").await >= 1.0).then_some(())
-    })
-    .await;
+    let announced = || {
+        eventually("the stream in the relay's catalog", || async {
+            (r.metric("logrelay_relay_streams").await >= 1.0).then_some(())
+        })
+    };
     let mut s = Subscriber::connect(&relay.subscribe_url()).await;
-    s.subscribe("t1", &selector("ns", "tracedpod", "main"), Some(20))
-        .await;
+    let agent = if stream_first {
+        // The subscription's `subscribe` opens the demand.
+        let agent = start_agent().await;
+        announced().await;
+        s.subscribe("t1", &selector("ns", "tracedpod", "main"), Some(20))
+            .await;
+        agent
+    } else {
+        // The stream's announcement opens the demand, for the standing subscription.
+        s.subscribe("t1", &selector("ns", "tracedpod", "main"), Some(20))
+            .await;
+        s.until("subscribed", |s| !s.events.is_empty()).await;
+        assert_eq!(r.metric("logrelay_relay_streams").await, 0.0);
+        start_agent().await
+    };
     s.until("the 20 lines", |s| s.total_lines() >= 20).await;
     s.client
         .send(&Request::Unsubscribe { id: "t1".into() })

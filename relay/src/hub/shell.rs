@@ -137,6 +137,8 @@ pub struct Shell {
     /// The span of the subscription whose `subscribe` is being carried out: the parent of the
     /// demands it opens.
     cause: Option<telemetry::SpanContext>,
+    /// Whether a `subscribe` is being carried out (its span is the cause throughout).
+    subscribing: bool,
     /// Every effect carried out (tests look).
     #[cfg(test)]
     log: Vec<Effect>,
@@ -165,6 +167,7 @@ impl Shell {
             demand_spans: HashMap::new(),
             closing: Vec::new(),
             cause: None,
+            subscribing: false,
             #[cfg(test)]
             log: Vec::new(),
         }
@@ -207,6 +210,9 @@ impl Shell {
         for (_, span, how) in self.closing.drain(..) {
             span.end(how);
         }
+        if !self.subscribing {
+            self.cause = None;
+        }
         let g = self.core.gauges();
         let m = &self.metrics;
         let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
@@ -225,6 +231,12 @@ impl Shell {
     /// Carries out one effect.
     fn apply(&mut self, effect: Effect) {
         match effect {
+            Effect::Cause { session, sub } => {
+                // While `subscribe` runs, its span (not in the table yet) is the cause already.
+                if let Some(span) = self.subscription_spans.get(&(session, sub.to_string())) {
+                    self.cause = span.context();
+                }
+            }
             Effect::ToAgent { agent, mut msg } => {
                 if telemetry::enabled() {
                     self.trace_to_agent(&mut msg);
@@ -692,9 +704,11 @@ impl Shell {
             attributes,
         );
         self.cause = span.context();
+        self.subscribing = true;
         let result = self.input(now, |core, rings, _| {
             core.subscribe(rings, session, id, selector, demand)
         });
+        self.subscribing = false;
         self.cause = None;
         match result {
             Ok(_) => {
