@@ -294,6 +294,18 @@ async fn one_trace(stream_first: bool) {
         }
     }
     // Nothing lost on the way, and the counters are on /metrics.
+    for (addr, prefix) in [
+        (relay.admin, "logrelay_relay"),
+        (agent.admin, "logrelay_agent"),
+    ] {
+        let (_, body) = http_get(addr, "/metrics").await;
+        for m in ["trace_spans_dropped_total", "trace_spans_failed_total"] {
+            assert!(
+                body.lines().any(|l| l == format!("{prefix}_{m} 0")),
+                "{prefix}_{m} 0 on /metrics:\n{body}"
+            );
+        }
+    }
     assert_eq!(
         relay
             .metric("logrelay_relay_trace_spans_dropped_total")
