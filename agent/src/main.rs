@@ -64,6 +64,11 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let stop = terminated();
+    // Traces, when the OTEL_* variables ask for them.
+    let telemetry = logrelay_telemetry::init_from_env("logrelay-agent").context("tracing")?;
+    if let Some(t) = &telemetry {
+        tracing::info!(url = %t.settings().url, service = %t.settings().service_name, "traces exported over OTLP/HTTP");
+    }
     let files = AgentTlsFiles {
         ca_file: cli.ca_file.clone(),
         cert_file: cli.cert_file.clone(),
@@ -79,6 +84,13 @@ async fn main() -> anyhow::Result<()> {
     stop.await;
     tracing::info!("shutting down");
     agent.shutdown().await;
+    if let Some(t) = telemetry {
+        match tokio::task::spawn_blocking(move || t.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "traces: OTLP flush incomplete"),
+            Err(e) => tracing::warn!(error = %e, "traces: OTLP flush failed"),
+        }
+    }
     Ok(())
 }
 

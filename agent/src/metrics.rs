@@ -268,6 +268,7 @@ impl AgentMetrics {
             "Time from a live log record's runtime timestamp to its read by the agent",
             m.read_lag.clone(),
         );
+        registry.register_collector(Box::new(logrelay_telemetry::SpanLossCollector));
         Self { registry, ..m }
     }
 

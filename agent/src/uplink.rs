@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use logrelay_telemetry::{self as telemetry, names};
 use logrelay_wire::control::{self, AgentMsg, ErrorCode, RelayMsg, SeqPos, features};
 use logrelay_wire::frame::{self, DataPreamble, FrameDecoder};
 use logrelay_wire::labels::Labels;
@@ -314,7 +315,7 @@ impl Uplink {
             tokio::select! {
                 msg = next_msg(&mut recv, &mut decoder) => {
                     match msg {
-                        Ok(Some(RelayMsg::Open { demand, stream, stream_ref, demand_spec })) => {
+                        Ok(Some(RelayMsg::Open { demand, stream, stream_ref, demand_spec, traceparent })) => {
                             demands.retain(|_, d| !d.task.is_finished());
                             let Some(entry) = self.catalog.get(stream) else {
                                 control.send(&AgentMsg::OpenFailed {
@@ -332,6 +333,7 @@ impl Uplink {
                                 }).await?;
                                 continue;
                             }
+                            let span = demand_span(demand, stream, &demand_spec, traceparent.as_deref());
                             let (cancel_tx, cancel) = oneshot::channel();
                             let (acks_tx, acks_rx) = watch::channel(None);
                             let task = DemandTask {
@@ -345,6 +347,7 @@ impl Uplink {
                                 params: self.config.params,
                                 metrics: self.metrics.clone(),
                                 tailer: self.tailer.clone(),
+                                span,
                             };
                             let handle = DemandHandle {
                                 task: tokio::spawn(task.run()).abort_handle(),
@@ -504,6 +507,39 @@ struct DemandTask {
     params: TailParams,
     metrics: Arc<AgentMetrics>,
     tailer: Arc<tail::Tailer>,
+    /// The demand's span (`agent.demand`); records nothing when tracing is off.
+    span: telemetry::Span,
+}
+
+/// The span of demand `demand` of the agent's stream `stream`: a child of the relay's span
+/// when the `open` carried a valid `traceparent`, else a new trace. Records nothing when
+/// tracing is off.
+fn demand_span(
+    demand: u64,
+    stream: u64,
+    spec: &control::Demand,
+    traceparent: Option<&str>,
+) -> telemetry::Span {
+    if !telemetry::enabled() {
+        return telemetry::Span::none();
+    }
+    let parent = traceparent.and_then(telemetry::parse_traceparent);
+    let mut attributes = vec![
+        telemetry::int(names::DEMAND_ID, demand),
+        telemetry::int(names::STREAM_ID, stream),
+        telemetry::flag(names::DEMAND_FOLLOW, spec.follow),
+    ];
+    if let Some(tail) = spec.tail {
+        attributes.push(telemetry::int(names::DEMAND_TAIL, u64::from(tail)));
+    }
+    telemetry::start(
+        names::AGENT_DEMAND,
+        telemetry::Kind::Server,
+        parent
+            .as_ref()
+            .map_or(telemetry::Parent::Root, telemetry::Parent::Of),
+        attributes,
+    )
 }
 
 impl DemandTask {
@@ -518,10 +554,22 @@ impl DemandTask {
         ) {
             return;
         }
+        let mut span = std::mem::take(&mut self.span);
+        let opening = match span.context() {
+            Some(sc) => telemetry::start(
+                names::AGENT_OPEN,
+                telemetry::Kind::Internal,
+                telemetry::Parent::Of(&sc),
+                vec![telemetry::int(names::DEMAND_ID, self.demand)],
+            ),
+            None => telemetry::Span::none(),
+        };
         let mut send = match self.conn.open_uni().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(demand = self.demand, error = %e, "cannot open data stream");
+                opening.end("error");
+                span.end("connection_lost");
                 return;
             }
         };
@@ -535,8 +583,11 @@ impl DemandTask {
             .await
             .is_err()
         {
+            opening.end("error");
+            span.end("connection_lost");
             return;
         }
+        opening.end("complete");
         // The relay is done with this demand when it says `cancel`, or stops the data stream
         // while the connection lives. A dropped switch (the connection ended) or a lost
         // connection is no cancel: a log follower then keeps reading for the resume.
@@ -551,7 +602,14 @@ impl DemandTask {
                 else => std::future::pending().await,
             }
         };
-        let mut sink = QuicSink(&mut send);
+        let tracing_on = span.is_recording();
+        let mut sink = QuicSink {
+            send: &mut send,
+            span: &mut span,
+            tracing: tracing_on,
+            batches: 0,
+            bytes: 0,
+        };
         let served = serve_source(
             &self.tailer,
             &self.source,
@@ -564,16 +622,23 @@ impl DemandTask {
             self.acks,
         )
         .await;
+        let (batches, bytes) = (sink.batches, sink.bytes);
+        span.set(telemetry::int(names::BATCHES, batches));
+        span.set(telemetry::int(names::BYTES, bytes));
         match served {
             Ok(Ended::Complete) => {
                 let _ = send.finish();
+                span.end("complete");
             }
             Ok(Ended::Cancelled) => {
                 let _ = send.reset(CANCELLED.into());
+                span.event(names::EVENT_CANCEL, vec![]);
+                span.end("cancelled");
             }
             Err(e) => {
                 tracing::debug!(demand = self.demand, error = %e, "demand ended");
                 let _ = send.reset(CANCELLED.into());
+                span.end("error");
             }
         }
     }
@@ -672,15 +737,37 @@ impl Drop for ActiveGuard {
     }
 }
 
-struct QuicSink<'a>(&'a mut quinn::SendStream);
+struct QuicSink<'a> {
+    send: &'a mut quinn::SendStream,
+    /// The demand's span: the first batch sent is an event on it.
+    span: &'a mut telemetry::Span,
+    /// Whether the span records (else nothing is counted).
+    tracing: bool,
+    /// Batches sent, while tracing.
+    batches: u64,
+    /// Framed bytes sent, while tracing.
+    bytes: u64,
+}
 
 impl BatchSink for QuicSink<'_> {
     async fn send(&mut self, batch: Bytes) -> Result<(), SinkClosed> {
         let prefix = Bytes::copy_from_slice(&frame::prefix(batch.len()));
-        self.0
+        let len = (prefix.len() + batch.len()) as u64;
+        self.send
             .write_all_chunks(&mut [prefix, batch])
             .await
-            .map_err(|_| SinkClosed)
+            .map_err(|_| SinkClosed)?;
+        if self.tracing {
+            if self.batches == 0 {
+                self.span.event(
+                    names::EVENT_FIRST_BATCH,
+                    vec![telemetry::int(names::BATCH_BYTES, len)],
+                );
+            }
+            self.batches += 1;
+            self.bytes += len;
+        }
+        Ok(())
     }
 }
 

@@ -185,8 +185,7 @@ pub struct Proc {
     what: &'static str,
     program: PathBuf,
     args: Vec<String>,
-    /// `LOGRELAY_LOG` of the child.
-    log_filter: String,
+    env: ChildEnv,
     log: PathBuf,
     child: Option<Child>,
     /// Starts so far.
@@ -194,20 +193,20 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// `program` with `args`, named `what` in errors, its output appended to `log` (with
-    /// `LOGRELAY_LOG=log_filter`); not started yet.
+    /// `program` with `args`, named `what` in errors, its output appended to `log`, run with
+    /// `env`; not started yet.
     pub fn new(
         what: &'static str,
         program: PathBuf,
         args: Vec<String>,
         log: PathBuf,
-        log_filter: String,
+        env: ChildEnv,
     ) -> Self {
         Self {
             what,
             program,
             args,
-            log_filter,
+            env,
             log,
             child: None,
             starts: 0,
@@ -228,8 +227,9 @@ impl Proc {
             .and_then(|out| {
                 Command::new(&self.program)
                     .args(&self.args)
-                    .env("LOGRELAY_LOG", &self.log_filter)
+                    .env("LOGRELAY_LOG", &self.env.log_filter)
                     .env("NO_COLOR", "1")
+                    .envs(self.env.vars.iter().map(|(k, v)| (k, v)))
                     .stdin(Stdio::null())
                     .stdout(out)
                     .stderr(log)
@@ -354,9 +354,30 @@ pub async fn ready(addr: SocketAddr, path: &str) -> bool {
     )
 }
 
-/// `LOGRELAY_LOG` for children: `var` from the environment, else `default`.
-pub fn child_log_filter(var: &str, default: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| default.into())
+/// The environment a child runs with, besides this process's own.
+#[derive(Debug, Clone, Default)]
+pub struct ChildEnv {
+    /// Its `LOGRELAY_LOG`.
+    pub log_filter: String,
+    /// Extra variables (e.g. `OTEL_*`).
+    pub vars: Vec<(String, String)>,
+}
+
+impl ChildEnv {
+    /// `LOGRELAY_LOG` taken from this process's variable `var`, else `default`; no extra variables.
+    pub fn log_from(var: &str, default: &str) -> Self {
+        Self {
+            log_filter: std::env::var(var).unwrap_or_else(|_| default.into()),
+            vars: Vec::new(),
+        }
+    }
+
+    /// With the extra variables `vars` too.
+    pub fn with_vars(mut self, vars: &[(&str, &str)]) -> Self {
+        self.vars
+            .extend(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        self
+    }
 }
 
 /// `logrelay-relay`, accepting anonymous sessions as one org.
@@ -374,14 +395,14 @@ pub struct Relay {
 
 impl Relay {
     /// Starts `program` with `files`, anonymous sessions as `org`, and `extra` flags, on free
-    /// loopback ports, its output in `log` (`LOGRELAY_LOG=log_filter`); waits until it is ready.
+    /// loopback ports, its output in `log`, run with `env`; waits until it is ready.
     pub async fn start(
         program: &Path,
         files: &PkiFiles,
         org: &str,
         extra: &[&str],
         log: PathBuf,
-        log_filter: String,
+        env: ChildEnv,
     ) -> Result<Self, ProcError> {
         let (quic, http, admin) = (free_addr(true)?, free_addr(false)?, free_addr(false)?);
         let path = |p: &Path| p.display().to_string();
@@ -402,7 +423,7 @@ impl Relay {
             org.into(),
         ];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let proc = Proc::new("the relay", program.to_path_buf(), args, log, log_filter);
+        let proc = Proc::new("the relay", program.to_path_buf(), args, log, env);
         let mut relay = Self {
             proc,
             quic,
@@ -437,7 +458,7 @@ pub struct Agent {
 impl Agent {
     /// Starts `program` with `files`' agent certificate over `pods`, dialling `relay`, with
     /// `extra` flags (`--node-name` among them), its admin listener on a free loopback port,
-    /// its output in `log`; waits until it serves `/healthz`.
+    /// its output in `log`, run with `env`; waits until it serves `/healthz`.
     pub async fn start(
         program: &Path,
         files: &PkiFiles,
@@ -445,7 +466,7 @@ impl Agent {
         relay: SocketAddr,
         extra: &[&str],
         log: PathBuf,
-        log_filter: String,
+        env: ChildEnv,
     ) -> Result<Self, ProcError> {
         let admin = free_addr(false)?;
         let path = |p: &Path| p.display().to_string();
@@ -468,7 +489,7 @@ impl Agent {
             "false".into(),
         ];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let proc = Proc::new("the agent", program.to_path_buf(), args, log, log_filter);
+        let proc = Proc::new("the agent", program.to_path_buf(), args, log, env);
         let mut agent = Self { proc, admin };
         agent.start_again().await?;
         Ok(agent)

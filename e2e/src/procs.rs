@@ -24,7 +24,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::SystemTime;
 
-use logrelay_chaos::procs::{self, Agent, Relay, child_log_filter};
+use logrelay_chaos::procs::{self, Agent, ChildEnv, Relay};
 pub use logrelay_chaos::procs::{PkiFiles, Proc};
 
 use crate::{TestPki, metric};
@@ -110,9 +110,9 @@ impl TestPki {
     }
 }
 
-/// `LOGRELAY_LOG` of the children: `LOGRELAY_TEST_CHILD_LOG`, else `info`.
-fn log_filter() -> String {
-    child_log_filter("LOGRELAY_TEST_CHILD_LOG", "info")
+/// The environment of the children: `LOGRELAY_LOG` from `LOGRELAY_TEST_CHILD_LOG`, else `info`.
+fn child_env() -> ChildEnv {
+    ChildEnv::log_from("LOGRELAY_TEST_CHILD_LOG", "info")
 }
 
 /// `logrelay-relay` as a child process, accepting anonymous sessions as org `dev`; the
@@ -131,11 +131,17 @@ pub struct RelayProcess {
 impl RelayProcess {
     /// Starts the relay with `files` and `extra` flags, and waits until it is ready.
     pub async fn start(files: &PkiFiles, extra: &[&str]) -> Self {
+        Self::start_with_env(files, extra, &[]).await
+    }
+
+    /// As [`Self::start`], with extra environment variables `env` (e.g. `OTEL_*`).
+    pub async fn start_with_env(files: &PkiFiles, extra: &[&str], env: &[(&str, &str)]) -> Self {
         // Several relays of one test each keep their own log.
         static RELAYS: AtomicU32 = AtomicU32::new(0);
         let n = RELAYS.fetch_add(1, Ordering::Relaxed);
         let log = files.dir().join(format!("relay-{n}.log"));
-        let relay = Relay::start(&binaries().relay, files, "dev", extra, log, log_filter())
+        let env = child_env().with_vars(env);
+        let relay = Relay::start(&binaries().relay, files, "dev", extra, log, env)
             .await
             .expect("start the relay");
         Self {
@@ -198,6 +204,17 @@ impl AgentProcess {
     /// `extra` flags (node `node-1`, quick rescans and reconnects unless overridden), and
     /// waits until it serves `/healthz`.
     pub async fn start(files: &PkiFiles, pods: &Path, relay: SocketAddr, extra: &[&str]) -> Self {
+        Self::start_with_env(files, pods, relay, extra, &[]).await
+    }
+
+    /// As [`Self::start`], with extra environment variables `env` (e.g. `OTEL_*`).
+    pub async fn start_with_env(
+        files: &PkiFiles,
+        pods: &Path,
+        relay: SocketAddr,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut args = vec![
             "--node-name",
             "node-1",
@@ -210,17 +227,10 @@ impl AgentProcess {
         ];
         args.extend_from_slice(extra);
         let log = files.dir().join("agent.log");
-        let agent = Agent::start(
-            &binaries().agent,
-            files,
-            pods,
-            relay,
-            &args,
-            log,
-            log_filter(),
-        )
-        .await
-        .expect("start the agent");
+        let env = child_env().with_vars(env);
+        let agent = Agent::start(&binaries().agent, files, pods, relay, &args, log, env)
+            .await
+            .expect("start the agent");
         Self {
             admin: agent.admin,
             agent,

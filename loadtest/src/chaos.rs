@@ -193,7 +193,7 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         ORG,
         &[],
         relay_log.clone(),
-        procs::log_filter(),
+        procs::child_env(),
     )
     .await?;
     let proxy = FaultProxy::start(ProxyConfig::new(relay.quic, opts.seed))
@@ -222,7 +222,7 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         proxy.addr(),
         &AGENT_FLAGS,
         agent_log.clone(),
-        procs::log_filter(),
+        procs::child_env(),
     )
     .await?;
     let soak = Arc::new(Soak {

@@ -142,10 +142,29 @@ async fn until_stdin_closes(mut stdin: tokio::io::Stdin) {
     while matches!(stdin.read(&mut sink).await, Ok(n) if n > 0) {}
 }
 
+/// Environment variables every child gets on top of the harness's own (`--trace-ratio`).
+static CHILD_ENV: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+
+/// Sets the environment every child started from now on gets (the first call wins).
+pub fn set_child_env(env: Vec<(String, String)>) {
+    let _ = CHILD_ENV.set(env);
+}
+
+/// Sends a child's last spans (tracing is on when the harness runs with the `OTEL_*`
+/// variables set: the children inherit them).
+async fn flush_traces(telemetry: Option<logrelay_telemetry::Telemetry>) {
+    if let Some(t) = telemetry
+        && let Ok(Err(e)) = tokio::task::spawn_blocking(move || t.shutdown()).await
+    {
+        eprintln!("traces: OTLP flush incomplete: {e}");
+    }
+}
+
 /// `loadtest serve-relay`: a relay on loopback ephemeral ports.
 pub async fn serve_relay() -> anyhow::Result<()> {
     logrelay_tls::install_provider();
     init_child_logging();
+    let telemetry = logrelay_telemetry::init_from_env("logrelay-relay")?;
     let (spec, stdin): (RelaySpec, _) = read_spec().await?;
     let config = logrelay_relay::RelayConfig {
         anonymous_org: Some(spec.org.clone()),
@@ -173,6 +192,7 @@ pub async fn serve_relay() -> anyhow::Result<()> {
     .await?;
     until_stdin_closes(stdin).await;
     relay.shutdown().await;
+    flush_traces(telemetry).await;
     Ok(())
 }
 
@@ -180,6 +200,7 @@ pub async fn serve_relay() -> anyhow::Result<()> {
 pub async fn serve_agent() -> anyhow::Result<()> {
     logrelay_tls::install_provider();
     init_child_logging();
+    let telemetry = logrelay_telemetry::init_from_env("logrelay-agent")?;
     let (spec, stdin): (AgentSpec, _) = read_spec().await?;
     let config = logrelay_agent::AgentConfig {
         node_name: spec.node.clone(),
@@ -201,6 +222,7 @@ pub async fn serve_agent() -> anyhow::Result<()> {
     .await?;
     until_stdin_closes(stdin).await;
     agent.shutdown().await;
+    flush_traces(telemetry).await;
     Ok(())
 }
 
@@ -224,6 +246,7 @@ impl ChildProc {
     ) -> anyhow::Result<(Self, A)> {
         let mut child = tokio::process::Command::new(program)
             .args(args)
+            .envs(CHILD_ENV.get().into_iter().flatten().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

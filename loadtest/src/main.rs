@@ -20,6 +20,7 @@ mod chart;
 mod children;
 mod corpus;
 mod nats;
+mod otlp_sink;
 mod pace;
 mod procstat;
 mod producer;
@@ -119,6 +120,11 @@ struct RunArgs {
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Run the relay and agent children with traces on, sampled at this ratio (0 to 1,
+    /// `OTEL_TRACES_SAMPLER=parentbased_traceidratio`), exported over OTLP/HTTP to a
+    /// discarding receiver in the harness (e.g. `0.01` for 1 %).
+    #[arg(long, value_name = "RATIO")]
+    trace_ratio: Option<f64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -304,6 +310,24 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .map(|(i, a)| if i == 0 { "loadtest".to_owned() } else { a })
         .collect::<Vec<_>>()
         .join(" ");
+    let sink = match args.trace_ratio {
+        Some(r) if !(0.0..=1.0).contains(&r) => {
+            anyhow::bail!("--trace-ratio {r}: a ratio from 0 to 1")
+        }
+        Some(r) => {
+            let (url, stats) = otlp_sink::start().context("starting the OTLP sink")?;
+            children::set_child_env(vec![
+                ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), url),
+                (
+                    "OTEL_TRACES_SAMPLER".into(),
+                    "parentbased_traceidratio".into(),
+                ),
+                ("OTEL_TRACES_SAMPLER_ARG".into(), r.to_string()),
+            ]);
+            Some(stats)
+        }
+        None => None,
+    };
     let opts = run::RunOptions {
         baseline_nats: args.baseline == Some(Baseline::Nats),
         progress: !args.no_progress,
@@ -311,6 +335,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         preset,
     };
     let report = run::run(&scenario, &opts).await?;
+    if let Some(stats) = sink {
+        eprintln!(
+            "traces: {} OTLP exports, {} bytes received",
+            stats.requests.load(std::sync::atomic::Ordering::Relaxed),
+            stats.bytes.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
     let json = serde_json::to_value(&report)?;
     report::check_fields(&json).map_err(anyhow::Error::msg)?;
     let md_path = args.markdown.unwrap_or_else(|| beside(&args.json, "md"));

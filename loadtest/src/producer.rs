@@ -99,7 +99,7 @@ impl Producer {
         let result = loop {
             tokio::select! {
                 msg = next_msg(&mut recv, &mut decoder) => match msg {
-                    Ok(Some(RelayMsg::Open { demand, stream, stream_ref, demand_spec })) => {
+                    Ok(Some(RelayMsg::Open { demand, stream, stream_ref, demand_spec, .. })) => {
                         let task = DataTask {
                             conn: conn.clone(),
                             demand,

@@ -181,6 +181,11 @@ impl Hub {
         shell.resolve(now, agent, demand)
     }
 
+    /// The context of `demand`'s trace span, while tracing is on.
+    pub fn demand_trace(&self, demand: DemandId) -> Option<logrelay_telemetry::SpanContext> {
+        self.lock().0.demand_trace(demand)
+    }
+
     /// The live demands `agent` serves, each with what every watcher of its ring has been
     /// handed: what the relay acknowledges (`ack`).
     pub fn acks(&self, agent: AgentId) -> Vec<(DemandId, SeqPos)> {

@@ -670,6 +670,62 @@ async fn accept_data(
     }
 }
 
+/// The span of one data stream (`relay.data_stream`, a child of its demand's span) while
+/// tracing is on: the first batch is an event; batches and bytes are counted and set when the
+/// stream ends (the span ends when this is dropped).
+#[derive(Debug)]
+struct DataTrace {
+    span: logrelay_telemetry::Span,
+    batches: u64,
+    bytes: u64,
+}
+
+impl DataTrace {
+    /// `None` when tracing is off or the demand's trace is not sampled.
+    fn start(hub: &Hub, demand: DemandId) -> Option<Self> {
+        use logrelay_telemetry::{self as telemetry, names};
+        if !telemetry::enabled() {
+            return None;
+        }
+        let parent = hub.demand_trace(demand);
+        let span = telemetry::start(
+            names::RELAY_DATA_STREAM,
+            telemetry::Kind::Server,
+            parent
+                .as_ref()
+                .map_or(telemetry::Parent::Root, telemetry::Parent::Of),
+            vec![telemetry::int(names::DEMAND_ID, demand.get())],
+        );
+        span.is_recording().then_some(Self {
+            span,
+            batches: 0,
+            bytes: 0,
+        })
+    }
+
+    fn batch(&mut self, len: usize) {
+        use logrelay_telemetry::{self as telemetry, names};
+        if self.batches == 0 {
+            self.span.event(
+                names::EVENT_FIRST_BATCH,
+                vec![telemetry::int(names::BATCH_BYTES, len as u64)],
+            );
+        }
+        self.batches += 1;
+        self.bytes += len as u64;
+    }
+}
+
+impl Drop for DataTrace {
+    fn drop(&mut self) {
+        use logrelay_telemetry::{self as telemetry, names};
+        let mut span = std::mem::take(&mut self.span);
+        span.set(telemetry::int(names::BATCHES, self.batches));
+        span.set(telemetry::int(names::BYTES, self.bytes));
+        span.end("closed");
+    }
+}
+
 /// Why a data stream was stopped, and the demand it served if it was the connection's own.
 #[derive(Debug)]
 enum DataError {
@@ -707,6 +763,7 @@ async fn serve_data(
         Err(Unresolved::Violation(v)) => return Err(DataError::Violation(None, v)),
     };
     let expected_stream = sink.stream().get();
+    let mut trace = DataTrace::start(hub, demand);
     // A stream's live ring (not a filtered ring, not a backfill): every batch is handed to the
     // backplane, which numbers it and publishes it while another relay leases the stream.
     let publish = match (&sink, publisher) {
@@ -738,6 +795,9 @@ async fn serve_data(
                 metrics.lines_received.inc_by(u64::from(h.count));
             }
             metrics.bytes_received.inc_by(batch.len() as u64);
+            if let Some(t) = &mut trace {
+                t.batch(batch.len());
+            }
             let end = SeqPos {
                 epoch: h.epoch,
                 seq: h.end_seq(),

@@ -140,6 +140,11 @@ fn main() -> anyhow::Result<()> {
     if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
         tracing::warn!(error = %e, "allocator: no background purging; freed memory returns later");
     }
+    // Traces, when the OTEL_* variables ask for them (export thread started after the sandbox).
+    let telemetry = logrelay_telemetry::init_from_env("logrelay-relay").context("tracing")?;
+    if let Some(t) = &telemetry {
+        tracing::info!(url = %t.settings().url, service = %t.settings().service_name, "traces exported over OTLP/HTTP");
+    }
     let self_check = cli.sandbox_self_check_dir.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -169,6 +174,13 @@ fn main() -> anyhow::Result<()> {
         }
         tracing::info!("shutting down");
         relay.shutdown().await;
+        if let Some(t) = telemetry {
+            match tokio::task::spawn_blocking(move || t.shutdown()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "traces: OTLP flush incomplete"),
+                Err(e) => tracing::warn!(error = %e, "traces: OTLP flush failed"),
+            }
+        }
         Ok(())
     })
 }

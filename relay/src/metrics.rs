@@ -341,6 +341,7 @@ impl RelayMetrics {
         );
         r.register_collector(Box::new(AuditFailed(m.audit.clone())));
         r.register_collector(Box::new(AuditAggregation(m.audit.clone())));
+        r.register_collector(Box::new(logrelay_telemetry::SpanLossCollector));
         // Label values known up front are exported at 0 from the start: a series that first
         // appears at 1 shows no `increase()`, so an alert on its first event would never fire.
         for reason in ["slow_consumer", "backfill_lost"] {

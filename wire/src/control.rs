@@ -170,6 +170,12 @@ pub enum RelayMsg {
         /// What to send.
         #[serde(flatten)]
         demand_spec: Demand,
+        /// W3C Trace Context of the relay's span for this demand
+        /// (`00-<trace id>-<span id>-<flags>`), when the relay traces it: the agent's span for
+        /// the demand becomes its child. Omitted when unset; an agent that predates it, or does
+        /// not trace, ignores it, and a malformed one is ignored too.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        traceparent: Option<String>,
     },
     /// Stop serving a demand (its data stream is also reset).
     Cancel {
@@ -313,6 +319,7 @@ mod tests {
                 until: Some(SeqPos { epoch: 9, seq: 50 }),
                 ..Demand::default()
             },
+            traceparent: None,
         };
         let bytes = encode(&m);
         assert_eq!(decode::<RelayMsg>(&bytes).unwrap(), m);
@@ -350,6 +357,7 @@ mod tests {
                 after_line: Some(LineMark { ns: 10, nth: 2 }),
                 ..Demand::default()
             },
+            traceparent: None,
         };
         let json = String::from_utf8(encode(&open)).unwrap();
         assert!(
@@ -357,6 +365,31 @@ mod tests {
             "{json}"
         );
         assert_eq!(decode::<RelayMsg>(json.as_bytes()).unwrap(), open);
+    }
+
+    #[test]
+    fn a_traceparent_is_sent_only_when_set_and_older_peers_ignore_it() {
+        let open = |traceparent: Option<&str>| RelayMsg::Open {
+            demand: 1,
+            stream: 2,
+            stream_ref: 3,
+            demand_spec: Demand {
+                follow: true,
+                ..Demand::default()
+            },
+            traceparent: traceparent.map(Into::into),
+        };
+        let plain = String::from_utf8(encode(&open(None))).unwrap();
+        assert!(!plain.contains("traceparent"), "{plain}");
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let bytes = encode(&open(Some(tp)));
+        assert!(String::from_utf8_lossy(&bytes).contains(&format!(r#""traceparent":"{tp}""#)));
+        assert_eq!(decode::<RelayMsg>(&bytes).unwrap(), open(Some(tp)));
+        // An open from a relay that predates it reads as one without.
+        let old: RelayMsg =
+            decode(br#"{"type":"open","demand":1,"stream":2,"stream_ref":3,"follow":true}"#)
+                .unwrap();
+        assert_eq!(old, open(None));
     }
 
     #[test]
@@ -378,6 +411,7 @@ mod tests {
                 matches: matches.map(Into::into),
                 ..Demand::default()
             },
+            traceparent: None,
         };
         let plain = String::from_utf8(encode(&open(None))).unwrap();
         assert!(!plain.contains("matches"), "{plain}");

@@ -54,7 +54,7 @@ impl Binaries {
     }
 }
 
-/// `LOGRELAY_LOG` of the soak's children: `LOADTEST_CHILD_LOG`, else `info`.
-pub fn log_filter() -> String {
-    logrelay_chaos::procs::child_log_filter("LOADTEST_CHILD_LOG", "info")
+/// The environment of the soak's children: `LOGRELAY_LOG` from `LOADTEST_CHILD_LOG`, else `info`.
+pub fn child_env() -> logrelay_chaos::procs::ChildEnv {
+    logrelay_chaos::procs::ChildEnv::log_from("LOADTEST_CHILD_LOG", "info")
 }

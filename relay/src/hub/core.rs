@@ -146,6 +146,15 @@ impl Resume {
 /// What the shell does, in this order, after an input.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
+    /// The effects that follow, up to the next `Cause`, attach a stream to subscription `sub`
+    /// of `session`: the shell makes the demands they open children of that subscription's
+    /// trace span.
+    Cause {
+        /// The session.
+        session: SessionId,
+        /// Its subscription.
+        sub: SubId,
+    },
     /// A message to an agent connection (`open`, `cancel`). Policy when its queue is full:
     /// the connection is reset; the agent reconnects and the relay re-sends its demands.
     ToAgent {

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
+use logrelay_telemetry::{self as telemetry, names};
 use logrelay_wire::control::{Demand, ErrorCode, RelayMsg, SeqPos, StreamGone, StreamInfo};
 use logrelay_wire::labels::Labels;
 use logrelay_wire::selector::Selector;
@@ -126,6 +127,18 @@ pub struct Shell {
     /// Backlogs of other relays' streams for watches about to be made
     /// ([`Effect::RemoteBackfill`], then [`Effect::WatchRing`]).
     remote_backfills: HashMap<(SessionId, StreamId), Backfill>,
+    /// Traces (only while tracing is on): each subscription's span, by session and id.
+    subscription_spans: HashMap<(SessionId, String), telemetry::Span>,
+    /// Each open demand's span.
+    demand_spans: HashMap<DemandId, telemetry::Span>,
+    /// Spans of demands closed by the effects being carried out, ended (as `closed`, or
+    /// `cancelled` when a `cancel` followed) once they all are.
+    closing: Vec<(DemandId, telemetry::Span, &'static str)>,
+    /// The span of the subscription whose `subscribe` is being carried out: the parent of the
+    /// demands it opens.
+    cause: Option<telemetry::SpanContext>,
+    /// Whether a `subscribe` is being carried out (its span is the cause throughout).
+    subscribing: bool,
     /// Every effect carried out (tests look).
     #[cfg(test)]
     log: Vec<Effect>,
@@ -150,6 +163,11 @@ impl Shell {
             sessions: HashMap::new(),
             remote: None,
             remote_backfills: HashMap::new(),
+            subscription_spans: HashMap::new(),
+            demand_spans: HashMap::new(),
+            closing: Vec::new(),
+            cause: None,
+            subscribing: false,
             #[cfg(test)]
             log: Vec::new(),
         }
@@ -189,6 +207,12 @@ impl Shell {
             self.log.push(effect.clone());
             self.apply(effect);
         }
+        for (_, span, how) in self.closing.drain(..) {
+            span.end(how);
+        }
+        if !self.subscribing {
+            self.cause = None;
+        }
         let g = self.core.gauges();
         let m = &self.metrics;
         let n = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
@@ -207,7 +231,16 @@ impl Shell {
     /// Carries out one effect.
     fn apply(&mut self, effect: Effect) {
         match effect {
-            Effect::ToAgent { agent, msg } => {
+            Effect::Cause { session, sub } => {
+                // While `subscribe` runs, its span (not in the table yet) is the cause already.
+                if let Some(span) = self.subscription_spans.get(&(session, sub.to_string())) {
+                    self.cause = span.context();
+                }
+            }
+            Effect::ToAgent { agent, mut msg } => {
+                if telemetry::enabled() {
+                    self.trace_to_agent(&mut msg);
+                }
                 if let Some(link) = self.agents.get(&agent)
                     && link.tx.try_send(msg).is_err()
                 {
@@ -315,6 +348,9 @@ impl Shell {
                 if let Some(sink) = self.sinks.remove(&demand) {
                     sink.cancelled.store(true, Ordering::Relaxed);
                 }
+                if let Some(span) = self.demand_spans.remove(&demand) {
+                    self.closing.push((demand, span, "closed"));
+                }
             }
             Effect::Want {
                 ring,
@@ -366,6 +402,56 @@ impl Shell {
             }
             Effect::Count(Count::LimitHit(limit)) => self.metrics.limit_hit(limit),
         }
+    }
+
+    /// Traces a message to an agent: an `open` starts the demand's span (a child of the
+    /// subscription being carried out, if any) and carries its `traceparent`; a `cancel` marks
+    /// the demand's span.
+    fn trace_to_agent(&mut self, msg: &mut RelayMsg) {
+        match msg {
+            RelayMsg::Open {
+                demand,
+                stream_ref,
+                demand_spec,
+                traceparent,
+                ..
+            } => {
+                let parent = match &self.cause {
+                    Some(sc) => telemetry::Parent::Of(sc),
+                    None => telemetry::Parent::Root,
+                };
+                let mut attributes = vec![
+                    telemetry::int(names::DEMAND_ID, *demand),
+                    telemetry::int(names::STREAM_ID, *stream_ref),
+                    telemetry::flag(names::DEMAND_FOLLOW, demand_spec.follow),
+                ];
+                if let Some(tail) = demand_spec.tail {
+                    attributes.push(telemetry::int(names::DEMAND_TAIL, u64::from(tail)));
+                }
+                let span = telemetry::start(
+                    names::RELAY_DEMAND,
+                    telemetry::Kind::Client,
+                    parent,
+                    attributes,
+                );
+                *traceparent = span.traceparent();
+                self.demand_spans.insert(DemandId::from(*demand), span);
+            }
+            RelayMsg::Cancel { demand } => {
+                let id = DemandId::from(*demand);
+                if let Some((_, span, how)) = self.closing.iter_mut().find(|(d, ..)| *d == id) {
+                    span.event(names::EVENT_CANCEL, vec![]);
+                    *how = "cancelled";
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The context of demand `demand`'s span, while tracing is on: the parent of its data
+    /// stream's span.
+    pub fn demand_trace(&self, demand: DemandId) -> Option<telemetry::SpanContext> {
+        self.demand_spans.get(&demand)?.context()
     }
 
     /// The queue of a demand served for one watch of `session` (batches stamped `stream`).
@@ -559,6 +645,19 @@ impl Shell {
     pub fn remove_session(&mut self, now: Time, session: SessionId) {
         self.input(now, |core, _, now| core.remove_session(now, session));
         self.sessions.remove(&session);
+        if !self.subscription_spans.is_empty() {
+            let ended: Vec<_> = self
+                .subscription_spans
+                .keys()
+                .filter(|(s, _)| *s == session)
+                .cloned()
+                .collect();
+            for key in ended {
+                if let Some(span) = self.subscription_spans.remove(&key) {
+                    span.end("session_closed");
+                }
+            }
+        }
     }
 
     /// Lists the streams of the session's org matching `selector`.
@@ -586,13 +685,52 @@ impl Shell {
         selector: Selector,
         demand: Demand,
     ) -> Result<Option<&'static str>, Refusal> {
-        self.input(now, |core, rings, _| {
+        if !telemetry::enabled() {
+            return self.input(now, |core, rings, _| {
+                core.subscribe(rings, session, id, selector, demand)
+            });
+        }
+        let mut attributes = vec![
+            telemetry::int(names::SESSION_ID, session.get()),
+            telemetry::string(names::SUBSCRIPTION_ID, id),
+            telemetry::flag(names::DEMAND_FOLLOW, demand.follow),
+        ];
+        if let Some(tail) = demand.tail {
+            attributes.push(telemetry::int(names::DEMAND_TAIL, u64::from(tail)));
+        }
+        let span = telemetry::start(
+            names::RELAY_SUBSCRIPTION,
+            telemetry::Kind::Server,
+            telemetry::Parent::Root,
+            attributes,
+        );
+        self.cause = span.context();
+        self.subscribing = true;
+        let result = self.input(now, |core, rings, _| {
             core.subscribe(rings, session, id, selector, demand)
-        })
+        });
+        self.subscribing = false;
+        self.cause = None;
+        match result {
+            Ok(_) => {
+                if let Some(old) = self
+                    .subscription_spans
+                    .insert((session, id.to_owned()), span)
+                {
+                    old.end("replaced");
+                }
+            }
+            Err(_) => span.end("refused"),
+        }
+        result
     }
 
     /// Removes a subscription or watched list ([`Core::unsubscribe`]).
     pub fn unsubscribe(&mut self, now: Time, session: SessionId, id: &str) -> bool {
-        self.input(now, |core, _, now| core.unsubscribe(now, session, id))
+        let removed = self.input(now, |core, _, now| core.unsubscribe(now, session, id));
+        if let Some(span) = self.subscription_spans.remove(&(session, id.to_owned())) {
+            span.end("unsubscribed");
+        }
+        removed
     }
 }

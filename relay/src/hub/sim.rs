@@ -362,6 +362,7 @@ impl World {
                         stream,
                         stream_ref,
                         demand_spec,
+                        ..
                     } => {
                         if demand_spec.follow && demand_spec.until.is_none() {
                             self.source.insert(StreamId::from(stream_ref), (k, stream));

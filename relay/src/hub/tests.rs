@@ -875,6 +875,7 @@ fn a_filtered_ring_resumes_after_a_reconnect_and_ends_if_its_filter_is_refused()
         stream: 7,
         stream_ref,
         demand_spec,
+        ..
     }) = rx.try_recv()
     else {
         panic!("the filtered ring is re-opened")

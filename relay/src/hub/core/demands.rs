@@ -285,6 +285,8 @@ impl Core {
                 stream: local.get(),
                 stream_ref: stream_ref.get(),
                 demand_spec: spec,
+                // The shell stamps it when it traces the demand.
+                traceparent: None,
             },
         );
         Some(demand)

@@ -252,6 +252,10 @@ impl Core {
         demand: &Demand,
     ) -> Option<CapHit> {
         let s = self.rings.get(&sid)?;
+        self.out.push(Effect::Cause {
+            session,
+            sub: sub.clone(),
+        });
         if s.remote.is_some() && (!demand.follow || LineFilter::of(demand).is_some()) {
             // Another relay's stream is fed as its live ring only.
             self.send_session(

@@ -1,0 +1,329 @@
+//! Traces: with the `OTEL_*` variables set, one subscription's trace crosses the relay and the
+//! agent (real processes) with one trace id and the right parent links, exported as OTLP/HTTP
+//! protobuf to a collector started by the test, and no attribute holds a line's content.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use logrelay_e2e::procs::{AgentProcess, RelayProcess};
+use logrelay_e2e::*;
+use logrelay_wire::session::Request;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use prost::Message as _;
+
+/// A minimal OTLP/HTTP collector: hands every request (line, content type, body) it receives
+/// to the channel and answers 200.
+fn collector() -> (String, mpsc::Receiver<(String, String, Vec<u8>)>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::sync_channel(1024);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                // Keep-alive: several requests per connection.
+                loop {
+                    let mut request_line = String::new();
+                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let (mut length, mut content_type) = (0usize, String::new());
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                            break;
+                        }
+                        let lower = h.to_ascii_lowercase();
+                        if let Some(v) = lower.strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                        if let Some(v) = lower.strip_prefix("content-type:") {
+                            content_type = v.trim().to_owned();
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
+                    );
+                    if tx.send((request_line, content_type, body)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, rx)
+}
+
+/// One exported span, as the test reads it.
+#[derive(Debug, Clone)]
+struct Got {
+    service: String,
+    trace_id: Vec<u8>,
+    span_id: Vec<u8>,
+    parent: Vec<u8>,
+    attributes: HashMap<String, String>,
+    events: Vec<String>,
+}
+
+fn text(v: &Option<AnyValue>) -> String {
+    match v.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        Some(any_value::Value::IntValue(i)) => i.to_string(),
+        Some(any_value::Value::BoolValue(b)) => b.to_string(),
+        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn attrs(kvs: &[KeyValue]) -> HashMap<String, String> {
+    kvs.iter()
+        .map(|kv| (kv.key.clone(), text(&kv.value)))
+        .collect()
+}
+
+/// Every span of one request, and every string any attribute of it holds.
+fn decode(body: &[u8], spans: &mut HashMap<String, Vec<Got>>, values: &mut Vec<String>) {
+    let req = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf trace export");
+    for rs in req.resource_spans {
+        let resource = attrs(&rs.resource.map(|r| r.attributes).unwrap_or_default());
+        values.extend(resource.values().cloned());
+        let service = resource.get("service.name").cloned().unwrap_or_default();
+        for ss in rs.scope_spans {
+            for s in ss.spans {
+                let attributes = attrs(&s.attributes);
+                values.extend(attributes.values().cloned());
+                for e in &s.events {
+                    values.extend(attrs(&e.attributes).into_values());
+                }
+                spans.entry(s.name.clone()).or_default().push(Got {
+                    service: service.clone(),
+                    trace_id: s.trace_id,
+                    span_id: s.span_id,
+                    parent: s.parent_span_id,
+                    attributes,
+                    events: s.events.iter().map(|e| e.name.clone()).collect(),
+                });
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_is_one_trace_across_relay_and_agent() {
+    one_trace(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standing_subscription_traces_the_stream_that_appears_later() {
+    one_trace(false).await;
+}
+
+/// One subscription, its stream already announced (`stream_first`) or appearing after the
+/// `subscribe`, read and then unsubscribed: its whole trace.
+async fn one_trace(stream_first: bool) {
+    let (url, received) = collector();
+    let otel = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", url.as_str()),
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "1"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let files = TestPki::new().files("dev", "test");
+    let relay = RelayProcess::start_with_env(&files, &["--linger-secs", "1"], &otel).await;
+    let pods = PodsDir::new();
+    let mut log = pods.container("ns", "tracedpod", "main");
+    const CONTENT: &str = "line-content-must-never-be-in-a-span";
+    let lines: Vec<String> = (0..20).map(|i| format!("{CONTENT} {i}\n")).collect();
+    log.write_lines(lines.iter().map(|l| l.as_bytes())).unwrap();
+    let start_agent = || AgentProcess::start_with_env(&files, pods.path(), relay.quic, &[], &otel);
+    let r = &relay;
+    let announced = || {
+        eventually("the stream in the relay's catalog", || async {
+            (r.metric("logrelay_relay_streams").await >= 1.0).then_some(())
+        })
+    };
+    let mut s = Subscriber::connect(&relay.subscribe_url()).await;
+    let agent = if stream_first {
+        // The subscription's `subscribe` opens the demand.
+        let agent = start_agent().await;
+        announced().await;
+        s.subscribe("t1", &selector("ns", "tracedpod", "main"), Some(20))
+            .await;
+        agent
+    } else {
+        // The stream's announcement opens the demand, for the standing subscription.
+        s.subscribe("t1", &selector("ns", "tracedpod", "main"), Some(20))
+            .await;
+        s.until("subscribed", |s| !s.events.is_empty()).await;
+        assert_eq!(r.metric("logrelay_relay_streams").await, 0.0);
+        start_agent().await
+    };
+    s.until("the 20 lines", |s| s.total_lines() >= 20).await;
+    s.client
+        .send(&Request::Unsubscribe { id: "t1".into() })
+        .await
+        .unwrap();
+
+    // The demand is cancelled a second after its last watcher left; every span then ends.
+    // Done when the subscription and the cancelled demand's spans on both sides are in.
+    let done = |spans: &HashMap<String, Vec<Got>>| {
+        let cancelled = |name: &str| {
+            spans.get(name).is_some_and(|v| {
+                v.iter().any(|s| {
+                    s.attributes
+                        .get("logrelay.end")
+                        .is_some_and(|e| e == "cancelled")
+                })
+            })
+        };
+        ["relay.subscription", "relay.data_stream", "agent.open"]
+            .iter()
+            .all(|n| spans.contains_key(*n))
+            && cancelled("relay.demand")
+            && cancelled("agent.demand")
+    };
+    let (spans, values, bodies) = tokio::task::spawn_blocking(move || {
+        let (mut spans, mut values, mut bodies) = (HashMap::new(), Vec::new(), Vec::new());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done(&spans) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok((line, content_type, body)) = received.recv_timeout(left) else {
+                panic!("timed out; spans so far: {spans:#?}");
+            };
+            assert!(line.starts_with("POST /v1/traces "), "{line}");
+            assert_eq!(content_type, "application/x-protobuf");
+            decode(&body, &mut spans, &mut values);
+            bodies.push(body);
+        }
+        (spans, values, bodies)
+    })
+    .await
+    .unwrap();
+    let all = |name: &str| spans[name].clone();
+    let cancelled = |name: &str| {
+        spans[name]
+            .iter()
+            .find(|s| s.attributes["logrelay.end"] == "cancelled")
+            .cloned()
+            .unwrap()
+    };
+    let subs = all("relay.subscription");
+    assert_eq!(subs.len(), 1, "one subscription: {subs:?}");
+    let sub = &subs[0];
+    let (demand, agent_demand) = (cancelled("relay.demand"), cancelled("agent.demand"));
+    let ids = |v: &[Got]| v.iter().map(|s| s.span_id.clone()).collect::<Vec<_>>();
+    let (relay_demands, agent_demands) = (all("relay.demand"), all("agent.demand"));
+    // One trace, across both processes.
+    assert_eq!(sub.trace_id.len(), 16);
+    for s in spans.values().flatten() {
+        assert_eq!(s.trace_id, sub.trace_id, "same trace id: {s:?}");
+    }
+    assert_eq!(sub.service, "logrelay-relay");
+    for s in relay_demands.iter().chain(&spans["relay.data_stream"]) {
+        assert_eq!(s.service, "logrelay-relay");
+    }
+    for s in agent_demands.iter().chain(&spans["agent.open"]) {
+        assert_eq!(s.service, "logrelay-agent");
+    }
+    // Parent links: subscription → relay demand → (relay data stream, agent demand → agent
+    // open).
+    assert!(sub.parent.is_empty(), "the subscription starts the trace");
+    for d in &relay_demands {
+        assert_eq!(d.parent, sub.span_id, "{d:?}");
+    }
+    for d in &spans["relay.data_stream"] {
+        assert!(ids(&relay_demands).contains(&d.parent), "{d:?}");
+    }
+    for d in &agent_demands {
+        assert!(
+            ids(&relay_demands).contains(&d.parent),
+            "traceparent crossed: {d:?}"
+        );
+    }
+    for o in &spans["agent.open"] {
+        assert!(ids(&agent_demands).contains(&o.parent), "{o:?}");
+    }
+    // The cancelled demand is one demand on both sides.
+    assert_eq!(agent_demand.parent, demand.span_id);
+    assert_eq!(
+        demand.attributes["logrelay.demand.id"],
+        agent_demand.attributes["logrelay.demand.id"]
+    );
+    // What the spans say.
+    assert_eq!(sub.attributes["logrelay.subscription.id"], "t1");
+    assert_eq!(sub.attributes["logrelay.end"], "unsubscribed");
+    assert!(demand.events.contains(&"cancel".to_owned()));
+    assert!(agent_demand.events.contains(&"cancel".to_owned()));
+    assert!(
+        agent_demands
+            .iter()
+            .any(|d| d.events.contains(&"first_batch".to_owned()))
+    );
+    assert!(
+        spans["relay.data_stream"]
+            .iter()
+            .any(|d| d.events.contains(&"first_batch".to_owned()))
+    );
+    // Never a line's content, a label value or a selector: not in any attribute, and not
+    // anywhere in what was exported.
+    for v in &values {
+        for secret in [CONTENT, "tracedpod"] {
+            assert!(
+                !v.contains(secret),
+                "attribute value {v:?} holds {secret:?}"
+            );
+        }
+    }
+    for body in &bodies {
+        for secret in [CONTENT.as_bytes(), b"tracedpod"] {
+            assert!(
+                !body.windows(secret.len()).any(|w| w == secret),
+                "an export holds {:?}",
+                String::from_utf8_lossy(secret)
+            );
+        }
+    }
+    // Nothing lost on the way, and the counters are on /metrics.
+    for (addr, prefix) in [
+        (relay.admin, "logrelay_relay"),
+        (agent.admin, "logrelay_agent"),
+    ] {
+        let (_, body) = http_get(addr, "/metrics").await;
+        for m in ["trace_spans_dropped_total", "trace_spans_failed_total"] {
+            assert!(
+                body.lines().any(|l| l == format!("{prefix}_{m} 0")),
+                "{prefix}_{m} 0 on /metrics:\n{body}"
+            );
+        }
+    }
+    assert_eq!(
+        relay
+            .metric("logrelay_relay_trace_spans_dropped_total")
+            .await,
+        0.0
+    );
+    assert_eq!(
+        agent
+            .metric("logrelay_agent_trace_spans_dropped_total")
+            .await,
+        0.0
+    );
+    assert_eq!(
+        relay
+            .metric("logrelay_relay_trace_spans_failed_total")
+            .await,
+        0.0
+    );
+    drop(agent);
+    drop(relay);
+}
