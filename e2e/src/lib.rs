@@ -21,6 +21,7 @@
 pub mod browser;
 mod exporter;
 pub mod nats;
+pub mod otlp;
 pub mod procs;
 pub mod viewer;
 pub use browser::{Chromium, Page};
@@ -461,6 +462,27 @@ impl Subscriber {
                 self.total_lines()
             );
         }
+    }
+
+    /// Sends `list` for `selector` and waits for its answer: the streams it names.
+    pub async fn list(&mut self, selector: &Selector) -> Vec<logrelay_wire::session::StreamEntry> {
+        let at = self.events.len();
+        self.client
+            .send(&Request::List {
+                selector: selector.clone(),
+                id: None,
+                watch: false,
+            })
+            .await
+            .expect("send list");
+        let answer = |s: &Self| {
+            s.events[at..].iter().find_map(|e| match e {
+                Event::Streams { streams, .. } => Some(streams.clone()),
+                _ => None,
+            })
+        };
+        self.until("the list", |s| answer(s).is_some()).await;
+        answer(self).expect("streams")
     }
 
     /// The relay stream id announced for subscription `id`.

@@ -178,6 +178,46 @@ impl NatsServer {
         backplane(vec![self.url()], relay_id)
     }
 
+    /// Flags of a relay process named `relay_id` on this server, with quick heartbeats, leases
+    /// and expiry (seen within the tests' deadlines) and a 1 s linger.
+    pub fn relay_flags(&self, relay_id: &str) -> Vec<String> {
+        [
+            "--nats-url",
+            &self.url(),
+            "--relay-id",
+            relay_id,
+            "--nats-heartbeat-ms",
+            "200",
+            "--nats-relay-expiry-ms",
+            "1500",
+            "--nats-lease-refresh-ms",
+            "300",
+            "--nats-lease-ttl-ms",
+            "1000",
+            "--linger-secs",
+            "1",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+    }
+
+    /// Starts a relay process named `relay_id` on this server ([`Self::relay_flags`], then
+    /// `extra`), and waits until it is connected to NATS.
+    pub async fn start_relay(
+        &self,
+        files: &crate::procs::PkiFiles,
+        relay_id: &str,
+        extra: &[&str],
+    ) -> crate::procs::RelayProcess {
+        let flags = self.relay_flags(relay_id);
+        let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
+        args.extend_from_slice(extra);
+        let relay = crate::procs::RelayProcess::start(files, &args).await;
+        relay.backplane_connected().await;
+        relay
+    }
+
     /// The directory of its configuration (certificates for a TLS test can go there).
     pub fn dir(&self) -> PathBuf {
         self.dir.path().to_path_buf()

@@ -171,6 +171,14 @@ impl RelayProcess {
         self.relay.subscribe_url()
     }
 
+    /// Waits until it is connected to NATS (`logrelay_relay_backplane_connected` 1).
+    pub async fn backplane_connected(&self) {
+        crate::eventually("the relay is connected to NATS", || async {
+            (self.metric("logrelay_relay_backplane_connected").await == 1.0).then_some(())
+        })
+        .await;
+    }
+
     /// One metric from `/metrics` (summed over label sets).
     pub async fn metric(&self, name: &str) -> f64 {
         metric(self.admin, name).await

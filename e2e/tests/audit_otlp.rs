@@ -1,49 +1,10 @@
 //! Audit events are also exported as OpenTelemetry log records when OTLP is configured.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::sync::mpsc;
 use std::time::Duration;
 
+use logrelay_e2e::otlp::collector;
 use logrelay_e2e::*;
-
-/// A minimal OTLP/HTTP collector: hands every request body it receives to the channel.
-fn collector() -> (String, mpsc::Receiver<(String, String, Vec<u8>)>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = mpsc::sync_channel(64);
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { return };
-            let mut reader = BufReader::new(conn.try_clone().unwrap());
-            let mut request_line = String::new();
-            if reader.read_line(&mut request_line).is_err() {
-                continue;
-            }
-            let (mut length, mut content_type) = (0usize, String::new());
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
-                    break;
-                }
-                let lower = h.to_ascii_lowercase();
-                if let Some(v) = lower.strip_prefix("content-length:") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-                if let Some(v) = lower.strip_prefix("content-type:") {
-                    content_type = v.trim().to_owned();
-                }
-            }
-            let mut body = vec![0; length];
-            if reader.read_exact(&mut body).is_err() {
-                continue;
-            }
-            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
-            let _ = tx.send((request_line, content_type, body));
-        }
-    });
-    (url, rx)
-}
 
 /// A relay (production audit trail: stdout) also exporting its audit events to `url`.
 async fn exporting_to(url: String) -> logrelay_relay::RelayHandle {

@@ -9,42 +9,10 @@ use logrelay_e2e::nats::NatsServer;
 use logrelay_e2e::*;
 use logrelay_relay::config::RelayConfig;
 use logrelay_wire::reason::PauseReason;
-use logrelay_wire::session::{Event, Request};
+use logrelay_wire::session::Event;
 
 fn selector() -> logrelay_wire::selector::Selector {
     logrelay_e2e::selector("ns", "app", "main")
-}
-
-/// Flags of a relay on `nats` with quick heartbeats, leases and expiry, and a 1 s linger.
-fn nats_flags(nats: &NatsServer, id: &str) -> Vec<String> {
-    [
-        "--nats-url",
-        &nats.url(),
-        "--relay-id",
-        id,
-        "--nats-heartbeat-ms",
-        "200",
-        "--nats-relay-expiry-ms",
-        "1500",
-        "--nats-lease-refresh-ms",
-        "300",
-        "--nats-lease-ttl-ms",
-        "1000",
-        "--linger-secs",
-        "1",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect()
-}
-
-async fn relay(files: &PkiFiles, flags: &[String]) -> RelayProcess {
-    let r = RelayProcess::start(files, &flags.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    eventually("the relay is connected to NATS", || async {
-        (r.metric("logrelay_relay_backplane_connected").await == 1.0).then_some(())
-    })
-    .await;
-    r
 }
 
 /// `logrelay_relay_backplane_messages_out_total{kind="data"}` of a relay.
@@ -75,38 +43,12 @@ fn numbers(s: &Subscriber, stream: u64) -> Vec<u64> {
         .collect()
 }
 
-/// Sends `list` and returns the streams of the answer.
-async fn list(s: &mut Subscriber) -> Vec<logrelay_wire::session::StreamEntry> {
-    s.client
-        .send(&Request::List {
-            selector: selector(),
-            id: None,
-            watch: false,
-        })
-        .await
-        .expect("send list");
-    let at = s.events.len();
-    s.until("the list", |s| {
-        s.events[at..]
-            .iter()
-            .any(|e| matches!(e, Event::Streams { .. }))
-    })
-    .await;
-    s.events[at..]
-        .iter()
-        .find_map(|e| match e {
-            Event::Streams { streams, .. } => Some(streams.clone()),
-            _ => None,
-        })
-        .expect("streams")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_on_relay_b_sees_every_line_of_an_agent_on_relay_a_and_only_while_it_watches() {
     let nats = NatsServer::start().await;
     let files = TestPki::new().files("dev", "test");
-    let a = relay(&files, &nats_flags(&nats, "relay-a")).await;
-    let b = relay(&files, &nats_flags(&nats, "relay-b")).await;
+    let a = nats.start_relay(&files, "relay-a", &[]).await;
+    let b = nats.start_relay(&files, "relay-b", &[]).await;
     let pods = PodsDir::new();
     let mut log = pods.container("ns", "app", "main");
     let _agent = AgentProcess::start(&files, pods.path(), a.quic, &[]).await;
@@ -130,7 +72,7 @@ async fn a_session_on_relay_b_sees_every_line_of_an_agent_on_relay_a_and_only_wh
     .await;
     let mut evil = c.subscriber().await;
     assert!(
-        list(&mut evil).await.is_empty(),
+        evil.list(&selector()).await.is_empty(),
         "another org lists nothing"
     );
     let everything = logrelay_wire::selector::Selector::default();
@@ -175,7 +117,7 @@ async fn a_session_on_relay_b_sees_every_line_of_an_agent_on_relay_a_and_only_wh
     // A session on relay B lists the stream (org `dev`, from the agent's certificate) and
     // watches it: every line from its first on, in order, no gap.
     let mut remote = Subscriber::connect(&b.subscribe_url()).await;
-    let listed = list(&mut remote).await;
+    let listed = remote.list(&selector()).await;
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0].labels.org, "dev");
     assert_eq!(listed[0].labels.pod, "app");
@@ -262,8 +204,8 @@ async fn relay_a_killed_its_watcher_on_b_is_paused_then_resumed_with_every_line_
     let nats = NatsServer::start().await;
     let files = TestPki::new().files("dev", "test");
     let mut relays = [
-        relay(&files, &nats_flags(&nats, "relay-a")).await,
-        relay(&files, &nats_flags(&nats, "relay-b")).await,
+        nats.start_relay(&files, "relay-a", &[]).await,
+        nats.start_relay(&files, "relay-b", &[]).await,
     ];
     let pods = PodsDir::new();
     let writer = KubeletWriter::start(
@@ -368,8 +310,8 @@ fn write_lines(log: &mut logrelay::demo::CriWriter, next: &mut u64, n: u64) -> u
 async fn a_late_joiner_on_relay_b_gets_exactly_the_last_lines_from_relay_as_ring_then_live() {
     let nats = NatsServer::start().await;
     let files = TestPki::new().files("dev", "test");
-    let a = relay(&files, &nats_flags(&nats, "relay-a")).await;
-    let b = relay(&files, &nats_flags(&nats, "relay-b")).await;
+    let a = nats.start_relay(&files, "relay-a", &[]).await;
+    let b = nats.start_relay(&files, "relay-b", &[]).await;
     let pods = PodsDir::new();
     let mut log = pods.container("ns", "app", "main");
     let _agent = AgentProcess::start(&files, pods.path(), a.quic, &[]).await;
@@ -470,9 +412,9 @@ async fn a_session_whose_relay_is_killed_resumes_on_another_relay_from_the_owner
  {
     let nats = NatsServer::start().await;
     let files = TestPki::new().files("dev", "test");
-    let a = relay(&files, &nats_flags(&nats, "relay-a")).await;
-    let b = relay(&files, &nats_flags(&nats, "relay-b")).await;
-    let mut c = relay(&files, &nats_flags(&nats, "relay-c")).await;
+    let a = nats.start_relay(&files, "relay-a", &[]).await;
+    let b = nats.start_relay(&files, "relay-b", &[]).await;
+    let mut c = nats.start_relay(&files, "relay-c", &[]).await;
     let pods = PodsDir::new();
     let writer = KubeletWriter::start(
         pods.path(),

@@ -14,54 +14,17 @@
 use logrelay_e2e::nats::NatsServer;
 use logrelay_e2e::*;
 use logrelay_wire::reason::PauseReason;
-use logrelay_wire::session::{Event, Request};
+use logrelay_wire::session::Event;
 
 fn selector() -> logrelay_wire::selector::Selector {
     logrelay_e2e::selector("ns", "app", "main")
 }
 
-/// Flags of a relay on `nats` with quick heartbeats, leases and expiry, a 1 s linger and a
-/// short drain.
-fn nats_flags(nats: &NatsServer, id: &str) -> Vec<String> {
-    [
-        "--nats-url",
-        &nats.url(),
-        "--relay-id",
-        id,
-        "--nats-heartbeat-ms",
-        "200",
-        "--nats-relay-expiry-ms",
-        "1500",
-        "--nats-lease-refresh-ms",
-        "300",
-        "--nats-lease-ttl-ms",
-        "1000",
-        "--linger-secs",
-        "1",
-        "--drain-secs",
-        "10",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect()
-}
-
-async fn connected(r: &RelayProcess) {
-    eventually("the relay is connected to NATS", || async {
-        (r.metric("logrelay_relay_backplane_connected").await == 1.0).then_some(())
-    })
-    .await;
-}
-
-/// Three relays on `nats`.
+/// Three relays on `nats`, each with a short drain.
 async fn three_relays(files: &PkiFiles, nats: &NatsServer) -> Vec<RelayProcess> {
     let mut relays = Vec::new();
     for id in ["relay-a", "relay-b", "relay-c"] {
-        let flags = nats_flags(nats, id);
-        let r =
-            RelayProcess::start(files, &flags.iter().map(String::as_str).collect::<Vec<_>>()).await;
-        connected(&r).await;
-        relays.push(r);
+        relays.push(nats.start_relay(files, id, &["--drain-secs", "10"]).await);
     }
     relays
 }
@@ -136,25 +99,7 @@ async fn every_line_once_or_in_an_exact_gap(
 /// The streams a `list` on `relay` answers.
 async fn list(relay: &RelayProcess) -> Vec<logrelay_wire::session::StreamEntry> {
     let mut s = Subscriber::connect(&relay.subscribe_url()).await;
-    s.client
-        .send(&Request::List {
-            selector: selector(),
-            id: None,
-            watch: false,
-        })
-        .await
-        .expect("send list");
-    s.until("the list", |s| {
-        s.events.iter().any(|e| matches!(e, Event::Streams { .. }))
-    })
-    .await;
-    s.events
-        .iter()
-        .find_map(|e| match e {
-            Event::Streams { streams, .. } => Some(streams.clone()),
-            _ => None,
-        })
-        .expect("streams")
+    s.list(&selector()).await
 }
 
 /// The reason of the first `paused` a client saw after `since`.
@@ -214,7 +159,7 @@ async fn a_rolling_restart_of_three_relays_every_session_resumes_elsewhere_with_
         let status = relays[i].exited().await;
         assert!(status.success(), "relay {i} drained and exited: {status}");
         relays[i].start_again().await;
-        connected(&relays[i]).await;
+        relays[i].backplane_connected().await;
         let on = owner(&relays).await;
         catalogs_hold_the_stream(&relays, on).await;
         each_gets(&clients, 1_000, "lines after the restart").await;
@@ -279,7 +224,7 @@ async fn nats_server_restarted_remote_watchers_are_paused_backplane_unavailable_
 
     nats.start_again().await;
     for r in &relays {
-        connected(r).await;
+        r.backplane_connected().await;
     }
     for c in &clients[1..] {
         c.until("resumed", |s| {

@@ -19,7 +19,7 @@ use logrelay_wire::control::{self, AgentMsg, ErrorCode, RelayMsg, SeqPos, Stream
 use logrelay_wire::frame::{self, DataPreamble, FrameDecoder};
 use logrelay_wire::labels::Labels;
 use logrelay_wire::selector::Selector;
-use logrelay_wire::session::{Event, Request};
+use logrelay_wire::session::Event;
 use serde_json::json;
 
 /// The victim's epoch, and the attacker's.
@@ -669,18 +669,7 @@ async fn a_hostile_agent_presenting_other_connections_ids_reaches_nothing_and_is
     })
     .await;
     // Nothing injected reached the attacker's own session either, beyond its own lines.
-    own.client
-        .send(&Request::List {
-            selector: Selector::default(),
-            id: None,
-            watch: false,
-        })
-        .await
-        .unwrap();
-    own.until("its own list", |s| {
-        s.events.iter().any(|e| matches!(e, Event::Streams { .. }))
-    })
-    .await;
+    own.list(&Selector::default()).await;
     for l in own.lines.values().flatten() {
         assert_eq!(String::from_utf8_lossy(&l.message), "attacker's own line\n");
     }

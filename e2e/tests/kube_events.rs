@@ -307,23 +307,7 @@ async fn a_pods_events_reach_its_watchers_with_its_task_identity_and_no_one_else
     assert!(agent.metric("logrelay_agent_kube_events_total").await >= 2.0);
 
     // The other org's session got no stream and no line.
-    let before = other.events.len();
-    other
-        .client
-        .send(&Request::List {
-            selector: selector.clone(),
-            id: None,
-            watch: false,
-        })
-        .await
-        .unwrap();
-    other
-        .until("the other org's list", |s| {
-            s.events[before..]
-                .iter()
-                .any(|e| matches!(e, Event::Streams { .. }))
-        })
-        .await;
+    other.list(&selector).await;
     assert!(
         other
             .events
