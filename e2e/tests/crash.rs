@@ -9,7 +9,10 @@
 //! * the agent is killed and restarted, at once or after the relay noticed: watchers get
 //!   `paused` then `resumed` within 2 s each, and every line (a renumbering, not a loss);
 //! * the relay is killed and restarted, and a watcher asking for a `tail` reaches it before
-//!   the client resumes: the client still gets every line, in the epoch it had.
+//!   the client resumes: the client still gets every line, in the epoch it had;
+//! * the agent is killed (or frozen), and a client resumes in the middle: a renumbering, not a
+//!   loss, whether it resubscribed just before the kill or, the only watcher, left and
+//!   resumed while the agent was away (the orphaned stream lingered for it).
 //!
 //! Each test prints its figures (lines written, delivered, gapped; detection times).
 
@@ -523,6 +526,91 @@ async fn a_resume_racing_an_agent_kill_is_a_renumbering_not_a_loss() {
     );
     eprintln!(
         "a resume racing an agent kill: written {}, delivered {}, gapped {}, renumbered {}, \
+         repeats dropped {}, gap events {:?}",
+        tally.written,
+        tally.delivered,
+        tally.gapped,
+        tally.renumbered,
+        tally.duplicates,
+        ledger.relay_gaps
+    );
+    assert!(tally.is_exact(), "{why}");
+    assert_eq!(tally.gapped, 0, "no line lost: {why}");
+    assert!(ledger.relay_gaps.is_empty(), "no gap event: {why}");
+    assert_eq!(tally.renumbered, 1, "a new numbering, told as such: {why}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_while_the_agent_is_away_is_a_renumbering_not_a_loss() {
+    // The 30-minute soak's four gaps of unknown count: the agent was killed, its only watcher
+    // left as well (its socket broke), and resumed with `since_seq` before the agent was back.
+    // The relay had dropped the orphaned stream with its last watcher, so the resume found
+    // nothing to continue, and the restarted agent's stream was a new one: `epoch_lost`.
+    let t0 = Instant::now();
+    let step = |what: &str| eprintln!("{:>7.2} s: {what}", t0.elapsed().as_secs_f64());
+    let files = TestPki::new().files("dev", "test");
+    let relay = RelayProcess::start(&files, &[]).await;
+    let url = relay.subscribe_url();
+    let pods = PodsDir::new();
+    let mut ledger = Ledger::default();
+    // Subscribed before the first line: the backlog reaches back to line 0.
+    let mut client = resume(&url, &ledger).await;
+    let writer = KubeletWriter::start(
+        pods.path(),
+        "ns",
+        "app",
+        "main",
+        WriterConfig {
+            lines_per_sec: RATE,
+            // Plain rotated files: the restarted agent walks back into them.
+            rotate_bytes: 4 << 20,
+            ..WriterConfig::default()
+        },
+    );
+    let mut agent = AgentProcess::start(&files, pods.path(), relay.quic, &[]).await;
+    assert!(
+        pump(&mut client, &mut ledger, |l| l.delivered.len() >= 3_000).await,
+        "the first second of lines\nagent log:\n{}",
+        agent.output()
+    );
+    step("the first second of lines");
+
+    agent.kill();
+    let r = &relay;
+    eventually("the relay noticed the agent is gone", || async {
+        (r.metric("logrelay_relay_agents_connected").await == 0.0).then_some(())
+    })
+    .await;
+    step("the agent is gone");
+    // The only watcher leaves, and resumes after the last line it had, the agent still away.
+    drop(client);
+    let mut client = resume(&url, &ledger).await;
+    attached(&mut client, &mut ledger).await;
+    step("the client resumed");
+    agent.start_again().await;
+    step("the agent restarted");
+    let had = ledger.delivered.len();
+    let flowing = pump(&mut client, &mut ledger, |l| {
+        l.delivered.len() >= had + 3_000
+    })
+    .await;
+    let written = writer.stop();
+    let complete = pump(&mut client, &mut ledger, |l| {
+        let t = l.tally(written);
+        t.missing == 0 && t.delivered + t.gapped >= written
+    })
+    .await;
+    step("every line accounted for");
+    let tally = ledger.tally(written);
+    let why = format!(
+        "{tally:?}\nflowing {flowing}, complete {complete}\nnotes: {:#?}\nagent log:\n{}\nrelay \
+         log:\n{}",
+        ledger.notes,
+        agent.output(),
+        relay.output()
+    );
+    eprintln!(
+        "a resume while the agent is away: written {}, delivered {}, gapped {}, renumbered {}, \
          repeats dropped {}, gap events {:?}",
         tally.written,
         tally.delivered,

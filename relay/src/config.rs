@@ -60,7 +60,8 @@ pub struct RelayConfig {
     /// Bytes each stream's ring holds; a session further behind skips ahead with a gap event.
     #[arg(long, env = "LOGRELAY_RELAY_RING_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub ring_bytes: usize,
-    /// Seconds a stream stays open at its agent after its last watcher left.
+    /// Seconds a stream stays open at its agent after its last watcher left (and one whose agent
+    /// went away stays listed, for a resume).
     #[arg(long, env = "LOGRELAY_RELAY_LINGER_SECS", default_value_t = 5)]
     pub linger_secs: u64,
     /// Subscriptions one session may hold.

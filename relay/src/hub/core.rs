@@ -850,10 +850,11 @@ impl Core {
                     self.forget_demand(d);
                 }
             }
-            // Unwatched rings go now (a lingering one included); watched ones stay orphaned,
-            // and their watchers learn that nothing arrives until the agent is back.
+            // Unwatched rings go now, unless lingering: an orphan lingers out its time (a
+            // watcher resuming within it finds where the ring ended). Watched ones stay
+            // orphaned, and their watchers learn that nothing arrives until the agent is back.
             for id in ids.into_iter().rev() {
-                if !self.in_use(id) {
+                if !self.in_use(id) && !self.lingers(id) {
                     self.drop_ring(id, EndReason::AgentDisconnected);
                 } else {
                     self.listed(id);

@@ -917,13 +917,99 @@ fn a_watched_filtered_ring_keeps_its_stream_while_the_agent_is_away() {
         "kept, orphaned"
     );
     assert_eq!(hub.metrics.filtered_rings.get(), 1);
-    // Its last watcher leaving, with no agent to linger for, drops both at once.
+    // Its last watcher leaving, the orphan lingers out its time (a resume within it finds
+    // where the ring ended), then both go.
     assert!(hub.unsubscribe(&s, "e"));
+    hub.advance(4);
+    assert_eq!(hub.list(&s, &Selector::default()).len(), 1, "lingering");
+    assert_eq!(hub.metrics.filtered_rings.get(), 1);
+    hub.advance(2);
     assert!(hub.list(&s, &Selector::default()).is_empty());
     assert_eq!(
         (hub.metrics.filtered_rings.get(), hub.metrics.streams.get()),
         (0, 0)
     );
+}
+
+#[test]
+fn a_resume_while_the_agent_is_away_continues_the_ring_where_it_ended() {
+    let (hub, _rx, s, _live) = watched();
+    let ring = hub.list(&s, &sel("p"))[0].stream;
+    // The agent goes (a crash), then the watcher (its socket broke too).
+    hub.remove_agent(AgentId::from(1));
+    assert!(hub.unsubscribe(&s, "a"));
+    hub.advance(4);
+    // It resumes within the linger, before the agent is back: the same stream, orphaned.
+    let since = SeqPos { epoch: 3, seq: 40 };
+    let resume = Demand {
+        since_seq: Some(since),
+        follow: true,
+        ..Demand::default()
+    };
+    hub.subscribe(&s, "b", sel("p"), resume).unwrap();
+    hub.advance(10);
+    assert_eq!(
+        hub.list(&s, &sel("p"))[0].stream,
+        ring,
+        "kept while watched"
+    );
+    // The agent back: the ring is continued from where it ended, under its id.
+    let (_, mut rx2) = agent(&hub, vec![info(1, "p", "")]);
+    let (_, stream_ref, spec) = opened(&mut rx2);
+    assert_eq!(stream_ref, ring);
+    assert_eq!(spec.since_seq, Some(since));
+    assert!(
+        s.queued()
+            .iter()
+            .any(|e| e.contains(r#""event":"resumed""#))
+    );
+}
+
+#[test]
+fn an_unwatched_orphan_goes_when_its_linger_ends_not_before() {
+    let hub = hub();
+    let (agent1, mut rx) = agent(&hub, vec![info(1, "p", ""), info(2, "q", "")]);
+    let s = hub.add_session("acme", None).unwrap();
+    hub.subscribe(&s, "a", sel("p"), follow(0)).unwrap();
+    let (demand, _, _) = opened(&mut rx);
+    assert!(hub.unsubscribe(&s, "a"));
+    hub.advance(2);
+    // The agent's connection ends while `p` lingers: `p` stays out its linger, the never
+    // watched `q` goes at once.
+    hub.remove_agent(agent1);
+    assert!(hub.resolve_any(demand).is_none(), "its demand went with it");
+    let listed: Vec<_> = hub.list(&s, &Selector::default());
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].labels.pod, "p");
+    hub.advance(2);
+    assert_eq!(hub.list(&s, &Selector::default()).len(), 1);
+    hub.advance(2);
+    assert!(hub.list(&s, &Selector::default()).is_empty());
+    assert_eq!(hub.metrics.streams.get(), 0);
+    assert!(
+        rx.try_recv().is_err(),
+        "nothing sent to a connection that ended"
+    );
+}
+
+#[test]
+fn an_agent_back_within_the_linger_takes_its_lingering_stream_over() {
+    let hub = hub();
+    let (agent1, mut rx) = agent(&hub, vec![info(1, "p", "")]);
+    let s = hub.add_session("acme", None).unwrap();
+    hub.subscribe(&s, "a", sel("p"), follow(0)).unwrap();
+    opened(&mut rx);
+    let ring = hub.list(&s, &sel("p"))[0].stream;
+    assert!(hub.unsubscribe(&s, "a"));
+    hub.remove_agent(agent1);
+    let (_, mut rx2) = agent(&hub, vec![info(4, "p", "")]);
+    assert!(rx2.try_recv().is_err(), "unwatched: nothing opened");
+    hub.advance(10);
+    // Served again, it stays past the linger, under the same id.
+    assert_eq!(hub.list(&s, &sel("p"))[0].stream, ring);
+    hub.subscribe(&s, "b", sel("p"), follow(0)).unwrap();
+    let (_, stream_ref, _) = opened(&mut rx2);
+    assert_eq!(stream_ref, ring);
 }
 
 #[test]

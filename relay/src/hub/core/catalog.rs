@@ -359,6 +359,17 @@ impl Core {
         }
     }
 
+    /// Whether ring `id` lingers after its last watcher left, itself or (a stream) through one
+    /// of its filtered rings.
+    pub(super) fn lingers(&self, id: StreamId) -> bool {
+        self.rings.get(&id).is_some_and(|s| {
+            s.linger.is_some()
+                || s.rings
+                    .values()
+                    .any(|r| self.rings.get(r).is_some_and(|r| r.linger.is_some()))
+        })
+    }
+
     /// Whether ring `id` is watched, itself or (a stream) through one of its filtered rings.
     pub(super) fn in_use(&self, id: StreamId) -> bool {
         self.rings.get(&id).is_some_and(|s| {

@@ -690,21 +690,10 @@ impl Core {
         if !s.watchers.remove(&session) || s.held() {
             return;
         }
-        if s.agent.is_none() && s.remote.is_none_or(|r| !r.in_catalog) {
-            // Its agent is gone: nothing to linger for. A stream stays while one of its
-            // filtered rings is watched; a filtered ring's stream goes with it if unwatched.
-            let parent = s.filtered.as_ref().map(|(p, _)| *p);
-            if !self.in_use(sid) {
-                self.drop_ring(sid, EndReason::AgentDisconnected);
-            }
-            if let Some(p) = parent
-                && !self.in_use(p)
-                && self.rings.get(&p).is_some_and(|p| p.agent.is_none())
-            {
-                self.drop_ring(p, EndReason::AgentDisconnected);
-            }
-            return;
-        }
+        // An orphaned ring (its agent away) lingers too, with nothing open to cancel: a
+        // watcher that resumes (`since_seq`) within the linger finds the stream and where its
+        // ring ended, so the agent back continues it exactly (or renumbers it), rather than a
+        // new stream whose gap has no size.
         let at = now.plus(self.config.linger);
         if let Some(old) = s.linger.replace(at) {
             self.timers.remove(&(old, Timer::Linger(sid)));
@@ -743,8 +732,38 @@ impl Core {
                 self.send_agent(agent, RelayMsg::Cancel { demand: d.get() });
             }
         }
-        if filtered {
+        if self.orphaned(id) {
+            self.drop_orphan(id);
+        } else if filtered {
             self.drop_ring(id, EndReason::Complete);
+        }
+    }
+
+    /// Whether ring `id` has no agent serving it: its agent's connection ended, and no other
+    /// relay's catalog holds it.
+    fn orphaned(&self, id: StreamId) -> bool {
+        self.rings
+            .get(&id)
+            .is_some_and(|s| s.agent.is_none() && s.remote.is_none_or(|r| !r.in_catalog))
+    }
+
+    /// An orphaned ring's linger ended: unless watched (itself, or a stream through one of its
+    /// filtered rings), it goes, and an orphaned stream goes with its last filtered ring.
+    fn drop_orphan(&mut self, id: StreamId) {
+        let Some(s) = self.rings.get(&id) else {
+            return;
+        };
+        let parent = s.filtered.as_ref().map(|(p, _)| *p);
+        if !self.in_use(id) && !self.lingers(id) {
+            self.drop_ring(id, EndReason::AgentDisconnected);
+        }
+        if let Some(p) = parent
+            && self.orphaned(p)
+            && !self.in_use(p)
+            && !self.lingers(p)
+            && self.rings.get(&p).is_some_and(|p| !p.held())
+        {
+            self.drop_ring(p, EndReason::AgentDisconnected);
         }
     }
 }
