@@ -66,6 +66,8 @@ pub struct RelaySpec {
     pub org: String,
     /// Ring bytes per stream.
     pub ring_bytes: usize,
+    /// NATS backplane (`--nats-url`) and this relay's id on it, when the run has several.
+    pub backplane: Option<(String, String)>,
 }
 
 /// What `serve-relay` answers.
@@ -166,7 +168,7 @@ pub async fn serve_relay() -> anyhow::Result<()> {
     init_child_logging();
     let telemetry = logrelay_telemetry::init_from_env("logrelay-relay")?;
     let (spec, stdin): (RelaySpec, _) = read_spec().await?;
-    let config = logrelay_relay::RelayConfig {
+    let mut config = logrelay_relay::RelayConfig {
         anonymous_org: Some(spec.org.clone()),
         ring_bytes: spec.ring_bytes,
         // Every subscriber connects from 127.0.0.1, all at once: no per-source caps.
@@ -174,6 +176,10 @@ pub async fn serve_relay() -> anyhow::Result<()> {
         max_sessions_per_source: usize::MAX,
         ..logrelay_relay::RelayConfig::loopback()
     };
+    if let Some((url, id)) = spec.backplane.clone() {
+        config.backplane.nats_urls = vec![url];
+        config.backplane.relay_id = Some(id);
+    }
     let relay = logrelay_relay::start(
         config,
         logrelay_relay::RelayTls {

@@ -6,6 +6,7 @@
 //! loadtest run --quick --json target/loadtest-quick.json     # CI smoke run, < 60 s
 //! loadtest run --scenario my.toml --json out.json
 //! loadtest presets [NAME]                                      # list, or print one as TOML
+//! loadtest run --preset cross-relay --json target/loadtest/cross-relay.json  # 2 relays, NATS
 //! loadtest chaos --duration 30m --json target/loadtest/chaos.json  # the chaos soak
 //! ```
 //!
@@ -117,6 +118,11 @@ struct RunArgs {
     /// Override the scenario's measured duration.
     #[arg(long)]
     duration_secs: Option<f64>,
+    /// Override the scenario's number of relays (1 to 8; more than 1 starts `nats-server` as
+    /// their backplane). `--relays 1` gives a scale-out preset's single-relay figures; with
+    /// `placement = "away-from-agents"` it becomes `spread`.
+    #[arg(long)]
+    relays: Option<u32>,
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
@@ -208,13 +214,18 @@ fn presets(name: Option<&str>) -> anyhow::Result<()> {
             for n in PRESETS {
                 let s = Scenario::preset(n)?;
                 println!(
-                    "{n:15} {} mode, {} streams, {} sessions ({} per stream), {}",
+                    "{n:15} {} mode, {} streams, {} sessions ({} per stream), {}{}",
                     s.mode.as_str(),
                     s.streams(),
                     s.subscribers.sessions,
                     s.subscribers.per_stream,
                     s.rate_lines_per_sec
-                        .map_or("unpaced".into(), |r| format!("{r} lines/s"))
+                        .map_or("unpaced".into(), |r| format!("{r} lines/s")),
+                    if s.relays > 1 {
+                        format!(", {} relays over NATS", s.relays)
+                    } else {
+                        String::new()
+                    }
                 );
             }
         }
@@ -303,8 +314,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     if let Some(d) = args.duration_secs {
         scenario.duration_secs = d;
-        scenario.validate()?;
     }
+    if let Some(n) = args.relays {
+        scenario.relays = n;
+        if n == 1 {
+            scenario.placement = scenario::Placement::Spread;
+        }
+    }
+    scenario.validate()?;
     let command = std::env::args()
         .enumerate()
         .map(|(i, a)| if i == 0 { "loadtest".to_owned() } else { a })

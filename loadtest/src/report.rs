@@ -216,6 +216,20 @@ impl Report {
             self.relay.measured_secs,
             s.warmup_secs,
         );
+        if s.relays > 1 {
+            let _ = writeln!(
+                o,
+                "{} relays over a NATS backplane (a nats-server of the harness), {}; the \
+                 server's CPU and RSS are theirs and the nats-server's, summed.\n",
+                s.relays,
+                match s.placement {
+                    crate::scenario::Placement::Spread =>
+                        "agents and sessions spread over them round-robin",
+                    crate::scenario::Placement::AwayFromAgents =>
+                        "the agents on the first, the sessions on the others",
+                }
+            );
+        }
         let b = self.baseline.as_ref();
         let _ = writeln!(
             o,
@@ -317,14 +331,20 @@ impl Report {
                 let _ = writeln!(o, "\n{}: session failure: {why}", f.system);
             }
         }
+        let whose = if s.relays > 1 {
+            "the relays'"
+        } else {
+            "the relay's"
+        };
         let _ = writeln!(
             o,
-            "\nIngest is read from {}; deliveries are lines received by all WebSocket subscribers; \
-             latency is receive time minus the write time stamped in each line.",
+            "\nIngest is read from {whose} `lines_received_total`{}; deliveries are lines \
+             received by all WebSocket subscribers; latency is receive time minus the write \
+             time stamped in each line.",
             if self.relay.ingest_path == "agent" {
-                "the relay's `lines_received_total` (lines the agents sent)"
+                " (lines the agents sent)"
             } else {
-                "the relay's `lines_received_total`"
+                ""
             }
         );
         o

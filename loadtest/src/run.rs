@@ -189,8 +189,9 @@ impl Sessions {
 
 /// Where ingest figures come from.
 enum IngestSource {
-    /// The relay's `lines_received_total` / `bytes_received_total`.
-    Relay(SocketAddr),
+    /// The relays' `lines_received_total` / `bytes_received_total` (from their own agents),
+    /// summed.
+    Relays(Vec<SocketAddr>),
     /// Publisher counters.
     Producers(Vec<Arc<ProducerStats>>),
 }
@@ -209,7 +210,8 @@ struct Reading {
 
 struct Probe {
     ingest: IngestSource,
-    server_pid: u32,
+    /// Summed: a run's server may be several processes (relays and their nats-server).
+    server_pids: Vec<u32>,
     agent_pids: Vec<u32>,
     subs: Vec<Arc<SubStats>>,
     t0: Instant,
@@ -218,17 +220,18 @@ struct Probe {
 impl Probe {
     async fn read(&self, latencies: &mut Histogram<u64>) -> Reading {
         let (ingest_lines, ingest_bytes, drops) = match &self.ingest {
-            IngestSource::Relay(admin) => {
-                let body = scrape::fetch(*admin).await.unwrap_or_default();
-                let drops = scrape::series(&body, "logrelay_relay_dropped_lines_total")
-                    .into_iter()
-                    .map(|(l, v)| (scrape::reason(&l), v as u64))
-                    .collect();
-                (
-                    scrape::total(&body, "logrelay_relay_lines_received_total") as u64,
-                    scrape::total(&body, "logrelay_relay_bytes_received_total") as u64,
-                    drops,
-                )
+            IngestSource::Relays(admins) => {
+                let (mut lines, mut bytes) = (0, 0);
+                let mut drops: BTreeMap<String, u64> = BTreeMap::new();
+                for admin in admins {
+                    let body = scrape::fetch(*admin).await.unwrap_or_default();
+                    for (l, v) in scrape::series(&body, "logrelay_relay_dropped_lines_total") {
+                        *drops.entry(scrape::reason(&l)).or_default() += v as u64;
+                    }
+                    lines += scrape::total(&body, "logrelay_relay_lines_received_total") as u64;
+                    bytes += scrape::total(&body, "logrelay_relay_bytes_received_total") as u64;
+                }
+                (lines, bytes, drops)
             }
             IngestSource::Producers(p) => (
                 p.iter().map(|s| s.lines.load(Ordering::Relaxed)).sum(),
@@ -242,7 +245,14 @@ impl Probe {
             ingest_bytes,
             drops,
             subs: stats::collect(&self.subs, latencies),
-            server: procstat::read(&self.server_pid.to_string()).unwrap_or_default(),
+            server: self
+                .server_pids
+                .iter()
+                .filter_map(|p| procstat::read(&p.to_string()))
+                .fold(ProcReading::default(), |a, b| ProcReading {
+                    cpu_ticks: a.cpu_ticks + b.cpu_ticks,
+                    rss_bytes: a.rss_bytes + b.rss_bytes,
+                }),
             agents: self
                 .agent_pids
                 .iter()
@@ -396,18 +406,34 @@ async fn run_relay(
         org: ORG.into(),
         cluster: "bench".into(),
     })?;
-    let (relay, addrs): (ChildProc, RelayAddrs) = ChildProc::spawn(
-        "relay",
-        &exe,
-        &["serve-relay"],
-        &RelaySpec {
-            identity: IdentityDer::of(&pki.server(&["localhost", "127.0.0.1"])?),
-            ca: ca.clone(),
-            org: ORG.into(),
-            ring_bytes: scenario.ring_bytes as usize,
-        },
-    )
-    .await?;
+    // Several relays share a backplane: a nats-server of the harness's own.
+    let backplane = if scenario.relays > 1 {
+        Some(NatsServer::start().await.context("the relays' backplane")?)
+    } else {
+        None
+    };
+    let identity = IdentityDer::of(&pki.server(&["localhost", "127.0.0.1"])?);
+    let mut relays: Vec<(ChildProc, RelayAddrs)> = Vec::new();
+    for r in 0..scenario.relays {
+        relays.push(
+            ChildProc::spawn(
+                "relay",
+                &exe,
+                &["serve-relay"],
+                &RelaySpec {
+                    identity: identity.clone(),
+                    ca: ca.clone(),
+                    org: ORG.into(),
+                    ring_bytes: scenario.ring_bytes as usize,
+                    backplane: backplane
+                        .as_ref()
+                        .map(|n| (format!("nats://{}", n.client), format!("load-{r}"))),
+                },
+            )
+            .await?,
+        );
+    }
+    let addrs_of = |r: u32| relays[r as usize].1;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
     let rate_per_stream = scenario
@@ -430,7 +456,7 @@ async fn run_relay(
                 let p = Producer {
                     agent: a,
                     streams: scenario.streams_per_agent,
-                    relay: addrs.quic,
+                    relay: addrs_of(scenario.relay_of_agent(a)).quic,
                     tls: tls.clone(),
                     corpus: corpus.clone(),
                     rate_per_stream,
@@ -467,7 +493,7 @@ async fn run_relay(
                         identity: IdentityDer::of(&agent_identity),
                         ca: ca.clone(),
                         pods_dir: dir,
-                        relay: addrs.quic,
+                        relay: addrs_of(scenario.relay_of_agent(a)).quic,
                         node: format!("load-{a}"),
                         max_batch_bytes: scenario.batch_bytes as usize,
                     },
@@ -479,14 +505,14 @@ async fn run_relay(
     }
 
     // Subscribers.
-    let url = format!("ws://{}/v1/subscribe", addrs.http);
     let mut sessions = Sessions::spawn(
         scenario,
         &mut tasks,
         &stop_rx,
         |i, streams, stats, ready, stop| {
+            let relay = addrs_of(scenario.relay_of_session(i));
             let sub = Subscriber {
-                url: url.clone(),
+                url: format!("ws://{}/v1/subscribe", relay.http),
                 pods: streams.iter().map(|s| pod_of(scenario, *s)).collect(),
                 behaviour: behaviour(scenario, i),
                 every: scenario.latency_sample_every,
@@ -496,10 +522,11 @@ async fn run_relay(
         },
     );
     let subs = sessions.stats.clone();
+    let admins: Vec<SocketAddr> = relays.iter().map(|(_, a)| a.admin).collect();
     let setup = async {
         sessions.wait_ready().await?;
         if subs.is_empty() {
-            wait_for_streams(addrs.admin, u64::from(scenario.streams())).await?;
+            wait_for_streams(&admins, u64::from(scenario.streams())).await?;
         }
         anyhow::Ok(())
     }
@@ -515,8 +542,13 @@ async fn run_relay(
                 })
                 .collect();
             let probe = Probe {
-                ingest: IngestSource::Relay(addrs.admin),
-                server_pid: relay.pid,
+                ingest: IngestSource::Relays(admins.clone()),
+                // The server is every relay, and their backplane.
+                server_pids: relays
+                    .iter()
+                    .map(|(p, _)| p.pid)
+                    .chain(backplane.as_ref().map(|n| n.pid))
+                    .collect(),
                 agent_pids: agents.iter().map(|a| a.pid).collect(),
                 subs: subs.clone(),
                 t0: Instant::now(),
@@ -539,7 +571,10 @@ async fn run_relay(
     for a in agents {
         a.stop().await;
     }
-    relay.stop().await;
+    for (relay, _) in relays {
+        relay.stop().await;
+    }
+    drop(backplane);
     let mut figures = figures?;
     figures.system = "logrelay".into();
     figures.ingest_path = scenario.mode.as_str().into();
@@ -547,12 +582,16 @@ async fn run_relay(
     Ok(figures)
 }
 
-/// Idle scenarios have nobody to wait for: wait until the relay knows every stream.
-async fn wait_for_streams(admin: SocketAddr, want: u64) -> anyhow::Result<()> {
+/// Idle scenarios have nobody to wait for: wait until a relay knows every stream (with
+/// several, the shared catalog lists every relay's streams on each).
+async fn wait_for_streams(admins: &[SocketAddr], want: u64) -> anyhow::Result<()> {
     let deadline = Instant::now() + SETUP_DEADLINE;
     loop {
-        let body = scrape::fetch(admin).await.unwrap_or_default();
-        let have = scrape::total(&body, "logrelay_relay_streams") as u64;
+        let mut have = 0;
+        for admin in admins {
+            let body = scrape::fetch(*admin).await.unwrap_or_default();
+            have = have.max(scrape::total(&body, "logrelay_relay_streams") as u64);
+        }
         if have >= want {
             return Ok(());
         }
@@ -638,7 +677,7 @@ async fn run_nats(
             }
             let probe = Probe {
                 ingest: IngestSource::Producers(publisher_stats.clone()),
-                server_pid: server.pid,
+                server_pids: vec![server.pid],
                 agent_pids: Vec::new(),
                 subs: subs.clone(),
                 t0: Instant::now(),

@@ -41,6 +41,20 @@ impl Mode {
     }
 }
 
+/// Where agents and sessions connect when a run has several relays (joined over a NATS
+/// backplane that the harness starts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Placement {
+    /// Agent `a` on relay `a mod relays`, session `i` on relay `i mod relays`: most sessions
+    /// watch some stream held by another relay, as behind a load balancer.
+    #[default]
+    Spread,
+    /// Every agent on the first relay, the sessions on the others (round-robin): every line a
+    /// session gets crossed the backplane.
+    AwayFromAgents,
+}
+
 /// Who watches.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -99,6 +113,11 @@ pub struct Scenario {
     pub latency_sample_every: u32,
     /// Bytes of each relay stream ring (relay `--ring-bytes`).
     pub ring_bytes: u64,
+    /// Relays; more than one run as a scale-out deployment, joined by a `nats-server` the
+    /// harness starts (`--nats-url`), with agents and sessions placed by `placement`.
+    pub relays: u32,
+    /// Where agents and sessions connect when there are several relays.
+    pub placement: Placement,
     /// Who watches.
     pub subscribers: Subscribers,
 }
@@ -118,6 +137,8 @@ impl Default for Scenario {
             batch_bytes: 64 * 1024,
             latency_sample_every: 1,
             ring_bytes: 4 * 1024 * 1024,
+            relays: 1,
+            placement: Placement::Spread,
             subscribers: Subscribers::default(),
         }
     }
@@ -137,8 +158,9 @@ pub enum ScenarioError {
     Invalid(String),
 }
 
-/// Names of the presets, in the order of design §6.
-pub const PRESETS: [&str; 7] = [
+/// Names of the presets: those of design §6 in its order,
+/// then the scale-out ones (several relays over NATS).
+pub const PRESETS: [&str; 9] = [
     "ingest",
     "fanout-10",
     "fanout-100",
@@ -146,6 +168,8 @@ pub const PRESETS: [&str; 7] = [
     "latency",
     "slow-consumers",
     "idle-agent",
+    "cross-relay",
+    "scale-3",
 ];
 
 impl Scenario {
@@ -224,6 +248,37 @@ impl Scenario {
                 },
                 ..Self::default()
             },
+            // One agent on relay A, 100 sessions on relay B: every line crosses NATS. Beside
+            // it, the same load on one relay: `--relays 1`.
+            "cross-relay" => Self {
+                name: name.into(),
+                line_bytes: Some(200),
+                rate_lines_per_sec: Some(100_000),
+                latency_sample_every: 4,
+                relays: 2,
+                placement: Placement::AwayFromAgents,
+                subscribers: Subscribers {
+                    per_stream: 100,
+                    sessions: 100,
+                    ..Subscribers::default()
+                },
+                ..Self::default()
+            },
+            // Three relays, an agent and a third of the sessions on each, every session
+            // watching every stream (two of three from another relay). Beside it: `--relays 1`.
+            "scale-3" => Self {
+                name: name.into(),
+                agents: 3,
+                line_bytes: Some(200),
+                latency_sample_every: 16,
+                relays: 3,
+                subscribers: Subscribers {
+                    per_stream: 99,
+                    sessions: 99,
+                    ..Subscribers::default()
+                },
+                ..Self::default()
+            },
             other => return Err(ScenarioError::UnknownPreset(other.into())),
         };
         s.validate()?;
@@ -254,6 +309,23 @@ impl Scenario {
     /// Streams in total.
     pub fn streams(&self) -> u32 {
         self.agents * self.streams_per_agent
+    }
+
+    /// The relay (index) agent `agent` connects to.
+    pub fn relay_of_agent(&self, agent: u32) -> u32 {
+        match self.placement {
+            Placement::Spread => agent % self.relays.max(1),
+            Placement::AwayFromAgents => 0,
+        }
+    }
+
+    /// The relay (index) session `session` connects to.
+    pub fn relay_of_session(&self, session: u32) -> u32 {
+        match self.placement {
+            _ if self.relays <= 1 => 0,
+            Placement::Spread => session % self.relays,
+            Placement::AwayFromAgents => 1 + session % (self.relays - 1),
+        }
     }
 
     /// Sessions that stall, then sessions that are slow (the first ones, by index).
@@ -338,6 +410,15 @@ impl Scenario {
                 return bad(format!("subscribers.{name} must be in [0, 1]"));
             }
         }
+        if !(1..=8).contains(&self.relays) {
+            return bad("relays must be in [1, 8]".into());
+        }
+        if self.placement == Placement::AwayFromAgents && self.relays < 2 {
+            return bad(
+                "placement = \"away-from-agents\" needs relays >= 2 (or placement = \"spread\")"
+                    .into(),
+            );
+        }
         if sub.stalled_fraction + sub.slow_fraction > 1.0 {
             return bad("stalled_fraction + slow_fraction cannot exceed 1".into());
         }
@@ -374,6 +455,42 @@ mod tests {
         assert_eq!(p("slow-consumers").stalled_and_slow(), (10, 0));
         let idle = p("idle-agent");
         assert_eq!((idle.streams(), idle.subscribers.sessions), (1000, 0));
+        let cross = p("cross-relay");
+        assert_eq!(cross.rate_lines_per_sec, Some(100_000));
+        assert_eq!((cross.relays, cross.subscribers.sessions), (2, 100));
+        assert_eq!(p("scale-3").relays, 3);
+    }
+
+    #[test]
+    fn several_relays_place_agents_and_sessions_as_asked() {
+        let cross = Scenario::preset("cross-relay").unwrap();
+        assert_eq!(cross.relay_of_agent(0), 0);
+        assert!((0..100).all(|i| cross.relay_of_session(i) == 1), "all on B");
+        let three = Scenario {
+            relays: 3,
+            placement: Placement::AwayFromAgents,
+            ..cross.clone()
+        };
+        let on: Vec<u32> = (0..4).map(|i| three.relay_of_session(i)).collect();
+        assert_eq!(on, [1, 2, 1, 2]);
+        let scale = Scenario::preset("scale-3").unwrap();
+        let agents: Vec<u32> = (0..3).map(|a| scale.relay_of_agent(a)).collect();
+        assert_eq!(agents, [0, 1, 2]);
+        let sessions: Vec<u32> = (0..4).map(|i| scale.relay_of_session(i)).collect();
+        assert_eq!(sessions, [0, 1, 2, 0]);
+        // One relay (the single-relay figures beside them): everyone on it.
+        let one = Scenario {
+            relays: 1,
+            placement: Placement::Spread,
+            ..cross
+        };
+        assert_eq!((one.relay_of_agent(0), one.relay_of_session(7)), (0, 0));
+        one.validate().unwrap();
+        let away_alone = Scenario {
+            placement: Placement::AwayFromAgents,
+            ..one
+        };
+        assert!(away_alone.validate().is_err());
     }
 
     #[test]
