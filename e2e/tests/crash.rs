@@ -349,34 +349,24 @@ async fn a_tail_watcher_ahead_of_the_resume_after_a_relay_restart_costs_no_line(
     // The chaos soak's relay kill (seed 1): after the restart, another session's `tail`
     // opened the stream's live demand before the client resumed, the agent started a new
     // epoch for it and forgot the one the client resumes: `epoch_lost`, and lines sent again.
-    let t0 = Instant::now();
+    let Direct {
+        mut relay,
+        agent,
+        writer,
+        url,
+        mut ledger,
+        client,
+        t0,
+        // Kept to the end: the pods directory and the certificate files.
+        _pods,
+        _files,
+    } = Direct::start(WriterConfig {
+        lines_per_sec: RATE,
+        gzip: true,
+        ..WriterConfig::default()
+    })
+    .await;
     let step = |what: &str| eprintln!("{:>7.2} s: {what}", t0.elapsed().as_secs_f64());
-    let files = TestPki::new().files("dev", "test");
-    let mut relay = RelayProcess::start(&files, &[]).await;
-    let url = relay.subscribe_url();
-    let pods = PodsDir::new();
-    let mut ledger = Ledger::default();
-    // Subscribed before the first line: the backlog reaches back to line 0.
-    let mut client = resume(&url, &ledger).await;
-    let writer = KubeletWriter::start(
-        pods.path(),
-        "ns",
-        "app",
-        "main",
-        WriterConfig {
-            lines_per_sec: RATE,
-            gzip: true,
-            ..WriterConfig::default()
-        },
-    );
-    let agent = AgentProcess::start(&files, pods.path(), relay.quic, &[]).await;
-    assert!(
-        pump(&mut client, &mut ledger, |l| l.delivered.len() >= 3_000).await,
-        "the first second of lines\nagent log:\n{}",
-        agent.output()
-    );
-
-    step("the first second of lines");
     relay.kill();
     drop(client);
     stay_down(Duration::from_secs(1)).await;
@@ -443,101 +433,157 @@ async fn attached(client: &mut logrelay::client::Client, ledger: &mut Ledger) {
     .await;
 }
 
+/// A relay and an agent as processes, a writer at [`RATE`] lines/s, and a client reading the
+/// relay itself (it resubscribes when the test says) subscribed from line 0, that has had the
+/// first second of lines.
+struct Direct {
+    relay: RelayProcess,
+    agent: AgentProcess,
+    writer: KubeletWriter,
+    url: String,
+    ledger: Ledger,
+    client: logrelay::client::Client,
+    t0: Instant,
+    _pods: PodsDir,
+    _files: PkiFiles,
+}
+
+impl Direct {
+    async fn start(writer: WriterConfig) -> Self {
+        let t0 = Instant::now();
+        let files = TestPki::new().files("dev", "test");
+        let relay = RelayProcess::start(&files, &[]).await;
+        let url = relay.subscribe_url();
+        let pods = PodsDir::new();
+        let mut ledger = Ledger::default();
+        // Subscribed before the first line: the backlog reaches back to line 0.
+        let mut client = resume(&url, &ledger).await;
+        let writer = KubeletWriter::start(pods.path(), "ns", "app", "main", writer);
+        let agent = AgentProcess::start(&files, pods.path(), relay.quic, &[]).await;
+        assert!(
+            pump(&mut client, &mut ledger, |l| l.delivered.len() >= 3_000).await,
+            "the first second of lines\nagent log:\n{}",
+            agent.output()
+        );
+        let s = Self {
+            relay,
+            agent,
+            writer,
+            url,
+            ledger,
+            client,
+            t0,
+            _pods: pods,
+            _files: files,
+        };
+        s.step("the first second of lines");
+        s
+    }
+
+    fn step(&self, what: &str) {
+        eprintln!("{:>7.2} s: {what}", self.t0.elapsed().as_secs_f64());
+    }
+
+    /// The client leaves and resubscribes after the last line it had, and waits until its
+    /// subscription is attached.
+    async fn resubscribe(&mut self) {
+        self.client = resume(&self.url, &self.ledger).await;
+        attached(&mut self.client, &mut self.ledger).await;
+        self.step("the client resubscribed");
+    }
+
+    /// Plain rotated files, kubelet-sized: a restarted agent walks back into them.
+    fn plain() -> WriterConfig {
+        WriterConfig {
+            lines_per_sec: RATE,
+            rotate_bytes: 4 << 20,
+            ..WriterConfig::default()
+        }
+    }
+
+    /// Restarts the agent, then checks that the client gets a second more, and every line
+    /// written: none lost, no gap event, one renumbering (the restarted agent's new epoch).
+    async fn restart_and_check_renumbered(self, what: &str) {
+        let Self {
+            relay,
+            mut agent,
+            writer,
+            mut ledger,
+            mut client,
+            t0,
+            ..
+        } = self;
+        let step = |what: &str| eprintln!("{:>7.2} s: {what}", t0.elapsed().as_secs_f64());
+        agent.start_again().await;
+        step("the agent restarted");
+        let (client, ledger) = (&mut client, &mut ledger);
+        let had = ledger.delivered.len();
+        let flowing = pump(client, ledger, |l| l.delivered.len() >= had + 3_000).await;
+        let written = writer.stop();
+        let complete = pump(client, ledger, |l| {
+            let t = l.tally(written);
+            t.missing == 0 && t.delivered + t.gapped >= written
+        })
+        .await;
+        step("every line accounted for");
+        let tally = ledger.tally(written);
+        let why = format!(
+            "{tally:?}\nflowing {flowing}, complete {complete}\nnotes: {:#?}\nagent log:\n{}\n\
+             relay log:\n{}",
+            ledger.notes,
+            agent.output(),
+            relay.output()
+        );
+        eprintln!(
+            "{what}: written {}, delivered {}, gapped {}, renumbered {}, repeats dropped {}, gap \
+             events {:?}",
+            tally.written,
+            tally.delivered,
+            tally.gapped,
+            tally.renumbered,
+            tally.duplicates,
+            ledger.relay_gaps
+        );
+        assert!(tally.is_exact(), "{why}");
+        assert_eq!(tally.gapped, 0, "no line lost: {why}");
+        assert!(ledger.relay_gaps.is_empty(), "no gap event: {why}");
+        assert_eq!(tally.renumbered, 1, "a new numbering, told as such: {why}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_racing_an_agent_kill_is_a_renumbering_not_a_loss() {
     // The chaos soak's seeds 2 and 3: a client resubscribed with `since_seq` just as the agent
     // was killed; its backfill went to the dying connection and sent nothing, and the resume
     // was then judged against the first batch of the restarted agent's new epoch: `epoch_lost`
     // of unknown count, although that epoch continued the old one exactly.
-    let t0 = Instant::now();
-    let step = |what: &str| eprintln!("{:>7.2} s: {what}", t0.elapsed().as_secs_f64());
-    let files = TestPki::new().files("dev", "test");
-    let relay = RelayProcess::start(&files, &[]).await;
-    let url = relay.subscribe_url();
-    let pods = PodsDir::new();
-    let mut ledger = Ledger::default();
-    // Subscribed before the first line: the backlog reaches back to line 0.
-    let mut client = resume(&url, &ledger).await;
-    let writer = KubeletWriter::start(
-        pods.path(),
-        "ns",
-        "app",
-        "main",
-        WriterConfig {
-            lines_per_sec: RATE,
-            // Plain rotated files: the restarted agent walks back into them.
-            rotate_bytes: 4 << 20,
-            ..WriterConfig::default()
-        },
-    );
-    let mut agent = AgentProcess::start(&files, pods.path(), relay.quic, &[]).await;
-    assert!(
-        pump(&mut client, &mut ledger, |l| l.delivered.len() >= 3_000).await,
-        "the first second of lines\nagent log:\n{}",
-        agent.output()
-    );
+    let mut s = Direct::start(Direct::plain()).await;
     // Another session keeps the stream watched while the client comes and goes.
-    let mut keeper = Subscriber::connect(&url).await;
+    let mut keeper = Subscriber::connect(&s.url).await;
     keeper.subscribe("k", &selector(), Some(0)).await;
-    step("the first second of lines");
 
     // The agent stops answering (it is about to die): the ring ends where it is, and the
     // client reads all of it.
-    agent.freeze();
+    s.agent.freeze();
     loop {
-        let received = relay.metric("logrelay_relay_lines_received_total").await as usize;
+        let received = s.relay.metric("logrelay_relay_lines_received_total").await as usize;
         assert!(
-            pump(&mut client, &mut ledger, |l| l.delivered.len() >= received).await,
+            pump(&mut s.client, &mut s.ledger, |l| l.delivered.len()
+                >= received)
+            .await,
             "the client reads what the relay received ({received} lines)"
         );
-        if relay.metric("logrelay_relay_lines_received_total").await as usize == received {
+        if s.relay.metric("logrelay_relay_lines_received_total").await as usize == received {
             break;
         }
     }
-    step("the client has all the relay received");
+    s.step("the client has all the relay received");
     // It resumes after the last line it had (the end of the ring): the relay asks the frozen
     // agent for that backfill, which never comes.
-    drop(client);
-    let mut client = resume(&url, &ledger).await;
-    attached(&mut client, &mut ledger).await;
-    step("the client resubscribed");
-    agent.kill();
-    agent.start_again().await;
-    step("the agent restarted");
-    let had = ledger.delivered.len();
-    let flowing = pump(&mut client, &mut ledger, |l| {
-        l.delivered.len() >= had + 3_000
-    })
-    .await;
-    let written = writer.stop();
-    let complete = pump(&mut client, &mut ledger, |l| {
-        let t = l.tally(written);
-        t.missing == 0 && t.delivered + t.gapped >= written
-    })
-    .await;
-    step("every line accounted for");
-    let tally = ledger.tally(written);
-    let why = format!(
-        "{tally:?}\nflowing {flowing}, complete {complete}\nnotes: {:#?}\nagent log:\n{}\nrelay \
-         log:\n{}",
-        ledger.notes,
-        agent.output(),
-        relay.output()
-    );
-    eprintln!(
-        "a resume racing an agent kill: written {}, delivered {}, gapped {}, renumbered {}, \
-         repeats dropped {}, gap events {:?}",
-        tally.written,
-        tally.delivered,
-        tally.gapped,
-        tally.renumbered,
-        tally.duplicates,
-        ledger.relay_gaps
-    );
-    assert!(tally.is_exact(), "{why}");
-    assert_eq!(tally.gapped, 0, "no line lost: {why}");
-    assert!(ledger.relay_gaps.is_empty(), "no gap event: {why}");
-    assert_eq!(tally.renumbered, 1, "a new numbering, told as such: {why}");
+    s.resubscribe().await;
+    s.agent.kill();
+    s.restart_and_check_renumbered("a resume racing an agent kill")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -546,81 +592,16 @@ async fn a_resume_while_the_agent_is_away_is_a_renumbering_not_a_loss() {
     // left as well (its socket broke), and resumed with `since_seq` before the agent was back.
     // The relay had dropped the orphaned stream with its last watcher, so the resume found
     // nothing to continue, and the restarted agent's stream was a new one: `epoch_lost`.
-    let t0 = Instant::now();
-    let step = |what: &str| eprintln!("{:>7.2} s: {what}", t0.elapsed().as_secs_f64());
-    let files = TestPki::new().files("dev", "test");
-    let relay = RelayProcess::start(&files, &[]).await;
-    let url = relay.subscribe_url();
-    let pods = PodsDir::new();
-    let mut ledger = Ledger::default();
-    // Subscribed before the first line: the backlog reaches back to line 0.
-    let mut client = resume(&url, &ledger).await;
-    let writer = KubeletWriter::start(
-        pods.path(),
-        "ns",
-        "app",
-        "main",
-        WriterConfig {
-            lines_per_sec: RATE,
-            // Plain rotated files: the restarted agent walks back into them.
-            rotate_bytes: 4 << 20,
-            ..WriterConfig::default()
-        },
-    );
-    let mut agent = AgentProcess::start(&files, pods.path(), relay.quic, &[]).await;
-    assert!(
-        pump(&mut client, &mut ledger, |l| l.delivered.len() >= 3_000).await,
-        "the first second of lines\nagent log:\n{}",
-        agent.output()
-    );
-    step("the first second of lines");
-
-    agent.kill();
-    let r = &relay;
+    let mut s = Direct::start(Direct::plain()).await;
+    s.agent.kill();
+    let r = &s.relay;
     eventually("the relay noticed the agent is gone", || async {
         (r.metric("logrelay_relay_agents_connected").await == 0.0).then_some(())
     })
     .await;
-    step("the agent is gone");
+    s.step("the agent is gone");
     // The only watcher leaves, and resumes after the last line it had, the agent still away.
-    drop(client);
-    let mut client = resume(&url, &ledger).await;
-    attached(&mut client, &mut ledger).await;
-    step("the client resumed");
-    agent.start_again().await;
-    step("the agent restarted");
-    let had = ledger.delivered.len();
-    let flowing = pump(&mut client, &mut ledger, |l| {
-        l.delivered.len() >= had + 3_000
-    })
-    .await;
-    let written = writer.stop();
-    let complete = pump(&mut client, &mut ledger, |l| {
-        let t = l.tally(written);
-        t.missing == 0 && t.delivered + t.gapped >= written
-    })
-    .await;
-    step("every line accounted for");
-    let tally = ledger.tally(written);
-    let why = format!(
-        "{tally:?}\nflowing {flowing}, complete {complete}\nnotes: {:#?}\nagent log:\n{}\nrelay \
-         log:\n{}",
-        ledger.notes,
-        agent.output(),
-        relay.output()
-    );
-    eprintln!(
-        "a resume while the agent is away: written {}, delivered {}, gapped {}, renumbered {}, \
-         repeats dropped {}, gap events {:?}",
-        tally.written,
-        tally.delivered,
-        tally.gapped,
-        tally.renumbered,
-        tally.duplicates,
-        ledger.relay_gaps
-    );
-    assert!(tally.is_exact(), "{why}");
-    assert_eq!(tally.gapped, 0, "no line lost: {why}");
-    assert!(ledger.relay_gaps.is_empty(), "no gap event: {why}");
-    assert_eq!(tally.renumbered, 1, "a new numbering, told as such: {why}");
+    s.resubscribe().await;
+    s.restart_and_check_renumbered("a resume while the agent is away")
+        .await;
 }
