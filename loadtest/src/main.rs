@@ -315,7 +315,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(d) = args.duration_secs {
         scenario.duration_secs = d;
     }
-    if let Some(n) = args.relays {
+    if let Some(n) = args.relays.filter(|n| *n != scenario.relays) {
+        // Named apart, so that `loadtest median` keeps its runs apart from the scenario's own.
+        scenario.name = format!(
+            "{} on {n} relay{}",
+            scenario.name,
+            if n == 1 { "" } else { "s" }
+        );
         scenario.relays = n;
         if n == 1 {
             scenario.placement = scenario::Placement::Spread;
