@@ -385,35 +385,59 @@ async fn a_tail_watcher_ahead_of_the_resume_after_a_relay_restart_costs_no_line(
     // Then the client resumes after the last line it had.
     let had = ledger.delivered.len();
     let mut client = resume(&url, &ledger).await;
-    let flowing = pump(&mut client, &mut ledger, |l| {
-        l.delivered.len() >= had + 3_000
-    })
+    let (tally, why) = account(
+        &mut client,
+        &mut ledger,
+        had,
+        writer,
+        (&relay, &agent),
+        "relay SIGKILL + restart, a tail watcher first",
+    )
     .await;
-    step("the client resumed");
+    step("every line accounted for");
+    assert!(tally.is_exact(), "{why}");
+    assert_eq!(tally.gapped, 0, "no line lost: {why}");
+    assert_eq!(tally.renumbered, 0, "the agent kept its numbering: {why}");
+    assert!(ledger.relay_gaps.is_empty(), "no gap event: {why}");
+}
+
+/// Once the client has resumed (with `had` lines): reads a second more of lines, stops the
+/// writer and reads until every line written is delivered or reported missing (at most
+/// [`DEADLINE`] each); prints `what`'s figures. The tally, and what a failed check needs.
+async fn account(
+    client: &mut logrelay::client::Client,
+    ledger: &mut Ledger,
+    had: usize,
+    writer: KubeletWriter,
+    (relay, agent): (&RelayProcess, &AgentProcess),
+    what: &str,
+) -> (Tally, String) {
+    let flowing = pump(client, ledger, |l| l.delivered.len() >= had + 3_000).await;
     let written = writer.stop();
-    let complete = pump(&mut client, &mut ledger, |l| {
+    let complete = pump(client, ledger, |l| {
         let t = l.tally(written);
         t.missing == 0 && t.delivered + t.gapped >= written
     })
     .await;
-    step("every line accounted for");
     let tally = ledger.tally(written);
     let why = format!(
-        "{tally:?}\nflowing {flowing}, complete {complete}\nnotes: {:#?}\nagent log:\n{}\nrelay \
-         log:\n{}",
+        "{tally:?}\nflowing {flowing}, complete {complete}\nnotes: {:#?}\nagent log:\n{}\n\
+         relay log:\n{}",
         ledger.notes,
         agent.output(),
         relay.output()
     );
     eprintln!(
-        "relay SIGKILL + restart, a tail watcher first: written {}, delivered {}, gapped {}, \
-         repeats dropped {}",
-        tally.written, tally.delivered, tally.gapped, tally.duplicates
+        "{what}: written {}, delivered {}, gapped {}, renumbered {}, repeats dropped {}, gap \
+         events {:?}",
+        tally.written,
+        tally.delivered,
+        tally.gapped,
+        tally.renumbered,
+        tally.duplicates,
+        ledger.relay_gaps
     );
-    assert!(tally.is_exact(), "{why}");
-    assert_eq!(tally.gapped, 0, "no line lost: {why}");
-    assert_eq!(tally.renumbered, 0, "the agent kept its numbering: {why}");
-    assert!(ledger.relay_gaps.is_empty(), "no gap event: {why}");
+    (tally, why)
 }
 
 /// Reads `client` into `ledger` until it brings a `stream` event (its subscription attached).
@@ -516,34 +540,17 @@ impl Direct {
         let step = |what: &str| eprintln!("{:>7.2} s: {what}", t0.elapsed().as_secs_f64());
         agent.start_again().await;
         step("the agent restarted");
-        let (client, ledger) = (&mut client, &mut ledger);
         let had = ledger.delivered.len();
-        let flowing = pump(client, ledger, |l| l.delivered.len() >= had + 3_000).await;
-        let written = writer.stop();
-        let complete = pump(client, ledger, |l| {
-            let t = l.tally(written);
-            t.missing == 0 && t.delivered + t.gapped >= written
-        })
+        let (tally, why) = account(
+            &mut client,
+            &mut ledger,
+            had,
+            writer,
+            (&relay, &agent),
+            what,
+        )
         .await;
         step("every line accounted for");
-        let tally = ledger.tally(written);
-        let why = format!(
-            "{tally:?}\nflowing {flowing}, complete {complete}\nnotes: {:#?}\nagent log:\n{}\n\
-             relay log:\n{}",
-            ledger.notes,
-            agent.output(),
-            relay.output()
-        );
-        eprintln!(
-            "{what}: written {}, delivered {}, gapped {}, renumbered {}, repeats dropped {}, gap \
-             events {:?}",
-            tally.written,
-            tally.delivered,
-            tally.gapped,
-            tally.renumbered,
-            tally.duplicates,
-            ledger.relay_gaps
-        );
         assert!(tally.is_exact(), "{why}");
         assert_eq!(tally.gapped, 0, "no line lost: {why}");
         assert!(ledger.relay_gaps.is_empty(), "no gap event: {why}");
