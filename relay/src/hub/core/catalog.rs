@@ -362,21 +362,21 @@ impl Core {
     /// Whether ring `id` lingers after its last watcher left, itself or (a stream) through one
     /// of its filtered rings.
     pub(super) fn lingers(&self, id: StreamId) -> bool {
-        self.rings.get(&id).is_some_and(|s| {
-            s.linger.is_some()
-                || s.rings
-                    .values()
-                    .any(|r| self.rings.get(r).is_some_and(|r| r.linger.is_some()))
-        })
+        self.itself_or_filtered(id, |r| r.linger.is_some())
     }
 
     /// Whether ring `id` is watched, itself or (a stream) through one of its filtered rings.
     pub(super) fn in_use(&self, id: StreamId) -> bool {
+        self.itself_or_filtered(id, |r| !r.watchers.is_empty())
+    }
+
+    /// Whether `holds` holds for ring `id` or (a stream) for one of its filtered rings.
+    fn itself_or_filtered(&self, id: StreamId, holds: impl Fn(&RingState) -> bool) -> bool {
         self.rings.get(&id).is_some_and(|s| {
-            !s.watchers.is_empty()
+            holds(s)
                 || s.rings
                     .values()
-                    .any(|r| self.rings.get(r).is_some_and(|r| !r.watchers.is_empty()))
+                    .any(|r| self.rings.get(r).is_some_and(&holds))
         })
     }
 }
