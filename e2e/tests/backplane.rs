@@ -136,8 +136,9 @@ impl Recorder {
 struct OwnerLog(Mutex<Vec<Change>>);
 
 impl Owner for OwnerLog {
-    fn changed(&self, change: Change) {
+    fn changed(&self, change: Change) -> Result<(), &'static str> {
         self.0.lock().unwrap().push(change);
+        Ok(())
     }
 }
 

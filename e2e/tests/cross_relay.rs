@@ -469,3 +469,75 @@ async fn a_session_whose_relay_is_killed_resumes_on_another_relay_from_the_owner
         "B still holds the stream"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_beyond_the_owners_demand_cap_ends_the_remote_subscription_with_demand_limit() {
+    let nats = NatsServer::start().await;
+    let files = TestPki::new().files("dev", "test");
+    // Relay A allows one demand per agent.
+    let a = nats
+        .start_relay(&files, "relay-a", &["--max-demands-per-agent", "1"])
+        .await;
+    let b = nats.start_relay(&files, "relay-b", &[]).await;
+    let pods = PodsDir::new();
+    let mut log = pods.container("ns", "app", "main");
+    let mut other_log = pods.container("ns", "other", "main");
+    let (mut next, mut other_next) = (0u64, 0u64);
+    write_lines(&mut log, &mut next, 1);
+    write_lines(&mut other_log, &mut other_next, 1);
+    let _agent = AgentProcess::start(&files, pods.path(), a.quic, &[]).await;
+    eventually("relay B holds both of relay A's streams", || async {
+        (b.metric("logrelay_relay_backplane_remote_streams").await >= 2.0).then_some(())
+    })
+    .await;
+    // Summed over its `limit` label: only the demand cap is hit here.
+    let cap_hits = "logrelay_relay_limit_hits_total";
+
+    // A watcher on relay A takes the agent's one demand.
+    let mut local = Subscriber::connect(&a.subscribe_url()).await;
+    local.subscribe("a", &selector(), Some(0)).await;
+    local
+        .until("A's stream", |s| s.stream_of("a").is_some())
+        .await;
+    assert_eq!(a.metric(cap_hits).await, 0.0);
+
+    // A session on relay B watches the other container: serving it would need a second
+    // demand at the agent, so relay A refuses B's lease, and B's watcher is told so.
+    let mut remote = Subscriber::connect(&b.subscribe_url()).await;
+    remote
+        .subscribe("b", &logrelay_e2e::selector("ns", "other", "main"), Some(0))
+        .await;
+    remote
+        .until("B's watcher ended with demand_limit", |s| {
+            s.events.iter().any(|e| {
+                matches!(e, Event::End { reason, .. }
+                    if *reason == logrelay_wire::reason::EndReason::DemandLimit)
+            })
+        })
+        .await;
+    assert_eq!(a.metric(cap_hits).await, 1.0, "counted at the owner");
+    assert!(
+        data_subscriptions(&nats).await.is_empty(),
+        "B wants nothing after the refusal"
+    );
+    assert_eq!(a.metric("logrelay_relay_backplane_remote_wants").await, 0.0);
+
+    // The container relay A already serves needs no new demand: B's lease on it passes, and
+    // B's session gets its lines.
+    remote.subscribe("c", &selector(), Some(0)).await;
+    remote
+        .until("B's stream", |s| s.stream_of("c").is_some())
+        .await;
+    let on_b = remote.stream_of("c").unwrap();
+    eventually("relay A publishes for relay B", || async {
+        (a.metric("logrelay_relay_backplane_remote_wants").await >= 1.0).then_some(())
+    })
+    .await;
+    let upto = write_lines(&mut log, &mut next, 100);
+    remote
+        .until("the lines on B", |s| {
+            numbers(s, on_b).last().is_some_and(|&l| l + 1 >= upto)
+        })
+        .await;
+    assert_eq!(a.metric(cap_hits).await, 1.0, "no further refusal");
+}

@@ -114,8 +114,9 @@ fn unix_ns() -> u64 {
 pub trait Owner: Send + Sync + 'static {
     /// A stream gained its first remote lease ([`Change::Publish`]: make sure a live demand is
     /// open at the agent) or lost its last ([`Change::Stop`]: the hub may cancel it after its
-    /// linger, unless local sessions watch it).
-    fn changed(&self, change: Change);
+    /// linger, unless local sessions watch it). `Err` names the demand cap that refused a
+    /// `Publish` (`demands_per_agent`, `demands_per_org`): no demand was opened for it.
+    fn changed(&self, change: Change) -> Result<(), &'static str>;
     /// Another relay asks for lines of `stream` (a token this agent announced): what the
     /// stream's ring answers, within `budget` bytes of batches; `None` when the ring is not
     /// held here (the stream is not this connection's).
@@ -167,6 +168,9 @@ pub enum Answer {
     /// NATS is unreachable or the owner did not answer in time (watchers: `paused`, reason
     /// `backplane_unavailable`); the lease is retried at the next refresh.
     Unavailable,
+    /// The owner refused the lease: serving it needed one more demand at the agent, beyond
+    /// the named cap of the owner (watchers: `end` `demand_limit`; the want is released).
+    Refused(String),
 }
 
 /// What the wanting side tells the hub about one wanted stream.

@@ -37,7 +37,7 @@ use logrelay_wire::selector::Selector;
 use logrelay_wire::session::StreamEntry;
 use tokio::sync::{Notify, mpsc};
 
-pub use self::core::{AgentViolation, CatalogRefusal, CoreConfig, Refusal, Unresolved};
+pub use self::core::{AgentViolation, CapHit, CatalogRefusal, CoreConfig, Refusal, Unresolved};
 use self::core::{Core, RemoteState, Time};
 use self::remote::{CatalogFeed, RemoteCtx};
 pub use self::shell::{DemandSink, Shell};
@@ -201,9 +201,22 @@ impl Hub {
     /// Another relay now leases (`leased`) a stream of `agent`'s connection (its own id
     /// `local`), or no longer does: the lease holds the stream's live demand open like a
     /// watcher, and its end lets it linger.
-    pub fn remote_lease(&self, agent: AgentId, local: AgentStreamId, leased: bool) {
+    pub fn remote_lease(
+        &self,
+        agent: AgentId,
+        local: AgentStreamId,
+        leased: bool,
+    ) -> Result<(), CapHit> {
         let (mut shell, now) = self.lock();
-        shell.remote_lease(now, agent, local, leased);
+        shell.remote_lease(now, agent, local, leased)
+    }
+
+    /// The relay holding `agent` refused this relay's lease on `stream` (a demand cap there,
+    /// `limit`): the watchers of its ring here get `end` `demand_limit`
+    /// ([`core::Core::remote_refused`]).
+    pub fn remote_refused(&self, agent: Token, stream: Token, limit: &str) {
+        let (mut shell, now) = self.lock();
+        shell.remote_refused(now, agent, stream, limit);
     }
 
     /// The agent's own id of ring `ring`, if `agent`'s connection serves it as a stream (not a

@@ -330,6 +330,11 @@ pub struct StreamTop {
     /// Batch bytes published on the subject, in total (the next message's `bytes_before`).
     #[serde(default)]
     pub bytes: u64,
+    /// The lease was refused: serving it needed one more demand at the agent, beyond this cap
+    /// of the owner (`demands_per_agent`, `demands_per_org`). Nothing is held for it; the
+    /// wanting relay ends its watchers' subscriptions of the stream (`end` `demand_limit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// A catalog operation.
@@ -716,6 +721,7 @@ mod tests {
                 top: Some(SeqPos { epoch: 1, seq: 2 }),
                 pub_seq: 7,
                 bytes: 700,
+                refused: None,
             }],
         };
         assert_eq!(

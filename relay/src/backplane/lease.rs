@@ -141,6 +141,24 @@ impl Leases {
         changes
     }
 
+    /// `relay`'s lease on `stream` of `agent`, just made, was refused by the owner's hub (a
+    /// demand cap): it holds nothing, as if never asked. No change is returned: a refused
+    /// stream was never published for it.
+    pub fn refuse(&mut self, relay: Token, agent: Token, stream: Token) {
+        if let Some(holders) = self.by_stream.get_mut(&stream) {
+            holders.remove(&relay);
+            if holders.is_empty() {
+                self.by_stream.remove(&stream);
+            }
+        }
+        if let Some(set) = self.sets.get_mut(&(relay, agent)) {
+            set.remove(&stream);
+            if set.is_empty() {
+                self.sets.remove(&(relay, agent));
+            }
+        }
+    }
+
     /// The earliest expiry, for the caller's timer.
     pub fn next_expiry(&self) -> Option<u64> {
         self.by_stream
@@ -284,6 +302,28 @@ mod tests {
         assert!(l.is_empty());
         l.lease(3, t(1), t(9), &[t(5)]);
         assert_eq!(l.forget_agent(t(9), &[t(5)]), [Change::Stop(t(5))]);
+    }
+
+    #[test]
+    fn a_refused_lease_holds_nothing_and_the_next_ask_is_a_first_lease_again() {
+        let mut l = Leases::new(9_000);
+        assert_eq!(
+            l.lease(0, t(1), t(9), &[t(5), t(6)]),
+            [Change::Publish(t(5)), Change::Publish(t(6))]
+        );
+        l.refuse(t(1), t(9), t(6));
+        assert!(l.wanted(&t(5)) && !l.wanted(&t(6)));
+        assert_eq!(l.len(), 1);
+        // Nothing of it expires or stops later; asked again, it is a first lease again.
+        assert_eq!(l.lease(1, t(1), t(9), &[t(5)]), []);
+        assert_eq!(
+            l.lease(2, t(1), t(9), &[t(5), t(6)]),
+            [Change::Publish(t(6))]
+        );
+        l.refuse(t(1), t(9), t(6));
+        l.refuse(t(1), t(9), t(5));
+        assert!(l.is_empty());
+        assert_eq!(l.expire(60_000), []);
     }
 
     #[test]

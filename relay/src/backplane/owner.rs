@@ -191,13 +191,34 @@ pub(super) async fn serve_demand(
                 let mut st = state.lock().expect("served lock");
                 let before = st.leases.len();
                 let changes = st.leases.lease(inner.clock.now_ms(), relay, tokens.agent, &leased);
+                drop(st);
+                // The hub takes the changes before the reply is made: a lease that needs a
+                // new demand at the agent beyond a cap there is refused, holds nothing, and
+                // the reply says so.
+                let mut refused: HashMap<Token, &'static str> = HashMap::new();
+                for c in changes {
+                    if let (Change::Publish(stream), Err(limit)) = (c, owner.changed(c)) {
+                        refused.insert(stream, limit);
+                    }
+                }
+                let mut st = state.lock().expect("served lock");
+                for stream in refused.keys() {
+                    st.leases.refuse(relay, tokens.agent, *stream);
+                }
                 let delta = st.leases.len() as i64 - before as i64;
                 let tops = streams
                     .iter()
                     .zip(known)
                     .map(|(s, known)| {
                         let p = st.streams.get(s).copied().unwrap_or_default();
-                        StreamTop { stream: *s, known, top: p.top, pub_seq: p.pub_seq, bytes: p.bytes }
+                        StreamTop {
+                            stream: *s,
+                            known,
+                            top: p.top,
+                            pub_seq: p.pub_seq,
+                            bytes: p.bytes,
+                            refused: refused.get(s).map(|l| (*l).to_owned()),
+                        }
                     })
                     .collect();
                 drop(st);
@@ -212,7 +233,7 @@ pub(super) async fn serve_demand(
                     // before it.
                     send(&inner, reply.to_string(), codec::encode_control(&answer), false);
                 }
-                (changes, delta)
+                (Vec::new(), delta)
             }
             _ = tick.tick() => {
                 let mut st = state.lock().expect("served lock");
@@ -223,7 +244,8 @@ pub(super) async fn serve_demand(
         };
         inner.metrics.remote_wants.inc_by(delta);
         for c in changes {
-            owner.changed(c);
+            // Expiries: only stops, which nothing refuses.
+            let _ = owner.changed(c);
         }
     }
 }
@@ -391,6 +413,10 @@ pub(super) async fn lease_once(inner: &Inner, agent: AgentTokens, streams: Vec<T
                         let Some(top) = tops.iter().find(|t| t.stream == stream) else {
                             continue;
                         };
+                        if let Some(limit) = &top.refused {
+                            sink.answer(stream, Answer::Refused(limit.clone()));
+                            continue;
+                        }
                         let hole = tracker.lock().expect("tracker lock").check_top(Top {
                             relay,
                             conn_epoch,

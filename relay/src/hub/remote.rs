@@ -296,16 +296,22 @@ impl RemoteSink for RemoteFeed {
     }
 
     fn answer(&self, stream: Token, answer: Answer) {
-        if let Answer::Top { top, .. } = &answer
-            && self.live.last_end().is_none()
-        {
-            // Nothing received yet: the batches to come start where the owner stands now.
-            self.live.set_base(top.top);
-        }
         let state = match answer {
-            Answer::Top { .. } => RemoteState::Flowing,
+            Answer::Top { top, .. } => {
+                if self.live.last_end().is_none() {
+                    // Nothing received yet: the batches to come start where the owner stands.
+                    self.live.set_base(top.top);
+                }
+                RemoteState::Flowing
+            }
             Answer::Away => RemoteState::Away,
             Answer::Unavailable => RemoteState::Unavailable,
+            Answer::Refused(limit) => {
+                if let Some(hub) = self.hub.upgrade() {
+                    hub.remote_refused(self.agent, stream, &limit);
+                }
+                return;
+            }
         };
         self.tell(stream, state);
     }

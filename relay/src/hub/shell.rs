@@ -18,8 +18,8 @@ use tokio::sync::{Notify, mpsc};
 
 use super::HubConfig;
 use super::core::{
-    AgentViolation, CatalogRefusal, Core, Count, Effect, Refusal, RemoteState, Resume, RingView,
-    Target, Time, Unresolved,
+    AgentViolation, CapHit, CatalogRefusal, Core, Count, Effect, Refusal, RemoteState, Resume,
+    RingView, Target, Time, Unresolved,
 };
 use super::remote::RemoteCtx;
 use crate::auth::Claims;
@@ -593,9 +593,22 @@ impl Shell {
     }
 
     /// Another relay leases a stream of `agent`'s connection, or stopped ([`Core::remote_lease`]).
-    pub fn remote_lease(&mut self, now: Time, agent: AgentId, local: AgentStreamId, leased: bool) {
+    pub fn remote_lease(
+        &mut self,
+        now: Time,
+        agent: AgentId,
+        local: AgentStreamId,
+        leased: bool,
+    ) -> Result<(), CapHit> {
         self.input(now, |core, rings, now| {
-            core.remote_lease(now, rings, agent, local, leased);
+            core.remote_lease(now, rings, agent, local, leased)
+        })
+    }
+
+    /// The owner refused this relay's lease on a remote stream ([`Core::remote_refused`]).
+    pub fn remote_refused(&mut self, now: Time, agent: Token, stream: Token, limit: &str) {
+        self.input(now, |core, _, now| {
+            core.remote_refused(now, agent, stream, limit);
         });
     }
 

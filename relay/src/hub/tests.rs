@@ -1142,15 +1142,149 @@ async fn the_hub_cancels_after_the_linger_on_its_timer_task() {
 }
 
 impl TestHub {
+    /// A lease change that no cap refuses.
     fn remote_lease(&self, agent: AgentId, local: u64, leased: bool) {
+        self.try_remote_lease(agent, local, leased)
+            .expect("no cap refuses it");
+    }
+
+    fn try_remote_lease(
+        &self,
+        agent: AgentId,
+        local: u64,
+        leased: bool,
+    ) -> Result<(), super::core::CapHit> {
         let now = self.now();
         self.shell.borrow_mut().remote_lease(
             now,
             agent,
             crate::ids::AgentStreamId::from(local),
             leased,
+        )
+    }
+}
+
+#[test]
+fn a_remote_lease_that_needs_a_demand_beyond_a_cap_is_refused_and_holds_nothing() {
+    let hub = hub_with(|c| c.core.max_demands_per_agent = 1);
+    let (agent, mut rx) = agent(&hub, vec![info(1, "p1", ""), info(2, "p2", "")]);
+    // A local watcher takes the agent's one demand.
+    let s = hub.add_session("acme", None).unwrap();
+    assert_eq!(hub.subscribe(&s, "a", sel("p1"), follow(0)).unwrap(), None);
+    let (first, _, _) = opened(&mut rx);
+    // Another relay's lease on the other stream would need a second one: refused, counted,
+    // nothing opened, and nothing held (the lease ending changes nothing).
+    let limit_hits = || {
+        hub.metrics
+            .limit_hits
+            .get_or_create(&crate::metrics::Limit {
+                limit: "demands_per_agent",
+            })
+            .get()
+    };
+    let before = limit_hits();
+    let refused = hub.try_remote_lease(agent, 2, true);
+    assert_eq!(refused.map_err(|h| h.limit()), Err("demands_per_agent"));
+    assert_eq!(limit_hits(), before + 1);
+    assert!(rx.try_recv().is_err(), "no second open");
+    hub.remote_lease(agent, 2, false);
+    hub.advance(60);
+    assert!(rx.try_recv().is_err(), "nothing to cancel");
+    // A lease on the stream whose demand is open needs none: not refused.
+    hub.remote_lease(agent, 1, true);
+    assert!(rx.try_recv().is_err());
+    // Once the local watcher and the lease let the first demand go, the other stream's lease
+    // passes.
+    hub.remote_lease(agent, 1, false);
+    assert!(hub.unsubscribe(&s, "a"));
+    hub.advance(60);
+    assert_eq!(rx.try_recv().unwrap(), RelayMsg::Cancel { demand: first });
+    hub.remote_lease(agent, 2, true);
+    opened(&mut rx);
+}
+
+/// Another relay's stream (pod `p` of org `acme`, cluster `c1`): its agent's tokens, its own
+/// and its labels.
+fn remote_stream() -> (
+    crate::backplane::subject::AgentTokens,
+    crate::backplane::subject::Token,
+    Labels,
+) {
+    use crate::backplane::subject::{AgentTokens, Token};
+    let agent = AgentTokens {
+        org: Token([1; 16]),
+        cluster: Token([2; 16]),
+        agent: Token([3; 16]),
+    };
+    let mut labels = info(1, "p", "acme").labels;
+    labels.cluster = "c1".into();
+    (agent, Token([4; 16]), labels)
+}
+
+/// [`remote_stream`] in the shared catalog: its agent's tokens and its own.
+fn remote_stream_in_catalog(
+    hub: &TestHub,
+) -> (
+    crate::backplane::subject::AgentTokens,
+    crate::backplane::subject::Token,
+) {
+    let (agent, stream, labels) = remote_stream();
+    let now = hub.now();
+    hub.shell
+        .borrow_mut()
+        .remote_catalog(now, vec![(agent, stream, labels)]);
+    (agent, stream)
+}
+
+#[test]
+fn a_refused_lease_ends_the_watchers_of_the_remote_stream_with_demand_limit() {
+    use super::core::Effect;
+    let hub = hub();
+    let (agent, stream) = remote_stream_in_catalog(&hub);
+    let s = hub.add_session("acme", None).unwrap();
+    let s2 = hub.add_session("acme", None).unwrap();
+    hub.subscribe(&s, "a", sel("p"), follow(0)).unwrap();
+    hub.subscribe(&s2, "b", Selector::default(), follow(0))
+        .unwrap();
+    hub.shell.borrow_mut().take_log();
+    take_events(&s);
+    take_events(&s2);
+
+    let refuse = |hub: &TestHub| {
+        let now = hub.now();
+        hub.shell
+            .borrow_mut()
+            .remote_refused(now, agent.agent, stream, "demands_per_org");
+    };
+    refuse(&hub);
+    for session in [&s, &s2] {
+        let ends: Vec<Event> = take_events(session)
+            .into_iter()
+            .filter(|e| matches!(e, Event::End { .. }))
+            .collect();
+        assert!(
+            matches!(&ends[..], [Event::End { reason, .. }] if *reason == EndReason::DemandLimit),
+            "{ends:?}"
         );
     }
+    let log = hub.shell.borrow_mut().take_log();
+    assert!(
+        log.iter()
+            .any(|e| matches!(e, Effect::Release { stream: t, .. } if *t == stream)),
+        "the want is released at once: {log:?}"
+    );
+    // Still listed; told again, nothing more happens; a new subscription wants it again.
+    assert_eq!(hub.list(&s, &sel("p")).len(), 1);
+    refuse(&hub);
+    assert!(take_events(&s).is_empty());
+    hub.subscribe(&s, "c", sel("p"), follow(0)).unwrap();
+    assert!(
+        hub.shell
+            .borrow_mut()
+            .take_log()
+            .iter()
+            .any(|e| matches!(e, Effect::Want { stream: t, .. } if *t == stream))
+    );
 }
 
 #[test]
@@ -1221,16 +1355,8 @@ fn a_remote_lease_holds_the_live_demand_like_a_watcher_and_lingers_when_it_ends(
 #[test]
 fn another_relays_stream_is_listed_by_org_wanted_while_watched_and_taken_over_locally() {
     use super::core::{Effect, RemoteState};
-    use crate::backplane::subject::{AgentTokens, Token};
     let hub = hub();
-    let agent = AgentTokens {
-        org: Token([1; 16]),
-        cluster: Token([2; 16]),
-        agent: Token([3; 16]),
-    };
-    let stream = Token([4; 16]);
-    let mut labels = info(1, "p", "acme").labels;
-    labels.cluster = "c1".into();
+    let (agent, stream, labels) = remote_stream();
     let catalog = |hub: &TestHub, present: bool| {
         let now = hub.now();
         let streams = if present {
@@ -1369,20 +1495,8 @@ fn a_resume_waiting_for_its_stream_opens_the_live_demand_before_a_tail_does() {
 #[test]
 fn a_watch_of_another_relays_stream_asks_its_backlog_of_the_owners_ring_then_reads_the_ring() {
     use super::core::Effect;
-    use crate::backplane::subject::{AgentTokens, Token};
     let hub = hub();
-    let agent = AgentTokens {
-        org: Token([1; 16]),
-        cluster: Token([2; 16]),
-        agent: Token([3; 16]),
-    };
-    let stream = Token([4; 16]);
-    let mut labels = info(1, "p", "acme").labels;
-    labels.cluster = "c1".into();
-    let now = hub.now();
-    hub.shell
-        .borrow_mut()
-        .remote_catalog(now, vec![(agent, stream, labels)]);
+    let (_, stream) = remote_stream_in_catalog(&hub);
     let effects = |hub: &TestHub| hub.shell.borrow_mut().take_log();
     effects(&hub);
 

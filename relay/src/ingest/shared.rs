@@ -9,7 +9,7 @@ use logrelay_wire::control::{self, SeqPos};
 use crate::backplane::lease::Change;
 use crate::backplane::subject::Token;
 use crate::backplane::{BackfillAsk, BackfillPart, Backplane, Owner, ServedAgent};
-use crate::hub::{CatalogRefusal, Hub};
+use crate::hub::{CapHit, CatalogRefusal, Hub};
 use crate::ids::{AgentId, AgentStreamId};
 
 /// The agent's shared streams: its own stream id → the stream's token.
@@ -34,7 +34,7 @@ struct Leases {
 }
 
 impl Owner for Leases {
-    fn changed(&self, change: Change) {
+    fn changed(&self, change: Change) -> Result<(), &'static str> {
         let (token, leased) = match change {
             Change::Publish(t) => (t, true),
             Change::Stop(t) => (t, false),
@@ -47,8 +47,11 @@ impl Owner for Leases {
             .iter()
             .find_map(|(id, t)| (*t == token).then_some(*id));
         tracing::debug!(agent = %self.agent, leased, known = local.is_some(), "backplane: remote lease changed");
-        if let (Some(local), Some(hub)) = (local, self.hub.upgrade()) {
-            hub.remote_lease(self.agent, AgentStreamId::from(local), leased);
+        match (local, self.hub.upgrade()) {
+            (Some(local), Some(hub)) => hub
+                .remote_lease(self.agent, AgentStreamId::from(local), leased)
+                .map_err(CapHit::limit),
+            _ => Ok(()),
         }
     }
 

@@ -10,7 +10,9 @@ use super::*;
 impl Core {
     /// Another relay now leases (`leased`), or no longer leases, the stream `local` of
     /// `agent`'s connection. Only that connection's own streams are looked at; anything else
-    /// is ignored.
+    /// is ignored. A lease that needs a new live demand at the agent counts toward the
+    /// `--max-demands-per-*` caps like a local watcher's first subscription: beyond one, it
+    /// is refused (`Err`, counted in `limit_hits_total`) and holds nothing.
     pub fn remote_lease(
         &mut self,
         now: Time,
@@ -18,16 +20,23 @@ impl Core {
         agent: AgentId,
         local: AgentStreamId,
         leased: bool,
-    ) {
+    ) -> Result<(), CapHit> {
         let Some(&(sid, _)) = self.agents.get(&agent).and_then(|a| a.streams.get(&local)) else {
-            return;
+            return Ok(());
         };
-        let Some(s) = self.rings.get_mut(&sid) else {
-            return;
+        let Some(s) = self.rings.get(&sid) else {
+            return Ok(());
         };
         if s.agent != Some((agent, local)) || s.leased == leased {
-            return;
+            return Ok(());
         }
+        if leased
+            && s.live_demand.is_none()
+            && let Some(hit) = self.cap_hit(sid)
+        {
+            return Err(hit);
+        }
+        let s = self.rings.get_mut(&sid).expect("present");
         s.leased = leased;
         if leased {
             if let Some(at) = s.linger.take() {
@@ -45,6 +54,7 @@ impl Core {
             }
             self.arm(at, Timer::Linger(sid));
         }
+        Ok(())
     }
 
     /// The ring of stream `local` of `agent`'s connection (its own streams only), unless it
@@ -179,6 +189,50 @@ impl Core {
         {
             self.remote_paused(sid, state);
         }
+    }
+
+    /// The relay holding `agent` refused this relay's lease on `stream`: serving it needed one
+    /// more demand at the agent beyond its cap `limit`. Every watcher of the ring here gets
+    /// `end` `demand_limit` (as a local subscription refused by a cap does; their standing
+    /// subscriptions stay), and the stream is no longer wanted; the ring stays listed.
+    pub fn remote_refused(&mut self, now: Time, agent: Token, stream: Token, limit: &str) {
+        let Some(&sid) = self.by_remote.get(&(agent, stream)) else {
+            return;
+        };
+        let Some(s) = self.rings.get_mut(&sid) else {
+            return;
+        };
+        if !s.remote.is_some_and(|r| r.wanted) {
+            return;
+        }
+        tracing::info!(ring = %sid, limit, "backplane: the owner refused a lease (demand cap)");
+        let watchers: Vec<SessionId> = std::mem::take(&mut s.watchers).into_iter().collect();
+        for w in watchers {
+            if let Some(watch) = self
+                .sessions
+                .get_mut(&w)
+                .and_then(|ss| ss.watches.remove(&sid))
+            {
+                self.unwatch(w, sid, &watch);
+                for &demand in &watch.own {
+                    self.cancel_demand(demand);
+                }
+            }
+            self.send_session(
+                w,
+                Event::End {
+                    stream: sid.get(),
+                    reason: EndReason::DemandLimit,
+                },
+            );
+        }
+        // Now as when the linger of its last watcher ends: released, emptied, and gone if its
+        // agent is gone from the catalog too.
+        let at = now.plus(self.config.linger);
+        if let Some(old) = self.rings.get_mut(&sid).and_then(|s| s.linger.replace(at)) {
+            self.timers.remove(&(old, Timer::Linger(sid)));
+        }
+        self.linger_expired(sid, at);
     }
 
     /// Ring `sid`'s remote stream is now in `state`: its watchers are told of a change.

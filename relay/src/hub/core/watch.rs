@@ -664,7 +664,7 @@ impl Core {
     }
 
     /// Tells the shell that `session` no longer watches `key`.
-    fn unwatch(&mut self, session: SessionId, key: StreamId, watch: &WatchState) {
+    pub(super) fn unwatch(&mut self, session: SessionId, key: StreamId, watch: &WatchState) {
         self.out.push(Effect::Unwatch {
             session,
             key,
