@@ -52,6 +52,8 @@ const MIN_LIFE_SAMPLES: usize = 10;
 pub struct ChaosOptions {
     /// Length of the chaos (drain excluded).
     pub duration: Duration,
+    /// Length of the steady phase at its end, without kills (default: a third, 60 s to 10 min).
+    pub steady: Option<Duration>,
     /// Seed of the schedule and of the fault proxy.
     pub seed: u64,
     /// Containers written and watched.
@@ -248,7 +250,7 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         soak.fail("the streams did not start within 60 s".into());
     }
 
-    let cadence = Cadence::for_length(opts.duration);
+    let cadence = Cadence::for_length(opts.duration, opts.steady);
     let schedule = plan::schedule(opts.seed, opts.duration, pods, &cadence, SETTLE);
     let (kills, rest): (Vec<_>, Vec<_>) = schedule
         .into_iter()
@@ -362,28 +364,46 @@ pub async fn run(opts: &ChaosOptions) -> anyhow::Result<ChaosReport> {
         ));
     }
 
+    let steady_from_secs = cadence.steady_from_secs(opts.duration);
     let memory = |samples: Vec<RssSample>| Memory {
-        slope: plan::pooled_slope(&samples, opts.rss_warmup_secs, MIN_LIFE_SAMPLES),
+        steady: plan::pooled_slope(
+            &plan::steady_samples(&samples, steady_from_secs),
+            opts.rss_warmup_secs,
+            MIN_LIFE_SAMPLES,
+        ),
+        across_lives: plan::level_trend(&samples, opts.rss_warmup_secs, MIN_LIFE_SAMPLES),
+        within_lives: plan::pooled_slope(&samples, opts.rss_warmup_secs, MIN_LIFE_SAMPLES),
         max_rss_bytes: samples.iter().map(|s| s.rss_bytes).max().unwrap_or(0),
         samples,
     };
     let (relay_memory, agent_memory) = (memory(relay_samples), memory(agent_samples));
+    let tolerance = opts.max_rss_slope_bytes_per_min;
+    let kib = |b: f64| b / 1024.0;
     for (name, m) in [("relay", &relay_memory), ("agent", &agent_memory)] {
-        match &m.slope {
-            Some(s) if s.bytes_per_min.abs() > opts.max_rss_slope_bytes_per_min => {
-                failures.push(format!(
-                    "{name} RSS is not flat: {:+.0} KiB/min (± {:.0}), tolerance ±{:.0} KiB/min",
-                    s.bytes_per_min / 1024.0,
-                    s.stderr_bytes_per_min / 1024.0,
-                    opts.max_rss_slope_bytes_per_min / 1024.0
-                ));
-            }
+        match &m.steady {
+            Some(s) if s.bytes_per_min.abs() > tolerance => failures.push(format!(
+                "{name} RSS is not flat in the steady phase (from {steady_from_secs:.0} s): \
+                 {:+.0} KiB/min (± {:.0}), tolerance ±{:.0} KiB/min",
+                kib(s.bytes_per_min),
+                kib(s.stderr_bytes_per_min),
+                kib(tolerance)
+            )),
             Some(_) => {}
             None => failures.push(format!(
-                "{name} RSS: too few samples for a slope (each life needs {MIN_LIFE_SAMPLES} \
-                 after its first {:.0} s)",
+                "{name} RSS: too few samples in the steady phase for a slope ({MIN_LIFE_SAMPLES} \
+                 needed after its first {:.0} s)",
                 opts.rss_warmup_secs
             )),
+        }
+        if let Some(s) = m.across_lives.filter(|s| s.bytes_per_min.abs() > tolerance) {
+            failures.push(format!(
+                "{name} RSS climbs from life to life: {:+.0} KiB/min (± {:.0}) over {} lives, \
+                 tolerance ±{:.0} KiB/min",
+                kib(s.bytes_per_min),
+                kib(s.stderr_bytes_per_min),
+                s.lives,
+                kib(tolerance)
+            ));
         }
     }
     let stats = soak.proxy.stats();

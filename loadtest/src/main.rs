@@ -138,6 +138,11 @@ struct ChaosArgs {
     /// How long the chaos lasts (`90s`, `2m`, `30m`, `1h`); the drain at the end comes on top.
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     duration: std::time::Duration,
+    /// The steady phase at the end of `--duration`: no kills (network faults and session
+    /// churn go on), and the memory verdict is judged on it. Default: a third of
+    /// `--duration`, 60 s to 10 min; never less than 60 s.
+    #[arg(long, value_parser = parse_duration)]
+    steady: Option<std::time::Duration>,
     /// Seed of the schedule (kills, network faults, session churn) and of the fault proxy.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -261,8 +266,16 @@ async fn run_chaos(args: ChaosArgs) -> anyhow::Result<()> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    if let Some(steady) = args.steady.filter(|s| *s > args.duration) {
+        anyhow::bail!(
+            "--steady {steady:?} is longer than --duration {:?}: the steady phase is the end of \
+             the soak (equal to it: a soak without kills)",
+            args.duration
+        );
+    }
     let opts = chaos::ChaosOptions {
         duration: args.duration,
+        steady: args.steady,
         seed: args.seed,
         pods: args.pods,
         rate_lines_per_sec: args.rate_lines_per_sec,

@@ -85,29 +85,47 @@ pub struct Cadence {
     pub net_every_secs: (f64, f64),
     /// Between two session events, seconds.
     pub churn_every_secs: (f64, f64),
-    /// No kill in the last this many seconds of the soak: each process's last life is long
-    /// enough for its memory slope.
+    /// The steady phase: no kill in the last this many seconds of the soak (network faults and
+    /// session churn go on). Each process's last life spans it, and the memory verdict is
+    /// judged on it, once rings and queues have filled.
     pub last_life_secs: f64,
 }
 
+/// Longest default steady phase, seconds.
+const STEADY_MAX_SECS: f64 = 600.0;
+/// Shortest steady phase, seconds.
+const STEADY_MIN_SECS: f64 = 60.0;
+
 impl Cadence {
-    /// The default cadence for a soak of `length`: a kill per 30 s (at least 2).
-    pub fn for_length(length: Duration) -> Self {
+    /// The default cadence for a soak of `length`: its last third (60 s to 10 min), or
+    /// `steady` when given (60 s at least), is the steady phase without kills; before it, a
+    /// kill per 30 s (at least 4).
+    pub fn for_length(length: Duration, steady: Option<Duration>) -> Self {
+        let len = length.as_secs_f64();
+        let steady = steady
+            .map_or((len / 3.0).min(STEADY_MAX_SECS), |s| s.as_secs_f64())
+            .max(STEADY_MIN_SECS);
         Self {
-            kills: ((length.as_secs_f64() / 30.0) as u32).max(2),
+            kills: (((len - steady).max(0.0) / 30.0) as u32).max(4),
+            last_life_secs: steady,
             ..Self::default()
         }
+    }
+
+    /// When the steady phase starts, seconds after the soak's start.
+    pub fn steady_from_secs(&self, length: Duration) -> f64 {
+        (length.as_secs_f64() - self.last_life_secs).max(0.0)
     }
 }
 
 impl Default for Cadence {
     fn default() -> Self {
         Self {
-            kills: 2,
+            kills: 4,
             down_secs: (0.0, 2.0),
             net_every_secs: (4.0, 12.0),
             churn_every_secs: (1.0, 4.0),
-            last_life_secs: 60.0,
+            last_life_secs: STEADY_MIN_SECS,
         }
     }
 }
@@ -338,6 +356,79 @@ pub fn pooled_slope(samples: &[RssSample], warmup_secs: f64, min_samples: usize)
     })
 }
 
+/// The trend of a process's level across its lives: each life with `min_samples` after its
+/// first `warmup_secs` gives one point (the median of those samples, at their middle time),
+/// and a least-squares line through the points gives the slope. Memory that a restart does
+/// not give back, or that each life starts with more of (state that grows with what is on
+/// disk, say), shows here; rings filling inside a life do not. `None` with fewer than three
+/// such lives.
+pub fn level_trend(samples: &[RssSample], warmup_secs: f64, min_samples: usize) -> Option<Slope> {
+    let mut lives: Vec<u32> = samples.iter().map(|s| s.life).collect();
+    lives.sort_unstable();
+    lives.dedup();
+    let mut points: Vec<(f64, f64)> = Vec::new();
+    let mut samples_used = 0;
+    for life in lives {
+        let of_life: Vec<&RssSample> = samples.iter().filter(|s| s.life == life).collect();
+        let Some(start) = of_life.iter().map(|s| s.t_secs).reduce(f64::min) else {
+            continue;
+        };
+        let kept: Vec<&&RssSample> = of_life
+            .iter()
+            .filter(|s| s.t_secs >= start + warmup_secs)
+            .collect();
+        if kept.len() < min_samples.max(1) {
+            continue;
+        }
+        let mut rss: Vec<u64> = kept.iter().map(|s| s.rss_bytes).collect();
+        rss.sort_unstable();
+        let first = kept
+            .iter()
+            .map(|s| s.t_secs)
+            .reduce(f64::min)
+            .unwrap_or(start);
+        let last = kept
+            .iter()
+            .map(|s| s.t_secs)
+            .reduce(f64::max)
+            .unwrap_or(start);
+        points.push(((first + last) / 2.0 / 60.0, rss[rss.len() / 2] as f64));
+        samples_used += kept.len();
+    }
+    if points.len() < 3 {
+        return None;
+    }
+    let k = points.len() as f64;
+    let mx = points.iter().map(|p| p.0).sum::<f64>() / k;
+    let my = points.iter().map(|p| p.1).sum::<f64>() / k;
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    if sxx <= 0.0 {
+        return None;
+    }
+    let slope = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum::<f64>() / sxx;
+    let residual: f64 = points
+        .iter()
+        .map(|p| (p.1 - (my + slope * (p.0 - mx))).powi(2))
+        .sum();
+    Some(Slope {
+        bytes_per_min: slope,
+        stderr_bytes_per_min: (residual / (k - 2.0) / sxx).sqrt(),
+        samples: samples_used,
+        lives: points.len(),
+        covered_secs: (points[points.len() - 1].0 - points[0].0) * 60.0,
+    })
+}
+
+/// The samples of the steady phase (from `from_secs` on), for the memory verdict: a process
+/// (re)started inside it has its own warm-up left out by [`pooled_slope`] as usual.
+pub fn steady_samples(samples: &[RssSample], from_secs: f64) -> Vec<RssSample> {
+    samples
+        .iter()
+        .filter(|s| s.t_secs >= from_secs)
+        .copied()
+        .collect()
+}
+
 /// Why a duration does not parse.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("`{0}` is not a duration: write a number with s, m or h (90s, 2m, 30m, 1h)")]
@@ -381,7 +472,7 @@ mod tests {
     #[test]
     fn one_seed_one_schedule_within_the_run() {
         let len = Duration::from_secs(1800);
-        let c = Cadence::for_length(len);
+        let c = Cadence::for_length(len, None);
         let settle = Duration::from_secs(10);
         let a = schedule(7, len, 4, &c, settle);
         assert_eq!(a, schedule(7, len, 4, &c, settle));
@@ -389,16 +480,18 @@ mod tests {
         assert!(a.windows(2).all(|w| w[0].0 <= w[1].0), "in time order");
         assert!(a.iter().all(|(at, _)| *at >= settle && *at < len - settle));
         assert!(a.iter().all(
-            |(at, x)| !matches!(x, Action::Kill { .. }) || *at < len - Duration::from_secs(60)
+            |(at, x)| !matches!(x, Action::Kill { .. }) || *at < len - Duration::from_secs(600)
         ));
         let kills = |t| {
             a.iter()
                 .filter(|(_, x)| matches!(x, Action::Kill { target, .. } if *target == t))
                 .count()
         };
-        // 30 min: 60 kills, half of them the relay's, spread out.
+        // 30 min: the last 10 min steady, 40 kills in the 20 before, half of them the relay's,
+        // spread out.
+        assert_eq!(c.steady_from_secs(len), 1200.0);
         let (relay, agent) = (kills(Target::Relay), kills(Target::Agent));
-        assert_eq!((relay, agent), (30, 30));
+        assert_eq!((relay, agent), (20, 20));
         let at: Vec<Duration> = a
             .iter()
             .filter(|(_, x)| matches!(x, Action::Kill { .. }))
@@ -445,7 +538,7 @@ mod tests {
             1,
             len,
             4,
-            &Cadence::for_length(len),
+            &Cadence::for_length(len, None),
             Duration::from_secs(10),
         );
         let kills: Vec<(Duration, Target)> = a
@@ -526,5 +619,79 @@ mod tests {
         assert!(pooled_slope(&samples, 20.0, 5).unwrap().bytes_per_min.abs() < 1.0);
         assert!(pooled_slope(&samples, 0.0, 5).unwrap().bytes_per_min > 1_000_000.0);
         assert_eq!(pooled_slope(&samples[..10], 20.0, 5), None);
+    }
+
+    #[test]
+    fn the_steady_phase_is_a_third_within_bounds() {
+        let m = Duration::from_secs(60);
+        let c = |len, steady| Cadence::for_length(len, steady);
+        assert_eq!(c(2 * m, None).last_life_secs, 60.0);
+        assert_eq!(c(2 * m, None).kills, 4);
+        assert_eq!(c(15 * m, None).last_life_secs, 300.0);
+        assert_eq!(c(15 * m, None).kills, 20);
+        assert_eq!(c(60 * m, None).last_life_secs, 600.0);
+        assert_eq!(c(60 * m, None).kills, 100);
+        assert_eq!(c(30 * m, Some(20 * m)).last_life_secs, 1200.0);
+        assert_eq!(c(30 * m, Some(20 * m)).kills, 20);
+        assert_eq!(c(30 * m, Some(Duration::from_secs(5))).last_life_secs, 60.0);
+    }
+
+    #[test]
+    fn a_level_that_climbs_from_life_to_life_shows_in_the_trend_not_in_the_lives() {
+        // Flat inside each life, but every life 2 MiB above the one before (one a minute).
+        let mut samples = Vec::new();
+        for life in 0..6u32 {
+            for i in 0..60u32 {
+                samples.push(RssSample {
+                    t_secs: f64::from(life) * 60.0 + f64::from(i),
+                    life,
+                    rss_bytes: (40 << 20) + u64::from(life) * (2 << 20) + u64::from(i % 3) * 4096,
+                });
+            }
+        }
+        let within = pooled_slope(&samples, 10.0, 5).unwrap();
+        assert!(within.bytes_per_min.abs() < 10_000.0, "{within:?}");
+        let trend = level_trend(&samples, 10.0, 5).unwrap();
+        assert!(
+            (trend.bytes_per_min - f64::from(2 << 20)).abs() < 10_000.0,
+            "{trend:?}"
+        );
+        assert_eq!(trend.lives, 6);
+        // Restarts at the same level: no trend, whatever the filling inside each life.
+        let flat: Vec<RssSample> = samples
+            .iter()
+            .map(|s| RssSample {
+                rss_bytes: (40 << 20) + ((s.t_secs as u64 % 60).min(20) << 20),
+                ..*s
+            })
+            .collect();
+        assert!(level_trend(&flat, 30.0, 5).unwrap().bytes_per_min.abs() < 1.0);
+        assert_eq!(level_trend(&samples[..120], 10.0, 5), None, "two lives");
+    }
+
+    #[test]
+    fn the_steady_phase_leaves_out_what_came_before_and_its_own_warmup() {
+        // Killed every 40 s until 200 s, then one life to 500 s: filling for 20 s after each
+        // start, then flat; a leak of 1 MiB/min would show only in the last life.
+        let mut samples = Vec::new();
+        let starts = [0.0, 40.0, 80.0, 120.0, 160.0, 200.0];
+        for (life, &start) in starts.iter().enumerate() {
+            let end = starts.get(life + 1).copied().unwrap_or(500.0);
+            let mut t = start;
+            while t < end {
+                let age = t - start;
+                samples.push(RssSample {
+                    t_secs: t,
+                    life: life as u32,
+                    rss_bytes: (30 << 20) + (age.min(20.0) * 1_048_576.0) as u64,
+                });
+                t += 1.0;
+            }
+        }
+        let steady = steady_samples(&samples, 200.0);
+        assert!(steady.iter().all(|s| s.life == 5));
+        let s = pooled_slope(&steady, 30.0, 10).unwrap();
+        assert!(s.bytes_per_min.abs() < 1.0, "{s:?}");
+        assert_eq!(s.samples, 270);
     }
 }

@@ -182,8 +182,15 @@ pub struct Network {
 /// Memory of one process over the soak.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Memory {
-    /// Pooled least-squares slope across its lives (`null`: too few samples).
-    pub slope: Option<Slope>,
+    /// The verdict: the slope in the steady phase (no kills), after its warm-up (`null`: too
+    /// few samples).
+    pub steady: Option<Slope>,
+    /// The verdict too: the trend of each life's median level across the soak (`null`: fewer
+    /// than three lives long enough).
+    pub across_lives: Option<Slope>,
+    /// For information: the slope inside every life, pooled over the whole soak (lives of
+    /// about a minute between kills mostly show rings and queues filling, not leaks).
+    pub within_lives: Option<Slope>,
     /// Largest RSS seen, bytes.
     pub max_rss_bytes: u64,
     /// Every sample, one a second.
@@ -239,8 +246,8 @@ pub struct ChaosReport {
     pub agent_memory: Memory,
 }
 
-fn slope_text(m: &Memory) -> String {
-    match &m.slope {
+fn slope_text(slope: Option<&Slope>) -> String {
+    match slope {
         Some(s) => format!(
             "{:+.1} KiB/min ± {:.1} ({} samples over {} lives, {:.0} s)",
             s.bytes_per_min / 1024.0,
@@ -251,6 +258,16 @@ fn slope_text(m: &Memory) -> String {
         ),
         None => "too few samples".into(),
     }
+}
+
+fn memory_text(m: &Memory) -> String {
+    format!(
+        "steady phase {}; across lives {}; within lives (information) {}; max RSS {}",
+        slope_text(m.steady.as_ref()),
+        slope_text(m.across_lives.as_ref()),
+        slope_text(m.within_lives.as_ref()),
+        mib(m.max_rss_bytes as f64)
+    )
 }
 
 impl ChaosReport {
@@ -343,27 +360,15 @@ impl ChaosReport {
                 "delivered lines/s",
                 format!("{:.0}", self.delivered_lines_per_sec),
             ),
-            (
-                "relay RSS slope",
-                format!(
-                    "{} (max RSS {})",
-                    slope_text(&self.relay_memory),
-                    mib(self.relay_memory.max_rss_bytes as f64)
-                ),
-            ),
-            (
-                "agent RSS slope",
-                format!(
-                    "{} (max RSS {})",
-                    slope_text(&self.agent_memory),
-                    mib(self.agent_memory.max_rss_bytes as f64)
-                ),
-            ),
+            ("relay RSS", memory_text(&self.relay_memory)),
+            ("agent RSS", memory_text(&self.agent_memory)),
             (
                 "RSS tolerance",
                 format!(
-                    "±{:.0} KiB/min, first {:.0} s of each life left out",
+                    "±{:.0} KiB/min in the steady phase (the last {:.0} s, no kills) and across \
+                     lives; first {:.0} s of each life left out",
                     self.setup.max_rss_slope_bytes_per_min / 1024.0,
+                    self.setup.cadence.last_life_secs,
                     self.setup.rss_warmup_secs
                 ),
             ),
