@@ -1,6 +1,7 @@
 //! Failures at the session level across relays (issue 14): three relays (the binaries,
-//! production mode) on one `nats-server` started by the test, an agent writing 2 000 lines/s,
-//! and a session on each relay watching its stream, each checked line by line:
+//! production mode) on one `nats-server` started by the test, an agent writing 2 000 lines/s
+//! (20 000 lines/s when its relay is SIGKILLed), and a session on each relay watching its
+//! stream, each checked line by line:
 //!
 //! * a rolling restart of the three relays (SIGTERM, drained, started again, one after the
 //!   other): every session resumes with `since_seq` on another relay;
@@ -112,14 +113,14 @@ fn paused_after(c: &ResumingClient, since: std::time::Instant) -> Option<PauseRe
     })
 }
 
-fn writer(pods: &PodsDir) -> KubeletWriter {
+fn writer(pods: &PodsDir, lines_per_sec: u32) -> KubeletWriter {
     KubeletWriter::start(
         pods.path(),
         "ns",
         "app",
         "main",
         WriterConfig {
-            lines_per_sec: 2_000,
+            lines_per_sec,
             ..WriterConfig::default()
         },
     )
@@ -132,7 +133,7 @@ async fn a_rolling_restart_of_three_relays_every_session_resumes_elsewhere_with_
     let files = TestPki::new().files("dev", "test");
     let mut relays = three_relays(&files, &nats).await;
     let pods = PodsDir::new();
-    let writer = writer(&pods);
+    let writer = writer(&pods, 2_000);
     let others: Vec<String> = relays[1..].iter().map(|r| r.quic.to_string()).collect();
     let agent = AgentProcess::start(
         &files,
@@ -188,7 +189,7 @@ async fn nats_server_restarted_remote_watchers_are_paused_backplane_unavailable_
     let files = TestPki::new().files("dev", "test");
     let relays = three_relays(&files, &nats).await;
     let pods = PodsDir::new();
-    let writer = writer(&pods);
+    let writer = writer(&pods, 2_000);
     let agent = AgentProcess::start(&files, pods.path(), relays[0].quic, &[]).await;
     assert_eq!(owner(&relays).await, 0);
     catalogs_hold_the_stream(&relays, 0).await;
@@ -252,7 +253,8 @@ async fn the_agents_relay_killed_of_three_the_agent_moves_and_the_sessions_elsew
     let files = TestPki::new().files("dev", "test");
     let mut relays = three_relays(&files, &nats).await;
     let pods = PodsDir::new();
-    let writer = writer(&pods);
+    // 20 000 lines/s: about 20 000 lines in flight or queued at the agent across the kill.
+    let writer = writer(&pods, 20_000);
     let others: Vec<String> = relays[1..].iter().map(|r| r.quic.to_string()).collect();
     let agent = AgentProcess::start(
         &files,
@@ -269,7 +271,7 @@ async fn the_agents_relay_killed_of_three_the_agent_moves_and_the_sessions_elsew
         .filter(|i| *i != on)
         .map(|i| ResumingClient::start(relays[i].subscribe_url(), selector(), 0))
         .collect();
-    each_gets(&clients, 1_000, "lines across relays").await;
+    each_gets(&clients, 20_000, "lines across relays").await;
 
     relays[on].kill();
     let killed = std::time::Instant::now();
@@ -291,7 +293,7 @@ async fn the_agents_relay_killed_of_three_the_agent_moves_and_the_sessions_elsew
     }
     let moved = owner(&relays).await;
     assert_ne!(moved, on, "the agent moved");
-    each_gets(&clients, 1_000, "lines after the move").await;
+    each_gets(&clients, 20_000, "lines after the move").await;
     for c in &clients {
         assert_eq!(c.with(|s| s.sessions), 1, "no session was closed");
     }
