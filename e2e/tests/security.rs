@@ -229,6 +229,198 @@ const ORGS: [&str; 2] = ["acme", "globex"];
 const DOMAINS: [Option<&str>; 3] = [None, Some("dev"), Some("prod")];
 const PROJECTS: [Option<&str>; 3] = [None, Some("p1"), Some("p2")];
 
+/// Random agents: per agent, the index of its org and its streams (domain, project, whether it
+/// lies about its org).
+type Agents = Vec<(usize, Vec<(usize, usize, bool)>)>;
+/// Random sessions: the index of the org of its token, its bindings (domain, project), and the
+/// domain its selector names.
+type Sessions = Vec<(usize, Vec<(usize, usize)>, usize)>;
+
+fn agents() -> impl Strategy<Value = Agents> {
+    proptest::collection::vec(
+        (
+            0..2usize,
+            proptest::collection::vec((0..3usize, 0..3usize, any::<bool>()), 1..4),
+        ),
+        1..4,
+    )
+}
+
+fn sessions() -> impl Strategy<Value = Sessions> {
+    proptest::collection::vec(
+        (
+            0..2usize,
+            proptest::collection::vec((0..3usize, 0..3usize), 1..3),
+            0..3usize,
+        ),
+        1..4,
+    )
+}
+
+/// Where the relays of a case run.
+enum Relays {
+    /// One relay holds the agents and serves the sessions.
+    One,
+    /// Relays A and B (on one nats-server) hold the agents, alternately; the sessions are on
+    /// relay C, which holds no agent.
+    Three,
+}
+
+/// One case: `agents` connect, `sessions` subscribe with a random selector and `tail: 10` to
+/// streams whose one line the agent sends when a demand opens; each session receives exactly
+/// the lines of the streams its token covers and its selector matches, and lists exactly the
+/// streams its token covers, filed under the org of each agent's certificate.
+async fn tenant_case(relays: Relays, agents: &Agents, sessions: &Sessions) {
+    let pki = TestPki::new();
+    let nats = match relays {
+        Relays::One => None,
+        Relays::Three => Some(logrelay_e2e::nats::NatsServer::start().await),
+    };
+    let with_backplane = |id: &str| RelayConfig {
+        token_clock_skew_secs: 60,
+        backplane: nats.as_ref().map(|n| n.backplane(id)).unwrap_or_default(),
+        // No ping within the test: a session writer that missed a wake-up would otherwise
+        // be woken by its next ping (15 s) and deliver late instead of never.
+        ping_secs: 3_600,
+        ..RelayConfig::loopback()
+    };
+    // The relay of the sessions, and those of the agents.
+    let (relay, signer, _dir) = TestRelay::with_tokens(&pki, with_backplane("relay-c")).await;
+    let mut holders = Vec::new();
+    if nats.is_some() {
+        for id in ["relay-a", "relay-b"] {
+            holders.push(TestRelay::start_exactly(&pki, with_backplane(id)).await);
+        }
+    }
+    let mut all_streams = Vec::new();
+    let mut fakes = Vec::new();
+    for (a, (org_i, streams)) in agents.iter().enumerate() {
+        let org = ORGS[*org_i];
+        let mut announced = Vec::new();
+        for (s, (d, p, lie)) in streams.iter().enumerate() {
+            let claimed_org = if *lie { ORGS[1 - org_i] } else { org };
+            let pod = format!("a{a}s{s}");
+            let l = labels(claimed_org, &pod, DOMAINS[*d], PROJECTS[*p]);
+            announced.push((l.clone(), vec![format!("{org}/{pod}\n")]));
+            // What the relay must file it as: the certificate's org and cluster.
+            all_streams.push(Labels {
+                org: org.into(),
+                cluster: format!("c{a}"),
+                ..l
+            });
+        }
+        let holder = holders.get(a % holders.len().max(1)).unwrap_or(&relay);
+        fakes.push(
+            FakeAgent::start(&pki, holder.quic_addr(), org, &format!("c{a}"), announced).await,
+        );
+    }
+    let (gauge, n) = match relays {
+        Relays::One => ("logrelay_relay_streams", all_streams.len()),
+        Relays::Three => ("logrelay_relay_backplane_remote_streams", all_streams.len()),
+    };
+    eventually("every stream announced", || async {
+        (relay.metric(gauge).await == n as f64).then_some(())
+    })
+    .await;
+
+    let url = relay.handle.subscribe_url();
+    for (org_i, scopes, sel_domain) in sessions {
+        let org = ORGS[*org_i];
+        let bindings: Vec<(Option<&str>, Option<&str>)> = scopes
+            .iter()
+            .map(|(d, p)| (DOMAINS[*d], DOMAINS[*d].and(PROJECTS[*p])))
+            .collect();
+        let roles: Vec<serde_json::Value> = bindings
+            .iter()
+            .map(|(d, p)| match (d, p) {
+                (None, _) => json!({ "role": "viewer" }),
+                (Some(d), None) => json!({ "role": "contributor", "scope": { "domain": d } }),
+                (Some(d), Some(p)) => {
+                    json!({ "role": "admin", "scope": { "domain": d, "project": p } })
+                }
+            })
+            .collect();
+        let selector = Selector {
+            domain: DOMAINS[*sel_domain].map(Into::into),
+            ..Selector::default()
+        };
+        let want: BTreeSet<String> = all_streams
+            .iter()
+            .filter(|l| model_reads(org, &bindings, l) && selector.matches(l))
+            .map(|l| format!("{}/{}\n", l.org, l.pod))
+            .collect();
+        let t = token(&signer, org, json!(roles), now() + 600);
+        let mut s = Subscriber::connect_with_token(&url, Some(&t)).await;
+        s.subscribe("s", &selector, Some(10)).await;
+        // A denied selector (no binding reaches its domain) must mean nothing is wanted.
+        s.until("everything covered, or a denial", |s| {
+            s.total_lines() >= want.len()
+                && (!want.is_empty()
+                    || s.events
+                        .iter()
+                        .any(|e| matches!(e, Event::Subscribed { .. } | Event::Error { .. })))
+        })
+        .await;
+        // A round trip: anything else queued for this session would have arrived by now.
+        s.client
+            .send(&Request::List {
+                selector: Selector::default(),
+                id: None,
+                watch: false,
+            })
+            .await
+            .unwrap();
+        s.until("list answer", |s| {
+            s.events.iter().any(|e| matches!(e, Event::Streams { .. }))
+        })
+        .await;
+        // Each line once: a multiset, so a line delivered twice shows.
+        let mut got: Vec<String> = s
+            .lines
+            .values()
+            .flatten()
+            .map(|l| String::from_utf8_lossy(&l.message).into_owned())
+            .collect();
+        got.sort();
+        let want: Vec<String> = want.into_iter().collect();
+        assert_eq!(
+            got, want,
+            "session of {org} with {bindings:?} selecting {selector:?}; events {:?}",
+            s.events
+        );
+        let listed: BTreeSet<String> = s
+            .events
+            .iter()
+            .find_map(|e| match e {
+                Event::Streams { streams, .. } => Some(
+                    streams
+                        .iter()
+                        .map(|e| format!("{}/{}\n", e.labels.org, e.labels.pod))
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .unwrap();
+        let visible: BTreeSet<String> = all_streams
+            .iter()
+            .filter(|l| model_reads(org, &bindings, l))
+            .map(|l| format!("{}/{}\n", l.org, l.pod))
+            .collect();
+        if bindings.iter().any(|(d, _)| d.is_none()) || !visible.is_empty() {
+            assert_eq!(listed, visible, "listing of {org} with {bindings:?}");
+        }
+    }
+    drop(fakes);
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
 
@@ -237,93 +429,17 @@ proptest! {
     /// selectors): every session receives exactly the lines of the streams its token covers
     /// and its selector matches, and no other.
     #[test]
-    fn sessions_receive_exactly_what_their_tokens_cover(
-        agents in proptest::collection::vec(
-            (0..2usize, proptest::collection::vec((0..3usize, 0..3usize, any::<bool>()), 1..4)),
-            1..4,
-        ),
-        sessions in proptest::collection::vec(
-            (0..2usize, proptest::collection::vec((0..3usize, 0..3usize), 1..3), 0..3usize),
-            1..4,
-        ),
-    ) {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        rt.block_on(async move {
-            let pki = TestPki::new();
-            let (relay, signer, _dir) = token_relay(&pki, 60).await;
-            let mut all_streams = Vec::new();
-            let mut fakes = Vec::new();
-            for (a, (org_i, streams)) in agents.iter().enumerate() {
-                let org = ORGS[*org_i];
-                let mut announced = Vec::new();
-                for (s, (d, p, lie)) in streams.iter().enumerate() {
-                    let claimed_org = if *lie { ORGS[1 - org_i] } else { org };
-                    let pod = format!("a{a}s{s}");
-                    let l = labels(claimed_org, &pod, DOMAINS[*d], PROJECTS[*p]);
-                    announced.push((l.clone(), vec![format!("{org}/{pod}\n")]));
-                    // What the relay must file it as: the certificate's org and cluster.
-                    all_streams.push(Labels { org: org.into(), cluster: format!("c{a}"), ..l });
-                }
-                fakes.push(FakeAgent::start(&pki, relay.quic_addr(), org, &format!("c{a}"), announced).await);
-            }
-            eventually("every stream announced", || async {
-                (relay.metric("logrelay_relay_streams").await == all_streams.len() as f64).then_some(())
-            }).await;
+    fn sessions_receive_exactly_what_their_tokens_cover(agents in agents(), sessions in sessions()) {
+        runtime().block_on(tenant_case(Relays::One, &agents, &sessions));
+    }
 
-            let url = relay.handle.subscribe_url();
-            for (org_i, scopes, sel_domain) in &sessions {
-                let org = ORGS[*org_i];
-                let bindings: Vec<(Option<&str>, Option<&str>)> = scopes
-                    .iter()
-                    .map(|(d, p)| (DOMAINS[*d], DOMAINS[*d].and(PROJECTS[*p])))
-                    .collect();
-                let roles: Vec<serde_json::Value> = bindings
-                    .iter()
-                    .map(|(d, p)| match (d, p) {
-                        (None, _) => json!({ "role": "viewer" }),
-                        (Some(d), None) => json!({ "role": "contributor", "scope": { "domain": d } }),
-                        (Some(d), Some(p)) => json!({ "role": "admin", "scope": { "domain": d, "project": p } }),
-                    })
-                    .collect();
-                let selector = Selector { domain: DOMAINS[*sel_domain].map(Into::into), ..Selector::default() };
-                let want: BTreeSet<String> = all_streams
-                    .iter()
-                    .filter(|l| model_reads(org, &bindings, l) && selector.matches(l))
-                    .map(|l| format!("{}/{}\n", l.org, l.pod))
-                    .collect();
-                let t = token(&signer, org, json!(roles), now() + 600);
-                let mut s = Subscriber::connect_with_token(&url, Some(&t)).await;
-                s.subscribe("s", &selector, Some(10)).await;
-                // A denied selector (no binding reaches its domain) must mean nothing is wanted.
-                s.until("everything covered, or a denial", |s| {
-                    s.total_lines() >= want.len()
-                        && (!want.is_empty() || s.events.iter().any(|e| matches!(e, Event::Subscribed { .. } | Event::Error { .. })))
-                }).await;
-                // A round trip: anything else queued for this session would have arrived by now.
-                s.client.send(&Request::List { selector: Selector::default(), id: None, watch: false }).await.unwrap();
-                s.until("list answer", |s| s.events.iter().any(|e| matches!(e, Event::Streams { .. }))).await;
-                let got: BTreeSet<String> = s
-                    .lines
-                    .values()
-                    .flatten()
-                    .map(|l| String::from_utf8_lossy(&l.message).into_owned())
-                    .collect();
-                assert_eq!(&got, &want, "session of {org} with {bindings:?} selecting {selector:?}");
-                let listed: BTreeSet<String> = s.events.iter().find_map(|e| match e {
-                    Event::Streams { streams, .. } => Some(streams.iter().map(|e| format!("{}/{}\n", e.labels.org, e.labels.pod)).collect()),
-                    _ => None,
-                }).unwrap();
-                let visible: BTreeSet<String> = all_streams
-                    .iter()
-                    .filter(|l| model_reads(org, &bindings, l))
-                    .map(|l| format!("{}/{}\n", l.org, l.pod))
-                    .collect();
-                if bindings.iter().any(|(d, _)| d.is_none()) || !visible.is_empty() {
-                    assert_eq!(listed, visible, "listing of {org} with {bindings:?}");
-                }
-            }
-            drop(fakes);
-        });
+    /// The same across relays (issue 14): the agents on relays A and B, the sessions on relay
+    /// C, which holds no agent. C lists and serves exactly what each token covers, under the
+    /// org each agent's own relay took from its certificate, however the agents label
+    /// themselves.
+    #[test]
+    fn sessions_on_another_relay_receive_exactly_what_their_tokens_cover(agents in agents(), sessions in sessions()) {
+        runtime().block_on(tenant_case(Relays::Three, &agents, &sessions));
     }
 }
 

@@ -88,6 +88,12 @@ impl LiveStream {
         }
     }
 
+    /// Where the ring's content starts, if known now (`Some(None)`: the owner held nothing
+    /// when this relay wanted it); `None` while unknown.
+    pub fn known_base(&self) -> Option<Option<SeqPos>> {
+        *self.base.borrow()
+    }
+
     /// The ring's id (what its batches carry).
     pub fn id(&self) -> StreamId {
         self.id

@@ -191,6 +191,11 @@ struct AgentWants {
     streams: BTreeSet<Token>,
     /// When the next lease message is due (ms); 0: at once.
     due_ms: u64,
+    /// A lease message to the agent's relay is unanswered: the next waits for its answer
+    /// ([`Wants::answered`]). Two sets in flight at once could reach the owner in either order
+    /// (each request is a task of its own), and an older set arriving last would release what
+    /// the newer one leased.
+    in_flight: bool,
 }
 
 impl Wants {
@@ -239,24 +244,45 @@ impl Wants {
             .is_some_and(|a| a.streams.contains(stream))
     }
 
-    /// The lease messages due at `now_ms`: one per agent, with its whole set. An agent whose
-    /// set became empty gets one last (empty, releasing) message and is forgotten.
+    /// The lease messages due at `now_ms`: one per agent, with its whole set, unless the
+    /// previous one to that agent is still unanswered (then it is sent once answered, with
+    /// the set as it is then). An agent whose set became empty gets one last (empty,
+    /// releasing) message and is forgotten.
     pub fn due(&mut self, now_ms: u64) -> Vec<(Token, Vec<Token>)> {
         let mut out = Vec::new();
         for (agent, a) in &mut self.agents {
-            if a.due_ms <= now_ms {
+            if a.due_ms <= now_ms && !a.in_flight {
                 out.push((*agent, a.streams.iter().copied().collect()));
                 a.due_ms = now_ms.saturating_add(self.refresh_ms);
+                a.in_flight = true;
             }
         }
-        // An emptied set is due at once (release sets it so), so its last message just went.
-        self.agents.retain(|_, a| !a.streams.is_empty());
+        self.forget_released();
         out
     }
 
-    /// When [`Wants::due`] has something next.
+    /// The lease message to `agent`'s relay was answered (or failed): the next may go.
+    pub fn answered(&mut self, agent: &Token) {
+        if let Some(a) = self.agents.get_mut(agent) {
+            a.in_flight = false;
+        }
+        self.forget_released();
+    }
+
+    /// Agents whose last, empty set went and was answered are forgotten. An emptied set is
+    /// due at once ([`Wants::release`] sets it so): one still due has not gone yet.
+    fn forget_released(&mut self) {
+        self.agents
+            .retain(|_, a| !a.streams.is_empty() || a.in_flight || a.due_ms == 0);
+    }
+
+    /// When [`Wants::due`] has something next (agents awaiting an answer aside).
     pub fn next_due(&self) -> Option<u64> {
-        self.agents.values().map(|a| a.due_ms).min()
+        self.agents
+            .values()
+            .filter(|a| !a.in_flight)
+            .map(|a| a.due_ms)
+            .min()
     }
 
     /// Agents with wanted streams.
@@ -334,15 +360,46 @@ mod tests {
         assert!(!w.want(t(9), t(2)));
         w.want(t(8), t(3));
         assert_eq!(w.due(0), [(t(8), vec![t(3)]), (t(9), vec![t(1), t(2)])]);
+        w.answered(&t(8));
+        w.answered(&t(9));
         assert_eq!(w.due(2_999), []);
         assert_eq!(w.next_due(), Some(3_000));
         assert!(w.release(t(9), t(1)));
         assert_eq!(w.due(3_000), [(t(8), vec![t(3)]), (t(9), vec![t(2)])]);
+        w.answered(&t(8));
+        w.answered(&t(9));
         w.release(t(9), t(2));
-        // The last, empty set releases, and the agent is forgotten.
+        // The last, empty set releases, and the agent is forgotten once it is answered.
         assert_eq!(w.due(3_001), [(t(9), vec![])]);
+        w.answered(&t(9));
         assert_eq!(w.agents(), 1);
         assert_eq!(w.due(10_000), [(t(8), vec![t(3)])]);
+    }
+
+    #[test]
+    fn one_set_in_flight_per_agent_and_the_newest_goes_next() {
+        let mut w = Wants::new(3_000);
+        w.want(t(9), t(1));
+        assert_eq!(w.due(0), [(t(9), vec![t(1)])]);
+        // A second stream while the first set is unanswered: nothing goes yet, in either
+        // order it could overtake the first.
+        assert!(w.want(t(9), t(2)));
+        assert_eq!(w.due(1), []);
+        assert_eq!(w.next_due(), None);
+        w.answered(&t(9));
+        assert_eq!(w.next_due(), Some(0));
+        assert_eq!(w.due(2), [(t(9), vec![t(1), t(2)])]);
+        // Emptied while in flight: the empty set still goes after the answer, then the agent
+        // is forgotten.
+        w.release(t(9), t(1));
+        w.release(t(9), t(2));
+        assert_eq!(w.due(3), []);
+        assert_eq!(w.agents(), 0);
+        w.answered(&t(9));
+        assert_eq!(w.due(4), [(t(9), vec![])]);
+        w.answered(&t(9));
+        assert_eq!(w.due(10_000), []);
+        assert_eq!(w.next_due(), None);
     }
 
     #[derive(Debug, Clone)]
@@ -396,6 +453,7 @@ mod tests {
                             if tick && now - last_tick >= R {
                                 for (a, set) in wants.due(now) {
                                     apply(leases.lease(now, relay, a, &set), &mut publishing);
+                                    wants.answered(&a);
                                 }
                                 last_tick = now;
                             }
@@ -416,6 +474,7 @@ mod tests {
                 // What is due now goes out at once (a want or a release is sent right away).
                 for (a, set) in wants.due(now) {
                     apply(leases.lease(now, relay, a, &set), &mut publishing);
+                    wants.answered(&a);
                 }
                 apply(leases.expire(now), &mut publishing);
                 let wanted: BTreeSet<Token> = (0u8..4).map(t).filter(|s| wants.wants(&agent, s)).collect();

@@ -352,8 +352,18 @@ pub(super) async fn leases(inner: Arc<Inner>) {
         };
         for (agent, streams) in due {
             let inner = inner.clone();
-            // Each agent's request on its own: a slow owner delays nobody else.
-            tokio::spawn(async move { lease_once(&inner, agent, streams).await });
+            // Each agent's request on its own: a slow owner delays nobody else. One at a time
+            // per agent (`Wants::due`): the next set goes once this one is answered.
+            tokio::spawn(async move {
+                lease_once(&inner, agent, streams).await;
+                inner
+                    .wanting
+                    .lock()
+                    .expect("wanting lock")
+                    .wants
+                    .answered(&agent.agent);
+                inner.wants_wake.notify_one();
+            });
         }
         tokio::select! {
             () = inner.wants_wake.notified() => {}

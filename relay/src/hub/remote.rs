@@ -76,91 +76,11 @@ impl RemoteCtx {
     ) {
         let bp = self.backplane.clone();
         tokio::spawn(async move {
-            let key = live.id().get();
-            let mut ask = ask;
-            if ask.until.is_none() {
-                let base = tokio::select! {
-                    b = live.base() => b,
-                    () = tx.closed() => return,
-                };
-                match base {
-                    Some(b) => ask.until = Some(b),
-                    // The owner held nothing when this relay wanted the stream.
-                    None => return,
-                }
-            }
-            drop(live);
-            let until = ask.until;
-            let mut reached = ask.since_seq;
-            let mut short = 0u32;
-            loop {
-                let reply = match bp.backfill(&agent, stream, ask).await {
-                    Ok(r) if r.known => r,
-                    Ok(_) => break,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "backplane: a backfill stopped");
-                        if let Some((from, lines, exact)) = missing(reached, until) {
-                            let flags = if exact { 0 } else { FLAG_COUNT_UNKNOWN };
-                            let gap = batch::encode_gap_flagged(
-                                key,
-                                from.epoch,
-                                from.seq,
-                                u32::try_from(lines).unwrap_or(u32::MAX),
-                                0,
-                                flags,
-                            );
-                            if tx.send(gap).await.is_ok()
-                                && let Some(o) = session.upgrade()
-                            {
-                                o.wake();
-                            }
-                        }
-                        break;
-                    }
-                };
-                for b in &reply.batches {
-                    if tx.send(restamp(b, key, true)).await.is_err() {
-                        return;
-                    }
-                    if let Some(o) = session.upgrade() {
-                        o.wake();
-                    }
-                }
-                reached = reply.next.or(reached);
-                // Short of `until` without more to come: the owner's ring had not taken in
-                // its last batch yet when it answered; asked again a few times.
-                let behind = matches!((reached, until), (Some(r), Some(u)) if r.epoch == u.epoch && r.seq < u.seq);
-                if reply.more || (behind && short < BACKFILL_RETRIES) {
-                    if !reply.more {
-                        short += 1;
-                        tokio::time::sleep(BACKFILL_RETRY).await;
-                    }
-                    ask = BackfillAsk {
-                        tail: None,
-                        since_ns: None,
-                        since_seq: reached,
-                        until,
-                    };
-                    if reached.is_none() {
-                        break;
-                    }
-                    continue;
-                }
-                if behind && let Some((from, lines, exact)) = missing(reached, until) {
-                    let flags = if exact { 0 } else { FLAG_COUNT_UNKNOWN };
-                    let gap = batch::encode_gap_flagged(
-                        key,
-                        from.epoch,
-                        from.seq,
-                        u32::try_from(lines).unwrap_or(u32::MAX),
-                        0,
-                        flags,
-                    );
-                    let _ = tx.send(gap).await;
-                }
-                break;
-            }
-            if let Some(o) = session.upgrade() {
+            let wake = session.clone();
+            // `tx` goes with the fetch, whichever way it ends; the session is woken after,
+            // so it sees the queue closed (and goes live) now, not at its next ping.
+            fetch_backlog(bp, agent, stream, ask, live, tx, session).await;
+            if let Some(o) = wake.upgrade() {
                 o.wake();
             }
         });
@@ -170,6 +90,98 @@ impl RemoteCtx {
     pub(super) fn release(&self, agent: &Token, stream: &Token) {
         self.backplane.release(agent, stream);
     }
+}
+
+/// The backlog `ask` of `stream` of `agent`, fetched from the owner's ring into `tx` (see
+/// [`RemoteCtx::backfill`]); returns when it is all there, or told as a gap, or the session
+/// went.
+async fn fetch_backlog(
+    bp: Backplane,
+    agent: AgentTokens,
+    stream: Token,
+    ask: BackfillAsk,
+    live: Arc<LiveStream>,
+    tx: mpsc::Sender<Bytes>,
+    session: Weak<Outbox>,
+) {
+    let key = live.id().get();
+    let mut ask = ask;
+    if ask.until.is_none() {
+        let base = tokio::select! {
+            b = live.base() => b,
+            () = tx.closed() => return,
+        };
+        match base {
+            Some(b) => ask.until = Some(b),
+            // The owner held nothing when this relay wanted the stream.
+            None => return,
+        }
+    }
+    drop(live);
+    let until = ask.until;
+    let mut reached = ask.since_seq;
+    let mut short = 0u32;
+    loop {
+        let reply = match bp.backfill(&agent, stream, ask).await {
+            Ok(r) if r.known => r,
+            Ok(_) => break,
+            Err(e) => {
+                tracing::debug!(error = %e, "backplane: a backfill stopped");
+                if let Some(gap) = unfetched(key, reached, until) {
+                    let _ = tx.send(gap).await;
+                }
+                break;
+            }
+        };
+        for b in &reply.batches {
+            if tx.send(restamp(b, key, true)).await.is_err() {
+                return;
+            }
+            if let Some(o) = session.upgrade() {
+                o.wake();
+            }
+        }
+        reached = reply.next.or(reached);
+        // Short of `until` without more to come: the owner's ring had not taken in
+        // its last batch yet when it answered; asked again a few times.
+        let behind =
+            matches!((reached, until), (Some(r), Some(u)) if r.epoch == u.epoch && r.seq < u.seq);
+        if reply.more || (behind && short < BACKFILL_RETRIES) {
+            if !reply.more {
+                short += 1;
+                tokio::time::sleep(BACKFILL_RETRY).await;
+            }
+            ask = BackfillAsk {
+                tail: None,
+                since_ns: None,
+                since_seq: reached,
+                until,
+            };
+            if reached.is_none() {
+                break;
+            }
+            continue;
+        }
+        if behind && let Some(gap) = unfetched(key, reached, until) {
+            let _ = tx.send(gap).await;
+        }
+        break;
+    }
+}
+
+/// The gap notice (in ring `key`) for what of the backlog from `reached` to `until` could
+/// not be fetched, if anything: exact when both ends are known.
+fn unfetched(key: u64, reached: Option<SeqPos>, until: Option<SeqPos>) -> Option<Bytes> {
+    let (from, lines, exact) = missing(reached, until)?;
+    let flags = if exact { 0 } else { FLAG_COUNT_UNKNOWN };
+    Some(batch::encode_gap_flagged(
+        key,
+        from.epoch,
+        from.seq,
+        u32::try_from(lines).unwrap_or(u32::MAX),
+        0,
+        flags,
+    ))
 }
 
 /// First wait before a failed want (its NATS subscription) is tried again; it doubles up to
@@ -250,7 +262,15 @@ impl RemoteSink for RemoteFeed {
         // Continuity with what the ring holds, by sequence number in the agent's epoch: lines
         // already held (the agent resent them after moving) are not pushed again, lines
         // skipped (published before this relay wanted them again, or lost) are an exact gap.
-        if let Some(last) = self.live.last_end()
+        // An empty ring holds, in effect, everything up to where it starts (the owner's
+        // position when this relay wanted the stream): what the owner published before that
+        // (its answer overtook them here) is read from its ring by the backfills, not again
+        // from here.
+        let held = self
+            .live
+            .last_end()
+            .or_else(|| self.live.known_base().flatten());
+        if let Some(last) = held
             && last.epoch == h.epoch
         {
             if h.end_seq() <= last.seq && h.count > 0 {
