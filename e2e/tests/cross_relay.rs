@@ -307,6 +307,56 @@ fn write_lines(log: &mut logrelay::demo::CriWriter, next: &mut u64, n: u64) -> u
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_watcher_anywhere_on_relay_b_gets_its_tail_from_the_agents_file() {
+    let nats = NatsServer::start().await;
+    let files = TestPki::new().files("dev", "test");
+    let a = nats.start_relay(&files, "relay-a", &[]).await;
+    let b = nats.start_relay(&files, "relay-b", &[]).await;
+    let pods = PodsDir::new();
+    let mut log = pods.container("ns", "app", "main");
+    let mut next = 0u64;
+    let written = write_lines(&mut log, &mut next, 1_000);
+    let _agent = AgentProcess::start(&files, pods.path(), a.quic, &[]).await;
+    eventually("relay B holds relay A's stream", || async {
+        (b.metric("logrelay_relay_backplane_remote_streams").await >= 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        a.metric("logrelay_relay_demands_opened_total").await,
+        0.0,
+        "nobody watched the stream before"
+    );
+
+    // Nobody watches it on any relay: A's ring is empty. The `tail: 300` of the first
+    // watcher on B goes with B's lease, and A's live demand reads it from the file.
+    let mut first = Subscriber::connect(&b.subscribe_url()).await;
+    first.subscribe("f", &selector(), Some(300)).await;
+    first
+        .until("the last 300 lines of the file", |s| {
+            s.stream_of("f")
+                .is_some_and(|id| numbers(s, id).len() >= 300)
+        })
+        .await;
+    let on_b = first.stream_of("f").unwrap();
+    let upto = write_lines(&mut log, &mut next, 200);
+    first
+        .until("the live lines", |s| {
+            numbers(s, on_b).last().is_some_and(|&l| l + 1 >= upto)
+        })
+        .await;
+    assert_eq!(
+        numbers(&first, on_b),
+        (written - 300..upto).collect::<Vec<_>>(),
+        "the last 300 lines of the file, then live, once each"
+    );
+    assert!(
+        !first.events.iter().any(|e| matches!(e, Event::Gap { .. })),
+        "{:?}",
+        first.events
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_joiner_on_relay_b_gets_exactly_the_last_lines_from_relay_as_ring_then_live() {
     let nats = NatsServer::start().await;
     let files = TestPki::new().files("dev", "test");

@@ -206,9 +206,10 @@ impl Hub {
         agent: AgentId,
         local: AgentStreamId,
         leased: bool,
+        backlog: Option<&crate::backplane::BackfillAsk>,
     ) -> Result<(), CapHit> {
         let (mut shell, now) = self.lock();
-        shell.remote_lease(now, agent, local, leased)
+        shell.remote_lease(now, agent, local, leased, backlog)
     }
 
     /// The relay holding `agent` refused this relay's lease on `stream` (a demand cap there,

@@ -224,6 +224,15 @@ pub struct BackfillAsk {
     pub until: Option<SeqPos>,
 }
 
+/// The backlog wanted with a first lease on one stream ([`Control::Lease`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseBacklog {
+    /// The stream.
+    pub stream: Token,
+    /// What to read back (its `until` is not used).
+    pub ask: BackfillAsk,
+}
+
 /// One reply to a backfill request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackfillReply {
@@ -399,6 +408,12 @@ pub enum Control {
         agent: Token,
         /// Streams wanted.
         streams: Vec<Token>,
+        /// The backlog a first watcher on the wanting relay asked for, per stream not yet
+        /// answered: a lease that opens the stream's live demand at the agent opens it with
+        /// this `tail`, `since_ns` or `since_seq` (as a first local watcher's subscription
+        /// would), so the backlog reaches the wanting relay through the live flow.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        backlog: Vec<LeaseBacklog>,
     },
     /// The owner's reply to [`Control::Lease`].
     LeaseReply {
@@ -685,6 +700,7 @@ mod tests {
             relay: token(1),
             agent: token(2),
             streams: vec![token(3)],
+            backlog: Vec::new(),
         };
         let json = String::from_utf8(encode_control(&lease).to_vec()).unwrap();
         assert_eq!(
@@ -698,6 +714,31 @@ mod tests {
         );
         let extra = json.replace(r#""v":1,"#, r#""v":1,"later":{"x":[1]},"#);
         assert_eq!(decode_control(extra.as_bytes(), 1024).unwrap(), lease);
+        // A first lease with the backlog its watcher asked for (absent above: a relay that
+        // asks none sends what older relays read).
+        let first = Control::Lease {
+            v: 1,
+            relay: token(1),
+            agent: token(2),
+            streams: vec![token(3)],
+            backlog: vec![LeaseBacklog {
+                stream: token(3),
+                ask: BackfillAsk {
+                    tail: Some(500),
+                    ..BackfillAsk::default()
+                },
+            }],
+        };
+        let first_json = encode_control(&first);
+        assert!(
+            String::from_utf8_lossy(&first_json).ends_with(&format!(
+                r#""backlog":[{{"stream":"{}","ask":{{"tail":500}}}}]}}"#,
+                token(3)
+            )),
+            "{}",
+            String::from_utf8_lossy(&first_json)
+        );
+        assert_eq!(decode_control(&first_json, 1024).unwrap(), first);
         let v2 = json.replace(r#""v":1"#, r#""v":2"#);
         assert_eq!(
             decode_control(v2.as_bytes(), 1024),

@@ -157,7 +157,7 @@ pub(super) async fn serve_demand(
                 let Some(msg) = msg else { return };
                 inner.metrics.message_in("control", msg.payload.len());
                 let lease = match codec::decode_control(&msg.payload, max) {
-                    Ok(Control::Lease { relay, agent, streams, .. }) if agent == tokens.agent => (relay, streams),
+                    Ok(Control::Lease { relay, agent, streams, backlog, .. }) if agent == tokens.agent => (relay, streams, backlog),
                     Ok(Control::Backfill { agent, stream, ask, max_bytes, .. }) if agent == tokens.agent => {
                         answer_backfill(&inner, &tokens, conn_epoch, owner.as_ref(), msg.reply, stream, &ask, max_bytes);
                         continue;
@@ -172,7 +172,7 @@ pub(super) async fn serve_demand(
                         continue;
                     }
                 };
-                let (relay, streams) = lease;
+                let (relay, streams, backlog) = lease;
                 // Stream ids are looked up only among this agent's announced streams: a lease
                 // on anything else is answered `known: false` and holds nothing here.
                 let known: Vec<bool> = {
@@ -197,7 +197,11 @@ pub(super) async fn serve_demand(
                 // the reply says so.
                 let mut refused: HashMap<Token, &'static str> = HashMap::new();
                 for c in changes {
-                    if let (Change::Publish(stream), Err(limit)) = (c, owner.changed(c)) {
+                    let asked = match c {
+                        Change::Publish(s) => backlog.iter().find(|b| b.stream == s).map(|b| &b.ask),
+                        Change::Stop(_) => None,
+                    };
+                    if let (Change::Publish(stream), Err(limit)) = (c, owner.changed(c, asked)) {
                         refused.insert(stream, limit);
                     }
                 }
@@ -245,7 +249,7 @@ pub(super) async fn serve_demand(
         inner.metrics.remote_wants.inc_by(delta);
         for c in changes {
             // Expiries: only stops, which nothing refuses.
-            let _ = owner.changed(c);
+            let _ = owner.changed(c, None);
         }
     }
 }
@@ -373,11 +377,23 @@ pub(super) async fn leases(inner: Arc<Inner>) {
 }
 
 pub(super) async fn lease_once(inner: &Inner, agent: AgentTokens, streams: Vec<Token>) {
+    // The backlogs of streams whose owner has not answered yet.
+    let backlog = {
+        let w = inner.wanting.lock().expect("wanting lock");
+        streams
+            .iter()
+            .filter_map(|s| {
+                let ask = w.streams.get(&(agent.agent, *s))?.backlog?;
+                Some(codec::LeaseBacklog { stream: *s, ask })
+            })
+            .collect()
+    };
     let msg = codec::encode_control(&Control::Lease {
         v: u32::from(codec::VERSION),
         relay: inner.relay,
         agent: agent.agent,
         streams: streams.clone(),
+        backlog,
     });
     #[allow(clippy::disallowed_methods, reason = "the shell times a NATS request")]
     let started = tokio::time::Instant::now();
@@ -437,6 +453,17 @@ pub(super) async fn lease_once(inner: &Inner, agent: AgentTokens, streams: Vec<T
                         if let Some(hole) = hole {
                             inner.metrics.gap("backplane_lost", hole.lines);
                             sink.hole(stream, hole, "backplane_lost");
+                        }
+                        // Answered: its live demand is open at the owner now (with the backlog
+                        // if this lease opened it); later leases do not ask again.
+                        if let Some(w) = inner
+                            .wanting
+                            .lock()
+                            .expect("wanting lock")
+                            .streams
+                            .get_mut(&(agent.agent, stream))
+                        {
+                            w.backlog = None;
                         }
                         sink.answer(
                             stream,

@@ -283,6 +283,9 @@ pub enum Effect {
         agent: AgentTokens,
         /// The stream's token.
         stream: Token,
+        /// What the watcher that made it wanted asked to read back: sent with the lease, so
+        /// a live demand it opens at the agent reads it first.
+        backlog: Option<crate::backplane::BackfillAsk>,
     },
     /// A watch of another relay's stream wants its backlog: fetched over the backplane from
     /// the ring of the relay holding the agent ([`backfill::select`]) and read by the watch

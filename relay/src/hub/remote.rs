@@ -31,7 +31,15 @@ pub(super) struct RemoteCtx {
 impl RemoteCtx {
     /// Wants `stream` of `agent`, its batches fed into `live` (in the background: the
     /// subscription is a NATS round trip).
-    pub(super) fn want(&self, agent: AgentTokens, stream: Token, live: Arc<LiveStream>) {
+    /// `backlog`: what its first watcher asked to read back (the owner's live demand, if the
+    /// lease opens it, reads it first).
+    pub(super) fn want(
+        &self,
+        agent: AgentTokens,
+        stream: Token,
+        live: Arc<LiveStream>,
+        backlog: Option<BackfillAsk>,
+    ) {
         let sink = Arc::new(RemoteFeed {
             hub: self.hub.clone(),
             live,
@@ -44,7 +52,7 @@ impl RemoteCtx {
         let ticket = bp.want_ticket(&agent.agent, &stream);
         tokio::spawn(async move {
             let mut wait = WANT_RETRY_MIN;
-            while let Err(e) = bp.want(agent, stream, ticket, sink.clone()).await {
+            while let Err(e) = bp.want(agent, stream, ticket, sink.clone(), backlog).await {
                 tracing::warn!(error = %e, "backplane: a remote stream could not be wanted; retrying");
                 let Some(h) = hub.upgrade() else {
                     return;

@@ -356,9 +356,10 @@ impl Shell {
                 ring,
                 agent,
                 stream,
+                backlog,
             } => {
                 if let (Some(ctx), Some(live)) = (&self.remote, self.rings.get(&ring)) {
-                    ctx.want(agent, stream, live.clone());
+                    ctx.want(agent, stream, live.clone(), backlog);
                 }
             }
             Effect::RemoteBackfill {
@@ -599,9 +600,10 @@ impl Shell {
         agent: AgentId,
         local: AgentStreamId,
         leased: bool,
+        backlog: Option<&crate::backplane::BackfillAsk>,
     ) -> Result<(), CapHit> {
         self.input(now, |core, rings, now| {
-            core.remote_lease(now, rings, agent, local, leased)
+            core.remote_lease(now, rings, agent, local, leased, backlog)
         })
     }
 

@@ -1160,6 +1160,7 @@ impl TestHub {
             agent,
             crate::ids::AgentStreamId::from(local),
             leased,
+            None,
         )
     }
 }
@@ -1285,6 +1286,73 @@ fn a_refused_lease_ends_the_watchers_of_the_remote_stream_with_demand_limit() {
             .iter()
             .any(|e| matches!(e, Effect::Want { stream: t, .. } if *t == stream))
     );
+}
+
+#[test]
+fn a_first_remote_watcher_sends_its_backlog_with_the_want_and_the_owners_live_demand_reads_it() {
+    use super::core::Effect;
+    // The wanting relay: the first watcher's `tail` goes with the want; a watcher of a
+    // stream wanted already, or one without a backlog, adds none.
+    let hub = hub();
+    let (_, stream) = remote_stream_in_catalog(&hub);
+    let s = hub.add_session("acme", None).unwrap();
+    hub.subscribe(&s, "a", sel("p"), follow(500)).unwrap();
+    let wants: Vec<Option<crate::backplane::BackfillAsk>> = hub
+        .shell
+        .borrow_mut()
+        .take_log()
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Want {
+                stream: t, backlog, ..
+            } if t == stream => Some(backlog),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        wants,
+        [Some(crate::backplane::BackfillAsk {
+            tail: Some(500),
+            ..crate::backplane::BackfillAsk::default()
+        })]
+    );
+    let other = hub.add_session("acme", None).unwrap();
+    hub.subscribe(&other, "b", sel("p"), follow(20)).unwrap();
+    assert!(
+        !hub.shell
+            .borrow_mut()
+            .take_log()
+            .iter()
+            .any(|e| matches!(e, Effect::Want { .. })),
+        "wanted already"
+    );
+
+    // The owner: a lease that opens the live demand opens it with that backlog, as a first
+    // local watcher's subscription would; one that finds the demand open changes nothing.
+    let owner = self::hub();
+    let (agent, mut rx) = self::agent(&owner, vec![info(5, "p", "")]);
+    let ask = crate::backplane::BackfillAsk {
+        tail: Some(500),
+        ..crate::backplane::BackfillAsk::default()
+    };
+    let now = owner.now();
+    owner
+        .shell
+        .borrow_mut()
+        .remote_lease(
+            now,
+            agent,
+            crate::ids::AgentStreamId::from(5),
+            true,
+            Some(&ask),
+        )
+        .unwrap();
+    let (_, _, spec) = opened(&mut rx);
+    assert!(spec.follow, "{spec:?}");
+    assert_eq!(spec.tail, Some(500));
+    assert_eq!(spec.since_seq, None);
+    owner.remote_lease(agent, 5, true);
+    assert!(rx.try_recv().is_err(), "nothing opened again");
 }
 
 #[test]

@@ -34,7 +34,7 @@ struct Leases {
 }
 
 impl Owner for Leases {
-    fn changed(&self, change: Change) -> Result<(), &'static str> {
+    fn changed(&self, change: Change, backlog: Option<&BackfillAsk>) -> Result<(), &'static str> {
         let (token, leased) = match change {
             Change::Publish(t) => (t, true),
             Change::Stop(t) => (t, false),
@@ -49,7 +49,7 @@ impl Owner for Leases {
         tracing::debug!(agent = %self.agent, leased, known = local.is_some(), "backplane: remote lease changed");
         match (local, self.hub.upgrade()) {
             (Some(local), Some(hub)) => hub
-                .remote_lease(self.agent, AgentStreamId::from(local), leased)
+                .remote_lease(self.agent, AgentStreamId::from(local), leased, backlog)
                 .map_err(CapHit::limit),
             _ => Ok(()),
         }

@@ -12,7 +12,9 @@ impl Core {
     /// `agent`'s connection. Only that connection's own streams are looked at; anything else
     /// is ignored. A lease that needs a new live demand at the agent counts toward the
     /// `--max-demands-per-*` caps like a local watcher's first subscription: beyond one, it
-    /// is refused (`Err`, counted in `limit_hits_total`) and holds nothing.
+    /// is refused (`Err`, counted in `limit_hits_total`) and holds nothing. A live demand it
+    /// opens reads `backlog` first (what the wanting relay's first watcher asked for), unless
+    /// the ring here has an end to resume from.
     pub fn remote_lease(
         &mut self,
         now: Time,
@@ -20,6 +22,7 @@ impl Core {
         agent: AgentId,
         local: AgentStreamId,
         leased: bool,
+        backlog: Option<&crate::backplane::BackfillAsk>,
     ) -> Result<(), CapHit> {
         let Some(&(sid, _)) = self.agents.get(&agent).and_then(|a| a.streams.get(&local)) else {
             return Ok(());
@@ -44,8 +47,15 @@ impl Core {
                 self.timers.remove(&(at, Timer::Linger(sid)));
             }
             if s.live_demand.is_none() {
-                let resume = s.resume_demand(rings.resume(sid));
-                self.open_live(sid, resume);
+                let at = rings.resume(sid);
+                let fresh = at.since_seq.is_none() && at.since_ns.is_none();
+                let mut demand = s.resume_demand(at);
+                if let Some(ask) = backlog.filter(|_| fresh) {
+                    demand.tail = ask.tail;
+                    demand.since_ns = ask.since_ns;
+                    demand.since_seq = ask.since_seq;
+                }
+                self.open_live(sid, demand);
             }
         } else if !s.held() {
             let at = now.plus(self.config.linger);
@@ -130,7 +140,7 @@ impl Core {
                     self.by_remote.insert(key, sid);
                     self.listed(sid);
                     if watched {
-                        self.want(sid);
+                        self.want(sid, None);
                     }
                 }
                 None => {
@@ -258,8 +268,9 @@ impl Core {
         self.tell_watchers(sid, &event);
     }
 
-    /// Wants ring `sid`'s remote stream, unless it is wanted already (a watcher came).
-    pub(super) fn want(&mut self, sid: StreamId) {
+    /// Wants ring `sid`'s remote stream, unless it is wanted already (a watcher came);
+    /// `backlog`: what the watcher that wants it asked to read back.
+    pub(super) fn want(&mut self, sid: StreamId, backlog: Option<crate::backplane::BackfillAsk>) {
         let Some(r) = self.rings.get_mut(&sid).and_then(|s| s.remote.as_mut()) else {
             return;
         };
@@ -272,6 +283,7 @@ impl Core {
             ring: sid,
             agent,
             stream,
+            backlog,
         });
     }
 

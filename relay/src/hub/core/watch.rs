@@ -424,7 +424,7 @@ impl Core {
             self.timers.remove(&(at, Timer::Linger(sid)));
         }
         if live_demand.is_none() && !has_agent {
-            self.want(sid);
+            self.want(sid, None);
         }
         if live_demand.is_none() && has_agent {
             self.open_live(
@@ -497,7 +497,7 @@ impl Core {
         if let Some(at) = s.linger.take() {
             self.timers.remove(&(at, Timer::Linger(sid)));
         }
-        self.want(sid);
+        self.want(sid, wants_backlog.then(|| backfill_ask(demand, None)));
     }
 
     /// Notes `demand` as served for `session`'s watch `key` alone.
