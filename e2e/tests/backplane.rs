@@ -13,7 +13,7 @@ use logrelay_relay::backplane::holes::Hole;
 use logrelay_relay::backplane::lease::Change;
 use logrelay_relay::backplane::subject::{AgentTokens, Token};
 use logrelay_relay::backplane::{
-    Answer, Backplane, BackplaneConfig, Owner, RemoteSink, ServedAgent,
+    Answer, Backplane, BackplaneConfig, LeaseFirst, Owner, RemoteSink, ServedAgent,
 };
 use logrelay_relay::metrics::BackplaneMetrics;
 use logrelay_wire::control::SeqPos;
@@ -136,11 +136,7 @@ impl Recorder {
 struct OwnerLog(Mutex<Vec<Change>>);
 
 impl Owner for OwnerLog {
-    fn changed(
-        &self,
-        change: Change,
-        _backlog: Option<&logrelay_relay::backplane::BackfillAsk>,
-    ) -> Result<(), &'static str> {
+    fn changed(&self, change: Change, _first: Option<&LeaseFirst>) -> Result<(), &'static str> {
         self.0.lock().unwrap().push(change);
         Ok(())
     }
@@ -221,7 +217,9 @@ fn publish(served: &ServedAgent, stream: Token, i: u64, len: usize) -> bool {
 async fn wants(b: &Backplane, agent: AgentTokens, stream: Token) -> Arc<Recorder> {
     let rec = Arc::new(Recorder::default());
     let ticket = b.want_ticket(&agent.agent, &stream);
-    b.want(agent, stream, ticket, rec.clone(), None).await.unwrap();
+    b.want(agent, stream, ticket, rec.clone(), LeaseFirst::default())
+        .await
+        .unwrap();
     rec
 }
 
@@ -404,7 +402,9 @@ async fn a_want_that_completes_after_its_release_wants_nothing() {
     let ticket = b.want_ticket(&agent.agent, &stream);
     b.release(&agent.agent, &stream);
     let rec = Arc::new(Recorder::default());
-    b.want(agent, stream, ticket, rec, None).await.unwrap();
+    b.want(agent, stream, ticket, rec, LeaseFirst::default())
+        .await
+        .unwrap();
     assert_eq!(b.wanted(), 0, "released: nothing wanted");
     assert_eq!(b_metrics.subscriptions.get(), 0);
     assert!(!b.ticket_stands(&agent.agent, &stream, ticket));
@@ -412,9 +412,13 @@ async fn a_want_that_completes_after_its_release_wants_nothing() {
     let old = b.want_ticket(&agent.agent, &stream);
     let new = b.want_ticket(&agent.agent, &stream);
     let rec = Arc::new(Recorder::default());
-    b.want(agent, stream, old, rec.clone(), None).await.unwrap();
+    b.want(agent, stream, old, rec.clone(), LeaseFirst::default())
+        .await
+        .unwrap();
     assert_eq!(b.wanted(), 0);
-    b.want(agent, stream, new, rec, None).await.unwrap();
+    b.want(agent, stream, new, rec, LeaseFirst::default())
+        .await
+        .unwrap();
     assert_eq!(b.wanted(), 1);
     assert_eq!(b_metrics.subscriptions.get(), 1);
     b.close(DEADLINE).await;

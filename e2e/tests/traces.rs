@@ -276,3 +276,113 @@ async fn one_trace(stream_first: bool) {
     drop(agent);
     drop(relay);
 }
+
+/// Across relays (issue 14): a subscription on relay B to a stream of an agent on relay A. B's
+/// lease carries the subscription's `traceparent`, so the demand A opens at the agent, and the
+/// agent's, are in the subscription's trace, with their parent links.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_on_another_relay_is_one_trace_across_both_relays_and_the_agent() {
+    let (url, received) = collector();
+    let otel = |service: &'static str| {
+        [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", url.clone()),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".to_owned()),
+            ("OTEL_TRACES_SAMPLER_ARG", "1".to_owned()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+            ("OTEL_SERVICE_NAME", service.to_owned()),
+        ]
+    };
+    let env = |v: &[(&'static str, String); 5]| {
+        v.iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect::<Vec<(&str, String)>>()
+    };
+    let nats = logrelay_e2e::nats::NatsServer::start().await;
+    let files = TestPki::new().files("dev", "test");
+    let mut relays = Vec::new();
+    for (id, service) in [("relay-a", "relay-a"), ("relay-b", "relay-b")] {
+        let flags = nats.relay_flags(id);
+        let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let vars = env(&otel(service));
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let relay = RelayProcess::start_with_env(&files, &args, &vars).await;
+        relay.backplane_connected().await;
+        relays.push(relay);
+    }
+    let (a, b) = (&relays[0], &relays[1]);
+    let pods = PodsDir::new();
+    let mut log = pods.container("ns", "tracedpod", "main");
+    let lines: Vec<String> = (0..20).map(|i| format!("line {i}\n")).collect();
+    log.write_lines(lines.iter().map(|l| l.as_bytes())).unwrap();
+    let agent_vars = env(&otel("logrelay-agent"));
+    let agent_vars: Vec<(&str, &str)> = agent_vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let _agent = AgentProcess::start_with_env(&files, pods.path(), a.quic, &[], &agent_vars).await;
+    eventually("relay B holds relay A's stream", || async {
+        (b.metric("logrelay_relay_backplane_remote_streams").await >= 1.0).then_some(())
+    })
+    .await;
+    let mut s = Subscriber::connect(&b.subscribe_url()).await;
+    s.subscribe("t1", &selector("ns", "tracedpod", "main"), Some(20))
+        .await;
+    s.until("the 20 lines", |s| s.total_lines() >= 20).await;
+    s.client
+        .send(&Request::Unsubscribe { id: "t1".into() })
+        .await
+        .unwrap();
+
+    // B releases after its linger, A cancels after its own: the demands' spans end.
+    let done = |spans: &HashMap<String, Vec<Got>>| {
+        let cancelled = |name: &str, service: &str| {
+            spans.get(name).is_some_and(|v| {
+                v.iter().any(|s| {
+                    s.service == service
+                        && s.attributes
+                            .get("logrelay.end")
+                            .is_some_and(|e| e == "cancelled")
+                })
+            })
+        };
+        spans
+            .get("relay.subscription")
+            .is_some_and(|v| v.iter().any(|s| s.service == "relay-b"))
+            && cancelled("relay.demand", "relay-a")
+            && cancelled("agent.demand", "logrelay-agent")
+    };
+    let spans = tokio::task::spawn_blocking(move || {
+        let (mut spans, mut values) = (HashMap::new(), Vec::new());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done(&spans) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok((_, _, body)) = received.recv_timeout(left) else {
+                panic!("timed out; spans so far: {spans:#?}");
+            };
+            decode(&body, &mut spans, &mut values);
+        }
+        spans
+    })
+    .await
+    .unwrap();
+    let sub = spans["relay.subscription"]
+        .iter()
+        .find(|s| s.service == "relay-b")
+        .unwrap();
+    assert!(sub.parent.is_empty(), "the subscription starts the trace");
+    let demand = spans["relay.demand"]
+        .iter()
+        .find(|s| s.service == "relay-a")
+        .unwrap();
+    assert_eq!(demand.trace_id, sub.trace_id, "one trace across relays");
+    assert_eq!(
+        demand.parent, sub.span_id,
+        "relay A's demand is a child of relay B's subscription"
+    );
+    let agent_demand = spans["agent.demand"]
+        .iter()
+        .find(|s| s.parent == demand.span_id)
+        .unwrap_or_else(|| panic!("the agent's demand under relay A's: {spans:#?}"));
+    assert_eq!(agent_demand.trace_id, sub.trace_id);
+    assert_eq!(
+        demand.attributes["logrelay.demand.id"],
+        agent_demand.attributes["logrelay.demand.id"]
+    );
+}

@@ -49,7 +49,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 
 use crate::metrics::BackplaneMetrics;
-pub use codec::BackfillAsk;
+pub use codec::{BackfillAsk, LeaseFirst};
 use codec::{
     BackfillReply, CatalogAgent, CatalogOp, CatalogStream, Control, DataHeader, StreamTop,
 };
@@ -116,9 +116,10 @@ pub trait Owner: Send + Sync + 'static {
     /// open at the agent) or lost its last ([`Change::Stop`]: the hub may cancel it after its
     /// linger, unless local sessions watch it). `Err` names the demand cap that refused a
     /// `Publish` (`demands_per_agent`, `demands_per_org`): no demand was opened for it.
-    /// `backlog`: what the wanting relay's first watcher asked to read back, for a `Publish`
-    /// that opens the live demand (the demand reads it first, as for a first local watcher).
-    fn changed(&self, change: Change, backlog: Option<&BackfillAsk>) -> Result<(), &'static str>;
+    /// `first`: what the wanting relay's first watcher brings, for a `Publish` that opens the
+    /// live demand (it reads the backlog first, as for a first local watcher, and is traced
+    /// as a child of that watcher's subscription).
+    fn changed(&self, change: Change, first: Option<&LeaseFirst>) -> Result<(), &'static str>;
     /// Another relay asks for lines of `stream` (a token this agent announced): what the
     /// stream's ring answers, within `budget` bytes of batches; `None` when the ring is not
     /// held here (the stream is not this connection's).
@@ -275,9 +276,9 @@ struct Wanted {
     task: AbortHandle,
     tracker: Arc<Mutex<Tracker>>,
     sink: Arc<dyn RemoteSink>,
-    /// The backlog the first watcher asked for, sent with the leases until the owner first
-    /// answers where the stream stands ([`codec::LeaseBacklog`]).
-    backlog: Option<BackfillAsk>,
+    /// What the first watcher brings, sent with the leases until the owner first answers
+    /// where the stream stands ([`codec::FirstLease`]).
+    first: Option<LeaseFirst>,
 }
 
 impl Drop for Wanted {
@@ -643,15 +644,15 @@ impl Backplane {
     /// subscribes its data subject first (so the first batch cannot be missed), then leases
     /// it at once, and refreshes the lease until [`Backplane::release`]. Batches, holes and
     /// answers go to `sink`. A ticket that no longer stands (released meanwhile) wants nothing.
-    /// `backlog`: what the first watcher asked to read back, for the owner to open the live
-    /// demand with if the lease opens it.
+    /// `first`: what the first watcher brings, for the owner to open the live demand with if
+    /// the lease opens it.
     pub async fn want(
         &self,
         agent: AgentTokens,
         stream: Token,
         ticket: u64,
         sink: Arc<dyn RemoteSink>,
-        backlog: Option<BackfillAsk>,
+        first: LeaseFirst,
     ) -> Result<(), BackplaneError> {
         {
             let mut w = self.inner.wanting.lock().expect("wanting lock");
@@ -697,7 +698,7 @@ impl Backplane {
                     task,
                     tracker,
                     sink,
-                    backlog,
+                    first: (!first.is_empty()).then_some(first),
                 },
             );
         }

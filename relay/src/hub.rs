@@ -206,10 +206,10 @@ impl Hub {
         agent: AgentId,
         local: AgentStreamId,
         leased: bool,
-        backlog: Option<&crate::backplane::BackfillAsk>,
+        first: Option<&crate::backplane::LeaseFirst>,
     ) -> Result<(), CapHit> {
         let (mut shell, now) = self.lock();
-        shell.remote_lease(now, agent, local, leased, backlog)
+        shell.remote_lease(now, agent, local, leased, first)
     }
 
     /// The relay holding `agent` refused this relay's lease on `stream` (a demand cap there,

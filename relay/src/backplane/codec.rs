@@ -224,13 +224,36 @@ pub struct BackfillAsk {
     pub until: Option<SeqPos>,
 }
 
-/// The backlog wanted with a first lease on one stream ([`Control::Lease`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeaseBacklog {
+/// What the first watcher of a stream on the wanting relay brings to the lease that may open
+/// the stream's live demand at the agent ([`Control::Lease`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseFirst {
+    /// What it asked to read back (`tail`, `since_ns`, `since_seq`; `until` is not used): a
+    /// live demand the lease opens reads it first, as for a first local watcher, so the
+    /// backlog reaches the wanting relay through the live flow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<BackfillAsk>,
+    /// W3C `traceparent` of its subscription's span (traces on): the demand the lease opens
+    /// is traced as its child.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
+impl LeaseFirst {
+    /// Whether it brings nothing.
+    pub fn is_empty(&self) -> bool {
+        self.backlog.is_none() && self.traceparent.is_none()
+    }
+}
+
+/// [`LeaseFirst`] of one stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirstLease {
     /// The stream.
     pub stream: Token,
-    /// What to read back (its `until` is not used).
-    pub ask: BackfillAsk,
+    /// What its first watcher brings.
+    #[serde(flatten)]
+    pub first: LeaseFirst,
 }
 
 /// One reply to a backfill request.
@@ -408,12 +431,10 @@ pub enum Control {
         agent: Token,
         /// Streams wanted.
         streams: Vec<Token>,
-        /// The backlog a first watcher on the wanting relay asked for, per stream not yet
-        /// answered: a lease that opens the stream's live demand at the agent opens it with
-        /// this `tail`, `since_ns` or `since_seq` (as a first local watcher's subscription
-        /// would), so the backlog reaches the wanting relay through the live flow.
+        /// What the first watcher on the wanting relay brings, per stream the owner has not
+        /// answered for yet ([`FirstLease`]).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        backlog: Vec<LeaseBacklog>,
+        first: Vec<FirstLease>,
     },
     /// The owner's reply to [`Control::Lease`].
     LeaseReply {
@@ -700,7 +721,7 @@ mod tests {
             relay: token(1),
             agent: token(2),
             streams: vec![token(3)],
-            backlog: Vec::new(),
+            first: Vec::new(),
         };
         let json = String::from_utf8(encode_control(&lease).to_vec()).unwrap();
         assert_eq!(
@@ -721,18 +742,23 @@ mod tests {
             relay: token(1),
             agent: token(2),
             streams: vec![token(3)],
-            backlog: vec![LeaseBacklog {
+            first: vec![FirstLease {
                 stream: token(3),
-                ask: BackfillAsk {
-                    tail: Some(500),
-                    ..BackfillAsk::default()
+                first: LeaseFirst {
+                    backlog: Some(BackfillAsk {
+                        tail: Some(500),
+                        ..BackfillAsk::default()
+                    }),
+                    traceparent: Some(
+                        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
+                    ),
                 },
             }],
         };
         let first_json = encode_control(&first);
         assert!(
             String::from_utf8_lossy(&first_json).ends_with(&format!(
-                r#""backlog":[{{"stream":"{}","ask":{{"tail":500}}}}]}}"#,
+                r#""first":[{{"stream":"{}","backlog":{{"tail":500}},"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}}]}}"#,
                 token(3)
             )),
             "{}",

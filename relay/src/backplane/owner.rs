@@ -157,7 +157,7 @@ pub(super) async fn serve_demand(
                 let Some(msg) = msg else { return };
                 inner.metrics.message_in("control", msg.payload.len());
                 let lease = match codec::decode_control(&msg.payload, max) {
-                    Ok(Control::Lease { relay, agent, streams, backlog, .. }) if agent == tokens.agent => (relay, streams, backlog),
+                    Ok(Control::Lease { relay, agent, streams, first, .. }) if agent == tokens.agent => (relay, streams, first),
                     Ok(Control::Backfill { agent, stream, ask, max_bytes, .. }) if agent == tokens.agent => {
                         answer_backfill(&inner, &tokens, conn_epoch, owner.as_ref(), msg.reply, stream, &ask, max_bytes);
                         continue;
@@ -172,7 +172,7 @@ pub(super) async fn serve_demand(
                         continue;
                     }
                 };
-                let (relay, streams, backlog) = lease;
+                let (relay, streams, first) = lease;
                 // Stream ids are looked up only among this agent's announced streams: a lease
                 // on anything else is answered `known: false` and holds nothing here.
                 let known: Vec<bool> = {
@@ -198,7 +198,7 @@ pub(super) async fn serve_demand(
                 let mut refused: HashMap<Token, &'static str> = HashMap::new();
                 for c in changes {
                     let asked = match c {
-                        Change::Publish(s) => backlog.iter().find(|b| b.stream == s).map(|b| &b.ask),
+                        Change::Publish(s) => first.iter().find(|b| b.stream == s).map(|b| &b.first),
                         Change::Stop(_) => None,
                     };
                     if let (Change::Publish(stream), Err(limit)) = (c, owner.changed(c, asked)) {
@@ -377,14 +377,14 @@ pub(super) async fn leases(inner: Arc<Inner>) {
 }
 
 pub(super) async fn lease_once(inner: &Inner, agent: AgentTokens, streams: Vec<Token>) {
-    // The backlogs of streams whose owner has not answered yet.
-    let backlog = {
+    // What the first watchers of streams the owner has not answered for yet bring.
+    let first = {
         let w = inner.wanting.lock().expect("wanting lock");
         streams
             .iter()
             .filter_map(|s| {
-                let ask = w.streams.get(&(agent.agent, *s))?.backlog?;
-                Some(codec::LeaseBacklog { stream: *s, ask })
+                let first = w.streams.get(&(agent.agent, *s))?.first.clone()?;
+                Some(codec::FirstLease { stream: *s, first })
             })
             .collect()
     };
@@ -393,7 +393,7 @@ pub(super) async fn lease_once(inner: &Inner, agent: AgentTokens, streams: Vec<T
         relay: inner.relay,
         agent: agent.agent,
         streams: streams.clone(),
-        backlog,
+        first,
     });
     #[allow(clippy::disallowed_methods, reason = "the shell times a NATS request")]
     let started = tokio::time::Instant::now();
@@ -463,7 +463,7 @@ pub(super) async fn lease_once(inner: &Inner, agent: AgentTokens, streams: Vec<T
                             .streams
                             .get_mut(&(agent.agent, stream))
                         {
-                            w.backlog = None;
+                            w.first = None;
                         }
                         sink.answer(
                             stream,

@@ -12,11 +12,11 @@ use logrelay_wire::control::SeqPos;
 use super::Hub;
 use super::core::RemoteState;
 use super::core::backfill::{missing, restamp};
-use crate::backplane::BackfillAsk;
 use crate::backplane::codec::DataHeader;
 use crate::backplane::holes::Hole;
 use crate::backplane::subject::{AgentTokens, Token};
 use crate::backplane::{Answer, Backplane, CatalogSink, RemoteSink, catalog};
+use crate::backplane::{BackfillAsk, LeaseFirst};
 use crate::fanout::LiveStream;
 use crate::session::outbox::Outbox;
 use tokio::sync::mpsc;
@@ -31,14 +31,14 @@ pub(super) struct RemoteCtx {
 impl RemoteCtx {
     /// Wants `stream` of `agent`, its batches fed into `live` (in the background: the
     /// subscription is a NATS round trip).
-    /// `backlog`: what its first watcher asked to read back (the owner's live demand, if the
-    /// lease opens it, reads it first).
+    /// `first`: what its first watcher brings (the owner's live demand, if the lease opens
+    /// it, reads its backlog first and is traced under its subscription).
     pub(super) fn want(
         &self,
         agent: AgentTokens,
         stream: Token,
         live: Arc<LiveStream>,
-        backlog: Option<BackfillAsk>,
+        first: LeaseFirst,
     ) {
         let sink = Arc::new(RemoteFeed {
             hub: self.hub.clone(),
@@ -52,7 +52,10 @@ impl RemoteCtx {
         let ticket = bp.want_ticket(&agent.agent, &stream);
         tokio::spawn(async move {
             let mut wait = WANT_RETRY_MIN;
-            while let Err(e) = bp.want(agent, stream, ticket, sink.clone(), backlog).await {
+            while let Err(e) = bp
+                .want(agent, stream, ticket, sink.clone(), first.clone())
+                .await
+            {
                 tracing::warn!(error = %e, "backplane: a remote stream could not be wanted; retrying");
                 let Some(h) = hub.upgrade() else {
                     return;

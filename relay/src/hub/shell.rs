@@ -359,7 +359,12 @@ impl Shell {
                 backlog,
             } => {
                 if let (Some(ctx), Some(live)) = (&self.remote, self.rings.get(&ring)) {
-                    ctx.want(agent, stream, live.clone(), backlog);
+                    let first = crate::backplane::LeaseFirst {
+                        backlog,
+                        // The subscription being carried out, if it made the want.
+                        traceparent: self.cause.as_ref().map(telemetry::format_traceparent),
+                    };
+                    ctx.want(agent, stream, live.clone(), first);
                 }
             }
             Effect::RemoteBackfill {
@@ -600,8 +605,15 @@ impl Shell {
         agent: AgentId,
         local: AgentStreamId,
         leased: bool,
-        backlog: Option<&crate::backplane::BackfillAsk>,
+        first: Option<&crate::backplane::LeaseFirst>,
     ) -> Result<(), CapHit> {
+        // A demand the lease opens is traced as a child of the wanting relay's subscription.
+        if telemetry::enabled() {
+            self.cause = first
+                .and_then(|f| f.traceparent.as_deref())
+                .and_then(telemetry::parse_traceparent);
+        }
+        let backlog = first.and_then(|f| f.backlog.as_ref());
         self.input(now, |core, rings, now| {
             core.remote_lease(now, rings, agent, local, leased, backlog)
         })

@@ -1331,9 +1331,12 @@ fn a_first_remote_watcher_sends_its_backlog_with_the_want_and_the_owners_live_de
     // local watcher's subscription would; one that finds the demand open changes nothing.
     let owner = self::hub();
     let (agent, mut rx) = self::agent(&owner, vec![info(5, "p", "")]);
-    let ask = crate::backplane::BackfillAsk {
-        tail: Some(500),
-        ..crate::backplane::BackfillAsk::default()
+    let first = crate::backplane::LeaseFirst {
+        backlog: Some(crate::backplane::BackfillAsk {
+            tail: Some(500),
+            ..crate::backplane::BackfillAsk::default()
+        }),
+        traceparent: None,
     };
     let now = owner.now();
     owner
@@ -1344,7 +1347,7 @@ fn a_first_remote_watcher_sends_its_backlog_with_the_want_and_the_owners_live_de
             agent,
             crate::ids::AgentStreamId::from(5),
             true,
-            Some(&ask),
+            Some(&first),
         )
         .unwrap();
     let (_, _, spec) = opened(&mut rx);

@@ -8,7 +8,7 @@ use logrelay_wire::control::{self, SeqPos};
 
 use crate::backplane::lease::Change;
 use crate::backplane::subject::Token;
-use crate::backplane::{BackfillAsk, BackfillPart, Backplane, Owner, ServedAgent};
+use crate::backplane::{BackfillAsk, BackfillPart, Backplane, LeaseFirst, Owner, ServedAgent};
 use crate::hub::{CapHit, CatalogRefusal, Hub};
 use crate::ids::{AgentId, AgentStreamId};
 
@@ -34,7 +34,7 @@ struct Leases {
 }
 
 impl Owner for Leases {
-    fn changed(&self, change: Change, backlog: Option<&BackfillAsk>) -> Result<(), &'static str> {
+    fn changed(&self, change: Change, first: Option<&LeaseFirst>) -> Result<(), &'static str> {
         let (token, leased) = match change {
             Change::Publish(t) => (t, true),
             Change::Stop(t) => (t, false),
@@ -49,7 +49,7 @@ impl Owner for Leases {
         tracing::debug!(agent = %self.agent, leased, known = local.is_some(), "backplane: remote lease changed");
         match (local, self.hub.upgrade()) {
             (Some(local), Some(hub)) => hub
-                .remote_lease(self.agent, AgentStreamId::from(local), leased, backlog)
+                .remote_lease(self.agent, AgentStreamId::from(local), leased, first)
                 .map_err(CapHit::limit),
             _ => Ok(()),
         }
