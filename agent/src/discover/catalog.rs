@@ -108,15 +108,31 @@ impl Catalog {
 
     /// Replaces the streams of `group` with what its scan found; returns what changed.
     ///
-    /// A source whose labels changed (its pod's metadata arrived late, or its task labels
-    /// changed) is announced again under a new id, and its old id removed with reason
-    /// `labels_changed`: the relay files streams by labels, and authorises sessions by them.
+    /// A source whose `meta` alone changed (allowlisted pod labels or annotations) keeps its
+    /// id and is announced again under it with the new labels: the relay updates the stream
+    /// in place (its watchers keep reading). A source whose other labels changed (its pod's
+    /// metadata arrived late, or its task labels changed) is announced again under a new id,
+    /// and its old id removed with reason `labels_changed`: the relay files streams by those
+    /// labels, and authorises sessions by them.
     pub fn replace(&self, group: Group, found: Vec<Entry>) -> Diff {
         let mut inner = self.inner.lock().expect("catalog lock");
         let mut diff = Diff::default();
         let mut seen = HashMap::with_capacity(found.len());
         for entry in found {
             debug_assert_eq!(entry.source.group(), group);
+            if let Some(&old) = inner.by_source.get(&entry.source)
+                && let Some(held) = inner.streams.get_mut(&old)
+                && held.labels != entry.labels
+                && same_but_meta(&held.labels, &entry.labels)
+            {
+                held.labels = entry.labels.clone();
+                diff.added.push(StreamInfo {
+                    id: old,
+                    labels: entry.labels.clone(),
+                });
+                seen.insert(old, ());
+                continue;
+            }
             if let Some(&old) = inner.by_source.get(&entry.source)
                 && inner
                     .streams
@@ -204,9 +220,11 @@ pub fn readable(mut now: BTreeMap<u64, Entry>, events: bool) -> BTreeMap<u64, En
 /// while another appears in the same place (node, namespace, pod, UID, container, restart,
 /// kind) with other (task) labels is reported as `labels_changed`, else as `container_removed`.
 pub fn reconcile(sent: &BTreeMap<u64, Labels>, now: &BTreeMap<u64, Entry>) -> Diff {
+    // New ids, and ids whose labels changed in place (`meta` only: announced again under
+    // the same id, the relay updates the stream).
     let added: Vec<StreamInfo> = now
         .iter()
-        .filter(|(id, _)| !sent.contains_key(id))
+        .filter(|(id, e)| sent.get(id) != Some(&e.labels))
         .map(|(id, e)| StreamInfo {
             id: *id,
             labels: e.labels.clone(),
@@ -238,6 +256,17 @@ pub fn reconcile(sent: &BTreeMap<u64, Labels>, now: &BTreeMap<u64, Entry>) -> Di
             })
             .collect(),
         added,
+    }
+}
+
+/// Whether `a` and `b` differ in `meta` at most: the same stream, relabelled in place.
+fn same_but_meta(a: &Labels, b: &Labels) -> bool {
+    Labels {
+        meta: BTreeMap::new(),
+        ..a.clone()
+    } == Labels {
+        meta: BTreeMap::new(),
+        ..b.clone()
     }
 }
 
@@ -297,6 +326,42 @@ mod tests {
     }
 
     #[test]
+    fn a_source_whose_meta_alone_changed_keeps_its_id_and_is_announced_again_under_it() {
+        let c = Catalog::new(Arc::new(AgentMetrics::new()));
+        c.replace(Group::Logs, vec![entry("a"), entry("b")]);
+        let sent: BTreeMap<u64, Labels> = c
+            .snapshot()
+            .into_iter()
+            .map(|(id, e)| (id, e.labels))
+            .collect();
+        let mut relabelled = entry("a");
+        relabelled
+            .labels
+            .meta
+            .insert("label:team".into(), "ml".into());
+        let d = c.replace(Group::Logs, vec![relabelled.clone(), entry("b")]);
+        assert!(d.removed.is_empty(), "{d:?}");
+        assert_eq!(d.added.len(), 1);
+        assert_eq!(d.added[0].id, 1, "the same id");
+        assert_eq!(d.added[0].labels, relabelled.labels);
+        // What a connected relay is sent: the same id with its new labels, nothing removed.
+        let to_relay = reconcile(&sent, &c.snapshot());
+        assert!(to_relay.removed.is_empty(), "{to_relay:?}");
+        assert_eq!(
+            to_relay.added,
+            [StreamInfo {
+                id: 1,
+                labels: relabelled.labels.clone()
+            }]
+        );
+        assert_eq!(
+            c.replace(Group::Logs, vec![relabelled, entry("b")]),
+            Diff::default(),
+            "and stays put"
+        );
+    }
+
+    #[test]
     fn a_relay_that_does_not_read_events_is_not_offered_them() {
         let c = Catalog::new(Arc::new(AgentMetrics::new()));
         // (Its source does not matter here: only its kind.)
@@ -322,7 +387,7 @@ mod tests {
         let c = Catalog::new(Arc::new(AgentMetrics::new()));
         c.replace(Group::Logs, vec![entry("a"), entry("b")]);
         let mut sent = BTreeMap::new();
-        sent.insert(1, Labels::default());
+        sent.insert(1, c.get(1).unwrap().labels);
         sent.insert(9, Labels::default());
         let d = reconcile(&sent, &c.snapshot());
         assert_eq!(d.added.iter().map(|s| s.id).collect::<Vec<_>>(), vec![2]);

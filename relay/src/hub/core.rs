@@ -634,6 +634,9 @@ struct DemandState {
 #[derive(Debug)]
 struct ListChange {
     labels: Labels,
+    /// The labels it had, for an entry whose labels changed in place: a watched list whose
+    /// selector matched them and no longer matches is told it went (`labels_changed`).
+    was: Option<Labels>,
     change: Result<StreamEntry, StreamRemoved>,
 }
 

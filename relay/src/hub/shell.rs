@@ -522,8 +522,8 @@ impl Shell {
         agent: AgentId,
         streams: Vec<StreamInfo>,
     ) -> Vec<CatalogRefusal> {
-        self.input(now, |core, rings, _| {
-            core.catalog_add(rings, agent, streams)
+        self.input(now, |core, rings, now| {
+            core.catalog_add(now, rings, agent, streams)
         })
     }
 

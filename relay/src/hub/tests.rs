@@ -1647,3 +1647,81 @@ fn a_watch_of_another_relays_stream_asks_its_backlog_of_the_owners_ring_then_rea
     );
     assert!(log.iter().any(|e| matches!(e, Effect::WatchRing { .. })));
 }
+
+#[test]
+fn a_stream_whose_meta_alone_changed_is_relabelled_in_place() {
+    let hub = hub_with(|c| c.core.max_sessions_per_org = 8);
+    let with_team = |team: &str| {
+        let mut i = info(1, "p", "");
+        i.labels.meta.insert("label:team".into(), team.into());
+        i
+    };
+    let team = |t: &str| Selector {
+        meta: [("label:team".to_owned(), t.to_owned())].into(),
+        ..Selector::default()
+    };
+    let (agent, mut rx) = self::agent(&hub, vec![with_team("web")]);
+    let by_pod = hub.add_session("acme", None).unwrap();
+    let web = hub.add_session("acme", None).unwrap();
+    let ml = hub.add_session("acme", None).unwrap();
+    let lists = hub.add_session("acme", None).unwrap();
+    hub.subscribe(&by_pod, "a", sel("p"), follow(0)).unwrap();
+    hub.subscribe(&web, "w", team("web"), follow(0)).unwrap();
+    hub.subscribe(&ml, "m", team("ml"), follow(0)).unwrap();
+    hub.watch_list(&lists, "all", sel("p")).unwrap();
+    hub.watch_list(&lists, "web", team("web")).unwrap();
+    let (demand, stream_ref, _) = opened(&mut rx);
+    assert!(rx.try_recv().is_err(), "one demand");
+    for s in [&by_pod, &web, &ml, &lists] {
+        take_events(s);
+    }
+
+    // The agent announces the same id with other `meta`: the same stream, its ring and demand.
+    assert!(hub.catalog_add(agent, vec![with_team("ml")]).is_empty());
+    assert!(rx.try_recv().is_err(), "nothing cancelled or opened");
+    assert!(
+        take_events(&by_pod).is_empty(),
+        "a watcher whose subscription still matches reads on"
+    );
+    assert!(
+        matches!(&take_events(&web)[..], [Event::End { stream, reason }] if *stream == stream_ref && *reason == EndReason::LabelsChanged),
+        "a watcher whose subscription no longer matches is told"
+    );
+    let attached = take_events(&ml);
+    assert!(
+        attached
+            .iter()
+            .any(|e| matches!(e, Event::Stream { stream, labels, .. } if *stream == stream_ref && labels.meta["label:team"] == "ml")),
+        "a standing subscription that matches now attaches to the same stream: {attached:?}"
+    );
+    let told = take_events(&lists);
+    let of = |list: &str| -> Vec<Event> {
+        told.iter()
+            .filter(|e| matches!(e, Event::Catalog { id, .. } if id == list))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(
+        catalog_changes(&of("all"), "all"),
+        (vec![(stream_ref, true)], vec![])
+    );
+    assert_eq!(
+        catalog_changes(&of("web"), "web"),
+        (vec![], vec![(stream_ref, EndReason::LabelsChanged)])
+    );
+    let listed = hub.list(&lists, &team("ml"));
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].stream, stream_ref);
+    assert!(hub.list(&lists, &team("web")).is_empty());
+
+    // An identity label changing is a new stream: the old one ends for its watchers.
+    let mut moved = with_team("ml");
+    moved.labels.project = Some("p2".into());
+    assert!(hub.catalog_add(agent, vec![moved]).is_empty());
+    assert!(
+        take_events(&by_pod)
+            .iter()
+            .any(|e| matches!(e, Event::End { stream, reason } if *stream == stream_ref && *reason == EndReason::LabelsChanged))
+    );
+    let _ = demand;
+}

@@ -21,6 +21,7 @@ pub(super) struct SharedAgent {
     served: Arc<ServedAgent>,
     backplane: Backplane,
     tokens: Tokens,
+    owner: Arc<Leases>,
 }
 
 /// Other relays' leases on the agent's streams, as hub inputs: the first lease opens the
@@ -31,6 +32,16 @@ struct Leases {
     hub: Weak<Hub>,
     agent: AgentId,
     tokens: Tokens,
+}
+
+impl Leases {
+    /// The leases on the agent's stream `local` ended without a `Stop` (its token was
+    /// replaced): the hub lets its demand linger, as when the last lease ends.
+    fn released(&self, local: u64) {
+        if let Some(hub) = self.hub.upgrade() {
+            let _ = hub.remote_lease(self.agent, AgentStreamId::from(local), false, None);
+        }
+    }
 }
 
 impl Owner for Leases {
@@ -123,11 +134,15 @@ impl SharedAgent {
             agent,
             tokens: tokens.clone(),
         });
-        match bp.serve_agent(org, cluster, node, epoch, owner).await {
+        match bp
+            .serve_agent(org, cluster, node, epoch, owner.clone())
+            .await
+        {
             Ok(served) => Some(Self {
                 served: Arc::new(served),
                 backplane: bp.clone(),
                 tokens,
+                owner,
             }),
             Err(e) => {
                 tracing::warn!(error = %e, %org, %cluster, %node, "backplane: agent not shared");
@@ -152,6 +167,9 @@ impl SharedAgent {
         streams: Vec<control::StreamInfo>,
         refused: &[CatalogRefusal],
     ) {
+        // An id announced again with other labels has another token (tokens hash the
+        // labels): the old one is withdrawn, and a lease on it no longer holds the stream.
+        let mut replaced = Vec::new();
         let added: Vec<_> = {
             let mut tokens = self.tokens.lock().expect("tokens lock");
             streams
@@ -164,11 +182,24 @@ impl SharedAgent {
                         ..s.labels
                     };
                     let token = self.backplane.subjects().stream(&labels);
-                    tokens.insert(s.id, token);
+                    if let Some(old) = tokens.insert(s.id, token)
+                        && old != token
+                    {
+                        replaced.push((s.id, old));
+                    }
                     (token, labels)
                 })
                 .collect()
         };
+        if !replaced.is_empty() {
+            for (id, old) in &replaced {
+                if self.served.wanted(old) {
+                    self.owner.released(*id);
+                }
+            }
+            self.backplane
+                .withdraw(&self.served, replaced.into_iter().map(|(_, t)| t).collect());
+        }
         if !added.is_empty() {
             self.backplane.announce(&self.served, added);
         }

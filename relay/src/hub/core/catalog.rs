@@ -13,6 +13,7 @@ impl Core {
     /// a new one is attached to every matching standing subscription.
     pub fn catalog_add(
         &mut self,
+        now: Time,
         rings: &dyn RingView,
         agent: AgentId,
         streams: Vec<StreamInfo>,
@@ -26,18 +27,30 @@ impl Core {
         for info in streams {
             let local = AgentStreamId::from(info.id);
             let bytes = label_bytes(&info.labels);
-            // An id announced again: the same stream is a repeat, another replaces it.
+            // An id announced again: the same stream is a repeat; one whose `meta` alone
+            // changed is the same stream relabelled in place; another replaces it.
             if let Some(&(old, _)) = self.agents.get(&agent).and_then(|l| l.streams.get(&local)) {
                 let announced = Labels {
                     org: org.clone(),
                     cluster: cluster.clone(),
                     ..info.labels.clone()
                 };
-                if self.rings.get(&old).is_some_and(|s| s.labels == announced) {
+                let held = self.rings.get(&old).map(|s| s.labels.clone());
+                if held.as_ref() == Some(&announced) {
                     continue;
                 }
                 self.uncount_stream(agent, local);
-                if self.rings.get(&old).and_then(|s| s.agent) == Some((agent, local)) {
+                let ours = self.rings.get(&old).and_then(|s| s.agent) == Some((agent, local));
+                if ours
+                    && held.is_some_and(|h| same_but_meta(&h, &announced))
+                    && info.labels.meta_is_valid()
+                    && self.catalog_cap(agent, &org_key, bytes).is_none()
+                    && self.relabel(now, rings, old, announced)
+                {
+                    self.count_stream(agent, local, old, bytes);
+                    continue;
+                }
+                if ours {
                     self.end_stream(old, EndReason::LabelsChanged);
                 }
             }
@@ -229,6 +242,22 @@ impl Core {
         if let Some(s) = self.rings.get(&id).filter(|s| s.filtered.is_none()) {
             let change = ListChange {
                 labels: s.labels.clone(),
+                was: None,
+                change: Ok(s.entry(id)),
+            };
+            self.list_changes.push(change);
+        }
+    }
+
+    /// Notes that ring `id`'s labels changed in place (they were `was`), for watched lists.
+    pub(super) fn relisted(&mut self, id: StreamId, was: Labels) {
+        if self.listing.is_empty() {
+            return;
+        }
+        if let Some(s) = self.rings.get(&id).filter(|s| s.filtered.is_none()) {
+            let change = ListChange {
+                labels: s.labels.clone(),
+                was: Some(was),
                 change: Ok(s.entry(id)),
             };
             self.list_changes.push(change);
@@ -251,7 +280,17 @@ impl Core {
             for (list, selector) in &session.lists {
                 let (mut added, mut removed) = (Vec::new(), Vec::new());
                 for c in &changes {
-                    if !selector.matches(&c.labels) || !session.may_read(&c.labels) {
+                    let shown = |l: &Labels| selector.matches(l) && session.may_read(l);
+                    if !shown(&c.labels) {
+                        // Relabelled out of this list.
+                        if let (Some(was), Ok(e)) = (&c.was, &c.change)
+                            && shown(was)
+                        {
+                            removed.push(StreamRemoved {
+                                stream: e.stream,
+                                reason: EndReason::LabelsChanged,
+                            });
+                        }
                         continue;
                     }
                     match &c.change {
@@ -327,6 +366,7 @@ impl Core {
         if s.filtered.is_none() && !self.listing.is_empty() {
             self.list_changes.push(ListChange {
                 labels: s.labels.clone(),
+                was: None,
                 change: Err(StreamRemoved {
                     stream: id.get(),
                     reason: reason.clone(),
@@ -378,5 +418,17 @@ impl Core {
                     .values()
                     .any(|r| self.rings.get(r).is_some_and(&holds))
         })
+    }
+}
+
+/// Whether `a` and `b` differ in `meta` at most (the allowlisted pod metadata): the same
+/// stream, with the same identity and rights.
+fn same_but_meta(a: &Labels, b: &Labels) -> bool {
+    Labels {
+        meta: Default::default(),
+        ..a.clone()
+    } == Labels {
+        meta: Default::default(),
+        ..b.clone()
     }
 }

@@ -663,6 +663,102 @@ impl Core {
         true
     }
 
+    /// Stream `sid` (and its filtered rings) now has `labels`, which differ from its own in
+    /// `meta` only (allowlisted pod metadata changed at the agent): it keeps its id, ring,
+    /// demand and watchers. A watch none of whose subscriptions matches the new labels ends
+    /// (`end` `labels_changed`); standing subscriptions that match them now and did not
+    /// before attach, as to a new stream; watched lists get the entry again, or its removal
+    /// where it no longer matches. Rights do not change with `meta`. False, and nothing
+    /// changed, when another ring has those labels already.
+    pub(super) fn relabel(
+        &mut self,
+        now: Time,
+        rings: &dyn RingView,
+        sid: StreamId,
+        labels: Labels,
+    ) -> bool {
+        if self
+            .by_labels
+            .get(&labels)
+            .is_some_and(|&other| other != sid)
+        {
+            return false;
+        }
+        let Some(s) = self.rings.get_mut(&sid) else {
+            return false;
+        };
+        let was = std::mem::replace(&mut s.labels, labels.clone());
+        let keys: Vec<StreamId> = std::iter::once(sid)
+            .chain(s.rings.values().copied())
+            .collect();
+        if self.by_labels.get(&was) == Some(&sid) {
+            self.by_labels.remove(&was);
+        }
+        self.by_labels.insert(labels.clone(), sid);
+        for key in &keys[1..] {
+            if let Some(f) = self.rings.get_mut(key) {
+                f.labels = labels.clone();
+            }
+        }
+        for &key in &keys {
+            let watchers: Vec<SessionId> = self
+                .rings
+                .get(&key)
+                .map(|s| s.watchers.iter().copied().collect())
+                .unwrap_or_default();
+            for session in watchers {
+                let Some(ss) = self.sessions.get_mut(&session) else {
+                    continue;
+                };
+                let specs = &ss.subs;
+                let Some(w) = ss.watches.get_mut(&key) else {
+                    continue;
+                };
+                w.subs.retain(|sub| {
+                    specs
+                        .get(sub)
+                        .is_some_and(|spec| spec.selector.matches(&labels))
+                });
+                if !w.subs.is_empty() {
+                    continue;
+                }
+                let watch = ss.watches.remove(&key).expect("present");
+                self.unwatch(session, key, &watch);
+                self.send_session(
+                    session,
+                    Event::End {
+                        stream: key.get(),
+                        reason: EndReason::LabelsChanged,
+                    },
+                );
+                self.remove_watcher(now, session, key, watch);
+            }
+        }
+        self.relisted(sid, was);
+        // Standing subscriptions that match now and were not attached yet.
+        let mut attach: Vec<(SessionId, SubId, Demand)> = Vec::new();
+        for (&session, ss) in &self.sessions {
+            if !ss.may_read(&labels) {
+                continue;
+            }
+            let attached = |sub: &SubId| {
+                keys.iter()
+                    .any(|k| ss.watches.get(k).is_some_and(|w| w.subs.contains(sub)))
+            };
+            attach.extend(
+                ss.subs
+                    .iter()
+                    .filter(|(id, spec)| spec.selector.matches(&labels) && !attached(id))
+                    .map(|(id, spec)| (session, id.clone(), spec.demand.clone())),
+            );
+        }
+        for (session, id, demand) in attach {
+            tracing::debug!(%session, sub = %id, stream = %sid, "relabelled stream matches subscription");
+            self.add_watch(rings, session, sid, &id, &demand);
+        }
+        true
+    }
+
     /// Tells the shell that `session` no longer watches `key`.
     pub(super) fn unwatch(&mut self, session: SessionId, key: StreamId, watch: &WatchState) {
         self.out.push(Effect::Unwatch {
