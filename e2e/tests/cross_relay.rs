@@ -306,6 +306,44 @@ fn write_lines(log: &mut logrelay::demo::CriWriter, next: &mut u64, n: u64) -> u
     *next
 }
 
+/// A session on relay B subscribing as `sub` with `tail: tail`: reads its backlog, then `live`
+/// more lines written, and checks it got exactly the lines from `from` to the last written,
+/// each once, in order, and no gap. Returns the stream's id.
+async fn tail_then_live(
+    b: &RelayProcess,
+    sub: &str,
+    tail: u32,
+    log: &mut logrelay::demo::CriWriter,
+    next: &mut u64,
+    live: u64,
+    from: u64,
+) -> Subscriber {
+    let mut s = Subscriber::connect(&b.subscribe_url()).await;
+    s.subscribe(sub, &selector(), Some(tail)).await;
+    s.until("the backlog", |s| {
+        s.stream_of(sub)
+            .is_some_and(|id| numbers(s, id).len() >= tail as usize)
+    })
+    .await;
+    let id = s.stream_of(sub).unwrap();
+    let upto = write_lines(log, next, live);
+    s.until("the live lines", |s| {
+        numbers(s, id).last().is_some_and(|&l| l + 1 >= upto)
+    })
+    .await;
+    assert_eq!(
+        numbers(&s, id),
+        (from..upto).collect::<Vec<_>>(),
+        "the backlog, then live, once each"
+    );
+    assert!(
+        !s.events.iter().any(|e| matches!(e, Event::Gap { .. })),
+        "{:?}",
+        s.events
+    );
+    s
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_watcher_anywhere_on_relay_b_gets_its_tail_from_the_agents_file() {
     let nats = NatsServer::start().await;
@@ -328,32 +366,9 @@ async fn the_first_watcher_anywhere_on_relay_b_gets_its_tail_from_the_agents_fil
     );
 
     // Nobody watches it on any relay: A's ring is empty. The `tail: 300` of the first
-    // watcher on B goes with B's lease, and A's live demand reads it from the file.
-    let mut first = Subscriber::connect(&b.subscribe_url()).await;
-    first.subscribe("f", &selector(), Some(300)).await;
-    first
-        .until("the last 300 lines of the file", |s| {
-            s.stream_of("f")
-                .is_some_and(|id| numbers(s, id).len() >= 300)
-        })
-        .await;
-    let on_b = first.stream_of("f").unwrap();
-    let upto = write_lines(&mut log, &mut next, 200);
-    first
-        .until("the live lines", |s| {
-            numbers(s, on_b).last().is_some_and(|&l| l + 1 >= upto)
-        })
-        .await;
-    assert_eq!(
-        numbers(&first, on_b),
-        (written - 300..upto).collect::<Vec<_>>(),
-        "the last 300 lines of the file, then live, once each"
-    );
-    assert!(
-        !first.events.iter().any(|e| matches!(e, Event::Gap { .. })),
-        "{:?}",
-        first.events
-    );
+    // watcher on B goes with B's lease, and A's live demand reads it from the file: the last
+    // 300 lines of the file, then live.
+    tail_then_live(&b, "f", 300, &mut log, &mut next, 200, written - 300).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -426,23 +441,7 @@ async fn a_late_joiner_on_relay_b_gets_exactly_the_last_lines_from_relay_as_ring
 
     // A late joiner on B while B's ring flows: its backlog ends exactly where it starts
     // reading B's ring.
-    let mut late = Subscriber::connect(&b.subscribe_url()).await;
-    late.subscribe("l", &selector(), Some(500)).await;
-    late.until("the backlog", |s| {
-        s.stream_of("l")
-            .is_some_and(|id| numbers(s, id).len() >= 500)
-    })
-    .await;
-    let upto3 = write_lines(&mut log, &mut next, 300);
-    late.until("the live lines", |s| {
-        numbers(s, on_b).last().is_some_and(|&l| l + 1 >= upto3)
-    })
-    .await;
-    assert_eq!(
-        numbers(&late, on_b),
-        (upto2 - 500..upto3).collect::<Vec<_>>(),
-        "the last 500 lines, then live, once each"
-    );
+    let late = tail_then_live(&b, "l", 500, &mut log, &mut next, 300, upto2 - 500).await;
     for s in [&first, &late] {
         assert!(
             !s.events.iter().any(|e| matches!(e, Event::Gap { .. })),

@@ -67,6 +67,46 @@ fn decode(body: &[u8], spans: &mut HashMap<String, Vec<Got>>, values: &mut Vec<S
     }
 }
 
+/// Spans by name, as decoded so far.
+type Spans = HashMap<String, Vec<Got>>;
+
+/// Whether a span `name` (of `service`, when given) that ended `cancelled` is in.
+fn ended_cancelled(spans: &Spans, name: &str, service: Option<&str>) -> bool {
+    spans.get(name).is_some_and(|v| {
+        v.iter().any(|s| {
+            service.is_none_or(|svc| s.service == svc)
+                && s.attributes
+                    .get("logrelay.end")
+                    .is_some_and(|e| e == "cancelled")
+        })
+    })
+}
+
+/// Decodes the collector's requests (each an OTLP/HTTP protobuf trace export) until `done`
+/// holds, within the deadline: the spans, every attribute value, and the bodies.
+async fn collect(
+    received: std::sync::mpsc::Receiver<(String, String, Vec<u8>)>,
+    done: impl Fn(&Spans) -> bool + Send + 'static,
+) -> (Spans, Vec<String>, Vec<Vec<u8>>) {
+    tokio::task::spawn_blocking(move || {
+        let (mut spans, mut values, mut bodies) = (HashMap::new(), Vec::new(), Vec::new());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done(&spans) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok((line, content_type, body)) = received.recv_timeout(left) else {
+                panic!("timed out; spans so far: {spans:#?}");
+            };
+            assert!(line.starts_with("POST /v1/traces "), "{line}");
+            assert_eq!(content_type, "application/x-protobuf");
+            decode(&body, &mut spans, &mut values);
+            bodies.push(body);
+        }
+        (spans, values, bodies)
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_is_one_trace_across_relay_and_agent() {
     one_trace(true).await;
@@ -125,39 +165,14 @@ async fn one_trace(stream_first: bool) {
 
     // The demand is cancelled a second after its last watcher left; every span then ends.
     // Done when the subscription and the cancelled demand's spans on both sides are in.
-    let done = |spans: &HashMap<String, Vec<Got>>| {
-        let cancelled = |name: &str| {
-            spans.get(name).is_some_and(|v| {
-                v.iter().any(|s| {
-                    s.attributes
-                        .get("logrelay.end")
-                        .is_some_and(|e| e == "cancelled")
-                })
-            })
-        };
+    let done = |spans: &Spans| {
         ["relay.subscription", "relay.data_stream", "agent.open"]
             .iter()
             .all(|n| spans.contains_key(*n))
-            && cancelled("relay.demand")
-            && cancelled("agent.demand")
+            && ended_cancelled(spans, "relay.demand", None)
+            && ended_cancelled(spans, "agent.demand", None)
     };
-    let (spans, values, bodies) = tokio::task::spawn_blocking(move || {
-        let (mut spans, mut values, mut bodies) = (HashMap::new(), Vec::new(), Vec::new());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !done(&spans) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok((line, content_type, body)) = received.recv_timeout(left) else {
-                panic!("timed out; spans so far: {spans:#?}");
-            };
-            assert!(line.starts_with("POST /v1/traces "), "{line}");
-            assert_eq!(content_type, "application/x-protobuf");
-            decode(&body, &mut spans, &mut values);
-            bodies.push(body);
-        }
-        (spans, values, bodies)
-    })
-    .await
-    .unwrap();
+    let (spans, values, bodies) = collect(received, done).await;
     let all = |name: &str| spans[name].clone();
     let cancelled = |name: &str| {
         spans[name]
@@ -331,37 +346,14 @@ async fn a_subscription_on_another_relay_is_one_trace_across_both_relays_and_the
         .unwrap();
 
     // B releases after its linger, A cancels after its own: the demands' spans end.
-    let done = |spans: &HashMap<String, Vec<Got>>| {
-        let cancelled = |name: &str, service: &str| {
-            spans.get(name).is_some_and(|v| {
-                v.iter().any(|s| {
-                    s.service == service
-                        && s.attributes
-                            .get("logrelay.end")
-                            .is_some_and(|e| e == "cancelled")
-                })
-            })
-        };
+    let done = |spans: &Spans| {
         spans
             .get("relay.subscription")
             .is_some_and(|v| v.iter().any(|s| s.service == "relay-b"))
-            && cancelled("relay.demand", "relay-a")
-            && cancelled("agent.demand", "logrelay-agent")
+            && ended_cancelled(spans, "relay.demand", Some("relay-a"))
+            && ended_cancelled(spans, "agent.demand", Some("logrelay-agent"))
     };
-    let spans = tokio::task::spawn_blocking(move || {
-        let (mut spans, mut values) = (HashMap::new(), Vec::new());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !done(&spans) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok((_, _, body)) = received.recv_timeout(left) else {
-                panic!("timed out; spans so far: {spans:#?}");
-            };
-            decode(&body, &mut spans, &mut values);
-        }
-        spans
-    })
-    .await
-    .unwrap();
+    let (spans, _, _) = collect(received, done).await;
     let sub = spans["relay.subscription"]
         .iter()
         .find(|s| s.service == "relay-b")
