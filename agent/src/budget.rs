@@ -23,6 +23,8 @@ use std::sync::{Arc, Mutex, Weak};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use crate::sink::BatchTimes;
+
 /// The agent-wide byte budget.
 #[derive(Debug)]
 pub struct Budget {
@@ -46,6 +48,8 @@ pub struct Queued {
     pub end_seq: u64,
     /// Lines in it.
     pub lines: u32,
+    /// When it was read and queued, for its trace ([`Queue::push_timed`]).
+    pub times: BatchTimes,
     tick: u64,
 }
 
@@ -174,6 +178,22 @@ impl Queue {
     /// to make room first. A batch larger than the whole budget is dropped at once, after
     /// everything older (told as a gap, like any drop).
     pub fn push(&self, batch: Bytes, first_seq: u64, end_seq: u64, lines: u32) {
+        self.push_timed(batch, first_seq, end_seq, lines, BatchTimes::default());
+    }
+
+    /// [`Self::push`] of a batch whose read began `times.read` (its queueing time is taken
+    /// here when that is known).
+    pub fn push_timed(
+        &self,
+        batch: Bytes,
+        first_seq: u64,
+        end_seq: u64,
+        lines: u32,
+        mut times: BatchTimes,
+    ) {
+        if times.read.is_some() {
+            times.queued = Some(std::time::Instant::now());
+        }
         let len = batch.len();
         let mut batch = Some(batch);
         let admitted = self.budget.admit(len, || {
@@ -184,6 +204,7 @@ impl Queue {
                 first_seq,
                 end_seq,
                 lines,
+                times,
                 tick: self.budget.tick.fetch_add(1, Ordering::Relaxed),
             }));
         });

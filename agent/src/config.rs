@@ -205,6 +205,11 @@ pub struct AgentConfig {
     pub kube_annotation_allowlist: Allowlist,
 
     // ----- Admin
+    /// With traces on (`OTEL_*`, see docs/operations.md), at most this many batches a second
+    /// are offered to the trace sampler for a per-batch trace (`agent.batch` and the relay's
+    /// spans of it); 0 traces no batch.
+    #[arg(long, env = "LOGRELAY_AGENT_TRACE_BATCHES_PER_SEC", default_value_t = uplink::DEFAULT_TRACE_BATCHES_PER_SEC, help_heading = ADMIN)]
+    pub trace_batches_per_sec: u32,
     /// Address of the admin listener (`/metrics`, `/healthz`).
     #[arg(long, env = "LOGRELAY_AGENT_ADMIN_ADDR", default_value = admin::DEFAULT_ADDR, help_heading = ADMIN)]
     pub admin_addr: SocketAddr,
@@ -253,6 +258,7 @@ impl Default for AgentConfig {
                 .expect("the default mapping parses"),
             kube_label_allowlist: Allowlist::default(),
             kube_annotation_allowlist: Allowlist::default(),
+            trace_batches_per_sec: uplink::DEFAULT_TRACE_BATCHES_PER_SEC,
             admin_addr: admin::DEFAULT_ADDR
                 .parse()
                 .expect("the default address parses"),
@@ -372,6 +378,7 @@ impl AgentConfig {
                 self.relay_idle_timeout_ms,
             ),
             params: self.tail_params(),
+            trace_batches_per_sec: self.trace_batches_per_sec,
         }
     }
 }

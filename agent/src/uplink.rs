@@ -27,9 +27,10 @@ use tokio::task::AbortHandle;
 
 use crate::discover::catalog::{self, Catalog};
 use crate::metrics::AgentMetrics;
-use crate::sink::{BatchSink, SinkClosed};
+use crate::sink::{BatchSink, BatchTimes, SinkClosed};
 use crate::tail::{self, Ended, TailParams};
 
+pub mod batch_trace;
 pub mod relays;
 
 /// Application error code used when the agent resets a data stream on `cancel`.
@@ -65,7 +66,12 @@ pub struct UplinkConfig {
     pub timers: logrelay_tls::QuicTimers,
     /// Tuning of every demand served.
     pub params: TailParams,
+    /// Batches a second offered to the trace sampler for a per-batch trace (0: none).
+    pub trace_batches_per_sec: u32,
 }
+
+/// Batches a second offered to the trace sampler, by default.
+pub const DEFAULT_TRACE_BATCHES_PER_SEC: u32 = 1;
 
 /// Why a connection to the relay ended.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +111,8 @@ pub struct Uplink {
     endpoint: quinn::Endpoint,
     catalog: Arc<Catalog>,
     metrics: Arc<AgentMetrics>,
+    /// Offers batches to the trace sampler (`--trace-batches-per-sec`).
+    batch_gate: Arc<batch_trace::Gate>,
     tailer: Arc<tail::Tailer>,
 }
 
@@ -126,6 +134,7 @@ impl Uplink {
         Ok(Self {
             client: Arc::new(std::sync::RwLock::new(client)),
             transport,
+            batch_gate: Arc::new(batch_trace::Gate::new(config.trace_batches_per_sec)),
             config,
             endpoint,
             catalog,
@@ -263,7 +272,7 @@ impl Uplink {
                 protocol: logrelay_wire::PROTOCOL_VERSION,
                 node: self.config.node.clone(),
                 agent_version: env!("CARGO_PKG_VERSION").into(),
-                features: vec![features::ACK.into(), features::EVENTS.into()],
+                features: hello_features(self.config.trace_batches_per_sec),
             })
             .await?;
         let mut decoder = FrameDecoder::new(frame::DEFAULT_MAX_FRAME_BYTES);
@@ -271,7 +280,7 @@ impl Uplink {
             tokio::time::timeout(Duration::from_secs(10), next_msg(&mut recv, &mut decoder))
                 .await
                 .map_err(|_| UplinkError::Protocol("no welcome within 10 s".into()))??;
-        let (heartbeat_secs, acks, events) = match welcome {
+        let (heartbeat_secs, acks, events, batch_trace) = match welcome {
             Some(RelayMsg::Welcome {
                 protocol,
                 org,
@@ -289,8 +298,10 @@ impl Uplink {
                 // A relay that does not name `events` cannot read such streams: they are not
                 // announced to it (it would refuse the whole `catalog_add`).
                 let events = features.iter().any(|f| f == features::EVENTS);
-                tracing::info!(relay = %addr, %org, %cluster, acks, events, "connected to relay");
-                (heartbeat_secs.max(1), acks, events)
+                // Trace frames only to a relay that reads them (it answers while it traces).
+                let batch_trace = features.iter().any(|f| f == features::BATCH_TRACE);
+                tracing::info!(relay = %addr, %org, %cluster, acks, events, batch_trace, "connected to relay");
+                (heartbeat_secs.max(1), acks, events, batch_trace)
             }
             Some(RelayMsg::Error { code, message }) => {
                 return Err(UplinkError::Relay { code, message });
@@ -348,6 +359,8 @@ impl Uplink {
                                 metrics: self.metrics.clone(),
                                 tailer: self.tailer.clone(),
                                 span,
+                                stream,
+                                batch_trace: batch_trace.then(|| self.batch_gate.clone()),
                             };
                             let handle = DemandHandle {
                                 task: tokio::spawn(task.run()).abort_handle(),
@@ -509,6 +522,20 @@ struct DemandTask {
     tailer: Arc<tail::Tailer>,
     /// The demand's span (`agent.demand`); records nothing when tracing is off.
     span: telemetry::Span,
+    /// The agent-local stream id.
+    stream: u64,
+    /// Offers batches to the sampler, when the relay reads trace frames (`batch_trace`).
+    batch_trace: Option<Arc<batch_trace::Gate>>,
+}
+
+/// The features named in `hello`: acknowledgements and `events` streams always; trace frames
+/// while this agent traces and samples batches.
+fn hello_features(trace_batches_per_sec: u32) -> Vec<String> {
+    let mut f = vec![features::ACK.into(), features::EVENTS.into()];
+    if telemetry::enabled() && trace_batches_per_sec > 0 {
+        f.push(features::BATCH_TRACE.into());
+    }
+    f
 }
 
 /// The span of demand `demand` of the agent's stream `stream`: a child of the relay's span
@@ -603,12 +630,20 @@ impl DemandTask {
             }
         };
         let tracing_on = span.is_recording();
+        let link = span.context();
         let mut sink = QuicSink {
             send: &mut send,
             span: &mut span,
             tracing: tracing_on,
             batches: 0,
             bytes: 0,
+            batch_trace: self.batch_trace.take().map(|gate| BatchTrace {
+                gate,
+                demand: self.demand,
+                stream: self.stream,
+                link,
+            }),
+            times: BatchTimes::default(),
         };
         let served = serve_source(
             &self.tailer,
@@ -747,16 +782,49 @@ struct QuicSink<'a> {
     batches: u64,
     /// Framed bytes sent, while tracing.
     bytes: u64,
+    /// Per-batch traces, when the relay reads trace frames.
+    batch_trace: Option<BatchTrace>,
+    /// When the next batch was read and queued.
+    times: BatchTimes,
+}
+
+/// What a data stream needs to trace a sampled batch.
+struct BatchTrace {
+    gate: Arc<batch_trace::Gate>,
+    demand: u64,
+    stream: u64,
+    /// The demand's span, which a batch's trace links to.
+    link: Option<telemetry::SpanContext>,
 }
 
 impl BatchSink for QuicSink<'_> {
+    fn times(&mut self, times: BatchTimes) {
+        self.times = times;
+    }
+
     async fn send(&mut self, batch: Bytes) -> Result<(), SinkClosed> {
+        let times = std::mem::take(&mut self.times);
+        let traced = self.batch_trace.as_ref().and_then(|t| {
+            t.gate.admit().then(|| {
+                batch_trace::Traced::start(&batch, t.demand, t.stream, t.link.as_ref(), times)
+            })?
+        });
         let prefix = Bytes::copy_from_slice(&frame::prefix(batch.len()));
         let len = (prefix.len() + batch.len()) as u64;
-        self.send
-            .write_all_chunks(&mut [prefix, batch])
-            .await
-            .map_err(|_| SinkClosed)?;
+        let written = match &traced {
+            None => self.send.write_all_chunks(&mut [prefix, batch]).await,
+            Some(t) => {
+                let mut head = bytes::BytesMut::new();
+                frame::encode(&t.frame().encode(), &mut head);
+                self.send
+                    .write_all_chunks(&mut [head.freeze(), prefix, batch])
+                    .await
+            }
+        };
+        if let Some(t) = traced {
+            t.finish(written.is_ok());
+        }
+        written.map_err(|_| SinkClosed)?;
         if self.tracing {
             if self.batches == 0 {
                 self.span.event(

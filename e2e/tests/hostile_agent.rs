@@ -14,7 +14,7 @@ use bytes::Bytes;
 use logrelay_e2e::*;
 use logrelay_relay::RelayConfig;
 use logrelay_relay::auth::testkit::Signer;
-use logrelay_wire::batch::{BatchBuilder, LineFlags};
+use logrelay_wire::batch::{BatchBuilder, LineFlags, TraceFrame};
 use logrelay_wire::control::{self, AgentMsg, ErrorCode, RelayMsg, SeqPos, StreamGone, StreamInfo};
 use logrelay_wire::frame::{self, DataPreamble, FrameDecoder};
 use logrelay_wire::labels::Labels;
@@ -27,6 +27,8 @@ const VICTIM_EPOCH: u64 = 0x5EC7_1C71;
 const ATTACKER_EPOCH: u64 = 0xBAD_BAD;
 /// STOP_SENDING / connection close code for a violation (`logrelay_wire::code::AppCode::Violation`).
 const VIOLATION: u32 = 8;
+/// STOP_SENDING code for a malformed data stream (`logrelay_wire::code::AppCode::Protocol`).
+const PROTOCOL: u32 = 1;
 /// `--max-agent-violations` (default): the next one closes the connection.
 const MAX_VIOLATIONS: u32 = 16;
 
@@ -710,4 +712,42 @@ async fn a_hello_naming_an_oversized_node_is_refused() {
         !relay.audit_text().contains(&"n".repeat(254)),
         "the name never reaches the audit trail"
     );
+}
+
+/// A trace frame (issue 17) on a connection whose `welcome` did not name `batch_trace` (this
+/// agent did not ask; nor does a relay that does not trace answer it) is malformed input: that
+/// data stream is stopped with PROTOCOL and counted; the demand is opened again, and served
+/// plainly its line arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_frame_the_relay_did_not_agree_to_stops_only_that_data_stream() {
+    let pki = TestPki::new();
+    let (relay, signer, _dir) = relay_with_tokens(&pki).await;
+    let mut agent = Peer::connect(&pki, relay.quic_addr(), "acme", &[(7, labels("traced"))]).await;
+    let mut s = session(&relay, &signer, "acme").await;
+    s.subscribe("a", &Selector::default(), Some(0)).await;
+    let (demand, stream, _, _) = agent.next_open().await;
+    let trace = TraceFrame {
+        trace_id: [1; 16],
+        span_id: [2; 8],
+        flags: 1,
+    }
+    .encode();
+    let mut bytes = DataPreamble { demand }.encode().to_vec();
+    bytes.extend_from_slice(&frame::prefix(trace.len()));
+    bytes.extend_from_slice(&trace);
+    let line = batch(stream, ATTACKER_EPOCH, 0, &["after a trace frame\n".into()]);
+    bytes.extend_from_slice(&frame::prefix(line.len()));
+    bytes.extend_from_slice(&line);
+    assert_eq!(agent.present(bytes).await, Answer::Stopped(PROTOCOL));
+    assert_eq!(
+        relay.metric("logrelay_relay_protocol_errors_total").await,
+        1.0
+    );
+    let (demand, _, _, _) = agent.next_open().await;
+    let ok = batch(stream, ATTACKER_EPOCH, 0, &["plain\n".into()]);
+    let mut d = agent.conn.open_uni().await.unwrap();
+    d.write_all(&data(demand, &[ok])).await.unwrap();
+    s.until("the plain line", |s| s.total_lines() == 1).await;
+    let got = s.messages(s.stream_of("a").unwrap());
+    assert_eq!(got, ["plain\n"], "nothing of the refused stream");
 }

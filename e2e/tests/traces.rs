@@ -22,7 +22,23 @@ struct Got {
     parent: Vec<u8>,
     attributes: HashMap<String, String>,
     events: Vec<String>,
+    /// The span ids it links to.
+    links: Vec<Vec<u8>>,
+    /// Start and end, Unix nanoseconds.
+    start_ns: u64,
+    end_ns: u64,
 }
+
+/// The spans of a sampled batch's own trace (not of a subscription's).
+const BATCH_SPANS: [&str; 7] = [
+    "agent.batch",
+    "agent.read_encode",
+    "agent.queue",
+    "agent.send",
+    "relay.ingest",
+    "relay.ring_push",
+    "relay.session_write",
+];
 
 fn text(v: &Option<AnyValue>) -> String {
     match v.as_ref().and_then(|v| v.value.as_ref()) {
@@ -61,6 +77,9 @@ fn decode(body: &[u8], spans: &mut HashMap<String, Vec<Got>>, values: &mut Vec<S
                     parent: s.parent_span_id,
                     attributes,
                     events: s.events.iter().map(|e| e.name.clone()).collect(),
+                    links: s.links.iter().map(|l| l.span_id.clone()).collect(),
+                    start_ns: s.start_time_unix_nano,
+                    end_ns: s.end_time_unix_nano,
                 });
             }
         }
@@ -189,8 +208,14 @@ async fn one_trace(stream_first: bool) {
     let (relay_demands, agent_demands) = (all("relay.demand"), all("agent.demand"));
     // One trace, across both processes.
     assert_eq!(sub.trace_id.len(), 16);
-    for s in spans.values().flatten() {
-        assert_eq!(s.trace_id, sub.trace_id, "same trace id: {s:?}");
+    for (name, v) in &spans {
+        if BATCH_SPANS.contains(&name.as_str()) {
+            // A sampled batch is a trace of its own (`a_sampled_batch_is_one_trace…`).
+            continue;
+        }
+        for s in v {
+            assert_eq!(s.trace_id, sub.trace_id, "same trace id: {s:?}");
+        }
     }
     assert_eq!(sub.service, "logrelay-relay");
     for s in relay_demands.iter().chain(&spans["relay.data_stream"]) {
@@ -377,4 +402,212 @@ async fn a_subscription_on_another_relay_is_one_trace_across_both_relays_and_the
         demand.attributes["logrelay.demand.id"],
         agent_demand.attributes["logrelay.demand.id"]
     );
+}
+
+/// A sampled batch (issue 17): its own trace, from the agent's read of its first line to each
+/// session's write of it: `agent.batch` (linked to the agent's demand) with its stages
+/// `agent.read_encode`, `agent.queue` and `agent.send`; the relay's `relay.ingest` under it
+/// (its context crossed in the trace frame ahead of the batch), `relay.ring_push` and one
+/// `relay.session_write` per watching session under that. Every line still arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sampled_batch_is_one_trace_from_the_agents_read_to_each_sessions_write() {
+    let (url, received) = collector();
+    let otel = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", url.as_str()),
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "1"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let files = TestPki::new().files("dev", "test");
+    let relay = RelayProcess::start_with_env(&files, &[], &otel).await;
+    let pods = PodsDir::new();
+    let mut log = pods.container("ns", "batchpod", "main");
+    const CONTENT: &str = "batch-content-must-never-be-in-a-span";
+    log.write_lines([format!("{CONTENT} 0\n").as_bytes()])
+        .unwrap();
+    let agent = AgentProcess::start_with_env(
+        &files,
+        pods.path(),
+        relay.quic,
+        &["--trace-batches-per-sec", "20"],
+        &otel,
+    )
+    .await;
+    let r = &relay;
+    eventually("the stream in the relay's catalog", || async {
+        (r.metric("logrelay_relay_streams").await >= 1.0).then_some(())
+    })
+    .await;
+    let sel = selector("ns", "batchpod", "main");
+    let mut s1 = Subscriber::connect(&relay.subscribe_url()).await;
+    let mut s2 = Subscriber::connect(&relay.subscribe_url()).await;
+    s1.subscribe("b1", &sel, Some(10)).await;
+    s2.subscribe("b2", &sel, Some(10)).await;
+    s1.until("the first line", |s| s.total_lines() >= 1).await;
+    s2.until("the first line", |s| s.total_lines() >= 1).await;
+    // Lines keep coming, one batch each, while the spans are collected.
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(1));
+    let count = written.clone();
+    let writer = tokio::spawn(async move {
+        for i in 1..800u32 {
+            log.write_lines([format!("{CONTENT} {i}\n").as_bytes()])
+                .unwrap();
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    });
+    // Done when one batch's trace is whole: its agent span, stages, ingest, push and both
+    // sessions' writes.
+    let whole = |spans: &Spans| -> Option<Vec<u8>> {
+        spans.get("agent.open")?;
+        let by = |name: &str| spans.get(name).cloned().unwrap_or_default();
+        by("agent.batch").into_iter().find_map(|b| {
+            let child_of = |name: &str, parent: &[u8]| {
+                by(name)
+                    .into_iter()
+                    .filter(|s| s.parent == parent && s.trace_id == b.trace_id)
+                    .collect::<Vec<_>>()
+            };
+            let ingest = child_of("relay.ingest", &b.span_id);
+            let ingest = ingest.first()?;
+            let whole = ["agent.read_encode", "agent.queue", "agent.send"]
+                .iter()
+                .all(|n| child_of(n, &b.span_id).len() == 1)
+                && child_of("relay.ring_push", &ingest.span_id).len() == 1
+                && child_of("relay.session_write", &ingest.span_id).len() == 2;
+            whole.then(|| b.span_id.clone())
+        })
+    };
+    let (spans, values, bodies) = collect(received, move |s| whole(s).is_some()).await;
+    writer.abort();
+    let _ = writer.await;
+    let written = written.load(std::sync::atomic::Ordering::SeqCst);
+    let batch_id = whole(&spans).unwrap();
+    let batch = spans["agent.batch"]
+        .iter()
+        .find(|b| b.span_id == batch_id)
+        .unwrap()
+        .clone();
+    let child_of = |name: &str, parent: &[u8]| {
+        spans[name]
+            .iter()
+            .filter(|s| s.parent == parent)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    // A trace of its own, started by the agent and linked to the demand that carried it.
+    assert!(batch.parent.is_empty(), "a new trace: {batch:?}");
+    assert_eq!(batch.service, "logrelay-agent");
+    // (`agent.demand` lasts as long as the demand: its id is `agent.open`'s parent.)
+    let demands: Vec<Vec<u8>> = spans["agent.open"]
+        .iter()
+        .map(|o| o.parent.clone())
+        .collect();
+    assert!(
+        batch.links.iter().any(|l| demands.contains(l)),
+        "linked to its agent.demand: {batch:?}"
+    );
+    assert_eq!(batch.attributes["logrelay.batch.lines"], "1");
+    // Its stages, in order, inside it.
+    let stage = |n: &str| child_of(n, &batch.span_id).remove(0);
+    let (read, queue, send) = (
+        stage("agent.read_encode"),
+        stage("agent.queue"),
+        stage("agent.send"),
+    );
+    assert_eq!(read.start_ns, batch.start_ns);
+    assert!(read.end_ns <= queue.start_ns + 1 && queue.end_ns <= send.start_ns + 1);
+    assert!(send.end_ns <= batch.end_ns);
+    // The relay's part, in the same trace.
+    let ingest = child_of("relay.ingest", &batch.span_id).remove(0);
+    assert_eq!(ingest.service, "logrelay-relay");
+    assert_eq!(ingest.trace_id, batch.trace_id);
+    for key in ["logrelay.batch.first_seq", "logrelay.batch.lines"] {
+        assert_eq!(ingest.attributes[key], batch.attributes[key], "{key}");
+    }
+    let push = child_of("relay.ring_push", &ingest.span_id).remove(0);
+    assert_eq!(push.service, "logrelay-relay");
+    let writes = child_of("relay.session_write", &ingest.span_id);
+    let sessions: std::collections::HashSet<&String> = writes
+        .iter()
+        .map(|w| &w.attributes["logrelay.session.id"])
+        .collect();
+    assert_eq!(sessions.len(), 2, "one write per session: {writes:?}");
+    for w in &writes {
+        assert_eq!(w.trace_id, batch.trace_id);
+        assert_eq!(w.attributes["logrelay.end"], "complete");
+        assert!(w.start_ns >= push.start_ns, "{w:?} after {push:?}");
+    }
+    // Never a line's content.
+    for v in &values {
+        assert!(!v.contains(CONTENT), "attribute value {v:?}");
+    }
+    for body in &bodies {
+        assert!(!body.windows(CONTENT.len()).any(|w| w == CONTENT.as_bytes()));
+    }
+    // The trace frames are not forwarded: both sessions read every line written, in order,
+    // once.
+    for (s, id) in [(&mut s1, "b1"), (&mut s2, "b2")] {
+        s.until("every line written", |s| s.total_lines() >= written)
+            .await;
+        let got = s.messages(s.stream_of(id).unwrap());
+        assert_eq!(got.len(), written);
+        for (i, l) in got.iter().enumerate() {
+            assert_eq!(l, &format!("{CONTENT} {i}\n"), "line {i}");
+        }
+    }
+    assert_eq!(
+        relay.metric("logrelay_relay_protocol_errors_total").await,
+        0.0
+    );
+    drop(agent);
+}
+
+/// An agent that traces, on a relay that does not: the relay does not answer `batch_trace`,
+/// so no trace frame is sent, and every line arrives with no protocol error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_traces_sends_no_trace_frame_to_a_relay_that_does_not() {
+    let (url, received) = collector();
+    let otel = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", url.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let files = TestPki::new().files("dev", "test");
+    let relay = RelayProcess::start(&files, &[]).await;
+    let pods = PodsDir::new();
+    let mut log = pods.container("ns", "plainpod", "main");
+    let agent = AgentProcess::start_with_env(
+        &files,
+        pods.path(),
+        relay.quic,
+        &["--trace-batches-per-sec", "1000"],
+        &otel,
+    )
+    .await;
+    let r = &relay;
+    eventually("the stream in the relay's catalog", || async {
+        (r.metric("logrelay_relay_streams").await >= 1.0).then_some(())
+    })
+    .await;
+    let mut s = Subscriber::connect(&relay.subscribe_url()).await;
+    s.subscribe("p", &selector("ns", "plainpod", "main"), Some(1000))
+        .await;
+    for i in 0..50 {
+        log.write_lines([format!("plain {i}\n").as_bytes()])
+            .unwrap();
+    }
+    s.until("50 lines", |s| s.total_lines() >= 50).await;
+    let got = s.messages(s.stream_of("p").unwrap());
+    assert_eq!(got.len(), 50);
+    for (i, l) in got.iter().enumerate() {
+        assert_eq!(l, &format!("plain {i}\n"));
+    }
+    assert_eq!(
+        relay.metric("logrelay_relay_protocol_errors_total").await,
+        0.0
+    );
+    // The agent's demand is traced; no batch is (the relay would not read the frame).
+    let (spans, _, _) = collect(received, |s| s.contains_key("agent.open")).await;
+    assert!(!spans.contains_key("agent.batch"), "{spans:#?}");
+    drop(agent);
 }

@@ -5,6 +5,7 @@
 //! Lock order: the ring, then the watchers list (never both at once on the push path).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -35,7 +36,23 @@ pub struct LiveStream {
     /// wanted it (`Some(None)`: the owner held nothing). A backlog fetched from the owner ends
     /// there.
     base: tokio::sync::watch::Sender<Option<Option<SeqPos>>>,
+    /// The address of the last sampled batch pushed (0: none), which session writers check
+    /// with one load per batch they take; [`Self::traced`] holds its trace.
+    traced_at: AtomicUsize,
+    traced: Mutex<Option<TracedBatch>>,
 }
+
+/// The last sampled batch pushed: its ingest span, which the sessions writing it trace under.
+#[derive(Debug)]
+struct TracedBatch {
+    at: usize,
+    ingest: logrelay_telemetry::SpanContext,
+    /// `relay.session_write` spans it may still get.
+    writes_left: u32,
+}
+
+/// The most `relay.session_write` spans one sampled batch gets (its first writers).
+pub const MAX_TRACED_WRITES: u32 = 16;
 
 impl LiveStream {
     /// An empty ring `id` of `capacity_bytes`, whose pushes stay within the relay-wide
@@ -57,7 +74,34 @@ impl LiveStream {
             budget_bytes,
             delivered: Mutex::new(HashMap::new()),
             base: tokio::sync::watch::Sender::new(None),
+            traced_at: AtomicUsize::new(0),
+            traced: Mutex::new(None),
         }
+    }
+
+    /// Marks `batch`, about to be pushed, as sampled: the sessions that take it trace their
+    /// write of it under `ingest` (the first [`MAX_TRACED_WRITES`] of them).
+    pub fn mark_traced(&self, batch: &Bytes, ingest: logrelay_telemetry::SpanContext) {
+        let at = batch.as_ptr() as usize;
+        *self.traced.lock().expect("traced lock") = Some(TracedBatch {
+            at,
+            ingest,
+            writes_left: MAX_TRACED_WRITES,
+        });
+        self.traced_at.store(at, Ordering::Release);
+    }
+
+    /// The ingest span of `batch` (the very `Bytes` pushed), if it is the sampled one and its
+    /// writes may still be traced; counts this write.
+    pub fn traced(&self, batch: &Bytes) -> Option<logrelay_telemetry::SpanContext> {
+        let at = batch.as_ptr() as usize;
+        if self.traced_at.load(Ordering::Acquire) != at {
+            return None;
+        }
+        let mut t = self.traced.lock().expect("traced lock");
+        let traced = t.as_mut().filter(|t| t.at == at && t.writes_left > 0)?;
+        traced.writes_left -= 1;
+        Some(traced.ingest.clone())
     }
 
     /// Sets where the ring's content starts, unless that is known already.

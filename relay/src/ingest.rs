@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use logrelay_tls::AgentId as AgentIdentity;
-use logrelay_wire::batch::{BatchHeader, Kind};
+use logrelay_wire::batch::{BatchHeader, Kind, TraceFrame};
 use logrelay_wire::code::AppCode;
 use logrelay_wire::control::{self, AgentMsg, ErrorCode, RelayMsg, SeqPos, features};
 use logrelay_wire::frame::{self, DataPreamble, FrameDecoder};
@@ -109,13 +109,15 @@ pub enum IngestError {
 }
 
 /// The features of protocol 1 this relay reads, answered in `welcome` when the agent names them.
-const READS: [&str; 2] = [features::ACK, features::EVENTS];
+const READS: [&str; 3] = [features::ACK, features::EVENTS, features::BATCH_TRACE];
 
 /// The `welcome` answer to a `hello` naming `asked`: those of them this relay reads ([`READS`]),
-/// in its order. An agent announces `events` streams only when this names `events`.
-fn welcome_features(asked: &[String]) -> Vec<String> {
+/// in its order; trace frames (`batch_trace`) only while it traces (`tracing`). An agent
+/// announces `events` streams only when this names `events`.
+fn welcome_features(asked: &[String], tracing: bool) -> Vec<String> {
     READS
         .iter()
+        .filter(|f| tracing || **f != features::BATCH_TRACE)
         .filter(|f| asked.iter().any(|a| a == *f))
         .map(|f| (*f).to_owned())
         .collect()
@@ -352,8 +354,9 @@ async fn serve_agent(
     };
     // Acknowledgements for an agent that keeps what it sent until told (and only for it: an
     // older agent would not know the message).
-    let answered = welcome_features(&agent_features);
+    let answered = welcome_features(&agent_features, logrelay_telemetry::enabled());
     let acks = answered.iter().any(|f| f == features::ACK);
+    let trace_frames = answered.iter().any(|f| f == features::BATCH_TRACE);
     write_msg(
         &mut send,
         &mut out,
@@ -414,7 +417,10 @@ async fn serve_agent(
         agent,
         metrics.clone(),
         offences.clone(),
-        config,
+        DataConfig {
+            ingest: config,
+            trace_frames,
+        },
         shared.as_ref().map(SharedAgent::publisher),
     ));
     let result = loop {
@@ -639,7 +645,7 @@ async fn accept_data(
     agent: AgentId,
     metrics: Arc<RelayMetrics>,
     offences: Arc<Offences>,
-    config: IngestConfig,
+    config: DataConfig,
     publisher: Option<Publisher>,
 ) {
     while let Ok(recv) = conn.accept_uni().await {
@@ -667,6 +673,58 @@ async fn accept_data(
                 hub.demand_finished(agent, d);
             }
         });
+    }
+}
+
+/// What the data streams of one connection may carry.
+#[derive(Debug, Clone, Copy)]
+struct DataConfig {
+    ingest: IngestConfig,
+    /// Trace frames ahead of sampled batches (the `welcome` named `batch_trace`).
+    trace_frames: bool,
+}
+
+/// The spans of one sampled batch, from its trace frame: `relay.ingest` under the agent's
+/// `agent.batch`, and `relay.ring_push` under it.
+struct IngestTrace {
+    span: logrelay_telemetry::Span,
+    context: logrelay_telemetry::SpanContext,
+}
+
+impl IngestTrace {
+    /// `None` when the trace frame's context is not recorded here (tracing off, unsampled).
+    fn start(
+        parent: &logrelay_telemetry::SpanContext,
+        demand: DemandId,
+        h: &BatchHeader,
+        len: usize,
+    ) -> Option<Self> {
+        use logrelay_telemetry::{self as telemetry, names};
+        let span = telemetry::start(
+            names::RELAY_INGEST,
+            telemetry::Kind::Consumer,
+            telemetry::Parent::Of(parent),
+            vec![
+                telemetry::int(names::DEMAND_ID, demand.get()),
+                telemetry::int(names::STREAM_ID, h.stream),
+                telemetry::int(names::BATCH_FIRST_SEQ, h.first_seq),
+                telemetry::int(names::BATCH_LINES, u64::from(h.count)),
+                telemetry::int(names::BATCH_BYTES, len as u64),
+            ],
+        );
+        let context = span.context().filter(|_| span.is_recording())?;
+        Some(Self { span, context })
+    }
+
+    /// The ring push's span.
+    fn ring_push(&self) -> logrelay_telemetry::Span {
+        use logrelay_telemetry::{self as telemetry, names};
+        telemetry::start(
+            names::RELAY_RING_PUSH,
+            telemetry::Kind::Internal,
+            telemetry::Parent::Of(&self.context),
+            vec![],
+        )
     }
 }
 
@@ -741,7 +799,7 @@ async fn serve_data(
     hub: &Arc<Hub>,
     agent: AgentId,
     metrics: &RelayMetrics,
-    config: IngestConfig,
+    config: DataConfig,
     publisher: Option<&Publisher>,
 ) -> Result<Option<DemandId>, DataError> {
     let mut preamble = [0u8; DataPreamble::LEN];
@@ -772,7 +830,9 @@ async fn serve_data(
             .and_then(|local| p.stream(local)),
         _ => None,
     };
-    let mut decoder = FrameDecoder::new(config.max_frame_bytes);
+    let mut decoder = FrameDecoder::new(config.ingest.max_frame_bytes);
+    // The trace context of the next batch, from the trace frame before it.
+    let mut sampled: Option<logrelay_telemetry::SpanContext> = None;
     loop {
         while let Some(batch) = decoder
             .next_frame()
@@ -782,8 +842,24 @@ async fn serve_data(
                 let _ = recv.stop(AppCode::Cancelled.code().into());
                 return Ok(None);
             }
+            if TraceFrame::is_trace(&batch) {
+                if !config.trace_frames {
+                    return Err(fail(protocol(
+                        ErrorCode::BadRequest,
+                        "a trace frame on a connection that did not negotiate batch_trace",
+                    )));
+                }
+                let t = TraceFrame::parse(&batch).map_err(|e| {
+                    fail(protocol(ErrorCode::BadRequest, format!("trace frame: {e}")))
+                })?;
+                sampled = logrelay_telemetry::context_of(t.trace_id, t.span_id, t.flags);
+                continue;
+            }
             let h = BatchHeader::parse(&batch)
                 .map_err(|e| fail(protocol(ErrorCode::BadRequest, e.to_string())))?;
+            let ingest = sampled
+                .take()
+                .and_then(|sc| IngestTrace::start(&sc, demand, &h, batch.len()));
             if h.stream != expected_stream {
                 // Its own demand, someone else's stream: the batch goes nowhere.
                 return Err(DataError::Violation(
@@ -814,7 +890,17 @@ async fn serve_data(
                         p.publish(token, first, end.seq, &batch);
                     }
                     let first = logrelay_wire::batch::first_line_ns(&batch);
-                    live.push(batch, lines, end);
+                    match &ingest {
+                        None => {
+                            live.push(batch, lines, end);
+                        }
+                        Some(t) => {
+                            let push = t.ring_push();
+                            live.mark_traced(&batch, t.context.clone());
+                            live.push(batch, lines, end);
+                            push.end("complete");
+                        }
+                    }
                     if let Some(first) = first {
                         crate::metrics::LagMetrics::observe_at(
                             &metrics.lag.ingest,
@@ -830,6 +916,9 @@ async fn serve_data(
                     }
                     session.wake();
                 }
+            }
+            if let Some(t) = ingest {
+                t.span.end("complete");
             }
         }
         match recv.read_chunk(256 * 1024, true).await {
@@ -853,11 +942,18 @@ mod tests {
     fn welcome_answers_the_features_it_reads_that_the_agent_named() {
         let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
         assert_eq!(
-            welcome_features(&names(&["events", "teleport", "ack"])),
+            welcome_features(&names(&["events", "teleport", "ack"]), false),
             names(&["ack", "events"])
         );
         // An agent that predates the word: not named back (it still may announce the kind).
-        assert_eq!(welcome_features(&names(&["ack"])), names(&["ack"]));
-        assert!(welcome_features(&[]).is_empty());
+        assert_eq!(welcome_features(&names(&["ack"]), true), names(&["ack"]));
+        assert!(welcome_features(&[], true).is_empty());
+        // Trace frames only while this relay traces.
+        let asked = names(&["batch_trace", "ack"]);
+        assert_eq!(welcome_features(&asked, false), names(&["ack"]));
+        assert_eq!(
+            welcome_features(&asked, true),
+            names(&["ack", "batch_trace"])
+        );
     }
 }

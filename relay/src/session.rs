@@ -284,6 +284,8 @@ struct InFlightData<'a> {
     )>,
     /// Stream kind and first line time of its live batches (the delivery lag).
     lag: Vec<(crate::metrics::LagKind, i64)>,
+    /// Spans of the sampled batches in it (`relay.session_write`).
+    traced: Vec<logrelay_telemetry::Span>,
 }
 
 /// Writes until the socket fails or the session must close; returns the close to send.
@@ -322,6 +324,7 @@ where
                     bytes: d.bytes,
                     delivered: d.delivered,
                     lag: d.lag,
+                    traced: d.traced,
                 });
                 pending.extend(d.messages);
             }
@@ -358,6 +361,9 @@ where
                     for (live, to) in done.delivered {
                         live.delivered(session.id(), to);
                     }
+                    for span in done.traced {
+                        span.end("complete");
+                    }
                 }
             }
             () = session.woken() => {
@@ -372,6 +378,9 @@ where
                         if caught.bytes > 0 {
                             // Which batches were taken out is not known: none is observed.
                             f.lag.clear();
+                            for span in f.traced.drain(..) {
+                                span.end("dropped");
+                            }
                         }
                     }
                     if caught.close.is_some() {

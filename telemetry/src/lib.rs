@@ -31,7 +31,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use opentelemetry::trace::{
     Span as _, SpanKind, TraceContextExt as _, TraceFlags, TraceState, Tracer as _,
@@ -67,6 +67,28 @@ pub mod names {
     /// demand.
     pub const AGENT_OPEN: &str = "agent.open";
 
+    /// Agent: one sampled batch's path through the agent, from the read of its first line to
+    /// QUIC taking it (a new trace, linked to the demand it served).
+    pub const AGENT_BATCH: &str = "agent.batch";
+    /// Agent: reading and encoding a sampled batch (the read of its first line to its queueing).
+    /// Child of `agent.batch`.
+    pub const AGENT_READ_ENCODE: &str = "agent.read_encode";
+    /// Agent: a sampled batch waiting in its stream's queue for the demand to take it. Child
+    /// of `agent.batch`.
+    pub const AGENT_QUEUE: &str = "agent.queue";
+    /// Agent: writing a sampled batch into its QUIC data stream (flow control waits
+    /// included). Child of `agent.batch`.
+    pub const AGENT_SEND: &str = "agent.send";
+    /// Relay: ingesting a sampled batch (the agent's `agent.batch` is its parent, from the
+    /// batch's trace frame).
+    pub const RELAY_INGEST: &str = "relay.ingest";
+    /// Relay: pushing a sampled batch into its stream's ring (waking the watchers). Child of
+    /// `relay.ingest`.
+    pub const RELAY_RING_PUSH: &str = "relay.ring_push";
+    /// Relay: one session taking a sampled batch from the ring until its socket accepted it.
+    /// Child of `relay.ingest`.
+    pub const RELAY_SESSION_WRITE: &str = "relay.session_write";
+
     /// Event: the first batch of a demand was sent (agent) or received (relay).
     pub const EVENT_FIRST_BATCH: &str = "first_batch";
     /// Event: the relay cancelled the demand (agent: `cancel` received; relay: `cancel` sent).
@@ -93,6 +115,10 @@ pub mod names {
     pub const BYTES: &str = "logrelay.bytes";
     /// An event's batch size in bytes.
     pub const BATCH_BYTES: &str = "logrelay.batch.bytes";
+    /// A sampled batch's first sequence number.
+    pub const BATCH_FIRST_SEQ: &str = "logrelay.batch.first_seq";
+    /// A sampled batch's line count.
+    pub const BATCH_LINES: &str = "logrelay.batch.lines";
 }
 
 /// The in-flight bound when `OTEL_BSP_MAX_QUEUE_SIZE` is not set.
@@ -391,6 +417,70 @@ pub fn start(
     Span(Some(span))
 }
 
+/// Like [`start`], for work that began before it was decided to trace it: the span starts at
+/// `at`, and is linked to `links` (spans it relates to without descending from them).
+pub fn start_at(
+    name: &'static str,
+    kind: Kind,
+    parent: Parent<'_>,
+    attributes: Vec<KeyValue>,
+    at: SystemTime,
+    links: &[SpanContext],
+) -> Span {
+    let Some(installed) = INSTALLED.get() else {
+        return Span(None);
+    };
+    let cx = match parent {
+        Parent::Of(sc) if sc.is_valid() => Context::new().with_remote_span_context(sc.clone()),
+        _ => Context::new(),
+    };
+    let span = installed
+        .tracer
+        .span_builder(name)
+        .with_kind(kind.into())
+        .with_attributes(attributes)
+        .with_start_time(at)
+        .with_links(
+            links
+                .iter()
+                .filter(|sc| sc.is_valid())
+                .map(|sc| opentelemetry::trace::Link::with_context(sc.clone()))
+                .collect(),
+        )
+        .start_with_context(&installed.tracer, &cx);
+    Span(Some(span))
+}
+
+/// The wall-clock time of monotonic instant `at` (span times are wall-clock).
+pub fn wall_time(at: Instant) -> SystemTime {
+    SystemTime::now()
+        .checked_sub(at.elapsed())
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// A span context's binary form (trace id, span id, trace flags), as a batch's trace frame
+/// carries it (`logrelay_wire::batch::TraceFrame`).
+pub fn context_bytes(sc: &SpanContext) -> ([u8; 16], [u8; 8], u8) {
+    (
+        sc.trace_id().to_bytes(),
+        sc.span_id().to_bytes(),
+        sc.trace_flags().to_u8(),
+    )
+}
+
+/// The remote span context of a binary trace context (see [`context_bytes`]); `None` for the
+/// invalid (all-zero) ids.
+pub fn context_of(trace_id: [u8; 16], span_id: [u8; 8], flags: u8) -> Option<SpanContext> {
+    let sc = SpanContext::new(
+        TraceId::from_bytes(trace_id),
+        SpanId::from_bytes(span_id),
+        TraceFlags::new(flags & TraceFlags::SAMPLED.to_u8()),
+        true,
+        TraceState::NONE,
+    );
+    sc.is_valid().then_some(sc)
+}
+
 /// The span kinds used here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -400,6 +490,10 @@ pub enum Kind {
     Client,
     /// Work inside the process.
     Internal,
+    /// Handing work to a later consumer (a batch sent on).
+    Producer,
+    /// Taking work a producer handed on (a batch received).
+    Consumer,
 }
 
 impl From<Kind> for SpanKind {
@@ -408,6 +502,8 @@ impl From<Kind> for SpanKind {
             Kind::Server => SpanKind::Server,
             Kind::Client => SpanKind::Client,
             Kind::Internal => SpanKind::Internal,
+            Kind::Producer => SpanKind::Producer,
+            Kind::Consumer => SpanKind::Consumer,
         }
     }
 }
@@ -460,6 +556,15 @@ impl Span {
         if let Some(mut s) = self.0.take() {
             s.set_attribute(KeyValue::new(names::END, how));
             s.end();
+        }
+    }
+
+    /// Ends it at `at` (work that ended before it was recorded), with [`names::END`] set to
+    /// `how`.
+    pub fn end_at(mut self, how: &'static str, at: SystemTime) {
+        if let Some(mut s) = self.0.take() {
+            s.set_attribute(KeyValue::new(names::END, how));
+            s.end_with_timestamp(at);
         }
     }
 }

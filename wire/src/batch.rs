@@ -342,6 +342,70 @@ pub fn first_line_ns(batch: &[u8]) -> Option<i64> {
     Some(i64::from_le_bytes(ts.try_into().expect("8 bytes")))
 }
 
+/// Magic byte opening a trace frame: the first byte of a batch's, never `MAGIC`.
+pub const TRACE_MAGIC: u8 = b'T';
+
+/// The trace context of the batch that follows it on the same data stream (feature
+/// `batch_trace`, [`crate::control::features::BATCH_TRACE`]): the agent's span for that batch,
+/// which the relay's spans for it descend from. Only on the agent's data streams, only for the
+/// batches the agent samples; never forwarded to sessions.
+///
+/// ```text
+///   0  u8       magic 'T' (0x54)
+///   1  u8       version (1)
+///   2  [u8; 16] trace id
+///  18  [u8; 8]  span id
+///  26  u8       trace flags (bit 0: sampled)
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceFrame {
+    /// W3C trace id.
+    pub trace_id: [u8; 16],
+    /// W3C span id (the agent's span of the batch).
+    pub span_id: [u8; 8],
+    /// W3C trace flags.
+    pub flags: u8,
+}
+
+impl TraceFrame {
+    /// Encoded size.
+    pub const LEN: usize = 27;
+
+    /// Whether a frame body is a trace frame (rather than a batch).
+    pub fn is_trace(body: &[u8]) -> bool {
+        body.first() == Some(&TRACE_MAGIC)
+    }
+
+    /// Encodes it.
+    pub fn encode(&self) -> [u8; Self::LEN] {
+        let mut out = [0u8; Self::LEN];
+        out[0] = TRACE_MAGIC;
+        out[1] = VERSION;
+        out[2..18].copy_from_slice(&self.trace_id);
+        out[18..26].copy_from_slice(&self.span_id);
+        out[26] = self.flags;
+        out
+    }
+
+    /// Decodes a trace frame's body.
+    pub fn parse(body: &[u8]) -> Result<Self, BatchError> {
+        if body.len() != Self::LEN {
+            return Err(BatchError::Short(body.len()));
+        }
+        if body[0] != TRACE_MAGIC {
+            return Err(BatchError::Magic(body[0]));
+        }
+        if body[1] != VERSION {
+            return Err(BatchError::Version(body[1]));
+        }
+        Ok(Self {
+            trace_id: body[2..18].try_into().expect("16 bytes"),
+            span_id: body[18..26].try_into().expect("8 bytes"),
+            flags: body[26],
+        })
+    }
+}
+
 /// Decodes every line of a log batch, checking each record.
 pub fn lines(batch: &[u8]) -> Result<(BatchHeader, Vec<Line<'_>>), BatchError> {
     let h = BatchHeader::parse(batch)?;
@@ -377,6 +441,25 @@ pub fn lines(batch: &[u8]) -> Result<(BatchHeader, Vec<Line<'_>>), BatchError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_trace_frame_round_trips_and_is_told_from_a_batch() {
+        let t = TraceFrame {
+            trace_id: [7; 16],
+            span_id: [9; 8],
+            flags: 1,
+        };
+        let bytes = t.encode();
+        assert!(TraceFrame::is_trace(&bytes));
+        assert_eq!(TraceFrame::parse(&bytes), Ok(t));
+        assert_eq!(TraceFrame::parse(&bytes[..26]), Err(BatchError::Short(26)));
+        let mut v2 = bytes;
+        v2[1] = 2;
+        assert_eq!(TraceFrame::parse(&v2), Err(BatchError::Version(2)));
+        let batch = BatchBuilder::new(1, 1, 0, 0, 0).finish();
+        assert!(!TraceFrame::is_trace(&batch));
+        assert!(TraceFrame::parse(&batch).is_err());
+    }
+
     use super::*;
     use proptest::prelude::*;
 

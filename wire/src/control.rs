@@ -89,6 +89,10 @@ pub mod features {
     /// the relay answers it when it reads them, and only then does the agent announce them (a
     /// relay that predates the kind would refuse the whole `catalog_add`).
     pub const EVENTS: &str = "events";
+    /// Trace frames on data streams ([`crate::batch::TraceFrame`]): the agent names it while it
+    /// traces; the relay answers it while it traces; only then may the agent put a trace frame
+    /// before a batch it samples (a relay that did not answer it refuses one as malformed).
+    pub const BATCH_TRACE: &str = "batch_trace";
 }
 
 /// Agent → relay.

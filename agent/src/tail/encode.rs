@@ -1,5 +1,7 @@
 //! Numbered lines into batches (pure): the one encoder of backfills and followers.
 
+use std::time::Instant;
+
 use bytes::Bytes;
 use logrelay_wire::batch::{
     BatchBuilder, FLAG_CONTINUES, FLAG_COUNT_UNKNOWN, HEADER_LEN, LineFlags, encode_gap_flagged,
@@ -20,6 +22,8 @@ pub struct Encoded {
     pub end_seq: u64,
     /// Lines in it (0 for a gap).
     pub lines: u32,
+    /// When the read of its first line began, if the reader said ([`Encoder::reading`]).
+    pub read_at: Option<Instant>,
 }
 
 /// Packs consecutive wanted lines into batches.
@@ -39,6 +43,10 @@ pub struct Encoder {
     /// Header flags for the next batch only ([`FLAG_CONTINUES`]).
     pending_flags: u8,
     batch: Option<BatchBuilder>,
+    /// When the read now being encoded began ([`Self::reading`]).
+    reading: Option<Instant>,
+    /// When the read of the current batch's first line began.
+    batch_read_at: Option<Instant>,
 }
 
 impl Encoder {
@@ -62,7 +70,15 @@ impl Encoder {
             after: plan.after,
             pending_flags: 0,
             batch: None,
+            reading: None,
+            batch_read_at: None,
         }
+    }
+
+    /// The lines pushed from now on were read by a read that began `at` (a batch's trace
+    /// starts at its first line's).
+    pub fn reading(&mut self, at: Instant) {
+        self.reading = Some(at);
     }
 
     /// Lines below this sequence number are not sent.
@@ -102,6 +118,9 @@ impl Encoder {
             return;
         }
         let flags = self.flags | std::mem::take(&mut self.pending_flags);
+        if self.batch.is_none() {
+            self.batch_read_at = self.reading;
+        }
         let batch = self.batch.get_or_insert_with(|| {
             BatchBuilder::new(
                 self.stream_ref,
@@ -132,6 +151,7 @@ impl Encoder {
             first_seq: at,
             end_seq: at,
             lines: 0,
+            read_at: None,
         });
     }
 
@@ -145,6 +165,7 @@ impl Encoder {
                 first_seq,
                 end_seq,
                 lines,
+                read_at: self.batch_read_at.take(),
             });
         }
     }

@@ -348,6 +348,7 @@ impl Tailer {
                     encode_gap_flagged(stream_ref, epoch, g.first_seq, lines, g.bytes, flags)
                 }
                 Item::Batch(q) => {
+                    sink.times(q.times);
                     let batch = restamp(q.batch, stream_ref);
                     self.metrics.lines_sent.inc_by(u64::from(q.lines));
                     self.metrics.bytes_sent.inc_by(batch.len() as u64);

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use crate::budget::{Gap, Item, Queue};
 use crate::metrics::AgentMetrics;
+use crate::sink::BatchTimes;
 
 use super::TailParams;
 use super::encode::{Encoded, Encoder};
@@ -77,6 +78,7 @@ pub async fn follow_task(
             tokio::time::sleep(params.follow_poll).await;
             continue;
         }
+        enc.reading(std::time::Instant::now());
         let progress = match follower.poll(&mut lines, POLL_BYTES) {
             Ok(p) => p,
             Err(e) => {
@@ -231,6 +233,10 @@ pub fn gaps_of(metrics: &AgentMetrics, path: &Path, events: &[follow::Event]) ->
 fn push_all(queue: &Queue, shared: &Shared, out: &mut Vec<Encoded>) {
     for e in out.drain(..) {
         shared.queued_end.store(e.end_seq, Ordering::Relaxed);
-        queue.push(e.bytes, e.first_seq, e.end_seq, e.lines);
+        let times = BatchTimes {
+            read: e.read_at,
+            queued: None,
+        };
+        queue.push_timed(e.bytes, e.first_seq, e.end_seq, e.lines, times);
     }
 }

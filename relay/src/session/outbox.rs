@@ -323,6 +323,10 @@ impl Outbox {
                     }
                 }
                 budget = budget.saturating_sub(batch.len());
+                if let Some(ingest) = stream.traced(&batch) {
+                    out.traced
+                        .push(write_span(&ingest, self.id, key, batch.len()));
+                }
                 if let Some(first) = logrelay_wire::batch::first_line_ns(&batch) {
                     out.lag.push((stream.lag_kind().clone(), first));
                 }
@@ -454,6 +458,8 @@ pub struct Drained {
     /// The stream kind and first line time of each live batch taken from a ring, observed in
     /// `logrelay_relay_delivery_lag_seconds` once written.
     pub lag: Vec<(crate::metrics::LagKind, i64)>,
+    /// The `relay.session_write` spans of the sampled batches taken, ended once written.
+    pub traced: Vec<logrelay_telemetry::Span>,
 }
 
 /// What [`Outbox::catch_up`] took out of the writer's pending messages.
@@ -468,6 +474,26 @@ pub struct CaughtUp {
 }
 
 /// One event as a WebSocket text message.
+/// The span of this session's write of a sampled batch (under the batch's `relay.ingest`).
+fn write_span(
+    ingest: &logrelay_telemetry::SpanContext,
+    session: SessionId,
+    stream: StreamId,
+    len: usize,
+) -> logrelay_telemetry::Span {
+    use logrelay_telemetry::{self as telemetry, names};
+    telemetry::start(
+        names::RELAY_SESSION_WRITE,
+        telemetry::Kind::Internal,
+        telemetry::Parent::Of(ingest),
+        vec![
+            telemetry::int(names::SESSION_ID, session.get()),
+            telemetry::int(names::STREAM_ID, stream.get()),
+            telemetry::int(names::BATCH_BYTES, len as u64),
+        ],
+    )
+}
+
 fn event_message(event: &Event) -> Message {
     Message::Text(Utf8Bytes::from(
         serde_json::to_string(event).expect("events always serialize"),
