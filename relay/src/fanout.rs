@@ -46,6 +46,9 @@ pub struct LiveStream {
 #[derive(Debug)]
 struct TracedBatch {
     at: usize,
+    /// Its first 28 header bytes (magic to `first_seq`): a later batch that reuses the address
+    /// of a freed one is not taken for it.
+    header: [u8; 28],
     ingest: logrelay_telemetry::SpanContext,
     /// `relay.session_write` spans it may still get.
     writes_left: u32,
@@ -83,8 +86,12 @@ impl LiveStream {
     /// write of it under `ingest` (the first [`MAX_TRACED_WRITES`] of them).
     pub fn mark_traced(&self, batch: &Bytes, ingest: logrelay_telemetry::SpanContext) {
         let at = batch.as_ptr() as usize;
+        let mut header = [0u8; 28];
+        let n = batch.len().min(header.len());
+        header[..n].copy_from_slice(&batch[..n]);
         *self.traced.lock().expect("traced lock") = Some(TracedBatch {
             at,
+            header,
             ingest,
             writes_left: MAX_TRACED_WRITES,
         });
@@ -99,7 +106,9 @@ impl LiveStream {
             return None;
         }
         let mut t = self.traced.lock().expect("traced lock");
-        let traced = t.as_mut().filter(|t| t.at == at && t.writes_left > 0)?;
+        let traced = t.as_mut().filter(|t| {
+            t.at == at && t.writes_left > 0 && batch.get(..t.header.len()) == Some(&t.header[..])
+        })?;
         traced.writes_left -= 1;
         Some(traced.ingest.clone())
     }
@@ -333,5 +342,34 @@ mod tests {
         // A watcher still in the previous epoch has had none of the current one.
         assert_eq!(ack_point(at(2, 9), None, [at(1, 40)]), None);
         assert_eq!(ack_point(at(2, 9), at(2, 3), [at(1, 40)]), at(2, 3));
+    }
+
+    #[test]
+    fn only_the_sampled_batch_itself_gets_session_write_spans_and_at_most_sixteen() {
+        use logrelay_wire::batch::{BatchBuilder, LineFlags};
+        let metrics = Arc::new(RelayMetrics::new());
+        let live = LiveStream::new(
+            StreamId::from(1),
+            logrelay_wire::labels::StreamKind::Log,
+            1 << 20,
+            1 << 20,
+            metrics,
+        );
+        let batch = |first| {
+            let mut b = BatchBuilder::new(1, 1, first, 0, 0);
+            b.push(1, LineFlags(0), b"x\n");
+            b.finish()
+        };
+        let (sampled, other) = (batch(0), batch(1));
+        let ingest = logrelay_telemetry::context_of([1; 16], [2; 8], 1).unwrap();
+        assert_eq!(live.traced(&sampled), None, "nothing marked yet");
+        live.mark_traced(&sampled, ingest.clone());
+        assert_eq!(live.traced(&other), None);
+        // The same bytes elsewhere are another batch.
+        assert_eq!(live.traced(&Bytes::copy_from_slice(&sampled)), None);
+        for _ in 0..MAX_TRACED_WRITES {
+            assert_eq!(live.traced(&sampled), Some(ingest.clone()));
+        }
+        assert_eq!(live.traced(&sampled), None, "sixteen writes at most");
     }
 }
