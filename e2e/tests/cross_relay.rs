@@ -306,6 +306,34 @@ fn write_lines(log: &mut logrelay::demo::CriWriter, next: &mut u64, n: u64) -> u
     *next
 }
 
+/// A session on relay `a` watching the stream from the end of its file (`tail: 0`), once it
+/// reads what is written: lines are written 20 at a time until it has them. It and its id of
+/// the stream.
+async fn watch_from_the_end(
+    a: &RelayProcess,
+    log: &mut logrelay::demo::CriWriter,
+    next: &mut u64,
+) -> (Subscriber, u64) {
+    let mut local = Subscriber::connect(&a.subscribe_url()).await;
+    local.subscribe("a", &selector(), Some(0)).await;
+    local
+        .until("A's stream", |s| s.stream_of("a").is_some())
+        .await;
+    let on_a = local.stream_of("a").unwrap();
+    loop {
+        let upto = write_lines(log, next, 20);
+        let got = tokio::time::timeout(std::time::Duration::from_millis(500), async {
+            while numbers(&local, on_a).last().is_none_or(|&l| l + 1 < upto) {
+                local.recv().await.expect("session open");
+            }
+        })
+        .await;
+        if got.is_ok() {
+            return (local, on_a);
+        }
+    }
+}
+
 /// A session on relay B subscribing as `sub` with `tail: tail`: reads its backlog, then `live`
 /// more lines written, and checks it got exactly the lines from `from` to the last written,
 /// each once, in order, and no gap. Returns the stream's id.
@@ -371,6 +399,46 @@ async fn the_first_watcher_anywhere_on_relay_b_gets_its_tail_from_the_agents_fil
     tail_then_live(&b, "f", 300, &mut log, &mut next, 200, written - 300).await;
 }
 
+/// Relay A's live demand is open already (a watcher of its own from the end of the file), so
+/// its ring holds only the lines after that; a session on B asks for more than that. A reads
+/// the part before its ring from the agent's file (a one-off demand) and answers it with its
+/// ring's: B's session gets exactly the last lines asked, then live, with no gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_reaching_before_relay_as_ring_is_read_from_the_agents_file() {
+    let nats = NatsServer::start().await;
+    let files = TestPki::new().files("dev", "test");
+    let a = nats.start_relay(&files, "relay-a", &[]).await;
+    let b = nats.start_relay(&files, "relay-b", &[]).await;
+    let pods = PodsDir::new();
+    let mut log = pods.container("ns", "app", "main");
+    let mut next = 0u64;
+    write_lines(&mut log, &mut next, 1_000);
+    let _agent = AgentProcess::start(&files, pods.path(), a.quic, &[]).await;
+    eventually("relay B holds relay A's stream", || async {
+        (b.metric("logrelay_relay_backplane_remote_streams").await >= 1.0).then_some(())
+    })
+    .await;
+    let (mut local, on_a) = watch_from_the_end(&a, &mut log, &mut next).await;
+    let upto = write_lines(&mut log, &mut next, 100);
+    local
+        .until("A's watcher has every line", |s| {
+            numbers(s, on_a).last().is_some_and(|&l| l + 1 >= upto)
+        })
+        .await;
+    let ring_starts = numbers(&local, on_a)[0];
+    assert!(ring_starts >= 1_000, "A's ring starts at {ring_starts}");
+    let opened = a.metric("logrelay_relay_demands_opened_total").await;
+
+    // `tail: 600` reaches hundreds of lines before A's ring.
+    let from = upto - 600;
+    assert!(from < ring_starts);
+    tail_then_live(&b, "f", 600, &mut log, &mut next, 200, from).await;
+    assert!(
+        a.metric("logrelay_relay_demands_opened_total").await > opened,
+        "A opened a demand at the agent for the part before its ring"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_joiner_on_relay_b_gets_exactly_the_last_lines_from_relay_as_ring_then_live() {
     let nats = NatsServer::start().await;
@@ -386,25 +454,8 @@ async fn a_late_joiner_on_relay_b_gets_exactly_the_last_lines_from_relay_as_ring
     .await;
 
     // A watcher on relay A: A's ring takes in the stream.
-    let mut local = Subscriber::connect(&a.subscribe_url()).await;
-    local.subscribe("a", &selector(), Some(0)).await;
-    local
-        .until("A's stream", |s| s.stream_of("a").is_some())
-        .await;
-    let on_a = local.stream_of("a").unwrap();
     let mut next = 0u64;
-    loop {
-        let upto = write_lines(&mut log, &mut next, 20);
-        let got = tokio::time::timeout(std::time::Duration::from_millis(500), async {
-            while numbers(&local, on_a).last().is_none_or(|&l| l + 1 < upto) {
-                local.recv().await.expect("session open");
-            }
-        })
-        .await;
-        if got.is_ok() {
-            break;
-        }
-    }
+    let (mut local, on_a) = watch_from_the_end(&a, &mut log, &mut next).await;
     let upto = write_lines(&mut log, &mut next, 1_000);
     local
         .until("A's watcher has every line", |s| {

@@ -127,7 +127,23 @@ pub trait Owner: Send + Sync + 'static {
         let _ = (stream, ask, budget);
         None
     }
+    /// Like [`Self::backfill`], when the stream's ring does not reach back to what is asked:
+    /// the agent's files are read for the part before the ring (within `deadline`), then the
+    /// ring answers the rest. `None` when the ring alone answers ([`Self::backfill`]).
+    fn backfill_from_agent(
+        &self,
+        stream: Token,
+        ask: &BackfillAsk,
+        budget: usize,
+        deadline: Duration,
+    ) -> Option<LaterPart> {
+        let _ = (stream, ask, budget, deadline);
+        None
+    }
 }
+
+/// A backfill reply that waits on the agent ([`Owner::backfill_from_agent`]).
+pub type LaterPart = std::pin::Pin<Box<dyn Future<Output = BackfillPart> + Send>>;
 
 /// One reply's worth of a backfill, as the owner's ring answers it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

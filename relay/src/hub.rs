@@ -226,6 +226,87 @@ impl Hub {
         self.lock().0.agent_stream(agent, ring)
     }
 
+    /// Another relay's backfill request for stream `local` of `agent`'s connection, when the
+    /// ring here does not reach back to what it asks ([`core::backfill::before_ring`]): the
+    /// agent's files are read for the part before the ring (a one-off demand, within
+    /// `deadline`), and the ring answers from where it starts, all within `budget` bytes of
+    /// batches. `None` when the ring covers the ask (answer it from the ring alone) or this
+    /// connection has no such ring.
+    pub fn backfill_from_agent(
+        self: &Arc<Self>,
+        agent: AgentId,
+        local: AgentStreamId,
+        ask: &crate::backplane::BackfillAsk,
+        budget: usize,
+        deadline: Duration,
+    ) -> Option<impl Future<Output = core::backfill::Selection> + Send + 'static> {
+        let live = self.lock().0.ring_of(agent, local)?;
+        let (ring, floor) = live.held();
+        let (agent_ask, from) = core::backfill::before_ring(&ring, ask)?;
+        let hub = self.clone();
+        let ask = *ask;
+        Some(async move {
+            let fetched = hub
+                .fetch_from_agent(agent, local, &agent_ask, budget, deadline)
+                .await;
+            core::backfill::with_agent_part(&ring, floor, &ask, from, fetched, budget)
+        })
+    }
+
+    /// A one-off read of stream `local` at `agent` for another relay (`ask`): its batches,
+    /// oldest first, until it ends, `budget` bytes are taken or `deadline` passes (then it is
+    /// cancelled), and whether it ended by itself. `None` when refused (a demand cap, the
+    /// stream gone).
+    async fn fetch_from_agent(
+        &self,
+        agent: AgentId,
+        local: AgentStreamId,
+        ask: &crate::backplane::BackfillAsk,
+        budget: usize,
+        deadline: Duration,
+    ) -> Option<core::backfill::Fetched> {
+        let spec = Demand {
+            tail: ask.tail,
+            since_ns: ask.since_ns,
+            since_seq: ask.since_seq,
+            until: ask.until,
+            follow: false,
+            ..Demand::default()
+        };
+        let (demand, mut rx) = {
+            let (mut shell, now) = self.lock();
+            shell.open_fetch(now, agent, local, spec)?
+        };
+        let mut fetched = core::backfill::Fetched::default();
+        let mut used = 0usize;
+        let timeout = tokio::time::sleep(deadline);
+        tokio::pin!(timeout);
+        loop {
+            tokio::select! {
+                b = rx.recv() => match b {
+                    Some(b) => {
+                        let size = crate::backplane::codec::BACKFILL_FRAME_BYTES + b.len();
+                        if used + size > budget {
+                            break;
+                        }
+                        used += size;
+                        fetched.batches.push(b);
+                    }
+                    None => {
+                        fetched.ended = true;
+                        break;
+                    }
+                },
+                () = &mut timeout => break,
+            }
+        }
+        if !fetched.ended {
+            let (mut shell, now) = self.lock();
+            shell.cancel_fetch(now, demand);
+        }
+        Some(fetched)
+    }
+
     /// Another relay's backfill request for stream `local` of `agent`'s connection: what its
     /// ring answers ([`core::backfill::select`]) within `budget` bytes of batches; `None` if
     /// that connection has no such ring.

@@ -914,7 +914,9 @@ async fn serve_data(
                     if tx.send(batch).await.is_err() {
                         return Ok(Some(demand));
                     }
-                    session.wake();
+                    if let Some(s) = session {
+                        s.wake();
+                    }
                 }
             }
             if let Some(t) = ingest {

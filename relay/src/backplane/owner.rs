@@ -159,7 +159,7 @@ pub(super) async fn serve_demand(
                 let lease = match codec::decode_control(&msg.payload, max) {
                     Ok(Control::Lease { relay, agent, streams, first, .. }) if agent == tokens.agent => (relay, streams, first),
                     Ok(Control::Backfill { agent, stream, ask, max_bytes, .. }) if agent == tokens.agent => {
-                        answer_backfill(&inner, &tokens, conn_epoch, owner.as_ref(), msg.reply, stream, &ask, max_bytes);
+                        answer_backfill(&inner, &tokens, conn_epoch, &owner, msg.reply, stream, &ask, max_bytes);
                         continue;
                     }
                     Ok(other) => {
@@ -255,13 +255,16 @@ pub(super) async fn serve_demand(
 }
 
 /// Answers a backfill request for `stream` of the served agent from its ring, through the
-/// queue toward NATS (after what was published before it).
+/// queue toward NATS (after what was published before it); when the ring does not reach back
+/// to what is asked, from the agent's files for the part before it and the ring for the rest,
+/// once the agent has answered (within half the request timeout, so that the reply arrives
+/// in time).
 #[allow(clippy::too_many_arguments, reason = "one request's parts")]
 fn answer_backfill(
-    inner: &Inner,
+    inner: &Arc<Inner>,
     tokens: &AgentTokens,
     conn_epoch: u64,
-    owner: &dyn Owner,
+    owner: &Arc<dyn Owner>,
     reply: Option<async_nats::Subject>,
     stream: Token,
     ask: &BackfillAsk,
@@ -281,9 +284,28 @@ fn answer_backfill(
         .unwrap_or(usize::MAX)
         .min(max_message_bytes(inner));
     let budget = limit.saturating_sub(codec::BACKFILL_HEADER_BYTES);
+    let deadline = Duration::from_millis(inner.config.nats_request_timeout_ms.max(2) / 2);
+    if announced && let Some(later) = owner.backfill_from_agent(stream, ask, budget, deadline) {
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let part = later.await;
+            reply_backfill(&inner, conn_epoch, reply, Some(part));
+        });
+        return;
+    }
     let part = announced
         .then(|| owner.backfill(stream, ask, budget))
         .flatten();
+    reply_backfill(inner, conn_epoch, reply, part);
+}
+
+/// Sends the reply to a backfill request: `part`, or that the stream is not held here.
+fn reply_backfill(
+    inner: &Inner,
+    conn_epoch: u64,
+    reply: async_nats::Subject,
+    part: Option<BackfillPart>,
+) {
     let answer = BackfillReply {
         relay: inner.relay,
         conn_epoch,

@@ -394,6 +394,10 @@ pub enum Target {
         /// The watch (the id its batches carry).
         key: StreamId,
     },
+    /// Another relay's backfill that the ring here does not reach back to: a one-off read of
+    /// the agent's files, whose batches are forwarded in the backplane's reply
+    /// ([`Core::open_fetch`]). No session watches it; the shell holds its queue.
+    Fetch,
 }
 
 /// Something an agent connection presented that is not its own: it is refused (the data

@@ -35,14 +35,14 @@ use crate::session::outbox::{Backfill, Outbox};
 pub enum DemandSink {
     /// The live ring of a stream (or of a filtered ring).
     Live(Arc<LiveStream>),
-    /// One watch's own demand: a backfill, or a one-off read.
+    /// One watch's own demand: a backfill, or a one-off read; or another relay's fetch.
     Backfill {
         /// The id its batches carry.
         stream: StreamId,
         /// Where batches go (bounded: a full queue slows the agent, nothing is dropped).
         tx: mpsc::Sender<Bytes>,
-        /// The watcher.
-        session: Arc<Outbox>,
+        /// The watcher, woken at each batch (none for another relay's fetch).
+        session: Option<Arc<Outbox>>,
     },
 }
 
@@ -72,6 +72,11 @@ enum SinkTo {
         stream: StreamId,
         tx: mpsc::Sender<Bytes>,
         session: Weak<Outbox>,
+    },
+    /// Another relay's fetch's queue ([`Shell::open_fetch`]).
+    Fetch {
+        stream: StreamId,
+        tx: mpsc::Sender<Bytes>,
     },
 }
 
@@ -460,6 +465,34 @@ impl Shell {
         self.demand_spans.get(&demand)?.context()
     }
 
+    /// Opens a one-off read of stream `local` of `agent`'s connection for another relay's
+    /// backfill ([`core::Core::open_fetch`]): its demand and the queue its batches arrive on
+    /// (closed when the read ends, is cancelled, or its agent goes). `None` when refused.
+    pub fn open_fetch(
+        &mut self,
+        now: Time,
+        agent: AgentId,
+        local: AgentStreamId,
+        spec: Demand,
+    ) -> Option<(DemandId, mpsc::Receiver<Bytes>)> {
+        let demand = self.input(now, |core, _, _| core.open_fetch(agent, local, spec))?;
+        let stream = self.core.ring_of(agent, local)?;
+        let (tx, rx) = mpsc::channel(self.config.backfill_batches.max(1));
+        self.sinks.insert(
+            demand,
+            Sink {
+                cancelled: Arc::new(AtomicBool::new(false)),
+                to: SinkTo::Fetch { stream, tx },
+            },
+        );
+        Some((demand, rx))
+    }
+
+    /// Stops a fetch that is still open ([`Self::open_fetch`]).
+    pub fn cancel_fetch(&mut self, now: Time, demand: DemandId) {
+        self.input(now, |core, _, _| core.cancel_fetch(demand));
+    }
+
     /// The queue of a demand served for one watch of `session` (batches stamped `stream`).
     fn watch_sink(
         &mut self,
@@ -570,8 +603,15 @@ impl Shell {
                 ) => DemandSink::Backfill {
                     stream: *stream,
                     tx: tx.clone(),
-                    session: session.upgrade()?,
+                    session: Some(session.upgrade()?),
                 },
+                (SinkTo::Fetch { stream, tx }, Target::Fetch) if !tx.is_closed() => {
+                    DemandSink::Backfill {
+                        stream: *stream,
+                        tx: tx.clone(),
+                        session: None,
+                    }
+                }
                 _ => return None,
             };
             Some((to, sink.cancelled.clone()))

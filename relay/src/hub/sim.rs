@@ -684,8 +684,10 @@ impl World {
                             end - served.next,
                             FLAG_BACKFILL,
                         );
-                        if tx.try_send(b).is_ok() {
-                            session.wake();
+                        if tx.try_send(b).is_ok()
+                            && let Some(s) = session
+                        {
+                            s.wake();
                         }
                     }
                     finished.push(d);

@@ -42,6 +42,15 @@ impl Leases {
             let _ = hub.remote_lease(self.agent, AgentStreamId::from(local), false, None);
         }
     }
+
+    /// The agent's own id of the stream it shared as `stream` (only this connection's).
+    fn local_of(&self, stream: Token) -> Option<u64> {
+        self.tokens
+            .lock()
+            .expect("tokens lock")
+            .iter()
+            .find_map(|(id, t)| (*t == stream).then_some(*id))
+    }
 }
 
 impl Owner for Leases {
@@ -66,14 +75,33 @@ impl Owner for Leases {
         }
     }
 
+    fn backfill_from_agent(
+        &self,
+        stream: Token,
+        ask: &BackfillAsk,
+        budget: usize,
+        deadline: std::time::Duration,
+    ) -> Option<crate::backplane::LaterPart> {
+        let local = self.local_of(stream)?;
+        let later = self.hub.upgrade()?.backfill_from_agent(
+            self.agent,
+            AgentStreamId::from(local),
+            ask,
+            budget,
+            deadline,
+        )?;
+        Some(Box::pin(async move {
+            let sel = later.await;
+            BackfillPart {
+                batches: sel.batches,
+                next: sel.next,
+                more: sel.more,
+            }
+        }))
+    }
+
     fn backfill(&self, stream: Token, ask: &BackfillAsk, budget: usize) -> Option<BackfillPart> {
-        // Only the streams this connection shared.
-        let local = self
-            .tokens
-            .lock()
-            .expect("tokens lock")
-            .iter()
-            .find_map(|(id, t)| (*t == stream).then_some(*id))?;
+        let local = self.local_of(stream)?;
         let sel = self.hub.upgrade()?.backfill_from_ring(
             self.agent,
             AgentStreamId::from(local),

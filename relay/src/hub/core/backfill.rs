@@ -245,6 +245,164 @@ pub fn select(
     sel
 }
 
+/// What of `ask` lies before everything a ring holding `ring` (oldest first) has, and so can
+/// only come from the agent's files: the one-off read to ask of the agent, which ends where
+/// the ring's content starts (`from`, returned beside it); the ring answers from `from` on.
+/// `None` when the ring covers the ask, is empty, or its first batch starts its epoch (nothing
+/// lies before it).
+///
+/// * `since_seq`: lines of the ring's first epoch before its first batch.
+/// * Else `tail`: the lines the ring holds before `until` fall short of it; the agent is asked
+///   for the rest, the last ones before `from`.
+/// * Else `since_ns`: the ring's first line was written at or after it (older lines may be
+///   too).
+pub fn before_ring(ring: &[Bytes], ask: &BackfillAsk) -> Option<(BackfillAsk, SeqPos)> {
+    let mut first: Option<(BatchHeader, &Bytes)> = None;
+    let mut held = 0u64;
+    for bytes in ring {
+        let Ok(h) = BatchHeader::parse(bytes) else {
+            continue;
+        };
+        let end = match ask.until {
+            Some(u) if u.epoch == h.epoch && h.first_seq >= u.seq => break,
+            Some(u) if u.epoch == h.epoch => h.end_seq().min(u.seq),
+            _ => h.end_seq(),
+        };
+        if first.is_none() {
+            first = Some((h, bytes));
+        }
+        if h.kind == Kind::Log {
+            held += end - h.first_seq;
+        }
+    }
+    let (first, first_bytes) = first?;
+    if first.first_seq == 0 {
+        return None;
+    }
+    let from = SeqPos {
+        epoch: first.epoch,
+        seq: first.first_seq,
+    };
+    let agent = if let Some(s) = ask.since_seq {
+        (s.epoch == from.epoch && s.seq < from.seq).then(|| BackfillAsk {
+            since_seq: Some(s),
+            until: Some(from),
+            ..BackfillAsk::default()
+        })?
+    } else if let Some(n) = ask.tail.filter(|n| *n > 0) {
+        let left = u64::from(n).checked_sub(held).filter(|l| *l > 0)?;
+        BackfillAsk {
+            tail: Some(u32::try_from(left).unwrap_or(u32::MAX)),
+            until: Some(from),
+            ..BackfillAsk::default()
+        }
+    } else if let Some(t) = ask.since_ns {
+        let first_ns = batch::lines(first_bytes)
+            .ok()
+            .and_then(|(_, lines)| lines.first().map(|l| l.timestamp_ns))?;
+        (first.kind == Kind::Log && first_ns >= t).then(|| BackfillAsk {
+            since_ns: Some(t),
+            until: Some(from),
+            ..BackfillAsk::default()
+        })?
+    } else {
+        return None;
+    };
+    Some((agent, from))
+}
+
+/// What a one-off read of the agent brought for the part of a backfill before the ring.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fetched {
+    /// Its batches (and the agent's gap notices), oldest first.
+    pub batches: Vec<Bytes>,
+    /// It ended by itself (else the budget or the deadline stopped it).
+    pub ended: bool,
+}
+
+/// The answer to `ask` from the agent's part (`fetched`: what it read up to `from`, where the
+/// ring's content starts; `None` when the read was refused) followed by the ring's from
+/// `from` on, within `budget` bytes of batches.
+///
+/// The agent's part is used when it ends in the ring's first epoch, at or before `from`:
+/// short of it, either it stopped for the budget or the deadline (`more`: the next request
+/// goes on from its end) or the agent's files had no more (the lines between are an exact
+/// gap). Otherwise, or when it brought nothing, the ring answers alone, as [`select`] does.
+pub fn with_agent_part(
+    ring: &[Bytes],
+    floor: Option<SeqPos>,
+    ask: &BackfillAsk,
+    from: SeqPos,
+    fetched: Option<Fetched>,
+    budget: usize,
+) -> Selection {
+    let alone = || select(ring, floor, ask, budget);
+    let Some(fetched) = fetched else {
+        return alone();
+    };
+    let end = fetched.batches.iter().rev().find_map(|b| {
+        BatchHeader::parse(b).ok().map(|h| SeqPos {
+            epoch: h.epoch,
+            seq: h.end_seq(),
+        })
+    });
+    let Some(end) = end.filter(|e| e.epoch == from.epoch && e.seq <= from.seq) else {
+        return alone();
+    };
+    let mut used: usize = fetched
+        .batches
+        .iter()
+        .map(|b| BACKFILL_FRAME_BYTES + b.len())
+        .sum();
+    let mut sel = Selection {
+        batches: fetched.batches,
+        next: Some(end),
+        more: false,
+    };
+    if end.seq < from.seq {
+        if !fetched.ended {
+            sel.more = true;
+            return sel;
+        }
+        // The agent's files hold no more before the ring: told exactly.
+        let gap = batch::encode_gap(
+            first_stream(ring).unwrap_or(0),
+            from.epoch,
+            end.seq,
+            u32::try_from(from.seq - end.seq).unwrap_or(u32::MAX),
+            0,
+        );
+        used += BACKFILL_FRAME_BYTES + gap.len();
+        sel.batches.push(gap);
+        sel.next = Some(from);
+    }
+    let ring_ask = BackfillAsk {
+        since_seq: Some(from),
+        until: ask.until,
+        ..BackfillAsk::default()
+    };
+    let rest = budget.saturating_sub(used);
+    let from_ring = select(ring, floor, &ring_ask, rest);
+    let fits = from_ring
+        .batches
+        .first()
+        .is_none_or(|b| BACKFILL_FRAME_BYTES + b.len() <= rest);
+    if !fits {
+        sel.more = true;
+        return sel;
+    }
+    sel.batches.extend(from_ring.batches);
+    sel.next = from_ring.next.or(sel.next);
+    sel.more = from_ring.more;
+    sel
+}
+
+/// The stream id the ring's batches carry.
+fn first_stream(ring: &[Bytes]) -> Option<u64> {
+    ring.iter()
+        .find_map(|b| BatchHeader::parse(b).ok().map(|h| h.stream))
+}
+
 /// A batch of another relay's ring, stamped with this relay's `stream` id, and marked as
 /// backfill when it is (it precedes the session's `live`).
 pub fn restamp(batch: &Bytes, stream: u64, backfill: bool) -> Bytes {
@@ -328,6 +486,141 @@ mod tests {
             (0..10).map(|i| log(100 + 10 * i, 10)).collect(),
             Some(at(100)),
         )
+    }
+
+    #[test]
+    fn what_lies_before_the_ring_is_asked_of_the_agent_up_to_where_the_ring_starts() {
+        let (ring, _) = ring();
+        let ask = |tail, since_ns, since_seq, until| BackfillAsk {
+            tail,
+            since_ns,
+            since_seq,
+            until,
+        };
+        let agent = |tail, since_ns, since_seq| {
+            Some((ask(tail, since_ns, since_seq, Some(at(100))), at(100)))
+        };
+        // A tail the ring covers; one it does not: the rest, the last lines before its start.
+        assert_eq!(before_ring(&ring, &ask(Some(30), None, None, None)), None);
+        assert_eq!(before_ring(&ring, &ask(Some(100), None, None, None)), None);
+        assert_eq!(
+            before_ring(&ring, &ask(Some(150), None, None, None)),
+            agent(Some(50), None, None)
+        );
+        // Counted before `until` only.
+        assert_eq!(
+            before_ring(&ring, &ask(Some(150), None, None, Some(at(150)))),
+            agent(Some(100), None, None)
+        );
+        // A position before the ring's start, in its epoch; one inside it; another epoch.
+        assert_eq!(
+            before_ring(&ring, &ask(None, None, Some(at(40)), Some(at(160)))),
+            agent(None, None, Some(at(40)))
+        );
+        assert_eq!(
+            before_ring(&ring, &ask(None, None, Some(at(120)), None)),
+            None
+        );
+        let other = SeqPos { epoch: 9, seq: 40 };
+        assert_eq!(
+            before_ring(&ring, &ask(None, None, Some(other), None)),
+            None
+        );
+        // A time at or before the ring's first line (line s written at s * 10 ns) may have
+        // older lines too; a later one does not.
+        assert_eq!(
+            before_ring(&ring, &ask(None, Some(500), None, None)),
+            agent(None, Some(500), None)
+        );
+        assert_eq!(
+            before_ring(&ring, &ask(None, Some(1000), None, None)),
+            agent(None, Some(1000), None)
+        );
+        assert_eq!(before_ring(&ring, &ask(None, Some(1500), None, None)), None);
+        // Nothing before a ring that starts its epoch, nor in an empty ring; nothing asked.
+        let whole: Vec<Bytes> = (0..3).map(|i| log(10 * i, 10)).collect();
+        assert_eq!(before_ring(&whole, &ask(Some(500), None, None, None)), None);
+        assert_eq!(before_ring(&[], &ask(Some(500), None, None, None)), None);
+        assert_eq!(before_ring(&ring, &ask(None, None, None, None)), None);
+    }
+
+    #[test]
+    fn the_agents_part_comes_first_then_the_ring_from_where_it_starts() {
+        let (ring, floor) = ring();
+        let ask = BackfillAsk {
+            tail: Some(130),
+            until: Some(at(190)),
+            ..BackfillAsk::default()
+        };
+        let (_, from) = before_ring(&ring, &ask).unwrap();
+        assert_eq!(from, at(100));
+        let fetched = |batches: Vec<Bytes>, ended| Some(Fetched { batches, ended });
+        // The agent read lines 60..100: then the ring's 100..190, no gap.
+        let sel = with_agent_part(
+            &ring,
+            floor,
+            &ask,
+            from,
+            fetched(vec![log(60, 20), log(80, 20)], true),
+            usize::MAX,
+        );
+        assert_eq!(seen(&sel), lines(60..190));
+        assert_eq!((sel.next, sel.more), (Some(at(190)), false));
+        // Stopped short by the budget or the deadline: the rest on the next request.
+        let sel = with_agent_part(
+            &ring,
+            floor,
+            &ask,
+            from,
+            fetched(vec![log(60, 20)], false),
+            usize::MAX,
+        );
+        assert_eq!(seen(&sel), lines(60..80));
+        assert_eq!((sel.next, sel.more), (Some(at(80)), true));
+        // Ended short (the files hold no more): the lines between are an exact gap.
+        let sel = with_agent_part(
+            &ring,
+            floor,
+            &ask,
+            from,
+            fetched(vec![log(60, 20)], true),
+            usize::MAX,
+        );
+        let mut want = lines(60..80);
+        want.push(Err((80, 20)));
+        want.extend(lines(100..190));
+        assert_eq!(seen(&sel), want);
+        // Refused, nothing read, or another epoch: the ring answers alone (a gap for what it
+        // let go).
+        let alone = select(&ring, floor, &ask, usize::MAX);
+        assert_eq!(
+            with_agent_part(&ring, floor, &ask, from, None, usize::MAX),
+            alone
+        );
+        assert_eq!(
+            with_agent_part(&ring, floor, &ask, from, fetched(vec![], true), usize::MAX),
+            alone
+        );
+        let mut other = BatchBuilder::new(3, EPOCH + 1, 60, 0, 0);
+        other.push(1, LineFlags(0), b"line 60\n");
+        assert_eq!(
+            with_agent_part(
+                &ring,
+                floor,
+                &ask,
+                from,
+                fetched(vec![other.finish()], true),
+                usize::MAX
+            ),
+            alone
+        );
+        // The budget holds the agent's part but not the ring's first batch: asked again from
+        // where the ring starts.
+        let part = vec![log(60, 20), log(80, 20)];
+        let used: usize = part.iter().map(|b| BACKFILL_FRAME_BYTES + b.len()).sum();
+        let sel = with_agent_part(&ring, floor, &ask, from, fetched(part, true), used + 10);
+        assert_eq!(seen(&sel), lines(60..100));
+        assert_eq!((sel.next, sel.more), (Some(at(100)), true));
     }
 
     #[test]

@@ -97,6 +97,8 @@ impl Core {
         let live = match target {
             Target::Ring(id) => self.rings.contains_key(&id),
             Target::Watch { session, .. } => self.sessions.contains_key(&session),
+            // Its queue's reader is the shell's to check.
+            Target::Fetch => true,
         };
         if live {
             Ok(target)
@@ -178,7 +180,41 @@ impl Core {
                 // Its queue closes once drained: the watcher's writer must look.
                 self.out.push(Effect::Wake { session });
             }
-            None => {}
+            // Its queue closes with the sink: the fetch sees the end.
+            Some(Target::Fetch) | None => {}
+        }
+    }
+
+    /// Opens a one-off read of stream `local` of `agent`'s connection (`spec`, made a
+    /// one-off read) for another relay's backfill: its batches carry the stream's ring id.
+    /// `None` when the connection has no such stream, or a demand cap refuses it (counted as
+    /// any cap hit).
+    pub fn open_fetch(
+        &mut self,
+        agent: AgentId,
+        local: AgentStreamId,
+        spec: Demand,
+    ) -> Option<DemandId> {
+        let sid = self.ring_of(agent, local)?;
+        if self.cap_hit(sid).is_some() {
+            return None;
+        }
+        let at = self.rings.get(&sid)?.agent?;
+        let spec = Demand {
+            follow: false,
+            ..spec
+        };
+        self.open(at, sid, Target::Fetch, spec)
+    }
+
+    /// Stops a fetch ([`Self::open_fetch`]) that is still open: the agent is told `cancel`.
+    pub fn cancel_fetch(&mut self, demand: DemandId) {
+        if self
+            .demands
+            .get(&demand)
+            .is_some_and(|d| d.target == Target::Fetch)
+        {
+            self.cancel_demand(demand);
         }
     }
 
